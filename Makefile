@@ -1,0 +1,29 @@
+# `make demo`: create .venv, install, train + evaluate on the built-in demo data.
+# `make test`: create .venv, install, run the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test demo bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m hspnet.demo
+
+bench: install
+	$(PY) benchmarks/inference.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
