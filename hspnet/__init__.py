@@ -1,3 +1,35 @@
-"""hspnet: HSPNet (ACM MM 2023) for the Hugging Face stack."""
+"""hspnet: HSPNet (Wang et al., ACM MM 2023) for the Hugging Face stack.
+
+Importing the package registers the HSPNet classes with `AutoConfig`, `AutoModel` and
+`AutoModelForImageClassification` (and therefore with `pipeline("image-classification")`).
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_hspnet import HSPNetConfig
+from .modeling_hspnet import (
+    HSPNetForImageClassification,
+    HSPNetModel,
+    HSPNetModelOutput,
+    HSPNetPreTrainedModel,
+    clip_text_embeddings,
+    encode_prompt_embeddings,
+    process_relation,
+)
 
 __version__ = "0.1.0"
+
+AutoConfig.register(HSPNetConfig.model_type, HSPNetConfig, exist_ok=True)
+AutoModel.register(HSPNetConfig, HSPNetModel, exist_ok=True)
+AutoModelForImageClassification.register(HSPNetConfig, HSPNetForImageClassification, exist_ok=True)
+
+__all__ = [
+    "HSPNetConfig",
+    "HSPNetModel",
+    "HSPNetForImageClassification",
+    "HSPNetModelOutput",
+    "HSPNetPreTrainedModel",
+    "clip_text_embeddings",
+    "encode_prompt_embeddings",
+    "process_relation",
+]

@@ -1,0 +1,715 @@
+# Copyright 2026 The hspnet authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch HSPNet: hierarchical prompt learning on CLIP for single positive multi-label classification.
+
+Wang et al., "Hierarchical Prompt Learning Using CLIP for Multi-label Classification with Single Positive Labels",
+ACM MM 2023. This file computes exactly what the authors' released code computes (see the project's specification)
+and is also the remote code saved next to the weights, so it imports only its siblings, torch and transformers.
+
+Reading order, top to bottom:
+
+1. `process_relation`: raw label/group similarity block -> fixed GCN adjacency.
+2. `HSPNetGraphConvolution`, `HSPNetGCN`: the 3-layer GCN with a residual mix, shared by both levels.
+3. `encode_prompt_embeddings`: the frozen CLIP text tower run on prompt *embeddings* (EOS pooling + projection).
+4. `HSPNetPreTrainedModel`: init, freezing, saving (remote code, image processor), `from_clip`.
+5. `HSPNetModel`: image embeddings, label embeddings (with exact caches), logits.
+6. `HSPNetForImageClassification`: adds the loss and returns `ImageClassifierOutput`.
+
+Shapes: `B` images, `C` labels, `G` groups, `D` joint embedding size (`projection_dim`), `W` text width,
+`L` prompt length (77), `n_ctx` context vectors per label prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import ModelOutput, logging
+
+from .configuration_hspnet import HSPNetConfig
+
+logger = logging.get_logger(__name__)
+
+try:  # transformers 5: the PIL backend of the CLIP image processor needs no torchvision
+    from transformers import CLIPImageProcessorPil as _CLIPImageProcessor
+except ImportError:  # pragma: no cover - older transformers
+    from transformers import CLIPImageProcessor as _CLIPImageProcessor
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Relation processing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def process_relation(relation: torch.Tensor, keep_ratio: float = 0.75, reweight_p: float = 0.2) -> torch.Tensor:
+    """Turn an `n x n` block of raw similarities into the fixed adjacency used by the GCN.
+
+    As released: (1) in each row keep the top `int(keep_ratio * n)` entries (`torch.topk`, so the diagonal, the
+    largest similarity, is normally among them) and zero the rest; (2) zero the diagonal; (3) divide each row by its
+    sum and multiply by `reweight_p`; (4) set the diagonal to `1 - reweight_p`.
+
+    A row with nothing left off the diagonal (e.g. a single group, where `int(0.75 * 1) == 0`) would be 0/0 in the
+    released code; here it keeps only itself (diagonal 1), which is what a graph with no neighbours means.
+
+    Args:
+        relation (`torch.Tensor` of shape `(n, n)`): raw similarities.
+    Returns:
+        `torch.Tensor` of shape `(n, n)`, rows summing to 1 (the self-only rows too).
+    """
+    n = relation.shape[0]
+    relation = relation.float()
+    k = int(keep_ratio * n)
+    eye = torch.eye(n, dtype=torch.bool, device=relation.device)
+    kept = torch.zeros_like(relation)
+    if k > 0:
+        values, indices = torch.topk(relation, k, dim=1)
+        kept.scatter_(1, indices, values)
+    kept = kept.masked_fill(eye, 0.0)
+    row_sum = kept.sum(dim=1, keepdim=True)
+    isolated = row_sum == 0
+    adjacency = torch.where(isolated, torch.zeros_like(kept), kept / torch.where(isolated, 1.0, row_sum) * reweight_p)
+    diagonal = torch.where(isolated.squeeze(1), 1.0, 1.0 - reweight_p)
+    return adjacency + torch.diag(diagonal)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GCN
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class HSPNetGraphConvolution(nn.Module):
+    """`x -> adjacency @ (x @ weight)`, no bias. `weight` has shape `(in_features, out_features)`."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+
+    def forward(self, features: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """`features` `(n, in_features)`, `adjacency` `(n, n)` -> `(n, out_features)`."""
+        return adjacency.to(features.dtype) @ (features @ self.weight.to(features.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}"
+
+
+class HSPNetGCN(nn.Module):
+    """Three graph convolutions `D -> H1 -> H2 -> D` with LeakyReLU after the first two, and a trainable residual mix
+    `out = gamma * gcn(x) + (1 - gamma) * x`. The same module serves the group level and the label level."""
+
+    def __init__(self, config: HSPNetConfig):
+        super().__init__()
+        dim = config.projection_dim
+        hidden1, hidden2 = config.gcn_hidden_dims
+        self.gc1 = HSPNetGraphConvolution(dim, hidden1)
+        self.gc2 = HSPNetGraphConvolution(hidden1, hidden2)
+        self.gc3 = HSPNetGraphConvolution(hidden2, dim)
+        self.act = nn.LeakyReLU(config.gcn_negative_slope)
+        self.gamma = nn.Parameter(torch.full((1,), float(config.gcn_gamma_init)))
+
+    def forward(self, features: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """`features` `(n, D)`, `adjacency` `(n, n)` -> `(n, D)`."""
+        hidden = self.act(self.gc1(features, adjacency))
+        hidden = self.act(self.gc2(hidden, adjacency))
+        hidden = self.gc3(hidden, adjacency)
+        gamma = self.gamma.to(hidden.dtype)
+        return gamma * hidden + (1 - gamma) * features
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text tower on prompt embeddings
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def encode_prompt_embeddings(
+    clip: CLIPModel, prompt_embeds: torch.Tensor, eos_positions: torch.Tensor, truncate: bool = True
+) -> torch.Tensor:
+    """Run CLIP's text tower on token EMBEDDINGS instead of token ids.
+
+    Adds the position embeddings, runs the causal transformer and the final layer norm, takes the feature at each
+    prompt's EOS position and applies the text projection (no normalisation), like `CLIPModel.get_text_features`.
+
+    With `truncate=True` the prompts are cut to `max(eos_positions) + 1` tokens first. The text transformer is causal,
+    so the feature at a position never depends on later tokens: the output is identical to running all `L` tokens.
+
+    Args:
+        prompt_embeds (`torch.Tensor` of shape `(N, L, W)`): token embeddings of `N` prompts.
+        eos_positions (`torch.LongTensor` of shape `(N,)`): index of each prompt's EOS token.
+    Returns:
+        `torch.Tensor` of shape `(N, D)`.
+    """
+    text_model = clip.text_model
+    if truncate:
+        prompt_embeds = prompt_embeds[:, : int(eos_positions.max()) + 1]
+    hidden = text_model.embeddings(inputs_embeds=prompt_embeds)
+    mask = create_causal_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=None, cache=None)
+    hidden = text_model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+    hidden = text_model.final_layer_norm(hidden)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_positions.to(hidden.device)]
+    return clip.text_projection(pooled)
+
+
+@torch.no_grad()
+def clip_text_embeddings(clip_model: CLIPModel, tokenizer, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """CLIP text features of `texts` (projected, NOT normalised), shape `(len(texts), D)`, computed without grad."""
+    device = clip_model.text_projection.weight.device
+    features = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+        output = clip_model.get_text_features(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        )
+        features.append(output.pooler_output if hasattr(output, "pooler_output") else output)
+    return torch.cat(features).float()
+
+
+def _prompt_name(name: str) -> str:
+    """The released code replaces underscores by spaces in label and group names before tokenizing."""
+    return name.replace("_", " ")
+
+
+def _tokenize_prompts(tokenizer, texts: list[str], what: list[str], length: int, eos_token_id: int) -> tuple:
+    """Token ids `(N, length)` padded like CLIP, and each prompt's EOS position `(N,)`; errors name the prompt."""
+    for text, name in zip(texts, what):
+        n_tokens = len(tokenizer(text, truncation=False)["input_ids"])
+        if n_tokens > length:
+            raise ValueError(f"The prompt {text!r} for {name} has {n_tokens} tokens; CLIP's text tower takes {length}.")
+    ids = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")["input_ids"]
+    if eos_token_id == 2:  # legacy CLIP configs: the EOS token is the largest id
+        eos_positions = ids.argmax(dim=-1)
+    else:
+        is_eos = ids == eos_token_id
+        if not bool(is_eos.any(dim=-1).all()):
+            raise ValueError(f"The tokenizer did not end every prompt with the EOS token id {eos_token_id}.")
+        eos_positions = is_eos.int().argmax(dim=-1)
+    return ids, eos_positions
+
+
+def default_image_processor(config: HSPNetConfig):
+    """CLIP preprocessing at the vision tower's resolution: resize the shorter side (bicubic), centre crop, CLIP
+    mean/std. For 224-pixel towers this is exactly the reference preprocessing."""
+    size = config.clip_config.vision_config.image_size
+    size = size if isinstance(size, int) else size[0]
+    return _CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HSPNetModelOutput(ModelOutput):
+    """
+    Args:
+        logits (`torch.FloatTensor` of shape `(B, C)`):
+            `logit_scale * image_embeds @ label_embeds.T`; `sigmoid(logits)` are the per-label probabilities.
+        image_embeds (`torch.FloatTensor` of shape `(B, D)`):
+            L2-normalised projected CLIP image embeddings.
+        label_embeds (`torch.FloatTensor` of shape `(C, D)`):
+            L2-normalised label embeddings (label-level GCN output over the hierarchical prompts).
+        hidden_states, attentions: of the vision tower, when requested.
+    """
+
+    logits: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    label_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pre-trained model base
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_hspnet.HSPNetConfig",
+    "AutoModel": "modeling_hspnet.HSPNetModel",
+    "AutoModelForImageClassification": "modeling_hspnet.HSPNetForImageClassification",
+}
+
+
+class HSPNetPreTrainedModel(PreTrainedModel):
+    config_class = HSPNetConfig
+    config: HSPNetConfig
+    base_model_prefix = "hspnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, HSPNetGraphConvolution):
+            bound = 1.0 / math.sqrt(module.out_features)
+            init.uniform_(module.weight, -bound, bound)
+        elif isinstance(module, HSPNetGCN):
+            init.constant_(module.gamma, self.config.gcn_gamma_init)
+        elif isinstance(module, nn.Linear) and getattr(module, "_hspnet_torch_default_init", False):
+            # the meta-net keeps PyTorch's default nn.Linear initialisation, as in the released code
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, HSPNetModel):
+            init.copy_(module.label_to_group, torch.tensor(self.config.label_to_group, dtype=torch.long))
+            for name in ("relation", "group_prompt_embeds", "label_prompt_embeds"):
+                init.zeros_(getattr(module, name))
+            for name in ("group_eos_positions", "label_eos_positions"):
+                init.zeros_(getattr(module, name))
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then re-applies `config.freeze_text_encoder` (loading re-creates
+        parameters with `requires_grad=True`)."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.base_model.apply_freezing()
+        return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus: the config's `auto_map` lists AutoConfig, AutoModel and
+        AutoModelForImageClassification (so the folder loads with `trust_remote_code=True` where `hspnet` is not
+        installed), and an image processor is saved beside the weights (the one attached as `image_processor`, or
+        CLIP preprocessing at the tower's resolution), so `pipeline("image-classification", model=folder)` works."""
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            processor = getattr(self, "image_processor", None) or default_image_processor(self.config)
+            processor.save_pretrained(save_directory)
+        if push_to_hub:
+            repo_id = kwargs.get("repo_id") or str(save_directory).rstrip("/").split("/")[-1]
+            self.push_to_hub(repo_id, token=kwargs.get("token"))
+
+    @classmethod
+    def from_clip(
+        cls,
+        clip: str | os.PathLike | CLIPModel,
+        labels: list[str],
+        groups: list[str],
+        label_to_group: list[int],
+        relation: Any = None,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+        relation_template: str = "{}",
+        clip_kwargs: dict | None = None,
+        **config_kwargs,
+    ):
+        """Build an HSPNet model on a CLIP checkpoint.
+
+        Args:
+            clip: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local CLIP folder, or a `CLIPModel`.
+            labels: the `C` label names, in index order.
+            groups: the `G` group names.
+            label_to_group: for each label, the index of its group.
+            relation: the raw `(C + G, C + G)` similarity matrix (labels first, then groups): an array, a tensor or
+                the path of a `.npy` file such as the authors' `relation+voc+super.npy`. By default it is computed from
+                the frozen text tower: cosine similarity of the CLIP text embeddings of
+                `relation_template.format(name)` for the label names followed by the group names.
+            tokenizer: the CLIP tokenizer; loaded from `clip` when it is a Hub id or folder.
+            image_processor: saved beside the model; loaded from `clip` when possible, else CLIP preprocessing at the
+                tower's resolution.
+            clip_kwargs: passed to `CLIPModel.from_pretrained` (e.g. `dtype`, `revision`).
+            **config_kwargs: any other `HSPNetConfig` field (e.g. `n_ctx`, `loss`, `relation_keep_ratio`).
+
+        The prompts are tokenized once and stored as persistent buffers (token embeddings and EOS positions) together
+        with the raw relation, so `from_pretrained` restores the model without a tokenizer.
+        """
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        source = None
+        if isinstance(clip, CLIPModel):
+            clip_model = clip
+            source = clip.config._name_or_path or None
+        else:
+            source = os.fspath(clip)
+            clip_model = CLIPModel.from_pretrained(source, **(clip_kwargs or {}))
+        if tokenizer is None:
+            if source is None:
+                raise ValueError("from_clip: pass tokenizer= when `clip` is a CLIPModel object with no source path.")
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        if image_processor is None and source is not None:
+            try:
+                image_processor = AutoImageProcessor.from_pretrained(source)
+            except (OSError, ValueError):
+                image_processor = None
+
+        labels = list(labels)
+        config = HSPNetConfig(
+            clip_config=clip_model.config.to_dict(),
+            id2label=dict(enumerate(labels)),
+            label2id={name: index for index, name in enumerate(labels)},
+            group_names=list(groups),
+            label_to_group=[int(g) for g in label_to_group],
+            **config_kwargs,
+        )
+        model = cls(config)
+        base = model.base_model
+        base.clip.load_state_dict(clip_model.state_dict())
+        base.set_prompts(tokenizer)
+        if relation is None:
+            names = [relation_template.format(_prompt_name(n)) for n in labels + list(groups)]
+            embeddings = F.normalize(clip_text_embeddings(base.clip, tokenizer, names), dim=-1)
+            relation = embeddings @ embeddings.T
+        base.set_relation(relation)
+        model.image_processor = image_processor or default_image_processor(config)
+        base.apply_freezing()
+        return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HSPNet
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class HSPNetModel(HSPNetPreTrainedModel):
+    """HSPNet without a loss: CLIP image tower + hierarchical prompts + shared GCN -> `(B, C)` logits.
+
+    Persistent buffers (saved with the weights): `relation` `(C + G, C + G)` raw similarities, `group_prompt_embeds`
+    `(G, L, W)`, `label_prompt_embeds` `(C, L, W)` (its `n_ctx` placeholder slots after SOS are replaced by the
+    meta-net output), `group_eos_positions` `(G,)`, `label_eos_positions` `(C,)`. `label_to_group` `(C,)` is rebuilt
+    from the config.
+
+    Exact speed-ups, each switchable through the attributes of the same name (all on by default):
+
+    - `cache_label_embeddings`: in eval mode the `(C, D)` label embeddings are computed once and reused;
+    - `cache_group_features`: the group text features before the GCN (fixed prompts, frozen tower) are computed once,
+      also during training;
+    - `truncate_prompts`: prompts are cut to the longest EOS position + 1 tokens (the text tower is causal).
+
+    A cache entry is reused only if every tensor it was computed from is the same object, in the same place, dtype and
+    device, with the same in-place version counter (optimizer steps, `load_state_dict`, `copy_`, EMA updates all bump
+    it), and under the same autocast state and relation settings. Caches are also dropped on `train()`/`eval()`,
+    `load_state_dict` and `.to()`. Writing through `.data` bypasses version counters: call `clear_text_cache()` then.
+    """
+
+    def __init__(self, config: HSPNetConfig):
+        super().__init__(config)
+        clip_config = config.clip_config
+        num_labels, num_groups = config.num_labels, config.num_groups
+        length = clip_config.text_config.max_position_embeddings
+        width, dim, n_ctx = config.text_width, config.projection_dim, config.n_ctx
+
+        self.clip = CLIPModel(clip_config)
+        self.gcn = HSPNetGCN(config)
+        self.meta_net = nn.Sequential(
+            OrderedDict(
+                [
+                    ("linear1", nn.Linear(dim, n_ctx * width)),
+                    ("relu", nn.ReLU()),
+                    ("linear2", nn.Linear(n_ctx * width, n_ctx * width)),
+                ]
+            )
+        )
+        self.meta_net.linear1._hspnet_torch_default_init = True
+        self.meta_net.linear2._hspnet_torch_default_init = True
+
+        size = num_labels + num_groups
+        self.register_buffer("relation", torch.zeros(size, size))
+        self.register_buffer("group_prompt_embeds", torch.zeros(num_groups, length, width))
+        self.register_buffer("label_prompt_embeds", torch.zeros(num_labels, length, width))
+        self.register_buffer("group_eos_positions", torch.zeros(num_groups, dtype=torch.long))
+        self.register_buffer("label_eos_positions", torch.zeros(num_labels, dtype=torch.long))
+        self.register_buffer("label_to_group", torch.zeros(num_labels, dtype=torch.long), persistent=False)
+
+        self.cache_label_embeddings = True
+        self.cache_group_features = True
+        self.truncate_prompts = True
+        self._group_features_cache: tuple | None = None
+        self._label_embeds_cache: tuple | None = None
+        self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.clear_text_cache())
+
+        self.post_init()
+        self.apply_freezing()
+
+    # ----- setup -----------------------------------------------------------------------------------------------------
+
+    def apply_freezing(self) -> None:
+        """Freeze what must not train: the text tower when `config.freeze_text_encoder` (token embeddings, transformer,
+        final norm, text projection), and always the token embedding table (prompts are stored as embeddings) and CLIP's
+        unused `logit_scale` (an unused trainable parameter would also break DDP)."""
+        frozen = not self.config.freeze_text_encoder
+        for module in (self.clip.text_model, self.clip.text_projection):
+            module.requires_grad_(frozen)
+        self.clip.text_model.embeddings.token_embedding.requires_grad_(False)
+        self.clip.logit_scale.requires_grad_(False)
+
+    @torch.no_grad()
+    def set_prompts(self, tokenizer) -> None:
+        """Tokenize the group prompts (`group_prompt_template`) and the label prompts (`ctx_init + " " + label + "."`)
+        with `tokenizer` and store their token embeddings and EOS positions in the buffers."""
+        config = self.config
+        text_config = config.clip_config.text_config
+        length, eos = text_config.max_position_embeddings, text_config.eos_token_id
+        embed = self.clip.text_model.embeddings.token_embedding
+
+        group_texts = [config.group_prompt_template.format(_prompt_name(g)) for g in config.group_names]
+        group_ids, group_eos = _tokenize_prompts(
+            tokenizer, group_texts, [f"group {g!r}" for g in config.group_names], length, eos
+        )
+        label_texts = [f"{config.ctx_init} {_prompt_name(name)}." for name in config.label_names]
+        label_ids, label_eos = _tokenize_prompts(
+            tokenizer, label_texts, [f"label {n!r}" for n in config.label_names], length, eos
+        )
+        placeholder = tokenizer(config.ctx_init)["input_ids"][1:-1]
+        if len(placeholder) != config.n_ctx:
+            raise ValueError(
+                f"ctx_init {config.ctx_init!r} tokenizes to {len(placeholder)} tokens, not n_ctx={config.n_ctx}; choose "
+                "a placeholder word that is a single token (the released code uses 'X')."
+            )
+        slots = label_ids[:, 1 : 1 + config.n_ctx]
+        if not bool((slots == torch.tensor(placeholder)).all()):
+            bad = config.label_names[int((slots != torch.tensor(placeholder)).any(dim=1).nonzero()[0])]
+            raise ValueError(f"The label prompt for {bad!r} does not start with the {config.n_ctx} placeholder tokens.")
+
+        device = embed.weight.device
+        self.group_prompt_embeds.copy_(embed(group_ids.to(device)))
+        self.label_prompt_embeds.copy_(embed(label_ids.to(device)))
+        self.group_eos_positions.copy_(group_eos)
+        self.label_eos_positions.copy_(label_eos)
+
+    @torch.no_grad()
+    def set_relation(self, relation: Any) -> None:
+        """Store the raw `(C + G, C + G)` similarity matrix (array, tensor or `.npy` path; labels first)."""
+        if isinstance(relation, (str, os.PathLike)):
+            import numpy as np
+
+            relation = np.load(relation)
+        relation = torch.as_tensor(relation, dtype=torch.float32)
+        expected = tuple(self.relation.shape)
+        if tuple(relation.shape) != expected:
+            raise ValueError(
+                f"relation has shape {tuple(relation.shape)}, expected {expected}: "
+                f"{self.config.num_labels} labels followed by {self.config.num_groups} groups."
+            )
+        if not bool(torch.isfinite(relation).all()):
+            raise ValueError("relation contains NaN or infinite values.")
+        self.relation.copy_(relation)
+
+    def adjacency(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed `(C, C)` label adjacency and `(G, G)` group adjacency, from the raw `relation`."""
+        num_labels = self.config.num_labels
+        keep, p = self.config.relation_keep_ratio, self.config.relation_reweight_p
+        label_adjacency = process_relation(self.relation[:num_labels, :num_labels], keep, p)
+        group_adjacency = process_relation(self.relation[num_labels:, num_labels:], keep, p)
+        return label_adjacency, group_adjacency
+
+    # ----- caches ------------------------------------------------------------------------------------------------
+
+    def clear_text_cache(self) -> None:
+        """Forget the cached group features and label embeddings."""
+        self._group_features_cache = None
+        self._label_embeds_cache = None
+
+    def train(self, mode: bool = True):
+        self.clear_text_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_text_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _text_tower_tensors(self) -> list[torch.Tensor]:
+        return [
+            *self.clip.text_model.parameters(),
+            *self.clip.text_projection.parameters(),
+            self.group_prompt_embeds,
+            self.group_eos_positions,
+        ]
+
+    def _label_side_tensors(self) -> list[torch.Tensor]:
+        return [
+            *self._text_tower_tensors(),
+            *self.meta_net.parameters(),
+            *self.gcn.parameters(),
+            self.relation,
+            self.label_prompt_embeds,
+            self.label_eos_positions,
+            self.label_to_group,
+        ]
+
+    def _cache_key(self, tensors: list[torch.Tensor]) -> tuple:
+        device_type = self.relation.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        return (
+            autocast,
+            torch.get_autocast_dtype(device_type) if autocast else None,
+            self.truncate_prompts,
+            self.config.relation_keep_ratio,
+            self.config.relation_reweight_p,
+            tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors),
+        )
+
+    # ----- text side -----------------------------------------------------------------------------------------------
+
+    def get_group_features(self) -> torch.Tensor:
+        """`t_parent`: text features of the fixed group prompts before the GCN, `(G, D)` (not normalised).
+
+        Constant while the text tower is frozen, so computed once (without a graph) and reused, in training too."""
+        tensors = self._text_tower_tensors()
+        cacheable = self.cache_group_features and not any(t.requires_grad for t in tensors)
+        if cacheable:
+            key = self._cache_key(tensors)
+            if self._group_features_cache is not None and self._group_features_cache[0] == key:
+                return self._group_features_cache[1]
+        features = encode_prompt_embeddings(
+            self.clip, self.group_prompt_embeds, self.group_eos_positions, truncate=self.truncate_prompts
+        )
+        if cacheable:
+            self._group_features_cache = (key, features.detach())
+        return features
+
+    def compute_label_embeddings(self) -> torch.Tensor:
+        """The full text side, `(C, D)` L2-normalised label embeddings:
+
+        group features -> GCN (group adjacency) -> meta-net -> `n_ctx` context vectors per group -> each label takes
+        its group's context -> label prompts through the text tower -> the SAME GCN (label adjacency) -> normalise.
+        """
+        config = self.config
+        label_adjacency, group_adjacency = self.adjacency()
+        group_features = self.gcn(self.get_group_features(), group_adjacency)  # (G, D)
+        context = self.meta_net(group_features)  # (G, n_ctx * W)
+        context = context[self.label_to_group].reshape(config.num_labels, config.n_ctx, config.text_width)
+        prompts = self.label_prompt_embeds
+        prompts = torch.cat([prompts[:, :1], context.to(prompts.dtype), prompts[:, 1 + config.n_ctx :]], dim=1)
+        label_features = encode_prompt_embeddings(
+            self.clip, prompts, self.label_eos_positions, truncate=self.truncate_prompts
+        )
+        label_features = self.gcn(label_features, label_adjacency)  # (C, D)
+        return F.normalize(label_features, dim=-1)
+
+    def get_label_embeddings(self) -> torch.Tensor:
+        """`(C, D)` normalised label embeddings; cached in eval mode (see the class docstring)."""
+        cacheable = self.cache_label_embeddings and not self.training
+        if cacheable and torch.is_grad_enabled():
+            tensors = self._label_side_tensors()
+            cacheable = not any(t.requires_grad for t in tensors)
+        elif cacheable:
+            tensors = self._label_side_tensors()
+        if not cacheable:
+            return self.compute_label_embeddings()
+        key = self._cache_key(tensors)
+        if self._label_embeds_cache is not None and self._label_embeds_cache[0] == key:
+            return self._label_embeds_cache[1]
+        with torch.no_grad():
+            label_embeds = self.compute_label_embeddings()
+        self._label_embeds_cache = (key, label_embeds)
+        return label_embeds
+
+    # ----- image side and forward ------------------------------------------------------------------------------
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, Any]:
+        """L2-normalised projected image embeddings `(B, D)` and the vision tower's output."""
+        vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
+        image_embeds = self.clip.visual_projection(vision_outputs.pooler_output)
+        return F.normalize(image_embeds, dim=-1), vision_outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HSPNetModelOutput | tuple:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
+        Returns:
+            `HSPNetModelOutput` with `logits` `(B, C)`, `image_embeds` `(B, D)`, `label_embeds` `(C, D)`.
+        """
+        if pixel_values is None:
+            raise ValueError("HSPNetModel.forward needs pixel_values.")
+        vision_kwargs = {}
+        if output_hidden_states:
+            vision_kwargs["output_hidden_states"] = True
+        if output_attentions:
+            vision_kwargs["output_attentions"] = True
+        image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
+        label_embeds = self.get_label_embeddings()
+        logits = self.config.logit_scale * image_embeds @ label_embeds.to(image_embeds.dtype).T
+        output = HSPNetModelOutput(
+            logits=logits,
+            image_embeds=image_embeds,
+            label_embeds=label_embeds,
+            hidden_states=getattr(vision_outputs, "hidden_states", None),
+            attentions=getattr(vision_outputs, "attentions", None),
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class HSPNetForImageClassification(HSPNetPreTrainedModel):
+    """HSPNet with its training loss, for `AutoModelForImageClassification` and `pipeline("image-classification")`.
+
+    `labels` are the observed targets, `(B, C)` with 1 for the observed positive(s) and 0 for unobserved labels. The
+    loss is `config.loss` with `config.loss_kwargs`.
+    """
+
+    def __init__(self, config: HSPNetConfig):
+        super().__init__(config)
+        self.hspnet = HSPNetModel(config)
+        self.post_init()
+
+    def build_loss(self) -> nn.Module:
+        """The loss module named by `config.loss` (the hook the training script and `forward` share)."""
+        if self.config.loss not in ("bce", "an"):
+            raise ValueError(f"Unknown loss {self.config.loss!r}; available: 'bce'.")
+        return nn.BCEWithLogitsLoss()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        epoch: int | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
+            labels (`torch.FloatTensor` of shape `(B, C)`, *optional*): observed targets (1 = observed positive).
+            epoch (`int`, *optional*): the current epoch, for losses that change with it (SPLC, LL-R).
+        Returns:
+            `ImageClassifierOutput` with `logits` `(B, C)` and `loss` when `labels` are given.
+        """
+        outputs = self.hspnet(
+            pixel_values=pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        logits = outputs.logits
+        loss = None
+        if labels is not None:
+            loss = self.build_loss()(logits.float(), labels.to(logits.device).float())
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+HSPNetModel.register_for_auto_class("AutoModel")
+HSPNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "HSPNetModel",
+    "HSPNetForImageClassification",
+    "HSPNetPreTrainedModel",
+    "HSPNetModelOutput",
+    "process_relation",
+    "encode_prompt_embeddings",
+    "clip_text_embeddings",
+]
