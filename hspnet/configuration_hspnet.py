@@ -90,6 +90,8 @@ class HSPNetConfig(PreTrainedConfig):
         if kwargs.get("problem_type") is None:
             kwargs["problem_type"] = "multi_label_classification"
         super().__post_init__(**kwargs)
+        if self.id2label and not self.label2id:
+            self.label2id = {name: index for index, name in self.id2label.items()}
         if self.group_names is None:
             self.group_names = []
         if self.label_to_group is None:

@@ -1,0 +1,274 @@
+import copy
+
+import pytest
+import torch
+from transformers import CLIPModel
+
+from hspnet import HSPNetForImageClassification, HSPNetModel, encode_prompt_embeddings
+from hspnet.tiny_clip import byte_level_clip_tokenizer
+from tests.reference_hspnet import plain_hspnet_logits
+
+
+def randomize_trainables(model, seed=3):
+    """Perturb the GCN/meta-net so the test does not only see their initial values (gamma != 0.9, etc.)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (model.hspnet.gcn, model.hspnet.meta_net):
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+
+
+def test_forward_matches_plain_reimplementation(make_model, pixel_values):
+    model = make_model()
+    randomize_trainables(model)
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+        image_features = model.hspnet.clip.get_image_features(pixel_values=pixel_values).pooler_output
+    expected = plain_hspnet_logits(model, image_features)
+    assert logits.shape == (3, 6)
+    torch.testing.assert_close(logits.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_embedding_path_equals_clip_token_path(tiny_clip_dir):
+    # Running the text tower on token embeddings must equal CLIP's own forward on token ids.
+    clip = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    tokenizer = byte_level_clip_tokenizer()
+    ids = tokenizer(["a photo of a cat.", "a dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    eos = (ids == 513).int().argmax(-1)
+    with torch.no_grad():
+        expected = clip.get_text_features(input_ids=ids).pooler_output
+        embeds = clip.text_model.embeddings.token_embedding(ids)
+        for truncate in (False, True):
+            got = encode_prompt_embeddings(clip, embeds, eos, truncate=truncate)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prompts_and_buffers(make_model):
+    model = make_model()
+    base = model.hspnet
+    tokenizer = byte_level_clip_tokenizer()
+    embed = base.clip.text_model.embeddings.token_embedding
+    # group prompt: "a photo of a {group}." with underscores replaced; label prompt: "X X X X {label}."
+    ids = tokenizer("a photo of a outdoor.", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    torch.testing.assert_close(base.group_prompt_embeds[1], embed(ids)[0])
+    ids = tokenizer("X X X X traffic light.", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    torch.testing.assert_close(base.label_prompt_embeds[2], embed(ids)[0])
+    assert int(base.label_eos_positions[2]) == len(tokenizer("X X X X traffic light.").input_ids) - 1
+    assert base.label_to_group.tolist() == [0, 0, 1, 2, 2, 3]
+    # default relation: cosine similarity of the text features of the names (labels, then groups)
+    C = 6
+    assert base.relation.shape == (10, 10)
+    torch.testing.assert_close(torch.diagonal(base.relation), torch.ones(10), atol=1e-5, rtol=0)
+    names = ["cat", "dog", "traffic light", "car", "bus", "person", "animal", "outdoor", "vehicle", "person"]
+    batch = tokenizer(names, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        features = base.clip.get_text_features(**batch).pooler_output
+    features = features / features.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(base.relation, features @ features.T, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(base.relation[5, :C], base.relation[9, :C], atol=1e-5)  # label and group "person"
+
+
+def test_given_relation_is_used_and_checked(make_model, tmp_path):
+    import numpy as np
+
+    relation = np.random.default_rng(0).uniform(0.6, 1.0, size=(10, 10)).astype(np.float32)
+    np.save(tmp_path / "rel.npy", relation)
+    model = make_model(relation=str(tmp_path / "rel.npy"))
+    torch.testing.assert_close(model.hspnet.relation, torch.from_numpy(relation))
+    with pytest.raises(ValueError, match=r"relation has shape \(9, 9\), expected \(10, 10\)"):
+        make_model(relation=relation[:9, :9])
+
+
+def test_speedups_equal_plain_path(make_model, pixel_values):
+    model = make_model()
+    randomize_trainables(model)
+    base = model.hspnet
+
+    def logits(cache, truncate):
+        base.cache_label_embeddings = base.cache_group_features = cache
+        base.truncate_prompts = truncate
+        with torch.no_grad():
+            return model(pixel_values=pixel_values).logits
+
+    plain = logits(False, False)
+    for cache, truncate in [(True, False), (False, True), (True, True)]:
+        torch.testing.assert_close(logits(cache, truncate), plain, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits(cache, truncate), plain, atol=1e-5, rtol=1e-5)  # served from the cache
+    assert base._label_embeds_cache is not None and base._group_features_cache is not None
+
+
+def test_caches_never_go_stale(make_model, pixel_values):
+    model = make_model()
+    base = model.hspnet
+    fresh = copy.deepcopy(model)
+    fresh.hspnet.cache_label_embeddings = fresh.hspnet.cache_group_features = False
+
+    def check(message):
+        with torch.no_grad():
+            got = model(pixel_values=pixel_values).logits
+            want = fresh(pixel_values=pixel_values).logits
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=message)
+
+    check("initial")
+    # 1. an optimizer step in training mode, then back to eval
+    labels = torch.zeros(3, 6)
+    labels[:, 1] = 1
+    for m in (model, fresh):
+        m.train()
+        optimizer = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        torch.manual_seed(0)
+        m(pixel_values=pixel_values, labels=labels).loss.backward()
+        optimizer.step()
+        m.eval()
+    check("after an optimizer step")
+    # 2. an optimizer step WITHOUT switching modes (eval-mode training, e.g. frozen batch norms)
+    for m in (model, fresh):
+        with torch.no_grad():
+            m(pixel_values=pixel_values)  # fills the cache
+        optimizer = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1.0)
+        m(pixel_values=pixel_values, labels=labels).loss.backward()
+        optimizer.step()
+    check("after an eval-mode optimizer step")
+    # 3. in-place edits of a text-side parameter and of the frozen text tower, under no_grad
+    with torch.no_grad():
+        for m in (model, fresh):
+            m.hspnet.gcn.gamma.fill_(0.3)
+    check("after gamma.fill_")
+    with torch.no_grad():
+        for m in (model, fresh):
+            m.hspnet.clip.text_model.final_layer_norm.weight.mul_(1.5)
+    check("after editing the frozen text tower")
+    # 4. load_state_dict with other weights
+    other = model.state_dict()
+    other = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in other.items()}
+    for m in (model, fresh):
+        m.load_state_dict(other)
+    assert base._label_embeds_cache is None and base._group_features_cache is None
+    check("after load_state_dict")
+    # 5. relation settings and dtype changes
+    for m in (model, fresh):
+        m.config.relation_keep_ratio = 0.5
+    check("after changing relation_keep_ratio")
+    for m in (model, fresh):
+        m.double()
+    with torch.no_grad():
+        got = model(pixel_values=pixel_values.double()).logits
+        want = fresh(pixel_values=pixel_values.double()).logits
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want)
+
+
+def test_cache_is_not_used_in_training_or_with_trainable_grad(make_model, pixel_values):
+    model = make_model()
+    base = model.hspnet
+    model.train()
+    with torch.no_grad():
+        model(pixel_values=pixel_values)
+    assert base._label_embeds_cache is None
+    assert base._group_features_cache is not None  # group features are constant: cached in training too
+    model.eval()
+    assert base._group_features_cache is None  # dropped on train()/eval()
+    model(pixel_values=pixel_values).logits.sum().backward()  # grad enabled, trainable text side: no cache
+    assert base._label_embeds_cache is None
+    assert base.meta_net.linear1.weight.grad is not None
+
+
+def test_gradients_reach_trainable_parts_only(make_model, pixel_values):
+    model = make_model()
+    model.train()
+    labels = torch.zeros(3, 6)
+    labels[0, 0] = labels[1, 3] = labels[2, 5] = 1
+    model(pixel_values=pixel_values, labels=labels).loss.backward()
+    base = model.hspnet
+    for name, p in base.clip.text_model.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+    assert not base.clip.text_projection.weight.requires_grad and base.clip.text_projection.weight.grad is None
+    assert not base.clip.logit_scale.requires_grad
+    for name, module in [("meta_net", base.meta_net), ("gcn", base.gcn), ("vision", base.clip.vision_model)]:
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, name
+    assert float(base.gcn.gamma.grad.abs()) > 0
+    assert float(base.clip.visual_projection.weight.grad.abs().sum()) > 0
+
+
+def test_unfrozen_text_encoder_trains(make_model, pixel_values):
+    model = make_model(freeze_text_encoder=False)
+    model.train()
+    model(pixel_values=pixel_values).logits.sum().backward()
+    assert model.hspnet.clip.text_model.final_layer_norm.weight.grad is not None
+    assert model.hspnet.clip.text_model.embeddings.token_embedding.weight.grad is None  # prompts are stored embeddings
+
+
+def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+    model = make_model()
+    randomize_trainables(model)
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+    model.save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [
+        "config.json",
+        "configuration_hspnet.py",
+        "model.safetensors",
+        "modeling_hspnet.py",
+        "preprocessor_config.json",
+    ]
+    assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "HSPNetConfig"
+    for loader, cls in [
+        (HSPNetForImageClassification, HSPNetForImageClassification),
+        (AutoModelForImageClassification, HSPNetForImageClassification),
+        (AutoModel, HSPNetModel),
+    ]:
+        loaded = loader.from_pretrained(tmp_path)
+        assert type(loaded) is cls
+        assert not loaded.training
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(pixel_values=pixel_values).logits, expected, atol=0, rtol=0)
+        base = loaded.base_model
+        assert not any(p.requires_grad for p in base.clip.text_model.parameters())  # freezing survives loading
+        assert base.label_to_group.tolist() == [0, 0, 1, 2, 2, 3]
+
+
+def test_output_dataclasses(make_model, pixel_values):
+    model = make_model()
+    with torch.no_grad():
+        out = model.hspnet(pixel_values=pixel_values)
+        assert out.logits.shape == (3, 6) and out.image_embeds.shape == (3, 24) and out.label_embeds.shape == (6, 24)
+        torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(3))
+        torch.testing.assert_close(out.logits, 10 * out.image_embeds @ out.label_embeds.T)
+        hidden = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+        assert hidden is not None and len(hidden) == 3  # embeddings + 2 layers
+        assert isinstance(model(pixel_values=pixel_values, return_dict=False), tuple)
+
+
+def test_from_clip_accepts_a_model_object(tiny_clip_dir, hierarchy, pixel_values):
+    clip = CLIPModel.from_pretrained(tiny_clip_dir)
+    torch.manual_seed(0)
+    a = HSPNetForImageClassification.from_clip(clip, tokenizer=byte_level_clip_tokenizer(), **hierarchy)
+    torch.manual_seed(0)
+    b = HSPNetForImageClassification.from_clip(tiny_clip_dir, **hierarchy)
+    with torch.no_grad():
+        torch.testing.assert_close(a(pixel_values=pixel_values).logits, b(pixel_values=pixel_values).logits)
+
+
+def test_from_clip_errors(tiny_clip_dir, hierarchy):
+    with pytest.raises(ValueError, match="label_to_group has 5 entries"):
+        HSPNetForImageClassification.from_clip(tiny_clip_dir, **{**hierarchy, "label_to_group": [0, 0, 1, 2, 2]})
+    with pytest.raises(ValueError, match="has 8[0-9] tokens"):
+        HSPNetForImageClassification.from_clip(tiny_clip_dir, **{**hierarchy, "labels": ["x" * 80] + hierarchy["labels"][1:]})
+    with pytest.raises(OSError):
+        HSPNetForImageClassification.from_clip("no-such-org/no-such-clip", **hierarchy)
+
+
+def test_loss_is_bce_on_observed_labels(make_model, pixel_values):
+    model = make_model()
+    labels = torch.zeros(3, 6)
+    labels[0, 2] = 1
+    with torch.no_grad():
+        out = model(pixel_values=pixel_values, labels=labels)
+    x, y = out.logits, labels
+    expected = -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))).mean()
+    torch.testing.assert_close(out.loss, expected)

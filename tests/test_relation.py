@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hspnet import process_relation
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_four_by_four_by_hand():
+    R = torch.tensor(
+        [
+            [1.0, 0.9, 0.8, 0.7],
+            [0.9, 1.0, 0.6, 0.5],
+            [0.8, 0.6, 1.0, 0.95],
+            [0.7, 0.5, 0.95, 1.0],
+        ]
+    )
+    # k = int(0.75 * 4) = 3 entries kept per row (the diagonal 1.0 is always one of them), diagonal then zeroed:
+    # row 0 keeps 0.9, 0.8 (drops 0.7): sum 1.7   row 1 keeps 0.9, 0.6 (drops 0.5): sum 1.5
+    # row 2 keeps 0.8, 0.95 (drops 0.6): sum 1.75 row 3 keeps 0.7, 0.95 (drops 0.5): sum 1.65
+    # off-diagonal = 0.2 * value / sum, diagonal = 1 - 0.2
+    expected = torch.tensor(
+        [
+            [0.8, 0.2 * 0.9 / 1.7, 0.2 * 0.8 / 1.7, 0.0],
+            [0.2 * 0.9 / 1.5, 0.8, 0.2 * 0.6 / 1.5, 0.0],
+            [0.2 * 0.8 / 1.75, 0.0, 0.8, 0.2 * 0.95 / 1.75],
+            [0.2 * 0.7 / 1.65, 0.0, 0.2 * 0.95 / 1.65, 0.8],
+        ]
+    )
+    torch.testing.assert_close(process_relation(R, 0.75, 0.2), expected)
+
+
+def test_other_settings_by_hand():
+    R = torch.tensor([[1.0, 0.5, 0.2], [0.5, 1.0, 0.4], [0.2, 0.4, 1.0]])
+    # keep ratio 1.0: nothing dropped; p = 0.5
+    expected = torch.tensor(
+        [
+            [0.5, 0.5 * 0.5 / 0.7, 0.5 * 0.2 / 0.7],
+            [0.5 * 0.5 / 0.9, 0.5, 0.5 * 0.4 / 0.9],
+            [0.5 * 0.2 / 0.6, 0.5 * 0.4 / 0.6, 0.5],
+        ]
+    )
+    torch.testing.assert_close(process_relation(R, 1.0, 0.5), expected)
+
+
+def test_single_group_keeps_itself():
+    # int(0.75 * 1) = 0 neighbours: the released code divides 0 by 0; we keep the node alone (documented choice)
+    torch.testing.assert_close(process_relation(torch.tensor([[1.0]])), torch.tensor([[1.0]]))
+
+
+def voc_relation():
+    return torch.from_numpy(np.loadtxt(FIXTURES / "relation_voc_super.txt", dtype=np.float32))
+
+
+def test_authors_voc_label_block_properties():
+    R = voc_relation()
+    assert R.shape == (24, 24)
+    block = R[:20, :20]
+    A = process_relation(block)
+    # Derived by hand: in each of the 20 rows, int(0.75 * 20) = 15 entries are kept; the diagonal (~1.0) is the row
+    # maximum, so 14 neighbours remain; the diagonal is 0.8; the off-diagonal entries are the 14 largest similarities
+    # of the row, scaled to sum to 0.2, so every row sums to 1 and the ratios between neighbours are the raw ratios.
+    for i in range(20):
+        off = A[i].clone()
+        off[i] = 0
+        neighbours = (off > 0).nonzero().flatten().tolist()
+        assert len(neighbours) == 14
+        raw = block[i].clone()
+        raw[i] = -1
+        assert sorted(neighbours) == sorted(torch.topk(raw, 14).indices.tolist())
+        assert A[i, i].item() == pytest.approx(0.8)
+        assert A[i].sum().item() == pytest.approx(1.0, abs=1e-6)
+        j, k = neighbours[0], neighbours[1]
+        assert (A[i, j] / A[i, k]).item() == pytest.approx((block[i, j] / block[i, k]).item(), rel=1e-5)
+
+
+def test_authors_voc_group_block_by_hand():
+    R = voc_relation()
+    A = process_relation(R[20:, 20:])
+    # groups: vehicles, household, animals, person; k = int(0.75 * 4) = 3, so two neighbours per row.
+    # row vehicles: raw [1, .8507036, .8777097, .8456455] keeps household and animals (drops person)
+    s = 0.8507036 + 0.8777097
+    assert A[0].tolist() == pytest.approx([0.8, 0.2 * 0.8507036 / s, 0.2 * 0.8777097 / s, 0.0], abs=1e-6)
+    # row person: raw [.8456455, .86604047, .89981765, 1] keeps household and animals (drops vehicles)
+    s = 0.86604047 + 0.89981765
+    assert A[3].tolist() == pytest.approx([0.0, 0.2 * 0.86604047 / s, 0.2 * 0.89981765 / s, 0.8], abs=1e-6)
+
+
+def test_matches_plain_loop_implementation_on_voc():
+    from tests.reference_hspnet import plain_process_relation
+
+    R = voc_relation()
+    for block in (R[:20, :20], R[20:, 20:]):
+        expected = plain_process_relation(block.tolist()).float()
+        torch.testing.assert_close(process_relation(block), expected)
