@@ -1,0 +1,115 @@
+"""Inference throughput of HSPNetForImageClassification vs the bare CLIP image tower.
+
+Builds a real-size ViT-B/16 CLIP from its config (random weights, no download) and a COCO-size hierarchy (80 labels,
+12 groups), then measures images/s at batch 1 and 32 for:
+
+- `clip image tower`: `vision_model` + `visual_projection` + normalisation of the same weights (the lower bound);
+- `hspnet`: the HSPNet classifier with its exact speed-ups (cached label embeddings, cached group features,
+  truncated prompts);
+- `hspnet, speed-ups off`: the same model recomputing every prompt at full length on each call, as the released
+  code does.
+
+    python benchmarks/inference.py                      # CPU, float32
+    python benchmarks/inference.py --device cuda --dtype bfloat16 --iters 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig
+
+from hspnet import HSPNetForImageClassification
+from hspnet.tiny_clip import BOS_TOKEN_ID, EOS_TOKEN_ID, byte_level_clip_tokenizer
+
+
+def vit_b16_config() -> CLIPConfig:
+    text = dict(bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID)
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  patch_size=16, image_size=224)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
+
+
+def coco_like_hierarchy(num_labels: int = 80, num_groups: int = 12):
+    labels = [f"object number {i}" for i in range(num_labels)]
+    groups = [f"family {g}" for g in range(num_groups)]
+    return labels, groups, [i % num_groups for i in range(num_labels)]
+
+
+def measure(fn, batch: torch.Tensor, iters: int, warmup: int, device: str) -> float:
+    for _ in range(warmup):
+        fn(batch)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn(batch)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return iters * batch.shape[0] / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations per batch size (default: by device)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best round is reported")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+
+    from transformers import CLIPModel
+
+    torch.manual_seed(0)
+    clip = CLIPModel(vit_b16_config())
+    labels, groups, label_to_group = coco_like_hierarchy()
+    model = HSPNetForImageClassification.from_clip(
+        clip, labels=labels, groups=groups, label_to_group=label_to_group, tokenizer=byte_level_clip_tokenizer()
+    )
+    model = model.to(args.device, dtype).eval()
+    base = model.hspnet
+
+    def tower(x):
+        output = base.clip.vision_model(pixel_values=x)
+        return F.normalize(base.clip.visual_projection(output.pooler_output), dim=-1)
+
+    def hspnet(x):
+        base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = True
+        return model(pixel_values=x).logits
+
+    def hspnet_plain(x):
+        base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = False
+        return model(pixel_values=x).logits
+
+    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
+          f"labels={len(labels)} groups={len(groups)} ViT-B/16 random weights")
+    rows = []
+    with torch.inference_mode():
+        for batch_size in args.batch_sizes:
+            iters = args.iters or (50 if args.device.startswith("cuda") else (5 if batch_size == 1 else 2))
+            x = torch.randn(batch_size, 3, 224, 224, device=args.device, dtype=dtype)
+            # alternate the two in rounds and keep each one's best round, so background load hits both alike
+            speed_tower = speed_hspnet = 0.0
+            for _ in range(args.rounds):
+                speed_tower = max(speed_tower, measure(tower, x, iters, args.warmup, args.device))
+                speed_hspnet = max(speed_hspnet, measure(hspnet, x, iters, args.warmup, args.device))
+            speed_plain = measure(hspnet_plain, x, max(1, iters // 5) if batch_size == 1 else iters, 1, args.device)
+            rows.append((batch_size, speed_tower, speed_hspnet, speed_plain))
+    print()
+    print("| batch | clip image tower (img/s) | hspnet (img/s) | hspnet / tower | hspnet, speed-ups off (img/s) |")
+    print("|---:|---:|---:|---:|---:|")
+    for batch_size, tower_speed, hspnet_speed, plain_speed in rows:
+        print(f"| {batch_size} | {tower_speed:.2f} | {hspnet_speed:.2f} | {hspnet_speed / tower_speed:.3f}x "
+              f"| {plain_speed:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
