@@ -1,0 +1,781 @@
+"""Losses for multi-label learning from single positive labels.
+
+This module imports only the standard library and ``torch``: the model file
+imports it with ``from .losses import build_loss, LOSS_DEFAULTS`` and it is
+shipped to the Hugging Face Hub as remote code next to saved weights.
+
+Conventions shared by every loss
+--------------------------------
+* ``forward(logits, targets, *, epoch=None, indices=None)``.
+  ``logits``: (B, C) raw scores before the sigmoid. ``targets``: (B, C) observed
+  labels, 1 = observed positive, 0 = unobserved. Values are not checked (that
+  would force a device synchronisation every step); anything other than 0/1 is
+  undefined behaviour.
+* Computation is done in float32: float16 / bfloat16 logits are cast up and
+  autocast is disabled inside the loss. float64 input stays float64.
+* ``reduction="sum"`` sums the per-entry loss over the B x C matrix.
+  ``reduction="mean"`` divides that sum by **B*C** (the number of label
+  entries), for every loss. Batch-level regularisers (EPR, ROLE) are added
+  after that division for "mean" (as in Cole et al.'s code) and multiplied by
+  B*C for "sum", so for every loss ``sum == B*C * mean`` exactly.
+* ``log(sigmoid(z))`` is computed with ``logsigmoid`` (no epsilon). The
+  reference implementations of Cole et al. / Zhou et al. use
+  ``-log(x + 1e-5)``; the difference is below 1e-5 per entry except for
+  saturated probabilities.
+* Epochs are 0-based (the first training epoch is epoch 0), as in the loop of
+  the released HSPNet code (``for epoch in range(epochs)``): SPLC with
+  ``change_epoch=1`` starts correcting labels at the second epoch.
+* Epoch-aware losses (SPLC, LL-R) keep the current epoch in a persistent
+  long buffer ``current_epoch`` (so it is in ``state_dict``). ``forward``
+  uses the ``epoch=`` argument when given (and records it in the buffer),
+  otherwise the stored value; if no epoch was ever given (buffer = -1) they
+  raise ``ValueError``: there is deliberately no silent default.
+* ROLE needs the training-set index of every sample (``indices=``); its label
+  estimates are an ``nn.Parameter`` of the loss module.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "MultiLabelLoss",
+    "SPLCLoss",
+    "AssumeNegativeLoss",
+    "AssumeNegativeLabelSmoothingLoss",
+    "WeakAssumeNegativeLoss",
+    "ExpectedPositiveRegularizationLoss",
+    "ROLELoss",
+    "EntropyMaximizationLoss",
+    "LargeLossRejectionLoss",
+    "HillLoss",
+    "FocalLoss",
+    "AsymmetricLoss",
+    "LOSSES",
+    "LOSS_DEFAULTS",
+    "EXPECTED_POSITIVES_PER_IMAGE",
+    "build_loss",
+]
+
+_REDUCTIONS = ("sum", "mean")
+
+# Average number of positive labels per training image, the value Cole et al.
+# (CVPR 2021) use for k in EPR / ROLE (their Table of dataset statistics).
+# Note: one revision of their train.py uses 2.5 for COCO.
+EXPECTED_POSITIVES_PER_IMAGE: Dict[str, float] = {
+    "voc": 1.5,
+    "coco": 2.9,
+    "nuswide": 1.9,
+    "cub": 31.4,
+}
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class MultiLabelLoss(nn.Module):
+    """Base class: input checks, float32 computation and the reduction.
+
+    Subclasses implement ``_loss_terms(z, y, epoch, indices)`` returning the
+    (B, C) per-entry loss matrix and an optional batch-level scalar
+    regulariser (already in "mean" units, see the module docstring).
+    """
+
+    requires_indices: bool = False
+    requires_epoch: bool = False
+
+    def __init__(self, num_labels: int, reduction: str = "mean") -> None:
+        super().__init__()
+        try:
+            num_labels = operator.index(num_labels)
+        except TypeError:
+            raise ValueError(f"num_labels must be a positive int, got {num_labels!r}") from None
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.num_labels = num_labels
+        self.reduction = reduction
+        if self.requires_epoch:
+            self.register_buffer("current_epoch", torch.tensor(-1, dtype=torch.long), persistent=True)
+            self._epoch_cache: Optional[int] = None
+
+    # ------------------------------------------------------------------ epoch
+    def set_epoch(self, epoch: int) -> None:
+        """Record the current (0-based) training epoch."""
+        if not self.requires_epoch:
+            return
+        epoch = int(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if self._epoch_cache != epoch:
+            self.current_epoch.fill_(epoch)
+            self._epoch_cache = epoch
+
+    def get_epoch(self) -> int:
+        """The stored epoch, -1 if none was ever given."""
+        if not self.requires_epoch:
+            return -1
+        if self._epoch_cache is None:
+            self._epoch_cache = int(self.current_epoch.item())
+        return self._epoch_cache
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # noqa: D401
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.requires_epoch:
+            self._epoch_cache = None  # re-read from the loaded buffer on next use
+
+    def _resolve_epoch(self, epoch: Optional[int]) -> Optional[int]:
+        if not self.requires_epoch:
+            return None
+        if epoch is not None:
+            self.set_epoch(epoch)
+            return int(epoch)
+        stored = self.get_epoch()
+        if stored < 0:
+            raise ValueError(
+                f"{type(self).__name__} needs the current 0-based training epoch: pass "
+                "forward(..., epoch=e) or call loss.set_epoch(e) at the start of every epoch."
+            )
+        return stored
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        epoch: Optional[int] = None,
+        indices: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if logits.dim() != 2 or logits.shape != targets.shape:
+            raise ValueError(
+                f"logits and targets must both be (B, C); got {tuple(logits.shape)} and {tuple(targets.shape)}"
+            )
+        if logits.shape[1] != self.num_labels:
+            raise ValueError(f"expected {self.num_labels} labels, got logits of shape {tuple(logits.shape)}")
+        if self.requires_indices:
+            if indices is None:
+                raise ValueError(
+                    f"{type(self).__name__} needs the training-set index of every sample: "
+                    "pass forward(..., indices=LongTensor of shape (B,))."
+                )
+            if indices.dim() != 1 or indices.shape[0] != logits.shape[0]:
+                raise ValueError(f"indices must have shape ({logits.shape[0]},), got {tuple(indices.shape)}")
+        ep = self._resolve_epoch(epoch)
+        if logits.dtype in (torch.float16, torch.bfloat16) or not logits.is_floating_point():
+            logits = logits.float()
+        targets = targets.to(dtype=logits.dtype)
+        with _no_autocast(logits.device.type):
+            matrix, reg = self._loss_terms(logits, targets, ep, indices)
+            total = matrix.sum()
+            n_entries = matrix.numel()
+            if self.reduction == "mean":
+                total = total / n_entries
+                if reg is not None:
+                    total = total + reg
+            elif reg is not None:
+                total = total + reg * n_entries
+        return total
+
+    def _loss_terms(
+        self, z: torch.Tensor, y: torch.Tensor, epoch: Optional[int], indices: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"num_labels={self.num_labels}, reduction={self.reduction!r}"
+
+
+class _no_autocast:
+    """Disable autocast for the loss computation (a no-op where unsupported)."""
+
+    def __init__(self, device_type: str) -> None:
+        self._ctx = None
+        try:
+            available = getattr(torch.amp, "is_autocast_available", None)
+            if available is None or available(device_type):
+                self._ctx = torch.autocast(device_type=device_type, enabled=False)
+        except (RuntimeError, ValueError):  # pragma: no cover - exotic devices
+            self._ctx = None
+
+    def __enter__(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def _expected_positive_regularizer(probs: torch.Tensor, k: float, num_labels: int) -> torch.Tensor:
+    # R_k = ((k_hat - k) / C)^2 with k_hat = mean over the batch of sum_c p_bc
+    k_hat = probs.sum(dim=1).mean(dim=0)
+    return ((k_hat - k) / num_labels) ** 2
+
+
+# ---------------------------------------------------------------------------
+# SPLC (the HSPNet reference loss)
+# ---------------------------------------------------------------------------
+class SPLCLoss(MultiLabelLoss):
+    r"""SPLC with focal margin: the loss of HSPNet's released code.
+
+    Paper: Zhang et al., "Simple and Robust Loss Design for Multi-Label
+    Learning with Missing Labels", arXiv:2112.07368 (2021), Sec. "Self-paced
+    loss correction", with the focal-margin loss for positives; used
+    unchanged by HSPNet (Wang et al., ACM MM 2023).
+
+    Implemented exactly as the released code (HSPNET.md, "Loss"):
+
+    1. :math:`z = x - m` where :math:`y = 1`, else :math:`z = x`;
+    2. if ``epoch >= change_epoch``: :math:`y \leftarrow 1` where
+       :math:`\sigma(z) > \tau` (pseudo-positives; observed positives stay 1);
+    3. :math:`p = \sigma(z)`, :math:`p_t = (1-p) y + p (1-y)`,
+       :math:`w = p_t^{\gamma}` (NOT detached);
+    4. :math:`\ell = -[y \log\sigma(z) + (1-y)\log\sigma(-z)]\, w`.
+
+    The pseudo-positive selection itself carries no gradient (it is a
+    comparison). Reference reduction: ``"sum"``.
+
+    Shapes: logits, targets (B, C) -> scalar. Needs the 0-based epoch
+    (``epoch=`` or :meth:`set_epoch`).
+    """
+
+    requires_epoch = True
+
+    def __init__(
+        self,
+        num_labels: int,
+        tau: float = 0.6,
+        margin: float = 1.0,
+        gamma: float = 2.0,
+        change_epoch: int = 1,
+        reduction: str = "sum",
+    ) -> None:
+        super().__init__(num_labels, reduction)
+        if not 0.0 < tau < 1.0:
+            raise ValueError(f"tau must be in (0, 1), got {tau}")
+        self.tau = float(tau)
+        self.margin = float(margin)
+        self.gamma = float(gamma)
+        self.change_epoch = int(change_epoch)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        z = torch.where(y == 1, z - self.margin, z)
+        if epoch >= self.change_epoch:
+            y = torch.where(torch.sigmoid(z) > self.tau, torch.ones_like(y), y)
+        p = torch.sigmoid(z)
+        pt = (1 - p) * y + p * (1 - y)
+        w = pt.pow(self.gamma)
+        loss = -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)) * w
+        return loss, None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, tau={self.tau}, margin={self.margin}, gamma={self.gamma}, "
+            f"change_epoch={self.change_epoch}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Cole et al. (CVPR 2021) baselines
+# ---------------------------------------------------------------------------
+class AssumeNegativeLoss(MultiLabelLoss):
+    r"""AN: binary cross-entropy treating every unobserved label as negative.
+
+    Paper: Cole et al., "Multi-Label Learning from Single Positive Labels",
+    CVPR 2021, Sec. 3 (loss :math:`\mathcal{L}_{AN}`):
+
+    :math:`\ell = -[\,y \log p + (1-y) \log(1-p)\,]`, :math:`p = \sigma(x)`.
+
+    This is plain BCE on the observed targets. Reference reduction: ``"mean"``
+    over B*C (Cole et al.'s ``compute_batch_loss``). Shapes: (B, C) -> scalar.
+    """
+
+    def _loss_terms(self, z, y, epoch, indices):
+        return -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)), None
+
+
+class AssumeNegativeLabelSmoothingLoss(MultiLabelLoss):
+    r"""AN-LS: assume negative with label smoothing.
+
+    Paper: Cole et al., CVPR 2021, Sec. 3 (:math:`\mathcal{L}_{AN-LS}`),
+    smoothing coefficient :math:`\epsilon` = ``ls_coef`` (0.1 in the paper):
+
+    :math:`\ell = -[\,\tilde y \log p + (1-\tilde y)\log(1-p)\,]`,
+    :math:`\tilde y = (1-\epsilon) y + \epsilon (1-y)`.
+
+    Reference reduction: ``"mean"`` over B*C. Shapes: (B, C) -> scalar.
+    """
+
+    def __init__(self, num_labels: int, ls_coef: float = 0.1, reduction: str = "mean") -> None:
+        super().__init__(num_labels, reduction)
+        if not 0.0 <= ls_coef < 1.0:
+            raise ValueError(f"ls_coef must be in [0, 1), got {ls_coef}")
+        self.ls_coef = float(ls_coef)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        eps = self.ls_coef
+        y_s = (1 - eps) * y + eps * (1 - y)
+        return -(y_s * F.logsigmoid(z) + (1 - y_s) * F.logsigmoid(-z)), None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ls_coef={self.ls_coef}"
+
+
+class WeakAssumeNegativeLoss(MultiLabelLoss):
+    r"""WAN: weak assume negative, down-weighting the assumed negatives.
+
+    Paper: Cole et al., CVPR 2021, Sec. 3 (:math:`\mathcal{L}_{WAN}`):
+
+    :math:`\ell = -[\,y \log p + \gamma (1-y) \log(1-p)\,]`,
+    :math:`\gamma = 1/(C-1)` by default (``gamma=None``).
+
+    Reference reduction: ``"mean"`` over B*C. Shapes: (B, C) -> scalar.
+    """
+
+    def __init__(self, num_labels: int, gamma: Optional[float] = None, reduction: str = "mean") -> None:
+        super().__init__(num_labels, reduction)
+        if gamma is None:
+            gamma = 1.0 / (num_labels - 1) if num_labels > 1 else 1.0
+        self.gamma = float(gamma)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        return -(y * F.logsigmoid(z) + self.gamma * (1 - y) * F.logsigmoid(-z)), None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gamma={self.gamma}"
+
+
+class ExpectedPositiveRegularizationLoss(MultiLabelLoss):
+    r"""EPR: observed positives only, plus the expected-positive regulariser.
+
+    Paper: Cole et al., CVPR 2021, Sec. 3 (:math:`\mathcal{L}_{EPR}` and the
+    regulariser :math:`R_k`):
+
+    :math:`\mathcal{L} = \frac{1}{BC}\sum_{b,c} -y_{bc}\log p_{bc} + R_k`,
+    :math:`R_k = \big((\hat k - k)/C\big)^2`,
+    :math:`\hat k = \frac{1}{B}\sum_b \sum_c p_{bc}`.
+
+    ``expected_num_pos`` is k, the average number of positives per image
+    (paper: VOC 1.5, COCO 2.9, NUS-WIDE 1.9, CUB 31.4; see
+    :data:`EXPECTED_POSITIVES_PER_IMAGE`); default 2.9 (COCO).
+    With ``"sum"`` the whole expression is multiplied by B*C.
+    Shapes: (B, C) -> scalar.
+    """
+
+    def __init__(self, num_labels: int, expected_num_pos: float = 2.9, reduction: str = "mean") -> None:
+        super().__init__(num_labels, reduction)
+        self.expected_num_pos = float(expected_num_pos)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        loss = -y * F.logsigmoid(z)
+        reg = _expected_positive_regularizer(torch.sigmoid(z), self.expected_num_pos, self.num_labels)
+        return loss, reg
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, expected_num_pos={self.expected_num_pos}"
+
+
+class ROLELoss(MultiLabelLoss):
+    r"""ROLE: regularised online label estimation.
+
+    Paper: Cole et al., CVPR 2021, Sec. 3 ("Online estimation of unobserved
+    labels"). A label estimate :math:`q_{nc} = \sigma(\theta_{nc})` is kept for
+    every training image n; :math:`\theta` (``label_logits``, shape
+    ``(num_train_images, C)``) is an ``nn.Parameter`` of this module, so put
+    it in the optimizer (Cole et al. use 10x the classifier learning rate) and
+    checkpoint the module (``state_dict`` / accelerate's
+    ``register_for_checkpointing``). Under multi-process training, prepare the
+    loss module too (it has parameters) so that its gradients are all-reduced.
+
+    Per batch, with :math:`p = \sigma(x)` and :math:`q = \sigma(\theta[\text{indices}])`
+    (:math:`\bar\cdot` = detached):
+
+    :math:`\mathcal{L} = \frac{1}{BC}\sum_{b,c}\tfrac12\big[-y\log p - y\log q
+    + \mathrm{BCE}(p, \bar q) + \mathrm{BCE}(q, \bar p)\big]
+    + \tfrac12\big[R_k(p) + R_k(q)\big]`,
+
+    where :math:`\mathrm{BCE}(a, t) = -t\log a - (1-t)\log(1-a)` and
+    :math:`R_k` is the EPR regulariser. This is the symmetric form of the
+    authors' released code.
+
+    Initialisation (as the released code): :math:`\theta` uniform in
+    :math:`[-\mathrm{logit}(0.5+w), \mathrm{logit}(0.5+w)]` with
+    ``init_width`` w = 0.1 (a seeded generator, ``init_seed``), and
+    :meth:`initialize_observed` sets observed positives to
+    :math:`\mathrm{logit}(0.995)` (call it once with the (N, C) observed
+    label matrix before training).
+
+    Shapes: logits, targets (B, C); ``indices`` (B,) long, the training-set
+    row of every sample -> scalar.
+    """
+
+    requires_indices = True
+
+    def __init__(
+        self,
+        num_labels: int,
+        num_train_images: Optional[int] = None,
+        expected_num_pos: float = 2.9,
+        init_width: float = 0.1,
+        init_positive_prob: float = 0.995,
+        init_seed: int = 0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(num_labels, reduction)
+        if num_train_images is None or int(num_train_images) < 1:
+            raise ValueError(
+                "ROLE keeps a label estimate per training image: pass num_train_images=<size of the training set>"
+            )
+        if not 0.0 < init_width < 0.5:
+            raise ValueError(f"init_width must be in (0, 0.5), got {init_width}")
+        self.num_train_images = int(num_train_images)
+        self.expected_num_pos = float(expected_num_pos)
+        self.init_width = float(init_width)
+        self.init_positive_prob = float(init_positive_prob)
+        self.init_seed = int(init_seed)
+        gen = torch.Generator().manual_seed(self.init_seed)
+        bound = _logit(0.5 + self.init_width)
+        init = bound * (2 * torch.rand(self.num_train_images, num_labels, generator=gen) - 1)
+        self.label_logits = nn.Parameter(init)
+
+    @torch.no_grad()
+    def initialize_observed(self, observed_targets: torch.Tensor) -> None:
+        """Set the estimates of observed positives to ``init_positive_prob``.
+
+        ``observed_targets``: (num_train_images, C) matrix, 1 = observed positive.
+        """
+        observed_targets = torch.as_tensor(observed_targets)
+        if tuple(observed_targets.shape) != tuple(self.label_logits.shape):
+            raise ValueError(
+                f"observed_targets must have shape {tuple(self.label_logits.shape)}, "
+                f"got {tuple(observed_targets.shape)}"
+            )
+        mask = observed_targets.to(self.label_logits.device) == 1
+        self.label_logits[mask] = _logit(self.init_positive_prob)
+
+    @property
+    def estimated_labels(self) -> torch.Tensor:
+        """Current label estimates sigma(theta), detached, (num_train_images, C)."""
+        return torch.sigmoid(self.label_logits.detach())
+
+    def _loss_terms(self, z, y, epoch, indices):
+        theta = self.label_logits[indices.to(device=self.label_logits.device, dtype=torch.long)]
+        theta = theta.to(device=z.device, dtype=z.dtype)
+        log_p, log_1mp = F.logsigmoid(z), F.logsigmoid(-z)
+        log_q, log_1mq = F.logsigmoid(theta), F.logsigmoid(-theta)
+        p, q = torch.sigmoid(z), torch.sigmoid(theta)
+        p_bar, q_bar = p.detach(), q.detach()
+        pos = -y * log_p - y * log_q
+        cross_f = -(q_bar * log_p + (1 - q_bar) * log_1mp)
+        cross_g = -(p_bar * log_q + (1 - p_bar) * log_1mq)
+        loss = 0.5 * (pos + cross_f + cross_g)
+        k, c = self.expected_num_pos, self.num_labels
+        reg = 0.5 * (_expected_positive_regularizer(p, k, c) + _expected_positive_regularizer(q, k, c))
+        return loss, reg
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, num_train_images={self.num_train_images}, "
+            f"expected_num_pos={self.expected_num_pos}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Other single-positive / missing-label losses
+# ---------------------------------------------------------------------------
+class EntropyMaximizationLoss(MultiLabelLoss):
+    r"""EM: entropy maximisation on unobserved labels.
+
+    Paper: Zhou et al., "Acknowledging the Unknown for Multi-label Learning
+    with Single Positive Labels", ECCV 2022, Sec. 3 (the EM loss):
+
+    :math:`\ell = -y \log p - \alpha (1-y) H(p)`,
+    :math:`H(p) = -p\log p - (1-p)\log(1-p)`.
+
+    The loss on unobserved labels is negative (it is minimised by
+    :math:`p = 1/2`). ``alpha``: 0.1 (the authors' COCO and NUS-WIDE value;
+    VOC 0.2, CUB 0.01). Reference reduction: ``"mean"`` over B*C.
+    Shapes: (B, C) -> scalar.
+    """
+
+    def __init__(self, num_labels: int, alpha: float = 0.1, reduction: str = "mean") -> None:
+        super().__init__(num_labels, reduction)
+        self.alpha = float(alpha)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        log_p, log_1mp = F.logsigmoid(z), F.logsigmoid(-z)
+        p = torch.sigmoid(z)
+        entropy = -(p * log_p + (1 - p) * log_1mp)
+        return -y * log_p - self.alpha * (1 - y) * entropy, None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={self.alpha}"
+
+
+class LargeLossRejectionLoss(MultiLabelLoss):
+    r"""LL-R: assume negative, rejecting the largest losses on unobserved labels.
+
+    Paper: Kim et al., "Large Loss Matters in Weakly Supervised Multi-Label
+    Classification", CVPR 2022, Sec. 3 (LL-R): the AN loss with weight
+    :math:`\lambda = 0` on the unobserved entries whose loss is among the
+    largest :math:`(t-1)\,\Delta_{rel}` fraction in the mini-batch, at the
+    1-based epoch t; :math:`\lambda = 1` elsewhere.
+
+    Here epochs are 0-based, so the rejection rate at epoch e is
+    ``min(1, e * delta_rel)`` (nothing is rejected in the first epoch), and
+    ``ceil(rate * U)`` entries are rejected, U = number of unobserved entries
+    in the batch (the paper's definition; the released code takes the rate of
+    all B*C entries). ``delta_rel`` is a FRACTION per epoch (the released code
+    takes it in percent, from {0.1, ..., 0.5}); default 0.002 = 0.2 %.
+    ``mode="correct"`` gives LL-Ct instead (rejected entries are treated as
+    positives for this step). The selection carries no gradient.
+    Reference reduction: ``"mean"`` over B*C (rejected entries count in B*C).
+    Shapes: (B, C) -> scalar. Needs the 0-based epoch.
+    """
+
+    requires_epoch = True
+
+    def __init__(
+        self, num_labels: int, delta_rel: float = 0.002, mode: str = "reject", reduction: str = "mean"
+    ) -> None:
+        super().__init__(num_labels, reduction)
+        if delta_rel < 0:
+            raise ValueError(f"delta_rel must be >= 0, got {delta_rel}")
+        if mode not in ("reject", "correct"):
+            raise ValueError(f"mode must be 'reject' or 'correct', got {mode!r}")
+        self.delta_rel = float(delta_rel)
+        self.mode = mode
+
+    def rejection_rate(self, epoch: int) -> float:
+        return min(1.0, epoch * self.delta_rel)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        loss = -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
+        rate = self.rejection_rate(epoch)
+        if rate <= 0:
+            return loss, None
+        unobserved = y == 0
+        n_unobs = int(unobserved.sum().item())
+        # ceil with a tolerance so that e.g. 0.3 * 10 rejects 3, not 4
+        k = min(n_unobs, math.ceil(rate * n_unobs - 1e-9))
+        if k <= 0:
+            return loss, None
+        ranked = torch.where(unobserved, loss.detach(), torch.full_like(loss, -float("inf")))
+        top = torch.topk(ranked.flatten(), k).indices
+        reject = torch.zeros(loss.numel(), dtype=torch.bool, device=loss.device)
+        reject[top] = True
+        reject = reject.view_as(loss)
+        if self.mode == "reject":
+            loss = torch.where(reject, torch.zeros_like(loss), loss)
+        else:
+            loss = torch.where(reject, -F.logsigmoid(z), loss)
+        return loss, None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, delta_rel={self.delta_rel}, mode={self.mode!r}"
+
+
+class HillLoss(MultiLabelLoss):
+    r"""Hill loss: focal margin on positives, hill-shaped loss on negatives.
+
+    Paper: Zhang et al., "Simple and Robust Loss Design for Multi-Label
+    Learning with Missing Labels", arXiv:2112.07368 (2021), Sec. "Hill loss":
+
+    :math:`\ell^+ = -(1-p_m)^{\gamma}\log p_m`, :math:`p_m = \sigma(x - m)`;
+    :math:`\ell^- = (\lambda - p)\,p^2`, :math:`p = \sigma(x)`.
+
+    Defaults lambda = 1.5, margin m = 1, gamma = 2 (the paper's), focal
+    weight not detached. Reference reduction: ``"sum"``.
+    Shapes: (B, C) -> scalar.
+    """
+
+    def __init__(
+        self, num_labels: int, lamb: float = 1.5, margin: float = 1.0, gamma: float = 2.0, reduction: str = "sum"
+    ) -> None:
+        super().__init__(num_labels, reduction)
+        self.lamb = float(lamb)
+        self.margin = float(margin)
+        self.gamma = float(gamma)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        zm = z - self.margin
+        p_m = torch.sigmoid(zm)
+        p = torch.sigmoid(z)
+        pos = -((1 - p_m).pow(self.gamma)) * F.logsigmoid(zm)
+        neg = (self.lamb - p) * p.pow(2)
+        return y * pos + (1 - y) * neg, None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, lamb={self.lamb}, margin={self.margin}, gamma={self.gamma}"
+
+
+class FocalLoss(MultiLabelLoss):
+    r"""Sigmoid focal loss, per label, unobserved labels taken as negatives.
+
+    Paper: Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017,
+    Eq. (5): :math:`FL(p_t) = -\alpha_t (1-p_t)^{\gamma} \log p_t`,
+    :math:`p_t = p` if y = 1 else :math:`1-p`.
+
+    ``gamma`` = 2 (the paper's). ``alpha=None`` disables alpha-balancing
+    (the paper's detection setting used alpha = 0.25, :math:`\alpha_t = \alpha`
+    for positives and :math:`1-\alpha` for negatives). The modulating factor
+    is not detached. Reduction default ``"sum"`` (as SPLC / Hill / ASL).
+    Shapes: (B, C) -> scalar.
+    """
+
+    def __init__(
+        self, num_labels: int, gamma: float = 2.0, alpha: Optional[float] = None, reduction: str = "sum"
+    ) -> None:
+        super().__init__(num_labels, reduction)
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+        self.gamma = float(gamma)
+        self.alpha = None if alpha is None else float(alpha)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        p = torch.sigmoid(z)
+        log_pt = y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z)
+        pt = y * p + (1 - y) * (1 - p)
+        loss = -((1 - pt).pow(self.gamma)) * log_pt
+        if self.alpha is not None:
+            loss = loss * (self.alpha * y + (1 - self.alpha) * (1 - y))
+        return loss, None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gamma={self.gamma}, alpha={self.alpha}"
+
+
+class AsymmetricLoss(MultiLabelLoss):
+    r"""ASL: asymmetric loss, unobserved labels taken as negatives.
+
+    Paper: Ridnik et al., "Asymmetric Loss For Multi-Label Classification",
+    ICCV 2021, Sec. 3 (:math:`L_+`, :math:`L_-` with probability shifting):
+
+    :math:`\ell^+ = -(1-p)^{\gamma_+}\log p`,
+    :math:`\ell^- = -p_m^{\gamma_-}\log(1-p_m)`, :math:`p_m = \max(p - m, 0)`.
+
+    Defaults gamma_neg = 4, gamma_pos = 1, clip m = 0.05 (the defaults of the
+    authors' ``AsymmetricLoss``); the log argument is clamped at ``eps`` =
+    1e-8 as in their code. ``detach_weight`` computes the focusing weights
+    without gradient (their ``disable_torch_grad_focal_loss``); default
+    False (gradient flows through the weights, as in their current
+    ``AsymmetricLoss``). Reference reduction: ``"sum"``.
+    Shapes: (B, C) -> scalar.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        detach_weight: bool = False,
+        reduction: str = "sum",
+    ) -> None:
+        super().__init__(num_labels, reduction)
+        self.gamma_neg = float(gamma_neg)
+        self.gamma_pos = float(gamma_pos)
+        self.clip = float(clip) if clip else 0.0
+        self.eps = float(eps)
+        self.detach_weight = bool(detach_weight)
+
+    def _loss_terms(self, z, y, epoch, indices):
+        p = torch.sigmoid(z)
+        one_minus_p = torch.sigmoid(-z)
+        if self.clip > 0:
+            one_minus_pm = (one_minus_p + self.clip).clamp(max=1.0)
+        else:
+            one_minus_pm = one_minus_p
+        log_pos = torch.log(p.clamp(min=self.eps))
+        log_neg = torch.log(one_minus_pm.clamp(min=self.eps))
+        w_pos = one_minus_p.pow(self.gamma_pos)
+        w_neg = (1 - one_minus_pm).pow(self.gamma_neg)
+        if self.detach_weight:
+            w_pos, w_neg = w_pos.detach(), w_neg.detach()
+        loss = -(y * w_pos * log_pos + (1 - y) * w_neg * log_neg)
+        return loss, None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, "
+            f"clip={self.clip}, detach_weight={self.detach_weight}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------
+LOSSES: Dict[str, type] = {
+    "splc": SPLCLoss,
+    "an": AssumeNegativeLoss,
+    "an_ls": AssumeNegativeLabelSmoothingLoss,
+    "wan": WeakAssumeNegativeLoss,
+    "epr": ExpectedPositiveRegularizationLoss,
+    "role": ROLELoss,
+    "em": EntropyMaximizationLoss,
+    "ll_r": LargeLossRejectionLoss,
+    "hill": HillLoss,
+    "focal": FocalLoss,
+    "asl": AsymmetricLoss,
+}
+
+# Default keyword parameters of every loss (JSON-serialisable; what
+# build_loss(name, num_labels) uses when a key is not given).
+LOSS_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "splc": {"tau": 0.6, "margin": 1.0, "gamma": 2.0, "change_epoch": 1, "reduction": "sum"},
+    "an": {"reduction": "mean"},
+    "an_ls": {"ls_coef": 0.1, "reduction": "mean"},
+    "wan": {"gamma": None, "reduction": "mean"},
+    "epr": {"expected_num_pos": 2.9, "reduction": "mean"},
+    "role": {
+        "num_train_images": None,
+        "expected_num_pos": 2.9,
+        "init_width": 0.1,
+        "init_positive_prob": 0.995,
+        "init_seed": 0,
+        "reduction": "mean",
+    },
+    "em": {"alpha": 0.1, "reduction": "mean"},
+    "ll_r": {"delta_rel": 0.002, "mode": "reject", "reduction": "mean"},
+    "hill": {"lamb": 1.5, "margin": 1.0, "gamma": 2.0, "reduction": "sum"},
+    "focal": {"gamma": 2.0, "alpha": None, "reduction": "sum"},
+    "asl": {"gamma_neg": 4.0, "gamma_pos": 1.0, "clip": 0.05, "eps": 1e-8, "detach_weight": False, "reduction": "sum"},
+}
+
+
+def _normalize_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"loss name must be a string, got {name!r}")
+    return name.strip().lower().replace("-", "_")
+
+
+def build_loss(name: str, num_labels: int, **kwargs: Any) -> MultiLabelLoss:
+    """Build a loss by registry name with its defaults overridden by ``kwargs``.
+
+    ``name`` is one of :data:`LOSSES` (case-insensitive, "-" accepted for
+    "_", e.g. "LL-R"). Unknown names and unknown keyword arguments raise
+    ``ValueError`` naming the valid choices.
+    """
+    key = _normalize_name(name)
+    if key not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
+    defaults = LOSS_DEFAULTS[key]
+    bad = [k for k in kwargs if k not in defaults]
+    if bad:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(repr(b) for b in bad)} for loss {key!r}; "
+            f"valid parameters: {', '.join(sorted(defaults)) or '(none)'}"
+        )
+    params = dict(defaults)
+    params.update(kwargs)
+    return LOSSES[key](num_labels, **params)

@@ -1,0 +1,385 @@
+"""Hand-checked tests of hspnet.losses.
+
+Every expected value is written out with math.log / math.exp from the
+paper's formula, never captured from the implementation.
+"""
+
+import ast
+import inspect
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hspnet import losses as L
+from hspnet.losses import LOSS_DEFAULTS, LOSSES, build_loss
+
+
+def sig(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def T(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def value(loss, logits, targets, **kw):
+    return loss(T(logits), T(targets), **kw).item()
+
+
+def grad(loss, logits, targets, **kw):
+    x = T(logits).requires_grad_(True)
+    loss(x, T(targets), **kw).backward()
+    assert torch.isfinite(x.grad).all()
+    return x.grad[0].tolist()
+
+
+def make(name, num_labels, **kw):
+    if name == "role":
+        kw.setdefault("num_train_images", 4)
+    return build_loss(name, num_labels, **kw)
+
+
+# ---------------------------------------------------------------------------
+# module constraints and registry
+# ---------------------------------------------------------------------------
+def test_losses_module_imports_only_stdlib_and_torch():
+    tree = ast.parse(Path(L.__file__).read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports in losses.py (it ships as remote code)"
+            roots.add(node.module.split(".")[0])
+    allowed = set(sys.stdlib_module_names) | {"torch", "__future__"}
+    assert roots <= allowed, roots - allowed
+
+
+def test_registry_names_and_defaults_match_constructors():
+    assert set(LOSSES) == {"splc", "an", "an_ls", "wan", "epr", "role", "em", "ll_r", "hill", "focal", "asl"}
+    assert set(LOSS_DEFAULTS) == set(LOSSES)
+    for name, cls in LOSSES.items():
+        params = inspect.signature(cls.__init__).parameters
+        ctor_defaults = {k: p.default for k, p in params.items() if k not in ("self", "num_labels")}
+        assert ctor_defaults == LOSS_DEFAULTS[name], name
+        assert cls.__doc__ and len(cls.__doc__) > 100, name
+
+
+def test_splc_reference_defaults():
+    assert LOSS_DEFAULTS["splc"] == {"tau": 0.6, "margin": 1.0, "gamma": 2.0, "change_epoch": 1, "reduction": "sum"}
+    loss = build_loss("splc", 5)
+    assert (loss.tau, loss.margin, loss.gamma, loss.change_epoch, loss.reduction) == (0.6, 1.0, 2.0, 1, "sum")
+
+
+def test_build_loss_errors():
+    with pytest.raises(ValueError) as e:
+        build_loss("splcc", 3)
+    assert "splcc" in str(e.value) and "splc" in str(e.value) and "ll_r" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        build_loss("splc", 3, taus=0.5)
+    assert "'taus'" in str(e.value) and "tau" in str(e.value)
+    with pytest.raises(ValueError, match="num_train_images"):
+        build_loss("role", 3)
+    with pytest.raises(ValueError, match="reduction"):
+        build_loss("an", 3, reduction="none")
+    # case / dash normalisation
+    assert isinstance(build_loss("LL-R", 3), L.LargeLossRejectionLoss)
+    assert build_loss("splc", 3, tau=0.7).tau == 0.7
+
+
+def test_shape_errors():
+    loss = build_loss("an", 3)
+    with pytest.raises(ValueError):
+        loss(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError):
+        loss(torch.zeros(2, 4), torch.zeros(2, 4))
+
+
+# ---------------------------------------------------------------------------
+# SPLC (HSPNET.md, "Loss")
+# ---------------------------------------------------------------------------
+def test_splc_by_hand_before_and_after_change_epoch():
+    loss = build_loss("splc", 3)  # tau .6, margin 1, gamma 2, change_epoch 1, sum
+    logits, targets = [[2.0, 1.0, -1.0]], [[1, 0, 0]]
+    # margin only on the observed positive: z = [2-1, 1, -1] = [1, 1, -1]
+    # e0 (y=1): -log sig(1) * (1 - sig(1))^2
+    # e1 (y=0): -log sig(-1) * sig(1)^2
+    # e2 (y=0): -log sig(1) * sig(-1)^2        (log sigmoid(-z) with z=-1)
+    e0 = -math.log(sig(1)) * (1 - sig(1)) ** 2
+    e1 = -math.log(sig(-1)) * sig(1) ** 2
+    e2 = -math.log(sig(1)) * sig(-1) ** 2
+    assert value(loss, logits, targets, epoch=0) == pytest.approx(e0 + e1 + e2, rel=1e-6)
+    # epoch 1 >= change_epoch: sig(1) = 0.731 > 0.6 -> e1 becomes a pseudo-positive;
+    # sig(-1) = 0.269 <= 0.6 -> e2 stays negative. No margin on the pseudo-positive.
+    e1_pos = -math.log(sig(1)) * (1 - sig(1)) ** 2
+    assert value(loss, logits, targets, epoch=1) == pytest.approx(e0 + e1_pos + e2, rel=1e-6)
+    # mean divides by B*C = 3
+    mean = build_loss("splc", 3, reduction="mean")
+    assert value(mean, logits, targets, epoch=1) == pytest.approx((e0 + e1_pos + e2) / 3, rel=1e-6)
+
+
+def test_splc_tau_is_strict_and_margin_only_on_observed():
+    loss = build_loss("splc", 2, tau=sig(0.5))
+    # unobserved logit exactly at the threshold: sig(0.5) > tau is False -> stays negative
+    got = value(loss, [[3.0, 0.5]], [[1, 0]], epoch=5)
+    e0 = -math.log(sig(2.0)) * (1 - sig(2.0)) ** 2
+    e1 = -math.log(sig(-0.5)) * sig(0.5) ** 2
+    assert got == pytest.approx(e0 + e1, rel=1e-5)
+
+
+def test_splc_gradient_sign_and_focal_weight_not_detached():
+    loss = build_loss("splc", 2)
+    g = grad(loss, [[2.0, 1.0]], [[1, 0]], epoch=0)
+    assert g[0] < 0 < g[1]
+    # observed positive, z = 2 - 1 = 1, p = sig(1): L = -log(p) (1-p)^2
+    # dL/dz = -(1-p)^3 + 2 p (1-p)^2 log p   (second term: derivative of the weight)
+    p = sig(1)
+    assert g[0] == pytest.approx(-((1 - p) ** 3) + 2 * p * (1 - p) ** 2 * math.log(p), rel=1e-5)
+    # after change_epoch the pseudo-positive is pushed up
+    g1 = grad(loss, [[2.0, 1.0]], [[1, 0]], epoch=1)
+    assert g1[1] < 0
+
+
+def test_splc_epoch_is_required_and_checkpointed():
+    loss = build_loss("splc", 2)
+    with pytest.raises(ValueError, match="epoch"):
+        loss(T([[0.0, 1.0]]), T([[1, 0]]))
+    loss.set_epoch(3)
+    assert loss.state_dict()["current_epoch"].item() == 3
+    fresh = build_loss("splc", 2)
+    fresh.load_state_dict(loss.state_dict())
+    assert fresh.get_epoch() == 3
+    # the stored epoch (3 >= 1) switches the correction on
+    assert value(fresh, [[2.0, 1.0]], [[1, 0]]) == pytest.approx(value(fresh, [[2.0, 1.0]], [[1, 0]], epoch=1))
+    # an explicit epoch is recorded
+    fresh(T([[2.0, 1.0]]), T([[1, 0]]), epoch=0)
+    assert fresh.state_dict()["current_epoch"].item() == 0
+
+
+# ---------------------------------------------------------------------------
+# Cole et al. baselines
+# ---------------------------------------------------------------------------
+def test_an_by_hand():
+    # -log sig(0.5) - log(1 - sig(-1)), mean over B*C = 2
+    expected = -math.log(sig(0.5)) - math.log(1 - sig(-1.0))
+    assert value(build_loss("an", 2), [[0.5, -1.0]], [[1, 0]]) == pytest.approx(expected / 2, rel=1e-6)
+    assert value(build_loss("an", 2, reduction="sum"), [[0.5, -1.0]], [[1, 0]]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_an_ls_by_hand():
+    eps = 0.1
+    pos = (1 - eps) * -math.log(sig(0.5)) + eps * -math.log(1 - sig(0.5))
+    neg = (1 - eps) * -math.log(1 - sig(-1.0)) + eps * -math.log(sig(-1.0))
+    assert value(build_loss("an_ls", 2), [[0.5, -1.0]], [[1, 0]]) == pytest.approx((pos + neg) / 2, rel=1e-6)
+
+
+def test_wan_by_hand():
+    # C = 3 -> gamma = 1/(C-1) = 1/2
+    loss = build_loss("wan", 3)
+    assert loss.gamma == pytest.approx(0.5)
+    expected = -math.log(sig(0.5)) + 0.5 * -math.log(1 - sig(-1.0)) + 0.5 * -math.log(1 - sig(2.0))
+    assert value(loss, [[0.5, -1.0, 2.0]], [[1, 0, 0]]) == pytest.approx(expected / 3, rel=1e-6)
+
+
+def test_epr_by_hand():
+    loss = build_loss("epr", 2, expected_num_pos=1.5)
+    logits, targets = [[1.0, 0.0], [0.0, -1.0]], [[1, 0], [0, 1]]
+    # observed positives only: -log sig(1) - log sig(-1), divided by B*C = 4
+    main = (-math.log(sig(1.0)) - math.log(sig(-1.0))) / 4
+    # k_hat = mean_b sum_c p = ((sig(1) + 1/2) + (1/2 + sig(-1))) / 2 = 1 (sig(1) + sig(-1) = 1)
+    k_hat = ((sig(1.0) + 0.5) + (0.5 + sig(-1.0))) / 2
+    assert k_hat == pytest.approx(1.0)
+    reg = ((k_hat - 1.5) / 2) ** 2  # = 0.0625
+    got = loss(T(logits), T(targets)).item()
+    assert got == pytest.approx(main + reg, rel=1e-6)
+    total = build_loss("epr", 2, expected_num_pos=1.5, reduction="sum")(T(logits), T(targets)).item()
+    assert total == pytest.approx(4 * (main + reg), rel=1e-6)
+    # too few expected positives -> the regulariser pushes the unobserved logits up
+    x = T(logits).requires_grad_(True)
+    loss(x, T(targets)).backward()
+    assert x.grad[0, 1] < 0 and x.grad[1, 0] < 0
+
+
+def test_role_by_hand_and_gradients_are_row_local():
+    loss = build_loss("role", 2, num_train_images=3, expected_num_pos=2.9)
+    with torch.no_grad():
+        loss.label_logits.copy_(T([[0.0, 0.0], [2.0, -2.0], [5.0, 5.0]]))
+    logits, targets, idx = T([[1.0, -1.0]]), T([[1, 0]]), torch.tensor([1])
+    p0, p1, q0, q1 = sig(1.0), sig(-1.0), sig(2.0), sig(-2.0)
+
+    def bce(a, t):
+        return -(t * math.log(a) + (1 - t) * math.log(1 - a))
+
+    # entry (y=1): 1/2 [-log p - log q + BCE(p, q) + BCE(q, p)]; entry (y=0): 1/2 [BCE(p, q) + BCE(q, p)]
+    e0 = 0.5 * (-math.log(p0) - math.log(q0) + bce(p0, q0) + bce(q0, p0))
+    e1 = 0.5 * (bce(p1, q1) + bce(q1, p1))
+    # R_k: sum_c p = sum_c q = 1 for this batch: ((1 - 2.9) / 2)^2 = 0.9025 for both
+    reg = 0.5 * (((p0 + p1 - 2.9) / 2) ** 2 + ((q0 + q1 - 2.9) / 2) ** 2)
+    assert reg == pytest.approx(0.9025)
+    x = logits.clone().requires_grad_(True)
+    out = loss(x, targets, indices=idx)
+    assert out.item() == pytest.approx((e0 + e1) / 2 + reg, rel=1e-6)
+    out.backward()
+    g = loss.label_logits.grad
+    assert torch.isfinite(g).all() and torch.isfinite(x.grad).all()
+    assert (g[0] == 0).all() and (g[2] == 0).all() and (g[1] != 0).all()
+    assert x.grad[0, 0] < 0  # observed positive pushed up
+
+
+def test_role_requires_indices_and_initialisation():
+    loss = build_loss("role", 3, num_train_images=5, init_seed=1)
+    assert L.ROLELoss.requires_indices is True
+    with pytest.raises(ValueError, match="indices"):
+        loss(torch.zeros(2, 3), torch.zeros(2, 3))
+    bound = math.log(0.6 / 0.4)  # logit(0.5 + 0.1)
+    assert loss.label_logits.abs().max().item() <= bound + 1e-6
+    assert isinstance(loss.label_logits, torch.nn.Parameter)
+    assert torch.equal(loss.label_logits, build_loss("role", 3, num_train_images=5, init_seed=1).label_logits)
+    observed = torch.zeros(5, 3)
+    observed[2, 1] = 1
+    loss.initialize_observed(observed)
+    assert loss.estimated_labels[2, 1].item() == pytest.approx(0.995, abs=1e-6)
+    # state_dict round trip keeps the learnt estimates
+    fresh = build_loss("role", 3, num_train_images=5, init_seed=7)
+    fresh.load_state_dict(loss.state_dict())
+    assert torch.equal(fresh.label_logits, loss.label_logits)
+
+
+# ---------------------------------------------------------------------------
+# EM, LL-R, Hill, focal, ASL
+# ---------------------------------------------------------------------------
+def test_em_by_hand_and_gradient_signs():
+    loss = build_loss("em", 3)  # alpha 0.1
+    # y=1: -log sig(1); y=0: -alpha * H(p), H(p) = -p log p - (1-p) log(1-p)
+    h0 = math.log(2.0)  # H(1/2)
+    h2 = -(sig(-2) * math.log(sig(-2)) + sig(2) * math.log(sig(2)))
+    expected = -math.log(sig(1.0)) - 0.1 * h0 - 0.1 * h2
+    assert value(loss, [[1.0, 0.0, -2.0]], [[1, 0, 0]]) == pytest.approx(expected / 3, rel=1e-6)
+    # unobserved labels are pushed towards p = 1/2 from both sides
+    g = grad(loss, [[1.0, 2.0, -2.0]], [[1, 0, 0]])
+    assert g[0] < 0 and g[1] > 0 and g[2] < 0
+    assert grad(loss, [[1.0, 0.0, 0.0]], [[1, 0, 0]])[1] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ll_r_by_hand():
+    loss = build_loss("ll_r", 5, delta_rel=0.25, reduction="sum")
+    logits, targets = [[0.0, 3.0, 1.0, -1.0, 2.0]], [[1, 0, 0, 0, 0]]
+    # AN terms: -log sig(0) = log 2; unobserved -log(1 - sig(z)) = log(1 + e^z)
+    an = [math.log(2.0)] + [math.log(1 + math.exp(z)) for z in (3.0, 1.0, -1.0, 2.0)]
+    # epoch 0: rate 0, nothing rejected
+    assert value(loss, logits, targets, epoch=0) == pytest.approx(sum(an), rel=1e-6)
+    # epoch 1: rate 0.25 of U = 4 unobserved -> 1 rejected: the largest loss (z = 3)
+    assert value(loss, logits, targets, epoch=1) == pytest.approx(sum(an) - an[1], rel=1e-6)
+    # epoch 2: rate 0.5 -> 2 rejected (z = 3 and z = 2)
+    assert value(loss, logits, targets, epoch=2) == pytest.approx(sum(an) - an[1] - an[4], rel=1e-6)
+    g = grad(loss, logits, targets, epoch=2)
+    assert g[1] == 0.0 and g[4] == 0.0 and g[2] > 0 and g[0] < 0
+    # LL-Ct: the rejected entry is taken as positive: -log sig(3) = log(1 + e^-3)
+    ct = build_loss("ll_r", 5, delta_rel=0.25, mode="correct", reduction="sum")
+    assert value(ct, logits, targets, epoch=1) == pytest.approx(
+        sum(an) - an[1] + math.log(1 + math.exp(-3.0)), rel=1e-6
+    )
+    # mean divides by B*C = 5 (rejected entries included)
+    mean = build_loss("ll_r", 5, delta_rel=0.25)
+    assert value(mean, logits, targets, epoch=1) == pytest.approx((sum(an) - an[1]) / 5, rel=1e-6)
+
+
+def test_ll_r_count_and_epoch_required():
+    loss = build_loss("ll_r", 11, delta_rel=0.1)
+    # epoch 3: rate 0.3 of U = 10 -> exactly 3 rejected (0.3 * 10 must not round up to 4)
+    x = torch.linspace(-2, 2, 11).unsqueeze(0).requires_grad_(True)
+    y = torch.zeros(1, 11)
+    y[0, 0] = 1
+    loss(x, y, epoch=3).backward()
+    assert int((x.grad == 0).sum()) == 3
+    assert (x.grad[0, -3:] == 0).all()  # the three largest logits
+    with pytest.raises(ValueError, match="epoch"):
+        build_loss("ll_r", 2)(torch.zeros(1, 2), torch.zeros(1, 2))
+    fresh = build_loss("ll_r", 11, delta_rel=0.1)
+    fresh.load_state_dict(loss.state_dict())
+    assert fresh.get_epoch() == 3
+
+
+def test_hill_by_hand():
+    loss = build_loss("hill", 2)  # lambda 1.5, margin 1, gamma 2, sum
+    # pos (x = 2): p_m = sig(2 - 1): -(1 - p_m)^2 log p_m ; neg (x = 0): (1.5 - 1/2) (1/2)^2 = 0.25
+    pos = -((1 - sig(1.0)) ** 2) * math.log(sig(1.0))
+    assert value(loss, [[2.0, 0.0]], [[1, 0]]) == pytest.approx(pos + 0.25, rel=1e-6)
+    g = grad(loss, [[2.0, 0.0]], [[1, 0]])
+    # d/dx (lambda - p) p^2 = p (1-p) (2 lambda p - 3 p^2) = 1/4 * (1.5 - 0.75) = 0.1875 at x = 0
+    assert g[1] == pytest.approx(0.1875, rel=1e-5)
+    assert g[0] < 0
+
+
+def test_focal_by_hand():
+    pos = -((1 - sig(1.0)) ** 2) * math.log(sig(1.0))
+    neg = -(sig(-0.5) ** 2) * math.log(1 - sig(-0.5))
+    assert value(build_loss("focal", 2), [[1.0, -0.5]], [[1, 0]]) == pytest.approx(pos + neg, rel=1e-6)
+    balanced = build_loss("focal", 2, alpha=0.25)
+    assert value(balanced, [[1.0, -0.5]], [[1, 0]]) == pytest.approx(0.25 * pos + 0.75 * neg, rel=1e-6)
+    g = grad(build_loss("focal", 2), [[1.0, -0.5]], [[1, 0]])
+    assert g[0] < 0 < g[1]
+
+
+def test_asl_by_hand():
+    loss = build_loss("asl", 3)  # gamma_neg 4, gamma_pos 1, clip 0.05, sum
+    # pos: -(1 - p) log p at x = 1
+    pos = -(1 - sig(1.0)) * math.log(sig(1.0))
+    # neg x = -1: p_m = sig(-1) - 0.05 ; -(p_m^4) log(1 - p_m)
+    pm = sig(-1.0) - 0.05
+    neg1 = -(pm**4) * math.log(1 - pm)
+    # neg x = -4: sig(-4) = 0.018 < 0.05 -> p_m = 0: no loss and no gradient
+    assert sig(-4.0) < 0.05
+    assert value(loss, [[1.0, -1.0, -4.0]], [[1, 0, 0]]) == pytest.approx(pos + neg1, rel=1e-5)
+    g = grad(loss, [[1.0, -1.0, -4.0]], [[1, 0, 0]])
+    assert g[0] < 0 and g[1] > 0 and g[2] == 0.0
+
+
+# ---------------------------------------------------------------------------
+# properties common to every loss
+# ---------------------------------------------------------------------------
+LOGITS = [[0.3, -0.4, 0.8, -1.2], [-0.5, 0.9, 0.1, -0.2]]
+TARGETS = [[1, 0, 0, 0], [0, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_sum_is_bc_times_mean(name):
+    kw = {"epoch": 2, "indices": torch.tensor([0, 3])}
+    s = make(name, 4, reduction="sum")(T(LOGITS), T(TARGETS), **kw).item()
+    m = make(name, 4, reduction="mean")(T(LOGITS), T(TARGETS), **kw).item()
+    assert s == pytest.approx(8 * m, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_gradients_finite_and_observed_positive_pushed_up(name):
+    loss = make(name, 4)
+    x = T(LOGITS).requires_grad_(True)
+    out = loss(x, T(TARGETS), epoch=2, indices=torch.tensor([0, 3]))
+    assert out.dim() == 0 and torch.isfinite(out)
+    out.backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad[0, 0] < 0 and x.grad[1, 1] < 0
+
+
+@pytest.mark.parametrize("name", ["an", "an_ls", "wan", "hill", "focal", "asl", "splc", "ll_r"])
+def test_assumed_negatives_pushed_down(name):
+    loss = make(name, 4)
+    x = T(LOGITS).requires_grad_(True)
+    loss(x, T(TARGETS), epoch=0).backward()
+    unobserved = T(TARGETS) == 0
+    assert (x.grad[unobserved] > 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_are_computed_in_float32(name, dtype):
+    loss = make(name, 4)
+    kw = {"epoch": 2, "indices": torch.tensor([0, 3])}
+    x = T(LOGITS).to(dtype)
+    out = loss(x, T(TARGETS).to(dtype), **kw)
+    assert out.dtype == torch.float32
+    ref = loss(x.float(), T(TARGETS), **kw)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-6)

@@ -1,0 +1,348 @@
+"""Hand-checked tests of hspnet.metrics and the evaluate module."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import ast  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import average_precision_score  # noqa: E402
+
+from hspnet import metrics as M  # noqa: E402
+from hspnet.metrics import (  # noqa: E402
+    MultiLabelMetricAccumulator,
+    average_precision_ranked,
+    average_precision_tie_aware,
+    compute_all_metrics,
+    mean_average_precision,
+    threshold_metrics,
+    topk_metrics,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sklearn_ap(scores, targets):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No positive class found in y_true"
+        return average_precision_score(np.asarray(targets), np.asarray(scores), average=None)
+
+
+def random_case(n=300, c=12, seed=0, ties=False):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(n, c))
+    if ties:
+        scores = np.round(scores, 1)
+    targets = (rng.random((n, c)) < 0.2).astype(np.int64)
+    targets[:, 0] = 0  # a class without positives
+    targets[0, 1:] = 1  # every other class has at least one
+    return scores, targets
+
+
+def test_metrics_module_has_no_sklearn_runtime_dependency():
+    tree = ast.parse(Path(M.__file__).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add((node.module or "").split(".")[0])
+    assert "sklearn" not in names
+
+
+# ---------------------------------------------------------------------------
+# mAP
+# ---------------------------------------------------------------------------
+def test_continuous_scores_both_definitions_equal_sklearn():
+    scores, targets = random_case()
+    ranked = average_precision_ranked(scores, targets)
+    tie_aware = average_precision_tie_aware(scores, targets)
+    ref = sklearn_ap(scores, targets)
+    np.testing.assert_allclose(ranked, ref, atol=1e-12)
+    np.testing.assert_allclose(tie_aware, ref, atol=1e-12)
+    assert mean_average_precision(scores, targets) == pytest.approx(100 * ref.mean())
+    # invariant to the sigmoid
+    probs = 1 / (1 + np.exp(-scores))
+    assert mean_average_precision(probs, targets) == pytest.approx(mean_average_precision(scores, targets))
+
+
+def test_tied_scores_tie_aware_equals_sklearn():
+    scores, targets = random_case(ties=True, seed=3)
+    np.testing.assert_allclose(average_precision_tie_aware(scores, targets), sklearn_ap(scores, targets), atol=1e-12)
+    # and it does not depend on the order of the samples, unlike the ranked one
+    perm = np.random.default_rng(1).permutation(len(scores))
+    np.testing.assert_allclose(
+        average_precision_tie_aware(scores[perm], targets[perm]), average_precision_tie_aware(scores, targets)
+    )
+
+
+def test_tie_case_by_hand():
+    # one column per class, 4 images; images 1 and 2 tie at 0.5
+    scores = np.array(
+        [
+            [0.9, 0.9, 0.5],
+            [0.5, 0.5, 0.5],
+            [0.5, 0.5, 0.5],
+            [0.1, 0.1, 0.5],
+        ]
+    )
+    targets = np.array(
+        [
+            [1, 1, 1],
+            [1, 0, 0],
+            [0, 1, 0],
+            [0, 0, 1],
+        ]
+    )
+    # class A (positives 0, 1). ranked, stable (tied image 1 before image 2):
+    #   ranks: pos (1/1), pos (2/2), neg, neg -> AP = (1 + 1) / 2 = 1
+    # tie-aware: group {0.9}: P = 1/1, dR = 1/2; group {0.5, 0.5}: TP = 2 of 3 -> P = 2/3, dR = 1/2
+    #   -> AP = 1/2 * 1 + 1/2 * 2/3 = 5/6
+    # class B (positives 0, 2). ranked: pos (1/1), neg, pos (2/3), neg -> (1 + 2/3) / 2 = 5/6
+    #   tie-aware: same groups as A -> 5/6
+    # class C (all scores tied, positives 0 and 3). ranked: pos (1/1), neg, neg, pos (2/4)
+    #   -> (1 + 1/2) / 2 = 3/4 ; tie-aware: one group, P = 2/4 -> 1/2 (the prevalence)
+    ranked = average_precision_ranked(scores, targets)
+    tie_aware = average_precision_tie_aware(scores, targets)
+    np.testing.assert_allclose(ranked, [1.0, 5 / 6, 3 / 4])
+    np.testing.assert_allclose(tie_aware, [5 / 6, 5 / 6, 1 / 2])
+    np.testing.assert_allclose(tie_aware, sklearn_ap(scores, targets))
+    assert mean_average_precision(scores, targets) == pytest.approx(100 * (1 + 5 / 6 + 3 / 4) / 3)
+    assert mean_average_precision(scores, targets, definition="tie_aware") == pytest.approx(
+        100 * (5 / 6 + 5 / 6 + 1 / 2) / 3
+    )
+    # swapping the tied images swaps the ranked AP of A and B but not the tie-aware ones
+    swapped = [0, 2, 1, 3]
+    np.testing.assert_allclose(average_precision_ranked(scores[swapped], targets[swapped])[:2], [5 / 6, 1.0])
+    np.testing.assert_allclose(average_precision_tie_aware(scores[swapped], targets[swapped]), tie_aware)
+
+
+def test_class_without_positives_counts_as_zero():
+    scores = np.array([[0.9, 0.8], [0.1, 0.7]])
+    targets = np.array([[1, 0], [0, 0]])
+    np.testing.assert_allclose(average_precision_ranked(scores, targets), [1.0, 0.0])
+    np.testing.assert_allclose(average_precision_tie_aware(scores, targets), [1.0, 0.0])
+    np.testing.assert_allclose(sklearn_ap(scores, targets), [1.0, 0.0])
+    assert mean_average_precision(scores, targets) == pytest.approx(50.0)
+    assert mean_average_precision(scores, targets, "tie_aware") == pytest.approx(50.0)
+
+
+def test_map_input_validation():
+    with pytest.raises(ValueError, match="definition"):
+        mean_average_precision([[0.1]], [[1]], definition="sklearn")
+    with pytest.raises(ValueError, match="0, 1"):
+        mean_average_precision([[0.1, 0.2]], [[1, -1]])
+    with pytest.raises(ValueError, match="shape"):
+        mean_average_precision([[0.1, 0.2]], [[1]])
+    with pytest.raises(ValueError, match="NaN"):
+        mean_average_precision([[float("nan"), 0.2]], [[1, 0]])
+    # torch input, bf16 included
+    s = torch.tensor([[2.0, -1.0], [0.5, 1.0]], dtype=torch.bfloat16)
+    assert mean_average_precision(s, torch.tensor([[1, 0], [0, 1]])) == pytest.approx(100.0)
+
+
+# ---------------------------------------------------------------------------
+# threshold and top-k metrics
+# ---------------------------------------------------------------------------
+PROBS = np.array(
+    [
+        [0.9, 0.6, 0.2],
+        [0.4, 0.5, 0.7],
+        [0.8, 0.3, 0.1],
+    ]
+)
+TARGETS = np.array(
+    [
+        [1, 1, 0],
+        [1, 0, 0],
+        [0, 1, 0],
+    ]
+)
+
+
+def test_threshold_metrics_by_hand():
+    # predictions (prob > 0.5, 0.5 itself is NOT positive):
+    #   [[1,1,0],[0,0,1],[1,0,0]]
+    # class 0: TP 1 (img 0), FP 1 (img 2), FN 1 (img 1) -> P 1/2, R 1/2, F1 1/2
+    # class 1: TP 1 (img 0), FP 0, FN 1 (img 2)          -> P 1,   R 1/2, F1 2/3
+    # class 2: TP 0, FP 1 (img 1), no positives          -> P 0,   R 0/0 = 0, F1 0
+    got = threshold_metrics(PROBS, TARGETS)
+    cp, cr = (1 / 2 + 1 + 0) / 3, (1 / 2 + 1 / 2 + 0) / 3
+    assert got["CP"] == pytest.approx(100 * cp)
+    assert got["CR"] == pytest.approx(100 * cr)
+    assert got["CF1"] == pytest.approx(100 * 2 * cp * cr / (cp + cr))  # = 40
+    assert got["CF1"] == pytest.approx(40.0)
+    assert got["mean_class_F1"] == pytest.approx(100 * (1 / 2 + 2 / 3 + 0) / 3)
+    # overall: TP 2, predicted 4, positives 4
+    assert got["OP"] == pytest.approx(50.0)
+    assert got["OR"] == pytest.approx(50.0)
+    assert got["OF1"] == pytest.approx(50.0)
+
+
+def test_threshold_metrics_from_logits():
+    logits = np.log(PROBS / (1 - PROBS))
+    assert threshold_metrics(logits, TARGETS, from_logits=True) == pytest.approx(threshold_metrics(PROBS, TARGETS))
+    with pytest.raises(ValueError, match="from_logits"):
+        threshold_metrics(logits, TARGETS)
+
+
+def test_zero_over_zero_is_zero():
+    got = threshold_metrics(np.zeros((2, 2)), np.zeros((2, 2)))
+    assert all(v == 0.0 for v in got.values())
+
+
+def test_topk_metrics_by_hand():
+    # top-2 per image: img 0 -> {0, 1}; img 1 -> {2, 1}; img 2 -> {0, 1}
+    # class 0: TP 1, FP 1, FN 1 -> P 1/2, R 1/2, F1 1/2
+    # class 1: TP 2 (imgs 0, 2), FP 1 (img 1), FN 0 -> P 2/3, R 1, F1 4/5
+    # class 2: TP 0, FP 1 -> 0, 0, 0
+    got = topk_metrics(PROBS, TARGETS, k=2)
+    cp, cr = (1 / 2 + 2 / 3) / 3, (1 / 2 + 1) / 3
+    assert got["CP"] == pytest.approx(100 * cp)
+    assert got["CR"] == pytest.approx(100 * cr)
+    assert got["CF1"] == pytest.approx(100 * 2 * cp * cr / (cp + cr))
+    assert got["mean_class_F1"] == pytest.approx(100 * (1 / 2 + 4 / 5) / 3)
+    # overall: TP 3 of 6 predicted, 4 positives
+    assert got["OP"] == pytest.approx(50.0)
+    assert got["OR"] == pytest.approx(75.0)
+    assert got["OF1"] == pytest.approx(100 * 2 * 0.5 * 0.75 / 1.25)
+    # ML-GCN's extra condition (score >= min_score): here it leaves exactly the prob > 0.55 decisions
+    assert topk_metrics(PROBS, TARGETS, k=2, min_score=0.55) == pytest.approx(
+        threshold_metrics(PROBS, TARGETS, threshold=0.55)
+    )
+    # ties broken by label index: k=1 on a constant row picks label 0
+    tie = topk_metrics([[0.5, 0.5, 0.5]], [[1, 0, 0]], k=1)
+    assert tie["OP"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="k must be"):
+        topk_metrics(PROBS, TARGETS, k=4)
+
+
+def test_compute_all_metrics_keys():
+    out = compute_all_metrics(PROBS, TARGETS)
+    expected = {"mAP", "mAP_tie_aware", "num_samples"}
+    for key in ("CP", "CR", "CF1", "mean_class_F1", "OP", "OR", "OF1"):
+        expected |= {key, f"{key}_top3"}
+    assert set(out) == expected
+    assert out["num_samples"] == 3
+    assert out["mAP"] == pytest.approx(mean_average_precision(PROBS, TARGETS))
+    assert out["CF1"] == pytest.approx(40.0)
+
+
+# ---------------------------------------------------------------------------
+# streaming and distributed
+# ---------------------------------------------------------------------------
+def test_accumulator_equals_one_shot():
+    scores, targets = random_case(n=203, c=7, seed=5, ties=True)
+    scores = scores.astype(np.float32)
+    acc = MultiLabelMetricAccumulator(7, from_logits=True, initial_capacity=8)
+    start = 0
+    for size in [1, 5, 17, 64, 100, 16]:
+        chunk = slice(start, start + size)
+        # torch tensors and numpy arrays both accepted
+        if size % 2:
+            acc.add(torch.from_numpy(scores[chunk]), torch.from_numpy(targets[chunk]))
+        else:
+            acc.add(scores[chunk], targets[chunk])
+        start += size
+    assert start == 203 and acc.num_samples == 203
+    assert acc.scores.shape == (203, 7) and acc.scores.dtype == np.float32
+    assert acc.targets.dtype == np.uint8
+    assert acc.compute() == compute_all_metrics(scores, targets, from_logits=True)
+    acc.reset()
+    assert acc.num_samples == 0
+    with pytest.raises(ValueError):
+        acc.add(np.zeros((2, 6)), np.zeros((2, 6)))
+
+
+def test_accumulator_single_process_accelerate():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    scores, targets = random_case(n=11, c=5, seed=2)
+    try:
+        accelerator = Accelerator(cpu=True)
+        ds = torch.utils.data.TensorDataset(torch.tensor(scores, dtype=torch.float32), torch.tensor(targets))
+        loader = accelerator.prepare(torch.utils.data.DataLoader(ds, batch_size=4))
+        acc = MultiLabelMetricAccumulator(5, from_logits=True)
+        for logits, labels in loader:
+            acc.add_from_accelerator(accelerator, logits, labels)
+        assert acc.num_samples == 11
+        assert acc.compute() == compute_all_metrics(scores.astype(np.float32), targets, from_logits=True)
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+
+_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from accelerate import Accelerator
+    from hspnet.metrics import MultiLabelMetricAccumulator
+
+    accelerator = Accelerator(cpu=True)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 4, generator=g)          # 7 samples: uneven over 2 processes
+    targets = (torch.rand(7, 4, generator=g) < 0.4).long()
+    targets[0] = 1
+    loader = accelerator.prepare(
+        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logits, targets), batch_size=2)
+    )
+    acc = MultiLabelMetricAccumulator(4, from_logits=True)
+    for lg, tg in loader:
+        acc.add_from_accelerator(accelerator, lg, tg)
+    if accelerator.is_main_process:
+        with open(sys.argv[1], "w") as f:
+            json.dump({"world": accelerator.num_processes, "metrics": acc.compute(),
+                       "scores": acc.scores.tolist(), "all_scores": logits.tolist(),
+                       "all_targets": targets.tolist()}, f)
+    """
+)
+
+
+def test_two_process_gloo_gather_drops_duplicates(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    out = tmp_path / "out.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["world"] == 2
+    assert res["metrics"]["num_samples"] == 7
+    # every sample exactly once (gather interleaves processes, so compare as sets of rows)
+    assert sorted(map(tuple, res["scores"])) == sorted(map(tuple, res["all_scores"]))
+    one_shot = compute_all_metrics(np.array(res["all_scores"], dtype=np.float32), res["all_targets"], from_logits=True)
+    assert res["metrics"] == pytest.approx(one_shot)
+
+
+# ---------------------------------------------------------------------------
+# evaluate module
+# ---------------------------------------------------------------------------
+def test_evaluate_module_loads_offline_and_matches():
+    import evaluate
+
+    metric = evaluate.load(str(REPO / "metrics" / "hspnet_multilabel"))
+    scores, targets = random_case(n=40, c=6, seed=9, ties=True)
+    probs = 1 / (1 + np.exp(-scores))
+    got = metric.compute(predictions=probs.tolist(), references=targets.tolist())
+    assert got == pytest.approx(compute_all_metrics(probs, targets))
+    got = metric.compute(predictions=scores.tolist(), references=targets.tolist(), from_logits=True, k=2)
+    assert got == pytest.approx(compute_all_metrics(scores, targets, from_logits=True, k=2))
+    # batched use
+    for i in range(0, 40, 16):
+        metric.add_batch(predictions=probs[i : i + 16].tolist(), references=targets[i : i + 16].tolist())
+    assert metric.compute()["mAP"] == pytest.approx(mean_average_precision(probs, targets))
+    assert not math.isnan(got["mAP_tie_aware"])
