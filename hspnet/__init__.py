@@ -7,6 +7,16 @@ Importing the package registers the HSPNet classes with `AutoConfig`, `AutoModel
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_hspnet import HSPNetConfig
+from .losses import LOSS_DEFAULTS, LOSSES, build_loss
+from .metrics import (
+    MultiLabelMetricAccumulator,
+    average_precision_ranked,
+    average_precision_tie_aware,
+    compute_all_metrics,
+    mean_average_precision,
+    threshold_metrics,
+    topk_metrics,
+)
 from .modeling_hspnet import (
     HSPNetForImageClassification,
     HSPNetModel,
@@ -24,6 +34,16 @@ AutoModel.register(HSPNetConfig, HSPNetModel, exist_ok=True)
 AutoModelForImageClassification.register(HSPNetConfig, HSPNetForImageClassification, exist_ok=True)
 
 __all__ = [
+    "LOSSES",
+    "LOSS_DEFAULTS",
+    "build_loss",
+    "MultiLabelMetricAccumulator",
+    "average_precision_ranked",
+    "average_precision_tie_aware",
+    "compute_all_metrics",
+    "mean_average_precision",
+    "threshold_metrics",
+    "topk_metrics",
     "HSPNetConfig",
     "HSPNetModel",
     "HSPNetForImageClassification",

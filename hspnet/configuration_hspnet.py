@@ -52,10 +52,12 @@ class HSPNetConfig(PreTrainedConfig):
             Constant multiplier of the cosine similarities (CLIP's learned `logit_scale` is not used).
         freeze_text_encoder (`bool`, *optional*, defaults to `True`):
             Keep the CLIP text tower (embeddings, transformer, final norm, text projection) frozen.
-        loss (`str`, *optional*, defaults to `"bce"`):
-            Name of the loss computed when `labels` are passed to `HSPNetForImageClassification.forward`.
+        loss (`str`, *optional*, defaults to `"splc"`):
+            Name of the loss computed when `labels` are passed to `HSPNetForImageClassification.forward` (see
+            `hspnet.losses.LOSSES`: splc, an, an_ls, wan, epr, role, em, ll_r, hill, focal, asl).
         loss_kwargs (`dict`, *optional*):
-            Keyword arguments of that loss.
+            Keyword arguments of that loss, overriding its defaults (`hspnet.losses.LOSS_DEFAULTS`), e.g.
+            `{"change_epoch": 2}` for VOC.
 
     Example:
 
@@ -83,7 +85,7 @@ class HSPNetConfig(PreTrainedConfig):
     relation_reweight_p: float = 0.2
     logit_scale: float = 10.0
     freeze_text_encoder: bool = True
-    loss: str = "bce"
+    loss: str = "splc"
     loss_kwargs: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):

@@ -36,6 +36,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .configuration_hspnet import HSPNetConfig
+from .losses import build_loss
 
 logger = logging.get_logger(__name__)
 
@@ -656,25 +657,41 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
     """HSPNet with its training loss, for `AutoModelForImageClassification` and `pipeline("image-classification")`.
 
     `labels` are the observed targets, `(B, C)` with 1 for the observed positive(s) and 0 for unobserved labels. The
-    loss is `config.loss` with `config.loss_kwargs`.
+    loss is `config.loss` with `config.loss_kwargs` (default: SPLC with the reference values, summed over the batch).
     """
 
     def __init__(self, config: HSPNetConfig):
         super().__init__(config)
         self.hspnet = HSPNetModel(config)
         self.post_init()
+        self.loss_module  # noqa: B018 - fail early on an unknown loss name or parameter
 
-    def build_loss(self) -> nn.Module:
-        """The loss module named by `config.loss` (the hook the training script and `forward` share)."""
-        if self.config.loss not in ("bce", "an"):
-            raise ValueError(f"Unknown loss {self.config.loss!r}; available: 'bce'.")
-        return nn.BCEWithLogitsLoss()
+    @property
+    def loss_module(self) -> nn.Module:
+        """The loss named by `config.loss` with `config.loss_kwargs` (built on first use, rebuilt if the config changes).
+
+        It is deliberately kept OUT of the model's module tree: its state (the epoch of SPLC / LL-R, ROLE's label
+        estimates) belongs to a training run, not to the saved weights. A training script that needs that state in its
+        checkpoints registers `model.loss_module` with `accelerator.register_for_checkpointing`.
+        """
+        spec = (self.config.loss, tuple(sorted((self.config.loss_kwargs or {}).items())))
+        cached = self.__dict__.get("_loss_cache")
+        if cached is None or cached[0] != spec:
+            cached = (spec, build_loss(self.config.loss, self.config.num_labels, **(self.config.loss_kwargs or {})))
+            self.__dict__["_loss_cache"] = cached
+        return cached[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell an epoch-dependent loss (SPLC, LL-R) the current 0-based epoch, for calls that omit `epoch=`."""
+        if hasattr(self.loss_module, "set_epoch"):
+            self.loss_module.set_epoch(epoch)
 
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         epoch: int | None = None,
+        indices: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -684,7 +701,9 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         Args:
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
             labels (`torch.FloatTensor` of shape `(B, C)`, *optional*): observed targets (1 = observed positive).
-            epoch (`int`, *optional*): the current epoch, for losses that change with it (SPLC, LL-R).
+            epoch (`int`, *optional*): the current 0-based epoch, for losses that change with it (SPLC, LL-R);
+                otherwise the one given to `set_epoch`.
+            indices (`torch.LongTensor` of shape `(B,)`, *optional*): training-set indices, for ROLE.
         Returns:
             `ImageClassifierOutput` with `logits` `(B, C)` and `loss` when `labels` are given.
         """
@@ -694,7 +713,7 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         logits = outputs.logits
         loss = None
         if labels is not None:
-            loss = self.build_loss()(logits.float(), labels.to(logits.device).float())
+            loss = self.loss_module(logits, labels.to(logits.device), epoch=epoch, indices=indices)
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

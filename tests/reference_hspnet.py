@@ -86,7 +86,7 @@ def plain_hspnet_logits(model, image_embeds):
     label_adj = plain_process_relation(relation[:C, :C].tolist(), config.relation_keep_ratio, config.relation_reweight_p)
     group_adj = plain_process_relation(relation[C:, C:].tolist(), config.relation_keep_ratio, config.relation_reweight_p)
     weights = [base.gcn.gc1.weight.detach().double(), base.gcn.gc2.weight.detach().double(), base.gcn.gc3.weight.detach().double()]
-    gamma = float(base.gcn.gamma)
+    gamma = float(base.gcn.gamma.detach())
 
     group_features = plain_text_encoder(state, config.clip_config.text_config, base.group_prompt_embeds, base.group_eos_positions)
     group_features = plain_gcn(group_features, group_adj, weights, gamma, config.gcn_negative_slope)

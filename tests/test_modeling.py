@@ -117,7 +117,7 @@ def test_caches_never_go_stale(make_model, pixel_values):
         m.train()
         optimizer = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
         torch.manual_seed(0)
-        m(pixel_values=pixel_values, labels=labels).loss.backward()
+        m(pixel_values=pixel_values, labels=labels, epoch=0).loss.backward()
         optimizer.step()
         m.eval()
     check("after an optimizer step")
@@ -126,7 +126,7 @@ def test_caches_never_go_stale(make_model, pixel_values):
         with torch.no_grad():
             m(pixel_values=pixel_values)  # fills the cache
         optimizer = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1.0)
-        m(pixel_values=pixel_values, labels=labels).loss.backward()
+        m(pixel_values=pixel_values, labels=labels, epoch=0).loss.backward()
         optimizer.step()
     check("after an eval-mode optimizer step")
     # 3. in-place edits of a text-side parameter and of the frozen text tower, under no_grad
@@ -178,7 +178,7 @@ def test_gradients_reach_trainable_parts_only(make_model, pixel_values):
     model.train()
     labels = torch.zeros(3, 6)
     labels[0, 0] = labels[1, 3] = labels[2, 5] = 1
-    model(pixel_values=pixel_values, labels=labels).loss.backward()
+    model(pixel_values=pixel_values, labels=labels, epoch=0).loss.backward()
     base = model.hspnet
     for name, p in base.clip.text_model.named_parameters():
         assert not p.requires_grad and p.grad is None, name
@@ -212,6 +212,7 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
     assert files == [
         "config.json",
         "configuration_hspnet.py",
+        "losses.py",
         "model.safetensors",
         "modeling_hspnet.py",
         "preprocessor_config.json",
@@ -263,12 +264,44 @@ def test_from_clip_errors(tiny_clip_dir, hierarchy):
         HSPNetForImageClassification.from_clip("no-such-org/no-such-clip", **hierarchy)
 
 
-def test_loss_is_bce_on_observed_labels(make_model, pixel_values):
+def test_default_loss_is_splc_summed(make_model, pixel_values):
+    import math
+
     model = make_model()
+    assert model.config.loss == "splc"
     labels = torch.zeros(3, 6)
     labels[0, 2] = 1
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+        with pytest.raises(ValueError, match="epoch"):
+            model(pixel_values=pixel_values, labels=labels)  # SPLC needs the epoch: no silent default
+        loss0 = model(pixel_values=pixel_values, labels=labels, epoch=0).loss
+    # epoch 0 < change_epoch 1: no pseudo-labels. margin 1 on the observed positive, focal gamma 2, a SUM.
+    total = 0.0
+    for b in range(3):
+        for c in range(6):
+            y = float(labels[b, c])
+            z = float(logits[b, c]) - (1.0 if y == 1 else 0.0)
+            p = 1 / (1 + math.exp(-z))
+            pt = (1 - p) if y == 1 else p
+            total += -(y * math.log(p) + (1 - y) * math.log(1 - p)) * pt**2
+    assert float(loss0) == pytest.approx(total, rel=1e-5)
+    model.set_epoch(3)
+    with torch.no_grad():
+        assert float(model(pixel_values=pixel_values, labels=labels).loss) > 0
+    assert "loss" not in "".join(model.state_dict())  # the loss state is not part of the weights
+
+
+def test_loss_is_selected_by_name(make_model, pixel_values):
+    model = make_model(loss="an", loss_kwargs={"reduction": "mean"})
+    labels = torch.zeros(3, 6)
+    labels[1, 4] = 1
     with torch.no_grad():
         out = model(pixel_values=pixel_values, labels=labels)
     x, y = out.logits, labels
     expected = -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))).mean()
     torch.testing.assert_close(out.loss, expected)
+    with pytest.raises(ValueError, match="nope"):
+        make_model(loss="nope")
+    with pytest.raises(ValueError, match="bogus"):
+        make_model(loss="splc", loss_kwargs={"bogus": 1})
