@@ -1,0 +1,126 @@
+"""Datasets for single-positive multi-label learning, as Hugging Face ``datasets.DatasetDict`` objects.
+
+Loaders (each returns ``train`` [, ``validation``], ``test``):
+
+* :func:`load_coco`, :func:`load_voc`, :func:`load_nuswide`, :func:`load_cub`: the four benchmarks from their
+  official layouts (optionally with the HSPNet authors' single-positive lists);
+* :func:`load_image_folder` (images + ``metadata.csv`` / ``metadata.jsonl``) and :func:`load_custom_dataset` (any
+  HF dataset with an image column and a multi-label column);
+* :func:`load_demo_dataset`: procedurally drawn coloured shapes, no download.
+
+Schema of every split: ``image`` (``Image()``, stored as a path), ``image_id`` (string: the file path relative to
+the image folder), ``labels`` (``List(ClassLabel)``: all positives) and, in ``train`` / ``validation``,
+``observed_labels`` (``List(ClassLabel)`` with exactly one element: the single observed positive). The label
+hierarchy travels with the features; read it with :func:`get_hierarchy`.
+"""
+
+from .coco import load_coco
+from .core import (
+    BuildOptions,
+    Record,
+    get_build_report,
+    read_label_list,
+    read_observed_labels,
+    select_single_positive,
+    validation_image_ids,
+)
+from .cub import load_cub
+from .custom import load_custom_dataset, load_image_folder
+from .demo import demo_hierarchy, draw_demo_image, generate_demo_images, load_demo_dataset
+from .errors import DatasetFormatError, ImageError, MissingFileError
+from .export import load_prepared_dataset, save_prepared_dataset
+from .hierarchy import (
+    BUILTIN_HIERARCHIES,
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_PROMPT_TEMPLATE,
+    Hierarchy,
+    auto_hierarchy,
+    builtin_hierarchy,
+    cluster_label_embeddings,
+    default_num_groups,
+    get_hierarchy,
+    load_hierarchy_file,
+)
+from .nuswide import load_nuswide
+from .stats import dataset_statistics, format_statistics
+from .voc import load_voc
+
+BENCHMARK_LOADERS = {"coco": load_coco, "voc": load_voc, "nuswide": load_nuswide, "cub": load_cub}
+
+
+def prepare_dataset(name: str, root=None, **kwargs):
+    """One entry point: ``name`` in ``coco``, ``voc``, ``nuswide``, ``cub`` (``root`` required), ``folder``
+    (``root`` = image folder), ``demo`` (no root); ``kwargs`` go to the loader."""
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    aliases = {
+        "coco2014": "coco",
+        "mscoco": "coco",
+        "voc2012": "voc",
+        "pascal": "voc",
+        "nus": "nuswide",
+        "cub200": "cub",
+        "cub2002011": "cub",
+        "custom": "folder",
+        "imagefolder": "folder",
+    }
+    key = aliases.get(key, key)
+    if key == "demo":
+        return load_demo_dataset(**kwargs)
+    if key not in BENCHMARK_LOADERS and key != "folder":
+        raise ValueError(f"Unknown dataset {name!r}; choose coco, voc, nuswide, cub, folder or demo.")
+    if root is None:
+        raise MissingFileError(f"the {name} dataset needs a root folder")
+    if key == "folder":
+        return load_image_folder(root, **kwargs)
+    return BENCHMARK_LOADERS[key](root, **kwargs)
+
+
+def to_multi_hot(label_lists, num_labels: int):
+    """``[[2, 5], [0]]`` -> a float32 ``(len, num_labels)`` multi-hot ``numpy`` array."""
+    import numpy as np
+
+    out = np.zeros((len(label_lists), num_labels), dtype=np.float32)
+    for row, labels in enumerate(label_lists):
+        out[row, list(labels)] = 1.0
+    return out
+
+
+__all__ = [
+    "BENCHMARK_LOADERS",
+    "BUILTIN_HIERARCHIES",
+    "BuildOptions",
+    "DEFAULT_CLIP_MODEL",
+    "DEFAULT_PROMPT_TEMPLATE",
+    "DatasetFormatError",
+    "Hierarchy",
+    "ImageError",
+    "MissingFileError",
+    "Record",
+    "auto_hierarchy",
+    "builtin_hierarchy",
+    "cluster_label_embeddings",
+    "dataset_statistics",
+    "default_num_groups",
+    "demo_hierarchy",
+    "draw_demo_image",
+    "format_statistics",
+    "generate_demo_images",
+    "get_build_report",
+    "get_hierarchy",
+    "load_coco",
+    "load_cub",
+    "load_custom_dataset",
+    "load_demo_dataset",
+    "load_hierarchy_file",
+    "load_image_folder",
+    "load_nuswide",
+    "load_prepared_dataset",
+    "load_voc",
+    "prepare_dataset",
+    "read_label_list",
+    "read_observed_labels",
+    "save_prepared_dataset",
+    "select_single_positive",
+    "to_multi_hot",
+    "validation_image_ids",
+]

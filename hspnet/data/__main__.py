@@ -1,0 +1,7 @@
+"""``python -m hspnet.data DATASET --root ...``: see :mod:`hspnet.data.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""Command line: prepare a dataset, print its statistics, optionally write it / push it to the Hub.
+
+python datasets_scripts/prepare.py voc --root /data/voc2012 [--protocol authors] [--output out/voc]
+python -m hspnet.data demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import DatasetFormatError
+
+DATASETS = ("coco", "voc", "nuswide", "cub", "folder", "hf", "demo")
+
+
+def _common(parser: argparse.ArgumentParser, needs_root: bool) -> None:
+    if needs_root:
+        parser.add_argument("--root", required=True, help="the dataset folder, in its official layout (see the README)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the single-positive choice and of the splits (0)")
+    parser.add_argument(
+        "--protocol",
+        choices=("heldout", "authors"),
+        default="heldout",
+        help="heldout: hold out --validation-fraction of train as 'validation' (Cole et al.); authors: train on all "
+        "training images, evaluate on test (no validation split)",
+    )
+    parser.add_argument("--validation-fraction", type=float, default=0.2, help="held-out share of train (0.2)")
+    parser.add_argument("--cache-dir", help="datasets cache folder (default: the Hugging Face datasets cache)")
+    parser.add_argument("--force-rebuild", action="store_true", help="ignore the cache")
+    parser.add_argument("--output", help="also write the prepared dataset to this folder")
+    parser.add_argument(
+        "--output-format",
+        choices=("arrow", "parquet"),
+        default="arrow",
+        help="arrow: save_to_disk, self-contained (image bytes embedded); parquet: one file per split with image paths",
+    )
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="push the prepared dataset to this Hub dataset repo")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    parser.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def _benchmark_options(parser: argparse.ArgumentParser, missing_default: str = "error") -> None:
+    parser.add_argument(
+        "--observed-labels",
+        metavar="FILE",
+        help="the authors' single-positive list (coco_train_singlelabel.txt, voc_train.txt, cub_train.txt format) to "
+        "use instead of generated single positives",
+    )
+    parser.add_argument("--hierarchy", metavar="FILE", help="override the built-in hierarchy (JSON or label,group CSV)")
+    parser.add_argument(
+        "--on-missing-image",
+        choices=("error", "skip"),
+        default=missing_default,
+        help=f"missing / unreadable images: stop with the list, or skip them (always counted) ({missing_default})",
+    )
+    parser.add_argument(
+        "--check-images", choices=("exists", "open", "none"), default="exists", help="how images are checked (exists)"
+    )
+    parser.add_argument("--num-proc", type=int, default=1, help="threads for the image checks (1)")
+
+
+def _custom_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--label-names", help="a text file of label names, one per line (needed for index labels)")
+    parser.add_argument("--label-separator", help="separator of labels in a string field (auto: ; | , or spaces)")
+    parser.add_argument("--hierarchy", metavar="FILE", help="label -> group file (JSON or label,group CSV)")
+    parser.add_argument("--no-auto-hierarchy", action="store_true", help="fail instead of building a hierarchy")
+    parser.add_argument("--clip-model", default=None, help="CLIP model (Hub id or folder) for the automatic hierarchy")
+    parser.add_argument("--num-groups", type=int, help="groups of the automatic hierarchy (default round(sqrt(C)))")
+    parser.add_argument("--cluster-method", choices=("kmeans", "agglomerative"), default="kmeans")
+    parser.add_argument("--prompt-template", default=None, help="text template of the label embeddings")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.2, help="held-out test share when there is no test split"
+    )
+    parser.add_argument("--observed-labels", metavar="FILE", help="a single-positive list 'file_name,index' to use")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prepare",
+        description="Prepare a single-positive multi-label dataset (HSPNet) as a Hugging Face DatasetDict, print its "
+        "statistics, and optionally write it or push it to the Hub.",
+    )
+    sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    coco = sub.add_parser("coco", help="MS-COCO 2014: annotations/instances_{train,val}2014.json, train2014/, val2014/")
+    _common(coco, True)
+    _benchmark_options(coco)
+    voc = sub.add_parser("voc", help="PASCAL VOC 2012: VOC2012/{Annotations,ImageSets/Main,JPEGImages}")
+    _common(voc, True)
+    _benchmark_options(voc)
+    voc.add_argument(
+        "--difficult",
+        choices=("negative", "positive"),
+        default="negative",
+        help="whether difficult-only objects make their class positive (negative, like the authors)",
+    )
+    nus = sub.add_parser(
+        "nuswide", help="NUS-WIDE: official files (Groundtruth/, ImageList/, Flickr/) or the flat layout"
+    )
+    _common(nus, True)
+    _benchmark_options(nus, missing_default="skip")
+    nus.add_argument("--layout", choices=("auto", "official", "flat"), default="auto")
+    nus.add_argument("--image-dir", help="image folder relative to --root (default Flickr/, images/ or Images/)")
+    nus.add_argument("--train-list", help="flat layout: training list (default nus_train.txt)")
+    nus.add_argument("--test-list", help="flat layout: test list (default nus_val.txt)")
+    cub = sub.add_parser(
+        "cub", help="CUB-200-2011 attributes: CUB_200_2011/{images.txt,train_test_split.txt,attributes/}"
+    )
+    _common(cub, True)
+    _benchmark_options(cub)
+    folder = sub.add_parser("folder", help="custom: a folder of images with metadata.csv / metadata.jsonl")
+    _common(folder, True)
+    _custom_options(folder)
+    folder.add_argument("--metadata", help="metadata file relative to --root (default metadata.csv / metadata.jsonl)")
+    folder.add_argument("--on-missing-image", choices=("error", "skip"), default="error")
+    folder.add_argument("--on-duplicate", choices=("error", "merge"), default="error")
+    hf = sub.add_parser("hf", help="custom: a Hugging Face dataset (Hub id or save_to_disk folder)")
+    _common(hf, False)
+    _custom_options(hf)
+    hf.add_argument("--dataset-path", required=True, help="Hub dataset id or save_to_disk folder")
+    hf.add_argument("--image-column", default="image")
+    hf.add_argument("--labels-column", default="labels")
+    hf.add_argument("--id-column")
+    hf.add_argument("--test-split")
+    demo = sub.add_parser("demo", help="the built-in demo dataset (coloured shapes, no download)")
+    _common(demo, False)
+    demo.add_argument("--num-train", type=int, default=1600)
+    demo.add_argument("--num-test", type=int, default=400)
+    demo.add_argument("--image-size", type=int, default=64)
+    return parser
+
+
+def _load(args):
+    from . import load_coco, load_cub, load_custom_dataset, load_demo_dataset, load_image_folder, load_nuswide, load_voc
+    from .hierarchy import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
+
+    fraction = 0.0 if args.protocol == "authors" else args.validation_fraction
+    common = dict(seed=args.seed, validation_fraction=fraction)
+    cached = dict(cache_dir=args.cache_dir, force_rebuild=args.force_rebuild)
+    if args.dataset == "demo":
+        return load_demo_dataset(
+            num_train=args.num_train, num_test=args.num_test, image_size=args.image_size, **common, **cached
+        )
+    if args.dataset in ("coco", "voc", "nuswide", "cub"):
+        kwargs = dict(
+            observed_labels_file=args.observed_labels,
+            hierarchy=args.hierarchy,
+            on_missing_image=args.on_missing_image,
+            check_images=args.check_images,
+            num_proc=args.num_proc,
+            **common,
+            **cached,
+        )
+        if args.dataset == "voc":
+            kwargs["difficult"] = args.difficult
+        if args.dataset == "nuswide":
+            kwargs.update(
+                layout=args.layout, image_dir=args.image_dir, train_list=args.train_list, test_list=args.test_list
+            )
+        loader = {"coco": load_coco, "voc": load_voc, "nuswide": load_nuswide, "cub": load_cub}[args.dataset]
+        return loader(args.root, **kwargs)
+    custom = dict(
+        label_names=args.label_names,
+        label_separator=args.label_separator,
+        hierarchy=args.hierarchy,
+        auto_hierarchy=not args.no_auto_hierarchy,
+        clip_model=args.clip_model or DEFAULT_CLIP_MODEL,
+        num_groups=args.num_groups,
+        cluster_method=args.cluster_method,
+        prompt_template=args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
+        test_fraction=args.test_fraction,
+        observed_labels_file=args.observed_labels,
+        **common,
+    )
+    if args.dataset == "folder":
+        return load_image_folder(
+            args.root,
+            metadata=args.metadata,
+            on_missing_image=args.on_missing_image,
+            on_duplicate=args.on_duplicate,
+            **custom,
+            **cached,
+        )
+    return load_custom_dataset(
+        args.dataset_path,
+        image_column=args.image_column,
+        labels_column=args.labels_column,
+        id_column=args.id_column,
+        test_split=args.test_split,
+        **custom,
+    )
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.quiet:
+        try:
+            import datasets
+
+            datasets.disable_progress_bars()
+        except ImportError:  # pragma: no cover
+            pass
+    try:
+        from .export import save_prepared_dataset
+        from .stats import dataset_statistics, format_statistics
+
+        dataset = _load(args)
+        stats = dataset_statistics(dataset)
+        print(json.dumps(stats, indent=1) if args.json else format_statistics(stats))
+        if args.output:
+            path = save_prepared_dataset(dataset, args.output, embed_images=args.output_format == "arrow")
+            print(f"\nWrote the prepared dataset to {os.path.abspath(path)} ({args.output_format})")
+        else:
+            files = next(iter(dataset.values())).cache_files
+            if files:
+                print(f"\nPrepared dataset cached in {os.path.dirname(files[0]['filename'])} (and its sibling splits)")
+        if args.push_to_hub:
+            dataset.push_to_hub(args.push_to_hub, private=args.private)
+            print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+    except (DatasetFormatError, FileNotFoundError, ValueError, OSError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

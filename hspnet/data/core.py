@@ -1,0 +1,631 @@
+"""The common back end of every loader: records -> checks -> single positives -> splits -> cached ``DatasetDict``.
+
+A loader parses its raw layout into :class:`Record` lists (one per official split, ``train`` and ``test``) and a
+:class:`~hspnet.data.hierarchy.Hierarchy`; :func:`build_dataset_dict` does the rest:
+
+1. images listed twice (within or across splits) are an error; missing / unreadable images are an error or are
+   skipped (``on_missing_image``), and are always counted and listed in the build report;
+2. images without any positive label are excluded (counted in the report);
+3. every training image gets ONE observed positive: generated (uniformly among its positives, from a hash of
+   ``(seed, image_id)``, so the choice of an image never depends on the order, the other images or the number of
+   workers) or read from an authors' list (``observed_labels_file``);
+4. with ``validation_fraction > 0`` a seeded share of the training images becomes the ``validation`` split (the
+   images whose hash ``(seed, "validation", image_id)`` is smallest);
+5. the splits are written with ``Dataset.from_generator`` under a fingerprint of the annotation files' CONTENTS,
+   the loader options and this schema version, so a changed file or option never returns stale rows.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DatasetFormatError, ImageError, MissingFileError
+from .hierarchy import Hierarchy, label_feature
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+ON_MISSING_IMAGE = ("error", "skip")
+CHECK_IMAGES = ("exists", "open", "none")
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+_EXAMPLES = 20
+
+
+@dataclass
+class Record:
+    """One image: ``image_id`` is its path relative to the image folder (the key the authors' lists use; for a
+    Hugging Face dataset, the id column or ``split/row``), ``path`` its absolute path, ``labels`` its positive label
+    indices, ``where`` its origin (file and line) for messages."""
+
+    image_id: str
+    path: str | None
+    labels: list[int]
+    where: str | None = None
+    row: int | None = None  # for Hugging Face datasets: the row in the source split (``path`` is then None)
+    source_split: str | None = None
+
+
+@dataclass
+class BuildOptions:
+    """Options shared by every loader (see :func:`build_dataset_dict`)."""
+
+    seed: int = 0
+    validation_fraction: float = 0.2
+    observed_labels_file: str | os.PathLike | None = None
+    on_missing_image: str = "error"
+    check_images: str = "exists"
+    num_proc: int = 1
+    cache_dir: str | os.PathLike | None = None
+    force_rebuild: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
+        fraction = float(self.validation_fraction)
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
+        self.validation_fraction = fraction
+        if self.on_missing_image not in ON_MISSING_IMAGE:
+            raise ValueError(f"on_missing_image must be one of {ON_MISSING_IMAGE}, got {self.on_missing_image!r}.")
+        if self.check_images not in CHECK_IMAGES:
+            raise ValueError(f"check_images must be one of {CHECK_IMAGES}, got {self.check_images!r}.")
+        if int(self.num_proc) < 1:
+            raise ValueError(f"num_proc must be >= 1, got {self.num_proc!r}.")
+        self.num_proc = int(self.num_proc)
+        if self.observed_labels_file is not None:
+            self.observed_labels_file = os.path.abspath(os.fspath(self.observed_labels_file))
+            if not os.path.isfile(self.observed_labels_file):
+                raise MissingFileError("observed-labels file not found", file=self.observed_labels_file)
+
+    @property
+    def protocol(self) -> str:
+        return "heldout" if self.validation_fraction > 0 else "authors"
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "validation_fraction": self.validation_fraction,
+            "observed_labels_file": hash_files([self.observed_labels_file]) if self.observed_labels_file else None,
+            "on_missing_image": self.on_missing_image,
+            "check_images": self.check_images,
+        }
+
+
+@dataclass
+class ParsedSource:
+    """What a loader's parser returns: the hierarchy, ``{"train": [...], "test": [...]}`` and report notes."""
+
+    hierarchy: Hierarchy
+    splits: dict[str, list[Record]]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hashing, single positives, validation split
+
+
+def stable_hash(*parts: Any) -> int:
+    """A 64-bit hash of ``parts`` that is the same on every machine, process and Python run."""
+    text = "\x1f".join(str(part) for part in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def select_single_positive(labels: Sequence[int], seed: int, key: str) -> int:
+    """The observed positive of one image: uniform among ``labels``, fixed by ``(seed, key)`` alone."""
+    positives = sorted(set(int(label) for label in labels))
+    if not positives:
+        raise ValueError(f"Image {key!r} has no positive label to observe.")
+    return positives[stable_hash(seed, "single-positive", key) % len(positives)]
+
+
+def validation_image_ids(image_ids: Sequence[str], fraction: float, seed: int, purpose: str = "validation") -> set[str]:
+    """The ``round(fraction * n)`` (at least 1) image ids with the smallest ``hash(seed, purpose, id)``: the held-out
+    share depends only on the ids and the seed, not on their order."""
+    ids = list(image_ids)
+    if fraction <= 0:
+        return set()
+    count = max(1, int(round(fraction * len(ids))))
+    if count >= len(ids):
+        raise DatasetFormatError(f"only {len(ids)} image(s): too few to hold out a {purpose} fraction of {fraction}")
+    ranked = sorted(ids, key=lambda image_id: (stable_hash(seed, purpose, image_id), image_id))
+    return set(ranked[:count])
+
+
+def hash_files(paths: Iterable[str | os.PathLike], chunk_size: int = 1 << 20) -> str:
+    """A digest of the names and CONTENTS of ``paths`` (a missing file hashes as missing)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        path = os.fspath(path)
+        digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            with open(path, "rb") as handle:
+                while True:
+                    chunk = handle.read(chunk_size)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+            digest.update(b"\1")
+        except OSError:
+            digest.update(b"<missing>\2")
+    return digest.hexdigest()
+
+
+def fingerprint(name: str, files: Iterable[str | os.PathLike], options: dict[str, Any]) -> str:
+    payload = json.dumps(
+        {"schema": SCHEMA_VERSION, "dataset": name, "files": hash_files(files), "options": options},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Image checks
+
+
+def _image_problem(path: str, mode: str) -> str | None:
+    """None if the image is fine; ``"missing"`` or a reason it cannot be read."""
+    if not os.path.isfile(path):
+        return "missing"
+    if mode != "open":
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def check_image_files(paths: Sequence[str], mode: str = "exists", num_proc: int = 1) -> list[str | None]:
+    """For each path: None (fine), ``"missing"`` or why it cannot be opened (``mode="open"``)."""
+    if mode == "none":
+        return [None] * len(paths)
+    if num_proc > 1 and len(paths) > 1:
+        with ThreadPoolExecutor(max_workers=num_proc) as pool:
+            return list(pool.map(lambda path: _image_problem(path, mode), paths, chunksize=64))
+    return [_image_problem(path, mode) for path in paths]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Authors' list formats
+
+
+def normalise_key(name: str) -> str:
+    return name.strip().replace("\\", "/")
+
+
+def read_label_list(
+    path: str | os.PathLike, num_labels: int | None = None, *, allow_empty: bool = True
+) -> list[tuple[str, list[int], int]]:
+    """Read the authors' list format: ``file_name,idx idx ...`` per line (a space after the comma is allowed, as in
+    ``cub_train.txt``). Returns ``(file_name, label indices, line number)``; blank lines are skipped.
+
+    Raises :class:`DatasetFormatError` (with the file and line) for a line without a comma, a non-integer or
+    out-of-range index, or a file name listed twice.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError("label list not found", file=path)
+    entries: list[tuple[str, list[int], int]] = []
+    first_line: dict[str, int] = {}
+    for number, line in iter_text_lines(path):
+        if "," not in line:
+            raise DatasetFormatError(f"expected 'file_name,label indices', got {line!r}", file=path, line=number)
+        name, _, rest = line.rpartition(",")
+        name = normalise_key(name)
+        if not name:
+            raise DatasetFormatError("empty file name", file=path, line=number)
+        labels = []
+        for token in rest.split():
+            labels.append(parse_label_index(token, num_labels, file=path, line=number))
+        if not labels and not allow_empty:
+            raise DatasetFormatError(f"no label index for {name!r}", file=path, line=number)
+        if name in first_line:
+            raise DatasetFormatError(
+                f"image {name!r} is listed twice (first on line {first_line[name]})", file=path, line=number
+            )
+        first_line[name] = number
+        entries.append((name, sorted(set(labels)), number))
+    return entries
+
+
+def read_observed_labels(path: str | os.PathLike, num_labels: int | None = None) -> dict[str, tuple[int, int]]:
+    """Read a single-positive list (``coco_train_singlelabel.txt``, ``voc_train.txt``, ``cub_train.txt`` formats):
+    ``{file_name: (label index, line number)}``; every line must carry exactly one label index."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, labels, number in read_label_list(path, num_labels, allow_empty=False):
+        if len(labels) != 1:
+            raise DatasetFormatError(
+                f"a single-positive list needs exactly one label per image, {name!r} has {len(labels)}",
+                file=path,
+                line=number,
+            )
+        out[name] = (labels[0], number)
+    return out
+
+
+def parse_label_index(token: str, num_labels: int | None, *, file=None, line=None, field=None) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        raise DatasetFormatError(
+            f"label index {token!r} is not an integer", file=file, line=line, field=field
+        ) from None
+    if value < 0 or (num_labels is not None and value >= num_labels):
+        bound = f"0..{num_labels - 1}" if num_labels is not None else ">= 0"
+        raise DatasetFormatError(f"label index {value} is out of range ({bound})", file=file, line=line, field=field)
+    return value
+
+
+def iter_text_lines(path: str) -> Iterable[tuple[int, str]]:
+    """``(line number, stripped line)`` for the non-blank lines of a UTF-8 text file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, raw in enumerate(handle, start=1):
+                line = raw.strip()
+                if line:
+                    yield number, line
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"not UTF-8 text ({error.reason} at byte {error.start})", file=path) from None
+
+
+def require_file(path: str, what: str) -> str:
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{what} not found", file=path)
+    return path
+
+
+def require_dir(path: str | os.PathLike | None, what: str) -> str:
+    if path is None:
+        raise MissingFileError(f"no {what} given")
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise MissingFileError(f"{what} does not exist or is not a folder", file=path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Finalising: checks, single positives, splits
+
+
+@dataclass
+class Prepared:
+    """The final splits: records per split, the observed positive of each train/validation image, the report."""
+
+    hierarchy: Hierarchy
+    records: dict[str, list[Record]]
+    observed: dict[str, int]
+    report: dict[str, Any]
+
+    def rows(self, split: str) -> Iterable[dict[str, Any]]:
+        for record in self.records[split]:
+            row = {"image": record.path, "image_id": record.image_id, "labels": sorted(record.labels)}
+            if split != TEST:
+                row["observed_labels"] = [self.observed[record.image_id]]
+            yield row
+
+
+def _examples(items: Sequence, limit: int = _EXAMPLES) -> list:
+    return list(items[:limit])
+
+
+def finalize(name: str, parsed: ParsedSource, options: BuildOptions) -> Prepared:
+    """Checks, exclusions, single positives and splits (see the module docstring); returns rows and a report."""
+    hierarchy = parsed.hierarchy
+    num_labels = hierarchy.num_labels
+    report: dict[str, Any] = {
+        "dataset": name,
+        "seed": options.seed,
+        "protocol": options.protocol,
+        "validation_fraction": options.validation_fraction,
+        "observed_labels": (
+            f"from file {options.observed_labels_file}"
+            if options.observed_labels_file
+            else f"generated: one positive per image, uniform, seed {options.seed}"
+        ),
+    }
+    report.update(parsed.report)
+    splits = {split: list(records) for split, records in parsed.splits.items()}
+    if TRAIN not in splits or TEST not in splits:
+        raise ValueError(f"{name}: the parser must return 'train' and 'test' splits, got {sorted(splits)}.")
+
+    # 1. duplicates
+    seen: dict[str, tuple[str, str | None]] = {}
+    for split, records in splits.items():
+        for record in records:
+            for label in record.labels:
+                if not 0 <= label < num_labels:
+                    raise DatasetFormatError(
+                        f"label index {label} of image {record.image_id!r} is out of range (0..{num_labels - 1})",
+                        file=record.where,
+                    )
+            key = os.path.normpath(record.path) if record.path is not None else f"id:{record.image_id}"
+            if key in seen:
+                other_split, other_where = seen[key]
+                raise DatasetFormatError(
+                    f"image {record.image_id!r} is listed twice ({other_split}"
+                    + (f" at {other_where}" if other_where else "")
+                    + f" and {split}"
+                    + (f" at {record.where}" if record.where else "")
+                    + ")"
+                )
+            seen[key] = (split, record.where)
+
+    # 2. images
+    excluded: dict[str, int] = {}
+    all_records = [
+        (split, record) for split, records in splits.items() for record in records if record.path is not None
+    ]
+    problems = check_image_files([record.path for _, record in all_records], options.check_images, options.num_proc)
+    missing = [(split, record) for (split, record), problem in zip(all_records, problems) if problem == "missing"]
+    unreadable = [
+        (split, record, problem)
+        for (split, record), problem in zip(all_records, problems)
+        if problem is not None and problem != "missing"
+    ]
+    if missing or unreadable:
+        by_split: dict[str, int] = {}
+        for split, *_ in missing + unreadable:
+            by_split[split] = by_split.get(split, 0) + 1
+        report["missing_images"] = {"count": len(missing), "examples": _examples([r.path for _, r in missing])}
+        report["unreadable_images"] = {
+            "count": len(unreadable),
+            "examples": _examples([[r.path, why] for _, r, why in unreadable]),
+        }
+        report["bad_images_by_split"] = by_split
+        summary = f"{len(missing)} missing and {len(unreadable)} unreadable image(s)"
+        if options.on_missing_image == "error":
+            lines = [f"  missing: {r.path}" for _, r in missing[:10]]
+            lines += [f"  unreadable: {r.path} ({why})" for _, r, why in unreadable[: max(0, 10 - len(lines))]]
+            raise ImageError(
+                f"{name}: {summary} (by split: {by_split}):\n"
+                + "\n".join(lines)
+                + ("\n  ..." if len(missing) + len(unreadable) > 10 else "")
+                + "\nPass on_missing_image='skip' (CLI: --on-missing-image skip) to leave them out.",
+                missing=[r.path for _, r in missing],
+                unreadable=[(r.path, why) for _, r, why in unreadable],
+            )
+        logger.warning("%s: skipping %s (by split: %s)", name, summary, by_split)
+        bad = {id(record) for _, record in missing} | {id(record) for _, record, _ in unreadable}
+        for split in splits:
+            splits[split] = [record for record in splits[split] if id(record) not in bad]
+        excluded["missing_or_unreadable_images"] = len(bad)
+
+    # 3. images without a positive label
+    for split in list(splits):
+        kept = [record for record in splits[split] if record.labels]
+        if len(kept) != len(splits[split]):
+            excluded[f"{split}_without_positive"] = len(splits[split]) - len(kept)
+            logger.info(
+                "%s: %d %s image(s) have no positive label and are excluded",
+                name,
+                excluded[f"{split}_without_positive"],
+                split,
+            )
+        splits[split] = kept
+
+    # 4. observed positives
+    train = splits[TRAIN]
+    observed: dict[str, int] = {}
+    if options.observed_labels_file:
+        listed = read_observed_labels(options.observed_labels_file, num_labels)
+        by_id = {record.image_id: record for record in train}
+        matched = [key for key in listed if key in by_id]
+        if not matched:
+            raise DatasetFormatError(
+                f"none of the {len(listed)} entries matches a training image (keys look like "
+                f"{next(iter(listed), '?')!r}; training image ids look like {train[0].image_id if train else '?'!r})",
+                file=options.observed_labels_file,
+            )
+        unmatched = [key for key in listed if key not in by_id]
+        not_listed = [record for record in train if record.image_id not in listed]
+        not_positive = [key for key in matched if listed[key][0] not in by_id[key].labels]
+        report["observed_list"] = {
+            "file": options.observed_labels_file,
+            "entries": len(listed),
+            "matched": len(matched),
+            "entries_without_training_image": len(unmatched),
+            "entries_without_training_image_examples": _examples(unmatched),
+            "training_images_not_listed": len(not_listed),
+            "observed_label_not_among_positives": len(not_positive),
+            "observed_label_not_among_positives_examples": _examples(
+                [f"{key} (line {listed[key][1]})" for key in not_positive]
+            ),
+        }
+        if unmatched:
+            logger.warning(
+                "%s: %d entries of %s have no training image", name, len(unmatched), options.observed_labels_file
+            )
+        if not_positive:
+            logger.warning(
+                "%s: for %d image(s) the listed observed label is not among the annotated positives (kept as listed)",
+                name,
+                len(not_positive),
+            )
+        if not_listed:
+            excluded["train_not_in_observed_list"] = len(not_listed)
+        train = [record for record in train if record.image_id in listed]
+        observed = {record.image_id: listed[record.image_id][0] for record in train}
+    else:
+        observed = {
+            record.image_id: select_single_positive(record.labels, options.seed, record.image_id) for record in train
+        }
+
+    # 5. splits
+    for split, records in ((TRAIN, train), (TEST, splits[TEST])):
+        if not records:
+            raise DatasetFormatError(f"{name}: the {split} split is empty (exclusions: {excluded or 'none'})")
+    held_out = validation_image_ids([record.image_id for record in train], options.validation_fraction, options.seed)
+    final: dict[str, list[Record]] = {TRAIN: [r for r in train if r.image_id not in held_out]}
+    if held_out:
+        final[VALIDATION] = [r for r in train if r.image_id in held_out]
+    final[TEST] = splits[TEST]
+    for split, records in final.items():
+        if not records:
+            raise DatasetFormatError(f"{name}: the {split} split is empty (exclusions: {excluded or 'none'})")
+
+    report["excluded"] = excluded
+    report["num_images"] = {split: len(records) for split, records in final.items()}
+    return Prepared(hierarchy=hierarchy, records=final, observed=observed, report=report)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building the DatasetDict with a never-stale cache
+
+
+def make_features(hierarchy: Hierarchy, with_observed: bool):
+    from datasets import Features, Image, List, Value
+
+    label = label_feature(hierarchy)
+    features = {"image": Image(), "image_id": Value("string"), "labels": List(label)}
+    if with_observed:
+        features["observed_labels"] = List(label)
+    return Features(features)
+
+
+class _Lazy:
+    """Runs the parse + finalise step at most once, and only if some split is not cached."""
+
+    def __init__(self, compute: Callable[[], Prepared]):
+        self._compute = compute
+        self._value: Prepared | None = None
+
+    def get(self) -> Prepared:
+        if self._value is None:
+            self._value = self._compute()
+        return self._value
+
+
+class _SplitRows:
+    def __init__(self, lazy: _Lazy, split: str):
+        self.lazy, self.split = lazy, split
+
+    def __iter__(self):
+        return iter(self.lazy.get().rows(self.split))
+
+
+def _generate_rows(rows):
+    yield from rows
+
+
+def hierarchy_option_key(hierarchy) -> Any:
+    """A JSON-able cache-key part for a ``hierarchy=`` argument (file paths are keyed by their contents)."""
+    if hierarchy is None:
+        return None
+    if isinstance(hierarchy, Hierarchy):
+        return hierarchy.to_dict()
+    if isinstance(hierarchy, (str, os.PathLike)):
+        return {"file": os.path.abspath(os.fspath(hierarchy)), "digest": hash_files([hierarchy])}
+    return json.loads(json.dumps(hierarchy, sort_keys=True, default=str))
+
+
+def cache_root(cache_dir: str | os.PathLike | None) -> str:
+    if cache_dir is not None:
+        return os.path.abspath(os.fspath(cache_dir))
+    import datasets
+
+    return os.path.abspath(os.path.expanduser(str(datasets.config.HF_DATASETS_CACHE)))
+
+
+def build_dataset_dict(
+    name: str,
+    parse: Callable[[], ParsedSource],
+    options: BuildOptions,
+    *,
+    annotation_files: Iterable[str | os.PathLike] = (),
+    loader_options: dict[str, Any] | None = None,
+):
+    """Parse (unless cached), finalise and write the splits; returns a ``datasets.DatasetDict``.
+
+    The cache key is a digest of ``annotation_files`` (their contents), ``loader_options``, the common options
+    (seed, validation fraction / protocol, observed-labels file contents, image policy) and the schema version.
+    """
+    from datasets import Dataset, DatasetDict
+
+    root = cache_root(options.cache_dir)
+    key = fingerprint(name, annotation_files, {"loader": loader_options or {}, "common": options.fingerprint_dict()})
+    dataset_key = f"hspnet-{name}-{key}"
+    manifest_path = os.path.join(root, "hspnet_manifests", f"{dataset_key}.json")
+    if options.force_rebuild:
+        for path in glob.glob(os.path.join(root, "generator", f"*fingerprint={dataset_key}-*")):
+            shutil.rmtree(path, ignore_errors=True)
+        if os.path.exists(manifest_path):
+            os.remove(manifest_path)
+
+    lazy = _Lazy(lambda: finalize(name, parse(), options))
+    manifest = None
+    if os.path.isfile(manifest_path):
+        try:
+            with open(manifest_path, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+            hierarchy = Hierarchy.from_dict(manifest["hierarchy"])
+            split_names = list(manifest["splits"])
+            report = manifest["report"]
+        except (OSError, ValueError, KeyError, TypeError):
+            manifest = None
+    if manifest is None:
+        prepared = lazy.get()
+        hierarchy, split_names, report = prepared.hierarchy, list(prepared.records), prepared.report
+
+    splits = {}
+    for split in split_names:
+        dataset = Dataset.from_generator(
+            _generate_rows,
+            gen_kwargs={"rows": _SplitRows(lazy, split)},
+            features=make_features(hierarchy, with_observed=split != TEST),
+            cache_dir=root,
+            fingerprint=f"{dataset_key}-{split}",
+            split=split,
+        )
+        splits[split] = dataset
+    if manifest is None:
+        os.makedirs(os.path.dirname(manifest_path), exist_ok=True)
+        temporary = f"{manifest_path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump({"hierarchy": hierarchy.to_dict(), "splits": split_names, "report": report}, handle)
+        os.replace(temporary, manifest_path)
+    return attach_metadata(DatasetDict(splits), name, hierarchy, report, key)
+
+
+def attach_metadata(dataset_dict, name: str, hierarchy: Hierarchy, report: dict[str, Any], key: str | None = None):
+    """Write the hierarchy and the build report into each split's ``info.description`` (JSON)."""
+    for split, dataset in dataset_dict.items():
+        payload = {
+            "hspnet": {
+                "dataset": name,
+                "split": split,
+                "schema_version": SCHEMA_VERSION,
+                "fingerprint": key,
+                "hierarchy": hierarchy.to_dict(),
+                "report": report,
+            }
+        }
+        dataset.info.description = json.dumps(payload)
+    return dataset_dict
+
+
+def get_build_report(dataset) -> dict[str, Any]:
+    """The build report (exclusions, missing images, observed-list matching, ...) of a prepared dataset."""
+    from datasets import DatasetDict
+
+    candidates = dataset.values() if isinstance(dataset, DatasetDict) else [dataset]
+    for split in candidates:
+        description = getattr(getattr(split, "info", None), "description", None)
+        if description:
+            try:
+                return json.loads(description)["hspnet"]["report"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return {}

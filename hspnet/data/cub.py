@@ -1,0 +1,219 @@
+"""CUB-200-2011 attributes (312 labels): ``CUB_200_2011/{images.txt, train_test_split.txt,
+attributes/image_attribute_labels.txt, images/}``.
+
+An image's positives are the attributes with ``is_present == 1`` in ``image_attribute_labels.txt`` (``image_id
+attribute_id is_present certainty_id time``; the certainty is ignored; a few lines of the official file carry an
+extra column, which is tolerated). Train / test follow ``train_test_split.txt`` (5,994 / 5,794). The label names
+are the HSPNet authors' (``cub_labels.txt``: ``has_bill_shape::curved_(up_or_down)`` -> ``curved bill``), in
+attribute-id order; ``attributes.txt``, when present, is only checked to list 312 attributes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .core import (
+    TEST,
+    TRAIN,
+    BuildOptions,
+    ParsedSource,
+    Record,
+    build_dataset_dict,
+    iter_text_lines,
+    normalise_key,
+    require_dir,
+    require_file,
+)
+from .errors import DatasetFormatError, MissingFileError
+from .hierarchy import builtin_hierarchy, resolve_hierarchy
+
+NUM_ATTRIBUTES = 312
+
+
+def find_cub_dir(root: str | os.PathLike) -> str:
+    root = require_dir(root, "CUB root folder")
+    for candidate in (root, os.path.join(root, "CUB_200_2011")):
+        if os.path.isfile(os.path.join(candidate, "images.txt")):
+            return candidate
+    raise MissingFileError(
+        "no CUB-200-2011 layout found: expected images.txt, train_test_split.txt, attributes/ and images/ in this "
+        "folder or in CUB_200_2011/",
+        file=root,
+    )
+
+
+def _int(token: str, path: str, number: int, what: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise DatasetFormatError(f"{what} {token!r} is not an integer", file=path, line=number) from None
+
+
+def read_cub_images(path: str) -> dict[int, tuple[str, int]]:
+    """``images.txt``: ``<image_id> <relative path>`` -> ``{image_id: (path, line)}``."""
+    out: dict[int, tuple[str, int]] = {}
+    paths: dict[str, int] = {}
+    for number, line in iter_text_lines(path):
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            raise DatasetFormatError(f"expected '<image_id> <path>', got {line!r}", file=path, line=number)
+        image_id = _int(fields[0], path, number, "image id")
+        relative = normalise_key(fields[1])
+        if image_id in out:
+            raise DatasetFormatError(
+                f"image id {image_id} is listed twice (first on line {out[image_id][1]})", file=path, line=number
+            )
+        if relative in paths:
+            raise DatasetFormatError(
+                f"image {relative!r} is listed twice (first on line {paths[relative]})", file=path, line=number
+            )
+        out[image_id] = (relative, number)
+        paths[relative] = number
+    if not out:
+        raise DatasetFormatError("no image", file=path)
+    return out
+
+
+def read_cub_split(path: str, images: dict[int, tuple[str, int]]) -> dict[int, bool]:
+    out: dict[int, bool] = {}
+    for number, line in iter_text_lines(path):
+        fields = line.split()
+        if len(fields) != 2:
+            raise DatasetFormatError(f"expected '<image_id> <is_training_image>', got {line!r}", file=path, line=number)
+        image_id = _int(fields[0], path, number, "image id")
+        if image_id not in images:
+            raise DatasetFormatError(f"image id {image_id} is not in images.txt", file=path, line=number)
+        if fields[1] not in ("0", "1"):
+            raise DatasetFormatError(f"is_training_image must be 0 or 1, got {fields[1]!r}", file=path, line=number)
+        if image_id in out:
+            raise DatasetFormatError(f"image id {image_id} is listed twice", file=path, line=number)
+        out[image_id] = fields[1] == "1"
+    lacking = [image_id for image_id in images if image_id not in out]
+    if lacking:
+        raise DatasetFormatError(
+            f"{len(lacking)} image(s) of images.txt have no split (e.g. id {lacking[0]})", file=path
+        )
+    return out
+
+
+def read_cub_attribute_labels(path: str, images: dict[int, tuple[str, int]]) -> dict[int, list[int]]:
+    """``image_attribute_labels.txt`` -> ``{image_id: [0-based attribute indices with is_present == 1]}``."""
+    positives: dict[int, set[int]] = {image_id: set() for image_id in images}
+    with open(path, "rb") as handle:
+        data = handle.read()
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        fields = raw.split()
+        if not fields:
+            continue
+        if len(fields) < 3:
+            raise DatasetFormatError(
+                "expected '<image_id> <attribute_id> <is_present> <certainty_id> <time>', "
+                f"got {raw.decode('utf-8', 'replace').strip()!r}",
+                file=path,
+                line=number,
+            )
+        try:
+            image_id, attribute = int(fields[0]), int(fields[1])
+        except ValueError:
+            raise DatasetFormatError(
+                f"image id and attribute id must be integers, got {raw.decode('utf-8', 'replace').strip()!r}",
+                file=path,
+                line=number,
+            ) from None
+        if image_id not in positives:
+            raise DatasetFormatError(f"image id {image_id} is not in images.txt", file=path, line=number)
+        if not 1 <= attribute <= NUM_ATTRIBUTES:
+            raise DatasetFormatError(
+                f"attribute id {attribute} is out of range (1..{NUM_ATTRIBUTES})", file=path, line=number
+            )
+        present = fields[2]
+        if present == b"1":
+            positives[image_id].add(attribute - 1)
+        elif present != b"0":
+            raise DatasetFormatError(
+                f"is_present must be 0 or 1, got {present.decode('utf-8', 'replace')!r}", file=path, line=number
+            )
+    return {image_id: sorted(values) for image_id, values in positives.items()}
+
+
+def check_attribute_names(path: str) -> None:
+    ids = []
+    for number, line in iter_text_lines(path):
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            raise DatasetFormatError(f"expected '<attribute_id> <name>', got {line!r}", file=path, line=number)
+        ids.append(_int(fields[0], path, number, "attribute id"))
+    if ids != list(range(1, NUM_ATTRIBUTES + 1)):
+        raise DatasetFormatError(
+            f"expected the {NUM_ATTRIBUTES} attributes with ids 1..{NUM_ATTRIBUTES}, got {len(ids)}", file=path
+        )
+
+
+def load_cub(
+    root: str | os.PathLike,
+    *,
+    hierarchy=None,
+    seed: int = 0,
+    validation_fraction: float = 0.2,
+    observed_labels_file: str | os.PathLike | None = None,
+    on_missing_image: str = "error",
+    check_images: str = "exists",
+    num_proc: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    force_rebuild: bool = False,
+):
+    """Prepare the CUB-200-2011 attributes as a ``DatasetDict`` (``train`` [, ``validation``], ``test``).
+
+    Args:
+        root: the folder holding ``CUB_200_2011/`` (or that folder itself).
+        observed_labels_file: the authors' ``cub_train.txt`` (``001.Black_footed_Albatross/...jpg, 212``).
+        Other arguments: see :func:`hspnet.data.load_coco`.
+    """
+    options = BuildOptions(
+        seed=seed,
+        validation_fraction=validation_fraction,
+        observed_labels_file=observed_labels_file,
+        on_missing_image=on_missing_image,
+        check_images=check_images,
+        num_proc=num_proc,
+        cache_dir=cache_dir,
+        force_rebuild=force_rebuild,
+    )
+    cub = find_cub_dir(root)
+    images_txt = require_file(os.path.join(cub, "images.txt"), "CUB image list")
+    split_txt = require_file(os.path.join(cub, "train_test_split.txt"), "CUB train/test split")
+    labels_txt = require_file(os.path.join(cub, "attributes", "image_attribute_labels.txt"), "CUB attribute labels")
+    attributes_txt = None
+    for candidate in (
+        os.path.join(cub, "attributes.txt"),
+        os.path.join(cub, "attributes", "attributes.txt"),
+        os.path.join(os.path.dirname(cub), "attributes.txt"),
+    ):
+        if os.path.isfile(candidate):
+            attributes_txt = candidate
+            break
+    names = builtin_hierarchy("cub").labels
+    resolved = resolve_hierarchy(names, hierarchy, builtin="cub")
+
+    def parse() -> ParsedSource:
+        if attributes_txt:
+            check_attribute_names(attributes_txt)
+        images = read_cub_images(images_txt)
+        is_train = read_cub_split(split_txt, images)
+        positives = read_cub_attribute_labels(labels_txt, images)
+        splits = {TRAIN: [], TEST: []}
+        for image_id, (relative, number) in images.items():
+            splits[TRAIN if is_train[image_id] else TEST].append(
+                Record(
+                    image_id=relative,
+                    path=os.path.join(cub, "images", *relative.split("/")),
+                    labels=positives[image_id],
+                    where=f"{images_txt}:{number}",
+                )
+            )
+        return ParsedSource(hierarchy=resolved, splits=splits, report={"root": cub})
+
+    files = [images_txt, split_txt, labels_txt] + ([attributes_txt] if attributes_txt else [])
+    return build_dataset_dict(
+        "cub", parse, options, annotation_files=files, loader_options={"root": cub, "hierarchy": resolved.to_dict()}
+    )

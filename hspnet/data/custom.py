@@ -1,0 +1,610 @@
+"""Custom multi-label data: a folder of images with a CSV / JSONL metadata file, or any Hugging Face dataset.
+
+Folder layout (:func:`load_image_folder`): ``metadata.csv`` or ``metadata.jsonl`` at the root (file names relative
+to the root; an optional ``split`` column with ``train`` / ``test``), or ``train/metadata.csv`` and
+``test/metadata.csv`` (file names relative to each split folder, like ``imagefolder``). Each row has a
+``file_name`` and its positive ``labels``: in JSONL a list of names (or indices) or a string; in CSV a string
+of names (or indices) separated by ``;``, ``|``, ``,`` or spaces (the first of these found in the file, or
+``label_separator``). Without a test split, a seeded ``test_fraction`` of the images becomes the test split.
+
+Labels are label names, or indices into ``label_names`` (a list or a text file, one name per line). Without
+``label_names`` the label set is the sorted set of names found. The hierarchy is ``hierarchy`` (a
+:class:`~hspnet.data.hierarchy.Hierarchy`, a ``{label: group}`` mapping or a hierarchy file, see
+:func:`~hspnet.data.hierarchy.load_hierarchy_file`) or, if not given, built automatically from the CLIP text
+embeddings of the label names (:func:`~hspnet.data.hierarchy.auto_hierarchy`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .core import (
+    TEST,
+    TRAIN,
+    BuildOptions,
+    ParsedSource,
+    Record,
+    attach_metadata,
+    build_dataset_dict,
+    finalize,
+    hash_files,
+    hierarchy_option_key,
+    iter_text_lines,
+    normalise_key,
+    require_dir,
+    validation_image_ids,
+)
+from .errors import DatasetFormatError, MissingFileError
+from .hierarchy import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_PROMPT_TEMPLATE,
+    Hierarchy,
+    get_hierarchy,
+    label_feature,
+    resolve_hierarchy,
+)
+from .hierarchy import auto_hierarchy as build_auto_hierarchy
+
+logger = logging.getLogger(__name__)
+
+METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
+SEPARATORS = (";", "|", ",")
+SPLIT_NAMES = {"train": TRAIN, "test": TEST}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Label tokens -> indices
+
+
+def read_label_names(label_names) -> list[str] | None:
+    """``label_names`` as a list: a sequence, or a text file with one name per line."""
+    if label_names is None:
+        return None
+    if isinstance(label_names, (str, os.PathLike)):
+        path = os.fspath(label_names)
+        if not os.path.isfile(path):
+            raise MissingFileError("label-names file not found", file=path)
+        names = [line for _, line in iter_text_lines(path)]
+    else:
+        names = [str(name) for name in label_names]
+    if not names:
+        raise DatasetFormatError("the label-name list is empty")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DatasetFormatError(f"duplicate label name(s) {duplicates}")
+    return names
+
+
+def split_label_string(value: str, separator: str | None) -> list[str]:
+    if separator is None or separator.isspace():
+        return value.split()
+    return [token.strip() for token in value.split(separator) if token.strip()]
+
+
+def detect_separator(values: Sequence[str]) -> str | None:
+    for separator in SEPARATORS:
+        if any(separator in value for value in values):
+            return separator
+    return None
+
+
+def _is_index(token) -> bool:
+    return (isinstance(token, int) and not isinstance(token, bool)) or (
+        isinstance(token, str) and token.strip().isdigit()
+    )
+
+
+def encode_labels(rows: list[tuple[list, dict]], label_names: list[str] | None) -> tuple[list[str], list[list[int]]]:
+    """``rows`` = ``(tokens, where)`` with ``where`` = ``{"file", "line", "field"}``; returns the label names and
+    the label indices of each row. Names must be known (with ``label_names``), indices in range."""
+    if label_names is None:
+        all_tokens = [token for tokens, _ in rows for token in tokens]
+        for tokens, where in rows:
+            for token in tokens:
+                if isinstance(token, int) and not isinstance(token, bool):
+                    raise DatasetFormatError(
+                        f"label index {token} needs label_names (the list of label names) to be interpreted", **where
+                    )
+        if all_tokens and all(_is_index(token) for token in all_tokens):
+            raise DatasetFormatError(
+                "every label looks like an index; pass label_names (a list or a file of names, one per line)",
+                file=rows[0][1].get("file"),
+            )
+        label_names = sorted({str(token) for token in all_tokens})
+        if not label_names:
+            raise DatasetFormatError("no label found", file=rows[0][1].get("file") if rows else None)
+    index = {name: position for position, name in enumerate(label_names)}
+    encoded = []
+    for tokens, where in rows:
+        labels = set()
+        for token in tokens:
+            if isinstance(token, bool):
+                raise DatasetFormatError(f"invalid label {token!r}", **where)
+            key = str(token).strip() if not isinstance(token, int) else None
+            if key is not None and key in index:
+                labels.add(index[key])
+            elif _is_index(token):
+                value = int(token)
+                if not 0 <= value < len(label_names):
+                    raise DatasetFormatError(
+                        f"label index {value} is out of range (0..{len(label_names) - 1})", **where
+                    )
+                labels.add(value)
+            else:
+                known = ", ".join(label_names[:20]) + (", ..." if len(label_names) > 20 else "")
+                raise DatasetFormatError(f"unknown label name {token!r} (known labels: {known})", **where)
+        encoded.append(sorted(labels))
+    return label_names, encoded
+
+
+def _clip_key(clip_model) -> Any:
+    if clip_model is None:
+        return None
+    if isinstance(clip_model, (str, os.PathLike)):
+        path = os.fspath(clip_model)
+        if os.path.isdir(path):
+            files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.endswith((".json", ".txt")))
+            weights = sorted(
+                (name, os.path.getsize(os.path.join(path, name)), os.path.getmtime(os.path.join(path, name)))
+                for name in os.listdir(path)
+                if name.endswith((".safetensors", ".bin"))
+            )
+            return {"path": os.path.abspath(path), "files": hash_files(files), "weights": weights}
+        return {"name": path}
+    try:
+        weight = clip_model.text_projection.weight.detach().cpu().float().numpy().tobytes()
+        return {"instance": hashlib.blake2b(weight, digest_size=16).hexdigest()}
+    except AttributeError:
+        return {"instance": repr(clip_model)}
+
+
+def _hierarchy_for(names, hierarchy, auto: dict | None) -> Hierarchy:
+    if hierarchy is not None:
+        return resolve_hierarchy(names, hierarchy)
+    if auto is None:
+        raise DatasetFormatError("no hierarchy given and the automatic hierarchy is disabled; pass hierarchy=...")
+    logger.info("Building the label hierarchy automatically from CLIP text embeddings of %d labels", len(names))
+    return build_auto_hierarchy(names, **auto)
+
+
+def _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_template, seed, auto: bool) -> dict | None:
+    if not auto:
+        return None
+    return {
+        "clip_model": clip_model,
+        "tokenizer": tokenizer,
+        "num_groups": num_groups,
+        "method": cluster_method,
+        "seed": seed,
+        "template": prompt_template,
+    }
+
+
+def _hold_out_test(records: list[Record], test_fraction: float, seed: int) -> dict[str, list[Record]]:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"There is no test split, so test_fraction must be in (0, 1), got {test_fraction}.")
+    test_ids = validation_image_ids([record.image_id for record in records], test_fraction, seed, purpose="test")
+    return {
+        TRAIN: [record for record in records if record.image_id not in test_ids],
+        TEST: [record for record in records if record.image_id in test_ids],
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Folder of images + metadata
+
+
+def _read_metadata(path: str, file_column: str, labels_column: str, split_column: str, separator: str | None):
+    """Rows ``(file_name, split or None, tokens, where)`` of one CSV or JSONL metadata file."""
+    rows = []
+    if path.endswith(".jsonl"):
+        raw_rows = []
+        for number, line in iter_text_lines(path):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DatasetFormatError(
+                    f"invalid JSON: {error.msg} (column {error.colno})", file=path, line=number
+                ) from None
+            if not isinstance(entry, dict):
+                raise DatasetFormatError("expected a JSON object per line", file=path, line=number)
+            raw_rows.append((number, entry))
+        strings = [e.get(labels_column) for _, e in raw_rows if isinstance(e.get(labels_column), str)]
+        chosen = separator if separator is not None else detect_separator(strings)
+        for number, entry in raw_rows:
+            where = {"file": path, "line": number, "field": labels_column}
+            for column in (file_column, labels_column):
+                if column not in entry:
+                    raise DatasetFormatError(f"missing {column!r}", file=path, line=number, field=column)
+            value = entry[labels_column]
+            if isinstance(value, str):
+                tokens = split_label_string(value, chosen)
+            elif isinstance(value, list):
+                tokens = value
+            elif isinstance(value, int) and not isinstance(value, bool):
+                tokens = [value]
+            else:
+                raise DatasetFormatError(f"labels must be a list or a string, got {value!r}", **where)
+            rows.append((entry[file_column], entry.get(split_column), tokens, where))
+        return rows
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None:
+                raise DatasetFormatError("empty metadata file (no header line)", file=path)
+            header = [name.strip() for name in reader.fieldnames]
+            for column in (file_column, labels_column):
+                if column not in header:
+                    raise DatasetFormatError(
+                        f"the header has no {column!r} column (columns: {header})", file=path, line=1, field=column
+                    )
+            reader.fieldnames = header
+            raw_rows = []
+            for entry in reader:
+                number = reader.line_num
+                if None in entry or any(value is None for value in entry.values()):
+                    raise DatasetFormatError(
+                        f"expected {len(header)} fields ({', '.join(header)})", file=path, line=number
+                    )
+                raw_rows.append((number, entry))
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"not UTF-8 text ({error.reason})", file=path) from None
+    except csv.Error as error:
+        raise DatasetFormatError(f"malformed CSV: {error}", file=path) from None
+    chosen = separator if separator is not None else detect_separator([e[labels_column] for _, e in raw_rows])
+    for number, entry in raw_rows:
+        where = {"file": path, "line": number, "field": labels_column}
+        split = entry.get(split_column) if split_column in entry else None
+        rows.append(
+            (
+                entry[file_column],
+                split.strip() if isinstance(split, str) and split.strip() else None,
+                split_label_string(entry[labels_column], chosen),
+                where,
+            )
+        )
+    return rows
+
+
+def find_metadata(root: str, metadata=None) -> list[tuple[str, str | None]]:
+    """``[(metadata file, split or None)]``: ``metadata`` if given, else ``metadata.{csv,jsonl}`` at the root, else
+    ``{train,test}/metadata.{csv,jsonl}``."""
+    if metadata is not None:
+        path = os.path.join(root, os.fspath(metadata))
+        if not os.path.isfile(path):
+            raise MissingFileError("metadata file not found", file=path)
+        return [(path, None)]
+    for name in METADATA_NAMES:
+        if os.path.isfile(os.path.join(root, name)):
+            return [(os.path.join(root, name), None)]
+    found = []
+    for folder, split in SPLIT_NAMES.items():
+        for name in METADATA_NAMES:
+            path = os.path.join(root, folder, name)
+            if os.path.isfile(path):
+                found.append((path, split))
+                break
+    if not any(split == TRAIN for _, split in found):
+        raise MissingFileError(
+            "no metadata found: expected metadata.csv or metadata.jsonl (columns file_name, labels[, split]) in this "
+            "folder, or train/metadata.csv (and test/metadata.csv)",
+            file=root,
+        )
+    return found
+
+
+def load_image_folder(
+    root: str | os.PathLike,
+    *,
+    metadata: str | os.PathLike | None = None,
+    file_name_column: str = "file_name",
+    labels_column: str = "labels",
+    split_column: str = "split",
+    label_names=None,
+    label_separator: str | None = None,
+    on_duplicate: str = "error",
+    hierarchy=None,
+    auto_hierarchy: bool = True,
+    clip_model=DEFAULT_CLIP_MODEL,
+    tokenizer=None,
+    num_groups: int | None = None,
+    cluster_method: str = "kmeans",
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    validation_fraction: float = 0.2,
+    observed_labels_file: str | os.PathLike | None = None,
+    on_missing_image: str = "error",
+    check_images: str = "exists",
+    num_proc: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    force_rebuild: bool = False,
+):
+    """Prepare a folder of images with a CSV / JSONL metadata file as a ``DatasetDict`` (see the module docstring).
+
+    Args:
+        on_duplicate: ``"error"`` (default) when a file name is listed twice, or ``"merge"`` (union of labels).
+        hierarchy: a Hierarchy, ``{label: group}`` mapping or hierarchy file; if None and ``auto_hierarchy``, one is
+            built from the CLIP text embeddings of the label names with ``clip_model`` (a Hub id, a local folder or
+            a ``CLIPModel`` with ``tokenizer``), ``num_groups`` (default ``round(sqrt(C))``), ``cluster_method``
+            (``"kmeans"`` or ``"agglomerative"``), ``prompt_template`` and ``seed``.
+        test_fraction: share of the images held out as the test split when the metadata has no test split.
+        Other arguments: see :func:`hspnet.data.load_coco`.
+    """
+    if on_duplicate not in ("error", "merge"):
+        raise ValueError(f"on_duplicate must be 'error' or 'merge', got {on_duplicate!r}.")
+    options = BuildOptions(
+        seed=seed,
+        validation_fraction=validation_fraction,
+        observed_labels_file=observed_labels_file,
+        on_missing_image=on_missing_image,
+        check_images=check_images,
+        num_proc=num_proc,
+        cache_dir=cache_dir,
+        force_rebuild=force_rebuild,
+    )
+    root = require_dir(root, "image folder")
+    sources = find_metadata(root, metadata)
+    names = read_label_names(label_names)
+    auto = _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_template, seed, auto_hierarchy)
+    label_names_file = [os.fspath(label_names)] if isinstance(label_names, (str, os.PathLike)) else []
+
+    def parse() -> ParsedSource:
+        entries = []  # (key, path, split, tokens, where)
+        first: dict[str, tuple[int, dict]] = {}
+        for path, folder_split in sources:
+            base = os.path.dirname(path)
+            for file_name, split_value, tokens, where in _read_metadata(
+                path, file_name_column, labels_column, split_column, label_separator
+            ):
+                if not isinstance(file_name, str) or not file_name.strip():
+                    raise DatasetFormatError(
+                        f"empty or invalid file name {file_name!r}",
+                        file=path,
+                        line=where["line"],
+                        field=file_name_column,
+                    )
+                split = folder_split
+                if split_value is not None and folder_split is None:
+                    if str(split_value).strip().lower() not in SPLIT_NAMES:
+                        raise DatasetFormatError(
+                            f"split must be 'train' or 'test', got {split_value!r}",
+                            file=path,
+                            line=where["line"],
+                            field=split_column,
+                        )
+                    split = SPLIT_NAMES[str(split_value).strip().lower()]
+                full = os.path.normpath(os.path.join(base, normalise_key(file_name)))
+                key = os.path.relpath(full, root).replace(os.sep, "/")
+                if key in first:
+                    position, previous = first[key]
+                    if on_duplicate == "error":
+                        raise DatasetFormatError(
+                            f"image {key!r} is listed twice (first at {previous['file']}, line {previous['line']})",
+                            file=path,
+                            line=where["line"],
+                            field=file_name_column,
+                        )
+                    entries[position][3].extend(tokens)
+                    continue
+                first[key] = (len(entries), where)
+                entries.append([key, full, split, list(tokens), where])
+        if not entries:
+            raise DatasetFormatError("the metadata lists no image", file=sources[0][0])
+        label_list, encoded = encode_labels([(e[3], e[4]) for e in entries], names)
+        resolved = _hierarchy_for(label_list, hierarchy, auto)
+        records = [
+            (split, Record(image_id=key, path=full, labels=labels, where=f"{where['file']}:{where['line']}"))
+            for (key, full, split, _, where), labels in zip(entries, encoded)
+        ]
+        splits_given = {split for split, _ in records}
+        if splits_given == {None}:
+            splits = _hold_out_test([record for _, record in records], test_fraction, seed)
+        else:
+            if None in splits_given:
+                raise DatasetFormatError(
+                    f"some rows have no {split_column!r} value while others do", file=sources[0][0], field=split_column
+                )
+            splits = {TRAIN: [r for s, r in records if s == TRAIN], TEST: [r for s, r in records if s == TEST]}
+            if not splits[TEST]:
+                splits = _hold_out_test(splits[TRAIN], test_fraction, seed)
+        return ParsedSource(
+            hierarchy=resolved, splits=splits, report={"root": root, "metadata": [p for p, _ in sources]}
+        )
+
+    return build_dataset_dict(
+        "custom",
+        parse,
+        options,
+        annotation_files=[path for path, _ in sources] + label_names_file,
+        loader_options={
+            "root": root,
+            "columns": [file_name_column, labels_column, split_column],
+            "label_names": names,
+            "label_separator": label_separator,
+            "on_duplicate": on_duplicate,
+            "hierarchy": hierarchy_option_key(hierarchy),
+            "auto": None
+            if auto is None
+            else {
+                **{k: v for k, v in auto.items() if k not in ("clip_model", "tokenizer")},
+                "clip": _clip_key(clip_model),
+            },
+            "test_fraction": test_fraction,
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Any Hugging Face dataset
+
+
+def _label_tokens(feature, value, separator):
+    from datasets import ClassLabel, List
+
+    if value is None:
+        return []
+    if isinstance(feature, ClassLabel):
+        return [int(value)]
+    if isinstance(feature, List) and isinstance(feature.feature, ClassLabel):
+        return [int(v) for v in value]
+    if isinstance(value, str):
+        return split_label_string(value, separator)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    raise TypeError(type(value).__name__)
+
+
+def load_custom_dataset(
+    dataset,
+    *,
+    image_column: str = "image",
+    labels_column: str = "labels",
+    id_column: str | None = None,
+    label_names=None,
+    label_separator: str | None = None,
+    hierarchy=None,
+    auto_hierarchy: bool = True,
+    clip_model=DEFAULT_CLIP_MODEL,
+    tokenizer=None,
+    num_groups: int | None = None,
+    cluster_method: str = "kmeans",
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    test_split: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    validation_fraction: float = 0.2,
+    observed_labels_file: str | os.PathLike | None = None,
+):
+    """Prepare any Hugging Face multi-label image dataset.
+
+    Args:
+        dataset: a ``DatasetDict`` / ``Dataset``, the path of a dataset saved with ``save_to_disk``, or a Hub id
+            (loaded with ``datasets.load_dataset``).
+        image_column: the image column (``Image`` feature, or strings that are image paths).
+        labels_column: the positives of each image: ``List(ClassLabel)``, a list of names or indices, a
+            ``ClassLabel`` (one label), or a string of names separated by ``label_separator`` (auto-detected).
+        id_column: a column of unique image ids (keys of ``observed_labels_file`` and of the seeded choices);
+            default ``"<split>/<row>"``.
+        label_names: label names (list or file); taken from the ``ClassLabel`` feature when there is one.
+        hierarchy / auto_hierarchy / clip_model / ...: as in :func:`load_image_folder`; a dataset already prepared
+            by this package keeps its hierarchy.
+        test_split: the split to evaluate on (default ``"test"``, else ``"validation"``); without one, a seeded
+            ``test_fraction`` of ``train`` is held out.
+        seed, validation_fraction, observed_labels_file: as in :func:`hspnet.data.load_coco`.
+
+    Images are not copied: the image column is kept as is (cast to ``Image()`` if it holds paths). The new columns
+    are held in memory.
+    """
+    import datasets
+    from datasets import ClassLabel, Image, List, Value
+
+    if isinstance(dataset, (str, os.PathLike)):
+        path = os.fspath(dataset)
+        dataset = datasets.load_from_disk(path) if os.path.isdir(path) else datasets.load_dataset(path)
+    if isinstance(dataset, datasets.Dataset):
+        dataset = datasets.DatasetDict({TRAIN: dataset})
+    if not isinstance(dataset, datasets.DatasetDict):
+        raise TypeError(f"Expected a Dataset or DatasetDict, got {type(dataset).__name__}.")
+    if TRAIN not in dataset:
+        raise DatasetFormatError(f"the dataset has no 'train' split (splits: {list(dataset)})")
+    if test_split is None:
+        test_split = TEST if TEST in dataset else ("validation" if "validation" in dataset else None)
+    elif test_split not in dataset:
+        raise DatasetFormatError(f"the dataset has no {test_split!r} split (splits: {list(dataset)})")
+    sources = {TRAIN: dataset[TRAIN]} | ({TEST: dataset[test_split]} if test_split else {})
+    options = BuildOptions(
+        seed=seed,
+        validation_fraction=validation_fraction,
+        observed_labels_file=observed_labels_file,
+        check_images="none",
+    )
+
+    tokens_rows, origins = [], []
+    names = read_label_names(label_names)
+    feature_names = None
+    for split, source in sources.items():
+        for column in (image_column, labels_column) + ((id_column,) if id_column else ()):
+            if column not in source.column_names:
+                raise DatasetFormatError(
+                    f"no column {column!r} in split {split!r} (columns: {source.column_names})", field=column
+                )
+        feature = source.features[labels_column]
+        inner = feature.feature if isinstance(feature, List) else feature
+        if isinstance(inner, ClassLabel):
+            feature_names = feature_names or list(inner.names)
+        values = source[labels_column]
+        separator = label_separator
+        if separator is None:
+            separator = detect_separator([value for value in values if isinstance(value, str)])
+        ids = source[id_column] if id_column else [f"{split}/{row}" for row in range(len(source))]
+        for row, value in enumerate(values):
+            where = {"file": f"split {split!r}, row {row}", "line": None, "field": labels_column}
+            try:
+                tokens = _label_tokens(feature, value, separator)
+            except TypeError:
+                raise DatasetFormatError(f"unsupported label value {value!r}", **where) from None
+            tokens_rows.append((tokens, where))
+            origins.append((split, row, str(ids[row])))
+    if names is None and feature_names is not None:
+        names = feature_names
+    label_list, encoded = encode_labels(tokens_rows, names)
+
+    if hierarchy is None:
+        try:
+            carried = get_hierarchy(dataset)
+            if carried.labels == label_list:
+                hierarchy = carried
+        except ValueError:
+            pass
+    auto = _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_template, seed, auto_hierarchy)
+    resolved = _hierarchy_for(label_list, hierarchy, auto)
+
+    records: dict[str, list[Record]] = {TRAIN: [], TEST: []}
+    for (split, row, image_id), labels in zip(origins, encoded):
+        records[split].append(
+            Record(
+                image_id=image_id,
+                path=None,
+                labels=labels,
+                where=f"split {split!r}, row {row}",
+                row=row,
+                source_split=split,
+            )
+        )
+    if not test_split:
+        records = _hold_out_test(records[TRAIN], test_fraction, seed)
+    prepared = finalize("custom", ParsedSource(hierarchy=resolved, splits=records), options)
+
+    label = label_feature(resolved)
+    out = {}
+    for split, split_records in prepared.records.items():
+        source_name = split_records[0].source_split
+        part = sources[source_name].select([record.row for record in split_records]).select_columns([image_column])
+        if image_column != "image":
+            part = part.rename_column(image_column, "image")
+        if not isinstance(part.features["image"], Image):
+            if part.features["image"] != Value("string"):
+                raise DatasetFormatError(
+                    f"column {image_column!r} must be an Image feature or image paths, got {part.features['image']}",
+                    field=image_column,
+                )
+            part = part.cast_column("image", Image())
+        part = part.add_column("image_id", [record.image_id for record in split_records], feature=Value("string"))
+        part = part.add_column("labels", [record.labels for record in split_records], feature=List(label))
+        if split != TEST:
+            part = part.add_column(
+                "observed_labels",
+                [[prepared.observed[record.image_id]] for record in split_records],
+                feature=List(label),
+            )
+        out[split] = part
+    return attach_metadata(datasets.DatasetDict(out), "custom", resolved, prepared.report)

@@ -1,0 +1,654 @@
+"""Label hierarchies: label names, group names and the group of each label.
+
+A prepared dataset carries its hierarchy in its features: the ``labels`` column is
+``List(ClassLabel(names=labels))`` and that ``ClassLabel``'s ``id`` field holds a small JSON document with the
+group names and ``label_to_group``. Feature definitions survive ``save_to_disk``/``load_from_disk``, Parquet
+export and ``push_to_hub``, so :func:`get_hierarchy` can rebuild the hierarchy from the dataset alone. A
+human-readable copy is also kept in each split's ``info.description``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from .errors import DatasetFormatError, MissingFileError
+
+logger = logging.getLogger(__name__)
+
+HIERARCHY_KEY = "hspnet_hierarchy"
+DEFAULT_PROMPT_TEMPLATE = "a photo of a {}."
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch16"
+
+_BUILTIN_ALIASES = {
+    "coco": "coco",
+    "coco2014": "coco",
+    "coco-2014": "coco",
+    "mscoco": "coco",
+    "voc": "voc",
+    "voc2012": "voc",
+    "voc-2012": "voc",
+    "pascal": "voc",
+    "nuswide": "nuswide",
+    "nus-wide": "nuswide",
+    "nus_wide": "nuswide",
+    "nus": "nuswide",
+    "cub": "cub",
+    "cub200": "cub",
+    "cub-200-2011": "cub",
+    "cub_200_2011": "cub",
+    "demo": "demo",
+}
+BUILTIN_HIERARCHIES = ("coco", "voc", "nuswide", "cub", "demo")
+
+
+@dataclass
+class Hierarchy:
+    """A two-level label hierarchy: each of the ``C`` labels belongs to exactly one of ``G`` groups.
+
+    Attributes:
+        labels: the ``C`` label names, in label-index order.
+        groups: the ``G`` group names, in group-index order.
+        label_to_group: for each label, the index of its group in ``groups``.
+    """
+
+    labels: list[str]
+    groups: list[str]
+    label_to_group: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.labels = [str(name) for name in self.labels]
+        self.groups = [str(name) for name in self.groups]
+        self.label_to_group = [_as_index(value, "label_to_group") for value in self.label_to_group]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ``ValueError`` naming the problem if this is not a valid hierarchy."""
+        if not self.labels:
+            raise ValueError("Hierarchy: the label list is empty.")
+        if not self.groups:
+            raise ValueError("Hierarchy: the group list is empty.")
+        _check_unique(self.labels, "label")
+        _check_unique(self.groups, "group")
+        if len(self.label_to_group) != len(self.labels):
+            raise ValueError(
+                f"Hierarchy: label_to_group has {len(self.label_to_group)} entries for {len(self.labels)} labels."
+            )
+        for index, group in enumerate(self.label_to_group):
+            if not 0 <= group < len(self.groups):
+                raise ValueError(
+                    f"Hierarchy: label {self.labels[index]!r} has group index {group}, "
+                    f"outside 0..{len(self.groups) - 1}."
+                )
+        used = set(self.label_to_group)
+        empty = [name for index, name in enumerate(self.groups) if index not in used]
+        if empty:
+            raise ValueError(f"Hierarchy: group(s) {empty} have no label.")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    def group_of(self, label: str | int) -> str:
+        """The group name of a label given by name or index."""
+        index = label if isinstance(label, int) else self.labels.index(label)
+        return self.groups[self.label_to_group[index]]
+
+    def members(self) -> dict[str, list[str]]:
+        """``{group name: [label names]}`` in index order."""
+        out: dict[str, list[str]] = {name: [] for name in self.groups}
+        for label, group in zip(self.labels, self.label_to_group):
+            out[self.groups[group]].append(label)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "groups": list(self.groups), "label_to_group": list(self.label_to_group)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hierarchy:
+        missing = [key for key in ("labels", "groups", "label_to_group") if key not in data]
+        if missing:
+            raise ValueError(f"Hierarchy: the mapping lacks {missing}.")
+        return cls(
+            labels=list(data["labels"]), groups=list(data["groups"]), label_to_group=list(data["label_to_group"])
+        )
+
+    @classmethod
+    def from_mapping(cls, label_to_group_name: dict[str, str], labels: Sequence[str] | None = None) -> Hierarchy:
+        """Build from ``{label: group name}``; groups are numbered in order of first appearance."""
+        order = list(labels) if labels is not None else list(label_to_group_name)
+        groups: list[str] = []
+        for label in order:
+            group = label_to_group_name[label]
+            if group not in groups:
+                groups.append(group)
+        return cls(labels=order, groups=groups, label_to_group=[groups.index(label_to_group_name[x]) for x in order])
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the hierarchy as JSON (``{"labels", "groups", "label_to_group"}``); returns the path."""
+        path = os.fspath(path)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=1)
+            handle.write("\n")
+        return path
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``HSPNetForImageClassification.from_clip(clip, **hierarchy.model_kwargs())``."""
+        return self.to_dict()
+
+
+def _as_index(value, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"Hierarchy: {what} entries must be integers, got {value!r}.")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"Hierarchy: {what} entries must be integers, got {value!r}.")
+
+
+def _check_unique(names: list[str], what: str) -> None:
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not name.strip():
+            raise ValueError(f"Hierarchy: {what} {index} has an empty name.")
+        if name in seen:
+            raise ValueError(f"Hierarchy: duplicate {what} name {name!r} (entries {seen[name]} and {index}).")
+        seen[name] = index
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Built-in hierarchies
+
+
+def builtin_hierarchy_name(name: str) -> str:
+    """Canonical name (``coco``, ``voc``, ``nuswide``, ``cub``, ``demo``) for a dataset name or alias."""
+    key = str(name).strip().lower()
+    if key not in _BUILTIN_ALIASES:
+        raise ValueError(f"No built-in hierarchy named {name!r}; choose one of {', '.join(BUILTIN_HIERARCHIES)}.")
+    return _BUILTIN_ALIASES[key]
+
+
+def _builtin_json(name: str) -> dict[str, Any]:
+    text = resources.files("hspnet.data").joinpath("hierarchies", f"{name}.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def builtin_hierarchy(name: str) -> Hierarchy:
+    """The hierarchy of a benchmark: ``"coco"`` (80 labels / 12 COCO supercategories), ``"voc"`` (20 / 4),
+    ``"nuswide"`` (81 / 6), ``"cub"`` (312 / 20), all equal to the HSPNet authors' files, or ``"demo"``."""
+    canonical = builtin_hierarchy_name(name)
+    if canonical == "demo":
+        from .demo import demo_hierarchy
+
+        return demo_hierarchy()
+    return Hierarchy.from_dict(_builtin_json(canonical))
+
+
+def coco_category_ids() -> list[int]:
+    """The 80 COCO-2014 category ids, in label-index order."""
+    return list(_builtin_json("coco")["category_ids"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hierarchy <-> dataset features
+
+
+def hierarchy_to_feature_id(hierarchy: Hierarchy) -> str:
+    return json.dumps({HIERARCHY_KEY: {"groups": hierarchy.groups, "label_to_group": hierarchy.label_to_group}})
+
+
+def label_feature(hierarchy: Hierarchy):
+    """``ClassLabel(names=labels)`` carrying the groups in its ``id`` field."""
+    from datasets import ClassLabel
+
+    return ClassLabel(names=list(hierarchy.labels), id=hierarchy_to_feature_id(hierarchy))
+
+
+def _hierarchy_from_features(features) -> Hierarchy | None:
+    from datasets import ClassLabel, List
+
+    if features is None or "labels" not in features:
+        return None
+    feature = features["labels"]
+    if isinstance(feature, List):
+        feature = feature.feature
+    if isinstance(feature, list) and feature:
+        feature = feature[0]
+    if not isinstance(feature, ClassLabel) or not feature.names:
+        return None
+    if feature.id:
+        try:
+            payload = json.loads(feature.id).get(HIERARCHY_KEY)
+        except (ValueError, AttributeError):
+            payload = None
+        if payload:
+            return Hierarchy(
+                labels=list(feature.names), groups=payload["groups"], label_to_group=payload["label_to_group"]
+            )
+    return None
+
+
+def _hierarchy_from_info(info) -> Hierarchy | None:
+    description = getattr(info, "description", None)
+    if not description:
+        return None
+    try:
+        payload = json.loads(description)
+    except ValueError:
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("hspnet"), dict) and "hierarchy" in payload["hspnet"]:
+        return Hierarchy.from_dict(payload["hspnet"]["hierarchy"])
+    return None
+
+
+def get_hierarchy(source) -> Hierarchy:
+    """Read the hierarchy back from a prepared dataset.
+
+    ``source`` may be a ``DatasetDict``, ``Dataset`` or ``IterableDataset`` prepared by this package (also after
+    ``save_to_disk``/``load_from_disk``, Parquet or the Hub), the path of a dataset saved with ``save_to_disk``,
+    a hierarchy file (see :func:`load_hierarchy_file`), ``datasets.Features``, a ``{"labels", "groups",
+    "label_to_group"}`` mapping, or a :class:`Hierarchy`.
+    """
+    import datasets
+
+    if isinstance(source, Hierarchy):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            return get_hierarchy(datasets.load_from_disk(path))
+        return load_hierarchy_file(path)
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        errors = []
+        for split in source.values():
+            try:
+                return get_hierarchy(split)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError("No split of the DatasetDict carries a label hierarchy: " + "; ".join(errors))
+    if isinstance(source, datasets.Features):
+        found = _hierarchy_from_features(source)
+        if found is None:
+            raise ValueError(
+                "These features carry no label hierarchy (expected `labels`: List(ClassLabel) with groups)."
+            )
+        return found
+    if isinstance(source, dict):
+        return Hierarchy.from_dict(source)
+    features = getattr(source, "features", None)
+    found = _hierarchy_from_features(features)
+    if found is None:
+        found = _hierarchy_from_info(getattr(source, "info", None))
+    if found is None:
+        raise ValueError(
+            "This dataset carries no label hierarchy. Prepare it with hspnet.data (load_coco, load_custom_dataset, "
+            "...), or build one with load_hierarchy_file(...) or auto_hierarchy(label_names)."
+        )
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hierarchy files
+
+
+def load_hierarchy_file(path: str | os.PathLike, label_names: Sequence[str] | None = None) -> Hierarchy:
+    """Read a hierarchy file.
+
+    Formats:
+      * JSON ``{"labels": [...], "groups": [...], "label_to_group": [...]}``;
+      * JSON ``{"cat": "animal", "dog": "animal", "car": "vehicle"}`` (label -> group);
+      * JSON ``{"animal": ["cat", "dog"], "vehicle": ["car"]}`` (group -> labels);
+      * text / CSV / TSV: one ``label,group`` (or ``label<TAB>group``) per line; an optional ``label,group``
+        header; blank lines and lines starting with ``#`` are ignored.
+
+    With ``label_names``, the result follows that label order, every label must have a group (else
+    :class:`DatasetFormatError`), labels of the file that are not in ``label_names`` are ignored (with a warning),
+    and groups left without a label are dropped.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError("hierarchy file not found", file=path)
+    if path.lower().endswith(".json"):
+        mapping = _read_hierarchy_json(path)
+    else:
+        mapping = _read_hierarchy_table(path)
+    if isinstance(mapping, Hierarchy):
+        if label_names is None:
+            return mapping
+        mapping = {label: mapping.groups[group] for label, group in zip(mapping.labels, mapping.label_to_group)}
+    if label_names is None:
+        try:
+            return Hierarchy.from_mapping(mapping)
+        except ValueError as error:
+            raise DatasetFormatError(str(error), file=path) from None
+    label_names = list(label_names)
+    lacking = [name for name in label_names if name not in mapping]
+    if lacking:
+        shown = ", ".join(repr(name) for name in lacking[:10])
+        more = f" and {len(lacking) - 10} more" if len(lacking) > 10 else ""
+        raise DatasetFormatError(
+            f"label(s) {shown}{more} of the dataset have no group in this hierarchy file", file=path
+        )
+    extra = [name for name in mapping if name not in set(label_names)]
+    if extra:
+        logger.warning("%s: ignoring %d label(s) that the dataset does not have: %s", path, len(extra), extra[:10])
+    try:
+        return Hierarchy.from_mapping(mapping, labels=label_names)
+    except ValueError as error:
+        raise DatasetFormatError(str(error), file=path) from None
+
+
+def _read_hierarchy_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(
+            f"invalid JSON: {error.msg} (column {error.colno})", file=path, line=error.lineno
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"not UTF-8 text ({error.reason})", file=path) from None
+    if not isinstance(data, dict) or not data:
+        raise DatasetFormatError("expected a non-empty JSON object", file=path)
+    if "labels" in data and "label_to_group" in data:
+        try:
+            return Hierarchy.from_dict(data)
+        except (ValueError, TypeError) as error:
+            raise DatasetFormatError(str(error), file=path) from None
+    if all(isinstance(value, str) for value in data.values()):
+        return {str(label): group for label, group in data.items()}
+    if all(isinstance(value, list) for value in data.values()):
+        mapping: dict[str, str] = {}
+        for group, members in data.items():
+            for label in members:
+                if not isinstance(label, str):
+                    raise DatasetFormatError(f"label names must be strings, got {label!r}", file=path, field=group)
+                if label in mapping:
+                    raise DatasetFormatError(
+                        f"label {label!r} is in two groups ({mapping[label]!r} and {group!r})", file=path, field=group
+                    )
+                mapping[label] = group
+        return mapping
+    raise DatasetFormatError(
+        'expected {"labels", "groups", "label_to_group"}, {label: group} or {group: [labels]}', file=path
+    )
+
+
+def _read_hierarchy_table(path: str) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"not UTF-8 text ({error.reason})", file=path) from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        delimiter = "\t" if "\t" in line else ","
+        fields = [value.strip() for value in next(csv.reader([line], delimiter=delimiter))]
+        if len(fields) != 2 or not fields[0] or not fields[1]:
+            raise DatasetFormatError(
+                f"expected 'label{delimiter}group' (2 fields), got {len(fields)} field(s): {raw!r}",
+                file=path,
+                line=number,
+            )
+        label, group = fields
+        if not mapping and label.lower() == "label" and group.lower() == "group":
+            continue  # header
+        if label in mapping:
+            raise DatasetFormatError(
+                f"label {label!r} is listed twice (first on line {lines[label]})", file=path, line=number
+            )
+        mapping[label] = group
+        lines[label] = number
+    if not mapping:
+        raise DatasetFormatError("the hierarchy file lists no label", file=path)
+    return mapping
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Automatic hierarchy from CLIP text embeddings
+
+
+def default_num_groups(num_labels: int) -> int:
+    """``round(sqrt(C))``, within ``1..C``: 4 groups for 20 labels, 9 for 80, 18 for 312 (the benchmarks use
+    4, 12, 6 and 20)."""
+    return max(1, min(num_labels, int(round(math.sqrt(num_labels)))))
+
+
+def _normalise(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1.0)
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10, max_iter: int = 100) -> np.ndarray:
+    """Spherical k-means (cosine similarity) with k-means++ seeding; the best of ``n_init`` runs."""
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    best_assign, best_cost = None, math.inf
+    for _ in range(n_init):
+        centres = [x[int(rng.integers(n))]]
+        for _ in range(1, k):
+            distance = np.clip(1.0 - np.max(x @ np.stack(centres).T, axis=1), 0.0, None)
+            total = float((distance**2).sum())
+            index = int(rng.choice(n, p=distance**2 / total)) if total > 0 else int(rng.integers(n))
+            centres.append(x[index])
+        centre = np.stack(centres)
+        assign = np.full(n, -1)
+        for _ in range(max_iter):
+            new_assign = np.argmax(x @ centre.T, axis=1)
+            for cluster in range(k):  # an empty cluster takes the point furthest from its own centre
+                if not np.any(new_assign == cluster):
+                    similarity = np.einsum("ij,ij->i", x, centre[new_assign])
+                    counts = np.bincount(new_assign, minlength=k)
+                    candidates = [i for i in np.argsort(similarity, kind="stable") if counts[new_assign[i]] > 1]
+                    if candidates:
+                        new_assign[candidates[0]] = cluster
+            if np.array_equal(new_assign, assign):
+                break
+            assign = new_assign
+            centre = np.stack([x[assign == c].mean(axis=0) if np.any(assign == c) else centre[c] for c in range(k)])
+            centre = _normalise(centre)
+        cost = float((1.0 - np.einsum("ij,ij->i", x, centre[assign])).sum())
+        if cost < best_cost - 1e-12:
+            best_assign, best_cost = assign.copy(), cost
+    return best_assign
+
+
+def _agglomerative(x: np.ndarray, k: int) -> np.ndarray:
+    """Average-linkage agglomerative clustering on cosine distance (deterministic: ties go to the lowest index)."""
+    n = len(x)
+    distance = 1.0 - x @ x.T
+    members = [[i] for i in range(n)]
+    linkage = distance.copy()
+    np.fill_diagonal(linkage, np.inf)
+    alive = list(range(n))
+    while len(alive) > k:
+        sub = linkage[np.ix_(alive, alive)]
+        flat = int(np.argmin(sub))
+        a, b = alive[flat // len(alive)], alive[flat % len(alive)]
+        a, b = min(a, b), max(a, b)
+        size_a, size_b = len(members[a]), len(members[b])
+        merged = (size_a * linkage[a] + size_b * linkage[b]) / (size_a + size_b)
+        linkage[a, :] = merged
+        linkage[:, a] = merged
+        linkage[a, a] = np.inf
+        members[a].extend(members[b])
+        alive.remove(b)
+    assign = np.empty(n, dtype=int)
+    for cluster, index in enumerate(alive):
+        assign[members[index]] = cluster
+    return assign
+
+
+def cluster_label_embeddings(
+    label_names: Sequence[str],
+    embeddings,
+    num_groups: int | None = None,
+    method: str = "kmeans",
+    seed: int = 0,
+) -> Hierarchy:
+    """Group labels by their (text) embeddings; each group is named after its most central label.
+
+    Embeddings are L2-normalised; ``method`` is ``"kmeans"`` (spherical k-means, k-means++ seeding with
+    ``seed``, best of 10 runs) or ``"agglomerative"`` (average linkage on cosine distance). Groups are numbered
+    by their lowest label index; a group's name is the label closest (cosine) to the group's mean direction.
+    """
+    names = list(label_names)
+    x = _normalise(np.asarray(embeddings, dtype=np.float64))
+    if x.ndim != 2 or len(x) != len(names):
+        raise ValueError(f"Expected one embedding row per label ({len(names)}), got an array of shape {x.shape}.")
+    if not names:
+        raise ValueError("No label to group.")
+    k = default_num_groups(len(names)) if num_groups is None else int(num_groups)
+    if not 1 <= k <= len(names):
+        raise ValueError(f"num_groups must be in 1..{len(names)} (the number of labels), got {num_groups}.")
+    if method == "kmeans":
+        assign = _kmeans(x, k, seed)
+    elif method == "agglomerative":
+        assign = _agglomerative(x, k)
+    else:
+        raise ValueError(f"Unknown clustering method {method!r}; use 'kmeans' or 'agglomerative'.")
+    order = sorted(set(assign.tolist()), key=lambda cluster: int(np.flatnonzero(assign == cluster)[0]))
+    renumber = {cluster: index for index, cluster in enumerate(order)}
+    label_to_group = [renumber[int(cluster)] for cluster in assign]
+    groups = []
+    for cluster in order:
+        indices = np.flatnonzero(assign == cluster)
+        centre = _normalise(x[indices].mean(axis=0, keepdims=True))[0]
+        groups.append(names[int(indices[int(np.argmax(x[indices] @ centre))])])
+    return Hierarchy(labels=names, groups=groups, label_to_group=label_to_group)
+
+
+def label_text_embeddings(
+    label_names: Sequence[str],
+    clip_model: Any = DEFAULT_CLIP_MODEL,
+    tokenizer: Any = None,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """CLIP text embeddings (not normalised) of ``template.format(name)`` for each label (underscores -> spaces)."""
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+
+    from ..modeling_hspnet import clip_text_embeddings
+
+    if "{}" not in template:
+        raise ValueError(f"The prompt template {template!r} has no '{{}}' for the label name.")
+    if isinstance(clip_model, (str, os.PathLike)):
+        source = os.fspath(clip_model)
+        try:
+            model = CLIPModel.from_pretrained(source)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as error:
+            raise OSError(
+                f"Could not load the CLIP model {source!r} to build the label hierarchy automatically ({error}). "
+                "Pass a local CLIP folder (clip_model=...) or a hierarchy file."
+            ) from error
+    else:
+        model = clip_model
+        if tokenizer is None:
+            raise ValueError("Pass the CLIP tokenizer together with a CLIPModel instance.")
+    texts = [template.format(name.replace("_", " ")) for name in label_names]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        embeddings = clip_text_embeddings(model, tokenizer, texts, batch_size=batch_size)
+    model.train(was_training)
+    return embeddings.detach().cpu().numpy()
+
+
+def auto_hierarchy(
+    label_names: Sequence[str],
+    clip_model: Any = DEFAULT_CLIP_MODEL,
+    tokenizer: Any = None,
+    *,
+    num_groups: int | None = None,
+    method: str = "kmeans",
+    seed: int = 0,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    embeddings=None,
+) -> Hierarchy:
+    """Build a hierarchy from the CLIP text embeddings of the label names.
+
+    Each label is embedded as ``template.format(label)`` ("a photo of a {}." by default) with the CLIP text
+    tower (``clip_model``: a Hub id, a local folder, or a ``CLIPModel`` with its ``tokenizer``), the
+    embeddings are clustered into ``num_groups`` groups (default ``round(sqrt(C))``) by seeded spherical
+    k-means or by average-linkage agglomerative clustering (``method``), and each group is named after its
+    most central label. Precomputed ``embeddings`` (one row per label) skip CLIP.
+    """
+    names = list(label_names)
+    if embeddings is None:
+        embeddings = label_text_embeddings(names, clip_model, tokenizer, template)
+    return cluster_label_embeddings(names, embeddings, num_groups=num_groups, method=method, seed=seed)
+
+
+def resolve_hierarchy(
+    label_names: Sequence[str],
+    hierarchy: Any = None,
+    *,
+    builtin: str | None = None,
+    auto: dict | None = None,
+) -> Hierarchy:
+    """The hierarchy for ``label_names``: ``hierarchy`` if given (a :class:`Hierarchy`, mapping or file path),
+    else the built-in one when its labels are exactly ``label_names``, else :func:`auto_hierarchy` with ``auto``
+    options (when ``auto`` is not None), else an error."""
+    names = list(label_names)
+    if hierarchy is not None:
+        if isinstance(hierarchy, (str, os.PathLike)):
+            return load_hierarchy_file(hierarchy, label_names=names)
+        found = hierarchy if isinstance(hierarchy, Hierarchy) else None
+        if found is None and isinstance(hierarchy, dict):
+            if "labels" in hierarchy and "label_to_group" in hierarchy:
+                found = Hierarchy.from_dict(hierarchy)
+            else:
+                lacking = [name for name in names if name not in hierarchy]
+                if lacking:
+                    raise DatasetFormatError(f"label(s) {lacking[:10]} have no group in the given hierarchy mapping")
+                return Hierarchy.from_mapping({name: hierarchy[name] for name in names}, labels=names)
+        if found is None:
+            raise TypeError(f"hierarchy must be a Hierarchy, a mapping or a file path, not {type(hierarchy).__name__}.")
+        if found.labels != names:
+            unknown = sorted(set(names) - set(found.labels))
+            if unknown:
+                raise DatasetFormatError(f"label(s) {unknown[:10]} of the dataset are not in the given hierarchy")
+            mapping = {label: found.groups[group] for label, group in zip(found.labels, found.label_to_group)}
+            return Hierarchy.from_mapping(mapping, labels=names)
+        return found
+    if builtin is not None:
+        candidate = builtin_hierarchy(builtin)
+        if candidate.labels == names:
+            return candidate
+    if auto is not None:
+        return auto_hierarchy(names, **auto)
+    raise DatasetFormatError(
+        "the labels do not match a built-in hierarchy; pass hierarchy=<file or mapping> or enable the automatic "
+        "hierarchy (auto_hierarchy=True / a CLIP model)"
+    )
+
+
+def describe(hierarchy: Hierarchy, width: int = 100) -> str:
+    """A short text listing of the groups and their labels."""
+    lines = []
+    for group, labels in hierarchy.members().items():
+        text = f"{group} ({len(labels)}): " + ", ".join(labels)
+        lines.append(text if len(text) <= width else text[: width - 3] + "...")
+    return "\n".join(lines)

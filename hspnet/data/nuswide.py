@@ -1,0 +1,287 @@
+"""NUS-WIDE (81 concepts), in either of two layouts.
+
+``official`` (the files distributed by NUS):
+  ``Concepts81.txt`` (or ``ConceptsList/Concepts81.txt``), ``ImageList/TrainImagelist.txt`` and
+  ``ImageList/TestImagelist.txt`` (one ``concept\\id_flickrid.jpg`` per line), ``Groundtruth/TrainTestLabels/
+  Labels_<concept>_{Train,Test}.txt`` (one 0/1 per line, aligned with the image list), and the images under
+  ``Flickr/<concept>/<file>.jpg`` (or ``images/`` / ``Images/``, or ``image_dir=``).
+
+``flat`` (the HSPNet authors' layout): ``images/<file>.jpg`` and lists ``file,idx idx ...`` (the format of
+  ``nus_val.txt``, indices in ``Concepts81.txt`` order): a training list (``nus_train.txt``; the authors'
+  training list is not public, so the single positives are generated from it) and a test list (``nus_val.txt``).
+
+Many NUS-WIDE images no longer exist on Flickr. Missing images are therefore skipped by default
+(``on_missing_image="skip"``) and counted and listed in the build report (never silently dropped). Images with no
+concept are excluded (also counted). A label value other than 0/1 (the official ``Labels_lake_Train.txt`` has one)
+is treated as 0 and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from .core import (
+    TEST,
+    TRAIN,
+    BuildOptions,
+    ParsedSource,
+    Record,
+    build_dataset_dict,
+    iter_text_lines,
+    normalise_key,
+    read_label_list,
+    require_dir,
+    require_file,
+)
+from .errors import DatasetFormatError, MissingFileError
+from .hierarchy import builtin_hierarchy, resolve_hierarchy
+
+LAYOUTS = ("auto", "official", "flat")
+FLAT_TRAIN_LISTS = ("nus_train.txt", "nus_train_singlelabel.txt")
+FLAT_TEST_LISTS = ("nus_val.txt", "nus_test.txt")
+_SPLIT_WORDS = {TRAIN: "Train", TEST: "Test"}
+
+
+def _first_existing(root: str, names) -> str | None:
+    for name in names:
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def detect_layout(root: str) -> str:
+    if os.path.isdir(os.path.join(root, "Groundtruth")):
+        return "official"
+    if _first_existing(root, FLAT_TEST_LISTS + FLAT_TRAIN_LISTS):
+        return "flat"
+    raise MissingFileError(
+        "no NUS-WIDE layout found: expected Groundtruth/TrainTestLabels/ and ImageList/ (official layout) or "
+        f"images/ with {FLAT_TRAIN_LISTS[0]} and {FLAT_TEST_LISTS[0]} (flat layout)",
+        file=root,
+    )
+
+
+def read_concepts(path: str) -> list[str]:
+    names = []
+    for number, line in iter_text_lines(path):
+        if line in names:
+            raise DatasetFormatError(f"concept {line!r} is listed twice", file=path, line=number)
+        names.append(line)
+    if not names:
+        raise DatasetFormatError("no concept", file=path)
+    return names
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:/")
+
+
+def official_image_key(line: str) -> str:
+    """``actor\\0001_2124494179.jpg`` -> ``actor/0001_2124494179.jpg`` (a ``C:\\ImageData\\Flickr\\`` prefix, as in
+    ``Imagelist.txt``, is removed)."""
+    key = normalise_key(line)
+    if _DRIVE.match(key) or key.startswith("/"):
+        parts = key.split("/")
+        key = "/".join(parts[parts.index("Flickr") + 1 :]) if "Flickr" in parts else "/".join(parts[-2:])
+    return key
+
+
+def read_image_list(path: str) -> list[tuple[str, int]]:
+    entries, first = [], {}
+    for number, line in iter_text_lines(path):
+        if len(line.split()) != 1:
+            raise DatasetFormatError(f"expected one image path per line, got {line!r}", file=path, line=number)
+        key = official_image_key(line)
+        if key in first:
+            raise DatasetFormatError(
+                f"image {key!r} is listed twice (first on line {first[key]})", file=path, line=number
+            )
+        first[key] = number
+        entries.append((key, number))
+    if not entries:
+        raise DatasetFormatError("the image list is empty", file=path)
+    return entries
+
+
+def read_binary_labels(path: str, expected: int, anomalies: list[str]) -> np.ndarray:
+    """One 0/1 value per line; returns the positive line indices. Values other than 0/1 are integers treated as 0
+    and appended to ``anomalies``; anything else is a :class:`DatasetFormatError` with its line number."""
+    if not os.path.isfile(path):
+        raise MissingFileError("concept label file not found", file=path)
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    tokens = [line.strip() for line in lines]
+    if len(tokens) != expected:
+        raise DatasetFormatError(
+            f"has {len(tokens)} lines, expected {expected} (one per image of the image list)", file=path
+        )
+    array = np.array(tokens, dtype=object)
+    valid = (array == b"1") | (array == b"0")
+    if not valid.all():
+        for index in np.flatnonzero(~valid):
+            token = tokens[index].decode("utf-8", "replace")
+            try:
+                int(token)
+            except ValueError:
+                raise DatasetFormatError(f"expected 0 or 1, got {token!r}", file=path, line=int(index) + 1) from None
+            anomalies.append(f"{path}:{int(index) + 1}: {token}")
+    return np.flatnonzero(array == b"1")
+
+
+def load_nuswide(
+    root: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    image_dir: str | os.PathLike | None = None,
+    train_list: str | os.PathLike | None = None,
+    test_list: str | os.PathLike | None = None,
+    hierarchy=None,
+    seed: int = 0,
+    validation_fraction: float = 0.2,
+    observed_labels_file: str | os.PathLike | None = None,
+    on_missing_image: str = "skip",
+    check_images: str = "exists",
+    num_proc: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    force_rebuild: bool = False,
+):
+    """Prepare NUS-WIDE as a ``DatasetDict`` (``train`` [, ``validation``], ``test``).
+
+    Args:
+        root: the NUS-WIDE folder.
+        layout: ``"official"``, ``"flat"`` or ``"auto"`` (official if ``Groundtruth/`` exists).
+        image_dir: the image folder (default: ``Flickr/``, ``images/`` or ``Images/`` under ``root``).
+        train_list, test_list: flat layout lists (default ``nus_train.txt`` / ``nus_train_singlelabel.txt`` and
+            ``nus_val.txt`` / ``nus_test.txt`` under ``root``).
+        on_missing_image: ``"skip"`` by default here (missing Flickr images are common); they are counted.
+        Other arguments: see :func:`hspnet.data.load_coco`.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+    options = BuildOptions(
+        seed=seed,
+        validation_fraction=validation_fraction,
+        observed_labels_file=observed_labels_file,
+        on_missing_image=on_missing_image,
+        check_images=check_images,
+        num_proc=num_proc,
+        cache_dir=cache_dir,
+        force_rebuild=force_rebuild,
+    )
+    root = require_dir(root, "NUS-WIDE root folder")
+    if layout == "auto":
+        layout = detect_layout(root)
+    if image_dir is not None:
+        images = os.path.abspath(os.path.join(root, os.fspath(image_dir)))
+    else:
+        names = ("Flickr", "images", "Images") if layout == "official" else ("images", "Images", "Flickr")
+        images = _first_existing(root, names) or os.path.join(root, names[0])
+    if layout == "official":
+        return _load_official(root, images, hierarchy, options)
+    return _load_flat(root, images, train_list, test_list, hierarchy, options)
+
+
+def _load_official(root, images, hierarchy, options):
+    concepts_file = _first_existing(root, ("Concepts81.txt", os.path.join("ConceptsList", "Concepts81.txt")))
+    concepts = read_concepts(concepts_file) if concepts_file else builtin_hierarchy("nuswide").labels
+    resolved = resolve_hierarchy(concepts, hierarchy, builtin="nuswide")
+    lists = {
+        split: require_file(
+            os.path.join(root, "ImageList", f"{word}Imagelist.txt"), f"NUS-WIDE {word.lower()} image list"
+        )
+        for split, word in _SPLIT_WORDS.items()
+    }
+    label_dir = os.path.join(root, "Groundtruth", "TrainTestLabels")
+    if not os.path.isdir(label_dir):
+        raise MissingFileError("NUS-WIDE label folder not found", file=label_dir)
+    label_files = {
+        split: [os.path.join(label_dir, f"Labels_{concept}_{word}.txt") for concept in concepts]
+        for split, word in _SPLIT_WORDS.items()
+    }
+    for split in label_files:
+        for path in label_files[split]:
+            require_file(path, "NUS-WIDE concept label file")
+
+    def parse() -> ParsedSource:
+        anomalies: list[str] = []
+        splits = {}
+        for split, list_path in lists.items():
+            entries = read_image_list(list_path)
+            labels: list[list[int]] = [[] for _ in entries]
+            for concept_index, path in enumerate(label_files[split]):
+                for position in read_binary_labels(path, len(entries), anomalies):
+                    labels[position].append(concept_index)
+            splits[split] = [
+                Record(
+                    image_id=key,
+                    path=os.path.join(images, *key.split("/")),
+                    labels=labels[i],
+                    where=f"{list_path}:{number}",
+                )
+                for i, (key, number) in enumerate(entries)
+            ]
+        report = {"root": root, "layout": "official", "image_dir": images}
+        if not concepts_file:
+            report["note"] = "Concepts81.txt not found; the built-in concept order was used"
+        if anomalies:
+            report["label_value_anomalies"] = {"count": len(anomalies), "examples": anomalies[:20], "treated_as": 0}
+        return ParsedSource(hierarchy=resolved, splits=splits, report=report)
+
+    files = ([concepts_file] if concepts_file else []) + list(lists.values()) + label_files[TRAIN] + label_files[TEST]
+    return build_dataset_dict(
+        "nuswide",
+        parse,
+        options,
+        annotation_files=files,
+        loader_options={"root": root, "layout": "official", "image_dir": images, "hierarchy": resolved.to_dict()},
+    )
+
+
+def _load_flat(root, images, train_list, test_list, hierarchy, options):
+    def pick(given, defaults, what):
+        if given is not None:
+            return require_file(os.path.abspath(os.path.join(root, os.fspath(given))), what)
+        found = _first_existing(root, defaults)
+        if found is None:
+            raise MissingFileError(f"{what} not found (looked for {', '.join(defaults)})", file=root)
+        return found
+
+    lists = {
+        TRAIN: pick(train_list, FLAT_TRAIN_LISTS, "NUS-WIDE training list"),
+        TEST: pick(test_list, FLAT_TEST_LISTS, "NUS-WIDE test list"),
+    }
+    concepts = builtin_hierarchy("nuswide").labels
+    resolved = resolve_hierarchy(concepts, hierarchy, builtin="nuswide")
+
+    def parse() -> ParsedSource:
+        splits = {}
+        single = {}
+        for split, path in lists.items():
+            entries = read_label_list(path, len(concepts))
+            single[split] = all(len(labels) <= 1 for _, labels, _ in entries)
+            splits[split] = [
+                Record(
+                    image_id=name, path=os.path.join(images, *name.split("/")), labels=labels, where=f"{path}:{number}"
+                )
+                for name, labels, number in entries
+            ]
+        report = {"root": root, "layout": "flat", "image_dir": images, "lists": lists}
+        if single[TRAIN]:
+            report["note"] = (
+                "the training list has one label per image: 'labels' of train/validation images are those single "
+                "labels, not full annotations"
+            )
+        return ParsedSource(hierarchy=resolved, splits=splits, report=report)
+
+    return build_dataset_dict(
+        "nuswide",
+        parse,
+        options,
+        annotation_files=list(lists.values()),
+        loader_options={"root": root, "layout": "flat", "image_dir": images, "hierarchy": resolved.to_dict()},
+    )

@@ -1,0 +1,164 @@
+"""PASCAL VOC 2012 (20 labels): ``VOC2012/Annotations/*.xml``, ``ImageSets/Main/{train,val}.txt``, ``JPEGImages/``.
+
+Train = the images of ``ImageSets/Main/train.txt`` (5,717), test = ``val.txt`` (5,823; the test-set annotations are
+not public). An image's positives are the classes of its ``<object>`` elements. ``difficult`` objects
+(``<difficult>1</difficult>``) do NOT make their class positive by default (``difficult="negative"``): this is
+what the per-class ``ImageSets/Main/<class>_{train,val}.txt`` files encode (0 = only difficult objects) and what
+Cole et al. and the HSPNet authors' ``voc_train.txt`` / ``voc_val.txt`` use (a class is positive only where those
+files say 1). ``difficult="positive"`` counts them as positives instead.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ElementTree
+
+from .core import (
+    TEST,
+    TRAIN,
+    BuildOptions,
+    ParsedSource,
+    Record,
+    build_dataset_dict,
+    iter_text_lines,
+    require_dir,
+    require_file,
+)
+from .errors import DatasetFormatError, MissingFileError
+from .hierarchy import builtin_hierarchy, resolve_hierarchy
+
+DIFFICULT_POLICIES = ("negative", "positive")
+
+
+def find_voc_dir(root: str | os.PathLike) -> str:
+    """The ``VOC2012`` folder: ``root`` itself, ``root/VOC2012`` or ``root/VOCdevkit/VOC2012``."""
+    root = require_dir(root, "VOC root folder")
+    for candidate in (root, os.path.join(root, "VOC2012"), os.path.join(root, "VOCdevkit", "VOC2012")):
+        if os.path.isdir(os.path.join(candidate, "Annotations")):
+            return candidate
+    raise MissingFileError(
+        "no VOC2012 layout found: expected Annotations/, ImageSets/Main/ and JPEGImages/ in this folder, "
+        "in VOC2012/ or in VOCdevkit/VOC2012/",
+        file=root,
+    )
+
+
+def read_id_list(path: str) -> list[tuple[str, int]]:
+    """``ImageSets/Main/{train,val}.txt``: one image id per line. Returns ``(id, line number)``."""
+    out: list[tuple[str, int]] = []
+    first: dict[str, int] = {}
+    for number, line in iter_text_lines(path):
+        fields = line.split()
+        if len(fields) != 1:
+            raise DatasetFormatError(f"expected one image id per line, got {line!r}", file=path, line=number)
+        image_id = fields[0]
+        if image_id in first:
+            raise DatasetFormatError(
+                f"image {image_id!r} is listed twice (first on line {first[image_id]})", file=path, line=number
+            )
+        first[image_id] = number
+        out.append((image_id, number))
+    return out
+
+
+def parse_voc_xml(path: str, class_index: dict[str, int], difficult: str = "negative") -> list[int]:
+    """The positive label indices of one VOC annotation file."""
+    if not os.path.isfile(path):
+        raise MissingFileError("annotation file not found", file=path)
+    try:
+        tree = ElementTree.parse(path)
+    except ElementTree.ParseError as error:
+        raise DatasetFormatError(f"invalid XML: {error}", file=path, line=error.position[0]) from None
+    labels = set()
+    for number, element in enumerate(tree.getroot().findall("object"), start=1):
+        name = (element.findtext("name") or "").strip()
+        if not name:
+            raise DatasetFormatError(f"<object> number {number} has no <name>", file=path, field="object/name")
+        if name not in class_index:
+            raise DatasetFormatError(
+                f"unknown label name {name!r} (object {number}); VOC labels are {', '.join(class_index)}",
+                file=path,
+                field="object/name",
+            )
+        flag = (element.findtext("difficult") or "0").strip()
+        if flag not in ("0", "1"):
+            raise DatasetFormatError(
+                f"<difficult> must be 0 or 1, got {flag!r} (object {number})", file=path, field="object/difficult"
+            )
+        if flag == "1" and difficult == "negative":
+            continue
+        labels.add(class_index[name])
+    return sorted(labels)
+
+
+def load_voc(
+    root: str | os.PathLike,
+    *,
+    difficult: str = "negative",
+    hierarchy=None,
+    seed: int = 0,
+    validation_fraction: float = 0.2,
+    observed_labels_file: str | os.PathLike | None = None,
+    on_missing_image: str = "error",
+    check_images: str = "exists",
+    num_proc: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    force_rebuild: bool = False,
+):
+    """Prepare PASCAL VOC 2012 as a ``DatasetDict`` (``train`` [, ``validation``], ``test`` = official val).
+
+    Args:
+        root: the folder holding ``VOC2012/`` (or ``VOCdevkit/VOC2012/``, or ``VOC2012`` itself).
+        difficult: ``"negative"`` (default; difficult-only classes are not positives, like the authors' lists) or
+            ``"positive"``.
+        hierarchy: override the built-in 4-group hierarchy (a Hierarchy, mapping or file).
+        observed_labels_file: the authors' ``voc_train.txt`` (``2008_000008.jpg,12``) to use their single positives.
+        Other arguments: see :func:`hspnet.data.load_coco`.
+    """
+    if difficult not in DIFFICULT_POLICIES:
+        raise ValueError(f"difficult must be one of {DIFFICULT_POLICIES}, got {difficult!r}.")
+    options = BuildOptions(
+        seed=seed,
+        validation_fraction=validation_fraction,
+        observed_labels_file=observed_labels_file,
+        on_missing_image=on_missing_image,
+        check_images=check_images,
+        num_proc=num_proc,
+        cache_dir=cache_dir,
+        force_rebuild=force_rebuild,
+    )
+    voc = find_voc_dir(root)
+    labels = builtin_hierarchy("voc").labels
+    resolved = resolve_hierarchy(labels, hierarchy, builtin="voc")
+    lists = {
+        TRAIN: require_file(os.path.join(voc, "ImageSets", "Main", "train.txt"), "VOC train image list"),
+        TEST: require_file(os.path.join(voc, "ImageSets", "Main", "val.txt"), "VOC val image list"),
+    }
+    ids = {split: read_id_list(path) for split, path in lists.items()}
+    xml_files = [os.path.join(voc, "Annotations", f"{image_id}.xml") for split in ids for image_id, _ in ids[split]]
+
+    def parse() -> ParsedSource:
+        class_index = {name: index for index, name in enumerate(labels)}
+        splits = {}
+        for split, entries in ids.items():
+            records = []
+            for image_id, number in entries:
+                xml = os.path.join(voc, "Annotations", f"{image_id}.xml")
+                records.append(
+                    Record(
+                        image_id=f"{image_id}.jpg",
+                        path=os.path.join(voc, "JPEGImages", f"{image_id}.jpg"),
+                        labels=parse_voc_xml(xml, class_index, difficult),
+                        where=f"{lists[split]}:{number}",
+                    )
+                )
+            splits[split] = records
+        return ParsedSource(hierarchy=resolved, splits=splits, report={"root": voc, "difficult": difficult})
+
+    return build_dataset_dict(
+        "voc",
+        parse,
+        options,
+        annotation_files=[*lists.values(), *xml_files],
+        loader_options={"root": voc, "difficult": difficult, "hierarchy": resolved.to_dict()},
+    )
