@@ -20,7 +20,8 @@ test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 demo: install
-	HF_HUB_OFFLINE=1 $(PY) -m hspnet.demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
+		--dynamo_backend no scripts/train.py --config configs/demo.yaml --overwrite_output_dir true
 
 bench: install
 	$(PY) benchmarks/inference.py

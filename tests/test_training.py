@@ -1,0 +1,360 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hspnet.training import (
+    ModelEMA,
+    TrainingConfig,
+    ema_decay,
+    load_config,
+    one_cycle_scheduler,
+    parameter_groups,
+    push_folder_to_hub,
+    resolve_checkpoint,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "scripts" / "train.py")
+
+
+def tiny_options(tmp_path, **overrides):
+    """A few seconds of training on a small demo set with the tiny random CLIP."""
+    options = dict(
+        clip_model="tiny-random",
+        dataset="demo",
+        dataset_options={"num_train": 60, "num_test": 23, "image_size": 32, "validation_fraction": 0.25},
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "out"),
+        epochs=2,
+        schedule_epochs=3,
+        batch_size=8,
+        lr=1e-3,
+        gcn_lr=5e-3,
+        loss_kwargs={"change_epoch": 1},
+        with_tracking=False,
+        logging_steps=1,
+        seed=0,
+    )
+    options.update(overrides)
+    return options
+
+
+def as_argv(options):
+    argv = []
+    for key, value in options.items():
+        argv += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return argv
+
+
+def run_script(args, env_extra=None, timeout=600, launcher=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    command = (launcher or [sys.executable]) + args
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+# --- recipe pieces ----------------------------------------------------------------------------------------------------
+
+
+def test_parameter_groups_follow_the_reference(make_model):
+    model = make_model()
+    groups = {g["name"]: g for g in parameter_groups(model, lr=1e-4, gcn_lr=5e-4, weight_decay=1e-4)}
+    assert set(groups) == {"decay", "no_decay", "gcn_decay", "gcn_no_decay"}
+    ids = lambda group: {id(p) for p in groups[group]["params"]}  # noqa: E731
+    base = model.hspnet
+    assert ids("gcn_decay") == {id(base.gcn.gc1.weight), id(base.gcn.gc2.weight), id(base.gcn.gc3.weight)}
+    assert ids("gcn_no_decay") == {id(base.gcn.gamma)}
+    assert id(base.meta_net.linear1.weight) in ids("decay") and id(base.meta_net.linear1.bias) in ids("no_decay")
+    assert id(base.clip.visual_projection.weight) in ids("decay")
+    assert id(base.clip.vision_model.post_layernorm.weight) in ids("no_decay")
+    assert groups["decay"]["lr"] == 1e-4 and groups["gcn_decay"]["lr"] == 5e-4
+    assert groups["decay"]["weight_decay"] == 1e-4 and groups["no_decay"]["weight_decay"] == 0.0
+    assert groups["gcn_no_decay"]["weight_decay"] == 0.0
+    everything = set().union(*(ids(g) for g in groups))
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert everything == trainable  # the frozen text tower is in no group, every trainable tensor in exactly one
+    assert sum(len(g["params"]) for g in groups.values()) == len(trainable)
+
+
+def test_ema_decay_keeps_082_per_epoch():
+    decay = ema_decay(641)
+    assert decay ** 641 == pytest.approx(0.82)
+    assert decay == pytest.approx(0.9996904, abs=1e-7)  # the released log's 0.9997 ** 641 ~= 0.82
+
+
+def test_model_ema_update_by_hand():
+    model = torch.nn.Linear(2, 1)
+    model.register_buffer("count", torch.tensor(3))
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model.bias.fill_(0.0)
+    ema = ModelEMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0.0]]))
+        model.bias.fill_(1.0)
+        model.count.fill_(7)
+    ema.update(model)
+    # 0.9 * old + 0.1 * new: [0.9*1 + 0.1*3, 0.9*2 + 0.1*0] = [1.2, 1.8]; bias 0.1; integer buffers are copied
+    torch.testing.assert_close(ema.module.weight, torch.tensor([[1.2, 1.8]]))
+    torch.testing.assert_close(ema.module.bias, torch.tensor([0.1]))
+    assert int(ema.module.count) == 7
+    state = ema.state_dict()
+    other = ModelEMA(torch.nn.Linear(2, 1), decay=0.5)
+    other.module.register_buffer("count", torch.tensor(0))
+    other.load_state_dict(state)
+    assert other.decay == 0.9
+    torch.testing.assert_close(other.module.weight, ema.module.weight)
+
+
+def test_one_cycle_schedule():
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.Adam([{"params": [params[0]], "lr": 1e-4}, {"params": [params[1]], "lr": 5e-4}])
+    scheduler = one_cycle_scheduler(optimizer, steps_per_epoch=10, schedule_epochs=80, pct_start=0.2)
+    assert scheduler.total_steps == 800
+    lrs = []
+    for _ in range(800):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    peak = max(range(800), key=lambda i: lrs[i][0])
+    assert abs(peak - 0.2 * 800) <= 2  # pct_start 0.2
+    assert max(l[0] for l in lrs) == pytest.approx(1e-4) and max(l[1] for l in lrs) == pytest.approx(5e-4)
+    # training stops at epoch 60 of the 80-epoch schedule: the lr there is still well above the final value
+    assert lrs[600][0] > lrs[799][0] * 10
+
+
+def test_config_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 5\nlr: 0.001\nloss_kwargs: {change_epoch: 2}\nprotocol: authors\n")
+    config = load_config(["--config", str(path), "--lr", "0.01", "--patience", "3", "--push_to_hub", "false"])
+    assert config.epochs == 5 and config.lr == 0.01 and config.loss_kwargs == {"change_epoch": 2}
+    assert config.protocol == "authors" and config.patience == 3 and config.push_to_hub is False
+    path.write_text("epochz: 5\n")
+    with pytest.raises(ValueError, match=r"c.yaml: unknown option\(s\) \['epochz'\]"):
+        load_config(["--config", str(path)])
+    with pytest.raises(ValueError, match="protocol"):
+        load_config(["--protocol", "mine"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_benchmark_configs_carry_the_reference_recipe():
+    expected = {"coco": (1e-4, 5e-4, 1), "voc": (1e-4, 7e-4, 2), "nuswide": (1e-4, 5e-4, 3), "cub": (1e-3, 5e-3, 1)}
+    for name, (lr, gcn_lr, change_epoch) in expected.items():
+        config = load_config(["--config", str(REPO / "configs" / f"hspnet-{name}.yaml")])
+        assert (config.lr, config.gcn_lr, config.loss_kwargs["change_epoch"]) == (lr, gcn_lr, change_epoch), name
+        assert config.loss == "splc" and config.loss_kwargs.get("reduction", "sum") == "sum"
+        assert (config.epochs, config.schedule_epochs, config.batch_size) == (60, 80, 128)
+        assert config.weight_decay == 1e-4 and config.pct_start == 0.2 and config.ema_keep_per_epoch == 0.82
+        assert config.dataset == name
+    load_config(["--config", str(REPO / "configs" / "demo.yaml")])
+
+
+# --- end to end -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from hspnet.training import train
+
+    tmp_path = tmp_path_factory.mktemp("train")
+    config = TrainingConfig(**tiny_options(tmp_path, with_tracking=True, checkpointing_steps="4"))
+    results = train(config)
+    return Path(config.output_dir), results
+
+
+def test_end_to_end_outputs(trained):
+    out, results = trained
+    files = {p.name for p in out.iterdir()}
+    for name in ("config.json", "model.safetensors", "modeling_hspnet.py", "configuration_hspnet.py", "losses.py",
+                 "preprocessor_config.json", "README.md", "all_results.json", "train.log", "checkpoints", "runs"):
+        assert name in files, name
+    written = json.loads((out / "all_results.json").read_text())
+    assert written["selection_split"] == "validation" and written["world_size"] == 1
+    for key in ("mAP", "mAP_tie_aware", "CP", "CR", "CF1", "mean_class_F1", "OP", "OR", "OF1", "mAP"):
+        assert key in written["test"] and key in written["test_before_training"]
+    assert len(written["test_per_class_AP"]) == 12
+    assert [h["epoch"] for h in written["history"]] == [0, 1]
+    assert "model selection on the 'validation' split" in (out / "train.log").read_text()
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "runs").rglob("*"))
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints and not any(name.endswith(".partial") for name in checkpoints)
+    card = (out / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "transformers" and "hspnet" in metadata["tags"]
+    assert metadata["model-index"][0]["results"][0]["metrics"][0]["type"] == "mAP"
+
+
+def test_trained_folder_loads_with_auto_classes_and_remote_code(trained, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    out, _ = trained
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert type(model).__name__ == "HSPNetForImageClassification" and model.config.num_labels == 12
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["hspnet"] = None
+        import torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True)
+        with torch.no_grad():
+            print(model(pixel_values=torch.zeros(1, 3, 32, 32)).logits.shape, type(model).__module__)
+        """
+    )
+    result = run_script(["-c", script, str(out)], env_extra={"HF_MODULES_CACHE": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch.Size([1, 12]) transformers_modules" in result.stdout
+
+
+def test_selection_metrics_equal_a_fresh_evaluation(trained):
+    """The saved model's validation metrics, recomputed in this process, equal the ones the run selected on."""
+    from hspnet import HSPNetForImageClassification, compute_all_metrics
+    from hspnet.data import get_hierarchy, load_demo_dataset, to_multi_hot
+
+    out, results = trained
+    model = HSPNetForImageClassification.from_pretrained(out).eval()
+    data = load_demo_dataset(cache_dir=str(out.parent / "cache"), num_train=60, num_test=23, image_size=32,
+                             validation_fraction=0.25)
+    split = data["validation"]
+    pixels = model.image_processor if hasattr(model, "image_processor") else None
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(out)
+    with torch.no_grad():
+        logits = model(pixel_values=processor(images=[x.convert("RGB") for x in split["image"]],
+                                               return_tensors="pt")["pixel_values"]).logits
+    targets = to_multi_hot(split["labels"], len(get_hierarchy(data).labels))
+    expected = compute_all_metrics(logits.numpy(), targets, from_logits=True)
+    got = results["best"]["validation_metrics"]
+    for key in ("mAP", "CF1", "OF1", "mean_class_F1"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-4), key
+    assert got["num_samples"] == len(split)
+
+
+def test_output_dir_is_never_overwritten_silently(trained):
+    from hspnet.training import train
+
+    out, _ = trained
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        train(TrainingConfig(**tiny_options(out.parent, output_dir=str(out))))
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    """Kill -9 in the middle of step 6 (after the step-4 checkpoint), resume from 'latest': the final weights equal
+    those of an uninterrupted run of the same length."""
+    from safetensors.torch import load_file
+
+    common = dict(max_train_steps=10, epochs=3, checkpointing_steps="4", evaluate_before_training=False)
+    full = tiny_options(tmp_path, output_dir=str(tmp_path / "full"), **common)
+    killed = tiny_options(tmp_path, output_dir=str(tmp_path / "killed"), **common)
+    result = run_script([TRAIN] + as_argv(full))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    killer = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        import hspnet.training as training
+        calls = {{"n": 0}}
+        original = training.ModelEMA.update
+        def update(self, model):
+            calls["n"] += 1
+            if calls["n"] == 6:  # optimizer step 6 is done, its checkpoint is not: die like a crashed node
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, model)
+        training.ModelEMA.update = update
+        training.train(training.load_config(sys.argv[1:]))
+        """
+    )
+    result = run_script(["-c", killer] + as_argv(killed))
+    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step_4"]
+    result = run_script([TRAIN] + as_argv(killed) + ["--resume_from_checkpoint", "latest"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
+
+    final = lambda run: sorted((tmp_path / run / "checkpoints").glob("epoch_*-step_10"))[0]  # noqa: E731
+    a = load_file(final("full") / "model.safetensors")
+    b = load_file(final("killed") / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+    ja = json.loads((tmp_path / "full" / "all_results.json").read_text())
+    jb = json.loads((tmp_path / "killed" / "all_results.json").read_text())
+    assert ja["test"]["mAP"] == jb["test"]["mAP"]
+    assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("epoch_1-step_10")
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    options = tiny_options(tmp_path, epochs=1, schedule_epochs=1, evaluate_before_training=False,
+                           checkpointing_steps="None")
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = run_script([TRAIN] + as_argv(options), launcher=launcher, env_extra={"ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "out"
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["world_size"] == 2
+    assert "processes: 2" in (out / "train.log").read_text()
+
+    # the validation metrics of the 2-process run (15 images: an uneven split) equal a one-process evaluation
+    from transformers import AutoImageProcessor
+
+    from hspnet import HSPNetForImageClassification, compute_all_metrics
+    from hspnet.data import get_hierarchy, load_demo_dataset, to_multi_hot
+
+    model = HSPNetForImageClassification.from_pretrained(out).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    data = load_demo_dataset(cache_dir=str(tmp_path / "cache"), num_train=60, num_test=23, image_size=32,
+                             validation_fraction=0.25)
+    split = data["validation"]
+    assert len(split) % 2 == 1
+    with torch.no_grad():
+        logits = model(pixel_values=processor(images=[x.convert("RGB") for x in split["image"]],
+                                               return_tensors="pt")["pixel_values"]).logits
+    expected = compute_all_metrics(logits.numpy(), to_multi_hot(split["labels"], 12), from_logits=True)
+    got = results["best"]["validation_metrics"]
+    assert got["num_samples"] == len(split)
+    for key in ("mAP", "mAP_tie_aware", "CF1", "OF1"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-4), key
+
+
+def test_push_to_hub_commits_exactly_the_model_files(trained, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    out, _ = trained
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["repo"] = repo_id
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls["files"] = sorted(op.path_in_repo for op in operations)
+        calls["card"] = next(op for op in operations if op.path_in_repo == "README.md").path_or_fileobj
+        return None
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    push_folder_to_hub(str(out), "someone/hspnet-demo")
+    assert calls["repo"] == "someone/hspnet-demo"
+    assert calls["files"] == ["README.md", "config.json", "configuration_hspnet.py", "losses.py", "model.safetensors",
+                              "modeling_hspnet.py", "preprocessor_config.json"]
+    card = Path(calls["card"]).read_text() if not isinstance(calls["card"], bytes) else calls["card"].decode()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["pipeline_tag"] == "image-classification" and metadata["datasets"] == ["demo"]
+    with pytest.raises(ValueError, match="hub_model_id"):
+        push_folder_to_hub(str(out), None)
