@@ -21,11 +21,15 @@ from .modeling_hspnet import (
     HSPNetForImageClassification,
     HSPNetModel,
     HSPNetModelOutput,
+    HSPNetModifiedResNet,
     HSPNetPreTrainedModel,
     clip_text_embeddings,
+    convert_openai_clip_state_dict,
     encode_prompt_embeddings,
+    load_clip_checkpoint_file,
     process_relation,
 )
+from . import conversion  # noqa: E402,F401  registers the safe reader of OpenAI's TorchScript .pt files (from_clip)
 
 __version__ = "0.1.0"
 
@@ -49,6 +53,9 @@ __all__ = [
     "HSPNetForImageClassification",
     "HSPNetModelOutput",
     "HSPNetPreTrainedModel",
+    "HSPNetModifiedResNet",
+    "convert_openai_clip_state_dict",
+    "load_clip_checkpoint_file",
     "clip_text_embeddings",
     "encode_prompt_embeddings",
     "process_relation",

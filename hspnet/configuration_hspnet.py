@@ -13,6 +13,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, PreTrainedConfig
 
 
+VISION_BACKBONES = ("clip_vit", "clip_resnet")
+
+
 @strict
 class HSPNetConfig(PreTrainedConfig):
     r"""
@@ -25,6 +28,22 @@ class HSPNetConfig(PreTrainedConfig):
     Args:
         clip_config (`CLIPConfig` or `dict`, *optional*):
             The CLIP backbone (image tower, text tower, projections). Defaults to `CLIPConfig()` (ViT-B/32 shapes).
+            With `vision_backbone="clip_resnet"` only its `text_config` and `projection_dim` are used (the image tower
+            is then described by the `resnet_*` fields and its `vision_config` is ignored).
+        vision_backbone (`str`, *optional*, defaults to `"clip_vit"`):
+            The image tower: `"clip_vit"` (the HF `CLIPVisionModel` + `visual_projection` of `clip_config`) or
+            `"clip_resnet"` (CLIP's ModifiedResNet with its attention-pool head, e.g. RN50, the backbone of the
+            paper and of the authors' released checkpoints).
+        resnet_layers (`list[int]`, *optional*):
+            Bottleneck blocks in the four stages of the ModifiedResNet. Defaults to `[3, 4, 6, 3]` (RN50).
+        resnet_width (`int`, *optional*, defaults to 64):
+            Channels after the stem; stage `i` has `resnet_width * 2**i` planes and outputs 4 times that, so the
+            final feature map has `32 * resnet_width` channels (2048 for RN50).
+        resnet_heads (`int`, *optional*):
+            Heads of the attention-pool head. Defaults to CLIP's rule `32 * resnet_width // 64` (32 for RN50).
+        resnet_image_size (`int`, *optional*, defaults to 224):
+            Input resolution of the ModifiedResNet (a multiple of 32; it fixes the attention-pool position table).
+            The attention pool projects to `clip_config.projection_dim` (1024 for RN50).
         group_names (`list[str]`):
             The `G` group names, in index order.
         label_to_group (`list[int]`):
@@ -73,6 +92,11 @@ class HSPNetConfig(PreTrainedConfig):
     sub_configs_defaults = {"clip_config": CLIPConfig}
 
     clip_config: dict | CLIPConfig | None = None
+    vision_backbone: str = "clip_vit"
+    resnet_layers: list[int] | None = None
+    resnet_width: int = 64
+    resnet_heads: int | None = None
+    resnet_image_size: int = 224
     group_names: list[str] | None = None
     label_to_group: list[int] | None = None
     group_prompt_template: str = "a photo of a {}."
@@ -102,6 +126,11 @@ class HSPNetConfig(PreTrainedConfig):
             self.loss_kwargs = {}
         if self.gcn_hidden_dims is None:
             self.gcn_hidden_dims = [2 * self.projection_dim, 2 * self.projection_dim]
+        if self.resnet_layers is None:
+            self.resnet_layers = [3, 4, 6, 3]
+        if self.resnet_heads is None:
+            self.resnet_heads = 32 * self.resnet_width // 64
+        self.check_backbone()
         self.check_hierarchy()
 
     @property
@@ -113,6 +142,14 @@ class HSPNetConfig(PreTrainedConfig):
     def text_width(self) -> int:
         """`W`: width of the text transformer (size of one prompt token embedding)."""
         return self.clip_config.text_config.hidden_size
+
+    @property
+    def image_size(self) -> int:
+        """Input resolution of the image tower."""
+        if self.vision_backbone == "clip_resnet":
+            return self.resnet_image_size
+        size = self.clip_config.vision_config.image_size
+        return size if isinstance(size, int) else size[0]
 
     @property
     def num_groups(self) -> int:
@@ -180,6 +217,28 @@ class HSPNetConfig(PreTrainedConfig):
             raise ValueError(f"HSPNetConfig: relation_reweight_p must be in [0, 1], got {self.relation_reweight_p}.")
         if len(self.gcn_hidden_dims) != 2 or any(int(d) <= 0 for d in self.gcn_hidden_dims):
             raise ValueError(f"HSPNetConfig: gcn_hidden_dims must be two positive sizes, got {self.gcn_hidden_dims}.")
+
+    def check_backbone(self) -> None:
+        """Raise a `ValueError` if the image-tower fields are inconsistent."""
+        if self.vision_backbone not in VISION_BACKBONES:
+            raise ValueError(
+                f"HSPNetConfig: vision_backbone must be one of {list(VISION_BACKBONES)}, got {self.vision_backbone!r}."
+            )
+        if self.vision_backbone != "clip_resnet":
+            return
+        if len(self.resnet_layers) != 4 or any(int(n) <= 0 for n in self.resnet_layers):
+            raise ValueError(f"HSPNetConfig: resnet_layers must be four positive block counts, got {self.resnet_layers}.")
+        if self.resnet_width <= 0 or self.resnet_width % 2:
+            raise ValueError(f"HSPNetConfig: resnet_width must be a positive even number, got {self.resnet_width}.")
+        if self.resnet_heads <= 0 or (32 * self.resnet_width) % self.resnet_heads:
+            raise ValueError(
+                f"HSPNetConfig: resnet_heads ({self.resnet_heads}) must divide the feature width "
+                f"32 * resnet_width = {32 * self.resnet_width}."
+            )
+        if self.resnet_image_size <= 0 or self.resnet_image_size % 32:
+            raise ValueError(
+                f"HSPNetConfig: resnet_image_size must be a positive multiple of 32, got {self.resnet_image_size}."
+            )
 
     def _has_default_labels(self) -> bool:
         return not self.id2label or all(name == f"LABEL_{i}" for i, name in self.id2label.items())

@@ -23,16 +23,17 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel, PreTrainedModel
+from transformers import CLIPModel, CLIPTextModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .configuration_hspnet import HSPNetConfig
@@ -199,9 +200,416 @@ def _tokenize_prompts(tokenizer, texts: list[str], what: list[str], length: int,
 def default_image_processor(config: HSPNetConfig):
     """CLIP preprocessing at the vision tower's resolution: resize the shorter side (bicubic), centre crop, CLIP
     mean/std. For 224-pixel towers this is exactly the reference preprocessing."""
-    size = config.clip_config.vision_config.image_size
-    size = size if isinstance(size, int) else size[0]
+    size = config.image_size
     return _CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLIP ModifiedResNet image tower (RN50 & co.)
+# ---------------------------------------------------------------------------------------------------------------------
+#
+# CLIP's ResNet differs from torchvision's: a stem of three 3x3 convolutions followed by a 2x2 average pool, strided
+# stages that average-pool (anti-aliasing) instead of using strided convolutions, and an attention-pool head: one query
+# (the mean of the final feature map) attends over all positions and the result is projected to the joint embedding
+# space. Sub-module names follow OpenAI's `visual.*` layout, so OpenAI weights and the HSPNet authors' `image_encoder.*`
+# weights load by a prefix rename only.
+
+
+class HSPNetResNetBottleneck(nn.Module):
+    """A CLIP ResNet bottleneck: 1x1 -> 3x3 -> (avg-pool when strided) -> 1x1 (x4 channels), plus a shortcut that is
+    `avg-pool -> 1x1 conv -> batch norm` whenever the shape changes (keys `downsample.0` / `downsample.1`)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride > 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("-1", nn.AvgPool2d(stride)),
+                        ("0", nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)),
+                        ("1", nn.BatchNorm2d(out_channels)),
+                    ]
+                )
+            )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        shortcut = hidden if self.downsample is None else self.downsample(hidden)
+        out = F.relu(self.bn1(self.conv1(hidden)))
+        out = self.avgpool(F.relu(self.bn2(self.conv2(out))))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + shortcut)
+
+
+class HSPNetAttentionPool2d(nn.Module):
+    """CLIP's attention pooling: tokens = [mean position] + all positions, plus a learned position table; the mean
+    token queries all tokens (multi-head, scaled dot product) and `c_proj` maps the result to `output_dim`.
+
+    Only the first query is computed: the output is the attention result at that position, so this equals running the
+    full self-attention and keeping token 0.
+    """
+
+    def __init__(self, grid_size: int, embed_dim: int, num_heads: int, output_dim: int):
+        super().__init__()
+        self.grid_size = grid_size
+        self.num_heads = num_heads
+        self.positional_embedding = nn.Parameter(torch.empty(grid_size * grid_size + 1, embed_dim))
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """`features` `(B, E, h, w)` with `h * w == grid_size ** 2` -> `(B, output_dim)`."""
+        batch, channels, height, width = features.shape
+        if height * width + 1 != self.positional_embedding.shape[0]:
+            raise ValueError(
+                f"The ResNet image tower expects {32 * self.grid_size}x{32 * self.grid_size} images (a "
+                f"{self.grid_size}x{self.grid_size} final feature map), got a {height}x{width} feature map."
+            )
+        tokens = features.flatten(2).transpose(1, 2)  # (B, hw, E)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        tokens = tokens + self.positional_embedding.to(tokens.dtype)
+        heads, head_dim = self.num_heads, channels // self.num_heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch, x.shape[1], heads, head_dim).transpose(1, 2)
+
+        query = split(self.q_proj(tokens[:, :1]))
+        pooled = F.scaled_dot_product_attention(query, split(self.k_proj(tokens)), split(self.v_proj(tokens)))
+        return self.c_proj(pooled.transpose(1, 2).reshape(batch, channels))
+
+
+class HSPNetModifiedResNet(nn.Module):
+    """CLIP's ModifiedResNet image tower, returning `BaseModelOutputWithPooling` with `pooler_output` = the projected
+    image embedding `(B, D)` (the attention pool already projects: there is no separate `visual_projection`),
+    `last_hidden_state` = the final feature map `(B, 32 * width, h, w)` and, on request, `hidden_states` = the feature
+    maps after the stem and after each of the four stages."""
+
+    def __init__(self, layers: list[int], width: int, heads: int, image_size: int, output_dim: int):
+        super().__init__()
+        half = width // 2
+        self.conv1 = nn.Conv2d(3, half, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(half)
+        self.conv2 = nn.Conv2d(half, half, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(half)
+        self.conv3 = nn.Conv2d(half, width, kernel_size=3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.avgpool = nn.AvgPool2d(2)
+        channels = width
+        for index, blocks in enumerate(layers):
+            planes, stride = width * 2**index, 1 if index == 0 else 2
+            stage = []
+            for block in range(blocks):
+                stage.append(HSPNetResNetBottleneck(channels, planes, stride if block == 0 else 1))
+                channels = planes * HSPNetResNetBottleneck.expansion
+            self.add_module(f"layer{index + 1}", nn.Sequential(*stage))
+        self.attnpool = HSPNetAttentionPool2d(image_size // 32, channels, heads, output_dim)
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, return_dict: bool = True, **kwargs
+    ) -> BaseModelOutputWithPooling | tuple:
+        hidden = pixel_values.to(self.conv1.weight.dtype)
+        for conv, norm in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            hidden = F.relu(norm(conv(hidden)))
+        hidden = self.avgpool(hidden)
+        states = [hidden]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            hidden = stage(hidden)
+            states.append(hidden)
+        pooled = self.attnpool(hidden)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=pooled, hidden_states=tuple(states) if output_hidden_states else None
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class HSPNetCLIPResNet(nn.Module):
+    """A CLIP with a ModifiedResNet image tower, laid out like `CLIPModel` where the two agree: `text_model` (the HF
+    `CLIPTextModel`), `text_projection`, `logit_scale` (unused by HSPNet), and `vision_model` (the ModifiedResNet,
+    whose attention pool already projects to `projection_dim`)."""
+
+    def __init__(self, config: HSPNetConfig):
+        super().__init__()
+        clip_config = config.clip_config
+        text_config = clip_config.text_config
+        self.text_model = CLIPTextModel._from_config(text_config)
+        self.text_projection = nn.Linear(text_config.hidden_size, clip_config.projection_dim, bias=False)
+        self.vision_model = HSPNetModifiedResNet(
+            layers=list(config.resnet_layers),
+            width=config.resnet_width,
+            heads=config.resnet_heads,
+            image_size=config.resnet_image_size,
+            output_dim=clip_config.projection_dim,
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(float(clip_config.logit_scale_init_value)))
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Projected (not normalised) text features, as `CLIPModel.get_text_features` (`pooler_output`)."""
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
+        """Projected (not normalised) image features in `pooler_output`, as `CLIPModel.get_image_features`."""
+        return self.vision_model(pixel_values=pixel_values, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# OpenAI-format CLIP weights
+# ---------------------------------------------------------------------------------------------------------------------
+#
+# OpenAI's layout (the `.pt` files of openai/CLIP, and the `image_encoder.*` / `text_encoder.*` parts of the HSPNet
+# authors' checkpoints) -> this package's layout:
+#
+#   <text>token_embedding.weight                  -> text_model.embeddings.token_embedding.weight
+#   <text>positional_embedding                    -> text_model.embeddings.position_embedding.weight
+#   <text>transformer.resblocks.{i}.attn.in_proj_{weight,bias} (split in 3)
+#                                                 -> text_model.encoder.layers.{i}.self_attn.{q,k,v}_proj.{weight,bias}
+#   <text>transformer.resblocks.{i}.attn.out_proj -> text_model.encoder.layers.{i}.self_attn.out_proj
+#   <text>transformer.resblocks.{i}.ln_{1,2}      -> text_model.encoder.layers.{i}.layer_norm{1,2}
+#   <text>transformer.resblocks.{i}.mlp.c_fc      -> text_model.encoder.layers.{i}.mlp.fc1
+#   <text>transformer.resblocks.{i}.mlp.c_proj    -> text_model.encoder.layers.{i}.mlp.fc2
+#   <text>ln_final                                -> text_model.final_layer_norm
+#   <text>text_projection (W, D)                  -> text_projection.weight (D, W), transposed
+#   logit_scale                                   -> logit_scale
+#   ResNet: <visual>X                             -> vision_model.X (same sub-keys)
+#   ViT:    <visual>conv1.weight                  -> vision_model.embeddings.patch_embedding.weight
+#           <visual>class_embedding               -> vision_model.embeddings.class_embedding
+#           <visual>positional_embedding          -> vision_model.embeddings.position_embedding.weight
+#           <visual>ln_pre / ln_post              -> vision_model.pre_layrnorm / vision_model.post_layernorm
+#           <visual>transformer.resblocks.{i}.*   -> vision_model.encoder.layers.{i}.* (as for the text tower)
+#           <visual>proj (width, D)               -> visual_projection.weight (D, width), transposed
+#
+# with <text> = "" and <visual> = "visual." for OpenAI files, "text_encoder." and "image_encoder." for HSPNet's.
+
+OPENAI_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class _KeyReader:
+    """Reads tensors from an OpenAI-format state dict by name, remembering what was read and what was missing."""
+
+    def __init__(self, state_dict):
+        self.state_dict = state_dict
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+
+    def has(self, key: str) -> bool:
+        return key in self.state_dict
+
+    def __call__(self, key: str) -> torch.Tensor | None:
+        if key not in self.state_dict:
+            self.missing.append(key)
+            return None
+        self.used.add(key)
+        value = self.state_dict[key]
+        return value.float() if value.is_floating_point() else value
+
+    def count(self, prefix: str) -> int:
+        """Number of consecutive integer sub-keys `prefix{0}.`, `prefix{1}.`, ... present."""
+        indices = {key[len(prefix) :].split(".", 1)[0] for key in self.state_dict if key.startswith(prefix)}
+        count = 0
+        while str(count) in indices:
+            count += 1
+        return count
+
+
+def _map_openai_blocks(read: _KeyReader, source: str, target: str, layers: int, out: dict) -> None:
+    """OpenAI `ResidualAttentionBlock`s `source{i}.*` -> HF `CLIPEncoderLayer`s `target{i}.*`."""
+    renames = {
+        "attn.out_proj.weight": "self_attn.out_proj.weight",
+        "attn.out_proj.bias": "self_attn.out_proj.bias",
+        "ln_1.weight": "layer_norm1.weight",
+        "ln_1.bias": "layer_norm1.bias",
+        "ln_2.weight": "layer_norm2.weight",
+        "ln_2.bias": "layer_norm2.bias",
+        "mlp.c_fc.weight": "mlp.fc1.weight",
+        "mlp.c_fc.bias": "mlp.fc1.bias",
+        "mlp.c_proj.weight": "mlp.fc2.weight",
+        "mlp.c_proj.bias": "mlp.fc2.bias",
+    }
+    for layer in range(layers):
+        src, dst = f"{source}{layer}.", f"{target}{layer}."
+        for kind in ("weight", "bias"):
+            packed = read(f"{src}attn.in_proj_{kind}")
+            if packed is not None:
+                for name, part in zip(("q", "k", "v"), packed.chunk(3, dim=0)):
+                    out[f"{dst}self_attn.{name}_proj.{kind}"] = part.clone()
+        for old, new in renames.items():
+            value = read(src + old)
+            if value is not None:
+                out[dst + new] = value
+
+
+def map_openai_clip_weights(
+    state_dict,
+    text_prefix: str = "",
+    visual_prefix: str = "visual.",
+    text_heads: int | None = None,
+    vision_heads: int | None = None,
+) -> tuple[dict, dict, dict, set]:
+    """Map OpenAI-format CLIP weights (RN or ViT image tower) to this package's layout and infer the architecture.
+
+    Args:
+        state_dict: tensors by OpenAI key (see the table above); prefixes select where the text and image towers sit.
+            Without `<text>token_embedding.weight` (the HSPNet checkpoints have none), the token table is left empty
+            (`vocab_size` 0).
+        text_heads, vision_heads: attention heads, if not CLIP's rules (`width // 64`; `32 * width // 64` for the
+            ResNet attention pool).
+    Returns:
+        `(clip_config, backbone, weights, used_keys)`: a `CLIPConfig` dict, the `HSPNetConfig` image-tower fields
+        (`vision_backbone`, `resnet_*`), the weights of `HSPNetModel.clip` (float32) and the source keys consumed.
+    Raises:
+        `KeyError` naming the missing keys.
+    """
+    read = _KeyReader(state_dict)
+    out: dict[str, torch.Tensor] = {}
+
+    # text tower
+    width = state_dict[f"{text_prefix}ln_final.weight"].shape[0]
+    text_layers = read.count(f"{text_prefix}transformer.resblocks.")
+    context_length, _ = state_dict[f"{text_prefix}positional_embedding"].shape
+    projection_dim = state_dict[f"{text_prefix}text_projection"].shape[1]
+    token_key = f"{text_prefix}token_embedding.weight"
+    if read.has(token_key):
+        out["text_model.embeddings.token_embedding.weight"] = read(token_key)
+        vocab_size = out["text_model.embeddings.token_embedding.weight"].shape[0]
+    else:
+        out["text_model.embeddings.token_embedding.weight"] = torch.zeros(0, width)
+        vocab_size = 0
+    out["text_model.embeddings.position_embedding.weight"] = read(f"{text_prefix}positional_embedding")
+    _map_openai_blocks(read, f"{text_prefix}transformer.resblocks.", "text_model.encoder.layers.", text_layers, out)
+    for kind in ("weight", "bias"):
+        out[f"text_model.final_layer_norm.{kind}"] = read(f"{text_prefix}ln_final.{kind}")
+    out["text_projection.weight"] = read(f"{text_prefix}text_projection").T.contiguous()
+    if read.has("logit_scale"):
+        out["logit_scale"] = read("logit_scale").reshape(())
+    token_ids = {}
+    if vocab_size:  # OpenAI's vocabulary ends with <|startoftext|>, <|endoftext|>; padding is by <|endoftext|> in HF
+        token_ids = dict(bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    else:
+        token_ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads or max(1, width // 64),
+        max_position_embeddings=context_length,
+        projection_dim=projection_dim,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        **token_ids,
+    )
+
+    # image tower
+    if read.has(f"{visual_prefix}attnpool.positional_embedding"):
+        layers = [read.count(f"{visual_prefix}layer{stage}.") for stage in (1, 2, 3, 4)]
+        resnet_width = state_dict[f"{visual_prefix}layer1.0.conv1.weight"].shape[0]
+        grid = round((state_dict[f"{visual_prefix}attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        backbone = dict(
+            vision_backbone="clip_resnet",
+            resnet_layers=layers,
+            resnet_width=resnet_width,
+            resnet_heads=vision_heads or 32 * resnet_width // 64,
+            resnet_image_size=32 * grid,
+        )
+        with torch.device("meta"):
+            expected = HSPNetModifiedResNet(layers, resnet_width, backbone["resnet_heads"], 32 * grid, projection_dim)
+        for name in expected.state_dict():
+            value = read(visual_prefix + name)
+            if value is not None:
+                out[f"vision_model.{name}"] = value
+        vision_config = dict(image_size=32 * grid, projection_dim=projection_dim)
+    else:
+        vision_width, _, patch, _ = state_dict[f"{visual_prefix}conv1.weight"].shape
+        vision_layers = read.count(f"{visual_prefix}transformer.resblocks.")
+        grid = round((state_dict[f"{visual_prefix}positional_embedding"].shape[0] - 1) ** 0.5)
+        backbone = dict(vision_backbone="clip_vit")
+        out["vision_model.embeddings.patch_embedding.weight"] = read(f"{visual_prefix}conv1.weight")
+        out["vision_model.embeddings.class_embedding"] = read(f"{visual_prefix}class_embedding")
+        out["vision_model.embeddings.position_embedding.weight"] = read(f"{visual_prefix}positional_embedding")
+        for kind in ("weight", "bias"):
+            out[f"vision_model.pre_layrnorm.{kind}"] = read(f"{visual_prefix}ln_pre.{kind}")
+            out[f"vision_model.post_layernorm.{kind}"] = read(f"{visual_prefix}ln_post.{kind}")
+        _map_openai_blocks(
+            read, f"{visual_prefix}transformer.resblocks.", "vision_model.encoder.layers.", vision_layers, out
+        )
+        proj = read(f"{visual_prefix}proj")
+        out["visual_projection.weight"] = proj.T.contiguous() if proj is not None else None
+        vision_config = dict(
+            hidden_size=vision_width,
+            intermediate_size=4 * vision_width,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads or max(1, vision_width // 64),
+            image_size=patch * grid,
+            patch_size=patch,
+            projection_dim=projection_dim,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+        )
+    if read.missing:
+        raise KeyError(f"OpenAI-format CLIP weights: missing key(s) {read.missing}.")
+    clip_config = dict(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
+    return clip_config, backbone, out, read.used
+
+
+def convert_openai_clip_state_dict(state_dict, text_heads: int | None = None, vision_heads: int | None = None):
+    """OpenAI CLIP weights (`visual.*`, `transformer.*`, `token_embedding.weight`, ...; RN or ViT) -> `(clip_config,
+    backbone, weights)` as `map_openai_clip_weights`. Keys other than the weights and OpenAI's bookkeeping entries
+    (`input_resolution`, `context_length`, `vocab_size`, attention masks) raise a `KeyError`."""
+    clip_config, backbone, weights, used = map_openai_clip_weights(
+        state_dict, text_heads=text_heads, vision_heads=vision_heads
+    )
+    extra = [
+        key
+        for key in state_dict
+        if key not in used and key not in OPENAI_IGNORED_KEYS and not key.endswith("attn_mask")
+    ]
+    if extra:
+        raise KeyError(f"OpenAI-format CLIP weights: unexpected key(s) {sorted(extra)}.")
+    return clip_config, backbone, weights
+
+
+# Readers for checkpoint files that `torch.load(weights_only=True)` refuses, such as OpenAI's TorchScript archives.
+# `hspnet.conversion` registers a restricted TorchScript reader here; this file itself stays free of pickle and zip
+# handling (it is also the remote code saved next to the weights). A reader returns a state dict, or None when the
+# file is not in its format.
+CHECKPOINT_FILE_READERS: list = []
+
+
+def load_clip_checkpoint_file(path: str | os.PathLike) -> dict:
+    """Read an OpenAI-format CLIP weight file: a plain state dict saved by `torch.save` (read with
+    `torch.load(weights_only=True)`), or, when `hspnet.conversion` is imported, an OpenAI TorchScript archive (the
+    `RN50.pt`, `ViT-B-32.pt`, ... files), read without running any of its code."""
+    for reader in CHECKPOINT_FILE_READERS:
+        state = reader(path)
+        if state is not None:
+            return state
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except RuntimeError as error:
+        if "TorchScript" in str(error):
+            raise ValueError(
+                f"{os.fspath(path)} is a TorchScript archive (OpenAI's release format); `import hspnet.conversion` "
+                "first, which registers a reader for it, or pass its state dict."
+            ) from error
+        raise
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{os.fspath(path)} does not hold a state dict (got {type(state).__name__}).")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -248,7 +656,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings", "HSPNetResNetBottleneck"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -266,6 +674,10 @@ class HSPNetPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             bound = 1.0 / math.sqrt(module.in_features)
             init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, HSPNetAttentionPool2d):
+            init.normal_(module.positional_embedding, std=module.positional_embedding.shape[1] ** -0.5)
+        elif isinstance(module, HSPNetCLIPResNet):
+            init.constant_(module.logit_scale, self.config.clip_config.logit_scale_init_value)
         elif isinstance(module, HSPNetModel):
             init.copy_(module.label_to_group, torch.tensor(self.config.label_to_group, dtype=torch.long))
             for name in ("relation", "group_prompt_embeds", "label_prompt_embeds"):
@@ -299,7 +711,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_clip(
         cls,
-        clip: str | os.PathLike | CLIPModel,
+        clip: str | os.PathLike | CLIPModel | Mapping,
         labels: list[str],
         groups: list[str],
         label_to_group: list[int],
@@ -313,7 +725,12 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         """Build an HSPNet model on a CLIP checkpoint.
 
         Args:
-            clip: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local CLIP folder, or a `CLIPModel`.
+            clip: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local CLIP folder, a `CLIPModel`, or OpenAI-format
+                CLIP weights (RN50 & co. or ViT): the path of an OpenAI `.pt` file (`RN50.pt`; TorchScript archives
+                need `hspnet.conversion` imported, which registers a reader that runs none of their code) or such a
+                state dict. A ResNet checkpoint gives `vision_backbone="clip_resnet"`. OpenAI files hold no
+                tokenizer: pass `tokenizer=` (all OpenAI CLIP models share one, e.g. that of
+                `openai/clip-vit-base-patch32`).
             labels: the `C` label names, in index order.
             groups: the `G` group names.
             label_to_group: for each label, the index of its group.
@@ -333,15 +750,28 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         from transformers import AutoImageProcessor, AutoTokenizer
 
         source = None
+        clip_model = openai_weights = None
         if isinstance(clip, CLIPModel):
             clip_model = clip
             source = clip.config._name_or_path or None
+        elif isinstance(clip, Mapping):
+            openai_weights = clip
+        elif os.path.isfile(clip):
+            openai_weights = load_clip_checkpoint_file(clip)
         else:
             source = os.fspath(clip)
             clip_model = CLIPModel.from_pretrained(source, **(clip_kwargs or {}))
+        if openai_weights is not None:
+            clip_config, backbone, clip_weights = convert_openai_clip_state_dict(openai_weights)
+            config_kwargs = {**backbone, **config_kwargs}
+        else:
+            clip_config, clip_weights = clip_model.config.to_dict(), clip_model.state_dict()
         if tokenizer is None:
             if source is None:
-                raise ValueError("from_clip: pass tokenizer= when `clip` is a CLIPModel object with no source path.")
+                raise ValueError(
+                    "from_clip: pass tokenizer= when `clip` is a CLIPModel object with no source path or OpenAI-format "
+                    "weights (every OpenAI CLIP uses the tokenizer of e.g. 'openai/clip-vit-base-patch32')."
+                )
             tokenizer = AutoTokenizer.from_pretrained(source)
         if image_processor is None and source is not None:
             try:
@@ -351,7 +781,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
 
         labels = list(labels)
         config = HSPNetConfig(
-            clip_config=clip_model.config.to_dict(),
+            clip_config=clip_config,
             id2label=dict(enumerate(labels)),
             label2id={name: index for index, name in enumerate(labels)},
             group_names=list(groups),
@@ -360,7 +790,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         )
         model = cls(config)
         base = model.base_model
-        base.clip.load_state_dict(clip_model.state_dict())
+        base.clip.load_state_dict(clip_weights)
         base.set_prompts(tokenizer)
         if relation is None:
             names = [relation_template.format(_prompt_name(n)) for n in labels + list(groups)]
@@ -405,7 +835,10 @@ class HSPNetModel(HSPNetPreTrainedModel):
         length = clip_config.text_config.max_position_embeddings
         width, dim, n_ctx = config.text_width, config.projection_dim, config.n_ctx
 
-        self.clip = CLIPModel(clip_config)
+        if config.vision_backbone == "clip_resnet":  # no ViT tower is built (unused parameters would break DDP)
+            self.clip = HSPNetCLIPResNet(config)
+        else:
+            self.clip = CLIPModel(clip_config)
         self.gcn = HSPNetGCN(config)
         self.meta_net = nn.Sequential(
             OrderedDict(
@@ -457,6 +890,12 @@ class HSPNetModel(HSPNetPreTrainedModel):
         text_config = config.clip_config.text_config
         length, eos = text_config.max_position_embeddings, text_config.eos_token_id
         embed = self.clip.text_model.embeddings.token_embedding
+        if embed.num_embeddings == 0:
+            raise ValueError(
+                "This model has no token embedding table (it was converted from a checkpoint that stores its prompts "
+                "as embeddings), so new prompts cannot be embedded. Re-convert it with the original CLIP weights "
+                "(scripts/convert_official_checkpoint.py --clip-weights RN50.pt) to change label or group names."
+            )
 
         group_texts = [config.group_prompt_template.format(_prompt_name(g)) for g in config.group_names]
         group_ids, group_eos = _tokenize_prompts(
@@ -614,9 +1053,18 @@ class HSPNetModel(HSPNetPreTrainedModel):
     # ----- image side and forward ------------------------------------------------------------------------------
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, Any]:
-        """L2-normalised projected image embeddings `(B, D)` and the vision tower's output."""
-        vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
-        image_embeds = self.clip.visual_projection(vision_outputs.pooler_output)
+        """L2-normalised projected image embeddings `(B, D)` and the vision tower's output.
+
+        For the ViT tower the output's `pooler_output` is the pooled feature before `visual_projection`; for the
+        ResNet tower it is already the projected embedding (CLIP's attention pool projects) and `attentions` is None.
+        """
+        if self.config.vision_backbone == "clip_resnet":
+            kwargs.pop("output_attentions", None)
+            vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
+            image_embeds = vision_outputs.pooler_output
+        else:
+            vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
+            image_embeds = self.clip.visual_projection(vision_outputs.pooler_output)
         return F.normalize(image_embeds, dim=-1), vision_outputs
 
     def forward(

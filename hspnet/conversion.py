@@ -1,0 +1,1085 @@
+# Copyright 2026 The hspnet authors. Licensed under the Apache License, Version 2.0.
+"""Convert the HSPNet authors' released checkpoints, and OpenAI CLIP weight files, to this package's format.
+
+The authors (Wang et al., ACM MM 2023; github.com/jameslahm/HSPNet) released ``hspnet+coco.ckpt``,
+``hspnet+voc.ckpt`` and ``hspnet+nuswide.ckpt``: each is ``torch.save(model.state_dict())`` of their ``HSPNet`` module
+on CLIP RN50 (a plain pickled state dict). :func:`convert_official_checkpoint` turns one, together with the dataset's
+label hierarchy and the authors' relation file (not part of the checkpoint), into an :class:`HSPNetForImageClassification`
+whose logits equal those of the official model; :func:`save_converted_model` writes a complete Hugging Face folder
+(config, safetensors, remote code, image processor, model card). The command-line front end is
+``scripts/convert_official_checkpoint.py``.
+
+Key mapping (official -> this package, all under ``hspnet.``)::
+
+    image_encoder.X                                   -> clip.vision_model.X            (CLIP ModifiedResNet, same sub-keys)
+    text_encoder.positional_embedding                 -> clip.text_model.embeddings.position_embedding.weight
+    text_encoder.transformer.resblocks.{i}.attn.in_proj_{weight,bias}
+                                                      -> clip.text_model.encoder.layers.{i}.self_attn.{q,k,v}_proj.*  (split in 3)
+    text_encoder.transformer.resblocks.{i}.attn.out_proj.*  -> clip.text_model.encoder.layers.{i}.self_attn.out_proj.*
+    text_encoder.transformer.resblocks.{i}.ln_{1,2}.*       -> clip.text_model.encoder.layers.{i}.layer_norm{1,2}.*
+    text_encoder.transformer.resblocks.{i}.mlp.c_fc.*       -> clip.text_model.encoder.layers.{i}.mlp.fc1.*
+    text_encoder.transformer.resblocks.{i}.mlp.c_proj.*     -> clip.text_model.encoder.layers.{i}.mlp.fc2.*
+    text_encoder.ln_final.*                           -> clip.text_model.final_layer_norm.*
+    text_encoder.text_projection (W, D)               -> clip.text_projection.weight (D, W), transposed
+    logit_scale                                       -> clip.logit_scale               (unused, as in the official model)
+    (no token table in the checkpoint)                -> clip.text_model.embeddings.token_embedding.weight: empty, or
+                                                         OpenAI RN50's table when CLIP weights are given
+    gcn.gc{1,2,3}.weight, gcn.gamma                   -> gcn.gc{1,2,3}.weight, gcn.gamma
+    child_prompt_learner.meta_net.linear{1,2}.*       -> meta_net.linear{1,2}.*
+    parent_prompt_learner.embedding (G, L, W)         -> group_prompt_embeds
+    child_prompt_learner.token_prefix (C, 1, W) + n_ctx zero slots + child_prompt_learner.token_suffix (C, L-1-n_ctx, W)
+                                                      -> label_prompt_embeds (the slots are replaced by the meta-net)
+    (derived from the prompt embeddings)              -> group_eos_positions, label_eos_positions
+    relation file (C+G, C+G)                          -> relation
+    parent_prompt_learner.{token_prefix,token_middle,token_suffix}: checked equal to `embedding`, then dropped
+    parent_prompt_learner.ctx: unused by the official forward, dropped
+
+EOS positions. The official prompts were tokenized by OpenAI's tokenizer (padding with token id 0) and the EOS is
+found by ``argmax`` of the token ids, which the checkpoint does not contain. Every prompt ends with
+``... <EOS> <pad> ... <pad>``, so the EOS position is the last row that differs from the padding row, which is the
+same vector (token 0) at the end of every prompt. The derivation is checked: the rows found must be one common EOS
+vector, the rows after them padding, and all prompts must start with one common SOS vector; with OpenAI's CLIP
+weights given, those vectors must also equal token 49406 (SOS), 49407 (EOS) and 0 (pad) of the table. Deriving them from the stored embeddings needs no tokenizer download and checks the
+checkpoint's own tensors rather than what a re-tokenization would produce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import modeling_hspnet
+from .configuration_hspnet import HSPNetConfig
+from .modeling_hspnet import (
+    HSPNetForImageClassification,
+    HSPNetModifiedResNet,
+    convert_openai_clip_state_dict,
+    load_clip_checkpoint_file,
+    map_openai_clip_weights,
+)
+
+__all__ = [
+    "ConversionError",
+    "ConversionReport",
+    "PUBLISHED_CHECKPOINTS",
+    "check_official_layout",
+    "find_relation_file",
+    "run_conversion",
+    "sha256_of",
+    "convert_official_checkpoint",
+    "convert_official_state_dict",
+    "convert_openai_clip_state_dict",
+    "find_eos_positions",
+    "infer_official_architecture",
+    "load_clip_checkpoint_file",
+    "load_official_checkpoint",
+    "model_card",
+    "official_checkpoint_layout",
+    "official_logits",
+    "read_torchscript_archive",
+    "save_converted_model",
+    "verify_conversion",
+]
+
+AUTHORS_REPO = "https://github.com/jameslahm/HSPNet"
+RELEASE_URL = AUTHORS_REPO + "/releases/download/v1.0/{checkpoint}"
+PAPER_URL = "https://dl.acm.org/doi/10.1145/3581783.3611988"
+
+#: The authors' published results and files, per dataset (README and configs/*.yaml of jameslahm/HSPNet).
+PUBLISHED_CHECKPOINTS: dict[str, dict[str, Any]] = {
+    "coco": dict(checkpoint="hspnet+coco.ckpt", map=75.7, relation="relation+super+rn50.npy", change_epoch=1,
+                 title="MS-COCO 2014", hub_dataset="coco", num_labels=80),
+    "voc": dict(checkpoint="hspnet+voc.ckpt", map=90.4, relation="relation+voc+super.npy", change_epoch=2,
+                title="PASCAL VOC 2012", hub_dataset="pascal_voc", num_labels=20),
+    "nuswide": dict(checkpoint="hspnet+nuswide.ckpt", map=61.8, relation="relation+nuswide+super.npy", change_epoch=3,
+                    title="NUS-WIDE", hub_dataset="nus-wide", num_labels=81),
+    "cub": dict(checkpoint="hspnet+cub.ckpt", map=24.3, relation="relation+cub+super.npy", change_epoch=1,
+                title="CUB-200-2011 (attributes)", hub_dataset="cub-200-2011", num_labels=312),
+}
+
+PARENT_PREFIX = "parent_prompt_learner."
+CHILD_PREFIX = "child_prompt_learner."
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not have the official layout (missing, unexpected or wrongly shaped keys), is not a plain
+    state dict, or does not fit the given hierarchy / relation / CLIP weights."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading files safely
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _unwrap_state_dict(obj: Any, what: str) -> dict[str, torch.Tensor]:
+    """Accept a state dict, possibly inside a one-entry wrapper (`{"state_dict": ...}`, `{"model": ...}`,
+    `{"ema": ...}`, ...) and possibly with DDP's `module.` prefix on every key; refuse anything else."""
+    wrappers = ("state_dict", "model", "module", "ema", "model_ema", "state_dict_ema")
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = [key for key in wrappers if isinstance(obj.get(key), dict)]
+        if not inner:
+            break
+        obj = obj[inner[0]]
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{what} does not hold a state dict (found a {type(obj).__name__}).")
+    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ConversionError(f"{what} is not a plain state dict: entries {not_tensors[:10]} are not tensors.")
+    if obj and all(key.startswith("module.") for key in obj):
+        obj = {key[len("module.") :]: value for key, value in obj.items()}
+    return dict(obj)
+
+
+def load_official_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an HSPNet checkpoint with `torch.load(path, map_location="cpu", weights_only=True)`.
+
+    Only tensors and plain containers can come out of `weights_only` loading: a pickle that would build any other
+    object (or run code) is refused, and reported as a `ConversionError`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConversionError(f"No checkpoint file at {path}.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every refusal becomes one clear message
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's message opens with advice to retry with weights_only=False, which is exactly what must not be done
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        raise ConversionError(
+            f"{path} was refused by torch.load(weights_only=True): it is not a plain pickled state dict of tensors "
+            f"(the official checkpoints are), and it is not loaded any other way. Reason: {type(error).__name__}: "
+            f"{detail[:300]}"
+        ) from error
+    return _unwrap_state_dict(obj, path)
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+
+
+@dataclass
+class _StorageType:
+    dtype: torch.dtype
+
+
+class _ScriptObject:
+    """Inert stand-in for every `__torch__.*` class of a TorchScript archive: it only keeps its pickled state."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Unpickles a TorchScript archive's `data.pkl` allowing only tensors, storages, `OrderedDict` and inert module
+    stand-ins; any other global is refused, and no TorchScript code is compiled or run."""
+
+    def __init__(self, file, archive: zipfile.ZipFile, root: str):
+        super().__init__(file)
+        self.archive, self.root = archive, root
+        self.storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuild_parameter
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TorchScript archive")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        key = str(pid[2])
+        if key not in self.storages:
+            raw = bytearray(self.archive.read(f"{self.root}data/{key}"))
+            dtype = pid[1].dtype
+            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return self.storages[key]
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
+
+
+def _rebuild_parameter(data, requires_grad=False, hooks=None):
+    return data
+
+
+def _collect_tensors(obj: Any, prefix: str, out: dict, seen: set) -> None:
+    if isinstance(obj, torch.Tensor):
+        out[prefix[:-1]] = obj
+    elif isinstance(obj, _ScriptObject) and id(obj) not in seen:
+        seen.add(id(obj))
+        if isinstance(obj.state, dict):
+            for key, value in obj.state.items():
+                _collect_tensors(value, f"{prefix}{key}.", out, seen)
+
+
+def read_torchscript_archive(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The tensors of a TorchScript archive (OpenAI's `RN50.pt`, `ViT-B-32.pt`, ...) by attribute path, read with a
+    restricted unpickler (no `torch.jit.load`, so none of the archive's code is compiled or run). Returns None when
+    `path` is not a TorchScript archive."""
+    path = os.fspath(path)
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        data = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
+        if not data or not any(name.endswith("/constants.pkl") for name in names):
+            return None  # a zip written by torch.save: torch.load(weights_only=True) reads it
+        root = data[0][: -len("data.pkl")]
+        try:
+            obj = _TorchScriptUnpickler(io.BytesIO(archive.read(data[0])), archive, root).load()
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise ConversionError(f"{path}: unsupported TorchScript archive ({error}).") from error
+    state: dict[str, torch.Tensor] = {}
+    _collect_tensors(obj, "", state, set())
+    return state
+
+
+if read_torchscript_archive not in modeling_hspnet.CHECKPOINT_FILE_READERS:
+    modeling_hspnet.CHECKPOINT_FILE_READERS.append(read_torchscript_archive)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Architecture and layout of an official checkpoint
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _count(state: dict, prefix: str) -> int:
+    indices = {key[len(prefix) :].split(".", 1)[0] for key in state if key.startswith(prefix)}
+    count = 0
+    while str(count) in indices:
+        count += 1
+    return count
+
+
+def infer_official_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Sizes of an official HSPNet model, read from a few anchor tensors of its state dict."""
+    anchors = [
+        "text_encoder.ln_final.weight",
+        "text_encoder.positional_embedding",
+        "text_encoder.text_projection",
+        "image_encoder.layer1.0.conv1.weight",
+        "image_encoder.attnpool.positional_embedding",
+        PARENT_PREFIX + "embedding",
+        CHILD_PREFIX + "token_prefix",
+        CHILD_PREFIX + "token_suffix",
+        "gcn.gc1.weight",
+        "gcn.gc2.weight",
+    ]
+    missing = [key for key in anchors if key not in state]
+    if missing:
+        raise ConversionError(
+            f"Not an official HSPNet (CLIP ResNet) checkpoint: missing key(s) {missing}. Expected the state dict of "
+            "the authors' HSPNet module (image_encoder.*, text_encoder.*, parent_prompt_learner.*, "
+            "child_prompt_learner.*, gcn.*)."
+        )
+    width = state["text_encoder.ln_final.weight"].shape[0]
+    length = state["text_encoder.positional_embedding"].shape[0]
+    pool_rows = state["image_encoder.attnpool.positional_embedding"].shape[0]
+    grid = round(math.sqrt(pool_rows - 1))
+    return dict(
+        text_width=width,
+        text_layers=_count(state, "text_encoder.transformer.resblocks."),
+        context_length=length,
+        projection_dim=state["text_encoder.text_projection"].shape[1],
+        resnet_layers=[_count(state, f"image_encoder.layer{stage}.") for stage in (1, 2, 3, 4)],
+        resnet_width=state["image_encoder.layer1.0.conv1.weight"].shape[0],
+        resnet_image_size=32 * grid,
+        num_groups=state[PARENT_PREFIX + "embedding"].shape[0],
+        num_labels=state[CHILD_PREFIX + "token_prefix"].shape[0],
+        n_ctx=length - 1 - state[CHILD_PREFIX + "token_suffix"].shape[1],
+        gcn_hidden_dims=[state["gcn.gc1.weight"].shape[1], state["gcn.gc2.weight"].shape[1]],
+    )
+
+
+def official_checkpoint_layout(arch: dict[str, Any], vision_heads: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Every key of an official HSPNet state dict with its shape, for the sizes `arch` (see
+    `infer_official_architecture`): what `torch.save(HSPNet(...).state_dict())` writes."""
+    W, L, D = arch["text_width"], arch["context_length"], arch["projection_dim"]
+    C, G, n_ctx = arch["num_labels"], arch["num_groups"], arch["n_ctx"]
+    H1, H2 = arch["gcn_hidden_dims"]
+    layout: dict[str, tuple[int, ...]] = {}
+    heads = vision_heads or 32 * arch["resnet_width"] // 64
+    with torch.device("meta"):
+        resnet = HSPNetModifiedResNet(arch["resnet_layers"], arch["resnet_width"], heads, arch["resnet_image_size"], D)
+    for name, tensor in resnet.state_dict().items():
+        layout["image_encoder." + name] = tuple(tensor.shape)
+    layout["text_encoder.positional_embedding"] = (L, W)
+    for i in range(arch["text_layers"]):
+        block = f"text_encoder.transformer.resblocks.{i}."
+        layout.update(
+            {
+                block + "attn.in_proj_weight": (3 * W, W),
+                block + "attn.in_proj_bias": (3 * W,),
+                block + "attn.out_proj.weight": (W, W),
+                block + "attn.out_proj.bias": (W,),
+                block + "ln_1.weight": (W,),
+                block + "ln_1.bias": (W,),
+                block + "mlp.c_fc.weight": (4 * W, W),
+                block + "mlp.c_fc.bias": (4 * W,),
+                block + "mlp.c_proj.weight": (W, 4 * W),
+                block + "mlp.c_proj.bias": (W,),
+                block + "ln_2.weight": (W,),
+                block + "ln_2.bias": (W,),
+            }
+        )
+    layout["text_encoder.ln_final.weight"] = (W,)
+    layout["text_encoder.ln_final.bias"] = (W,)
+    layout["text_encoder.text_projection"] = (W, D)
+    layout["logit_scale"] = ()
+    layout[PARENT_PREFIX + "ctx"] = (n_ctx, W)
+    layout[PARENT_PREFIX + "token_prefix"] = (G, 1, W)
+    layout[PARENT_PREFIX + "token_suffix"] = (G, L - 1 - n_ctx, W)
+    layout[PARENT_PREFIX + "token_middle"] = (G, n_ctx, W)
+    layout[PARENT_PREFIX + "embedding"] = (G, L, W)
+    layout[CHILD_PREFIX + "token_prefix"] = (C, 1, W)
+    layout[CHILD_PREFIX + "token_suffix"] = (C, L - 1 - n_ctx, W)
+    layout[CHILD_PREFIX + "meta_net.linear1.weight"] = (n_ctx * W, D)
+    layout[CHILD_PREFIX + "meta_net.linear1.bias"] = (n_ctx * W,)
+    layout[CHILD_PREFIX + "meta_net.linear2.weight"] = (n_ctx * W, n_ctx * W)
+    layout[CHILD_PREFIX + "meta_net.linear2.bias"] = (n_ctx * W,)
+    layout["gcn.gc1.weight"] = (D, H1)
+    layout["gcn.gc2.weight"] = (H1, H2)
+    layout["gcn.gc3.weight"] = (H2, D)
+    layout["gcn.gamma"] = (1,)
+    return layout
+
+
+def check_official_layout(state: dict[str, torch.Tensor], layout: dict[str, tuple[int, ...]]) -> None:
+    """Raise one `ConversionError` listing every missing, unexpected and wrongly shaped key."""
+    missing = [key for key in layout if key not in state]
+    unexpected = [key for key in state if key not in layout]
+    wrong = [
+        f"{key}: {tuple(state[key].shape)} (expected {layout[key]})"
+        for key in layout
+        if key in state and tuple(state[key].shape) != layout[key]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing key(s): {missing}")
+    if unexpected:
+        problems.append(f"unexpected key(s), not mapped: {unexpected}")
+    if wrong:
+        problems.append(f"wrong shape(s): {wrong}")
+    if problems:
+        raise ConversionError("The checkpoint does not have the official HSPNet layout; " + "; ".join(problems) + ".")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# EOS positions of the stored prompts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _same(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-3) -> torch.Tensor:
+    """Row-wise equality up to float noise (EMA updates can perturb constant buffers by a few ulps):
+    max |a - b| <= rtol * max |b| per row."""
+    a, b = a.double(), b.double()
+    scale = b.abs().amax(dim=-1).clamp_min(1e-12)
+    return (a - b).abs().amax(dim=-1) <= rtol * scale
+
+
+@dataclass
+class PromptTokens:
+    """The special-token vectors found in the stored prompts."""
+
+    sos: torch.Tensor
+    eos: torch.Tensor
+    pad: torch.Tensor
+
+
+def find_eos_positions(prompts: torch.Tensor, names: list[str] | None = None) -> tuple[torch.Tensor, PromptTokens]:
+    """EOS position of each prompt `(N, L, W)` embedded from OpenAI-tokenized text (`SOS ... "." EOS pad ... pad`,
+    padding = token 0): the last row that differs from the common padding row. Checked as described in the module
+    docstring; raises `ConversionError` if the prompts do not have that structure."""
+    names = names or [f"prompt {i}" for i in range(prompts.shape[0])]
+    n, length, _ = prompts.shape
+    pad = prompts[0, -1]
+    ends_padded = _same(prompts[:, -1], pad.expand(n, -1))
+    if not bool(ends_padded.any(dim=0)) or int(ends_padded.sum()) < (n + 1) // 2:
+        raise ConversionError("Cannot locate the padding of the stored prompts: their last rows differ.")
+    is_pad = _same(prompts, pad.expand_as(prompts))  # (N, L)
+    positions = []
+    for index in range(n):
+        if not bool(ends_padded[index]):  # a prompt of the full length: EOS is the last token
+            positions.append(length - 1)
+            continue
+        not_pad = (~is_pad[index]).nonzero()
+        if len(not_pad) == 0:
+            raise ConversionError(f"The stored prompt of {names[index]} is all padding.")
+        positions.append(int(not_pad[-1]))
+    positions = torch.tensor(positions, dtype=torch.long)
+    rows = torch.arange(n)
+    eos, sos = prompts[rows, positions], prompts[:, 0]
+    if bool((positions < 2).any()):
+        raise ConversionError("A stored prompt is too short to hold SOS, a word and EOS.")
+    for what, vectors in (("EOS", eos), ("SOS", sos)):
+        same = _same(vectors, vectors[0].expand_as(vectors))
+        if not bool(same.all()):
+            odd = [names[i] for i in (~same).nonzero().flatten().tolist()[:5]]
+            raise ConversionError(
+                f"The stored prompts do not share one {what} token vector (differs for {odd}); the EOS positions "
+                "cannot be derived. Were the prompts tokenized with OpenAI's CLIP tokenizer?"
+            )
+    after = torch.arange(length)[None, :] > positions[:, None]
+    if bool((after & ~is_pad).any()):
+        raise ConversionError("A stored prompt has non-padding tokens after its EOS token.")
+    return positions, PromptTokens(sos=sos[0], eos=eos[0], pad=pad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Conversion
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: the architecture found, the derived EOS positions, the keys dropped and why, the
+    checks made, and the source tensors needed by `verify_conversion`."""
+
+    architecture: dict[str, Any]
+    group_eos_positions: torch.Tensor
+    label_eos_positions: torch.Tensor
+    mapped_keys: int
+    dropped_keys: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    token_table: str = "empty"
+
+
+def _hierarchy(dataset: str | None, hierarchy: Any, num_labels: int) -> tuple[str | None, list, list, list]:
+    """(dataset, labels, groups, label_to_group) from an explicit hierarchy or a built-in one."""
+    if hierarchy is None:
+        if dataset is None:
+            found = [name for name, info in PUBLISHED_CHECKPOINTS.items() if info["num_labels"] == num_labels]
+            if len(found) != 1:
+                raise ConversionError(
+                    f"The checkpoint has {num_labels} label prompts, which names no built-in dataset; pass the dataset "
+                    f"({', '.join(PUBLISHED_CHECKPOINTS)}) or the labels and groups."
+                )
+            dataset = found[0]
+        from .data import builtin_hierarchy
+
+        hierarchy = builtin_hierarchy(dataset)
+    if isinstance(hierarchy, dict):
+        labels, groups, label_to_group = hierarchy["labels"], hierarchy["groups"], hierarchy["label_to_group"]
+    else:
+        labels, groups, label_to_group = hierarchy.labels, hierarchy.groups, hierarchy.label_to_group
+    return dataset, list(labels), list(groups), [int(g) for g in label_to_group]
+
+
+def _load_relation(relation: Any) -> torch.Tensor:
+    if isinstance(relation, (str, os.PathLike)):
+        import numpy as np
+
+        path = os.fspath(relation)
+        if not os.path.isfile(path):
+            raise ConversionError(f"No relation file at {path} (the authors' relation+*.npy; it is not in the checkpoint).")
+        relation = np.load(path, allow_pickle=False)
+    return torch.as_tensor(relation, dtype=torch.float32)
+
+
+def convert_official_state_dict(
+    state: dict[str, torch.Tensor],
+    relation: Any,
+    dataset: str | None = None,
+    hierarchy: Any = None,
+    clip_weights: Any = None,
+    text_heads: int | None = None,
+    vision_heads: int | None = None,
+) -> tuple[HSPNetForImageClassification, ConversionReport]:
+    """Build the HF model from an official HSPNet state dict.
+
+    Args:
+        state: the official state dict (see `load_official_checkpoint`).
+        relation: the authors' raw `(C + G, C + G)` relation matrix (`.npy` path, array or tensor; labels first).
+        dataset: `coco`, `voc`, `nuswide` or `cub`: the built-in labels and hierarchy (`hspnet.data`) and the
+            dataset's SPLC `change_epoch`. Inferred from the number of labels when neither it nor `hierarchy` is given.
+        hierarchy: instead of a built-in one, an object with `labels`, `groups`, `label_to_group` (or such a dict).
+        clip_weights: optional OpenAI CLIP RN50 weights (a path to `RN50.pt`, or its state dict) whose token embedding
+            table is copied in, so that prompts can be re-embedded (e.g. to rename labels). Only the table is used.
+        text_heads, vision_heads: attention heads if not CLIP's rules (`width // 64`, `32 * resnet_width // 64`).
+    Returns:
+        `(model, report)`; the model is in eval mode with the text tower frozen.
+    Raises:
+        `ConversionError` for any mismatch (all missing, unexpected or wrongly shaped keys are listed together).
+    """
+    arch = infer_official_architecture(state)
+    check_official_layout(state, official_checkpoint_layout(arch, vision_heads))
+    dataset, labels, groups, label_to_group = _hierarchy(dataset, hierarchy, arch["num_labels"])
+    C, G, n_ctx, W = arch["num_labels"], arch["num_groups"], arch["n_ctx"], arch["text_width"]
+    if (len(labels), len(groups)) != (C, G):
+        raise ConversionError(
+            f"The checkpoint has {C} label prompts and {G} group prompts, but the hierarchy"
+            f"{f' of {dataset!r}' if dataset else ''} has {len(labels)} labels and {len(groups)} groups."
+        )
+    relation = _load_relation(relation)
+    if tuple(relation.shape) != (C + G, C + G):
+        raise ConversionError(
+            f"The relation matrix has shape {tuple(relation.shape)}, expected {(C + G, C + G)} ({C} labels followed by "
+            f"{G} groups): is it the relation file of this dataset?"
+        )
+    notes: list[str] = []
+    dropped: dict[str, str] = {}
+
+    # text and image towers
+    clip_config, backbone, clip_state, used = map_openai_clip_weights(
+        state, text_prefix="text_encoder.", visual_prefix="image_encoder.", text_heads=text_heads,
+        vision_heads=vision_heads,
+    )
+
+    # prompts: groups are stored whole; labels as SOS + (n_ctx slots filled by the meta-net) + suffix
+    group_prompts = state[PARENT_PREFIX + "embedding"].float()
+    slots = torch.zeros(C, n_ctx, W)
+    label_prompts = torch.cat([state[CHILD_PREFIX + "token_prefix"].float(), slots,
+                               state[CHILD_PREFIX + "token_suffix"].float()], dim=1)
+    names = [f"group {g!r}" for g in groups] + [f"label {name!r}" for name in labels]
+    positions, tokens = find_eos_positions(torch.cat([group_prompts, label_prompts]), names)
+    if bool((positions[G:] <= n_ctx + 1).any()):
+        raise ConversionError("A label prompt has no room for a name between its context slots and '.'.")
+    group_eos, label_eos = positions[:G], positions[G:]
+
+    parent_parts = torch.cat([state[PARENT_PREFIX + key].float() for key in ("token_prefix", "token_middle",
+                                                                           "token_suffix")], dim=1)
+    if not bool(_same(parent_parts.flatten(0, 1), group_prompts.flatten(0, 1)).all()):
+        notes.append("parent_prompt_learner.{token_prefix,token_middle,token_suffix} differ from its `embedding`; "
+                     "the official forward uses `embedding`, and so does the conversion.")
+    for key in ("token_prefix", "token_middle", "token_suffix"):
+        dropped[PARENT_PREFIX + key] = "piece of parent_prompt_learner.embedding (compared), which is kept"
+    dropped[PARENT_PREFIX + "ctx"] = "trainable parent context that the official forward never uses"
+
+    # optional token table
+    token_table = "empty (prompts are stored as embeddings; pass CLIP RN50 weights to fill it)"
+    if clip_weights is not None:
+        clip_state_source = clip_weights
+        if isinstance(clip_weights, (str, os.PathLike)):
+            clip_state_source = load_clip_checkpoint_file(clip_weights)
+        table = clip_state_source.get("token_embedding.weight")
+        if table is None:
+            raise ConversionError("The CLIP weights have no token_embedding.weight (OpenAI format expected).")
+        table = table.float()
+        if table.shape[1] != W or table.shape[0] < 3:
+            raise ConversionError(f"The CLIP token table has shape {tuple(table.shape)}; the checkpoint's text width is {W}.")
+        vocab = table.shape[0]
+        expected = {"SOS": (tokens.sos, vocab - 2), "EOS": (tokens.eos, vocab - 1), "padding": (tokens.pad, 0)}
+        for what, (vector, token_id) in expected.items():
+            if not bool(_same(vector[None], table[token_id][None]).all()):
+                raise ConversionError(
+                    f"The CLIP weights do not match the checkpoint: the prompts' {what} vector is not token {token_id} "
+                    "of their table. Pass OpenAI's RN50 weights (the checkpoints were trained from CLIP RN50)."
+                )
+        clip_state["text_model.embeddings.token_embedding.weight"] = table
+        clip_config["text_config"].update(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+                                          pad_token_id=vocab - 1)
+        token_table = f"OpenAI CLIP token table ({vocab} x {W}), checked against the prompts' SOS/EOS/padding"
+
+    info = PUBLISHED_CHECKPOINTS.get(dataset or "", {})
+    config = HSPNetConfig(
+        clip_config=clip_config,
+        **backbone,
+        id2label=dict(enumerate(labels)),
+        label2id={name: index for index, name in enumerate(labels)},
+        group_names=groups,
+        label_to_group=label_to_group,
+        group_prompt_template="a photo of a {}.",
+        n_ctx=n_ctx,
+        ctx_init=" ".join(["X"] * n_ctx),
+        gcn_hidden_dims=list(arch["gcn_hidden_dims"]),
+        gcn_negative_slope=0.2,
+        relation_keep_ratio=0.75,
+        relation_reweight_p=0.2,
+        logit_scale=10.0,
+        loss="splc",
+        loss_kwargs={"change_epoch": info["change_epoch"]} if info else {},
+    )
+    model = HSPNetForImageClassification(config)
+    weights = {f"hspnet.clip.{key}": value for key, value in clip_state.items()}
+    for index in (1, 2, 3):
+        weights[f"hspnet.gcn.gc{index}.weight"] = state[f"gcn.gc{index}.weight"].float()
+    weights["hspnet.gcn.gamma"] = state["gcn.gamma"].float()
+    for name in ("linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"):
+        weights[f"hspnet.meta_net.{name}"] = state[f"{CHILD_PREFIX}meta_net.{name}"].float()
+    weights["hspnet.relation"] = relation
+    weights["hspnet.group_prompt_embeds"] = group_prompts
+    weights["hspnet.label_prompt_embeds"] = label_prompts
+    weights["hspnet.group_eos_positions"] = group_eos
+    weights["hspnet.label_eos_positions"] = label_eos
+    result = model.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:  # an internal error: the layout check passed
+        raise ConversionError(f"Mapping incomplete: missing {result.missing_keys}, unexpected {result.unexpected_keys}.")
+    used = set(used) | {f"gcn.gc{i}.weight" for i in (1, 2, 3)} | {"gcn.gamma", PARENT_PREFIX + "embedding",
+                                                                  CHILD_PREFIX + "token_prefix",
+                                                                  CHILD_PREFIX + "token_suffix"}
+    used |= {f"{CHILD_PREFIX}meta_net.{name}" for name in ("linear1.weight", "linear1.bias", "linear2.weight",
+                                                           "linear2.bias")}
+    leftover = sorted(set(state) - used - set(dropped))
+    if leftover:  # an internal error: the layout check passed
+        raise ConversionError(f"Unmapped key(s): {leftover}.")
+    model.hspnet.apply_freezing()
+    model.image_processor = modeling_hspnet.default_image_processor(config)
+    report = ConversionReport(
+        architecture={**arch, "dataset": dataset, "resnet_heads": config.resnet_heads,
+                      "text_heads": config.clip_config.text_config.num_attention_heads},
+        group_eos_positions=group_eos,
+        label_eos_positions=label_eos,
+        mapped_keys=len(used),
+        dropped_keys=dropped,
+        notes=notes,
+        token_table=token_table,
+    )
+    return model.eval(), report
+
+
+def convert_official_checkpoint(
+    checkpoint: str | os.PathLike,
+    relation: Any,
+    dataset: str | None = None,
+    hierarchy: Any = None,
+    clip_weights: Any = None,
+    **kwargs,
+) -> tuple[HSPNetForImageClassification, ConversionReport, dict[str, torch.Tensor]]:
+    """`load_official_checkpoint` + `convert_official_state_dict`; also returns the official state dict (for
+    `verify_conversion`)."""
+    state = load_official_checkpoint(checkpoint)
+    model, report = convert_official_state_dict(state, relation, dataset=dataset, hierarchy=hierarchy,
+                                                clip_weights=clip_weights, **kwargs)
+    return model, report, state
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A direct re-implementation of the official forward, on the checkpoint's own tensors
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _official_adjacency(block: torch.Tensor, keep_ratio: float = 0.75, p: float = 0.2) -> torch.Tensor:
+    """The authors' `split`: keep the top `int(keep_ratio * n)` per row, zero the diagonal, rescale rows to `p`,
+    put `1 - p` on the diagonal."""
+    block = block.clone()
+    n = block.shape[0]
+    _, top = torch.topk(block, int(keep_ratio * n), dim=1)
+    keep = torch.zeros_like(block, dtype=torch.bool).scatter_(1, top, True)
+    block[~keep] = 0
+    eye = torch.eye(n, dtype=torch.bool)
+    block[eye] = 0
+    block = block / block.sum(dim=1, keepdim=True) * p
+    block[eye] = 1 - p
+    return block
+
+
+def _official_image_features(get, pixel_values: torch.Tensor, layers: list[int], heads: int) -> torch.Tensor:
+    def norm(x, name):
+        return F.batch_norm(x, get(name + ".running_mean"), get(name + ".running_var"), get(name + ".weight"),
+                            get(name + ".bias"), training=False, eps=1e-5)
+
+    x = pixel_values
+    for index, stride in ((1, 2), (2, 1), (3, 1)):
+        x = F.relu(norm(F.conv2d(x, get(f"image_encoder.conv{index}.weight"), stride=stride, padding=1),
+                        f"image_encoder.bn{index}"))
+    x = F.avg_pool2d(x, 2)
+    for stage, blocks in enumerate(layers, start=1):
+        for block in range(blocks):
+            p = f"image_encoder.layer{stage}.{block}."
+            stride = 2 if (stage > 1 and block == 0) else 1
+            y = F.relu(norm(F.conv2d(x, get(p + "conv1.weight")), p + "bn1"))
+            y = F.relu(norm(F.conv2d(y, get(p + "conv2.weight"), padding=1), p + "bn2"))
+            if stride > 1:
+                y = F.avg_pool2d(y, stride)
+            y = norm(F.conv2d(y, get(p + "conv3.weight")), p + "bn3")
+            if get(p + "downsample.0.weight", optional=True) is not None:
+                shortcut = F.avg_pool2d(x, stride) if stride > 1 else x
+                shortcut = norm(F.conv2d(shortcut, get(p + "downsample.0.weight")), p + "downsample.1")
+            else:
+                shortcut = x
+            x = F.relu(y + shortcut)
+    # attention pool, with torch's reference multi-head attention over all positions, keeping position 0
+    tokens = x.flatten(2).permute(2, 0, 1)  # (hw, B, E)
+    tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens]) + get("image_encoder.attnpool.positional_embedding")[:, None]
+    a = "image_encoder.attnpool."
+    out, _ = F.multi_head_attention_forward(
+        tokens, tokens, tokens, tokens.shape[-1], heads,
+        in_proj_weight=None,
+        in_proj_bias=torch.cat([get(a + "q_proj.bias"), get(a + "k_proj.bias"), get(a + "v_proj.bias")]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
+        out_proj_weight=get(a + "c_proj.weight"), out_proj_bias=get(a + "c_proj.bias"),
+        training=False, need_weights=False, use_separate_proj_weight=True,
+        q_proj_weight=get(a + "q_proj.weight"), k_proj_weight=get(a + "k_proj.weight"),
+        v_proj_weight=get(a + "v_proj.weight"),
+    )
+    return out[0]
+
+
+def _official_text_features(get, prompts: torch.Tensor, eos: torch.Tensor, layers: int, heads: int) -> torch.Tensor:
+    length, width = prompts.shape[1], prompts.shape[2]
+    x = (prompts + get("text_encoder.positional_embedding")).permute(1, 0, 2)  # (L, N, W)
+    mask = torch.full((length, length), float("-inf"), dtype=x.dtype).triu_(1)
+    for i in range(layers):
+        p = f"text_encoder.transformer.resblocks.{i}."
+        h = F.layer_norm(x, (width,), get(p + "ln_1.weight"), get(p + "ln_1.bias"), eps=1e-5)
+        attended, _ = F.multi_head_attention_forward(
+            h, h, h, width, heads, get(p + "attn.in_proj_weight"), get(p + "attn.in_proj_bias"), None, None, False,
+            0.0, get(p + "attn.out_proj.weight"), get(p + "attn.out_proj.bias"), training=False, need_weights=False,
+            attn_mask=mask,
+        )
+        x = x + attended
+        h = F.layer_norm(x, (width,), get(p + "ln_2.weight"), get(p + "ln_2.bias"), eps=1e-5)
+        h = F.linear(h, get(p + "mlp.c_fc.weight"), get(p + "mlp.c_fc.bias"))
+        x = x + F.linear(h * torch.sigmoid(1.702 * h), get(p + "mlp.c_proj.weight"), get(p + "mlp.c_proj.bias"))
+    x = F.layer_norm(x.permute(1, 0, 2), (width,), get("text_encoder.ln_final.weight"),
+                     get("text_encoder.ln_final.bias"), eps=1e-5)
+    return x[torch.arange(x.shape[0]), eos] @ get("text_encoder.text_projection")
+
+
+@torch.no_grad()
+def official_logits(
+    state: dict[str, torch.Tensor],
+    relation: Any,
+    label_to_group: list[int],
+    pixel_values: torch.Tensor,
+    group_eos_positions: torch.Tensor,
+    label_eos_positions: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+    text_heads: int | None = None,
+    vision_heads: int | None = None,
+    keep_ratio: float = 0.75,
+    reweight_p: float = 0.2,
+) -> torch.Tensor:
+    """The official HSPNet forward (eval mode) computed directly from the official state dict with torch functional
+    ops: image encoder -> normalise; parent prompts -> text encoder -> GCN (group adjacency) -> meta-net -> child
+    prompts -> text encoder -> the same GCN (label adjacency) -> normalise; `10 * image @ text.T`."""
+
+    def get(key, optional=False):
+        if optional and key not in state:
+            return None
+        return state[key].to(dtype)
+
+    arch = infer_official_architecture(state)
+    C, G, n_ctx, W = arch["num_labels"], arch["num_groups"], arch["n_ctx"], arch["text_width"]
+    text_heads = text_heads or max(1, W // 64)
+    vision_heads = vision_heads or 32 * arch["resnet_width"] // 64
+    relation = _load_relation(relation).to(dtype)
+    label_adjacency = _official_adjacency(relation[:C, :C], keep_ratio, reweight_p)
+    group_adjacency = _official_adjacency(relation[C:, C:], keep_ratio, reweight_p)
+
+    def gcn(x, adjacency):
+        h = F.leaky_relu(adjacency @ (x @ get("gcn.gc1.weight")), 0.2)
+        h = F.leaky_relu(adjacency @ (h @ get("gcn.gc2.weight")), 0.2)
+        h = adjacency @ (h @ get("gcn.gc3.weight"))
+        gamma = get("gcn.gamma")
+        return gamma * h + (1 - gamma) * x
+
+    image = _official_image_features(get, pixel_values.to(dtype), arch["resnet_layers"], vision_heads)
+    image = image / image.norm(dim=-1, keepdim=True)
+    parent = _official_text_features(get, get(PARENT_PREFIX + "embedding"), group_eos_positions, arch["text_layers"],
+                                     text_heads)
+    parent = gcn(parent, group_adjacency)
+    context = F.linear(F.relu(F.linear(parent, get(CHILD_PREFIX + "meta_net.linear1.weight"),
+                                       get(CHILD_PREFIX + "meta_net.linear1.bias"))),
+                       get(CHILD_PREFIX + "meta_net.linear2.weight"), get(CHILD_PREFIX + "meta_net.linear2.bias"))
+    context = context[torch.as_tensor(label_to_group, dtype=torch.long)].reshape(C, n_ctx, W)
+    child = torch.cat([get(CHILD_PREFIX + "token_prefix"), context, get(CHILD_PREFIX + "token_suffix")], dim=1)
+    text = _official_text_features(get, child, label_eos_positions, arch["text_layers"], text_heads)
+    text = gcn(text, label_adjacency)
+    text = text / text.norm(dim=-1, keepdim=True)
+    return 10 * image @ text.T
+
+
+@torch.no_grad()
+def verify_conversion(
+    model: HSPNetForImageClassification,
+    state: dict[str, torch.Tensor],
+    relation: Any,
+    report: ConversionReport,
+    num_images: int = 2,
+    seed: int = 0,
+    float64: bool = True,
+) -> dict[str, float]:
+    """Run the converted model and `official_logits` (float64) on `num_images` random images and return the largest
+    absolute logit differences: `float32` (the converted model as saved) and, if `float64`, `float64` (a float64 copy
+    of the converted model, which isolates mapping errors from float32 rounding)."""
+    size = model.config.image_size
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(num_images, 3, size, size, generator=generator)
+    reference = official_logits(
+        state, relation, model.config.label_to_group, pixel_values, report.group_eos_positions,
+        report.label_eos_positions, text_heads=model.config.clip_config.text_config.num_attention_heads,
+        vision_heads=model.config.resnet_heads,
+    )
+    model = model.eval()
+    result = {"float32": float((model(pixel_values=pixel_values).logits.double() - reference).abs().max())}
+    if float64:
+        import copy
+
+        model64 = copy.deepcopy(model).double()
+        logits = model64(pixel_values=pixel_values.double()).logits
+        result["float64"] = float((logits - reference).abs().max())
+        del model64
+    result["max_abs_logit"] = float(reference.abs().max())
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving: HF folder + model card
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_card(
+    config: HSPNetConfig,
+    dataset: str | None,
+    checkpoint_name: str,
+    checkpoint_sha256: str | None = None,
+    relation_name: str | None = None,
+    report: ConversionReport | None = None,
+    verify: dict[str, float] | None = None,
+    model_path: str = "PATH/TO/THIS/FOLDER",
+) -> str:
+    """README.md for a converted checkpoint: YAML metadata, credit to the authors, source checkpoint and its
+    published mAP, how it was converted and how to use it."""
+    info = PUBLISHED_CHECKPOINTS.get(dataset or "", {})
+    published = info.get("map")
+    title = info.get("title", dataset or "custom")
+    meta = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-classification",
+        "tags": ["hspnet", "clip", "multi-label-image-classification", "single-positive-multi-label", "custom_code"],
+    }
+    lines = ["---"]
+    for key, value in meta.items():
+        if isinstance(value, list):
+            lines.append(f"{key}:")
+            lines.extend(f"- {item}" for item in value)
+        else:
+            lines.append(f"{key}: {value}")
+    if info:
+        lines += ["datasets:", f"- {info['hub_dataset']}"]
+    lines += ["metrics:", "- map"]
+    if published is not None:
+        lines += [
+            "model-index:",
+            f"- name: HSPNet ({title}, CLIP RN50)",
+            "  results:",
+            "  - task:",
+            "      type: image-classification",
+            "      name: Multi-label image classification (single positive labels)",
+            "    dataset:",
+            f"      type: {info['hub_dataset']}",
+            f"      name: {title}",
+            "    metrics:",
+            "    - type: map",
+            f"      value: {published}",
+            "      name: mAP (published by the authors, not re-measured here)",
+        ]
+    lines.append("---")
+    card = "\n".join(lines) + "\n\n"
+    card += f"# HSPNet on {title} (CLIP RN50), converted from the authors' checkpoint\n\n"
+    card += (
+        "HSPNet is the method of **Ao Wang, Hui Chen, Zijia Lin, Zixuan Ding, Pengzhang Liu, Yongjun Bao, Weipeng Yan "
+        "and Guiguang Ding**, *Hierarchical Prompt Learning Using CLIP for Multi-label Classification with Single "
+        f"Positive Labels*, ACM Multimedia 2023 ([paper]({PAPER_URL}), [code]({AUTHORS_REPO})). The weights in this "
+        "folder are the authors' trained weights; all credit for them goes to the authors. This folder only "
+        "re-packages them for the Hugging Face stack (the `hspnet` package); it was not retrained.\n\n"
+    )
+    card += "## Source\n\n"
+    card += f"- Checkpoint: `{checkpoint_name}`"
+    if info and checkpoint_name == info["checkpoint"]:
+        card += f" ({RELEASE_URL.format(checkpoint=checkpoint_name)})"
+    card += "\n"
+    if checkpoint_sha256:
+        card += f"- SHA-256 of the checkpoint file: `{checkpoint_sha256}`\n"
+    if published is not None:
+        card += f"- Published result: **{published} mAP** on the {title} test set (authors' README / paper)\n"
+    if relation_name:
+        card += f"- Label/group relation matrix: `{relation_name}` (the authors' file; stored in the weights)\n"
+    card += (
+        f"- Labels: {config.num_labels}, groups: {config.num_groups}; backbone CLIP RN50 "
+        f"(image {config.image_size}x{config.image_size}, embedding {config.projection_dim})\n\n"
+    )
+    card += "## Conversion\n\n"
+    card += (
+        "Converted with `scripts/convert_official_checkpoint.py` of the `hspnet` package. Every tensor of the "
+        "checkpoint is mapped (image encoder, text encoder, meta-net, GCN, stored prompt embeddings); the unused "
+        "parent context vector and the parent prompt pieces that duplicate the stored parent prompts are dropped. The "
+        "prompts' EOS positions are derived from the stored prompt embeddings. "
+    )
+    if report is not None:
+        card += f"Token embedding table: {report.token_table}. "
+    if verify:
+        card += (
+            f"A direct re-implementation of the official forward on the checkpoint's tensors agrees with this model to "
+            f"{verify['float32']:.2e} (largest absolute logit difference, float32 model vs float64 reference, on random "
+            "inputs)."
+        )
+    card += "\n\nPreprocessing (saved as the image processor): resize the shorter side to 224 (bicubic), centre crop "
+    card += "224, CLIP mean/std, as in the authors' evaluation.\n\n"
+    card += "## Use\n\n```python\nfrom transformers import AutoModelForImageClassification, pipeline\n\n"
+    card += (
+        f'model = AutoModelForImageClassification.from_pretrained("{model_path}", trust_remote_code=True)\n'
+        f'classifier = pipeline("image-classification", model="{model_path}", trust_remote_code=True)\n'
+        f"classifier(\"image.jpg\", top_k={config.num_labels})  # sigmoid score per label\n```\n\n"
+    )
+    card += "## Citation\n\n```bibtex\n"
+    card += (
+        "@inproceedings{wang2023hierarchical,\n"
+        "  title={Hierarchical prompt learning using clip for multi-label classification with single positive labels},\n"
+        "  author={Wang, Ao and Chen, Hui and Lin, Zijia and Ding, Zixuan and Liu, Pengzhang and Bao, Yongjun and Yan, "
+        "Weipeng and Ding, Guiguang},\n"
+        "  booktitle={Proceedings of the 31st ACM International Conference on Multimedia},\n"
+        "  pages={5594--5604},\n"
+        "  year={2023}\n}\n```\n"
+    )
+    return card
+
+
+def save_converted_model(
+    model: HSPNetForImageClassification,
+    output_dir: str | os.PathLike,
+    card: str,
+    report: ConversionReport | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write the HF folder: config, safetensors, remote code, image processor (`save_pretrained`), the model card as
+    README.md and `conversion.json` (architecture, derived EOS positions, dropped keys, checks)."""
+    output_dir = os.fspath(output_dir)
+    model.save_pretrained(output_dir)
+    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
+        handle.write(card)
+    if report is not None:
+        record = {
+            "architecture": report.architecture,
+            "group_eos_positions": report.group_eos_positions.tolist(),
+            "label_eos_positions": report.label_eos_positions.tolist(),
+            "mapped_keys": report.mapped_keys,
+            "dropped_keys": report.dropped_keys,
+            "notes": report.notes,
+            "token_table": report.token_table,
+            **(extra or {}),
+        }
+        with open(os.path.join(output_dir, "conversion.json"), "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=1)
+    return output_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# End to end (the command-line script is a thin wrapper around this)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def find_relation_file(dataset: str | None, checkpoint: str | os.PathLike) -> str | None:
+    """The authors' relation file of `dataset` (e.g. `relation+super+rn50.npy` for COCO) beside the checkpoint or in
+    the current folder, if present."""
+    info = PUBLISHED_CHECKPOINTS.get(dataset or "")
+    if not info:
+        return None
+    for folder in (os.path.dirname(os.path.abspath(os.fspath(checkpoint))), os.getcwd()):
+        candidate = os.path.join(folder, info["relation"])
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def run_conversion(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    dataset: str | None = None,
+    relation: Any = None,
+    hierarchy: Any = None,
+    clip_weights: Any = None,
+    verify: bool = False,
+    verify_images: int = 2,
+    overwrite: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Convert an official checkpoint file into a complete HF folder (what `scripts/convert_official_checkpoint.py`
+    does). Returns a summary: output folder, dataset, architecture, derived EOS positions and, with `verify`, the
+    largest logit differences against `official_logits`."""
+    checkpoint = os.fspath(checkpoint)
+    output_dir = os.fspath(output_dir)
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise ConversionError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+    log(f"Reading {checkpoint} with torch.load(weights_only=True) ...")
+    state = load_official_checkpoint(checkpoint)
+    arch = infer_official_architecture(state)
+    if isinstance(hierarchy, (str, os.PathLike)):
+        with open(hierarchy, encoding="utf-8") as handle:
+            hierarchy = json.load(handle)
+    if hierarchy is None and dataset is None:
+        dataset = _hierarchy(None, None, arch["num_labels"])[0]
+        log(f"Dataset inferred from the {arch['num_labels']} label prompts: {dataset}")
+    if dataset is not None and hierarchy is None:
+        expected = PUBLISHED_CHECKPOINTS[dataset]["num_labels"]
+        if expected != arch["num_labels"]:
+            raise ConversionError(
+                f"The checkpoint has {arch['num_labels']} label prompts but {dataset} has {expected} labels: "
+                "is it the checkpoint of another dataset?"
+            )
+    if relation is None:
+        relation = find_relation_file(dataset, checkpoint)
+        if relation is None:
+            name = PUBLISHED_CHECKPOINTS.get(dataset or "", {}).get("relation", "relation+*.npy")
+            raise ConversionError(
+                f"Pass the authors' relation file ({name}, from {AUTHORS_REPO}); it is not part of the checkpoint and "
+                "was not found beside it or in the current folder."
+            )
+    relation_name = os.path.basename(os.fspath(relation)) if isinstance(relation, (str, os.PathLike)) else None
+    log(f"Relation: {relation_name or 'given array'}; CLIP weights for the token table: {clip_weights or 'none'}")
+    model, report = convert_official_state_dict(state, relation, dataset=dataset, hierarchy=hierarchy,
+                                                clip_weights=clip_weights)
+    log(f"Mapped {report.mapped_keys} tensors; dropped {sorted(report.dropped_keys)}; "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    for note in report.notes:
+        log("Note: " + note)
+    results = None
+    if verify:
+        log(f"Verifying against a direct re-implementation of the official forward ({verify_images} random images) ...")
+        results = verify_conversion(model, state, relation, report, num_images=verify_images)
+        log(f"Largest |logit difference|: {results['float32']:.3e} (converted float32 model vs float64 reference), "
+            f"{results.get('float64', float('nan')):.3e} (float64 copy of the model); largest |logit| "
+            f"{results['max_abs_logit']:.3f}")
+    card = model_card(model.config, report.architecture.get("dataset"), os.path.basename(checkpoint),
+                      checkpoint_sha256=sha256_of(checkpoint), relation_name=relation_name, report=report,
+                      verify=results, model_path=output_dir)
+    save_converted_model(model, output_dir, card, report,
+                         extra={"source_checkpoint": os.path.basename(checkpoint), "relation": relation_name,
+                                "verify": results})
+    log(f"Wrote {output_dir}: load it with AutoModelForImageClassification.from_pretrained({output_dir!r}, "
+        "trust_remote_code=True)")
+    return {"output_dir": output_dir, "dataset": report.architecture.get("dataset"), "report": report,
+            "verify": results, "model": model}
