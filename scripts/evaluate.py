@@ -1,0 +1,21 @@
+#!/usr/bin/env python
+"""Evaluate a trained HSPNet model on a prepared dataset split, next to the zero-shot CLIP baseline.
+
+    python scripts/evaluate.py --model outputs/demo --dataset demo
+    python scripts/evaluate.py --model outputs/coco --dataset coco --dataset_root /data/coco --output_dir eval-coco \
+        --zero_shot_clip openai/clip-vit-base-patch16
+    accelerate launch --multi_gpu --num_processes 2 scripts/evaluate.py --model outputs/coco --dataset coco ...
+
+Writes metrics.json, per_class_ap.csv / per_class_ap.md and report.png to --output_dir and prints a table. All
+options: `--help`; the logic lives in hspnet/evaluation.py.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a clone without install
+
+from hspnet.evaluation import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(prog="evaluate.py"))

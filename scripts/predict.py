@@ -1,0 +1,20 @@
+#!/usr/bin/env python
+"""Predict labels for image files or folders with a trained HSPNet model.
+
+    python scripts/predict.py --model outputs/demo photos/ cat.jpg                  # labels with score > 0.5
+    python scripts/predict.py --model outputs/demo photos/ --top_k 3 --format jsonl --output preds.jsonl
+    python scripts/predict.py --model outputs/demo photos/ --on_error skip          # skip unreadable files
+
+Folders are searched recursively for common image extensions; URLs are refused. Bad input exits with status 1 and
+a one-line message naming the path. All options: `--help`; the logic lives in hspnet/prediction.py.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a clone without install
+
+from hspnet.prediction import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(prog="predict.py"))
