@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hspnet.cli_types import json_object, positive_int
+
 logger = logging.getLogger("hspnet.evaluate")
 
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
@@ -620,26 +622,6 @@ def _per_class_text(rows: list[dict], limit: int = 40) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _json_object(value: str) -> dict:
-    try:
-        loaded = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {value!r}") from None
-    if not isinstance(loaded, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_test\": 100}}', got {value!r}")
-    return loaded
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
 def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -651,10 +633,10 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="demo | coco | voc | nuswide | cub | folder, or a folder written by save_prepared_dataset "
                         "(datasets_scripts/prepare.py) (default: demo)")
     parser.add_argument("--dataset_root", default=None, help="root folder of coco / voc / nuswide / cub / folder")
-    parser.add_argument("--dataset_options", type=_json_object, default={}, metavar="JSON",
+    parser.add_argument("--dataset_options", type=json_object, default={}, metavar="JSON",
                         help="keyword arguments of the dataset loader, as when training (e.g. '{\"num_test\": 200}')")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--batch_size", type=_positive_int, default=64, help="per-process batch size (default 64)")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="per-process batch size (default 64)")
     parser.add_argument("--output_dir", default=None,
                         help="where to write metrics.json, per_class_ap.csv/.md, report.png (default: "
                         "MODEL/eval_DATASET_SPLIT for a local model, else ./eval_MODEL_DATASET_SPLIT)")
@@ -664,8 +646,8 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--zero_shot_template", default=ZERO_SHOT_TEMPLATE,
                         help=f"prompt of the zero-shot baseline (default {ZERO_SHOT_TEMPLATE!r})")
     parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on sigmoid scores (0.5)")
-    parser.add_argument("--top_k", type=_positive_int, default=3, help="k of the top-k metrics (default 3)")
-    parser.add_argument("--max_samples", type=_positive_int, default=None, help="evaluate the first N images only")
+    parser.add_argument("--top_k", type=positive_int, default=3, help="k of the top-k metrics (default 3)")
+    parser.add_argument("--max_samples", type=positive_int, default=None, help="evaluate the first N images only")
     parser.add_argument("--cache_dir", default=None, help="datasets cache folder (as used when training)")
     parser.add_argument("--num_workers", type=int, default=0, help="dataloader workers (default 0)")
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,

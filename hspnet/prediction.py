@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from hspnet.cli_types import positive_int, probability
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
 """Extensions (case-insensitive) picked up when a FOLDER is searched; a file named explicitly is always tried."""
 ON_ERROR = ("fail", "skip")
@@ -340,26 +342,6 @@ def format_table(predictions: Sequence[Prediction], threshold: float | None = No
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _probability(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
-    return number
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
 def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -368,14 +350,14 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("images", nargs="+", help="image files and/or folders")
     parser.add_argument("--model", required=True, help="model folder (e.g. outputs/demo) or Hub id")
-    parser.add_argument("--threshold", type=_probability, default=None,
+    parser.add_argument("--threshold", type=probability, default=None,
                         help="report labels with sigmoid score > THRESHOLD (default 0.5; with --top_k: no threshold "
                         "unless given)")
-    parser.add_argument("--top_k", type=_positive_int, default=None,
+    parser.add_argument("--top_k", type=positive_int, default=None,
                         help="report the K best labels of each image (with --threshold: at most K above it)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     parser.add_argument("--output", default=None, help="write the results to this file (default: stdout)")
-    parser.add_argument("--batch_size", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--batch_size", type=positive_int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "
                         "available, else cpu)")
     parser.add_argument("--on_error", choices=ON_ERROR, default="fail",
