@@ -41,6 +41,23 @@ from .losses import build_loss
 
 logger = logging.get_logger(__name__)
 
+# Counts parameter, buffer and sub-module registrations in ANY module of the process (assigning a new nn.Parameter,
+# replacing a layer, injecting an adapter...). HSPNetModel's caches keep flat lists of the tensors they depend on and
+# rebuild them whenever this changes, which is far cheaper than walking the module tree at every forward pass.
+_STRUCTURE_VERSION = [0]
+
+
+def _count_registration(*args):
+    _STRUCTURE_VERSION[0] += 1
+
+
+for _register in (
+    torch.nn.modules.module.register_module_parameter_registration_hook,
+    torch.nn.modules.module.register_module_buffer_registration_hook,
+    torch.nn.modules.module.register_module_module_registration_hook,
+):
+    _register(_count_registration)
+
 try:  # transformers 5: the PIL backend of the CLIP image processor needs no torchvision
     from transformers import CLIPImageProcessorPil as _CLIPImageProcessor
 except ImportError:  # pragma: no cover - older transformers
@@ -822,10 +839,12 @@ class HSPNetModel(HSPNetPreTrainedModel):
       also during training;
     - `truncate_prompts`: prompts are cut to the longest EOS position + 1 tokens (the text tower is causal).
 
-    A cache entry is reused only if every tensor it was computed from is the same object, in the same place, dtype and
-    device, with the same in-place version counter (optimizer steps, `load_state_dict`, `copy_`, EMA updates all bump
-    it), and under the same autocast state and relation settings. Caches are also dropped on `train()`/`eval()`,
-    `load_state_dict` and `.to()`. Writing through `.data` bypasses version counters: call `clear_text_cache()` then.
+    A cache entry is reused only if every tensor it was computed from has the same storage and the same in-place
+    version counter (optimizer steps, `load_state_dict`, `copy_`, EMA updates all bump it), no parameter, buffer or
+    module was registered anywhere since (a replaced layer or parameter), and the autocast state and relation settings
+    are the same. Caches are also dropped on `train()`/`eval()`, `load_state_dict` and `.to()`. Writes that bypass
+    the `nn.Module` and autograd bookkeeping (`param.data.copy_(...)`, `module._parameters[name] = ...`) are not seen:
+    call `clear_text_cache()` after them.
     """
 
     def __init__(self, config: HSPNetConfig):
@@ -865,6 +884,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.truncate_prompts = True
         self._group_features_cache: tuple | None = None
         self._label_embeds_cache: tuple | None = None
+        self._tracked_lists: dict[str, tuple] = {}
         self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.clear_text_cache())
 
         self.post_init()
@@ -954,6 +974,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
         """Forget the cached group features and label embeddings."""
         self._group_features_cache = None
         self._label_embeds_cache = None
+        self._tracked_lists = {}
 
     def train(self, mode: bool = True):
         self.clear_text_cache()
@@ -963,35 +984,37 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.clear_text_cache()
         return super()._apply(fn, *args, **kwargs)
 
-    def _text_tower_tensors(self) -> list[torch.Tensor]:
-        return [
-            *self.clip.text_model.parameters(),
-            *self.clip.text_projection.parameters(),
-            self.group_prompt_embeds,
-            self.group_eos_positions,
-        ]
+    def _tracked_parameters(self, kind: str) -> list[torch.Tensor]:
+        """The parameters the cached value of `kind` ("group" or "label") depends on, as a flat list.
 
-    def _label_side_tensors(self) -> list[torch.Tensor]:
-        return [
-            *self._text_tower_tensors(),
-            *self.meta_net.parameters(),
-            *self.gcn.parameters(),
-            self.relation,
-            self.label_prompt_embeds,
-            self.label_eos_positions,
-            self.label_to_group,
-        ]
+        Walking the module tree costs ~0.2 ms for a ViT-B text tower, too much for every forward pass, so the list is
+        kept and only rebuilt when any module anywhere registers a parameter, buffer or sub-module (a replaced
+        parameter or module, e.g. an adapter injected into the text tower), as counted by `_STRUCTURE_VERSION`."""
+        stored = self._tracked_lists.get(kind)
+        if stored is not None and stored[0] == _STRUCTURE_VERSION[0]:
+            return stored[1]
+        modules = [self.clip.text_model, self.clip.text_projection]
+        if kind == "label":
+            modules += [self.meta_net, self.gcn]
+        params = [p for module in modules for p in module.parameters()]
+        self._tracked_lists[kind] = (_STRUCTURE_VERSION[0], params)
+        return params
 
-    def _cache_key(self, tensors: list[torch.Tensor]) -> tuple:
+    def _cache_key(self, params: list[torch.Tensor], buffers: tuple[torch.Tensor, ...]) -> tuple:
+        """What a cached value must match to be reused: the in-place version counter and storage of every tensor it
+        was computed from, the autocast state and the relation settings."""
         device_type = self.relation.device.type
         autocast = torch.is_autocast_enabled(device_type)
         return (
+            _STRUCTURE_VERSION[0],
             autocast,
             torch.get_autocast_dtype(device_type) if autocast else None,
             self.truncate_prompts,
             self.config.relation_keep_ratio,
             self.config.relation_reweight_p,
-            tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors),
+            tuple(t._version for t in params),
+            tuple(t.data_ptr() for t in params),
+            tuple((id(t), t.data_ptr(), t._version, t.dtype) for t in buffers),
         )
 
     # ----- text side -----------------------------------------------------------------------------------------------
@@ -1000,10 +1023,10 @@ class HSPNetModel(HSPNetPreTrainedModel):
         """`t_parent`: text features of the fixed group prompts before the GCN, `(G, D)` (not normalised).
 
         Constant while the text tower is frozen, so computed once (without a graph) and reused, in training too."""
-        tensors = self._text_tower_tensors()
-        cacheable = self.cache_group_features and not any(t.requires_grad for t in tensors)
+        params = self._tracked_parameters("group")
+        cacheable = self.cache_group_features and not any(t.requires_grad for t in params)
         if cacheable:
-            key = self._cache_key(tensors)
+            key = self._cache_key(params, (self.group_prompt_embeds, self.group_eos_positions))
             if self._group_features_cache is not None and self._group_features_cache[0] == key:
                 return self._group_features_cache[1]
         features = encode_prompt_embeddings(
@@ -1034,15 +1057,14 @@ class HSPNetModel(HSPNetPreTrainedModel):
 
     def get_label_embeddings(self) -> torch.Tensor:
         """`(C, D)` normalised label embeddings; cached in eval mode (see the class docstring)."""
-        cacheable = self.cache_label_embeddings and not self.training
-        if cacheable and torch.is_grad_enabled():
-            tensors = self._label_side_tensors()
-            cacheable = not any(t.requires_grad for t in tensors)
-        elif cacheable:
-            tensors = self._label_side_tensors()
-        if not cacheable:
+        if not self.cache_label_embeddings or self.training:
             return self.compute_label_embeddings()
-        key = self._cache_key(tensors)
+        params = self._tracked_parameters("label")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in params):
+            return self.compute_label_embeddings()  # gradients must reach the text side: no cache
+        buffers = (self.relation, self.group_prompt_embeds, self.group_eos_positions, self.label_prompt_embeds,
+                   self.label_eos_positions, self.label_to_group)
+        key = self._cache_key(params, buffers)
         if self._label_embeds_cache is not None and self._label_embeds_cache[0] == key:
             return self._label_embeds_cache[1]
         with torch.no_grad():

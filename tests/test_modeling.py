@@ -138,6 +138,17 @@ def test_caches_never_go_stale(make_model, pixel_values):
         for m in (model, fresh):
             m.hspnet.clip.text_model.final_layer_norm.weight.mul_(1.5)
     check("after editing the frozen text tower")
+    # 3b. a parameter and a layer replaced by new objects (e.g. an adapter injected into the text side)
+    for m in (model, fresh):
+        torch.manual_seed(5)
+        m.hspnet.gcn.gamma = torch.nn.Parameter(torch.tensor([0.7]))
+        m.hspnet.meta_net.linear2 = torch.nn.Linear(*reversed(m.hspnet.meta_net.linear2.weight.shape))
+    check("after replacing gamma and meta_net.linear2")
+    for m in (model, fresh):
+        torch.manual_seed(6)
+        layer = m.hspnet.clip.text_model.encoder.layers[1]
+        layer.mlp.fc2 = torch.nn.Linear(layer.mlp.fc2.in_features, layer.mlp.fc2.out_features).requires_grad_(False)
+    check("after replacing a layer of the frozen text tower")
     # 4. load_state_dict with other weights
     other = model.state_dict()
     other = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in other.items()}
