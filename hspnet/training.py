@@ -33,6 +33,9 @@ import torch
 logger = logging.getLogger("hspnet.train")
 
 PROTOCOLS = ("heldout", "authors")
+# HSPNetModel buffers fixed at construction (prompts, relation): never averaged by the EMA
+CONSTANT_BUFFERS = ("relation", "group_prompt_embeds", "label_prompt_embeds", "group_eos_positions",
+                    "label_eos_positions", "label_to_group")
 MODEL_FILES = ("config.json", "model.safetensors", "configuration_hspnet.py", "modeling_hspnet.py", "losses.py",
                "preprocessor_config.json", "README.md")
 
@@ -238,24 +241,35 @@ def ema_decay(steps_per_epoch: int, keep_per_epoch: float = 0.82) -> float:
 
 
 class ModelEMA:
-    """Exponential moving average of every floating-point tensor of a model's state dict (parameters and buffers),
-    `ema = decay * ema + (1 - decay) * model`; integer buffers are copied. `module` is a full model (eval mode) that
-    can be evaluated and saved; `state_dict`/`load_state_dict` make it checkpointable with accelerate."""
+    """Exponential moving average of a model's weights, `ema = decay * ema + (1 - decay) * model`, for every
+    floating-point parameter and buffer (batch-norm statistics included) as in the released code, except the tensors
+    named in `constant`: by default the parameters that do not require grad (the frozen text tower) plus any names
+    given, which cannot change during training, so averaging them would only cost time and add rounding. Integer
+    buffers are copied. `module` is a full model (eval mode) that can be evaluated and saved;
+    `state_dict`/`load_state_dict` make it checkpointable with accelerate."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, constant: set[str] | None = None):
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.decay = decay
+        self.constant = {name for name, p in model.named_parameters() if not p.requires_grad} | set(constant or ())
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         model_state = model.state_dict()
+        averaged, targets = [], []
         for name, ema_value in self.module.state_dict().items():
-            value = model_state[name].to(ema_value.device)
+            if name in self.constant:
+                continue
+            value = model_state[name]
             if ema_value.is_floating_point():
-                ema_value.mul_(self.decay).add_(value.to(ema_value.dtype), alpha=1 - self.decay)
+                averaged.append(ema_value)
+                targets.append(value.to(device=ema_value.device, dtype=ema_value.dtype))
             else:
                 ema_value.copy_(value)
+        if averaged:
+            torch._foreach_mul_(averaged, self.decay)
+            torch._foreach_add_(averaged, targets, alpha=1 - self.decay)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "module": self.module.state_dict()}
@@ -620,7 +634,10 @@ def train(config: TrainingConfig) -> dict:
     loss_module.to(accelerator.device)
     steps_per_epoch = len(train_loader)
     scheduler = one_cycle_scheduler(optimizer, steps_per_epoch, config.schedule_epochs, config.pct_start)
-    ema = ModelEMA(unwrapped, ema_decay(steps_per_epoch, config.ema_keep_per_epoch)) if config.ema else None
+    ema = None
+    if config.ema:
+        constant = {name for name, _ in unwrapped.named_buffers() if name.rsplit(".", 1)[-1] in CONSTANT_BUFFERS}
+        ema = ModelEMA(unwrapped, ema_decay(steps_per_epoch, config.ema_keep_per_epoch), constant=constant)
     state = TrainingState()
     for obj in (scheduler, state, loss_module) + ((ema,) if ema else ()):
         accelerator.register_for_checkpointing(obj)

@@ -107,6 +107,16 @@ def test_model_ema_update_by_hand():
     torch.testing.assert_close(ema.module.weight, torch.tensor([[1.2, 1.8]]))
     torch.testing.assert_close(ema.module.bias, torch.tensor([0.1]))
     assert int(ema.module.count) == 7
+    # tensors that cannot change in training (frozen parameters, named constants) are left alone
+    frozen = torch.nn.Linear(2, 1)
+    frozen.weight.requires_grad_(False)
+    keep = ModelEMA(frozen, decay=0.5, constant={"bias"})
+    with torch.no_grad():
+        frozen.weight.add_(1.0)
+        frozen.bias.add_(1.0)
+    keep.update(frozen)
+    torch.testing.assert_close(keep.module.weight, frozen.weight - 1.0)
+    torch.testing.assert_close(keep.module.bias, frozen.bias - 1.0)
     state = ema.state_dict()
     other = ModelEMA(torch.nn.Linear(2, 1), decay=0.5)
     other.module.register_buffer("count", torch.tensor(0))
