@@ -65,6 +65,7 @@ from .modeling_hspnet import (
     HSPNetForImageClassification,
     HSPNetModifiedResNet,
     convert_openai_clip_state_dict,
+    count_indexed_keys,
     load_clip_checkpoint_file,
     map_openai_clip_weights,
 )
@@ -104,7 +105,7 @@ PUBLISHED_CHECKPOINTS: dict[str, dict[str, Any]] = {
                 title="PASCAL VOC 2012", hub_dataset="pascal_voc", num_labels=20),
     "nuswide": dict(checkpoint="hspnet+nuswide.ckpt", map=61.8, relation="relation+nuswide+super.npy", change_epoch=3,
                     title="NUS-WIDE", hub_dataset="nus-wide", num_labels=81),
-    "cub": dict(checkpoint="hspnet+cub.ckpt", map=24.3, relation="relation+cub+super.npy", change_epoch=1,
+    "cub": dict(checkpoint="hspnet+cub.ckpt", released=False, map=24.3, relation="relation+cub+super.npy", change_epoch=1,
                 title="CUB-200-2011 (attributes)", hub_dataset="cub-200-2011", num_labels=312),
 }
 
@@ -277,14 +278,6 @@ if read_torchscript_archive not in modeling_hspnet.CHECKPOINT_FILE_READERS:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _count(state: dict, prefix: str) -> int:
-    indices = {key[len(prefix) :].split(".", 1)[0] for key in state if key.startswith(prefix)}
-    count = 0
-    while str(count) in indices:
-        count += 1
-    return count
-
-
 def infer_official_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Sizes of an official HSPNet model, read from a few anchor tensors of its state dict."""
     anchors = [
@@ -312,10 +305,10 @@ def infer_official_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any
     grid = round(math.sqrt(pool_rows - 1))
     return dict(
         text_width=width,
-        text_layers=_count(state, "text_encoder.transformer.resblocks."),
+        text_layers=count_indexed_keys(state, "text_encoder.transformer.resblocks."),
         context_length=length,
         projection_dim=state["text_encoder.text_projection"].shape[1],
-        resnet_layers=[_count(state, f"image_encoder.layer{stage}.") for stage in (1, 2, 3, 4)],
+        resnet_layers=[count_indexed_keys(state, f"image_encoder.layer{stage}.") for stage in (1, 2, 3, 4)],
         resnet_width=state["image_encoder.layer1.0.conv1.weight"].shape[0],
         resnet_image_size=32 * grid,
         num_groups=state[PARENT_PREFIX + "embedding"].shape[0],
@@ -919,7 +912,7 @@ def model_card(
     )
     card += "## Source\n\n"
     card += f"- Checkpoint: `{checkpoint_name}`"
-    if info and checkpoint_name == info["checkpoint"]:
+    if info and checkpoint_name == info["checkpoint"] and info.get("released", True):  # the CUB link is empty upstream
         card += f" ({RELEASE_URL.format(checkpoint=checkpoint_name)})"
     card += "\n"
     if checkpoint_sha256:

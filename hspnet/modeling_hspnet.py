@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import CLIPModel, CLIPTextModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_causal_mask
@@ -57,6 +58,27 @@ for _register in (
     torch.nn.modules.module.register_module_module_registration_hook,
 ):
     _register(_count_registration)
+
+# Fused optimizers (`Adam(fused=True)`, ...) update parameters in place WITHOUT bumping their version counters, so
+# their steps are counted here and are part of the label-embedding cache key.
+_FUSED_OPTIMIZER_STEPS = [0]
+
+
+def _count_fused_step(optimizer, args, kwargs):
+    if any(group.get("fused") for group in optimizer.param_groups):
+        _FUSED_OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_fused_step)
+
+
+def _clear_cache_after_load(module, incompatible_keys):
+    module.clear_text_cache()
+
+
+def _cached_value(entry: tuple | None, key: tuple) -> torch.Tensor | None:
+    """The cached tensor of `entry = (key, tensor)` if the key matches."""
+    return entry[1] if entry is not None and entry[0] == key else None
 
 try:  # transformers 5: the PIL backend of the CLIP image processor needs no torchvision
     from transformers import CLIPImageProcessorPil as _CLIPImageProcessor
@@ -151,15 +173,20 @@ class HSPNetGCN(nn.Module):
 
 
 def encode_prompt_embeddings(
-    clip: CLIPModel, prompt_embeds: torch.Tensor, eos_positions: torch.Tensor, truncate: bool = True
+    clip: CLIPModel,
+    prompt_embeds: torch.Tensor,
+    eos_positions: torch.Tensor,
+    truncate: bool = True,
+    length: int | None = None,
 ) -> torch.Tensor:
     """Run CLIP's text tower on token EMBEDDINGS instead of token ids.
 
     Adds the position embeddings, runs the causal transformer and the final layer norm, takes the feature at each
     prompt's EOS position and applies the text projection (no normalisation), like `CLIPModel.get_text_features`.
 
-    With `truncate=True` the prompts are cut to `max(eos_positions) + 1` tokens first. The text transformer is causal,
-    so the feature at a position never depends on later tokens: the output is identical to running all `L` tokens.
+    With `truncate=True` the prompts are cut to `max(eos_positions) + 1` tokens first (pass that number as `length` to
+    avoid reading it from the device). The text transformer is causal, so the feature at a position never depends on
+    later tokens: the output is identical to running all `L` tokens.
 
     Args:
         prompt_embeds (`torch.Tensor` of shape `(N, L, W)`): token embeddings of `N` prompts.
@@ -169,7 +196,7 @@ def encode_prompt_embeddings(
     """
     text_model = clip.text_model
     if truncate:
-        prompt_embeds = prompt_embeds[:, : int(eos_positions.max()) + 1]
+        prompt_embeds = prompt_embeds[:, : length or int(eos_positions.max()) + 1]
     hidden = text_model.embeddings(inputs_embeds=prompt_embeds)
     mask = create_causal_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=None, cache=None)
     hidden = text_model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
@@ -216,7 +243,9 @@ def _tokenize_prompts(tokenizer, texts: list[str], what: list[str], length: int,
 
 def default_image_processor(config: HSPNetConfig):
     """CLIP preprocessing at the vision tower's resolution: resize the shorter side (bicubic), centre crop, CLIP
-    mean/std. For 224-pixel towers this is exactly the reference preprocessing."""
+    mean/std, the reference preprocessing for 224-pixel towers. One known difference: when the cropped margin is odd,
+    HF's centre crop rounds its offset down where torchvision's `CenterCrop` (used by the authors) rounds to nearest,
+    so some image sizes (e.g. 640x427) are cropped one pixel apart."""
     size = config.image_size
     return _CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
@@ -413,6 +442,15 @@ class HSPNetCLIPResNet(nn.Module):
 OPENAI_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
+def count_indexed_keys(state_dict, prefix: str) -> int:
+    """Number of consecutive integer sub-keys `prefix0.`, `prefix1.`, ... present (e.g. transformer blocks)."""
+    indices = {key[len(prefix) :].split(".", 1)[0] for key in state_dict if key.startswith(prefix)}
+    count = 0
+    while str(count) in indices:
+        count += 1
+    return count
+
+
 class _KeyReader:
     """Reads tensors from an OpenAI-format state dict by name, remembering what was read and what was missing."""
 
@@ -433,12 +471,7 @@ class _KeyReader:
         return value.float() if value.is_floating_point() else value
 
     def count(self, prefix: str) -> int:
-        """Number of consecutive integer sub-keys `prefix{0}.`, `prefix{1}.`, ... present."""
-        indices = {key[len(prefix) :].split(".", 1)[0] for key in self.state_dict if key.startswith(prefix)}
-        count = 0
-        while str(count) in indices:
-            count += 1
-        return count
+        return count_indexed_keys(self.state_dict, prefix)
 
 
 def _map_openai_blocks(read: _KeyReader, source: str, target: str, layers: int, out: dict) -> None:
@@ -706,9 +739,10 @@ class HSPNetPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, then re-applies `config.freeze_text_encoder` (loading re-creates
         parameters with `requires_grad=True`)."""
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives (model, info)
         model.base_model.apply_freezing()
-        return model
+        return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus: the config's `auto_map` lists AutoConfig, AutoModel and
@@ -716,14 +750,16 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         installed), and an image processor is saved beside the weights (the one attached as `image_processor`, or
         CLIP preprocessing at the tower's resolution), so `pipeline("image-classification", model=folder)` works."""
         push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "revision",
+                                                         "create_pr") if key in kwargs}
         self.config.auto_map = dict(AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             processor = getattr(self, "image_processor", None) or default_image_processor(self.config)
             processor.save_pretrained(save_directory)
-        if push_to_hub:
-            repo_id = kwargs.get("repo_id") or str(save_directory).rstrip("/").split("/")[-1]
-            self.push_to_hub(repo_id, token=kwargs.get("token"))
+        if push_to_hub:  # push_to_hub saves again into a temporary folder through this method, processor included
+            repo_id = hub_options.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+            self.push_to_hub(repo_id, **hub_options)
 
     @classmethod
     def from_clip(
@@ -758,7 +794,8 @@ class HSPNetPreTrainedModel(PreTrainedModel):
             tokenizer: the CLIP tokenizer; loaded from `clip` when it is a Hub id or folder.
             image_processor: saved beside the model; loaded from `clip` when possible, else CLIP preprocessing at the
                 tower's resolution.
-            clip_kwargs: passed to `CLIPModel.from_pretrained` (e.g. `dtype`, `revision`).
+            clip_kwargs: passed to `CLIPModel.from_pretrained` (e.g. `revision`); the HSPNet model is built in float32, cast
+                it afterwards (`model.to(torch.bfloat16)`) or save and reload it with `dtype=`.
             **config_kwargs: any other `HSPNetConfig` field (e.g. `n_ctx`, `loss`, `relation_keep_ratio`).
 
         The prompts are tokenized once and stored as persistent buffers (token embeddings and EOS positions) together
@@ -854,6 +891,9 @@ class HSPNetModel(HSPNetPreTrainedModel):
         length = clip_config.text_config.max_position_embeddings
         width, dim, n_ctx = config.text_width, config.projection_dim, config.n_ctx
 
+        # the towers follow the dtype the model is built in (e.g. `from_pretrained(..., dtype=torch.bfloat16)`), not
+        # the "float32" that the nested CLIP sub-configs were saved with
+        clip_config.text_config.dtype = clip_config.vision_config.dtype = None
         if config.vision_backbone == "clip_resnet":  # no ViT tower is built (unused parameters would break DDP)
             self.clip = HSPNetCLIPResNet(config)
         else:
@@ -872,7 +912,8 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.meta_net.linear2._hspnet_torch_default_init = True
 
         size = num_labels + num_groups
-        self.register_buffer("relation", torch.zeros(size, size))
+        # raw similarities stay float32 whatever the model is cast to: top-k on rounded values would change the graph
+        self.register_buffer("relation", torch.zeros(size, size, dtype=torch.float32))
         self.register_buffer("group_prompt_embeds", torch.zeros(num_groups, length, width))
         self.register_buffer("label_prompt_embeds", torch.zeros(num_labels, length, width))
         self.register_buffer("group_eos_positions", torch.zeros(num_groups, dtype=torch.long))
@@ -885,7 +926,8 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self._group_features_cache: tuple | None = None
         self._label_embeds_cache: tuple | None = None
         self._tracked_lists: dict[str, tuple] = {}
-        self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.clear_text_cache())
+        self._prompt_lengths: dict[tuple, int] = {}
+        self.register_load_state_dict_post_hook(_clear_cache_after_load)
 
         self.post_init()
         self.apply_freezing()
@@ -896,9 +938,9 @@ class HSPNetModel(HSPNetPreTrainedModel):
         """Freeze what must not train: the text tower when `config.freeze_text_encoder` (token embeddings, transformer,
         final norm, text projection), and always the token embedding table (prompts are stored as embeddings) and CLIP's
         unused `logit_scale` (an unused trainable parameter would also break DDP)."""
-        frozen = not self.config.freeze_text_encoder
+        trainable = not self.config.freeze_text_encoder
         for module in (self.clip.text_model, self.clip.text_projection):
-            module.requires_grad_(frozen)
+            module.requires_grad_(trainable)
         self.clip.text_model.embeddings.token_embedding.requires_grad_(False)
         self.clip.logit_scale.requires_grad_(False)
 
@@ -975,6 +1017,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self._group_features_cache = None
         self._label_embeds_cache = None
         self._tracked_lists = {}
+        self._prompt_lengths = {}
 
     def train(self, mode: bool = True):
         self.clear_text_cache()
@@ -982,7 +1025,11 @@ class HSPNetModel(HSPNetPreTrainedModel):
 
     def _apply(self, fn, *args, **kwargs):
         self.clear_text_cache()
-        return super()._apply(fn, *args, **kwargs)
+        relation = self.relation
+        result = super()._apply(fn, *args, **kwargs)
+        if self.relation.dtype != torch.float32:  # moved to a device: yes; cast to half precision: no
+            self._buffers["relation"] = relation.to(device=self.relation.device, dtype=torch.float32)
+        return result
 
     def _tracked_parameters(self, kind: str) -> list[torch.Tensor]:
         """The parameters the cached value of `kind` ("group" or "label") depends on, as a flat list.
@@ -1000,13 +1047,16 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self._tracked_lists[kind] = (_STRUCTURE_VERSION[0], params)
         return params
 
-    def _cache_key(self, params: list[torch.Tensor], buffers: tuple[torch.Tensor, ...]) -> tuple:
+    def _cache_key(self, params: list[torch.Tensor], buffers: tuple[torch.Tensor, ...], *extra) -> tuple:
         """What a cached value must match to be reused: the in-place version counter and storage of every tensor it
-        was computed from, the autocast state and the relation settings."""
+        was computed from, the autocast and inference-mode state (a tensor made under `inference_mode` cannot enter
+        a graph later) and the relation settings."""
         device_type = self.relation.device.type
         autocast = torch.is_autocast_enabled(device_type)
         return (
+            *extra,
             _STRUCTURE_VERSION[0],
+            torch.is_inference_mode_enabled(),
             autocast,
             torch.get_autocast_dtype(device_type) if autocast else None,
             self.truncate_prompts,
@@ -1016,6 +1066,13 @@ class HSPNetModel(HSPNetPreTrainedModel):
             tuple(t.data_ptr() for t in params),
             tuple((id(t), t.data_ptr(), t._version, t.dtype) for t in buffers),
         )
+
+    def _prompt_length(self, eos_positions: torch.Tensor) -> int:
+        """`max(eos_positions) + 1` as a Python int, read from the device once per buffer content (no sync per step)."""
+        key = (id(eos_positions), eos_positions.data_ptr(), eos_positions._version)
+        if key not in self._prompt_lengths:
+            self._prompt_lengths[key] = int(eos_positions.max()) + 1 if eos_positions.numel() else 1
+        return self._prompt_lengths[key]
 
     # ----- text side -----------------------------------------------------------------------------------------------
 
@@ -1027,13 +1084,16 @@ class HSPNetModel(HSPNetPreTrainedModel):
         cacheable = self.cache_group_features and not any(t.requires_grad for t in params)
         if cacheable:
             key = self._cache_key(params, (self.group_prompt_embeds, self.group_eos_positions))
-            if self._group_features_cache is not None and self._group_features_cache[0] == key:
-                return self._group_features_cache[1]
+            cached = _cached_value(self._group_features_cache, key)
+            if cached is not None:
+                return cached
         features = encode_prompt_embeddings(
-            self.clip, self.group_prompt_embeds, self.group_eos_positions, truncate=self.truncate_prompts
+            self.clip, self.group_prompt_embeds, self.group_eos_positions, truncate=self.truncate_prompts,
+            length=self._prompt_length(self.group_eos_positions),
         )
         if cacheable:
-            self._group_features_cache = (key, features.detach())
+            features = features.detach()
+            self._group_features_cache = (key, features)
         return features
 
     def compute_label_embeddings(self) -> torch.Tensor:
@@ -1050,7 +1110,8 @@ class HSPNetModel(HSPNetPreTrainedModel):
         prompts = self.label_prompt_embeds
         prompts = torch.cat([prompts[:, :1], context.to(prompts.dtype), prompts[:, 1 + config.n_ctx :]], dim=1)
         label_features = encode_prompt_embeddings(
-            self.clip, prompts, self.label_eos_positions, truncate=self.truncate_prompts
+            self.clip, prompts, self.label_eos_positions, truncate=self.truncate_prompts,
+            length=self._prompt_length(self.label_eos_positions),
         )
         label_features = self.gcn(label_features, label_adjacency)  # (C, D)
         return F.normalize(label_features, dim=-1)
@@ -1064,9 +1125,10 @@ class HSPNetModel(HSPNetPreTrainedModel):
             return self.compute_label_embeddings()  # gradients must reach the text side: no cache
         buffers = (self.relation, self.group_prompt_embeds, self.group_eos_positions, self.label_prompt_embeds,
                    self.label_eos_positions, self.label_to_group)
-        key = self._cache_key(params, buffers)
-        if self._label_embeds_cache is not None and self._label_embeds_cache[0] == key:
-            return self._label_embeds_cache[1]
+        key = self._cache_key(params, buffers, _FUSED_OPTIMIZER_STEPS[0])
+        cached = _cached_value(self._label_embeds_cache, key)
+        if cached is not None:
+            return cached
         with torch.no_grad():
             label_embeds = self.compute_label_embeddings()
         self._label_embeds_cache = (key, label_embeds)
@@ -1100,12 +1162,13 @@ class HSPNetModel(HSPNetPreTrainedModel):
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
+            **kwargs: passed to the vision tower (e.g. `interpolate_pos_encoding=True` for the ViT tower).
         Returns:
             `HSPNetModelOutput` with `logits` `(B, C)`, `image_embeds` `(B, D)`, `label_embeds` `(C, D)`.
         """
         if pixel_values is None:
             raise ValueError("HSPNetModel.forward needs pixel_values.")
-        vision_kwargs = {}
+        vision_kwargs = dict(kwargs)
         if output_hidden_states:
             vision_kwargs["output_hidden_states"] = True
         if output_attentions:
@@ -1113,6 +1176,8 @@ class HSPNetModel(HSPNetPreTrainedModel):
         image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
         label_embeds = self.get_label_embeddings()
         logits = self.config.logit_scale * image_embeds @ label_embeds.to(image_embeds.dtype).T
+        if self._label_embeds_cache is not None and label_embeds is self._label_embeds_cache[1]:
+            label_embeds = label_embeds.clone()  # the caller may edit the output in place; the cache must not change
         output = HSPNetModelOutput(
             logits=logits,
             image_embeds=image_embeds,
@@ -1174,11 +1239,15 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
             epoch (`int`, *optional*): the current 0-based epoch, for losses that change with it (SPLC, LL-R);
                 otherwise the one given to `set_epoch`.
             indices (`torch.LongTensor` of shape `(B,)`, *optional*): training-set indices, for ROLE.
+            **kwargs: passed to the vision tower.
         Returns:
             `ImageClassifierOutput` with `logits` `(B, C)` and `loss` when `labels` are given.
         """
         outputs = self.hspnet(
-            pixel_values=pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+            pixel_values=pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **kwargs,
         )
         logits = outputs.logits
         loss = None
