@@ -76,6 +76,15 @@ def _clear_cache_after_load(module, incompatible_keys):
     module.clear_text_cache()
 
 
+def _versions(tensors) -> tuple:
+    """In-place version counters; a model built under `torch.inference_mode()` holds inference tensors, which have
+    none (and cannot be modified outside inference mode), so they count as version -1."""
+    try:
+        return tuple(t._version for t in tensors)
+    except RuntimeError:
+        return tuple(-1 if t.is_inference() else t._version for t in tensors)
+
+
 def _cached_value(entry: tuple | None, key: tuple) -> torch.Tensor | None:
     """The cached tensor of `entry = (key, tensor)` if the key matches."""
     return entry[1] if entry is not None and entry[0] == key else None
@@ -1062,14 +1071,15 @@ class HSPNetModel(HSPNetPreTrainedModel):
             self.truncate_prompts,
             self.config.relation_keep_ratio,
             self.config.relation_reweight_p,
-            tuple(t._version for t in params),
+            _versions(params),
             tuple(t.data_ptr() for t in params),
-            tuple((id(t), t.data_ptr(), t._version, t.dtype) for t in buffers),
+            _versions(buffers),
+            tuple((id(t), t.data_ptr(), t.dtype) for t in buffers),
         )
 
     def _prompt_length(self, eos_positions: torch.Tensor) -> int:
         """`max(eos_positions) + 1` as a Python int, read from the device once per buffer content (no sync per step)."""
-        key = (id(eos_positions), eos_positions.data_ptr(), eos_positions._version)
+        key = (id(eos_positions), eos_positions.data_ptr(), _versions((eos_positions,)))
         if key not in self._prompt_lengths:
             self._prompt_lengths[key] = int(eos_positions.max()) + 1 if eos_positions.numel() else 1
         return self._prompt_lengths[key]

@@ -141,3 +141,14 @@ def test_vision_kwargs_reach_the_tower(make_model):
     with torch.no_grad():
         out = model(pixel_values=torch.randn(1, 3, 48, 48), interpolate_pos_encoding=True)
     assert out.logits.shape == (1, 6)
+
+
+def test_a_model_built_under_inference_mode_runs(tiny_clip_dir, hierarchy, pixel_values, tmp_path):
+    make = lambda: HSPNetForImageClassification.from_clip(tiny_clip_dir, **hierarchy)  # noqa: E731
+    torch.manual_seed(0)
+    make().save_pretrained(tmp_path)
+    with torch.inference_mode():
+        model = HSPNetForImageClassification.from_pretrained(tmp_path)
+        first = model(pixel_values=pixel_values).logits
+        second = model(pixel_values=pixel_values).logits
+    torch.testing.assert_close(first, second)
