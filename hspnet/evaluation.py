@@ -60,20 +60,9 @@ def load_eval_split(dataset: str, split: str = "test", dataset_root: str | None 
     ``folder``; ``dataset_root`` and ``dataset_options`` go to its loader) or a folder written by
     ``save_prepared_dataset``. Raises ``ValueError`` naming the available splits when ``split`` does not exist.
     """
-    from hspnet.data import get_hierarchy, load_prepared_dataset, prepare_dataset
+    from hspnet.data import get_hierarchy, open_dataset
 
-    options = dict(dataset_options or {})
-    if cache_dir and "cache_dir" not in options:
-        options["cache_dir"] = cache_dir
-    if os.path.isdir(dataset) and dataset_root is None:
-        datasets = load_prepared_dataset(dataset, cache_dir=cache_dir)
-    elif os.sep in dataset or dataset.startswith("."):
-        raise FileNotFoundError(f"{dataset}: no such prepared dataset folder")
-    else:
-        try:
-            datasets = prepare_dataset(dataset, dataset_root, **options)
-        except TypeError as error:  # an option the loader does not take
-            raise ValueError(f"--dataset_options {options} do not fit the {dataset!r} loader: {error}") from None
+    datasets = open_dataset(dataset, dataset_root, dataset_options, cache_dir)
     if split not in datasets:
         raise ValueError(f"dataset {dataset!r} has no split {split!r}; its splits are: {', '.join(datasets)}")
     data = datasets[split]
@@ -104,24 +93,6 @@ def label_permutation(model_labels: Sequence[str], dataset_labels: Sequence[str]
         )
     index = {name: i for i, name in enumerate(model_labels)}
     return [index[name] for name in dataset_labels]
-
-
-def make_eval_transform(image_processor, num_labels: int, permutation: Sequence[int] | None = None):
-    """A ``with_transform`` function: images -> ``pixel_values``, label lists -> multi-hot ``labels`` in the
-    model's label order (``permutation[dataset_index] = model_index``)."""
-    from hspnet.data import to_multi_hot
-
-    mapping = list(permutation) if permutation is not None else None
-
-    def transform(batch: dict) -> dict:
-        images = [image.convert("RGB") for image in batch["image"]]
-        labels = batch["labels"] if mapping is None else [[mapping[i] for i in row] for row in batch["labels"]]
-        return {
-            "pixel_values": image_processor(images=images, return_tensors="pt")["pixel_values"],
-            "labels": torch.from_numpy(to_multi_hot(labels, num_labels)),
-        }
-
-    return transform
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -480,17 +451,14 @@ def _evaluate(model, data, image_processor, permutation, num_labels, accelerator
               description, threshold, top_k):
     from torch.utils.data import DataLoader
 
-    from hspnet.metrics import compute_all_metrics
-    from hspnet.training import collate, evaluate_model
+    from hspnet.training import collate, evaluate_model, make_transform
 
-    loader = DataLoader(data.with_transform(make_eval_transform(image_processor, num_labels, permutation)),
+    loader = DataLoader(data.with_transform(make_transform(image_processor, num_labels, permutation)),
                         batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
     loader = accelerator.prepare(loader)
     model.to(accelerator.device)
-    _, accumulator = evaluate_model(model, loader, accelerator, num_labels, description)
-    scores, targets = accumulator.scores.copy(), accumulator.targets.copy()
-    metrics = compute_all_metrics(scores, targets, from_logits=True, threshold=threshold, k=top_k)
-    return metrics, scores, targets
+    metrics, accumulator = evaluate_model(model, loader, accelerator, num_labels, description, threshold, top_k)
+    return metrics, accumulator.scores.copy(), accumulator.targets.copy()
 
 
 def default_output_dir(model: str, dataset: str, split: str) -> str:
@@ -693,7 +661,6 @@ __all__ = [
     "load_eval_split",
     "load_zero_shot_clip",
     "main",
-    "make_eval_transform",
     "parse_args",
     "per_class_table",
     "plot_report",

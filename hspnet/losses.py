@@ -61,6 +61,7 @@ __all__ = [
     "LOSS_DEFAULTS",
     "EXPECTED_POSITIVES_PER_IMAGE",
     "build_loss",
+    "check_loss_spec",
 ]
 
 _REDUCTIONS = ("sum", "mean")
@@ -759,13 +760,9 @@ def _normalize_name(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def build_loss(name: str, num_labels: int, **kwargs: Any) -> MultiLabelLoss:
-    """Build a loss by registry name with its defaults overridden by ``kwargs``.
-
-    ``name`` is one of :data:`LOSSES` (case-insensitive, "-" accepted for
-    "_", e.g. "LL-R"). Unknown names and unknown keyword arguments raise
-    ``ValueError`` naming the valid choices.
-    """
+def check_loss_spec(name: str, kwargs: Dict[str, Any]) -> str:
+    """Check a loss name and its keyword arguments without building the loss (which may allocate per-image state);
+    returns the registry key. Raises ``ValueError`` naming the valid choices."""
     key = _normalize_name(name)
     if key not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
@@ -776,6 +773,17 @@ def build_loss(name: str, num_labels: int, **kwargs: Any) -> MultiLabelLoss:
             f"unknown parameter(s) {', '.join(repr(b) for b in bad)} for loss {key!r}; "
             f"valid parameters: {', '.join(sorted(defaults)) or '(none)'}"
         )
-    params = dict(defaults)
+    return key
+
+
+def build_loss(name: str, num_labels: int, **kwargs: Any) -> MultiLabelLoss:
+    """Build a loss by registry name with its defaults overridden by ``kwargs``.
+
+    ``name`` is one of :data:`LOSSES` (case-insensitive, "-" accepted for
+    "_", e.g. "LL-R"). Unknown names and unknown keyword arguments raise
+    ``ValueError`` naming the valid choices.
+    """
+    key = check_loss_spec(name, kwargs)
+    params = dict(LOSS_DEFAULTS[key])
     params.update(kwargs)
     return LOSSES[key](num_labels, **params)

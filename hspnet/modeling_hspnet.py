@@ -38,7 +38,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import ModelOutput, logging
 
 from .configuration_hspnet import HSPNetConfig
-from .losses import build_loss
+from .losses import build_loss, check_loss_spec
 
 logger = logging.get_logger(__name__)
 
@@ -681,7 +681,8 @@ class HSPNetModelOutput(ModelOutput):
     """
     Args:
         logits (`torch.FloatTensor` of shape `(B, C)`):
-            `logit_scale * image_embeds @ label_embeds.T`; `sigmoid(logits)` are the per-label probabilities.
+            `logit_scale * image_embeds @ label_embeds.T`, at least float32 (computed outside autocast);
+            `sigmoid(logits)` are the per-label probabilities.
         image_embeds (`torch.FloatTensor` of shape `(B, D)`):
             L2-normalised projected CLIP image embeddings.
         label_embeds (`torch.FloatTensor` of shape `(C, D)`):
@@ -1185,7 +1186,10 @@ class HSPNetModel(HSPNetPreTrainedModel):
             vision_kwargs["output_attentions"] = True
         image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
         label_embeds = self.get_label_embeddings()
-        logits = self.config.logit_scale * image_embeds @ label_embeds.to(image_embeds.dtype).T
+        # at least float32 and outside autocast: bf16 logits keep ~3 significant digits, ties that change mAP
+        dtype = torch.promote_types(image_embeds.dtype, torch.float32)
+        with torch.autocast(device_type=image_embeds.device.type, enabled=False):
+            logits = self.config.logit_scale * image_embeds.to(dtype) @ label_embeds.to(dtype).T
         if self._label_embeds_cache is not None and label_embeds is self._label_embeds_cache[1]:
             label_embeds = label_embeds.clone()  # the caller may edit the output in place; the cache must not change
         output = HSPNetModelOutput(
@@ -1209,7 +1213,7 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         super().__init__(config)
         self.hspnet = HSPNetModel(config)
         self.post_init()
-        self.loss_module  # noqa: B018 - fail early on an unknown loss name or parameter
+        check_loss_spec(config.loss, config.loss_kwargs or {})  # fail early on an unknown loss name or parameter
 
     @property
     def loss_module(self) -> nn.Module:

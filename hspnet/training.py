@@ -88,6 +88,8 @@ class TrainingConfig:
     ema_keep_per_epoch: float = 0.82
     loss: str = "splc"
     loss_kwargs: dict = field(default_factory=dict)
+    loss_lr_scale: float = 10.0
+    """Learning rate of a loss's own parameters (ROLE's label estimates) as a multiple of `lr` (Cole et al.: 10)."""
     patience: int | None = None
     """Stop after this many evaluations without improvement of the selection mAP (None: never)."""
     seed: int = 0
@@ -112,6 +114,8 @@ class TrainingConfig:
     hub_model_id: str | None = None
     hub_token: str | None = None
     hub_private_repo: bool = False
+    license: str | None = None
+    """License written into the model card metadata (e.g. "apache-2.0"); none by default."""
     cpu: bool = False
 
     @classmethod
@@ -128,6 +132,11 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.schedule_epochs < self.epochs:
             raise ValueError(f"schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs})")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (e.g. your-name/hspnet-coco)")
+        from hspnet.losses import check_loss_spec
+
+        check_loss_spec(self.loss, {k: v for k, v in (self.loss_kwargs or {}).items() if k != "num_train_images"})
 
 
 def _parse_bool(value: str) -> bool:
@@ -150,6 +159,45 @@ def _parse_optional(kind):
     return parse
 
 
+def _json_mapping(value: str) -> dict:
+    from hspnet.cli_types import json_object
+
+    return json_object(value)
+
+
+def _field_parser(field_type: Any):
+    """`(parse function, metavar)` for a `TrainingConfig` field, shared by the flags and the YAML values."""
+    hint = str(field_type)
+    if "dict" in hint:
+        kind, metavar = _json_mapping, "JSON"
+    elif "bool" in hint:
+        kind, metavar = _parse_bool, "BOOL"
+    elif "int" in hint:
+        kind, metavar = int, "INT"
+    elif "float" in hint:
+        kind, metavar = float, "FLOAT"
+    else:
+        kind, metavar = str, "STR"
+    return (_parse_optional(kind) if "None" in hint else kind), metavar
+
+
+def _field_docs() -> dict[str, str]:
+    """The docstring under each `TrainingConfig` field (for `--help`), read from the source."""
+    import ast
+    import inspect
+
+    try:
+        body = ast.parse(inspect.getsource(TrainingConfig)).body[0].body
+    except (OSError, TypeError):
+        return {}
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
 def build_argument_parser() -> argparse.ArgumentParser:
     """An argparse parser with one `--flag` per `TrainingConfig` field plus `--config FILE.yaml`."""
     parser = argparse.ArgumentParser(
@@ -157,27 +205,18 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "then command-line flags override them.",
     )
     parser.add_argument("--config", help="YAML file with any of the options below")
-    hints = {f.name: f.type for f in dataclasses.fields(TrainingConfig)}
+    docs = _field_docs()
     for f in dataclasses.fields(TrainingConfig):
-        hint = str(hints[f.name])
-        if "dict" in hint:
-            kind, metavar = json.loads, "JSON"
-        elif "bool" in hint:
-            kind, metavar = _parse_bool, "BOOL"
-        elif "int" in hint:
-            kind, metavar = int, "INT"
-        elif "float" in hint:
-            kind, metavar = float, "FLOAT"
-        else:
-            kind, metavar = str, "STR"
-        if "None" in hint:
-            kind = _parse_optional(kind)
-        parser.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, metavar=metavar)
+        kind, metavar = _field_parser(f.type)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help_text = f"{docs.get(f.name, '')} (default: {default})".strip().replace("%", "%%")
+        parser.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
     return parser
 
 
 def load_config(argv: list[str] | None = None) -> TrainingConfig:
-    """Defaults < YAML file (`--config`) < command-line flags. Unknown YAML keys are an error naming the file."""
+    """Defaults < YAML file (`--config`) < command-line flags. Unknown YAML keys and values of the wrong type are
+    errors naming the file and the key (YAML reads `1e-4` as a string: it is converted like a flag value)."""
     args = build_argument_parser().parse_args(argv)
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -187,17 +226,38 @@ def load_config(argv: list[str] | None = None) -> TrainingConfig:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
         with open(path) as handle:
-            loaded = yaml.safe_load(handle) or {}
+            try:
+                loaded = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as error:
+                raise ValueError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of option: value, got {type(loaded).__name__}")
         unknown = sorted(set(loaded) - set(TrainingConfig.field_names()))
         if unknown:
             raise ValueError(f"{path}: unknown option(s) {unknown}; valid options: {TrainingConfig.field_names()}")
-        values.update(loaded)
+        types = {f.name: f.type for f in dataclasses.fields(TrainingConfig)}
+        for key, value in loaded.items():
+            values[key] = _coerce(value, types[key], f"{path}: {key}")
     values.update({k: v for k, v in vars(args).items() if k != "config"})
     config = TrainingConfig(**values)
     config.validate()
     return config
+
+
+def _coerce(value: Any, field_type: Any, where: str) -> Any:
+    """A YAML value converted to the field's type (strings parsed like flags); a mismatch raises naming `where`."""
+    kind, metavar = _field_parser(field_type)
+    if value is None or isinstance(value, str):
+        if value is None and "None" not in str(field_type):
+            raise ValueError(f"{where}: null is not allowed")
+        try:
+            return kind(value) if value is not None else None
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+            raise ValueError(f"{where}: {value!r} is not a valid {metavar} ({error})") from None
+    expected = {"JSON": dict, "BOOL": bool, "INT": int, "FLOAT": (int, float), "STR": str}[metavar]
+    if not isinstance(value, expected) or (metavar in ("INT", "FLOAT") and isinstance(value, bool)):
+        raise ValueError(f"{where}: expected {metavar}, got {value!r}")
+    return float(value) if metavar == "FLOAT" else value
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -279,6 +339,14 @@ class ModelEMA:
         self.module.load_state_dict(state["module"])
 
 
+def select_source(scores: dict[str, dict]) -> str:
+    """"ema" or "regular": the model with the higher selection mAP; a tie goes to the EMA model, as in the released
+    code (`if mAP_score_ema >= mAP_score_regular`)."""
+    if "ema" in scores and scores["ema"]["mAP"] >= scores["regular"]["mAP"]:
+        return "ema"
+    return "regular"
+
+
 @dataclass
 class TrainingState:
     """Progress that must survive a restart (checkpointed with accelerate's `register_for_checkpointing`)."""
@@ -307,17 +375,12 @@ class TrainingState:
 
 def load_datasets(config: TrainingConfig):
     """The prepared `DatasetDict` (train / validation / test) and its label hierarchy."""
-    from hspnet.data import get_hierarchy, load_prepared_dataset, prepare_dataset
+    from hspnet.data import get_hierarchy, open_dataset
 
     options = dict(config.dataset_options or {})
-    if config.cache_dir and "cache_dir" not in options:
-        options["cache_dir"] = config.cache_dir
-    if config.protocol == "authors":
+    if config.protocol == "authors" and not os.path.isdir(config.dataset):
         options.setdefault("validation_fraction", 0.0)  # the authors train on every training image
-    if os.path.isdir(config.dataset) and config.dataset_root is None:
-        datasets = load_prepared_dataset(config.dataset)
-    else:
-        datasets = prepare_dataset(config.dataset, config.dataset_root, **options)
+    datasets = open_dataset(config.dataset, config.dataset_root, options, config.cache_dir)
     for split in ("train", "test"):
         if split not in datasets:
             raise ValueError(f"dataset {config.dataset!r} has no {split!r} split (splits: {list(datasets)})")
@@ -336,16 +399,22 @@ def add_index_column(dataset):
     return dataset.add_column("index", list(range(len(dataset))))
 
 
-def make_transform(image_processor, num_labels: int):
-    """A `datasets` `with_transform` function: images -> `pixel_values`, label lists -> multi-hot targets."""
+def make_transform(image_processor, num_labels: int, permutation: list[int] | None = None):
+    """A `datasets` `with_transform` function: images -> `pixel_values`, label lists (`labels`, `observed_labels`)
+    -> multi-hot targets, in the model's label order when `permutation[dataset_index] = model_index` is given."""
     from hspnet.data import to_multi_hot
+
+    def multi_hot(rows) -> torch.Tensor:
+        if permutation is not None:
+            rows = [[permutation[i] for i in row] for row in rows]
+        return torch.from_numpy(to_multi_hot(rows, num_labels))
 
     def transform(batch: dict) -> dict:
         images = [image.convert("RGB") for image in batch["image"]]
         out = {"pixel_values": image_processor(images=images, return_tensors="pt")["pixel_values"]}
-        out["labels"] = torch.from_numpy(to_multi_hot(batch["labels"], num_labels))
+        out["labels"] = multi_hot(batch["labels"])
         if "observed_labels" in batch:
-            out["observed_labels"] = torch.from_numpy(to_multi_hot(batch["observed_labels"], num_labels))
+            out["observed_labels"] = multi_hot(batch["observed_labels"])
         if "index" in batch:
             out["index"] = torch.as_tensor(batch["index"], dtype=torch.long)
         return out
@@ -363,7 +432,8 @@ def collate(examples: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate_model(model, dataloader, accelerator, num_labels: int, description: str = "eval") -> tuple[dict, Any]:
+def evaluate_model(model, dataloader, accelerator, num_labels: int, description: str = "eval",
+                   threshold: float = 0.5, k: int = 3) -> tuple[dict, Any]:
     """Every metric of :func:`hspnet.metrics.compute_all_metrics` over a (prepared) dataloader, gathered across
     processes without duplicated samples. Returns `(metrics, accumulator)`; the accumulator holds the scores."""
     from tqdm.auto import tqdm
@@ -372,7 +442,7 @@ def evaluate_model(model, dataloader, accelerator, num_labels: int, description:
 
     was_training = model.training
     model.eval()
-    accumulator = MultiLabelMetricAccumulator(num_labels, from_logits=True)
+    accumulator = MultiLabelMetricAccumulator(num_labels, from_logits=True, threshold=threshold, k=k)
     for batch in tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         with accelerator.autocast():
             logits = model(pixel_values=batch["pixel_values"]).logits
@@ -387,7 +457,7 @@ def evaluate_model(model, dataloader, accelerator, num_labels: int, description:
 
 
 def model_card(config, *, dataset: str, metrics: dict | None, recipe: dict, repo_id: str | None = None,
-               base_model: str | None = None) -> str:
+               base_model: str | None = None, license: str | None = None) -> str:
     """README.md for a trained model: YAML metadata (library, tags, datasets, a model-index with the metrics), the
     hierarchy, the recipe and usage snippets."""
     import yaml
@@ -397,9 +467,11 @@ def model_card(config, *, dataset: str, metrics: dict | None, recipe: dict, repo
         "library_name": "transformers",
         "pipeline_tag": "image-classification",
         "tags": ["hspnet", "clip", "multi-label-classification", "single-positive-multi-label", "image-classification"],
-        "license": "apache-2.0",
     }
-    if dataset:
+    if license:
+        metadata["license"] = license
+    dataset_name = os.path.basename(os.path.normpath(dataset)) if dataset else ""
+    if dataset and not os.path.isdir(dataset):  # a dataset name or Hub id, not a local folder
         metadata["datasets"] = [dataset]
     if base_model:
         metadata["base_model"] = base_model
@@ -411,7 +483,7 @@ def model_card(config, *, dataset: str, metrics: dict | None, recipe: dict, repo
                 "results": [
                     {
                         "task": {"type": "image-classification", "name": "Multi-label image classification"},
-                        "dataset": {"type": dataset, "name": dataset},
+                        "dataset": {"type": dataset_name, "name": dataset_name},
                         "metrics": [
                             {"type": key, "value": round(float(value), 4), "name": key}
                             for key, value in metrics.items()
@@ -445,10 +517,17 @@ Base CLIP: `{base_model or 'see config'}`.
 
 ```python
 import hspnet  # or pass trust_remote_code=True below
-from transformers import AutoModelForImageClassification, AutoImageProcessor, pipeline
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
-model = AutoModelForImageClassification.from_pretrained("{name}", trust_remote_code=True)
+image = Image.open("image.jpg")
 processor = AutoImageProcessor.from_pretrained("{name}")
+model = AutoModelForImageClassification.from_pretrained("{name}", trust_remote_code=True)
+probabilities = model(**processor(images=image, return_tensors="pt")).logits.sigmoid()  # (1, {config.num_labels})
+
+base = AutoModel.from_pretrained("{name}", trust_remote_code=True)  # logits, image and label embeddings
+outputs = base(**processor(images=image, return_tensors="pt"))
+
 classifier = pipeline("image-classification", model="{name}", trust_remote_code=True)
 classifier("image.jpg", top_k={config.num_labels})  # a sigmoid score for every label
 ```
@@ -519,6 +598,24 @@ def resolve_checkpoint(output_dir: str, resume: str) -> str:
     return resume
 
 
+def build_training_loss(config: TrainingConfig, num_labels: int, train_set):
+    """The loss of this run, owned by the training loop (its state is run state, checkpointed with accelerate, never
+    saved with the model). ROLE gets the number of training images and starts from the observed labels (their
+    estimates at `init_positive_prob`), as in Cole et al."""
+    from hspnet.data import to_multi_hot
+    from hspnet.losses import LOSS_DEFAULTS, build_loss, check_loss_spec
+
+    kwargs = dict(config.loss_kwargs or {})
+    key = check_loss_spec(config.loss, kwargs)
+    if "num_train_images" in LOSS_DEFAULTS[key]:
+        kwargs["num_train_images"] = len(train_set)
+    loss = build_loss(config.loss, num_labels, **kwargs)
+    if hasattr(loss, "initialize_observed"):
+        observed = torch.from_numpy(to_multi_hot(train_set["observed_labels"], num_labels))
+        loss.initialize_observed(observed)
+    return loss
+
+
 def build_model(config: TrainingConfig, hierarchy, accelerator):
     """A new HSPNet on `config.clip_model` (or the tiny random CLIP), or an existing HSPNet to fine-tune."""
     from transformers import AutoImageProcessor, CLIPModel
@@ -526,7 +623,9 @@ def build_model(config: TrainingConfig, hierarchy, accelerator):
     import hspnet  # noqa: F401  (registers the auto classes)
     from hspnet import HSPNetForImageClassification
 
-    loss_options = dict(loss=config.loss, loss_kwargs=dict(config.loss_kwargs or {}))
+    # the model's config records the loss choice, not run state such as ROLE's number of training images
+    loss_options = dict(loss=config.loss,
+                        loss_kwargs={k: v for k, v in (config.loss_kwargs or {}).items() if k != "num_train_images"})
     if config.model_name_or_path:
         model = HSPNetForImageClassification.from_pretrained(config.model_name_or_path)
         if model.config.label_names != list(hierarchy.labels):
@@ -606,13 +705,12 @@ def train(config: TrainingConfig) -> dict:
     image_processor = model.image_processor
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    loss_module = model.loss_module
-    if any(True for _ in loss_module.parameters()) and accelerator.num_processes > 1:
-        raise ValueError(f"loss {config.loss!r} keeps per-image state; train it with a single process.")
-
     train_set = add_index_column(datasets["train"])
     if config.max_train_samples:
         train_set = train_set.select(range(min(config.max_train_samples, len(train_set))))
+    loss_module = build_training_loss(config, num_labels, train_set)
+    if any(True for _ in loss_module.parameters()) and accelerator.num_processes > 1:
+        raise ValueError(f"loss {config.loss!r} keeps per-image state; train it with a single process.")
     eval_sets = {split: datasets[split] for split in dict.fromkeys([selection_split, "test"])}
     if config.max_eval_samples:
         eval_sets = {k: v.select(range(min(config.max_eval_samples, len(v)))) for k, v in eval_sets.items()}
@@ -625,7 +723,8 @@ def train(config: TrainingConfig) -> dict:
 
     groups = parameter_groups(model, config.lr, config.gcn_lr, config.weight_decay)
     if any(True for _ in loss_module.parameters()):
-        groups.append({"params": list(loss_module.parameters()), "lr": config.lr, "weight_decay": 0.0, "name": "loss"})
+        groups.append({"params": list(loss_module.parameters()), "lr": config.lr * config.loss_lr_scale,
+                       "weight_decay": 0.0, "name": "loss"})
     optimizer = torch.optim.Adam(groups, lr=config.lr)
     model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_loader,
                                                                    *eval_loaders.values())
@@ -698,9 +797,9 @@ def train(config: TrainingConfig) -> dict:
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         running, count = 0.0, 0
         for batch in loader:
-            output = model(pixel_values=batch["pixel_values"], labels=batch["observed_labels"], epoch=epoch,
-                           indices=batch["index"])
-            accelerator.backward(output.loss)
+            logits = model(pixel_values=batch["pixel_values"]).logits
+            loss = loss_module(logits, batch["observed_labels"], epoch=epoch, indices=batch["index"])
+            accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -708,7 +807,7 @@ def train(config: TrainingConfig) -> dict:
                 ema.update(unwrapped)
             state.global_step += 1
             progress.update(1)
-            running += float(output.loss.detach())
+            running += float(loss.detach())
             count += 1
             if state.global_step % config.logging_steps == 0:
                 lrs = scheduler.get_last_lr()
@@ -735,7 +834,7 @@ def train(config: TrainingConfig) -> dict:
             if config.with_tracking:
                 accelerator.log({f"{selection_split}_{source}/{k}": v for k, v in metrics.items()},
                                 step=state.global_step)
-        source = max(scores, key=lambda s: scores[s]["mAP"])
+        source = select_source(scores)
         current = scores[source]["mAP"]
         state.history.append({"epoch": epoch, "step": state.global_step,
                               **{f"{s}_mAP": m["mAP"] for s, m in scores.items()}})
@@ -786,23 +885,35 @@ def train(config: TrainingConfig) -> dict:
         accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
         accelerator.end_training()
 
+    failure = None
     if accelerator.is_main_process:
-        recipe = {k: getattr(config, k) for k in ("clip_model", "dataset", "protocol", "epochs", "schedule_epochs",
-                                                   "batch_size", "lr", "gcn_lr", "weight_decay", "pct_start", "ema",
-                                                   "ema_keep_per_epoch", "loss", "loss_kwargs", "seed")}
-        recipe["world_size"] = accelerator.num_processes
-        recipe["mixed_precision"] = accelerator.mixed_precision
-        card = model_card(best.config, dataset=config.dataset, metrics=test_metrics, recipe=recipe,
-                          repo_id=config.hub_model_id, base_model=None if config.model_name_or_path else config.clip_model)
-        with open(os.path.join(config.output_dir, "README.md"), "w") as handle:
-            handle.write(card)
-        with open(os.path.join(config.output_dir, "all_results.json"), "w") as handle:
-            json.dump(results, handle, indent=2)
-        if config.push_to_hub:
-            push_folder_to_hub(config.output_dir, config.hub_model_id, token=config.hub_token,
-                               private=config.hub_private_repo)
+        try:
+            _write_outputs(config, best, test_metrics, results, accelerator)
+        except Exception as error:  # noqa: BLE001 - re-raised after the other processes are released
+            failure = error
     accelerator.wait_for_everyone()
+    if failure is not None:
+        raise failure
     return results
+
+
+def _write_outputs(config: TrainingConfig, best, test_metrics: dict, results: dict, accelerator) -> None:
+    """Model card, all_results.json and the optional Hub upload (main process)."""
+    recipe = {k: getattr(config, k) for k in ("clip_model", "dataset", "protocol", "epochs", "schedule_epochs",
+                                               "batch_size", "lr", "gcn_lr", "weight_decay", "pct_start", "ema",
+                                               "ema_keep_per_epoch", "loss", "loss_kwargs", "seed")}
+    recipe["world_size"] = accelerator.num_processes
+    recipe["mixed_precision"] = accelerator.mixed_precision
+    card = model_card(best.config, dataset=config.dataset, metrics=test_metrics, recipe=recipe,
+                      repo_id=config.hub_model_id, base_model=None if config.model_name_or_path else config.clip_model,
+                      license=config.license)
+    with open(os.path.join(config.output_dir, "README.md"), "w") as handle:
+        handle.write(card)
+    with open(os.path.join(config.output_dir, "all_results.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+    if config.push_to_hub:
+        push_folder_to_hub(config.output_dir, config.hub_model_id, token=config.hub_token,
+                           private=config.hub_private_repo)
 
 
 def push_folder_to_hub(folder: str, repo_id: str | None, token: str | None = None, private: bool = False) -> str:

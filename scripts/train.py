@@ -16,9 +16,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from hspnet.training import load_config, train  # noqa: E402
 
 
-def main(argv=None):
-    train(load_config(argv))
+def main(argv=None) -> int:
+    try:
+        train(load_config(argv))
+    except (OSError, ValueError) as error:  # bad input: one line naming the file / option, no traceback
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

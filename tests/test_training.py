@@ -13,6 +13,8 @@ import yaml
 
 from hspnet.training import (
     ModelEMA,
+    build_training_loss,
+    select_source,
     TrainingConfig,
     ema_decay,
     load_config,
@@ -157,6 +159,54 @@ def test_config_from_yaml_and_overrides(tmp_path):
         load_config(["--config", str(tmp_path / "nope.yaml")])
 
 
+def test_yaml_values_are_typed_like_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\ngcn_lr: 5e-4\nepochs: '3'\nschedule_epochs: 4\nema: 'no'\npatience: null\n")
+    config = load_config(["--config", str(path)])  # PyYAML reads 1e-4 as a string
+    assert config.lr == 1e-4 and isinstance(config.lr, float) and config.gcn_lr == 5e-4
+    assert config.epochs == 3 and config.ema is False and config.patience is None
+    path.write_text("epochs: many\n")
+    with pytest.raises(ValueError, match=r"c.yaml: epochs: 'many' is not a valid INT"):
+        load_config(["--config", str(path)])
+    path.write_text("ema: [1]\n")
+    with pytest.raises(ValueError, match=r"c.yaml: ema: expected BOOL"):
+        load_config(["--config", str(path)])
+    with pytest.raises(ValueError, match="hub_model_id"):  # checked before any training, not after
+        load_config(["--push_to_hub", "true"])
+    with pytest.raises(ValueError, match="unknown loss 'nope'"):
+        load_config(["--loss", "nope"])
+
+
+def test_help_describes_every_option():
+    from hspnet.training import build_argument_parser
+
+    text = build_argument_parser().format_help()
+    assert "select the model on the validation split" in text and "(default: heldout)" in text
+
+
+def test_ema_wins_ties_like_the_reference():
+    assert select_source({"regular": {"mAP": 50.0}, "ema": {"mAP": 50.0}}) == "ema"
+    assert select_source({"regular": {"mAP": 50.1}, "ema": {"mAP": 50.0}}) == "regular"
+    assert select_source({"regular": {"mAP": 50.0}}) == "regular"
+
+
+def test_role_gets_the_training_set_and_starts_from_the_observed_labels():
+    from datasets import ClassLabel, Dataset, Features, List
+
+    names = ["a", "b", "c"]
+    train_set = Dataset.from_dict(
+        {"observed_labels": [[0], [2], [1], [2]]},
+        features=Features({"observed_labels": List(ClassLabel(names=names))}),
+    )
+    config = TrainingConfig(loss="role", loss_kwargs={})
+    loss = build_training_loss(config, 3, train_set)
+    assert loss.label_logits.shape == (4, 3)
+    estimates = loss.estimated_labels
+    assert estimates[0, 0] == pytest.approx(0.995, abs=1e-4) and estimates[1, 2] == pytest.approx(0.995, abs=1e-4)
+    assert estimates[0, 1] < 0.9  # unobserved entries keep their random initialisation
+    assert build_training_loss(TrainingConfig(loss="splc"), 3, train_set).change_epoch == 1
+
+
 def test_benchmark_configs_carry_the_reference_recipe():
     expected = {"coco": (1e-4, 5e-4, 1), "voc": (1e-4, 7e-4, 2), "nuswide": (1e-4, 5e-4, 3), "cub": (1e-3, 5e-3, 1)}
     for name, (lr, gcn_lr, change_epoch) in expected.items():
@@ -262,8 +312,8 @@ def test_output_dir_is_never_overwritten_silently(trained):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    """Kill -9 in the middle of step 6 (after the step-4 checkpoint), resume from 'latest': the final weights equal
-    those of an uninterrupted run of the same length."""
+    """Kill -9 during step 9, in the second epoch (6 steps per epoch; checkpoints at step 4, at the end of epoch 0 and
+    at step 8), resume from 'latest' (step 8, mid-epoch): the final weights equal those of an uninterrupted run."""
     from safetensors.torch import load_file
 
     common = dict(max_train_steps=10, epochs=3, checkpointing_steps="4", evaluate_before_training=False)
@@ -281,7 +331,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         original = training.ModelEMA.update
         def update(self, model):
             calls["n"] += 1
-            if calls["n"] == 6:  # optimizer step 6 is done, its checkpoint is not: die like a crashed node
+            if calls["n"] == 9:  # optimizer step 9 is done, nothing of it saved: die like a crashed node
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(self, model)
         training.ModelEMA.update = update
@@ -290,7 +340,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     )
     result = run_script(["-c", killer] + as_argv(killed))
     assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
-    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step_4"]
+    saved = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert saved == ["epoch_0-step_6", "step_8"]  # checkpoints_total_limit 2 dropped step_4
+    assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("step_8")
     result = run_script([TRAIN] + as_argv(killed) + ["--resume_from_checkpoint", "latest"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
@@ -368,3 +420,23 @@ def test_push_to_hub_commits_exactly_the_model_files(trained, monkeypatch):
     assert metadata["pipeline_tag"] == "image-classification" and metadata["datasets"] == ["demo"]
     with pytest.raises(ValueError, match="hub_model_id"):
         push_folder_to_hub(str(out), None)
+
+
+@pytest.mark.parametrize("loss", ["role", "ll_r"])
+def test_stateful_losses_train_end_to_end_and_push(loss, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    from hspnet.training import train
+
+    committed = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit",
+                        lambda self, repo_id, operations, **kw: committed.update(files=[o.path_in_repo for o in operations]))
+    options = tiny_options(tmp_path, loss=loss, loss_kwargs={}, epochs=1, schedule_epochs=1,
+                           evaluate_before_training=False, push_to_hub=True, hub_model_id="me/demo")
+    results = train(TrainingConfig(**options))
+    assert math.isfinite(results["test"]["mAP"])
+    assert "model.safetensors" in committed["files"] and "README.md" in committed["files"]
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["loss"] == loss and "num_train_images" not in saved["loss_kwargs"]  # run state is not model config

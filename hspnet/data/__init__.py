@@ -75,6 +75,25 @@ def prepare_dataset(name: str, root=None, **kwargs):
     return BENCHMARK_LOADERS[key](root, **kwargs)
 
 
+def open_dataset(dataset: str, root=None, options: dict | None = None, cache_dir=None):
+    """The ``DatasetDict`` named by ``dataset``: a folder written by ``save_prepared_dataset`` /
+    ``datasets_scripts/prepare.py --output``, or a name for :func:`prepare_dataset` (``root`` and ``options`` go to
+    its loader). Options a loader does not take, and paths that do not exist, raise errors that say so."""
+    import os
+
+    options = dict(options or {})
+    if cache_dir and "cache_dir" not in options:
+        options["cache_dir"] = cache_dir
+    if os.path.isdir(dataset) and root is None:
+        return load_prepared_dataset(dataset, cache_dir=cache_dir)
+    if os.sep in dataset or dataset.startswith("."):
+        raise FileNotFoundError(f"{dataset}: no such prepared dataset folder")
+    try:
+        return prepare_dataset(dataset, root, **options)
+    except TypeError as error:  # an option the loader does not take
+        raise ValueError(f"dataset options {options} do not fit the {dataset!r} loader: {error}") from None
+
+
 def to_multi_hot(label_lists, num_labels: int):
     """``[[2, 5], [0]]`` -> a float32 ``(len, num_labels)`` multi-hot ``numpy`` array."""
     import numpy as np
@@ -87,6 +106,7 @@ def to_multi_hot(label_lists, num_labels: int):
 
 __all__ = [
     "BENCHMARK_LOADERS",
+    "open_dataset",
     "BUILTIN_HIERARCHIES",
     "BuildOptions",
     "DEFAULT_CLIP_MODEL",
