@@ -57,10 +57,19 @@ predicted positives (ties broken by label index, lower first). ML-GCN
 additionally requires the score of such a label to be >= 0 (a logit, i.e.
 probability >= 0.5): pass ``min_score=0.0`` with logits to get exactly that.
 
+Fewer labels than k: :func:`compute_all_metrics` and
+``MultiLabelMetricAccumulator`` use the effective ``k_eff = min(k, C)``, so a
+dataset with C = 1 or 2 labels evaluates with the default k = 3 (with
+C <= k every label of every image is predicted: the top-k OR is 100 and OP the
+label prevalence). The keys keep the REQUESTED k (``CP_top3``, ...), so the
+result has the same keys for every dataset and matches ``--top_k``; read
+them as "the (up to) k best labels". A direct call of :func:`topk_metrics`
+with k > C still raises ``ValueError`` (there the caller asked for exactly k).
+
 Distributed evaluation
 ----------------------
 ``MultiLabelMetricAccumulator`` stores the (N, C) scores and targets, a batch
-at a time, and computes everything at the end. Under accelerate, give it the
+at a time, and computes everything at the end (memory: see its docstring). Under accelerate, give it the
 batches AFTER ``accelerator.gather_for_metrics`` (or call
 ``add_from_accelerator``, which gathers): ``gather_for_metrics`` collects
 every process's batch and drops the samples that the prepared dataloader
@@ -70,7 +79,7 @@ This needs the dataloader to be prepared by the same accelerator.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -305,16 +314,23 @@ def compute_all_metrics(
     Keys: ``mAP`` (ranked definition, the one to report), ``mAP_tie_aware``,
     ``CP CR CF1 mean_class_F1 OP OR OF1`` at ``threshold``, the same with the
     suffix ``_top{k}``, and ``num_samples``.
+
+    ``k`` (an int >= 1) is clamped to the number of labels C: the top-k
+    metrics use the ``min(k, C)`` best labels of each image, and the keys
+    keep the requested ``k`` in their suffix (see the module docstring).
     """
     s, t = _prepare(scores, targets)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
     probs = _probabilities(s, from_logits)  # validates the range before any work
     out: Dict[str, float] = {
         "mAP": mean_average_precision(s, t, "ranked"),
         "mAP_tie_aware": mean_average_precision(s, t, "tie_aware"),
     }
     out.update(_decision_metrics(probs > threshold, t))
-    for key, value in topk_metrics(s, t, k, min_score=topk_min_score).items():
-        out[f"{key}_top{k}"] = value
+    k_eff = min(int(k), s.shape[1])
+    for key, value in topk_metrics(s, t, k_eff, min_score=topk_min_score).items():
+        out[f"{key}_top{int(k)}"] = value
     out["num_samples"] = int(s.shape[0])
     return out
 
@@ -322,28 +338,54 @@ def compute_all_metrics(
 # ---------------------------------------------------------------------------
 # streaming
 # ---------------------------------------------------------------------------
+_UNSET: Any = object()
+
+
 class MultiLabelMetricAccumulator:
     """Collect (N, C) scores and targets batch by batch, then compute the metrics.
 
-    Memory: exactly the scores (float32, or float64 if the first batch is
-    float64) and targets (uint8) of the samples added, in buffers that grow
-    by doubling (amortised O(1) per sample, at most 2x the final size).
+    ``from_logits`` / ``threshold`` / ``k`` / ``topk_min_score`` are the
+    defaults passed to :func:`compute_all_metrics` (``k`` is clamped to
+    ``num_labels``, keys keep the requested k); :meth:`compute` can override
+    each of them, so one pass over the data serves any threshold or k.
 
-    ``from_logits`` / ``threshold`` / ``k`` / ``topk_min_score`` are passed
-    to :func:`compute_all_metrics`.
+    Memory: the scores (float32, or float64 if the first batch is float64)
+    and targets (uint8) of the samples added, and nothing proportional to
+    more than that except transiently:
+
+    * ``capacity=N`` (the expected number of samples, e.g.
+      ``len(dataloader.dataset)``): one (N, C) buffer pair is allocated at the
+      first :meth:`add` and filled in place, so at most N x C is ever held. If
+      more than N samples arrive, the extra batches are kept as separate
+      blocks (exactly their size) and merged into one array on the first read
+      (:attr:`scores`, :attr:`targets`, :meth:`compute`); fewer than N leave
+      the buffer partly unused (the views are trimmed).
+    * no capacity: every batch is copied into its own block (exactly its
+      size, so N x C in total), and the blocks are concatenated into one
+      (N, C) array on the first read; during that concatenation 2 x N x C is
+      held transiently, afterwards N x C again.
+
+    Reads return views of the stored arrays (no copy once merged); adding
+    after a read starts new blocks, merged again at the next read.
 
     Distributed use (accelerate)::
 
-        acc = MultiLabelMetricAccumulator(num_labels, from_logits=True)
+        acc = MultiLabelMetricAccumulator(num_labels, from_logits=True,
+                                          capacity=len(eval_dataloader.dataset))
         for batch in eval_dataloader:          # prepared by `accelerator`
             logits = model(**batch).logits
             acc.add_from_accelerator(accelerator, logits, batch["labels"])
         metrics = acc.compute()                # identical on every process
 
     ``add_from_accelerator`` calls ``accelerator.gather_for_metrics``, which
-    drops the duplicated samples of an uneven last batch. Calling ``add``
-    directly with per-process tensors under multiple processes would give
-    per-process metrics instead.
+    drops the duplicated samples of an uneven last batch (so every process
+    ends with the full N samples of the dataset: ``capacity`` is the dataset
+    size, not the per-process share). Calling ``add`` directly with
+    per-process tensors under multiple processes would give per-process
+    metrics instead.
+
+    ``initial_capacity`` is accepted for backward compatibility and ignored
+    (the buffers no longer over-allocate); use ``capacity``.
     """
 
     def __init__(
@@ -354,21 +396,27 @@ class MultiLabelMetricAccumulator:
         threshold: float = 0.5,
         k: int = 3,
         topk_min_score: Optional[float] = None,
-        initial_capacity: int = 1024,
+        capacity: Optional[int] = None,
+        initial_capacity: Optional[int] = None,
     ) -> None:
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        if capacity is not None and (isinstance(capacity, bool) or int(capacity) != capacity or capacity < 0):
+            raise ValueError(f"capacity must be None or an int >= 0, got {capacity!r}")
         self.num_labels = int(num_labels)
         self.from_logits = from_logits
         self.threshold = threshold
         self.k = k
         self.topk_min_score = topk_min_score
-        self._initial_capacity = max(1, int(initial_capacity))
+        self.expected_samples = None if capacity is None else int(capacity)
         self.reset()
 
     def reset(self) -> None:
-        self._scores: Optional[np.ndarray] = None
-        self._targets: Optional[np.ndarray] = None
+        """Forget every sample (and free the buffers)."""
+        # blocks of (scores, targets); only the LAST block may be partly filled (the preallocated one)
+        self._blocks: List[Tuple[np.ndarray, np.ndarray]] = []
+        self._last_fill = 0  # rows of the last block in use
+        self._dtype: Optional[np.dtype] = None
         self._n = 0
 
     @property
@@ -376,38 +424,38 @@ class MultiLabelMetricAccumulator:
         return self._n
 
     @property
+    def capacity(self) -> int:
+        """Rows currently allocated for the scores (and as many for the targets):
+        0 before the first :meth:`add`; then the constructor's ``capacity`` (or
+        ``num_samples`` if more were added), or ``num_samples`` without one."""
+        return sum(block[0].shape[0] for block in self._blocks)
+
+    def _merged(self) -> Tuple[np.ndarray, np.ndarray]:
+        if not self._blocks:
+            dtype = self._dtype or np.dtype(np.float32)
+            return np.zeros((0, self.num_labels), dtype=dtype), np.zeros((0, self.num_labels), dtype=np.uint8)
+        if len(self._blocks) > 1:
+            filled = [(s, t) for s, t in self._blocks[:-1]]
+            last_s, last_t = self._blocks[-1]
+            filled.append((last_s[: self._last_fill], last_t[: self._last_fill]))
+            merged = (np.concatenate([s for s, _ in filled]), np.concatenate([t for _, t in filled]))
+            self._blocks = [merged]
+            self._last_fill = merged[0].shape[0]
+        s, t = self._blocks[0]
+        return s[: self._n], t[: self._n]
+
+    @property
     def scores(self) -> np.ndarray:
         """The (N, C) scores added so far (a view, do not modify)."""
-        if self._scores is None:
-            return np.zeros((0, self.num_labels), dtype=np.float32)
-        return self._scores[: self._n]
+        return self._merged()[0]
 
     @property
     def targets(self) -> np.ndarray:
         """The (N, C) targets added so far (uint8, a view)."""
-        if self._targets is None:
-            return np.zeros((0, self.num_labels), dtype=np.uint8)
-        return self._targets[: self._n]
-
-    def _grow(self, needed: int, dtype: np.dtype) -> None:
-        if self._scores is None:
-            cap = max(self._initial_capacity, needed)
-            self._scores = np.empty((cap, self.num_labels), dtype=dtype)
-            self._targets = np.empty((cap, self.num_labels), dtype=np.uint8)
-            return
-        cap = self._scores.shape[0]
-        if needed <= cap:
-            return
-        while cap < needed:
-            cap *= 2
-        new_s = np.empty((cap, self.num_labels), dtype=self._scores.dtype)
-        new_t = np.empty((cap, self.num_labels), dtype=np.uint8)
-        new_s[: self._n] = self._scores[: self._n]
-        new_t[: self._n] = self._targets[: self._n]
-        self._scores, self._targets = new_s, new_t
+        return self._merged()[1]
 
     def add(self, scores: Any, targets: Any) -> None:
-        """Add a batch: scores (B, C) and multi-hot targets (B, C)."""
+        """Add a batch: scores (B, C) and multi-hot targets (B, C). The data are copied."""
         s = _to_numpy(scores)
         t = _to_numpy(targets)
         if s.ndim != 2 or s.shape[1] != self.num_labels:
@@ -416,11 +464,31 @@ class MultiLabelMetricAccumulator:
             raise ValueError(f"targets must have shape {s.shape}, got {t.shape}")
         if t.size and not np.all((t == 0) | (t == 1)):
             raise ValueError("targets must be multi-hot with values in {0, 1}")
+        if self._dtype is None:
+            self._dtype = np.dtype(np.float64 if s.dtype == np.float64 else np.float32)
+            if self.expected_samples:
+                self._blocks.append(
+                    (
+                        np.empty((self.expected_samples, self.num_labels), dtype=self._dtype),
+                        np.empty((self.expected_samples, self.num_labels), dtype=np.uint8),
+                    )
+                )
+                self._last_fill = 0
         b = s.shape[0]
-        dtype = np.float64 if s.dtype == np.float64 else np.float32
-        self._grow(self._n + b, np.dtype(dtype))
-        self._scores[self._n : self._n + b] = s
-        self._targets[self._n : self._n + b] = t
+        if b == 0:
+            return
+        start = 0
+        if self._blocks:  # fill the free rows of the last block first (the preallocated buffer)
+            last_s, last_t = self._blocks[-1]
+            room = min(last_s.shape[0] - self._last_fill, b)
+            if room > 0:
+                last_s[self._last_fill : self._last_fill + room] = s[:room]
+                last_t[self._last_fill : self._last_fill + room] = t[:room]
+                self._last_fill += room
+                start = room
+        if start < b:  # the rest as a new block of exactly its size
+            self._blocks.append((s[start:].astype(self._dtype, copy=True), t[start:].astype(np.uint8, copy=True)))
+            self._last_fill = b - start
         self._n += b
 
     def add_from_accelerator(self, accelerator: Any, logits: Any, targets: Any) -> None:
@@ -432,13 +500,26 @@ class MultiLabelMetricAccumulator:
         gathered_scores, gathered_targets = accelerator.gather_for_metrics((logits, targets))
         self.add(gathered_scores, gathered_targets)
 
-    def compute(self) -> Dict[str, float]:
-        """:func:`compute_all_metrics` over everything added."""
+    def compute(
+        self,
+        *,
+        threshold: Optional[float] = None,
+        k: Optional[int] = None,
+        topk_min_score: Optional[float] = _UNSET,
+        from_logits: Optional[bool] = None,
+    ) -> Dict[str, float]:
+        """:func:`compute_all_metrics` over everything added.
+
+        Each argument left out (``None``; for ``topk_min_score``, not passed)
+        takes the constructor's value, so ``acc.compute(threshold=0.4, k=2)``
+        needs no second pass over the data. ``k`` is clamped to
+        ``num_labels`` (the keys keep the requested k).
+        """
         return compute_all_metrics(
             self.scores,
             self.targets,
-            from_logits=self.from_logits,
-            threshold=self.threshold,
-            k=self.k,
-            topk_min_score=self.topk_min_score,
+            from_logits=self.from_logits if from_logits is None else from_logits,
+            threshold=self.threshold if threshold is None else threshold,
+            k=self.k if k is None else k,
+            topk_min_score=self.topk_min_score if topk_min_score is _UNSET else topk_min_score,
         )

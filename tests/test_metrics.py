@@ -239,6 +239,72 @@ def test_compute_all_metrics_keys():
 
 
 # ---------------------------------------------------------------------------
+# fewer labels than k: k is clamped to C, keys keep the requested k
+# ---------------------------------------------------------------------------
+PROBS2 = np.array([[0.9, 0.6], [0.4, 0.7], [0.8, 0.3]])
+TARGETS2 = np.array([[1, 1], [1, 0], [0, 1]])
+
+
+def test_two_labels_default_k_by_hand():
+    # top-3 of 2 labels = both labels of every image are predicted
+    # class 0: TP 2 (imgs 0, 1), FP 1 (img 2), FN 0 -> P 2/3, R 1, F1 4/5; class 1: the same (TP 0, 2; FP 1)
+    out = compute_all_metrics(PROBS2, TARGETS2)
+    assert out["CP_top3"] == pytest.approx(100 * 2 / 3)
+    assert out["CR_top3"] == pytest.approx(100.0)
+    assert out["CF1_top3"] == pytest.approx(80.0)
+    assert out["mean_class_F1_top3"] == pytest.approx(80.0)
+    assert out["OP_top3"] == pytest.approx(100 * 4 / 6)
+    assert out["OR_top3"] == pytest.approx(100.0)
+    assert out["OF1_top3"] == pytest.approx(80.0)
+    # mAP: class 0 ranks pos, neg, pos -> (1 + 2/3) / 2 = 5/6; class 1 ranks neg, pos, pos -> (1/2 + 2/3) / 2 = 7/12
+    assert out["mAP"] == pytest.approx(100 * (5 / 6 + 7 / 12) / 2)
+    # threshold 0.5: [[1,1],[0,1],[1,0]] -> each class TP 1, FP 1, FN 1
+    for key in ("CP", "CR", "CF1", "mean_class_F1", "OP", "OR", "OF1"):
+        assert out[key] == pytest.approx(50.0)
+    assert not any(key.endswith("_top2") for key in out)  # the suffix is the requested k
+    # the effective k is 2: the same values as an explicit k=2
+    top2 = compute_all_metrics(PROBS2, TARGETS2, k=2)
+    assert {key.replace("_top2", "_top3"): v for key, v in top2.items()} == pytest.approx(out)
+    # the accumulator (default k=3) works end to end
+    acc = MultiLabelMetricAccumulator(2)
+    acc.add(PROBS2[:2], TARGETS2[:2])
+    acc.add(PROBS2[2:], TARGETS2[2:])
+    assert acc.compute() == pytest.approx(out)
+    # a direct topk_metrics call with k > C still raises; k < 1 raises everywhere
+    with pytest.raises(ValueError, match="k must be"):
+        topk_metrics(PROBS2, TARGETS2, k=3)
+    with pytest.raises(ValueError, match="k must be"):
+        compute_all_metrics(PROBS2, TARGETS2, k=0)
+
+
+def test_one_label_by_hand():
+    probs = np.array([[0.9], [0.2], [0.6]])
+    targets = np.array([[1], [0], [0]])
+    logits = np.log(probs / (1 - probs))
+    acc = MultiLabelMetricAccumulator(1, from_logits=True)
+    acc.add(torch.tensor(logits, dtype=torch.float32), torch.tensor(targets))
+    out = acc.compute()
+    assert out["mAP"] == pytest.approx(100.0)  # the positive ranks first
+    # threshold: predictions [1, 0, 1] -> TP 1, FP 1, FN 0 -> P 1/2, R 1
+    assert out["CP"] == pytest.approx(50.0) and out["CR"] == pytest.approx(100.0)
+    assert out["CF1"] == pytest.approx(100 * 2 / 3) and out["OF1"] == pytest.approx(100 * 2 / 3)
+    # top-3 of 1 label: every image predicts it -> TP 1, FP 2 -> P 1/3, R 1, F1 1/2
+    assert out["CP_top3"] == pytest.approx(100 / 3) and out["OP_top3"] == pytest.approx(100 / 3)
+    assert out["CR_top3"] == pytest.approx(100.0) and out["OR_top3"] == pytest.approx(100.0)
+    assert out["CF1_top3"] == pytest.approx(50.0) and out["mean_class_F1_top3"] == pytest.approx(50.0)
+    assert out["num_samples"] == 3
+
+
+def test_evaluate_module_with_two_labels():
+    import evaluate
+
+    metric = evaluate.load(str(REPO / "metrics" / "hspnet_multilabel"))
+    got = metric.compute(predictions=PROBS2.tolist(), references=TARGETS2.tolist())
+    assert got == pytest.approx(compute_all_metrics(PROBS2, TARGETS2))
+    assert got["OP_top3"] == pytest.approx(100 * 4 / 6)
+
+
+# ---------------------------------------------------------------------------
 # streaming and distributed
 # ---------------------------------------------------------------------------
 def test_accumulator_equals_one_shot():
@@ -264,6 +330,83 @@ def test_accumulator_equals_one_shot():
         acc.add(np.zeros((2, 6)), np.zeros((2, 6)))
 
 
+def test_accumulator_capacity_preallocates_exactly():
+    scores, targets = random_case(n=203, c=7, seed=5, ties=True)
+    scores = scores.astype(np.float32)
+    expected = compute_all_metrics(scores, targets, from_logits=True)
+    acc = MultiLabelMetricAccumulator(7, from_logits=True, capacity=203)
+    assert acc.capacity == 0  # nothing allocated before the first batch (its dtype decides)
+    start = 0
+    for size in [1, 5, 17, 64, 100, 16]:
+        acc.add(torch.from_numpy(scores[start : start + size]), torch.from_numpy(targets[start : start + size]))
+        start += size
+        assert acc.capacity == 203  # one (N, C) buffer, filled in place
+        assert len(acc._blocks) == 1 and acc._blocks[0][0].shape == (203, 7) and acc._blocks[0][1].shape == (203, 7)
+    # the views are the whole buffer (no copy) and the results are unchanged
+    assert acc.scores.shape == (203, 7) and np.shares_memory(acc.scores, acc._blocks[0][0])
+    assert acc.scores.nbytes == 203 * 7 * 4 and acc.targets.nbytes == 203 * 7
+    assert acc.compute() == expected
+
+    # more samples than the capacity: still exact, and the same metrics
+    small = MultiLabelMetricAccumulator(7, from_logits=True, capacity=100)
+    for i in range(0, 203, 64):
+        small.add(scores[i : i + 64], targets[i : i + 64])
+    assert small.num_samples == 203
+    assert small.compute() == expected
+    assert small.capacity == 203 and len(small._blocks) == 1  # merged into one (N, C) array at the read
+    # fewer samples than the capacity: the views are trimmed
+    big = MultiLabelMetricAccumulator(7, from_logits=True, capacity=500)
+    big.add(scores, targets)
+    assert big.scores.shape == (203, 7) and big.capacity == 500
+    assert big.compute() == expected
+
+
+def test_accumulator_without_capacity_holds_exactly_n():
+    scores, targets = random_case(n=203, c=7, seed=5)
+    acc = MultiLabelMetricAccumulator(7, from_logits=True)
+    for i in range(0, 203, 50):
+        acc.add(scores[i : i + 50], targets[i : i + 50])
+        assert acc.capacity == acc.num_samples  # blocks of exactly the batch size, no doubling
+    assert acc.scores.dtype == np.float64 and acc.scores.shape == (203, 7)
+    assert acc.capacity == 203 and len(acc._blocks) == 1
+    assert acc.compute() == compute_all_metrics(scores, targets, from_logits=True)
+    # adding after a read still works
+    acc.add(scores[:3], targets[:3])
+    assert acc.num_samples == 206 and acc.capacity == 206
+    np.testing.assert_array_equal(acc.scores[203:], scores[:3])
+    np.testing.assert_array_equal(acc.scores[:203], scores)
+    # the added data are copied
+    batch = scores[:2].copy()
+    acc.add(batch, targets[:2])
+    batch[:] = 99.0
+    np.testing.assert_array_equal(acc.scores[206:], scores[:2])
+    # an empty accumulator
+    empty = MultiLabelMetricAccumulator(4)
+    assert empty.scores.shape == (0, 4) and empty.targets.shape == (0, 4) and empty.capacity == 0
+
+
+def test_accumulator_compute_overrides():
+    scores, targets = random_case(n=50, c=5, seed=4)
+    acc = MultiLabelMetricAccumulator(5, from_logits=True, threshold=0.3, k=2)
+    acc.add(scores, targets)
+    assert acc.compute() == compute_all_metrics(scores, targets, from_logits=True, threshold=0.3, k=2)
+    assert acc.compute(threshold=0.6, k=1) == compute_all_metrics(
+        scores, targets, from_logits=True, threshold=0.6, k=1
+    )
+    assert acc.compute(topk_min_score=0.0) == compute_all_metrics(
+        scores, targets, from_logits=True, threshold=0.3, k=2, topk_min_score=0.0
+    )
+    withmin = MultiLabelMetricAccumulator(5, from_logits=True, topk_min_score=0.0)
+    withmin.add(scores, targets)
+    assert withmin.compute(topk_min_score=None) == compute_all_metrics(scores, targets, from_logits=True)
+    probs = 1 / (1 + np.exp(-scores))
+    on_probs = MultiLabelMetricAccumulator(5)
+    on_probs.add(probs, targets)
+    assert on_probs.compute(from_logits=False) == pytest.approx(compute_all_metrics(scores, targets, from_logits=True))
+    with pytest.raises(ValueError, match="capacity"):
+        MultiLabelMetricAccumulator(5, capacity=-1)
+
+
 def test_accumulator_single_process_accelerate():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -273,10 +416,10 @@ def test_accumulator_single_process_accelerate():
         accelerator = Accelerator(cpu=True)
         ds = torch.utils.data.TensorDataset(torch.tensor(scores, dtype=torch.float32), torch.tensor(targets))
         loader = accelerator.prepare(torch.utils.data.DataLoader(ds, batch_size=4))
-        acc = MultiLabelMetricAccumulator(5, from_logits=True)
+        acc = MultiLabelMetricAccumulator(5, from_logits=True, capacity=len(loader.dataset))
         for logits, labels in loader:
             acc.add_from_accelerator(accelerator, logits, labels)
-        assert acc.num_samples == 11
+        assert acc.num_samples == 11 and acc.capacity == 11  # the prepared loader's dataset is the full one
         assert acc.compute() == compute_all_metrics(scores.astype(np.float32), targets, from_logits=True)
     finally:
         AcceleratorState._reset_state(True)
@@ -307,6 +450,10 @@ _WORKER = textwrap.dedent(
             json.dump({"world": accelerator.num_processes, "metrics": acc.compute(),
                        "scores": acc.scores.tolist(), "all_scores": logits.tolist(),
                        "all_targets": targets.tolist()}, f)
+    # tear gloo down before exit: without it the process can abort at exit
+    # ("terminate called without an active exception"), a flaky failure
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
     """
 )
 

@@ -31,7 +31,8 @@ metrics. All values are percentages.
 - `CP`, `CR`, `CF1` (ML-GCN: 2*CP*CR/(CP+CR)), `mean_class_F1` (mean of the
   per-class F1, the released HSPNet code's "F_C"), `OP`, `OR`, `OF1` at
   `prob > threshold`; the same with the suffix `_top{k}` for the top-k labels
-  of each sample. 0/0 counts as 0.
+  of each sample (with fewer than k labels, the min(k, C) best labels, i.e.
+  all of them; the suffix keeps the requested k). 0/0 counts as 0.
 - `num_samples`.
 """
 
@@ -41,7 +42,8 @@ Args:
         probabilities in [0, 1], or logits with `from_logits=True`.
     references (`list` of `list` of `int`): multi-hot ground truth (0/1).
     threshold (`float`, default 0.5): decision threshold on probabilities.
-    k (`int`, default 3): number of labels predicted per sample for the top-k metrics.
+    k (`int`, default 3): number of labels predicted per sample for the top-k metrics
+        (clamped to the number of labels C; the keys keep the suffix `_top{k}`).
     from_logits (`bool`, default False): apply a sigmoid to `predictions` before thresholding.
     topk_min_score (`float`, optional): a top-k label is predicted only if its
         score is >= this value (ML-GCN uses 0.0 on logits).
