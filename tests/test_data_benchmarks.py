@@ -168,6 +168,29 @@ def test_nuswide_flat_layout(tmp_path):
     assert row["labels"] == sorted(concepts.index(n) for n in ("zebra", "animal", "grass"))
 
 
+def test_nuswide_flat_single_label_train_list_warns_partial_validation(tmp_path, caplog):
+    import logging
+    import warnings
+
+    single = {key: names[:1] for key, names in NUS_TRAIN.items()}
+    root = make_nuswide_flat(tmp_path / "nus", train=single, train_list="nus_train_singlelabel.txt")
+    for attempt in ("build", "cached"):  # the cached load warns as well
+        with caplog.at_level(logging.WARNING, logger="hspnet.data.nuswide"):
+            with pytest.warns(UserWarning, match=r"nus_train_singlelabel\.txt.*validation labels are PARTIAL"):
+                data = load_nuswide(root, cache_dir=tmp_path / "cache", validation_fraction=0.3)
+        assert "validation" in data
+        assert any("nus_train_singlelabel.txt" in r.getMessage() and "PARTIAL" in r.getMessage()
+                   for r in caplog.records), attempt
+        caplog.clear()
+    assert "partial" in get_build_report(data)["warning"]
+    # no validation split (authors' protocol), or a multi-label training list: no warning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*PARTIAL")
+        load_nuswide(root, cache_dir=tmp_path / "cache", validation_fraction=0)
+        full = make_nuswide_flat(tmp_path / "full")
+        load_nuswide(full, cache_dir=tmp_path / "cache", validation_fraction=0.3)
+
+
 def test_cub_attributes_and_split(tmp_path):
     root = make_cub_tree(tmp_path / "cub")
     data = load_cub(root, cache_dir=tmp_path / "cache", validation_fraction=0)

@@ -221,3 +221,97 @@ def test_prepared_dataset_keeps_its_hierarchy_and_cli(tmp_path, capsys):
         "train.parquet",
         "validation.parquet",
     ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Seeds: `seed` draws the single positives; the held-out test split (`test_seed`) and the automatic hierarchy
+# (`hierarchy_seed`) do not move with it
+
+
+def _many_images_source(n=200):
+    names = ["cat", "dog", "car", "bus", "traffic light"]
+    return Dataset.from_dict(
+        {
+            "image": [f"/nonexistent/{i:04d}.png" for i in range(n)],  # never opened
+            "labels": [[names[i % 5], names[(i + 1) % 5], names[(i + 3) % 5]] for i in range(n)],
+            "uid": [f"id{i:04d}" for i in range(n)],
+        },
+        features=datasets.Features({"image": Value("string"), "labels": List(Value("string")), "uid": Value("string")}),
+    )
+
+
+def test_held_out_test_split_does_not_depend_on_seed():
+    source = _many_images_source()
+
+    def load(**kwargs):
+        data = load_custom_dataset(
+            source, id_column="uid", hierarchy=GROUPS, test_fraction=0.2, validation_fraction=0, **kwargs
+        )
+        observed = {r["image_id"]: r["observed_labels"][0] for r in as_dict(data["train"]).values()}
+        return set(data["test"]["image_id"]), observed, get_build_report(data)
+
+    test0, observed0, report = load(seed=0)
+    test1, observed1, _ = load(seed=1)
+    assert len(test0) == 40
+    assert test1 == test0  # the same test images for every seed ...
+    assert set(observed1) == set(observed0)
+    changed = sum(observed0[key] != observed1[key] for key in observed0)
+    assert changed > 40  # ... while the single positives change (about 2/3 of 160 images)
+    assert "test_seed 0" in report["test_split"]
+    other, _, _ = load(seed=0, test_seed=1)
+    assert len(other) == 40 and other != test0  # test_seed is what chooses the test split
+    try:
+        load_custom_dataset(source, hierarchy=GROUPS, test_seed=True)
+    except ValueError as error:
+        assert "test_seed" in str(error)
+    else:
+        raise AssertionError("test_seed=True must be rejected")
+
+
+def test_folder_test_split_and_hierarchy_seed_independent_of_seed(tmp_path, monkeypatch, capsys):
+    from hspnet.data import custom
+
+    root = tmp_path / "data"
+    names = ["cat", "dog", "car", "bus", "traffic light"]
+    rows = [(f"img/{i:02d}.png", [names[i % 5], names[(i + 2) % 5]], None) for i in range(30)]
+    make_images(root, rows)
+    write_text(
+        root / "metadata.csv",
+        "file_name,labels\n" + "".join(f"{f},{';'.join(labels)}\n" for f, labels, _ in rows),
+    )
+    seeds_seen = []
+
+    def fake_auto_hierarchy(label_names, **kwargs):
+        seeds_seen.append(kwargs["seed"])
+        return Hierarchy.from_mapping(GROUPS)
+
+    monkeypatch.setattr(custom, "build_auto_hierarchy", fake_auto_hierarchy)
+
+    def load(**kwargs):
+        data = load_image_folder(
+            root, clip_model="unused", cache_dir=tmp_path / "cache", test_fraction=0.2, validation_fraction=0, **kwargs
+        )
+        observed = {r["image_id"]: r["observed_labels"] for r in as_dict(data["train"]).values()}
+        return set(data["test"]["image_id"]), observed
+
+    test0, observed0 = load(seed=0)
+    test3, observed3 = load(seed=3)
+    assert len(test0) == 6 and test3 == test0
+    assert observed3 != observed0
+    assert seeds_seen == [0, 0]  # the clustering seed is hierarchy_seed (0), not seed
+    load(seed=3, hierarchy_seed=7)
+    assert seeds_seen[-1] == 7
+    moved, _ = load(seed=0, test_seed=2)
+    assert moved != test0  # test_seed is part of the cache key
+
+    # the CLI: --test-seed reaches the loader, --seed does not move the test split
+    for extra, expected in ((["--seed", "3", "--hierarchy-seed", "5"], test0), (["--test-seed", "2"], moved)):
+        out = tmp_path / f"out{'_'.join(extra)}"
+        code = main(
+            ["folder", "--root", str(root), "--cache-dir", str(tmp_path / "cache"), "--protocol", "authors",
+             "--test-fraction", "0.2", "--clip-model", "unused", "-q", "--output", str(out),
+             "--output-format", "parquet", *extra]
+        )
+        assert code == 0, capsys.readouterr().err
+        assert set(Dataset.from_parquet(str(out / "test.parquet"))["image_id"]) == expected
+    assert 5 in seeds_seen  # --hierarchy-seed reaches the clustering

@@ -20,7 +20,13 @@ DATASETS = ("coco", "voc", "nuswide", "cub", "folder", "hf", "demo")
 def _common(parser: argparse.ArgumentParser, needs_root: bool) -> None:
     if needs_root:
         parser.add_argument("--root", required=True, help="the dataset folder, in its official layout (see the README)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the single-positive choice and of the splits (0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the single-positive choice and of the validation split (0); a held-out test split of custom "
+        "data uses --test-seed instead",
+    )
     parser.add_argument(
         "--protocol",
         choices=("heldout", "authors"),
@@ -76,6 +82,15 @@ def _custom_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-template", default=None, help="text template of the label embeddings")
     parser.add_argument(
         "--test-fraction", type=float, default=0.2, help="held-out test share when there is no test split"
+    )
+    parser.add_argument(
+        "--test-seed",
+        type=int,
+        default=0,
+        help="seed of the held-out test split (0); independent of --seed, so every --seed uses the same test images",
+    )
+    parser.add_argument(
+        "--hierarchy-seed", type=int, default=0, help="seed of the automatic hierarchy's clustering (0), not --seed"
     )
     parser.add_argument("--observed-labels", metavar="FILE", help="a single-positive list 'file_name,index' to use")
 
@@ -174,6 +189,8 @@ def _load(args):
         cluster_method=args.cluster_method,
         prompt_template=args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
         test_fraction=args.test_fraction,
+        test_seed=args.test_seed,
+        hierarchy_seed=args.hierarchy_seed,
         observed_labels_file=args.observed_labels,
         **common,
     )

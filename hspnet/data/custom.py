@@ -7,6 +7,11 @@ to the root; an optional ``split`` column with ``train`` / ``test``), or ``train
 of names (or indices) separated by ``;``, ``|``, ``,`` or spaces (the first of these found in the file, or
 ``label_separator``). Without a test split, a seeded ``test_fraction`` of the images becomes the test split.
 
+Seeds: ``seed`` draws the single positives and the validation split (rerun with several seeds to average over
+them); the held-out TEST split uses its own ``test_seed`` (default 0) and the automatic hierarchy its own
+``hierarchy_seed`` (default 0), so changing ``seed`` never moves test images into training nor changes the label
+groups: runs with different seeds are evaluated on the same test images with the same hierarchy.
+
 Labels are label names, or indices into ``label_names`` (a list or a text file, one name per line). Without
 ``label_names`` the label set is the sorted set of names found. The hierarchy is ``hierarchy`` (a
 :class:`~hspnet.data.hierarchy.Hierarchy`, a ``{label: group}`` mapping or a hierarchy file, see
@@ -173,6 +178,10 @@ def _hierarchy_for(names, hierarchy, auto: dict | None) -> Hierarchy:
     return build_auto_hierarchy(names, **auto)
 
 
+def _test_split_note(test_fraction: float, test_seed: int) -> str:
+    return f"held out: {test_fraction} of the images (test_seed {test_seed}, independent of seed)"
+
+
 def _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_template, seed, auto: bool) -> dict | None:
     if not auto:
         return None
@@ -186,10 +195,18 @@ def _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_temp
     }
 
 
-def _hold_out_test(records: list[Record], test_fraction: float, seed: int) -> dict[str, list[Record]]:
+def _check_seed(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}.")
+    return value
+
+
+def _hold_out_test(records: list[Record], test_fraction: float, test_seed: int) -> dict[str, list[Record]]:
+    """The ``test_fraction`` of ``records`` with the smallest ``hash(test_seed, "test", image_id)`` as the test split.
+    ``test_seed`` is NOT the single-positive ``seed``: the test split stays fixed when ``seed`` changes."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"There is no test split, so test_fraction must be in (0, 1), got {test_fraction}.")
-    test_ids = validation_image_ids([record.image_id for record in records], test_fraction, seed, purpose="test")
+    test_ids = validation_image_ids([record.image_id for record in records], test_fraction, test_seed, purpose="test")
     return {
         TRAIN: [record for record in records if record.image_id not in test_ids],
         TEST: [record for record in records if record.image_id in test_ids],
@@ -318,6 +335,8 @@ def load_image_folder(
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     test_fraction: float = 0.2,
     seed: int = 0,
+    test_seed: int = 0,
+    hierarchy_seed: int = 0,
     validation_fraction: float = 0.2,
     observed_labels_file: str | os.PathLike | None = None,
     on_missing_image: str = "error",
@@ -333,12 +352,18 @@ def load_image_folder(
         hierarchy: a Hierarchy, ``{label: group}`` mapping or hierarchy file; if None and ``auto_hierarchy``, one is
             built from the CLIP text embeddings of the label names with ``clip_model`` (a Hub id, a local folder or
             a ``CLIPModel`` with ``tokenizer``), ``num_groups`` (default ``round(sqrt(C))``), ``cluster_method``
-            (``"kmeans"`` or ``"agglomerative"``), ``prompt_template`` and ``seed``.
+            (``"kmeans"`` or ``"agglomerative"``), ``prompt_template`` and ``hierarchy_seed``.
         test_fraction: share of the images held out as the test split when the metadata has no test split.
+        seed: the single positives and the validation split (see :func:`hspnet.data.load_coco`).
+        test_seed: the held-out test split (default 0). Kept separate from ``seed`` on purpose: runs with
+            different ``seed`` values share the same test images; change it only to study another test split.
+        hierarchy_seed: the k-means seeding of the automatic hierarchy (default 0), also independent of ``seed``.
         Other arguments: see :func:`hspnet.data.load_coco`.
     """
     if on_duplicate not in ("error", "merge"):
         raise ValueError(f"on_duplicate must be 'error' or 'merge', got {on_duplicate!r}.")
+    test_seed = _check_seed("test_seed", test_seed)
+    hierarchy_seed = _check_seed("hierarchy_seed", hierarchy_seed)
     options = BuildOptions(
         seed=seed,
         validation_fraction=validation_fraction,
@@ -352,7 +377,9 @@ def load_image_folder(
     root = require_dir(root, "image folder")
     sources = find_metadata(root, metadata)
     names = read_label_names(label_names)
-    auto = _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_template, seed, auto_hierarchy)
+    auto = _auto_options(
+        clip_model, tokenizer, num_groups, cluster_method, prompt_template, hierarchy_seed, auto_hierarchy
+    )
     label_names_file = [os.fspath(label_names)] if isinstance(label_names, (str, os.PathLike)) else []
 
     def parse() -> ParsedSource:
@@ -404,8 +431,10 @@ def load_image_folder(
             for (key, full, split, _, where), labels in zip(entries, encoded)
         ]
         splits_given = {split for split, _ in records}
+        test_note = "given by the metadata"
         if splits_given == {None}:
-            splits = _hold_out_test([record for _, record in records], test_fraction, seed)
+            splits = _hold_out_test([record for _, record in records], test_fraction, test_seed)
+            test_note = _test_split_note(test_fraction, test_seed)
         else:
             if None in splits_given:
                 raise DatasetFormatError(
@@ -413,9 +442,12 @@ def load_image_folder(
                 )
             splits = {TRAIN: [r for s, r in records if s == TRAIN], TEST: [r for s, r in records if s == TEST]}
             if not splits[TEST]:
-                splits = _hold_out_test(splits[TRAIN], test_fraction, seed)
+                splits = _hold_out_test(splits[TRAIN], test_fraction, test_seed)
+                test_note = _test_split_note(test_fraction, test_seed)
         return ParsedSource(
-            hierarchy=resolved, splits=splits, report={"root": root, "metadata": [p for p, _ in sources]}
+            hierarchy=resolved,
+            splits=splits,
+            report={"root": root, "metadata": [p for p, _ in sources], "test_split": test_note},
         )
 
     return build_dataset_dict(
@@ -437,6 +469,7 @@ def load_image_folder(
                 "clip": _clip_key(clip_model),
             },
             "test_fraction": test_fraction,
+            "test_seed": test_seed,
         },
     )
 
@@ -481,6 +514,8 @@ def load_custom_dataset(
     test_split: str | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
+    test_seed: int = 0,
+    hierarchy_seed: int = 0,
     validation_fraction: float = 0.2,
     observed_labels_file: str | os.PathLike | None = None,
 ):
@@ -498,7 +533,8 @@ def load_custom_dataset(
         hierarchy / auto_hierarchy / clip_model / ...: as in :func:`load_image_folder`; a dataset already prepared
             by this package keeps its hierarchy.
         test_split: the split to evaluate on (default ``"test"``, else ``"validation"``); without one, a seeded
-            ``test_fraction`` of ``train`` is held out.
+            ``test_fraction`` of ``train`` is held out, chosen by ``test_seed`` (default 0, independent of ``seed``).
+        test_seed, hierarchy_seed: as in :func:`load_image_folder`.
         seed, validation_fraction, observed_labels_file: as in :func:`hspnet.data.load_coco`.
 
     Images are not copied: the image column is kept as is (cast to ``Image()`` if it holds paths). The new columns
@@ -507,6 +543,8 @@ def load_custom_dataset(
     import datasets
     from datasets import ClassLabel, Image, List, Value
 
+    test_seed = _check_seed("test_seed", test_seed)
+    hierarchy_seed = _check_seed("hierarchy_seed", hierarchy_seed)
     if isinstance(dataset, (str, os.PathLike)):
         path = os.fspath(dataset)
         dataset = datasets.load_from_disk(path) if os.path.isdir(path) else datasets.load_dataset(path)
@@ -565,7 +603,9 @@ def load_custom_dataset(
                 hierarchy = carried
         except ValueError:
             pass
-    auto = _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_template, seed, auto_hierarchy)
+    auto = _auto_options(
+        clip_model, tokenizer, num_groups, cluster_method, prompt_template, hierarchy_seed, auto_hierarchy
+    )
     resolved = _hierarchy_for(label_list, hierarchy, auto)
 
     records: dict[str, list[Record]] = {TRAIN: [], TEST: []}
@@ -580,9 +620,13 @@ def load_custom_dataset(
                 source_split=split,
             )
         )
+    test_note = f"the {test_split!r} split of the dataset"
     if not test_split:
-        records = _hold_out_test(records[TRAIN], test_fraction, seed)
-    prepared = finalize("custom", ParsedSource(hierarchy=resolved, splits=records), options)
+        records = _hold_out_test(records[TRAIN], test_fraction, test_seed)
+        test_note = _test_split_note(test_fraction, test_seed)
+    prepared = finalize(
+        "custom", ParsedSource(hierarchy=resolved, splits=records, report={"test_split": test_note}), options
+    )
 
     label = label_feature(resolved)
     out = {}

@@ -9,6 +9,11 @@
 ``flat`` (the HSPNet authors' layout): ``images/<file>.jpg`` and lists ``file,idx idx ...`` (the format of
   ``nus_val.txt``, indices in ``Concepts81.txt`` order): a training list (``nus_train.txt``; the authors'
   training list is not public, so the single positives are generated from it) and a test list (``nus_val.txt``).
+  If the training list carries ONE label per image (e.g. ``nus_train_singlelabel.txt``), the ``labels`` of the
+  train and held-out ``validation`` images are those single labels, not full annotations: model selection on that
+  validation split would score against partial labels (missing positives count as negatives). Loading such a
+  layout with ``validation_fraction > 0`` therefore emits a ``UserWarning`` (and a log warning) naming the list;
+  use a fully annotated training list, or ``validation_fraction=0`` (the authors' protocol) instead.
 
 Many NUS-WIDE images no longer exist on Flickr. Missing images are therefore skipped by default
 (``on_missing_image="skip"``) and counted and listed in the build report (never silently dropped). Images with no
@@ -18,8 +23,10 @@ is treated as 0 and reported.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -38,6 +45,8 @@ from .core import (
 )
 from .errors import DatasetFormatError, MissingFileError
 from .hierarchy import builtin_hierarchy, resolve_hierarchy
+
+logger = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "official", "flat")
 FLAT_TRAIN_LISTS = ("nus_train.txt", "nus_train_singlelabel.txt")
@@ -160,6 +169,9 @@ def load_nuswide(
             ``nus_val.txt`` / ``nus_test.txt`` under ``root``).
         on_missing_image: ``"skip"`` by default here (missing Flickr images are common); they are counted.
         Other arguments: see :func:`hspnet.data.load_coco`.
+
+    Warns (``UserWarning``) when the flat layout's training list has one label per image and
+    ``validation_fraction > 0``: the validation split's labels are then partial (see the module docstring).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
@@ -242,6 +254,17 @@ def _load_official(root, images, hierarchy, options):
     )
 
 
+def warn_partial_validation_labels(train_list: str, validation_fraction: float) -> None:
+    message = (
+        f"NUS-WIDE flat layout: the training list {train_list} has one label per image, so the held-out validation "
+        f"split ({validation_fraction:g} of it) only carries those single labels: validation labels are PARTIAL "
+        "(missing positives count as negatives), so validation mAP and model selection on it are biased. Use a fully "
+        "annotated training list, or validation_fraction=0 / --protocol authors."
+    )
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
 def _load_flat(root, images, train_list, test_list, hierarchy, options):
     def pick(given, defaults, what):
         if given is not None:
@@ -257,6 +280,11 @@ def _load_flat(root, images, train_list, test_list, hierarchy, options):
     }
     concepts = builtin_hierarchy("nuswide").labels
     resolved = resolve_hierarchy(concepts, hierarchy, builtin="nuswide")
+    if options.validation_fraction > 0:
+        # checked on every load (not only when the cache is built), so a cached build warns too
+        train_entries = read_label_list(lists[TRAIN], len(concepts))
+        if all(len(labels) <= 1 for _, labels, _ in train_entries):
+            warn_partial_validation_labels(lists[TRAIN], options.validation_fraction)
 
     def parse() -> ParsedSource:
         splits = {}
@@ -276,6 +304,8 @@ def _load_flat(root, images, train_list, test_list, hierarchy, options):
                 "the training list has one label per image: 'labels' of train/validation images are those single "
                 "labels, not full annotations"
             )
+            if options.validation_fraction > 0:
+                report["warning"] = "validation labels are partial (single labels of the training list)"
         return ParsedSource(hierarchy=resolved, splits=splits, report=report)
 
     return build_dataset_dict(
