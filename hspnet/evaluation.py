@@ -458,7 +458,7 @@ def _evaluate(model, data, image_processor, permutation, num_labels, accelerator
     loader = accelerator.prepare(loader)
     model.to(accelerator.device)
     metrics, accumulator = evaluate_model(model, loader, accelerator, num_labels, description, threshold, top_k)
-    return metrics, accumulator.scores.copy(), accumulator.targets.copy()
+    return metrics, accumulator.scores, accumulator.targets
 
 
 def default_output_dir(model: str, dataset: str, split: str) -> str:

@@ -442,7 +442,12 @@ def evaluate_model(model, dataloader, accelerator, num_labels: int, description:
 
     was_training = model.training
     model.eval()
-    accumulator = MultiLabelMetricAccumulator(num_labels, from_logits=True, threshold=threshold, k=k)
+    try:
+        capacity = len(dataloader.dataset)  # gather_for_metrics yields exactly this many samples on every process
+    except (AttributeError, TypeError):
+        capacity = None
+    accumulator = MultiLabelMetricAccumulator(num_labels, from_logits=True, threshold=threshold, k=k,
+                                              capacity=capacity)
     for batch in tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         with accelerator.autocast():
             logits = model(pixel_values=batch["pixel_values"]).logits
