@@ -777,7 +777,7 @@ def official_logits(
         return state[key].to(dtype)
 
     arch = infer_official_architecture(state)
-    C, G, n_ctx, W = arch["num_labels"], arch["num_groups"], arch["n_ctx"], arch["text_width"]
+    C, n_ctx, W = arch["num_labels"], arch["n_ctx"], arch["text_width"]
     text_heads = text_heads or max(1, W // 64)
     vision_heads = vision_heads or 32 * arch["resnet_width"] // 64
     relation = _load_relation(relation).to(dtype)

@@ -26,14 +26,13 @@ import json
 import logging
 import os
 import re
-import sys
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from hspnet.cli_types import json_object, positive_int
+from hspnet.cli_types import json_object, positive_int, run_cli
 
 logger = logging.getLogger("hspnet.evaluate")
 
@@ -632,22 +631,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, prog: str | None = "evaluate.py") -> int:
     """Entry point of `scripts/evaluate.py`: 0 on success, 1 with a one-line ``error:`` message on bad input."""
-    parser = build_argument_parser(prog)
-    args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar
-    try:
-        run_evaluation(args)
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except (OSError, ValueError, ImportError) as error:
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_cli(build_argument_parser(prog), run_evaluation, argv)
 
 
 __all__ = [

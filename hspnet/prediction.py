@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from hspnet.cli_types import positive_int, probability
+from hspnet.cli_types import positive_int, probability, run_cli
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
 """Extensions (case-insensitive) picked up when a FOLDER is searched; a file named explicitly is always tried."""
@@ -413,22 +413,7 @@ def run_prediction(args: argparse.Namespace) -> list[Prediction]:
 
 def main(argv: list[str] | None = None, prog: str | None = "predict.py") -> int:
     """Entry point of `scripts/predict.py`: 0 on success, 1 with a one-line ``error:`` message on bad input."""
-    parser = build_argument_parser(prog)
-    args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar
-    try:
-        run_prediction(args)
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except (OSError, ValueError, ImportError) as error:
-        print(f"{parser.prog}: error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_cli(build_argument_parser(prog), run_prediction, argv)
 
 
 __all__ = [

@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -621,11 +620,10 @@ def build_training_loss(config: TrainingConfig, num_labels: int, train_set):
     return loss
 
 
-def build_model(config: TrainingConfig, hierarchy, accelerator):
+def build_model(config: TrainingConfig, hierarchy):
     """A new HSPNet on `config.clip_model` (or the tiny random CLIP), or an existing HSPNet to fine-tune."""
-    from transformers import AutoImageProcessor, CLIPModel
+    from transformers import AutoImageProcessor
 
-    import hspnet  # noqa: F401  (registers the auto classes)
     from hspnet import HSPNetForImageClassification
 
     # the model's config records the loss choice, not run state such as ROLE's number of training images
@@ -679,18 +677,19 @@ def train(config: TrainingConfig) -> dict:
         project_dir=config.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
-    if accelerator.is_main_process:
-        existing = os.path.isdir(config.output_dir) and any(
-            os.path.exists(os.path.join(config.output_dir, f)) for f in ("config.json", "checkpoints")
+    # checked on every process, so that all of them stop (a main-process-only error would leave the others waiting)
+    existing = os.path.isdir(config.output_dir) and any(
+        os.path.exists(os.path.join(config.output_dir, f)) for f in ("config.json", "checkpoints")
+    )
+    if existing and not (config.overwrite_output_dir or config.resume_from_checkpoint):
+        raise FileExistsError(
+            f"output_dir {config.output_dir!r} already holds a model or checkpoints; pass "
+            "--resume_from_checkpoint latest to continue, --overwrite_output_dir true to replace it, or another "
+            "--output_dir."
         )
-        if existing and not (config.overwrite_output_dir or config.resume_from_checkpoint):
-            raise FileExistsError(
-                f"output_dir {config.output_dir!r} already holds a model or checkpoints; pass "
-                "--resume_from_checkpoint latest to continue, --overwrite_output_dir true to replace it, or another "
-                "--output_dir."
-            )
-        if existing and config.overwrite_output_dir and not config.resume_from_checkpoint:
-            shutil.rmtree(os.path.join(config.output_dir, "checkpoints"), ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and existing and config.overwrite_output_dir and not config.resume_from_checkpoint:
+        shutil.rmtree(os.path.join(config.output_dir, "checkpoints"), ignore_errors=True)
     accelerator.wait_for_everyone()
     _setup_logging(accelerator, config.output_dir)
     logger.info("processes: %d (distributed: %s), device: %s, mixed precision: %s", accelerator.num_processes,
@@ -706,7 +705,7 @@ def train(config: TrainingConfig) -> dict:
     )
     num_labels = len(hierarchy.labels)
 
-    model = build_model(config, hierarchy, accelerator)
+    model = build_model(config, hierarchy)
     image_processor = model.image_processor
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -81,7 +81,7 @@ def plain_hspnet_logits(model, image_embeds):
     base = model.hspnet
     config = model.config
     state = {k: v.detach() for k, v in base.clip.state_dict().items()}
-    C, G = config.num_labels, config.num_groups
+    C = config.num_labels
     relation = base.relation.detach().double()
     label_adj = plain_process_relation(relation[:C, :C].tolist(), config.relation_keep_ratio, config.relation_reweight_p)
     group_adj = plain_process_relation(relation[C:, C:].tolist(), config.relation_keep_ratio, config.relation_reweight_p)

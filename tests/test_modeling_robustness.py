@@ -35,7 +35,7 @@ def test_half_precision_cast_keeps_the_graph():
     from hspnet.tiny_clip import tiny_clip_config
 
     rng = np.random.default_rng(0)
-    n_labels, n_groups = 12, 3
+    n_labels = 12
     relation = torch.from_numpy(rng.uniform(0.80, 0.81, size=(15, 15)).astype(np.float32))  # near-ties in bf16
     config = HSPNetConfig(clip_config=tiny_clip_config(), id2label={i: f"l{i}" for i in range(n_labels)},
                           group_names=["a", "b", "c"], label_to_group=[i % 3 for i in range(n_labels)])

@@ -286,7 +286,6 @@ def test_selection_metrics_equal_a_fresh_evaluation(trained):
     data = load_demo_dataset(cache_dir=str(out.parent / "cache"), num_train=60, num_test=23, image_size=32,
                              validation_fraction=0.25)
     split = data["validation"]
-    pixels = model.image_processor if hasattr(model, "image_processor") else None
     from transformers import AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(out)
@@ -375,7 +374,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     from transformers import AutoImageProcessor
 
     from hspnet import HSPNetForImageClassification, compute_all_metrics
-    from hspnet.data import get_hierarchy, load_demo_dataset, to_multi_hot
+    from hspnet.data import load_demo_dataset, to_multi_hot
 
     model = HSPNetForImageClassification.from_pretrained(out).eval()
     processor = AutoImageProcessor.from_pretrained(out)

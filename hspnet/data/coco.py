@@ -10,7 +10,6 @@ groups from ``supercategory``, or from ``hierarchy=``).
 
 from __future__ import annotations
 
-import json
 import os
 
 from .core import (
@@ -24,20 +23,12 @@ from .core import (
     require_dir,
     require_file,
 )
-from .errors import DatasetFormatError
+from .errors import DatasetFormatError, read_json_file
 from .hierarchy import Hierarchy, builtin_hierarchy, resolve_hierarchy
 
 
 def read_coco_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(
-            f"invalid JSON: {error.msg} (column {error.colno})", file=path, line=error.lineno
-        ) from None
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(f"not UTF-8 text ({error.reason})", file=path) from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise DatasetFormatError("expected a JSON object with 'images', 'annotations' and 'categories'", file=path)
     for key in ("images", "annotations", "categories"):

@@ -49,3 +49,18 @@ class ImageError(DatasetFormatError):
         self.missing = list(missing)
         self.unreadable = list(unreadable)
         super().__init__(reason, file=file)
+
+
+def read_json_file(path: str):
+    """Parse a UTF-8 JSON file; malformed content raises `DatasetFormatError` naming the file, line and column."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(
+            f"invalid JSON: {error.msg} (column {error.colno})", file=path, line=error.lineno
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"not UTF-8 text ({error.reason})", file=path) from None

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DatasetFormatError, MissingFileError
+from .errors import DatasetFormatError, MissingFileError, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -353,15 +353,7 @@ def load_hierarchy_file(path: str | os.PathLike, label_names: Sequence[str] | No
 
 
 def _read_hierarchy_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(
-            f"invalid JSON: {error.msg} (column {error.colno})", file=path, line=error.lineno
-        ) from None
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(f"not UTF-8 text ({error.reason})", file=path) from None
+    data = read_json_file(path)
     if not isinstance(data, dict) or not data:
         raise DatasetFormatError("expected a non-empty JSON object", file=path)
     if "labels" in data and "label_to_group" in data:
