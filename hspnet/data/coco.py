@@ -146,16 +146,7 @@ def load_coco(
         force_rebuild: ignore the cache (e.g. after adding images).
         train_annotations, val_annotations, train_images, val_images: paths relative to ``root``.
     """
-    options = BuildOptions(
-        seed=seed,
-        validation_fraction=validation_fraction,
-        observed_labels_file=observed_labels_file,
-        on_missing_image=on_missing_image,
-        check_images=check_images,
-        num_proc=num_proc,
-        cache_dir=cache_dir,
-        force_rebuild=force_rebuild,
-    )
+    options = BuildOptions.from_arguments(locals())
     root = require_dir(root, "COCO root folder")
     files = {
         TRAIN: require_file(os.path.join(root, train_annotations), "COCO training annotations"),

@@ -25,7 +25,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import DatasetFormatError, ImageError, MissingFileError
@@ -85,6 +85,11 @@ class BuildOptions:
             self.observed_labels_file = os.path.abspath(os.fspath(self.observed_labels_file))
             if not os.path.isfile(self.observed_labels_file):
                 raise MissingFileError("observed-labels file not found", file=self.observed_labels_file)
+
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> "BuildOptions":
+        """The options among a loader's arguments (pass `locals()` first thing in the loader)."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
 
     @property
     def protocol(self) -> str:

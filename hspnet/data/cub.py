@@ -169,16 +169,7 @@ def load_cub(
         observed_labels_file: the authors' ``cub_train.txt`` (``001.Black_footed_Albatross/...jpg, 212``).
         Other arguments: see :func:`hspnet.data.load_coco`.
     """
-    options = BuildOptions(
-        seed=seed,
-        validation_fraction=validation_fraction,
-        observed_labels_file=observed_labels_file,
-        on_missing_image=on_missing_image,
-        check_images=check_images,
-        num_proc=num_proc,
-        cache_dir=cache_dir,
-        force_rebuild=force_rebuild,
-    )
+    options = BuildOptions.from_arguments(locals())
     cub = find_cub_dir(root)
     images_txt = require_file(os.path.join(cub, "images.txt"), "CUB image list")
     split_txt = require_file(os.path.join(cub, "train_test_split.txt"), "CUB train/test split")

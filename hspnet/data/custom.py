@@ -364,16 +364,7 @@ def load_image_folder(
         raise ValueError(f"on_duplicate must be 'error' or 'merge', got {on_duplicate!r}.")
     test_seed = _check_seed("test_seed", test_seed)
     hierarchy_seed = _check_seed("hierarchy_seed", hierarchy_seed)
-    options = BuildOptions(
-        seed=seed,
-        validation_fraction=validation_fraction,
-        observed_labels_file=observed_labels_file,
-        on_missing_image=on_missing_image,
-        check_images=check_images,
-        num_proc=num_proc,
-        cache_dir=cache_dir,
-        force_rebuild=force_rebuild,
-    )
+    options = BuildOptions.from_arguments(locals())
     root = require_dir(root, "image folder")
     sources = find_metadata(root, metadata)
     names = read_label_names(label_names)

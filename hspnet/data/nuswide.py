@@ -175,16 +175,7 @@ def load_nuswide(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
-    options = BuildOptions(
-        seed=seed,
-        validation_fraction=validation_fraction,
-        observed_labels_file=observed_labels_file,
-        on_missing_image=on_missing_image,
-        check_images=check_images,
-        num_proc=num_proc,
-        cache_dir=cache_dir,
-        force_rebuild=force_rebuild,
-    )
+    options = BuildOptions.from_arguments(locals())
     root = require_dir(root, "NUS-WIDE root folder")
     if layout == "auto":
         layout = detect_layout(root)

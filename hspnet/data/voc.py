@@ -117,16 +117,7 @@ def load_voc(
     """
     if difficult not in DIFFICULT_POLICIES:
         raise ValueError(f"difficult must be one of {DIFFICULT_POLICIES}, got {difficult!r}.")
-    options = BuildOptions(
-        seed=seed,
-        validation_fraction=validation_fraction,
-        observed_labels_file=observed_labels_file,
-        on_missing_image=on_missing_image,
-        check_images=check_images,
-        num_proc=num_proc,
-        cache_dir=cache_dir,
-        force_rebuild=force_rebuild,
-    )
+    options = BuildOptions.from_arguments(locals())
     voc = find_voc_dir(root)
     labels = builtin_hierarchy("voc").labels
     resolved = resolve_hierarchy(labels, hierarchy, builtin="voc")
