@@ -39,9 +39,45 @@ def probability(value: str) -> float:
     return number
 
 
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The errors that mean "bad input" (a file, a value, a missing package), not a bug: the project's own errors
+    (all `ValueError` / `OSError` subclasses), and the errors libraries raise on bad files (malformed YAML, an
+    unreadable safetensors file, a pickle that is not one)."""
+    import pickle
+
+    types: list[type[BaseException]] = [OSError, ValueError, ImportError, pickle.UnpicklingError, EOFError]
+    try:
+        import yaml
+
+        types.append(yaml.YAMLError)
+    except ImportError:  # pragma: no cover - pyyaml is a dependency
+        pass
+    try:
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        pass
+    return tuple(types)
+
+
+def one_line(error: BaseException | str) -> str:
+    """The message of `error` on one line (white space folded), or its type name when it has no message."""
+    text = " ".join(str(error).split())
+    return text or (type(error).__name__ if isinstance(error, BaseException) else "")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """Add `--debug` (show the full traceback instead of the one-line error) unless the parser has it."""
+    if not any("--debug" in action.option_strings for action in parser._actions):
+        parser.add_argument("--debug", action="store_true", help="on error, show the full traceback")
+
+
 def run_cli(parser: argparse.ArgumentParser, run, argv: list[str] | None = None) -> int:
-    """Parse `argv` and call `run(args)`: 0 on success, 1 with `<prog>: error: <one line>` on bad input (`OSError`,
-    `ValueError`, `ImportError`); a closed output pipe (e.g. `| head`) ends quietly, Ctrl-C gives 130."""
+    """Parse `argv` and call `run(args)`: 0 on success; on bad input (see `user_error_types`) one line
+    `<prog>: error: <message>` on stderr and exit status 1, or the traceback with `--debug`. A closed output pipe
+    (e.g. `| head`) ends quietly, Ctrl-C gives 130."""
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -51,9 +87,11 @@ def run_cli(parser: argparse.ArgumentParser, run, argv: list[str] | None = None)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (OSError, ValueError, ImportError) as error:
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except user_error_types() as error:
+        if getattr(args, "debug", False):
+            raise
+        print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
+        return 1
     return 0
