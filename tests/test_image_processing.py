@@ -1,0 +1,262 @@
+"""HSPNetImageProcessor reproduces the authors' torchvision preprocessing to the pixel.
+
+The reference below is written independently of the processor with PIL and numpy only: torchvision's
+`Resize(n, BICUBIC)` on a PIL image (short side -> n, long side -> int(n * long / short), PIL bicubic),
+`CenterCrop(n)` (zero padding of short sides, offsets int(round((side - n) / 2.0))), `ToTensor` (/255) and CLIP's
+`Normalize`. The test images are seeded noise on gradients, so a crop one pixel off changes the values.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+FILE = Path(__file__).resolve().parents[1] / "hspnet" / "image_processing_hspnet.py"
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+# (width, height) as PIL reports them: common COCO shapes (odd crop margins), square, and small/odd ones.
+SIZES = [(640, 480), (640, 427), (427, 640), (500, 375), (612, 612), (333, 501),
+         (224, 224), (225, 301), (100, 80), (224, 225), (1, 1), (999, 224)]
+
+
+def load_processor_module():
+    """The processor file loaded on its own (it is remote code: it must not need the `hspnet` package)."""
+    spec = importlib.util.spec_from_file_location("image_processing_hspnet", FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def processor_class():
+    return load_processor_module().HSPNetImageProcessor
+
+
+def make_image(width, height, seed=0, mode="RGB"):
+    """Seeded noise over horizontal and vertical gradients: every pixel differs from its neighbours."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
+    noise = rng.integers(-40, 41, size=(height, width, 3))
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    if mode == "RGBA":
+        alpha = rng.integers(0, 256, size=(height, width, 1), dtype=np.uint8)
+        return Image.fromarray(np.concatenate([pixels, alpha], axis=-1), mode="RGBA")
+    return Image.fromarray(pixels).convert(mode)
+
+
+def reference_pixels(image, size=224, resize=True):
+    """The authors' `convert("RGB")` + Resize + CenterCrop + ToTensor + Normalize, with PIL and numpy only.
+    Returns a (3, size, size) float32 array."""
+    image = image.convert("RGB")
+    width, height = image.size
+    if resize:
+        if width <= height:
+            new_width, new_height = size, int(size * height / width)
+        else:
+            new_width, new_height = int(size * width / height), size
+        image = image.resize((new_width, new_height), Image.BICUBIC)
+    pixels = np.asarray(image)  # (H, W, 3) uint8
+    missing_h, missing_w = max(size - pixels.shape[0], 0), max(size - pixels.shape[1], 0)
+    pixels = np.pad(pixels, ((missing_h // 2, missing_h - missing_h // 2), (missing_w // 2, missing_w - missing_w // 2),
+                             (0, 0)))
+    top = int(round((pixels.shape[0] - size) / 2.0))
+    left = int(round((pixels.shape[1] - size) / 2.0))
+    pixels = pixels[top:top + size, left:left + size]
+    values = pixels.astype(np.float32) / np.float32(255)
+    values = (values - MEAN) / STD
+    return values.transpose(2, 0, 1)
+
+
+def torchvision_tensor_ops(pixels_hwc_uint8):
+    """torchvision's ToTensor and Normalize code paths (without torchvision): the bit-exact reference for steps 4-5."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels_hwc_uint8)).permute(2, 0, 1).contiguous()
+    tensor = tensor.to(dtype=torch.float32).div(255)
+    mean, std = torch.as_tensor(MEAN), torch.as_tensor(STD)
+    return tensor.sub_(mean[:, None, None]).div_(std[:, None, None]).numpy()
+
+
+def test_torchvision_resize_and_crop_rules(processor_class):
+    module = sys.modules[processor_class.__module__]
+    # 640x427: 427 -> 224, 640 -> int(224 * 640 / 427) = 335; margin 111 -> offset round(55.5) = 56 (HF: 55).
+    assert module.get_resize_output_size(427, 640, 224) == (224, 335)
+    assert module.get_resize_output_size(640, 427, 224) == (335, 224)
+    assert module.get_center_crop_offsets(224, 335, 224, 224) == (0, 56)
+    # Python rounds halves to even, like torchvision: margins 1, 3, 5 -> offsets 0, 2, 2.
+    assert [module.get_center_crop_offsets(224 + m, 224, 224, 224)[0] for m in (1, 3, 5)] == [0, 2, 2]
+
+
+@pytest.mark.parametrize("width,height", SIZES)
+def test_pixels_equal_the_authors_preprocessing(processor_class, width, height):
+    image = make_image(width, height, seed=width * 1000 + height)
+    out = processor_class()(image, return_tensors="np")["pixel_values"]
+    assert out.shape == (1, 3, 224, 224) and out.dtype == np.float32
+    expected = reference_pixels(image)
+    assert np.abs(out[0] - expected).max() == 0
+
+
+def test_pixels_are_bit_identical_to_torchvision_tensor_ops(processor_class):
+    image = make_image(640, 427, seed=3)
+    resized = np.asarray(image.resize((335, 224), Image.BICUBIC))
+    expected = torchvision_tensor_ops(resized[:, 56:280])
+    out = processor_class()(image, return_tensors="np")["pixel_values"][0]
+    assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("width,height", [(640, 427), (427, 640)])
+def test_hf_clip_processor_crops_one_pixel_apart(processor_class, width, height):
+    """The old processor (HF's CLIPImageProcessorPil) differs for odd margins: this test would catch it."""
+    from transformers import CLIPImageProcessorPil
+
+    image = make_image(width, height, seed=7)
+    hf = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    old = hf(image, return_tensors="np")["pixel_values"][0]
+    new = processor_class()(image, return_tensors="np")["pixel_values"][0]
+    expected = reference_pixels(image)
+    assert np.abs(new - expected).max() == 0
+    assert np.abs(old - expected).max() > 0.5
+    # HF's crop is the authors' crop shifted by one pixel along the long side.
+    shifted = expected[:, :, :-1] if width > height else expected[:, :-1, :]
+    old_overlap = old[:, :, 1:] if width > height else old[:, 1:, :]
+    assert np.abs(old_overlap - shifted).max() == 0
+
+
+@pytest.mark.parametrize("width,height", [(100, 80), (301, 150), (150, 301), (225, 101), (224, 224)])
+def test_crop_without_resize_pads_small_images_with_zeros(processor_class, width, height):
+    image = make_image(width, height, seed=11)
+    out = processor_class(do_resize=False)(image, return_tensors="np")["pixel_values"][0]
+    expected = reference_pixels(image, resize=False)
+    assert np.abs(out - expected).max() == 0
+    # Padding is zero pixels before normalisation, i.e. -mean/std after it.
+    if width < 224:
+        np.testing.assert_array_equal(out[:, :, 0], np.broadcast_to((-MEAN / STD)[:, None], (3, 224)))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK"])
+def test_other_modes_are_converted_like_convert_rgb(processor_class, mode):
+    image = make_image(333, 250, seed=5, mode=mode)
+    out = processor_class()(image, return_tensors="np")["pixel_values"][0]
+    assert np.abs(out - reference_pixels(image)).max() == 0
+    if mode == "RGBA":  # HF composites onto white; the authors' convert("RGB") drops alpha
+        from transformers import CLIPImageProcessorPil
+
+        hf = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+        assert np.abs(hf(image, return_tensors="np")["pixel_values"][0] - out).max() > 0.1
+
+
+def test_numpy_and_torch_inputs_match_pil(processor_class):
+    processor = processor_class()
+    image = make_image(640, 427, seed=2)
+    hwc = np.asarray(image)
+    expected = processor(image, return_tensors="np")["pixel_values"]
+    for other in (hwc, hwc.transpose(2, 0, 1).copy(), torch.from_numpy(hwc.transpose(2, 0, 1).copy())):
+        np.testing.assert_array_equal(processor(other, return_tensors="np")["pixel_values"], expected)
+    grey = np.asarray(image.convert("L"))[..., None]  # (H, W, 1) -> repeated to RGB like convert("RGB")
+    np.testing.assert_array_equal(processor(grey, return_tensors="np")["pixel_values"][0],
+                                  reference_pixels(image.convert("L")))
+
+
+def test_batch_of_mixed_sizes_returns_torch_tensors(processor_class):
+    processor = processor_class()
+    images = [make_image(w, h, seed=i) for i, (w, h) in enumerate([(640, 427), (427, 640), (100, 80), (612, 612)])]
+    images.append(np.asarray(make_image(500, 375, seed=9)))
+    out = processor(images=images, return_tensors="pt")
+    pixels = out["pixel_values"]
+    assert isinstance(pixels, torch.Tensor) and pixels.shape == (5, 3, 224, 224) and pixels.dtype == torch.float32
+    for row, image in zip(pixels, images):
+        image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        assert np.abs(row.numpy() - reference_pixels(image)).max() == 0
+    listed = processor(images=images)["pixel_values"]  # like HF: a list of (3, 224, 224) arrays without return_tensors
+    assert len(listed) == 5 and all(x.shape == (3, 224, 224) for x in listed)
+
+
+def test_size_sets_resize_and_crop_and_flags(processor_class):
+    processor = processor_class(size=64)
+    assert processor.size.shortest_edge == 64 and (processor.crop_size.height, processor.crop_size.width) == (64, 64)
+    image = make_image(427, 640, seed=4)
+    np.testing.assert_array_equal(processor(image, return_tensors="np")["pixel_values"][0],
+                                  reference_pixels(image, size=64))
+    raw = processor_class(do_rescale=False, do_normalize=False)(image, return_tensors="np")["pixel_values"][0]
+    assert raw.dtype == np.uint8 and raw.shape == (3, 224, 224)
+    custom = processor_class(image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+    np.testing.assert_allclose(custom(image, return_tensors="np")["pixel_values"][0],
+                               (raw.astype(np.float32) / 255 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_old_clip_processor_folders_still_load_as_hf_class(tmp_path):
+    from transformers import AutoImageProcessor, CLIPImageProcessorPil
+
+    CLIPImageProcessorPil().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "CLIPImageProcessor" and "auto_map" not in saved
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__.startswith("CLIPImageProcessor")
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.append(sys.argv[1])  # site-packages only: no .pth files, so not the editable `hspnet` install
+    try:
+        import hspnet  # noqa: F401
+        raise SystemExit("hspnet is importable in the clean process")
+    except ModuleNotFoundError:
+        pass
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, pipeline
+    folder, images = sys.argv[2], sys.argv[3:]
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    pixels = processor([Image.open(p) for p in images], return_tensors="pt")["pixel_values"]
+    np.save(folder + "/remote_pixels.npy", pixels.numpy())
+    classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+    result = classifier(Image.open(images[0]), top_k=3)
+    print(json.dumps({"module": type(processor).__module__, "name": type(processor).__name__,
+                      "pipeline_processor": type(classifier.image_processor).__name__,
+                      "labels": sorted(r["label"] for r in result)}))
+    """
+)
+
+
+def test_saved_folder_loads_as_remote_code_without_the_package(processor_class, tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    folder = tmp_path / "model"
+    processor = processor_class(size=64)
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(
+        image_size=64, patch_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2}))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    saved = json.loads((folder / "preprocessor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_hspnet.HSPNetImageProcessor"}
+    assert saved["image_processor_type"] == "HSPNetImageProcessor" and saved["size"] == {"shortest_edge": 64}
+    assert (folder / "image_processing_hspnet.py").read_text() == FILE.read_text()
+
+    paths = []
+    for i, (w, h) in enumerate([(640, 427), (427, 640), (333, 501)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        make_image(w, h, seed=20 + i).save(paths[-1])  # PNG: lossless
+    expected = processor([Image.open(p) for p in paths], return_tensors="np")["pixel_values"]
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", REMOTE_SCRIPT, sysconfig.get_paths()["purelib"], str(folder), *paths],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["module"].startswith("transformers_modules") and out["name"] == "HSPNetImageProcessor"
+    assert out["pipeline_processor"] == "HSPNetImageProcessor" and out["labels"] == ["a", "b", "c"]
+    remote = np.load(folder / "remote_pixels.npy")
+    assert remote.shape == (3, 3, 64, 64) and np.array_equal(remote, expected)
