@@ -8,9 +8,26 @@ Conventions shared by every loss
 --------------------------------
 * ``forward(logits, targets, *, epoch=None, indices=None)``.
   ``logits``: (B, C) raw scores before the sigmoid. ``targets``: (B, C) observed
-  labels, 1 = observed positive, 0 = unobserved. Values are not checked (that
-  would force a device synchronisation every step); anything other than 0/1 is
-  undefined behaviour.
+  labels, 1 = observed positive, 0 = unobserved.
+* Inputs are checked, every call, and a bad one raises ``ValueError`` naming
+  the argument: ``logits`` / ``targets`` must be tensors of the same shape
+  (B, C) with B >= 1 and C = ``num_labels``; ``targets`` must hold only 0 and
+  1 (2, -1, 0.5 or NaN are refused); ``indices`` (ROLE) must be an integer
+  tensor of shape (B,) with values in [0, num_train_images); ``epoch`` a whole
+  number >= 0. The value checks are ONE fused reduction and ONE host-device
+  synchronisation per call (cheap next to the model; the training loop of this
+  package synchronises every step anyway to log the loss). Under
+  ``torch.compile`` they are done with ``torch._assert_async`` instead (no
+  graph break): a bad value then raises ``RuntimeError`` with the same
+  message (on CUDA, a device-side assert that ends the process).
+  ``loss.check_inputs = False`` switches the value checks off (the shape checks
+  stay). Non-finite logits are not refused: they give a non-finite loss, which
+  is visible.
+* Every constructor argument is checked too (type, finiteness and range:
+  e.g. SPLC's ``tau`` in (0, 1), ``expected_num_pos`` in (0, num_labels],
+  ``change_epoch`` an int >= 0; a bool is not an int, a string is not a
+  number); :func:`check_loss_spec` runs the same checks without building the
+  loss.
 * Computation is done in float32: float16 / bfloat16 logits are cast up and
   autocast is disabled inside the loss. float64 input stays float64.
 * ``reduction="sum"`` sums the per-entry loss over the B x C matrix.
@@ -37,8 +54,9 @@ Conventions shared by every loss
 from __future__ import annotations
 
 import math
+import numbers
 import operator
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -81,6 +99,129 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+# ---------------------------------------------------------------------------
+# argument checks (shared with configuration_hspnet.py)
+# ---------------------------------------------------------------------------
+def _interval(low: Optional[float], high: Optional[float], low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return "finite"
+
+
+def _check_real(
+    name: str,
+    value: Any,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a float if it is a finite real number (not a bool, not a string) within the bounds, else
+    ``ValueError`` naming ``name`` and the value."""
+    bounds = _interval(low, high, low_open, high_open)
+    what = "a finite number" if bounds == "finite" else f"a finite number {bounds}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    x = float(value)
+    if (
+        not math.isfinite(x)
+        or (low is not None and (x < low or (low_open and x == low)))
+        or (high is not None and (x > high or (high_open and x == high)))
+    ):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return x
+
+
+def _check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """``value`` as an int if it is an integer (``operator.index``: int, numpy integer; not a bool, not a float)
+    within the bounds, else ``ValueError`` naming ``name`` and the value."""
+    what = "an int" if low is None and high is None else f"an int {_interval(low, high, False, False)}"
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be {what}, got {value!r} (bool)")
+    try:
+        x = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})") from None
+    if (low is not None and x < low) or (high is not None and x > high):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(x)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_ without importing numpy
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _check_epoch(epoch: Any) -> int:
+    """A 0-based epoch: an int >= 0 (a float is accepted only if it is whole, e.g. the Trainer's ``state.epoch``
+    at the start of an epoch)."""
+    if isinstance(epoch, float) and math.isfinite(epoch) and epoch.is_integer():
+        epoch = int(epoch)
+    elif isinstance(epoch, numbers.Real) and not isinstance(epoch, (bool, numbers.Integral)):
+        raise ValueError(f"epoch must be a whole number >= 0 (the 0-based epoch index), got {epoch!r}")
+    return _check_int("epoch", epoch, 0)
+
+
+# A parameter rule: (name, value, num_labels or None) -> normalised value, or ValueError naming the parameter.
+_Rule = Callable[[str, Any, Optional[int]], Any]
+
+
+def _real(
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> _Rule:
+    def rule(name: str, value: Any, num_labels: Optional[int]) -> Optional[float]:
+        if value is None and allow_none:
+            return None
+        return _check_real(name, value, low, high, low_open=low_open, high_open=high_open)
+
+    return rule
+
+
+def _int(low: Optional[int] = None, *, allow_none: bool = False) -> _Rule:
+    def rule(name: str, value: Any, num_labels: Optional[int]) -> Optional[int]:
+        if value is None and allow_none:
+            return None
+        return _check_int(name, value, low)
+
+    return rule
+
+
+def _choice(*choices: str) -> _Rule:
+    return lambda name, value, num_labels: _check_choice(name, value, choices)
+
+
+def _flag(name: str, value: Any, num_labels: Optional[int]) -> bool:
+    return _check_bool(name, value)
+
+
+def _expected_positives(name: str, value: Any, num_labels: Optional[int]) -> float:
+    """k of EPR / ROLE: the expected number of positives per image, in (0, C]."""
+    k = _check_real(name, value, 0.0, low_open=True)
+    if num_labels is not None and k > num_labels:
+        raise ValueError(
+            f"{name} (the expected number of positive labels per image) must be in (0, num_labels={num_labels}], "
+            f"got {value!r}"
+        )
+    return k
+
+
 class MultiLabelLoss(nn.Module):
     """Base class: input checks, float32 computation and the reduction.
 
@@ -91,31 +232,49 @@ class MultiLabelLoss(nn.Module):
 
     requires_indices: bool = False
     requires_epoch: bool = False
+    #: Check the VALUES of ``targets`` (0/1) and ``indices`` (in range) at every call (one fused reduction, one
+    #: synchronisation; ``torch._assert_async`` under ``torch.compile``). Set to False on an instance to skip them.
+    check_inputs: bool = True
+    #: Constructor parameter -> rule (type, finiteness, range); subclasses extend it. Used by the constructors and,
+    #: without building the loss, by :func:`check_loss_spec`.
+    param_rules: Dict[str, _Rule] = {"reduction": _choice(*_REDUCTIONS)}
 
     def __init__(self, num_labels: int, reduction: str = "mean") -> None:
         super().__init__()
+        if isinstance(num_labels, bool):
+            raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
         try:
             num_labels = operator.index(num_labels)
         except TypeError:
             raise ValueError(f"num_labels must be a positive int, got {num_labels!r}") from None
         if num_labels < 1:
             raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        self.num_labels = num_labels
-        self.reduction = reduction
+        self.num_labels = int(num_labels)
+        self.reduction = self.check_params({"reduction": reduction})["reduction"]
         if self.requires_epoch:
             self.register_buffer("current_epoch", torch.tensor(-1, dtype=torch.long), persistent=True)
             self._epoch_cache: Optional[int] = None
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], num_labels: Optional[int] = None) -> Dict[str, Any]:
+        """Check constructor parameters (only those given) against :attr:`param_rules`; returns them normalised
+        (floats as float, ints as int). ``num_labels``, when known, bounds ``expected_num_pos``. A bad value raises
+        ``ValueError`` naming the class, the parameter and the value."""
+        out = {}
+        for name, value in params.items():
+            rule = cls.param_rules.get(name)
+            try:
+                out[name] = value if rule is None else rule(name, value, num_labels)
+            except ValueError as error:
+                raise ValueError(f"{cls.__name__}: {error}") from None
+        return out
+
     # ------------------------------------------------------------------ epoch
     def set_epoch(self, epoch: int) -> None:
-        """Record the current (0-based) training epoch."""
+        """Record the current (0-based) training epoch (an int >= 0)."""
+        epoch = _check_epoch(epoch)
         if not self.requires_epoch:
             return
-        epoch = int(epoch)
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
         if self._epoch_cache != epoch:
             self.current_epoch.fill_(epoch)
             self._epoch_cache = epoch
@@ -134,11 +293,13 @@ class MultiLabelLoss(nn.Module):
             self._epoch_cache = None  # re-read from the loaded buffer on next use
 
     def _resolve_epoch(self, epoch: Optional[int]) -> Optional[int]:
+        if epoch is not None:
+            epoch = _check_epoch(epoch)
         if not self.requires_epoch:
             return None
         if epoch is not None:
             self.set_epoch(epoch)
-            return int(epoch)
+            return epoch
         stored = self.get_epoch()
         if stored < 0:
             raise ValueError(
@@ -156,21 +317,39 @@ class MultiLabelLoss(nn.Module):
         epoch: Optional[int] = None,
         indices: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        if logits.dim() != 2 or logits.shape != targets.shape:
+        name = type(self).__name__
+        for arg, value in (("logits", logits), ("targets", targets)):
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name}: {arg} must be a torch.Tensor of shape (B, C), got {type(value).__name__}")
+        if logits.dim() != 2 or logits.shape[1] != self.num_labels:
             raise ValueError(
-                f"logits and targets must both be (B, C); got {tuple(logits.shape)} and {tuple(targets.shape)}"
+                f"{name}: logits must have shape (B, {self.num_labels}) (num_labels={self.num_labels}), "
+                f"got {tuple(logits.shape)}"
             )
-        if logits.shape[1] != self.num_labels:
-            raise ValueError(f"expected {self.num_labels} labels, got logits of shape {tuple(logits.shape)}")
+        if targets.shape != logits.shape:
+            raise ValueError(
+                f"{name}: targets must have the shape of logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
+            )
+        if logits.shape[0] == 0:
+            raise ValueError(f"{name}: logits is an empty batch (shape {tuple(logits.shape)}); B must be >= 1")
         if self.requires_indices:
             if indices is None:
                 raise ValueError(
-                    f"{type(self).__name__} needs the training-set index of every sample: "
+                    f"{name} needs the training-set index of every sample: "
                     "pass forward(..., indices=LongTensor of shape (B,))."
                 )
+            if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex() or (
+                indices.dtype == torch.bool
+            ):
+                raise ValueError(
+                    f"{name}: indices must be an integer tensor of shape ({logits.shape[0]},), got "
+                    f"{indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__}"
+                )
             if indices.dim() != 1 or indices.shape[0] != logits.shape[0]:
-                raise ValueError(f"indices must have shape ({logits.shape[0]},), got {tuple(indices.shape)}")
+                raise ValueError(f"{name}: indices must have shape ({logits.shape[0]},), got {tuple(indices.shape)}")
         ep = self._resolve_epoch(epoch)
+        if self.check_inputs:
+            self._check_values(targets, indices if self.requires_indices else None)
         if logits.dtype in (torch.float16, torch.bfloat16) or not logits.is_floating_point():
             logits = logits.float()
         targets = targets.to(dtype=logits.dtype)
@@ -185,6 +364,41 @@ class MultiLabelLoss(nn.Module):
             elif reg is not None:
                 total = total + reg * n_entries
         return total
+
+    def _index_limit(self) -> Optional[int]:
+        """The exclusive upper bound of ``indices`` (ROLE: the number of training images)."""
+        return None
+
+    def _check_values(self, targets: torch.Tensor, indices: Optional[torch.Tensor]) -> None:
+        """targets in {0, 1} (NaN included in "not"), indices in [0, limit): one fused reduction, one sync."""
+        name = type(self).__name__
+        messages, flags = [], []
+        if targets.dtype != torch.bool:
+            messages.append(f"{name}: targets must hold only 0 and 1 (1 = observed positive, 0 = unobserved)")
+            flags.append(((targets != 0) & (targets != 1)).any())
+        limit = self._index_limit()
+        if indices is not None and limit is not None:
+            messages.append(f"{name}: indices must be training-set rows in [0, {limit}) (num_train_images={limit})")
+            flags.append(((indices < 0) | (indices >= limit)).any().to(device=targets.device))
+        if not flags:
+            return
+        if torch.compiler.is_compiling():  # no graph break; raises RuntimeError (a device-side assert on CUDA)
+            for message, flag in zip(messages, flags):
+                torch._assert_async(~flag, message)
+            return
+        bad = torch.stack(flags).tolist() if len(flags) > 1 else [bool(flags[0])]
+        for message, is_bad in zip(messages, bad):
+            if is_bad:
+                raise ValueError(self._describe_bad(message, targets, indices, limit))
+
+    @staticmethod
+    def _describe_bad(message: str, targets: torch.Tensor, indices: Optional[torch.Tensor], limit: Optional[int]) -> str:
+        """The message with the first offending value (only computed on the error path)."""
+        if message.split(": ", 1)[1].startswith("targets"):
+            bad = ((targets != 0) & (targets != 1)).nonzero()[0].tolist()
+            return f"{message}; got {targets[tuple(bad)].item()!r} at targets[{bad[0]}, {bad[1]}]"
+        bad = int(((indices < 0) | (indices >= limit)).nonzero()[0, 0])
+        return f"{message}; got {int(indices[bad])} at indices[{bad}]"
 
     def _loss_terms(
         self, z: torch.Tensor, y: torch.Tensor, epoch: Optional[int], indices: Optional[torch.Tensor]
@@ -250,6 +464,13 @@ class SPLCLoss(MultiLabelLoss):
     """
 
     requires_epoch = True
+    param_rules = {
+        **MultiLabelLoss.param_rules,
+        "tau": _real(0.0, 1.0, low_open=True, high_open=True),
+        "margin": _real(),
+        "gamma": _real(0.0),
+        "change_epoch": _int(0),
+    }
 
     def __init__(
         self,
@@ -261,12 +482,11 @@ class SPLCLoss(MultiLabelLoss):
         reduction: str = "sum",
     ) -> None:
         super().__init__(num_labels, reduction)
-        if not 0.0 < tau < 1.0:
-            raise ValueError(f"tau must be in (0, 1), got {tau}")
-        self.tau = float(tau)
-        self.margin = float(margin)
-        self.gamma = float(gamma)
-        self.change_epoch = int(change_epoch)
+        p = self.check_params(dict(tau=tau, margin=margin, gamma=gamma, change_epoch=change_epoch), self.num_labels)
+        self.tau = p["tau"]
+        self.margin = p["margin"]
+        self.gamma = p["gamma"]
+        self.change_epoch = p["change_epoch"]
 
     def _loss_terms(self, z, y, epoch, indices):
         z = torch.where(y == 1, z - self.margin, z)
@@ -316,11 +536,11 @@ class AssumeNegativeLabelSmoothingLoss(MultiLabelLoss):
     Reference reduction: ``"mean"`` over B*C. Shapes: (B, C) -> scalar.
     """
 
+    param_rules = {**MultiLabelLoss.param_rules, "ls_coef": _real(0.0, 1.0, high_open=True)}
+
     def __init__(self, num_labels: int, ls_coef: float = 0.1, reduction: str = "mean") -> None:
         super().__init__(num_labels, reduction)
-        if not 0.0 <= ls_coef < 1.0:
-            raise ValueError(f"ls_coef must be in [0, 1), got {ls_coef}")
-        self.ls_coef = float(ls_coef)
+        self.ls_coef = self.check_params(dict(ls_coef=ls_coef), self.num_labels)["ls_coef"]
 
     def _loss_terms(self, z, y, epoch, indices):
         eps = self.ls_coef
@@ -342,10 +562,13 @@ class WeakAssumeNegativeLoss(MultiLabelLoss):
     Reference reduction: ``"mean"`` over B*C. Shapes: (B, C) -> scalar.
     """
 
+    param_rules = {**MultiLabelLoss.param_rules, "gamma": _real(0.0, allow_none=True)}
+
     def __init__(self, num_labels: int, gamma: Optional[float] = None, reduction: str = "mean") -> None:
         super().__init__(num_labels, reduction)
+        gamma = self.check_params(dict(gamma=gamma), self.num_labels)["gamma"]
         if gamma is None:
-            gamma = 1.0 / (num_labels - 1) if num_labels > 1 else 1.0
+            gamma = 1.0 / (self.num_labels - 1) if self.num_labels > 1 else 1.0
         self.gamma = float(gamma)
 
     def _loss_terms(self, z, y, epoch, indices):
@@ -372,9 +595,13 @@ class ExpectedPositiveRegularizationLoss(MultiLabelLoss):
     Shapes: (B, C) -> scalar.
     """
 
+    param_rules = {**MultiLabelLoss.param_rules, "expected_num_pos": _expected_positives}
+
     def __init__(self, num_labels: int, expected_num_pos: float = 2.9, reduction: str = "mean") -> None:
         super().__init__(num_labels, reduction)
-        self.expected_num_pos = float(expected_num_pos)
+        self.expected_num_pos = self.check_params(dict(expected_num_pos=expected_num_pos), self.num_labels)[
+            "expected_num_pos"
+        ]
 
     def _loss_terms(self, z, y, epoch, indices):
         loss = -y * F.logsigmoid(z)
@@ -420,6 +647,14 @@ class ROLELoss(MultiLabelLoss):
     """
 
     requires_indices = True
+    param_rules = {
+        **MultiLabelLoss.param_rules,
+        "num_train_images": _int(1, allow_none=True),  # None = not given yet (required by the constructor)
+        "expected_num_pos": _expected_positives,
+        "init_width": _real(0.0, 0.5, low_open=True, high_open=True),
+        "init_positive_prob": _real(0.0, 1.0, low_open=True, high_open=True),
+        "init_seed": _int(),
+    }
 
     def __init__(
         self,
@@ -432,17 +667,25 @@ class ROLELoss(MultiLabelLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(num_labels, reduction)
-        if num_train_images is None or int(num_train_images) < 1:
+        if num_train_images is None:
             raise ValueError(
                 "ROLE keeps a label estimate per training image: pass num_train_images=<size of the training set>"
             )
-        if not 0.0 < init_width < 0.5:
-            raise ValueError(f"init_width must be in (0, 0.5), got {init_width}")
-        self.num_train_images = int(num_train_images)
-        self.expected_num_pos = float(expected_num_pos)
-        self.init_width = float(init_width)
-        self.init_positive_prob = float(init_positive_prob)
-        self.init_seed = int(init_seed)
+        p = self.check_params(
+            dict(
+                num_train_images=num_train_images,
+                expected_num_pos=expected_num_pos,
+                init_width=init_width,
+                init_positive_prob=init_positive_prob,
+                init_seed=init_seed,
+            ),
+            self.num_labels,
+        )
+        self.num_train_images = p["num_train_images"]
+        self.expected_num_pos = p["expected_num_pos"]
+        self.init_width = p["init_width"]
+        self.init_positive_prob = p["init_positive_prob"]
+        self.init_seed = p["init_seed"]
         gen = torch.Generator().manual_seed(self.init_seed)
         bound = _logit(0.5 + self.init_width)
         init = bound * (2 * torch.rand(self.num_train_images, num_labels, generator=gen) - 1)
@@ -460,8 +703,13 @@ class ROLELoss(MultiLabelLoss):
                 f"observed_targets must have shape {tuple(self.label_logits.shape)}, "
                 f"got {tuple(observed_targets.shape)}"
             )
+        if observed_targets.numel() and not bool(((observed_targets == 0) | (observed_targets == 1)).all()):
+            raise ValueError("ROLELoss: observed_targets must hold only 0 and 1 (1 = observed positive)")
         mask = observed_targets.to(self.label_logits.device) == 1
         self.label_logits[mask] = _logit(self.init_positive_prob)
+
+    def _index_limit(self) -> Optional[int]:
+        return self.num_train_images
 
     @property
     def estimated_labels(self) -> torch.Tensor:
@@ -508,9 +756,11 @@ class EntropyMaximizationLoss(MultiLabelLoss):
     Shapes: (B, C) -> scalar.
     """
 
+    param_rules = {**MultiLabelLoss.param_rules, "alpha": _real(0.0)}
+
     def __init__(self, num_labels: int, alpha: float = 0.1, reduction: str = "mean") -> None:
         super().__init__(num_labels, reduction)
-        self.alpha = float(alpha)
+        self.alpha = self.check_params(dict(alpha=alpha), self.num_labels)["alpha"]
 
     def _loss_terms(self, z, y, epoch, indices):
         log_p, log_1mp = F.logsigmoid(z), F.logsigmoid(-z)
@@ -544,17 +794,15 @@ class LargeLossRejectionLoss(MultiLabelLoss):
     """
 
     requires_epoch = True
+    param_rules = {**MultiLabelLoss.param_rules, "delta_rel": _real(0.0, 1.0), "mode": _choice("reject", "correct")}
 
     def __init__(
         self, num_labels: int, delta_rel: float = 0.002, mode: str = "reject", reduction: str = "mean"
     ) -> None:
         super().__init__(num_labels, reduction)
-        if delta_rel < 0:
-            raise ValueError(f"delta_rel must be >= 0, got {delta_rel}")
-        if mode not in ("reject", "correct"):
-            raise ValueError(f"mode must be 'reject' or 'correct', got {mode!r}")
-        self.delta_rel = float(delta_rel)
-        self.mode = mode
+        p = self.check_params(dict(delta_rel=delta_rel, mode=mode), self.num_labels)
+        self.delta_rel = p["delta_rel"]
+        self.mode = p["mode"]
 
     def rejection_rate(self, epoch: int) -> float:
         return min(1.0, epoch * self.delta_rel)
@@ -599,13 +847,16 @@ class HillLoss(MultiLabelLoss):
     Shapes: (B, C) -> scalar.
     """
 
+    param_rules = {**MultiLabelLoss.param_rules, "lamb": _real(), "margin": _real(), "gamma": _real(0.0)}
+
     def __init__(
         self, num_labels: int, lamb: float = 1.5, margin: float = 1.0, gamma: float = 2.0, reduction: str = "sum"
     ) -> None:
         super().__init__(num_labels, reduction)
-        self.lamb = float(lamb)
-        self.margin = float(margin)
-        self.gamma = float(gamma)
+        p = self.check_params(dict(lamb=lamb, margin=margin, gamma=gamma), self.num_labels)
+        self.lamb = p["lamb"]
+        self.margin = p["margin"]
+        self.gamma = p["gamma"]
 
     def _loss_terms(self, z, y, epoch, indices):
         zm = z - self.margin
@@ -633,14 +884,15 @@ class FocalLoss(MultiLabelLoss):
     Shapes: (B, C) -> scalar.
     """
 
+    param_rules = {**MultiLabelLoss.param_rules, "gamma": _real(0.0), "alpha": _real(0.0, 1.0, allow_none=True)}
+
     def __init__(
         self, num_labels: int, gamma: float = 2.0, alpha: Optional[float] = None, reduction: str = "sum"
     ) -> None:
         super().__init__(num_labels, reduction)
-        if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
-        self.gamma = float(gamma)
-        self.alpha = None if alpha is None else float(alpha)
+        p = self.check_params(dict(gamma=gamma, alpha=alpha), self.num_labels)
+        self.gamma = p["gamma"]
+        self.alpha = p["alpha"]
 
     def _loss_terms(self, z, y, epoch, indices):
         p = torch.sigmoid(z)
@@ -673,6 +925,15 @@ class AsymmetricLoss(MultiLabelLoss):
     Shapes: (B, C) -> scalar.
     """
 
+    param_rules = {
+        **MultiLabelLoss.param_rules,
+        "gamma_neg": _real(0.0),
+        "gamma_pos": _real(0.0),
+        "clip": _real(0.0, 1.0, high_open=True, allow_none=True),
+        "eps": _real(0.0, 1.0, low_open=True, high_open=True),
+        "detach_weight": _flag,
+    }
+
     def __init__(
         self,
         num_labels: int,
@@ -684,11 +945,15 @@ class AsymmetricLoss(MultiLabelLoss):
         reduction: str = "sum",
     ) -> None:
         super().__init__(num_labels, reduction)
-        self.gamma_neg = float(gamma_neg)
-        self.gamma_pos = float(gamma_pos)
-        self.clip = float(clip) if clip else 0.0
-        self.eps = float(eps)
-        self.detach_weight = bool(detach_weight)
+        p = self.check_params(
+            dict(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps, detach_weight=detach_weight),
+            self.num_labels,
+        )
+        self.gamma_neg = p["gamma_neg"]
+        self.gamma_pos = p["gamma_pos"]
+        self.clip = p["clip"] or 0.0  # None or 0: no probability shifting
+        self.eps = p["eps"]
+        self.detach_weight = p["detach_weight"]
 
     def _loss_terms(self, z, y, epoch, indices):
         p = torch.sigmoid(z)
@@ -760,12 +1025,16 @@ def _normalize_name(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def check_loss_spec(name: str, kwargs: Dict[str, Any]) -> str:
+def check_loss_spec(name: str, kwargs: Mapping[str, Any], num_labels: Optional[int] = None) -> str:
     """Check a loss name and its keyword arguments without building the loss (which may allocate per-image state);
-    returns the registry key. Raises ``ValueError`` naming the valid choices."""
+    returns the registry key. Raises ``ValueError`` naming the valid choices, or the parameter and its bad value
+    (type, finiteness, range: the constructor's checks; ``num_labels``, when given, also bounds
+    ``expected_num_pos``)."""
     key = _normalize_name(name)
     if key not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"the parameters of loss {key!r} must be a dict, got {type(kwargs).__name__}")
     defaults = LOSS_DEFAULTS[key]
     bad = [k for k in kwargs if k not in defaults]
     if bad:
@@ -773,6 +1042,9 @@ def check_loss_spec(name: str, kwargs: Dict[str, Any]) -> str:
             f"unknown parameter(s) {', '.join(repr(b) for b in bad)} for loss {key!r}; "
             f"valid parameters: {', '.join(sorted(defaults)) or '(none)'}"
         )
+    if num_labels is not None:
+        num_labels = _check_int("num_labels", num_labels, 1)
+    LOSSES[key].check_params(kwargs, num_labels)
     return key
 
 

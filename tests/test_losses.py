@@ -204,7 +204,7 @@ def test_epr_by_hand():
 
 
 def test_role_by_hand_and_gradients_are_row_local():
-    loss = build_loss("role", 2, num_train_images=3, expected_num_pos=2.9)
+    loss = build_loss("role", 2, num_train_images=3, expected_num_pos=1.5)
     with torch.no_grad():
         loss.label_logits.copy_(T([[0.0, 0.0], [2.0, -2.0], [5.0, 5.0]]))
     logits, targets, idx = T([[1.0, -1.0]]), T([[1, 0]]), torch.tensor([1])
@@ -216,9 +216,10 @@ def test_role_by_hand_and_gradients_are_row_local():
     # entry (y=1): 1/2 [-log p - log q + BCE(p, q) + BCE(q, p)]; entry (y=0): 1/2 [BCE(p, q) + BCE(q, p)]
     e0 = 0.5 * (-math.log(p0) - math.log(q0) + bce(p0, q0) + bce(q0, p0))
     e1 = 0.5 * (bce(p1, q1) + bce(q1, p1))
-    # R_k: sum_c p = sum_c q = 1 for this batch: ((1 - 2.9) / 2)^2 = 0.9025 for both
-    reg = 0.5 * (((p0 + p1 - 2.9) / 2) ** 2 + ((q0 + q1 - 2.9) / 2) ** 2)
-    assert reg == pytest.approx(0.9025)
+    # R_k: sum_c p = sum_c q = 1 for this batch: ((1 - 1.5) / 2)^2 = 0.0625 for both
+    # (k = expected_num_pos must be in (0, C]; this test used 2.9 > C = 2 before that was checked)
+    reg = 0.5 * (((p0 + p1 - 1.5) / 2) ** 2 + ((q0 + q1 - 1.5) / 2) ** 2)
+    assert reg == pytest.approx(0.0625)
     x = logits.clone().requires_grad_(True)
     out = loss(x, targets, indices=idx)
     assert out.item() == pytest.approx((e0 + e1) / 2 + reg, rel=1e-6)
