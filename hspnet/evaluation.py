@@ -11,8 +11,13 @@ functions behind `scripts/evaluate.py`.
   one recorded as ``base_model`` in the model card that training writes);
 - :func:`per_class_table`, :func:`write_per_class_table`, :func:`format_metrics_table`, :func:`plot_report`
   (matplotlib, Agg backend, imported lazily), :func:`precision_recall_curve`;
+- :func:`make_eval_transform`: dataset rows -> model inputs; images are read as :func:`hspnet.prediction` reads them
+  (:func:`hspnet.images.open_image` for image files: EXIF orientation, 16-bit and float images scaled to 8 bits, full
+  decode, decompression bombs refused; :func:`hspnet.images.to_rgb` for embedded bytes), so an image gets the same
+  scores from ``evaluate.py`` and ``predict.py``, and an unreadable one is named;
 - :func:`run_evaluation`: the whole run (accelerate: several processes under ``accelerate launch``, each image
-  counted once), :func:`main`: the command line.
+  counted once), :func:`main`: the command line. Every output file is written atomically (complete or not at all,
+  an earlier one left intact on failure) and never replaces an input (a model, CLIP or dataset file).
 
 Every metric is :func:`hspnet.metrics.compute_all_metrics` on the logits (``from_logits=True``): mAP in both
 definitions, CP CR CF1 mean_class_F1 OP OR OF1 at ``sigmoid(logit) > threshold`` and the same for the top-k labels.
@@ -22,17 +27,32 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
+import math
 import os
 import re
+import stat
+import string
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from hspnet.cli_types import json_object, positive_int, run_cli
+from hspnet.cli_types import json_object, one_line, positive_int, probability, run_cli
+from hspnet.files import refuse_inputs_as_output
+from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, open_image, to_rgb
+from hspnet.prediction import (
+    _load_errors,
+    _looks_like_path,
+    _quiet_transformers,
+    check_model_folder,
+    check_positive_int,
+    check_probability,
+    write_output,
+)
 
 logger = logging.getLogger("hspnet.evaluate")
 
@@ -44,6 +64,7 @@ ZERO_SHOT_NOTE = (
 METRIC_ORDER = ("mAP", "mAP_tie_aware", "CP", "CR", "CF1", "mean_class_F1", "OP", "OR", "OF1")
 NO_ZERO_SHOT = ("none", "no", "off", "false", "skip", "")
 TINY_RANDOM = "tiny-random"
+OUTPUT_FILES = ("metrics.json", "per_class_ap.csv", "per_class_ap.md", "report.png")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -59,23 +80,32 @@ def load_eval_split(dataset: str, split: str = "test", dataset_root: str | None 
     ``folder``; ``dataset_root`` and ``dataset_options`` go to its loader) or a folder written by
     ``save_prepared_dataset``. Raises ``ValueError`` naming the available splits when ``split`` does not exist.
     """
+    _, data, hierarchy = _open_eval_split(dataset, split, dataset_root, dataset_options, cache_dir, max_samples)
+    return data, hierarchy
+
+
+def _open_eval_split(dataset, split, dataset_root, dataset_options, cache_dir, max_samples):
+    """:func:`load_eval_split`, and the whole ``DatasetDict`` (whose image files are inputs never to overwrite)."""
     from hspnet.data import get_hierarchy, open_dataset
 
+    if not isinstance(dataset, (str, os.PathLike)) or not os.fspath(dataset):
+        raise ValueError(f"dataset must be a dataset name or a prepared dataset folder, got {dataset!r}")
+    dataset = os.fspath(dataset)
     datasets = open_dataset(dataset, dataset_root, dataset_options, cache_dir)
     if split not in datasets:
         raise ValueError(f"dataset {dataset!r} has no split {split!r}; its splits are: {', '.join(datasets)}")
     data = datasets[split]
-    if "labels" not in data.column_names:
-        raise ValueError(
-            f"split {split!r} of dataset {dataset!r} has no 'labels' column (columns: {data.column_names})"
-        )
+    for column in ("image", "labels"):
+        if column not in data.column_names:
+            raise ValueError(
+                f"split {split!r} of dataset {dataset!r} has no {column!r} column (columns: {data.column_names})"
+            )
     if max_samples is not None:
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        max_samples = check_positive_int(max_samples, "max_samples")
         data = data.select(range(min(max_samples, len(data))))
     if len(data) == 0:
         raise ValueError(f"split {split!r} of dataset {dataset!r} is empty")
-    return data, get_hierarchy(datasets)
+    return datasets, data, get_hierarchy(datasets)
 
 
 def label_permutation(model_labels: Sequence[str], dataset_labels: Sequence[str]) -> list[int]:
@@ -99,16 +129,44 @@ def label_permutation(model_labels: Sequence[str], dataset_labels: Sequence[str]
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def check_zero_shot_template(template: Any) -> str:
+    """``template`` if it is a string with exactly one ``{}`` and no other ``{...}`` field; ``ValueError`` naming
+    it otherwise (so that a bad ``--zero_shot_template`` fails before any work)."""
+    if not isinstance(template, str):
+        raise ValueError(f"the zero-shot template must be a string with one '{{}}', got {template!r}")
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        template.format("label")
+    except (ValueError, IndexError, KeyError) as error:
+        raise ValueError(f"the zero-shot template {template!r} is not a valid format string ({one_line(error)}); "
+                         "use one '{}' for the label name and '{{' / '}}' for literal braces") from None
+    if fields != [""]:
+        raise ValueError(f"the zero-shot template {template!r} must hold exactly one '{{}}' (the label name) and no "
+                         "other '{...}' field")
+    return template
+
+
 def zero_shot_prompt(label: str, template: str = ZERO_SHOT_TEMPLATE) -> str:
     """``"a photo of a {label}."`` with underscores as spaces."""
-    return template.format(label.replace("_", " "))
+    return check_zero_shot_template(template).format(str(label).replace("_", " "))
 
 
 def zero_shot_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: float) -> torch.Tensor:
     """``logit_scale * normalize(image_embeds) @ normalize(text_embeds).T``: ``(B, D) x (C, D) -> (B, C)``."""
+    if image_embeds.ndim != 2 or text_embeds.ndim != 2 or image_embeds.shape[-1] != text_embeds.shape[-1]:
+        raise ValueError(f"zero_shot_logits needs (B, D) image and (C, D) text embeddings, got "
+                         f"{tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}")
+    _check_logit_scale(logit_scale)
     image = nn.functional.normalize(image_embeds.float(), dim=-1)
     text = nn.functional.normalize(text_embeds.float(), dim=-1)
     return logit_scale * image @ text.T
+
+
+def _check_logit_scale(logit_scale: Any) -> float:
+    if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not math.isfinite(logit_scale) \
+            or logit_scale <= 0:
+        raise ValueError(f"logit_scale must be a finite number > 0, got {logit_scale!r}")
+    return float(logit_scale)
 
 
 def _features(output):
@@ -129,9 +187,10 @@ class ZeroShotCLIPClassifier(nn.Module):
         super().__init__()
         from hspnet.modeling_hspnet import clip_text_embeddings
 
-        if "{}" not in template:
-            raise ValueError(f"the zero-shot template {template!r} has no '{{}}' for the label name")
-        self.labels = list(labels)
+        check_zero_shot_template(template)
+        self.labels = [str(name) for name in labels]
+        if not self.labels:
+            raise ValueError("the zero-shot classifier needs at least one label")
         self.prompts = [zero_shot_prompt(name, template) for name in self.labels]
         self.template = template
         with torch.no_grad():
@@ -139,7 +198,7 @@ class ZeroShotCLIPClassifier(nn.Module):
         self.register_buffer("text_embeds", nn.functional.normalize(text.float(), dim=-1))
         if logit_scale is None:
             logit_scale = min(float(clip_model.logit_scale.detach().exp()), 100.0)
-        self.logit_scale = float(logit_scale)
+        self.logit_scale = _check_logit_scale(logit_scale)
         self.vision_model = clip_model.vision_model
         self.visual_projection = clip_model.visual_projection
         self.config = clip_model.config
@@ -162,6 +221,8 @@ def read_model_card(model_name_or_path: str) -> dict:
     """``{"base_model": ..., "seed": ...}`` from the README.md that training writes beside the model (YAML
     ``base_model`` metadata and the recipe table); empty when there is none."""
     path = os.path.join(model_name_or_path, "README.md")
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        return {}  # a FIFO or a device: never opened (it could block)
     if not os.path.isfile(path):
         if os.path.isdir(model_name_or_path):
             return {}
@@ -171,7 +232,7 @@ def read_model_card(model_name_or_path: str) -> dict:
             path = hf_hub_download(model_name_or_path, "README.md")
         except Exception:  # noqa: BLE001 (offline, no card, not a repo: no record)
             return {}
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         text = handle.read()
     info: dict[str, Any] = {}
     match = re.match(r"---\s*\n(.*?)\n---", text, re.S)
@@ -241,29 +302,50 @@ def load_zero_shot_clip(name: str, seed: int = 0):
 
         clip = tiny_clip_model(seed=seed)
         return clip, byte_level_clip_tokenizer(), tiny_clip_image_processor(clip.config.vision_config.image_size)
-    if not os.path.isdir(name) and (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1):
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name).strip():
+        raise ValueError(f"the zero-shot CLIP must be a folder, a Hub id or {TINY_RANDOM!r}, got {name!r}")
+    name = os.fspath(name)
+    local = os.path.isdir(name)
+    if local:
+        check_model_folder(name, "CLIP")
+    elif os.path.exists(name):
+        raise ValueError(f"{name}: the zero-shot CLIP must be a folder (or a Hub id), not a file")
+    elif _looks_like_path(name):
         raise FileNotFoundError(f"{name}: zero-shot CLIP folder does not exist")
-    try:
-        model_type = AutoConfig.from_pretrained(name).model_type
-    except (OSError, ValueError) as error:
-        raise OSError(f"{name}: cannot load it as a CLIP model for the zero-shot baseline "
-                      f"({' '.join(str(error).split())[:300]})") from None
-    if model_type != "clip":
-        raise ValueError(f"{name}: a {model_type!r} model, not a CLIP model; the zero-shot baseline needs plain CLIP "
-                         "(e.g. openai/clip-vit-base-patch16)")
-    try:
-        clip = CLIPModel.from_pretrained(name).eval()
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise OSError(f"{name}: cannot load it as a CLIP model for the zero-shot baseline "
-                      f"({' '.join(str(error).split())[:300]})") from None
-    try:
-        processor = AutoImageProcessor.from_pretrained(name)
-    except (OSError, ValueError):
-        from hspnet.tiny_clip import tiny_clip_image_processor
+    where = "CLIP folder" if local else "no such local folder, and the Hub model"
+    errors = _load_errors()
+    with _quiet_transformers():
+        try:
+            model_type = AutoConfig.from_pretrained(name).model_type
+        except errors as error:
+            raise OSError(f"{name}: cannot load it as a CLIP model for the zero-shot baseline ({where}: "
+                          f"{one_line(error)[:300]})") from error
+        if model_type != "clip":
+            raise ValueError(f"{name}: a {model_type!r} model, not a CLIP model; the zero-shot baseline needs plain "
+                             "CLIP (e.g. openai/clip-vit-base-patch16)")
+        try:
+            clip, info = CLIPModel.from_pretrained(name, output_loading_info=True, ignore_mismatched_sizes=True)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except errors as error:
+            raise OSError(f"{name}: cannot load it as a CLIP model for the zero-shot baseline ({where}: "
+                          f"{one_line(error)[:300]})") from error
+    from hspnet.prediction import _check_finite_parameters, _check_loading_info
 
-        size = clip.config.vision_config.image_size
-        processor = tiny_clip_image_processor(size if isinstance(size, int) else size[0])
+    _check_loading_info(name, clip, info)
+    _check_finite_parameters(name, clip)
+    clip.eval()
+    with _quiet_transformers():
+        try:
+            processor = AutoImageProcessor.from_pretrained(name)
+        except errors as error:
+            saved = os.path.join(name, "preprocessor_config.json")
+            if local and os.path.lexists(saved):
+                raise OSError(f"{saved}: the image processor of the zero-shot CLIP cannot be loaded "
+                              f"({one_line(error)[:200]})") from error
+            from hspnet.tiny_clip import tiny_clip_image_processor
+
+            size = clip.config.vision_config.image_size
+            processor = tiny_clip_image_processor(size if isinstance(size, int) else size[0])
     return clip, tokenizer, processor
 
 
@@ -283,12 +365,32 @@ def _text_tower_matches(model, clip) -> bool | None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _check_score_matrix(scores: Any, targets: Any, labels: Sequence[str], name: str):
+    """``(scores, targets)`` as arrays after checking they are ``(N, C)`` with ``C = len(labels)``, finite scores and
+    0/1 targets; ``ValueError`` naming ``name`` otherwise."""
+    scores = np.asarray(scores.detach().float().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    targets = np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets)
+    if scores.ndim != 2 or targets.shape != scores.shape or scores.shape[1] != len(labels):
+        raise ValueError(f"{name} and targets must both be (N, C) with C = {len(labels)} labels, got "
+                         f"{scores.shape} and {targets.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{name} hold NaN or infinite values")
+    if not np.isin(targets, (0, 1)).all():
+        raise ValueError("targets must be 0/1 (multi-hot)")
+    return scores, targets
+
+
 def per_class_table(scores: Any, targets: Any, labels: Sequence[str], groups: Sequence[str] | None = None,
                     zero_shot_scores: Any = None) -> list[dict]:
     """One row per class, in label order: ``label``, ``group``, ``positives`` (count), ``AP`` (ranked, percent),
     ``AP_tie_aware`` and, with ``zero_shot_scores``, ``zero_shot_AP`` and ``AP_gain`` (= AP - zero_shot_AP)."""
     from hspnet.metrics import average_precision_ranked, average_precision_tie_aware
 
+    scores, targets = _check_score_matrix(scores, targets, labels, "scores")
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
+    if zero_shot_scores is not None:
+        zero_shot_scores, _ = _check_score_matrix(zero_shot_scores, targets, labels, "zero_shot_scores")
     ap = 100.0 * average_precision_ranked(scores, targets)
     ap_tie = 100.0 * average_precision_tie_aware(scores, targets)
     positives = np.asarray(targets).sum(axis=0).astype(int)
@@ -304,23 +406,29 @@ def per_class_table(scores: Any, targets: Any, labels: Sequence[str], groups: Se
     return rows
 
 
-def write_per_class_table(rows: list[dict], path: str) -> str:
-    """Write the rows of :func:`per_class_table` as CSV (``.csv``) or a Markdown table (``.md``)."""
+def per_class_table_text(rows: list[dict], fmt: str) -> str:
+    """The rows of :func:`per_class_table` as CSV (``fmt="csv"``) or a Markdown table (``fmt="md"``)."""
     if not rows:
         raise ValueError("no per-class rows to write")
     columns = list(rows[0])
-    if path.endswith(".csv"):
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    elif path.endswith(".md"):
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(_markdown_rows(rows, columns))
-    else:
+    if fmt == "csv":
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+        return buffer.getvalue()
+    if fmt == "md":
+        return _markdown_rows(rows, columns)
+    raise ValueError(f"the per-class table is written as csv or md, not {fmt!r}")
+
+
+def write_per_class_table(rows: list[dict], path: str) -> str:
+    """Write the rows of :func:`per_class_table` as CSV (``.csv``) or a Markdown table (``.md``), atomically."""
+    path = os.fspath(path)
+    if not path.endswith((".csv", ".md")):
         raise ValueError(f"{path}: the per-class table is written as .csv or .md")
-    return path
+    return write_output(path, per_class_table_text(rows, "csv" if path.endswith(".csv") else "md"))
 
 
 def _markdown_rows(rows: list[dict], columns: list[str]) -> str:
@@ -351,7 +459,12 @@ def precision_recall_curve(scores: Any, targets: Any) -> tuple[np.ndarray, np.nd
     """``(precision, recall)`` of ONE class at every distinct score threshold, from the highest score down (tied
     scores form one point, as scikit-learn). Empty arrays when the class has no positive."""
     s = np.asarray(scores, dtype=np.float64).ravel()
-    t = np.asarray(targets).ravel().astype(bool)
+    t = np.asarray(targets).ravel()
+    if s.shape != t.shape:
+        raise ValueError(f"precision_recall_curve: {s.size} scores for {t.size} targets")
+    if not np.isfinite(s).all():
+        raise ValueError("precision_recall_curve: the scores hold NaN or infinite values")
+    t = t.astype(bool)
     n_pos = int(t.sum())
     if n_pos == 0 or s.size == 0:
         return np.zeros(0), np.zeros(0)
@@ -379,14 +492,23 @@ def _import_pyplot():
 
 def plot_report(scores: Any, targets: Any, labels: Sequence[str], path: str, zero_shot_scores: Any = None,
                 num_curves: int = 3, title: str | None = None) -> str:
-    """A PNG: per-class AP bars (sorted, with the zero-shot AP as markers) on top, precision-recall curves of the
-    ``num_curves`` best and worst classes (by AP, among classes with positives; zero-shot curves dashed) below.
+    """Write :func:`report_png` to ``path`` (atomically: complete or not at all) and return ``path``."""
+    return write_output(os.fspath(path), report_png(scores, targets, labels, zero_shot_scores, num_curves, title))
+
+
+def report_png(scores: Any, targets: Any, labels: Sequence[str], zero_shot_scores: Any = None, num_curves: int = 3,
+               title: str | None = None) -> bytes:
+    """A PNG (bytes): per-class AP bars (sorted, with the zero-shot AP as markers) on top, precision-recall curves of
+    the ``num_curves`` best and worst classes (by AP, among classes with positives; zero-shot curves dashed) below.
     Needs matplotlib (imported lazily, Agg backend)."""
     from hspnet.metrics import average_precision_ranked, mean_average_precision
 
+    num_curves = check_positive_int(num_curves, "num_curves")
+    labels = list(labels)
+    scores, targets = _check_score_matrix(scores, targets, labels, "scores")
+    if zero_shot_scores is not None:
+        zero_shot_scores, _ = _check_score_matrix(zero_shot_scores, targets, labels, "zero_shot_scores")
     plt = _import_pyplot()
-    targets = np.asarray(targets)
-    scores = np.asarray(scores)
     ap = 100.0 * average_precision_ranked(scores, targets)
     zs_ap = None if zero_shot_scores is None else 100.0 * average_precision_ranked(zero_shot_scores, targets)
     labels = list(labels)
@@ -435,10 +557,12 @@ def plot_report(scores: Any, targets: Any, labels: Sequence[str], path: str, zer
         axis.grid(alpha=0.3)
         if classes:
             axis.legend(fontsize=8, loc="best")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -446,18 +570,157 @@ def plot_report(scores: Any, targets: Any, labels: Sequence[str], path: str, zer
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _open_image_bytes(data: bytes, name: str, max_pixels: int | None):
+    """:func:`hspnet.images.open_image` for an image embedded in a dataset as bytes."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by name
+            with Image.open(io.BytesIO(data)) as image:
+                if max_pixels is not None and image.width * image.height > max_pixels:
+                    raise ImageReadError(name, f"{image.width}x{image.height} pixels, more than the {max_pixels:,} "
+                                         "allowed: a decompression bomb or an image far larger than the model needs")
+                image.load()
+                return to_rgb(image)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(name, "not a recognised image format") from None
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(name, f"decompression bomb: {one_line(error)}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise ImageReadError(name, one_line(error)) from None
+
+
+def read_dataset_image(value: Any, max_pixels: int | None = MAX_IMAGE_PIXELS):
+    """One value of a dataset's image column as the 8-bit RGB ``PIL.Image`` the model sees, read exactly as
+    ``predict.py`` reads a file: a local path (or ``{"path": ..., "bytes": None}``, the undecoded ``datasets.Image``
+    value) through :func:`hspnet.images.open_image`; embedded bytes decoded and passed to
+    :func:`hspnet.images.to_rgb` (EXIF orientation, 16-bit and float images scaled), with the same decompression-bomb
+    limit; an already decoded ``PIL.Image`` through :func:`hspnet.images.to_rgb`. Raises
+    :class:`hspnet.images.ImageReadError` naming the file."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    if isinstance(value, (str, os.PathLike)):
+        value = {"path": os.fspath(value), "bytes": None}
+    if not isinstance(value, dict):
+        raise ValueError("expected an image (a path, a PIL image or a datasets Image value), got "
+                         f"{type(value).__name__}")
+    data, path = value.get("bytes"), value.get("path")
+    if data is not None:
+        return _open_image_bytes(data, path or "<an image embedded in the dataset>", max_pixels)
+    if not path:
+        raise ValueError("a dataset image has neither bytes nor a path")
+    if "://" in path or "::" in path:  # a remote file (hf://, https://...): datasets' own reader
+        import datasets
+
+        return to_rgb(datasets.Image().decode_example(value))
+    return open_image(path, max_pixels=max_pixels)
+
+
+def make_eval_transform(image_processor, num_labels: int, permutation: list[int] | None = None,
+                        max_pixels: int | None = MAX_IMAGE_PIXELS):
+    """A ``datasets`` ``with_transform`` function for evaluation: images -> ``pixel_values`` (each read by
+    :func:`read_dataset_image`, as ``predict.py`` reads it), label lists -> multi-hot ``labels`` in the model's label
+    order (``permutation[dataset_index] = model_index``). Give it the dataset with its image column cast to
+    ``datasets.Image(decode=False)`` so that files are read by :func:`hspnet.images.open_image` (decoded images
+    work too)."""
+    from hspnet.data import to_multi_hot
+
+    num_labels = check_positive_int(num_labels, "num_labels")
+
+    def multi_hot(rows) -> torch.Tensor:
+        if permutation is not None:
+            rows = [[permutation[i] for i in row] for row in rows]
+        return torch.from_numpy(to_multi_hot(rows, num_labels))
+
+    def transform(batch: dict) -> dict:
+        images = [read_dataset_image(value, max_pixels) for value in batch["image"]]
+        out = {"pixel_values": image_processor(images=images, return_tensors="pt")["pixel_values"]}
+        out["labels"] = multi_hot(batch["labels"])
+        return out
+
+    return transform
+
+
+def _undecoded(data):
+    """``data`` with its image column left undecoded, so that :func:`read_dataset_image` reads the files."""
+    import datasets
+
+    feature = data.features.get("image")
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return data.cast_column("image", datasets.Image(decode=False))
+    return data
+
+
 def _evaluate(model, data, image_processor, permutation, num_labels, accelerator, batch_size, num_workers,
               description, threshold, top_k):
     from torch.utils.data import DataLoader
 
-    from hspnet.training import collate, evaluate_model, make_transform
+    from hspnet.training import collate, evaluate_model
 
-    loader = DataLoader(data.with_transform(make_transform(image_processor, num_labels, permutation)),
+    data = _undecoded(data).select_columns(["image", "labels"])
+    loader = DataLoader(data.with_transform(make_eval_transform(image_processor, num_labels, permutation)),
                         batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
     loader = accelerator.prepare(loader)
     model.to(accelerator.device)
-    metrics, accumulator = evaluate_model(model, loader, accelerator, num_labels, description, threshold, top_k)
+    try:
+        metrics, accumulator = evaluate_model(model, loader, accelerator, num_labels, description, threshold, top_k)
+    except RuntimeError as error:  # an ImageReadError raised in a DataLoader worker comes back as a RuntimeError
+        found = re.findall(r"ImageReadError: (.+)", str(error))
+        if found:
+            raise ValueError(found[-1].strip()) from error
+        raise
     return metrics, accumulator.scores, accumulator.targets
+
+
+def _image_files(datasets) -> list[str]:
+    """The local image files of every split (the ``path`` of undecoded image values without embedded bytes): inputs
+    that an output must never replace. Best effort: an unusual layout gives fewer paths, never an error."""
+    paths: list[str] = []
+    for split in datasets.values() if hasattr(datasets, "values") else [datasets]:
+        try:
+            column = split.data.column("image")
+            for chunk in column.chunks:
+                if hasattr(chunk, "field"):
+                    names, blobs = chunk.field("path").to_pylist(), chunk.field("bytes").is_null().to_pylist()
+                    paths.extend(p for p, no_bytes in zip(names, blobs) if p and no_bytes)
+                else:
+                    paths.extend(p for p in chunk.to_pylist() if isinstance(p, str))
+        except Exception:  # noqa: BLE001 (no image column, another type)
+            continue
+    return paths
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """Fail before any work when ``--output_dir`` cannot be a folder: an existing file, or a path below a file."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"{output_dir}: --output_dir exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"{output_dir}: cannot create --output_dir there, {parent} is not a folder")
+
+
+def _check_evaluation_args(args: argparse.Namespace) -> None:
+    """Every option of :func:`run_evaluation` that can be checked before the work: ``ValueError`` naming it."""
+    check_probability(args.threshold, "--threshold", allow_none=False)
+    check_positive_int(args.batch_size, "--batch_size")
+    check_positive_int(args.top_k, "--top_k")
+    check_positive_int(getattr(args, "max_samples", None), "--max_samples", allow_none=True)
+    check_positive_int(getattr(args, "num_workers", 0), "--num_workers", minimum=0)
+    if getattr(args, "zero_shot_clip", "auto") is not None and not isinstance(args.zero_shot_clip, str):
+        raise ValueError("--zero_shot_clip must be a Hub id, a folder, tiny-random or none, got "
+                         f"{args.zero_shot_clip!r}")
+    check_zero_shot_template(getattr(args, "zero_shot_template", ZERO_SHOT_TEMPLATE))
+    if args.dataset_options is not None and not isinstance(args.dataset_options, dict):
+        raise ValueError(f"--dataset_options must be a JSON object, got {args.dataset_options!r}")
 
 
 def default_output_dir(model: str, dataset: str, split: str) -> str:
@@ -477,18 +740,18 @@ def run_evaluation(args: argparse.Namespace) -> dict:
 
     from hspnet.prediction import label_names, load_model
 
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    _check_evaluation_args(args)
     use_cpu = getattr(args, "cpu", False) or not torch.cuda.is_available()
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=getattr(args, "mixed_precision", None))
     say = accelerator.print
     output_dir = args.output_dir or default_output_dir(args.model, args.dataset, args.split)
+    _check_output_dir(output_dir)
     if not args.no_plot:
         _import_pyplot()  # fail before the work when matplotlib is missing
 
     with accelerator.main_process_first():
-        data, hierarchy = load_eval_split(args.dataset, args.split, args.dataset_root, args.dataset_options,
-                                          args.cache_dir, args.max_samples)
+        splits, data, hierarchy = _open_eval_split(args.dataset, args.split, args.dataset_root,
+                                                   args.dataset_options, args.cache_dir, args.max_samples)
         model, image_processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
     labels = label_names(model)
     num_labels = len(labels)
@@ -515,6 +778,15 @@ def run_evaluation(args: argparse.Namespace) -> dict:
             zero_shot["warning"] = warning
         classifier = ZeroShotCLIPClassifier(clip, tokenizer, labels, template=args.zero_shot_template)
         del clip
+
+    # outputs never replace an input: an image of the dataset named like one of them (checked before the work)
+    outputs = {name: os.path.join(output_dir, name) for name in OUTPUT_FILES}
+    by_name: dict[str, list[str]] = {}
+    for path in _image_files(splits):
+        if os.path.basename(path) in outputs:
+            by_name.setdefault(os.path.basename(path), []).append(path)
+    for name, path in outputs.items():
+        refuse_inputs_as_output(path, by_name.get(name, []), f"--output_dir file {name}")
 
     metrics, scores, targets = _evaluate(model, data, image_processor, permutation, num_labels, accelerator,
                                          args.batch_size, args.num_workers, f"HSPNet [{args.split}]", args.threshold,
@@ -545,14 +817,23 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         "output_dir": output_dir,
     }
     if accelerator.is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
-        write_per_class_table(rows, os.path.join(output_dir, "per_class_ap.csv"))
-        write_per_class_table(rows, os.path.join(output_dir, "per_class_ap.md"))
+        # everything is rendered first, then each file is written atomically: a failure names the file and leaves
+        # the earlier version of every file not yet written intact
+        contents: dict[str, str | bytes] = {
+            "metrics.json": json.dumps(results, indent=2) + "\n",
+            "per_class_ap.csv": per_class_table_text(rows, "csv"),
+            "per_class_ap.md": per_class_table_text(rows, "md"),
+        }
         if not args.no_plot:
-            plot_report(scores, targets, labels, os.path.join(output_dir, "report.png"), zs_scores,
-                        title=f"{os.path.basename(os.path.normpath(args.model))} on {args.dataset} [{args.split}]")
+            contents["report.png"] = report_png(
+                scores, targets, labels, zs_scores,
+                title=f"{os.path.basename(os.path.normpath(args.model))} on {args.dataset} [{args.split}]")
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+        except OSError as error:
+            raise OSError(f"{output_dir}: cannot create --output_dir ({error.strerror or one_line(error)})") from error
+        for name, content in contents.items():
+            write_output(outputs[name], content)
         print()
         print(format_metrics_table(metrics, zero_shot.get("metrics"), args.top_k), end="")
         print(f"(percent; thresholds at sigmoid > {args.threshold:g}, top-{args.top_k} = the {args.top_k} best labels "
@@ -612,7 +893,8 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "default auto: the CLIP recorded in the model card, if it is available locally")
     parser.add_argument("--zero_shot_template", default=ZERO_SHOT_TEMPLATE,
                         help=f"prompt of the zero-shot baseline (default {ZERO_SHOT_TEMPLATE!r})")
-    parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold on sigmoid scores (0.5)")
+    parser.add_argument("--threshold", type=probability, default=0.5,
+                        help="decision threshold on sigmoid scores, in [0, 1] (default 0.5)")
     parser.add_argument("--top_k", type=positive_int, default=3, help="k of the top-k metrics (default 3)")
     parser.add_argument("--max_samples", type=positive_int, default=None, help="evaluate the first N images only")
     parser.add_argument("--cache_dir", default=None, help="datasets cache folder (as used when training)")
@@ -638,18 +920,24 @@ __all__ = [
     "ZERO_SHOT_NOTE",
     "ZERO_SHOT_TEMPLATE",
     "ZeroShotCLIPClassifier",
+    "OUTPUT_FILES",
     "build_argument_parser",
+    "check_zero_shot_template",
     "default_output_dir",
     "format_metrics_table",
     "label_permutation",
     "load_eval_split",
     "load_zero_shot_clip",
     "main",
+    "make_eval_transform",
     "parse_args",
     "per_class_table",
+    "per_class_table_text",
     "plot_report",
     "precision_recall_curve",
+    "read_dataset_image",
     "read_model_card",
+    "report_png",
     "resolve_zero_shot_clip",
     "run_evaluation",
     "write_per_class_table",

@@ -2,49 +2,96 @@
 `scripts/predict.py`.
 
 - :func:`collect_image_paths`: files, folders (searched recursively for :data:`IMAGE_EXTENSIONS`), never URLs;
+  FIFOs, devices, sockets and broken links inside a folder are skipped with a warning (never opened, so never a hang);
 - :func:`load_model`: a model folder or Hub id -> ``(model, image_processor)`` (the image processor saved with the
-  model, loaded with ``AutoImageProcessor``; importing :mod:`hspnet` registers HSPNet with the ``Auto`` classes);
+  model, loaded with ``AutoImageProcessor``; importing :mod:`hspnet` registers HSPNet with the ``Auto`` classes). The
+  folder is checked first (:func:`check_model_folder`: JSON files parse, weights files are complete safetensors), and
+  weights that do not fit ``config.json`` (missing tensors, other shapes, e.g. another number of labels) or hold
+  NaN / inf are refused instead of being silently re-initialised;
 - :func:`predict_images`: batched inference (``torch.inference_mode``; an HSPNet model in eval mode caches its label
   embeddings, so each batch costs only the image tower) -> one :class:`Prediction` per image, with the labels whose
-  sigmoid score is above a threshold and/or the top-k labels;
-- :func:`format_table` / :func:`format_jsonl`: the two output formats;
+  sigmoid score is above a threshold and/or the top-k labels. Images are read by :func:`hspnet.images.open_image`,
+  as in training and evaluation: EXIF orientation applied, 16-bit and float images scaled to 8 bits, fully decoded
+  (a truncated file fails here), decompression bombs refused;
+- :func:`format_table` / :func:`format_jsonl`: the two output formats; :func:`write_output`: atomic file writes;
 - :func:`main`: the command line.
 
-Errors a user can cause (missing path, URL, folder without images, unreadable or non-image file, missing model)
-raise ``FileNotFoundError`` / ``ValueError`` subclasses whose one-line message names the path; the command line
-prints that line and exits with status 1.
+Errors a user can cause (missing path, URL, folder without images, unreadable or non-image file, missing or broken
+model, bad argument) raise ``OSError`` / ``ValueError`` subclasses whose one-line message names the path or the
+argument; the command line prints that line and exits with status 1 (``--debug``: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import numbers
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from hspnet.cli_types import positive_int, probability, run_cli
+from hspnet.cli_types import one_line, positive_int, probability, run_cli
+from hspnet.files import atomic_write, refuse_inputs_as_output
+from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
 """Extensions (case-insensitive) picked up when a FOLDER is searched; a file named explicitly is always tried."""
 ON_ERROR = ("fail", "skip")
 FORMATS = ("table", "jsonl")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-class ImageReadError(ValueError):
-    """A file that is not an image PIL can decode (e.g. a text file renamed ``.jpg``, a truncated file)."""
-
-    def __init__(self, path: str, reason: str):
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{path}: cannot read this file as an image ({reason})")
+_JSON_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json",
+               "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "vocab.json",
+               "added_tokens.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 class ModelLoadError(OSError):
-    """The model folder or Hub id cannot be loaded."""
+    """The model folder or Hub id cannot be loaded (or its weights do not fit its configuration)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Argument checks (shared with hspnet.evaluation)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_probability(value: Any, name: str, allow_none: bool = True) -> float | None:
+    """``value`` as a float if it is a finite number in ``[0, 1]`` (or None when allowed); ``ValueError`` naming
+    ``name`` otherwise (NaN, inf, strings and booleans included)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a finite number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_positive_int(value: Any, name: str, allow_none: bool = False, minimum: int = 1) -> int | None:
+    """``value`` if it is an integer ``>= minimum`` (or None when allowed); ``ValueError`` naming ``name`` otherwise
+    (floats, strings and booleans included)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def _path_list(paths: Any, name: str) -> list[str]:
+    """A list of paths; a single path (``str`` / ``PathLike``) is one item, not a sequence of characters."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    if isinstance(paths, bytes) or not isinstance(paths, Iterable):
+        raise ValueError(f"{name} must be a path or a list of paths, got {type(paths).__name__}")
+    items = list(paths)
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise ValueError(f"{name} must hold paths (str or os.PathLike), got {item!r}")
+    return [os.fspath(item) for item in items]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -56,63 +103,99 @@ def is_url(text: str) -> bool:
     return bool(_URL.match(str(text)))
 
 
-def collect_image_paths(inputs: Iterable[str | os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+def _special_kind(mode: int) -> str | None:
+    """What a non-regular file is (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def collect_image_paths(inputs: Iterable[str | os.PathLike] | str | os.PathLike,
+                        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                        skipped: list[tuple[str, str]] | None = None) -> list[str]:
     """Expand files and folders into a list of image files, in the given order, folders sorted recursively,
     duplicates removed.
 
-    A file named explicitly is kept whatever its extension (it fails later if it is not an image); a folder
-    contributes the files whose extension is in ``extensions`` (case-insensitive; hidden files and folders skipped).
-    Raises ``ValueError`` for a URL (``http://``, ``https://``, any ``scheme://``) or a folder without images,
-    ``FileNotFoundError`` for a path that does not exist, naming the input.
+    A file named explicitly is kept whatever its extension or kind (it fails later, naming it, if it is not a readable
+    image, e.g. a FIFO). A folder contributes the regular files whose extension is in ``extensions``
+    (case-insensitive; hidden files and folders skipped, symbolic links to folders not followed). Entries of a folder
+    that match an extension but are FIFOs, sockets, devices or broken links are never opened: each is skipped with a
+    ``warning:`` line on stderr and appended as ``(path, reason)`` to ``skipped`` when a list is given; so are
+    sub-folders that cannot be listed. Raises ``ValueError`` for a URL (``http://``, ``https://``, any
+    ``scheme://``) or a folder without images, ``FileNotFoundError`` for a path that does not exist, naming the input.
     """
-    inputs = [os.fspath(item) for item in inputs]
+    inputs = _path_list(inputs, "inputs")
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    if not extensions or not all(isinstance(ext, str) and ext for ext in extensions):
+        raise ValueError(f"extensions must be a non-empty list of file name endings such as '.jpg', got {extensions!r}")
     if not inputs:
         raise ValueError("no image given: pass image files or folders")
     lowered = tuple(ext.lower() for ext in extensions)
     found: list[str] = []
+
+    def skip(path: str, reason: str) -> None:
+        print(f"warning: skipping {path}: {reason}", file=sys.stderr)
+        if skipped is not None:
+            skipped.append((path, reason))
+
     for item in inputs:
         if is_url(item):
             raise ValueError(f"{item}: URLs are not supported; download the image and pass the local file")
-        if not os.path.exists(item):
+        if not os.path.lexists(item):
             raise FileNotFoundError(f"{item}: no such file or folder")
-        if os.path.isdir(item):
-            images = []
-            for root, dirs, files in os.walk(item):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                images.extend(
-                    os.path.join(root, name)
-                    for name in sorted(files)
-                    if not name.startswith(".") and name.lower().endswith(lowered)
-                )
-            if not images:
-                raise ValueError(f"{item}: folder contains no image files (looked for {', '.join(lowered)})")
-            found.extend(images)
-        else:
+        if not os.path.exists(item):
+            raise FileNotFoundError(f"{item}: a broken symbolic link (its target does not exist)")
+        if not os.path.isdir(item):
             found.append(item)
+            continue
+
+        def listing_failed(error: OSError, top: str = item) -> None:
+            where = error.filename or top
+            if os.path.normpath(where) == os.path.normpath(top):
+                raise PermissionError(f"{top}: cannot list this folder ({error.strerror or one_line(error)})")
+            skip(where, f"cannot list this folder ({error.strerror or one_line(error)})")
+
+        images = []
+        for root, dirs, files in os.walk(item, onerror=listing_failed):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith(".") or not name.lower().endswith(lowered):
+                    continue
+                path = os.path.join(root, name)
+                try:
+                    kind = _special_kind(os.stat(path).st_mode)  # follows links; never opens the file
+                except FileNotFoundError:
+                    kind = "a broken symbolic link"
+                except OSError as error:
+                    kind = f"cannot check it ({error.strerror or one_line(error)})"
+                if kind is not None:
+                    skip(path, f"{kind}, not an image file")
+                    continue
+                images.append(path)
+        if not images:
+            raise ValueError(f"{item}: folder contains no image files (looked for {', '.join(lowered)})")
+        found.extend(images)
     return list(dict.fromkeys(found))
 
 
-def load_image(path: str):
-    """Open ``path`` as an RGB ``PIL.Image`` (fully decoded), or raise :class:`ImageReadError` naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated / corrupt files, PIL's decoders
-        raise ImageReadError(path, _one_line(error) or type(error).__name__) from None
+def load_image(path: str | os.PathLike, max_pixels: int | None = MAX_IMAGE_PIXELS):
+    """Open ``path`` as an 8-bit RGB ``PIL.Image``: :func:`hspnet.images.open_image` (fully decoded, EXIF orientation
+    applied, 16-bit / float images scaled, decompression bombs refused), or raise :class:`ImageReadError` naming it."""
+    return open_image(path, max_pixels=max_pixels)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _one_line(error: BaseException | str) -> str:
-    return " ".join(str(error).split())
 
 
 def _looks_like_path(name: str) -> bool:
@@ -124,50 +207,214 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def load_model(model_name_or_path: str, device: Any = None, trust_remote_code: bool = False):
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a broken model folder raises inside transformers / safetensors / torch."""
+    import pickle
+
+    errors: list[type[BaseException]] = [OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError,
+                                         EOFError, pickle.UnpicklingError]
+    with contextlib.suppress(ImportError):
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' warnings (e.g. its multi-line load report) while loading: the problems it reports are
+    turned into one-line errors by the caller."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _check_regular(path: str, what: str) -> None:
+    kind = _special_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise ModelLoadError(f"{path}: the {what} file is {kind}, not a regular file")
+
+
+def read_json_file(path: str, what: str = "JSON") -> Any:
+    """The JSON document in ``path`` (a regular file, UTF-8); :class:`ModelLoadError` naming it otherwise."""
+    _check_regular(path, what)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except UnicodeDecodeError as error:
+        raise ModelLoadError(f"{path}: the {what} file is not UTF-8 text ({one_line(error)})") from None
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{path}: the {what} file is not valid JSON ({one_line(error)})") from None
+
+
+def _check_safetensors(path: str) -> None:
+    """Read the header of a safetensors file: a truncated, empty or partly downloaded file fails here, by name."""
+    from safetensors import SafetensorError, safe_open
+
+    _check_regular(path, "weights")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        size = os.path.getsize(path)
+        raise ModelLoadError(
+            f"{path}: not a complete safetensors file ({size:,} bytes; {one_line(error)}): truncated or partly "
+            "copied or downloaded? copy or download it again"
+        ) from None
+
+
+def check_model_folder(folder: str, what: str = "model") -> None:
+    """Check a local model folder before transformers reads it, so that each problem names its file: ``config.json``
+    exists and holds a JSON object, the JSON files transformers reads parse, every weights file is a regular file
+    (never a FIFO or a device, which would block) and every ``.safetensors`` file is complete. Raises
+    :class:`ModelLoadError`."""
+    config = os.path.join(folder, "config.json")
+    if not os.path.lexists(config):
+        raise ModelLoadError(f"{folder}: not a {what} folder (no config.json)")
+    if not isinstance(read_json_file(config, "config"), dict):
+        raise ModelLoadError(f"{config}: the config file must hold a JSON object")
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name in _JSON_FILES[1:] or name.endswith(".index.json"):
+            if os.path.exists(path):
+                read_json_file(path, name)
+        elif name.endswith(_WEIGHT_SUFFIXES) or name == "README.md":
+            if not os.path.exists(path):
+                raise ModelLoadError(f"{path}: a broken symbolic link (its target does not exist)")
+            _check_regular(path, "weights" if name != "README.md" else "model card")
+            if name.endswith(".safetensors"):
+                _check_safetensors(path)
+
+
+def _describe_mismatch(name: str, model, mismatched) -> str:
+    """One line about weights whose shapes are not those ``config.json`` asks for."""
+    items = sorted(mismatched, key=lambda item: str(item[0]))
+    shown = "; ".join(f"{key}: {tuple(saved)} in the weights, {tuple(expected)} for config.json"
+                      for key, saved, expected in items[:3])
+    more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+    hint = ""
+    for key, saved, expected in items:
+        if key.endswith("label_prompt_embeds") and saved and expected:
+            hint = (f": config.json lists {expected[0]} labels (id2label) but the weights were saved for {saved[0]}; "
+                    "use the config.json saved with these weights")
+            break
+    else:
+        if getattr(model.config, "num_labels", None) is not None:
+            hint = (f": config.json has {model.config.num_labels} labels (id2label); check that it is the config saved "
+                    "with these weights")
+    return f"{name}: the weights do not fit config.json{hint} ({shown}{more})"
+
+
+def _check_loading_info(name: str, model, info: dict) -> None:
+    """Refuse weights that transformers would silently (re)initialise: missing tensors or other shapes."""
+    mismatched = list(info.get("mismatched_keys") or [])
+    if mismatched:
+        raise ModelLoadError(_describe_mismatch(name, model, mismatched))
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise ModelLoadError(
+            f"{name}: the weights lack {len(missing)} tensor(s) the model needs ({shown}): an incomplete checkpoint, "
+            "or one of another model; they would be left randomly initialised"
+        )
+    errors = [one_line(message) for message in info.get("error_msgs") or []]
+    if errors:
+        raise ModelLoadError(f"{name}: the weights could not be loaded ({'; '.join(errors)[:300]})")
+
+
+def _check_finite_parameters(name: str, model) -> None:
+    import torch
+
+    bad = [key for key, value in model.named_parameters()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
+        raise ModelLoadError(f"{name}: the weights hold NaN or infinite values in {len(bad)} tensor(s) ({shown}): "
+                             "a corrupted or diverged checkpoint")
+
+
+def label_names(model) -> list[str]:
+    """The model's label names in index order; ``ValueError`` when ``config.id2label`` is not indexed 0..C-1 or
+    disagrees with ``config.num_labels``."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    try:
+        keys = sorted(int(key) for key in id2label)
+    except (TypeError, ValueError):
+        keys = None
+    if keys != list(range(len(id2label))) or not id2label:
+        raise ValueError(f"the model's config.json must name its labels in id2label with keys 0..C-1, got "
+                         f"{sorted(map(str, id2label))[:10]}")
+    num_labels = getattr(model.config, "num_labels", len(id2label))
+    if num_labels != len(id2label):
+        raise ValueError(f"the model's config.json has num_labels {num_labels} but names {len(id2label)} labels in "
+                         "id2label")
+    return [str(id2label[i] if i in id2label else id2label[str(i)]) for i in range(len(id2label))]
+
+
+def load_model(model_name_or_path: str | os.PathLike, device: Any = None, trust_remote_code: bool = False):
     """``(model, image_processor)`` from a model folder or Hub id, in eval mode on ``device``.
 
     The model is loaded with ``AutoModelForImageClassification`` (HSPNet is registered by importing :mod:`hspnet`;
     other image classifiers work too) and the image processor is the one saved with it (``AutoImageProcessor``);
-    an HSPNet folder without one falls back to CLIP preprocessing at the tower's resolution. Raises
-    :class:`ModelLoadError` (an ``OSError``) naming the model when it cannot be loaded.
+    an HSPNet folder without one falls back to CLIP preprocessing at the tower's resolution (a saved one that cannot be
+    read is an error). Nothing in the folder runs code unless ``trust_remote_code``: weights are safetensors or
+    ``torch.load(weights_only=True)``. Raises :class:`ModelLoadError` (an ``OSError``) naming the model or the file
+    when it cannot be loaded: no folder, no / malformed ``config.json``, truncated weights, weights that lack tensors
+    or have other shapes than ``config.json`` asks for (e.g. another number of labels), NaN / inf weights.
     """
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     import hspnet  # noqa: F401  (registers HSPNet with the Auto classes)
 
+    if not isinstance(model_name_or_path, (str, os.PathLike)) or not os.fspath(model_name_or_path):
+        raise ValueError(f"model must be a model folder or a Hub id, got {model_name_or_path!r}")
     name = os.fspath(model_name_or_path)
-    if os.path.isdir(name):
-        if not os.path.isfile(os.path.join(name, "config.json")):
-            raise ModelLoadError(f"{name}: not a model folder (no config.json)")
+    local = os.path.isdir(name)
+    if local:
+        check_model_folder(name)
     elif os.path.exists(name):
         raise ModelLoadError(f"{name}: the model must be a folder (or a Hub id), not a file")
     elif _looks_like_path(name):
         raise ModelLoadError(f"{name}: model folder does not exist")
+    errors = _load_errors()
+    with _quiet_transformers():
+        try:
+            model, info = AutoModelForImageClassification.from_pretrained(
+                name, trust_remote_code=trust_remote_code, output_loading_info=True, ignore_mismatched_sizes=True,
+            )
+        except errors as error:
+            where = "model folder" if local else "no such local folder, and the Hub model"
+            raise ModelLoadError(f"{name}: {where} could not be loaded ({one_line(error)[:300]})") from error
+    _check_loading_info(name, model, info)
+    _check_finite_parameters(name, model)
     try:
-        model = AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        where = "model folder" if os.path.isdir(name) else "no such local folder, and the Hub model"
-        raise ModelLoadError(f"{name}: {where} could not be loaded ({_one_line(error)[:300]})") from None
-    try:
-        processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        if getattr(model.config, "model_type", None) != "hspnet":
-            reason = _one_line(error)[:200]
-            raise ModelLoadError(f"{name}: no image processor saved with the model ({reason})") from None
-        from hspnet.modeling_hspnet import default_image_processor
+        label_names(model)
+    except ValueError as error:
+        raise ModelLoadError(f"{name}: {error}") from None
+    saved_processor = os.path.join(name, "preprocessor_config.json")
+    with _quiet_transformers():
+        try:
+            processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except errors as error:
+            reason = one_line(error)[:200]
+            if local and os.path.lexists(saved_processor):
+                raise ModelLoadError(
+                    f"{saved_processor}: the image processor saved with the model cannot be loaded ({reason})"
+                ) from error
+            if getattr(model.config, "model_type", None) != "hspnet":
+                raise ModelLoadError(f"{name}: no image processor saved with the model ({reason})") from error
+            from hspnet.modeling_hspnet import default_image_processor
 
-        processor = default_image_processor(model.config)
+            processor = default_image_processor(model.config)
     if device is not None:
         model.to(torch.device(device))
     return model.eval(), processor
-
-
-def label_names(model) -> list[str]:
-    """The model's label names in index order."""
-    id2label = model.config.id2label
-    return [id2label[i] for i in range(len(id2label))]
 
 
 def scores_from_logits(model, logits):
@@ -206,21 +453,53 @@ class Prediction:
         return out
 
 
+def _check_selection(threshold: Any, top_k: Any) -> tuple[float | None, int | None]:
+    threshold = check_probability(threshold, "threshold")
+    top_k = check_positive_int(top_k, "top_k", allow_none=True)
+    if threshold is None and top_k is None:
+        raise ValueError("give a threshold, a top_k, or both")
+    return threshold, top_k
+
+
 def select_labels(scores: Sequence[float], names: Sequence[str], threshold: float | None = 0.5,
                   top_k: int | None = None) -> list[tuple[str, float]]:
     """The labels to report for one image, by decreasing score (ties: lower label index first).
 
     ``threshold`` only: every label with ``score > threshold`` (strict, as the metrics). ``top_k`` only: the ``k``
-    best labels whatever their score. Both: at most ``k`` labels, each above the threshold.
+    best labels whatever their score. Both: at most ``k`` labels, each above the threshold. ``ValueError`` for a
+    threshold outside ``[0, 1]`` (or NaN), a ``top_k`` < 1, scores and names of different lengths, or a NaN score.
     """
-    if threshold is None and top_k is None:
-        raise ValueError("give a threshold, a top_k, or both")
-    order = sorted(range(len(names)), key=lambda i: (-float(scores[i]), i))
+    threshold, top_k = _check_selection(threshold, top_k)
+    if len(scores) != len(names):
+        raise ValueError(f"{len(scores)} scores for {len(names)} label names")
+    values = [float(score) for score in scores]
+    if not all(math.isfinite(value) for value in values):
+        raise ValueError("the scores hold NaN or infinite values")
+    order = sorted(range(len(names)), key=lambda i: (-values[i], i))
     if top_k is not None:
         order = order[:top_k]
     if threshold is not None:
-        order = [i for i in order if float(scores[i]) > threshold]
-    return [(names[i], float(scores[i])) for i in order]
+        order = [i for i in order if values[i] > threshold]
+    return [(names[i], values[i]) for i in order]
+
+
+def _as_read_error(path: str, error: BaseException) -> ImageReadError:
+    if isinstance(error, ImageReadError):
+        return error
+    if isinstance(error, FileNotFoundError):
+        return ImageReadError(path, "no such file (removed after the inputs were listed?)")
+    return ImageReadError(path, getattr(error, "strerror", None) or one_line(error))
+
+
+def skip_reason(error: str | BaseException) -> str:
+    """The kind of a skipped image, for the summary: ``"decompression bomb"``, ``"not a regular file"`` or
+    ``"unreadable"``."""
+    text = str(error)
+    if "decompression bomb" in text:
+        return "decompression bomb"
+    if re.search(r"\((a FIFO|a socket|a device|a folder|not a regular file)[,)]", text):
+        return "not a regular file"
+    return "unreadable"
 
 
 def predict_images(
@@ -235,29 +514,30 @@ def predict_images(
     all_scores: bool = False,
     progress: bool = True,
     device: Any = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> list[Prediction]:
     """Predict labels for each image of ``paths`` (already expanded by :func:`collect_image_paths`).
 
-    Batched (``batch_size`` images per forward), under ``torch.inference_mode()``, with a tqdm progress bar on
-    stderr (``progress``). ``threshold`` / ``top_k``: see :func:`select_labels`. ``on_error``: ``"fail"`` (default)
-    raises :class:`ImageReadError` at the first unreadable image; ``"skip"`` returns a :class:`Prediction` with
-    ``error`` set for it, warns on stderr and goes on. ``all_scores``: also return every label's score.
-    ``device``: where to run (default: the model's device).
+    Images are read by :func:`load_image` (:func:`hspnet.images.open_image`: EXIF orientation, 16-bit and float
+    images, full decode, at most ``max_pixels`` pixels, ``None``: PIL's own limit only). Batched (``batch_size``
+    images per forward), under ``torch.inference_mode()``, with a tqdm progress bar on stderr (``progress``).
+    ``threshold`` / ``top_k``: see :func:`select_labels`. ``on_error``: ``"fail"`` (default) raises
+    :class:`ImageReadError` at the first unreadable image; ``"skip"`` returns a :class:`Prediction` with ``error``
+    set for it, warns on stderr and goes on. ``all_scores``: also return every label's score. ``device``: where to
+    run (default: the model's device). Every argument is checked first (``ValueError`` naming it).
     """
     import torch
     from tqdm.auto import tqdm
 
+    paths = _path_list(paths, "paths")
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    max_pixels = check_positive_int(max_pixels, "max_pixels", allow_none=True)
+    threshold, top_k = _check_selection(threshold, top_k)
     names = label_names(model)
-    if top_k is not None and not 1 <= top_k <= len(names):
+    if top_k is not None and top_k > len(names):
         raise ValueError(f"top_k must be in [1, {len(names)}] (the model has {len(names)} labels), got {top_k}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-    if threshold is None and top_k is None:
-        raise ValueError("give a threshold, a top_k, or both")
     if device is not None:
         model.to(torch.device(device))
     model.eval()
@@ -266,39 +546,49 @@ def predict_images(
 
     results: list[Prediction] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, file=sys.stderr)
-    with torch.inference_mode():
-        for start in range(0, len(paths), batch_size):
-            batch_paths = list(paths[start : start + batch_size])
-            images, kept, slots = [], [], []
-            for path in batch_paths:
-                try:
-                    image = load_image(path)
-                except ImageReadError as error:
-                    if on_error == "fail":
-                        bar.close()
-                        raise
-                    print(f"warning: skipping {error}", file=sys.stderr)
-                    slots.append(Prediction(path=path, error=str(error)))
-                    continue
-                images.append(image)
-                kept.append(path)
-                slots.append(None)
-            batch_results = iter([])
-            if images:
-                pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
-                logits = model(pixel_values=pixel_values.to(model_device, model_dtype)).logits
-                probabilities = scores_from_logits(model, logits).cpu().tolist()
-                batch_results = iter(
-                    Prediction(
-                        path=path,
-                        labels=select_labels(row, names, threshold, top_k),
-                        scores=dict(zip(names, row)) if all_scores else None,
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(paths), batch_size):
+                batch_paths = list(paths[start : start + batch_size])
+                images, kept, slots = [], [], []
+                for path in batch_paths:
+                    try:
+                        image = load_image(path, max_pixels=max_pixels)
+                    except (ImageReadError, OSError) as error:
+                        read_error = _as_read_error(path, error)
+                        if on_error == "fail":
+                            raise read_error from (None if read_error is error else error)
+                        print(f"warning: skipping {read_error}", file=sys.stderr)
+                        slots.append(Prediction(path=path, error=str(read_error)))
+                        continue
+                    images.append(image)
+                    kept.append(path)
+                    slots.append(None)
+                batch_results = iter([])
+                if images:
+                    pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+                    logits = model(pixel_values=pixel_values.to(model_device, model_dtype)).logits
+                    if logits.ndim != 2 or logits.shape[-1] != len(names):
+                        raise ValueError(f"the model returns scores of shape {tuple(logits.shape)} for {len(images)} "
+                                         f"image(s) but its config names {len(names)} labels (id2label)")
+                    probabilities = scores_from_logits(model, logits)
+                    finite = torch.isfinite(probabilities).all(dim=-1).tolist()
+                    if not all(finite):
+                        bad = kept[finite.index(False)]
+                        raise ValueError(f"{bad}: the model gave NaN or infinite scores for this image (broken "
+                                         "weights, or an overflow in reduced precision)")
+                    batch_results = iter(
+                        Prediction(
+                            path=path,
+                            labels=select_labels(row, names, threshold, top_k),
+                            scores=dict(zip(names, row)) if all_scores else None,
+                        )
+                        for path, row in zip(kept, probabilities.cpu().tolist())
                     )
-                    for path, row in zip(kept, probabilities)
-                )
-            results.extend(slot if slot is not None else next(batch_results) for slot in slots)
-            bar.update(len(batch_paths))
-    bar.close()
+                results.extend(slot if slot is not None else next(batch_results) for slot in slots)
+                bar.update(len(batch_paths))
+    finally:
+        bar.close()
     return results
 
 
@@ -316,6 +606,9 @@ def format_jsonl(predictions: Iterable[Prediction]) -> str:
 def format_table(predictions: Sequence[Prediction], threshold: float | None = None, top_k: int | None = None,
                  digits: int = 3) -> str:
     """A plain-text table: one row per image, its labels with scores (``label (0.934)``) by decreasing score."""
+    threshold = check_probability(threshold, "threshold")
+    top_k = check_positive_int(top_k, "top_k", allow_none=True)
+    digits = check_positive_int(digits, "digits", minimum=0)
     rule = []
     if top_k is not None:
         rule.append(f"top {top_k}")
@@ -337,6 +630,38 @@ def format_table(predictions: Sequence[Prediction], threshold: float | None = No
     return "\n".join(lines) + "\n"
 
 
+def write_output(path: str | os.PathLike, data: str | bytes) -> str:
+    """Write ``data`` (text as UTF-8, or bytes) to the file ``path``: atomically (a temporary file in the same
+    folder renamed over it, so an existing file is replaced whole or left intact), creating missing parent folders.
+    An existing FIFO or device (``/dev/stdout``, a pipe from ``>(...)``) is written directly. Any failure (full disk,
+    unwritable folder, a parent that is a file) raises ``OSError`` whose one-line message names ``path``."""
+    path = os.fspath(path)
+    binary = isinstance(data, bytes)
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path}: is a folder; give a file name")
+        target = os.path.realpath(path) if os.path.islink(path) else path  # write through a link, keep the link
+        special = os.path.exists(target) and _special_kind(os.stat(target).st_mode) is not None
+        if special:
+            with open(target, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
+                stream.write(data)
+        else:
+            parent = os.path.dirname(os.path.abspath(target))
+            if os.path.lexists(parent) and not os.path.isdir(parent):
+                raise NotADirectoryError(f"{path}: cannot write it, {parent} is not a folder")
+            os.makedirs(parent, exist_ok=True)
+            with atomic_write(target, "wb" if binary else "w") as stream:
+                stream.write(data)
+    except IsADirectoryError:
+        raise
+    except OSError as error:
+        if path in str(error) and not getattr(error, "filename", None):
+            raise
+        reason = error.strerror or one_line(error)
+        raise OSError(f"{path}: cannot write it ({reason})") from error
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
@@ -356,17 +681,31 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=positive_int, default=None,
                         help="report the K best labels of each image (with --threshold: at most K above it)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    parser.add_argument("--output", default=None, help="write the results to this file (default: stdout)")
+    parser.add_argument("--output", default=None,
+                        help="write the results to this file, atomically (default or '-': stdout); never an input")
     parser.add_argument("--batch_size", type=positive_int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "
                         "available, else cpu)")
     parser.add_argument("--on_error", choices=ON_ERROR, default="fail",
                         help="an unreadable / non-image file: fail (default; exit 1 naming it) or skip (warn, report "
                         "it as skipped, go on)")
+    parser.add_argument("--max_image_pixels", type=_pixel_limit, default=MAX_IMAGE_PIXELS, metavar="N",
+                        help="refuse images with more pixels than N as decompression bombs (default "
+                        f"{MAX_IMAGE_PIXELS:,}; 0: only PIL's own limit, twice that)")
     parser.add_argument("--all_scores", action="store_true", help="jsonl: also write every label's score")
     parser.add_argument("--trust_remote_code", action="store_true", help="for Hub models that need their own code")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _pixel_limit(value: str) -> int | None:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels (0: no limit of ours), got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels (0: no limit of ours), got {value!r}")
+    return number or None
 
 
 def resolve_device(device: str | None):
@@ -376,43 +715,86 @@ def resolve_device(device: str | None):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError, TypeError):
         raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:0)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
     return resolved
 
 
+def _model_files(model: str) -> list[str]:
+    """The files of a local model folder (inputs that --output must not replace)."""
+    if not os.path.isdir(model):
+        return []
+    return [os.path.join(model, name) for name in os.listdir(model)]
+
+
+def _check_output_path(output: str) -> None:
+    """Fail before any work when ``--output`` cannot be a file: a folder, or a path below a file."""
+    if os.path.isdir(output):
+        raise IsADirectoryError(f"{output}: --output is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"{output}: cannot write --output there, {parent} is not a folder")
+
+
+def summarize_skipped(predictions: Sequence[Prediction], ignored: Sequence[tuple[str, str]] = ()) -> str | None:
+    """One line counting the images skipped (by kind) and the special files ignored in folders; None if none."""
+    failed = [p for p in predictions if p.error is not None]
+    if not failed and not ignored:
+        return None
+    counts: dict[str, int] = {}
+    for p in failed:
+        kind = skip_reason(p.error)
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = [f"{len(predictions) - len(failed)} of {len(predictions)} image(s) predicted"]
+    if failed:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+        parts.append(f"{len(failed)} skipped ({kinds})")
+    if ignored:
+        parts.append(f"{len(ignored)} special file(s) in folders ignored (FIFO, socket, device, broken link)")
+    return "; ".join(parts) + " (see the warnings above)"
+
+
 def run_prediction(args: argparse.Namespace) -> list[Prediction]:
-    """The command line's work: returns the predictions after writing them to ``args.output`` or stdout."""
+    """The command line's work: returns the predictions after writing them to ``args.output`` or stdout. Nothing
+    the user gave is modified; ``--output`` is written atomically and never replaces an input image or model file."""
     threshold = args.threshold
     if threshold is None and args.top_k is None:
         threshold = 0.5
-    paths = collect_image_paths(args.images)
+    output = args.output if args.output not in (None, "", "-") else None
+    max_pixels = getattr(args, "max_image_pixels", MAX_IMAGE_PIXELS)
+    ignored: list[tuple[str, str]] = []
+    paths = collect_image_paths(args.images, skipped=ignored)
     device = resolve_device(args.device)
-    if args.output and os.path.isdir(args.output):
-        raise IsADirectoryError(f"{args.output}: --output is a folder; give a file name")
+    if output:
+        _check_output_path(output)
+        refuse_inputs_as_output(output, paths, "--output")
+        refuse_inputs_as_output(output, _model_files(args.model), "--output (a file of the model)")
     model, processor = load_model(args.model, device=device, trust_remote_code=args.trust_remote_code)
     predictions = predict_images(
         model, processor, paths, batch_size=args.batch_size, threshold=threshold, top_k=args.top_k,
-        on_error=args.on_error, all_scores=args.all_scores, progress=not args.no_progress,
+        on_error=args.on_error, all_scores=args.all_scores, progress=not args.no_progress, max_pixels=max_pixels,
     )
     text = format_jsonl(predictions) if args.format == "jsonl" else format_table(predictions, threshold, args.top_k)
-    if args.output:
-        parent = os.path.dirname(os.path.abspath(args.output))
-        os.makedirs(parent, exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    if output:
+        write_output(output, text)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
+    summary = summarize_skipped(predictions, ignored)
     if predictions and all(p.error is not None for p in predictions):
-        raise ValueError(f"none of the {len(predictions)} image(s) could be read")
+        raise ValueError(f"none of the {len(predictions)} image(s) could be read" + (f": {summary}" if summary else ""))
+    if summary:
+        print(f"summary: {summary}", file=sys.stderr)
     return predictions
 
 
 def main(argv: list[str] | None = None, prog: str | None = "predict.py") -> int:
-    """Entry point of `scripts/predict.py`: 0 on success, 1 with a one-line ``error:`` message on bad input."""
+    """Entry point of `scripts/predict.py`: 0 on success, 1 with a one-line ``error:`` message on bad input
+    (``--debug``: the traceback)."""
     return run_cli(build_argument_parser(prog), run_prediction, argv)
 
 
@@ -420,10 +802,14 @@ __all__ = [
     "FORMATS",
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "MAX_IMAGE_PIXELS",
     "ModelLoadError",
     "ON_ERROR",
     "Prediction",
     "build_argument_parser",
+    "check_model_folder",
+    "check_positive_int",
+    "check_probability",
     "collect_image_paths",
     "format_jsonl",
     "format_table",
@@ -433,8 +819,12 @@ __all__ = [
     "load_model",
     "main",
     "predict_images",
+    "read_json_file",
     "resolve_device",
     "run_prediction",
     "scores_from_logits",
     "select_labels",
+    "skip_reason",
+    "summarize_skipped",
+    "write_output",
 ]
