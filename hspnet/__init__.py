@@ -1,10 +1,12 @@
 """hspnet: HSPNet (Wang et al., ACM MM 2023) for the Hugging Face stack.
 
-Importing the package registers the HSPNet classes with `AutoConfig`, `AutoModel` and
-`AutoModelForImageClassification` (and therefore with `pipeline("image-classification")`).
+Importing the package registers the HSPNet classes with transformers' `AutoConfig`, `AutoModel`,
+`AutoModelForImageClassification` and `AutoImageProcessor` (and therefore with `pipeline("image-classification")`),
+the way transformers documents for models defined outside it. That is all it changes: no torch hooks, no patching.
+Saved folders carry the same classes as remote code (`trust_remote_code=True`) for environments without `hspnet`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_hspnet import HSPNetConfig
 from .losses import LOSS_DEFAULTS, LOSSES, build_loss
@@ -17,25 +19,25 @@ from .metrics import (
     threshold_metrics,
     topk_metrics,
 )
+from .conversion.openai_clip import convert_openai_clip_state_dict, load_clip_checkpoint_file
+from .image_processing_hspnet import HSPNetImageProcessor
+from .modeling_clip_resnet import HSPNetModifiedResNet
 from .modeling_hspnet import (
     HSPNetForImageClassification,
     HSPNetModel,
     HSPNetModelOutput,
-    HSPNetModifiedResNet,
     HSPNetPreTrainedModel,
     clip_text_embeddings,
-    convert_openai_clip_state_dict,
     encode_prompt_embeddings,
-    load_clip_checkpoint_file,
     process_relation,
 )
-from . import conversion  # noqa: E402,F401  registers the safe reader of OpenAI's TorchScript .pt files (from_clip)
 
 __version__ = "0.1.0"
 
 AutoConfig.register(HSPNetConfig.model_type, HSPNetConfig, exist_ok=True)
 AutoModel.register(HSPNetConfig, HSPNetModel, exist_ok=True)
 AutoModelForImageClassification.register(HSPNetConfig, HSPNetForImageClassification, exist_ok=True)
+AutoImageProcessor.register(HSPNetConfig, image_processor_classes={"pil": HSPNetImageProcessor}, exist_ok=True)
 
 __all__ = [
     "LOSSES",
@@ -51,6 +53,7 @@ __all__ = [
     "HSPNetConfig",
     "HSPNetModel",
     "HSPNetForImageClassification",
+    "HSPNetImageProcessor",
     "HSPNetModelOutput",
     "HSPNetPreTrainedModel",
     "HSPNetModifiedResNet",

@@ -30,69 +30,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
-from transformers import CLIPModel, CLIPTextModel, PreTrainedModel
+from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .configuration_hspnet import HSPNetConfig
+from .image_processing_hspnet import HSPNetImageProcessor
 from .losses import build_loss, check_loss_spec
+from .modeling_clip_resnet import HSPNetAttentionPool2d, HSPNetCLIPResNet
 
 logger = logging.get_logger(__name__)
-
-# Counts parameter, buffer and sub-module registrations in ANY module of the process (assigning a new nn.Parameter,
-# replacing a layer, injecting an adapter...). HSPNetModel's caches keep flat lists of the tensors they depend on and
-# rebuild them whenever this changes, which is far cheaper than walking the module tree at every forward pass.
-_STRUCTURE_VERSION = [0]
-
-
-def _count_registration(*args):
-    _STRUCTURE_VERSION[0] += 1
-
-
-for _register in (
-    torch.nn.modules.module.register_module_parameter_registration_hook,
-    torch.nn.modules.module.register_module_buffer_registration_hook,
-    torch.nn.modules.module.register_module_module_registration_hook,
-):
-    _register(_count_registration)
-
-# Fused optimizers (`Adam(fused=True)`, ...) update parameters in place WITHOUT bumping their version counters, so
-# their steps are counted here and are part of the label-embedding cache key.
-_FUSED_OPTIMIZER_STEPS = [0]
-
-
-def _count_fused_step(optimizer, args, kwargs):
-    if any(group.get("fused") for group in optimizer.param_groups):
-        _FUSED_OPTIMIZER_STEPS[0] += 1
-
-
-register_optimizer_step_post_hook(_count_fused_step)
-
-
-def _clear_cache_after_load(module, incompatible_keys):
-    module.clear_text_cache()
-
-
-def _versions(tensors) -> tuple:
-    """In-place version counters; a model built under `torch.inference_mode()` holds inference tensors, which have
-    none (and cannot be modified outside inference mode), so they count as version -1."""
-    try:
-        return tuple(t._version for t in tensors)
-    except RuntimeError:
-        return tuple(-1 if t.is_inference() else t._version for t in tensors)
-
-
-def _cached_value(entry: tuple | None, key: tuple) -> torch.Tensor | None:
-    """The cached tensor of `entry = (key, tensor)` if the key matches."""
-    return entry[1] if entry is not None and entry[0] == key else None
-
-try:  # transformers 5: the PIL backend of the CLIP image processor needs no torchvision
-    from transformers import CLIPImageProcessorPil as _CLIPImageProcessor
-except ImportError:  # pragma: no cover - older transformers
-    from transformers import CLIPImageProcessor as _CLIPImageProcessor
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -193,8 +142,8 @@ def encode_prompt_embeddings(
     Adds the position embeddings, runs the causal transformer and the final layer norm, takes the feature at each
     prompt's EOS position and applies the text projection (no normalisation), like `CLIPModel.get_text_features`.
 
-    With `truncate=True` the prompts are cut to `max(eos_positions) + 1` tokens first (pass that number as `length` to
-    avoid reading it from the device). The text transformer is causal, so the feature at a position never depends on
+    With `truncate=True` the prompts are cut to `length` tokens first (default `max(eos_positions) + 1`, read from the
+    device; pass it as a Python int to avoid that, as `HSPNetModel` does, and under `torch.compile`). The text transformer is causal, so the feature at a position never depends on
     later tokens: the output is identical to running all `L` tokens.
 
     Args:
@@ -250,425 +199,11 @@ def _tokenize_prompts(tokenizer, texts: list[str], what: list[str], length: int,
     return ids, eos_positions
 
 
-def default_image_processor(config: HSPNetConfig):
-    """CLIP preprocessing at the vision tower's resolution: resize the shorter side (bicubic), centre crop, CLIP
-    mean/std, the reference preprocessing for 224-pixel towers. One known difference: when the cropped margin is odd,
-    HF's centre crop rounds its offset down where torchvision's `CenterCrop` (used by the authors) rounds to nearest,
-    so some image sizes (e.g. 640x427) are cropped one pixel apart."""
+def default_image_processor(config: HSPNetConfig, **kwargs) -> HSPNetImageProcessor:
+    """The authors' preprocessing at the image tower's resolution (resize the short side, bicubic; centre crop with
+    torchvision's rounding; CLIP mean/std unless given in `kwargs`): see `image_processing_hspnet.py`."""
     size = config.image_size
-    return _CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# CLIP ModifiedResNet image tower (RN50 & co.)
-# ---------------------------------------------------------------------------------------------------------------------
-#
-# CLIP's ResNet differs from torchvision's: a stem of three 3x3 convolutions followed by a 2x2 average pool, strided
-# stages that average-pool (anti-aliasing) instead of using strided convolutions, and an attention-pool head: one query
-# (the mean of the final feature map) attends over all positions and the result is projected to the joint embedding
-# space. Sub-module names follow OpenAI's `visual.*` layout, so OpenAI weights and the HSPNet authors' `image_encoder.*`
-# weights load by a prefix rename only.
-
-
-class HSPNetResNetBottleneck(nn.Module):
-    """A CLIP ResNet bottleneck: 1x1 -> 3x3 -> (avg-pool when strided) -> 1x1 (x4 channels), plus a shortcut that is
-    `avg-pool -> 1x1 conv -> batch norm` whenever the shape changes (keys `downsample.0` / `downsample.1`)."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, planes: int, stride: int = 1):
-        super().__init__()
-        out_channels = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
-        self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample = None
-        if stride > 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                OrderedDict(
-                    [
-                        ("-1", nn.AvgPool2d(stride)),
-                        ("0", nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)),
-                        ("1", nn.BatchNorm2d(out_channels)),
-                    ]
-                )
-            )
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        shortcut = hidden if self.downsample is None else self.downsample(hidden)
-        out = F.relu(self.bn1(self.conv1(hidden)))
-        out = self.avgpool(F.relu(self.bn2(self.conv2(out))))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + shortcut)
-
-
-class HSPNetAttentionPool2d(nn.Module):
-    """CLIP's attention pooling: tokens = [mean position] + all positions, plus a learned position table; the mean
-    token queries all tokens (multi-head, scaled dot product) and `c_proj` maps the result to `output_dim`.
-
-    Only the first query is computed: the output is the attention result at that position, so this equals running the
-    full self-attention and keeping token 0.
-    """
-
-    def __init__(self, grid_size: int, embed_dim: int, num_heads: int, output_dim: int):
-        super().__init__()
-        self.grid_size = grid_size
-        self.num_heads = num_heads
-        self.positional_embedding = nn.Parameter(torch.empty(grid_size * grid_size + 1, embed_dim))
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.c_proj = nn.Linear(embed_dim, output_dim)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """`features` `(B, E, h, w)` with `h * w == grid_size ** 2` -> `(B, output_dim)`."""
-        batch, channels, height, width = features.shape
-        if height * width + 1 != self.positional_embedding.shape[0]:
-            raise ValueError(
-                f"The ResNet image tower expects {32 * self.grid_size}x{32 * self.grid_size} images (a "
-                f"{self.grid_size}x{self.grid_size} final feature map), got a {height}x{width} feature map."
-            )
-        tokens = features.flatten(2).transpose(1, 2)  # (B, hw, E)
-        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
-        tokens = tokens + self.positional_embedding.to(tokens.dtype)
-        heads, head_dim = self.num_heads, channels // self.num_heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(batch, x.shape[1], heads, head_dim).transpose(1, 2)
-
-        query = split(self.q_proj(tokens[:, :1]))
-        pooled = F.scaled_dot_product_attention(query, split(self.k_proj(tokens)), split(self.v_proj(tokens)))
-        return self.c_proj(pooled.transpose(1, 2).reshape(batch, channels))
-
-
-class HSPNetModifiedResNet(nn.Module):
-    """CLIP's ModifiedResNet image tower, returning `BaseModelOutputWithPooling` with `pooler_output` = the projected
-    image embedding `(B, D)` (the attention pool already projects: there is no separate `visual_projection`),
-    `last_hidden_state` = the final feature map `(B, 32 * width, h, w)` and, on request, `hidden_states` = the feature
-    maps after the stem and after each of the four stages."""
-
-    def __init__(self, layers: list[int], width: int, heads: int, image_size: int, output_dim: int):
-        super().__init__()
-        half = width // 2
-        self.conv1 = nn.Conv2d(3, half, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(half)
-        self.conv2 = nn.Conv2d(half, half, kernel_size=3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(half)
-        self.conv3 = nn.Conv2d(half, width, kernel_size=3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(width)
-        self.avgpool = nn.AvgPool2d(2)
-        channels = width
-        for index, blocks in enumerate(layers):
-            planes, stride = width * 2**index, 1 if index == 0 else 2
-            stage = []
-            for block in range(blocks):
-                stage.append(HSPNetResNetBottleneck(channels, planes, stride if block == 0 else 1))
-                channels = planes * HSPNetResNetBottleneck.expansion
-            self.add_module(f"layer{index + 1}", nn.Sequential(*stage))
-        self.attnpool = HSPNetAttentionPool2d(image_size // 32, channels, heads, output_dim)
-
-    def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, return_dict: bool = True, **kwargs
-    ) -> BaseModelOutputWithPooling | tuple:
-        hidden = pixel_values.to(self.conv1.weight.dtype)
-        for conv, norm in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
-            hidden = F.relu(norm(conv(hidden)))
-        hidden = self.avgpool(hidden)
-        states = [hidden]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            hidden = stage(hidden)
-            states.append(hidden)
-        pooled = self.attnpool(hidden)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=pooled, hidden_states=tuple(states) if output_hidden_states else None
-        )
-        return output if return_dict else output.to_tuple()
-
-
-class HSPNetCLIPResNet(nn.Module):
-    """A CLIP with a ModifiedResNet image tower, laid out like `CLIPModel` where the two agree: `text_model` (the HF
-    `CLIPTextModel`), `text_projection`, `logit_scale` (unused by HSPNet), and `vision_model` (the ModifiedResNet,
-    whose attention pool already projects to `projection_dim`)."""
-
-    def __init__(self, config: HSPNetConfig):
-        super().__init__()
-        clip_config = config.clip_config
-        text_config = clip_config.text_config
-        self.text_model = CLIPTextModel._from_config(text_config)
-        self.text_projection = nn.Linear(text_config.hidden_size, clip_config.projection_dim, bias=False)
-        self.vision_model = HSPNetModifiedResNet(
-            layers=list(config.resnet_layers),
-            width=config.resnet_width,
-            heads=config.resnet_heads,
-            image_size=config.resnet_image_size,
-            output_dim=clip_config.projection_dim,
-        )
-        self.logit_scale = nn.Parameter(torch.tensor(float(clip_config.logit_scale_init_value)))
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """Projected (not normalised) text features, as `CLIPModel.get_text_features` (`pooler_output`)."""
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        outputs.pooler_output = self.text_projection(outputs.pooler_output)
-        return outputs
-
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
-        """Projected (not normalised) image features in `pooler_output`, as `CLIPModel.get_image_features`."""
-        return self.vision_model(pixel_values=pixel_values, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# OpenAI-format CLIP weights
-# ---------------------------------------------------------------------------------------------------------------------
-#
-# OpenAI's layout (the `.pt` files of openai/CLIP, and the `image_encoder.*` / `text_encoder.*` parts of the HSPNet
-# authors' checkpoints) -> this package's layout:
-#
-#   <text>token_embedding.weight                  -> text_model.embeddings.token_embedding.weight
-#   <text>positional_embedding                    -> text_model.embeddings.position_embedding.weight
-#   <text>transformer.resblocks.{i}.attn.in_proj_{weight,bias} (split in 3)
-#                                                 -> text_model.encoder.layers.{i}.self_attn.{q,k,v}_proj.{weight,bias}
-#   <text>transformer.resblocks.{i}.attn.out_proj -> text_model.encoder.layers.{i}.self_attn.out_proj
-#   <text>transformer.resblocks.{i}.ln_{1,2}      -> text_model.encoder.layers.{i}.layer_norm{1,2}
-#   <text>transformer.resblocks.{i}.mlp.c_fc      -> text_model.encoder.layers.{i}.mlp.fc1
-#   <text>transformer.resblocks.{i}.mlp.c_proj    -> text_model.encoder.layers.{i}.mlp.fc2
-#   <text>ln_final                                -> text_model.final_layer_norm
-#   <text>text_projection (W, D)                  -> text_projection.weight (D, W), transposed
-#   logit_scale                                   -> logit_scale
-#   ResNet: <visual>X                             -> vision_model.X (same sub-keys)
-#   ViT:    <visual>conv1.weight                  -> vision_model.embeddings.patch_embedding.weight
-#           <visual>class_embedding               -> vision_model.embeddings.class_embedding
-#           <visual>positional_embedding          -> vision_model.embeddings.position_embedding.weight
-#           <visual>ln_pre / ln_post              -> vision_model.pre_layrnorm / vision_model.post_layernorm
-#           <visual>transformer.resblocks.{i}.*   -> vision_model.encoder.layers.{i}.* (as for the text tower)
-#           <visual>proj (width, D)               -> visual_projection.weight (D, width), transposed
-#
-# with <text> = "" and <visual> = "visual." for OpenAI files, "text_encoder." and "image_encoder." for HSPNet's.
-
-OPENAI_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-def count_indexed_keys(state_dict, prefix: str) -> int:
-    """Number of consecutive integer sub-keys `prefix0.`, `prefix1.`, ... present (e.g. transformer blocks)."""
-    indices = {key[len(prefix) :].split(".", 1)[0] for key in state_dict if key.startswith(prefix)}
-    count = 0
-    while str(count) in indices:
-        count += 1
-    return count
-
-
-class _KeyReader:
-    """Reads tensors from an OpenAI-format state dict by name, remembering what was read and what was missing."""
-
-    def __init__(self, state_dict):
-        self.state_dict = state_dict
-        self.used: set[str] = set()
-        self.missing: list[str] = []
-
-    def has(self, key: str) -> bool:
-        return key in self.state_dict
-
-    def __call__(self, key: str) -> torch.Tensor | None:
-        if key not in self.state_dict:
-            self.missing.append(key)
-            return None
-        self.used.add(key)
-        value = self.state_dict[key]
-        return value.float() if value.is_floating_point() else value
-
-    def count(self, prefix: str) -> int:
-        return count_indexed_keys(self.state_dict, prefix)
-
-
-def _map_openai_blocks(read: _KeyReader, source: str, target: str, layers: int, out: dict) -> None:
-    """OpenAI `ResidualAttentionBlock`s `source{i}.*` -> HF `CLIPEncoderLayer`s `target{i}.*`."""
-    renames = {
-        "attn.out_proj.weight": "self_attn.out_proj.weight",
-        "attn.out_proj.bias": "self_attn.out_proj.bias",
-        "ln_1.weight": "layer_norm1.weight",
-        "ln_1.bias": "layer_norm1.bias",
-        "ln_2.weight": "layer_norm2.weight",
-        "ln_2.bias": "layer_norm2.bias",
-        "mlp.c_fc.weight": "mlp.fc1.weight",
-        "mlp.c_fc.bias": "mlp.fc1.bias",
-        "mlp.c_proj.weight": "mlp.fc2.weight",
-        "mlp.c_proj.bias": "mlp.fc2.bias",
-    }
-    for layer in range(layers):
-        src, dst = f"{source}{layer}.", f"{target}{layer}."
-        for kind in ("weight", "bias"):
-            packed = read(f"{src}attn.in_proj_{kind}")
-            if packed is not None:
-                for name, part in zip(("q", "k", "v"), packed.chunk(3, dim=0)):
-                    out[f"{dst}self_attn.{name}_proj.{kind}"] = part.clone()
-        for old, new in renames.items():
-            value = read(src + old)
-            if value is not None:
-                out[dst + new] = value
-
-
-def map_openai_clip_weights(
-    state_dict,
-    text_prefix: str = "",
-    visual_prefix: str = "visual.",
-    text_heads: int | None = None,
-    vision_heads: int | None = None,
-) -> tuple[dict, dict, dict, set]:
-    """Map OpenAI-format CLIP weights (RN or ViT image tower) to this package's layout and infer the architecture.
-
-    Args:
-        state_dict: tensors by OpenAI key (see the table above); prefixes select where the text and image towers sit.
-            Without `<text>token_embedding.weight` (the HSPNet checkpoints have none), the token table is left empty
-            (`vocab_size` 0).
-        text_heads, vision_heads: attention heads, if not CLIP's rules (`width // 64`; `32 * width // 64` for the
-            ResNet attention pool).
-    Returns:
-        `(clip_config, backbone, weights, used_keys)`: a `CLIPConfig` dict, the `HSPNetConfig` image-tower fields
-        (`vision_backbone`, `resnet_*`), the weights of `HSPNetModel.clip` (float32) and the source keys consumed.
-    Raises:
-        `KeyError` naming the missing keys.
-    """
-    read = _KeyReader(state_dict)
-    out: dict[str, torch.Tensor] = {}
-
-    # text tower
-    width = state_dict[f"{text_prefix}ln_final.weight"].shape[0]
-    text_layers = read.count(f"{text_prefix}transformer.resblocks.")
-    context_length, _ = state_dict[f"{text_prefix}positional_embedding"].shape
-    projection_dim = state_dict[f"{text_prefix}text_projection"].shape[1]
-    token_key = f"{text_prefix}token_embedding.weight"
-    if read.has(token_key):
-        out["text_model.embeddings.token_embedding.weight"] = read(token_key)
-        vocab_size = out["text_model.embeddings.token_embedding.weight"].shape[0]
-    else:
-        out["text_model.embeddings.token_embedding.weight"] = torch.zeros(0, width)
-        vocab_size = 0
-    out["text_model.embeddings.position_embedding.weight"] = read(f"{text_prefix}positional_embedding")
-    _map_openai_blocks(read, f"{text_prefix}transformer.resblocks.", "text_model.encoder.layers.", text_layers, out)
-    for kind in ("weight", "bias"):
-        out[f"text_model.final_layer_norm.{kind}"] = read(f"{text_prefix}ln_final.{kind}")
-    out["text_projection.weight"] = read(f"{text_prefix}text_projection").T.contiguous()
-    if read.has("logit_scale"):
-        out["logit_scale"] = read("logit_scale").reshape(())
-    token_ids = {}
-    if vocab_size:  # OpenAI's vocabulary ends with <|startoftext|>, <|endoftext|>; padding is by <|endoftext|> in HF
-        token_ids = dict(bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    else:
-        token_ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    text_config = dict(
-        vocab_size=vocab_size,
-        hidden_size=width,
-        intermediate_size=4 * width,
-        num_hidden_layers=text_layers,
-        num_attention_heads=text_heads or max(1, width // 64),
-        max_position_embeddings=context_length,
-        projection_dim=projection_dim,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-        **token_ids,
-    )
-
-    # image tower
-    if read.has(f"{visual_prefix}attnpool.positional_embedding"):
-        layers = [read.count(f"{visual_prefix}layer{stage}.") for stage in (1, 2, 3, 4)]
-        resnet_width = state_dict[f"{visual_prefix}layer1.0.conv1.weight"].shape[0]
-        grid = round((state_dict[f"{visual_prefix}attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-        backbone = dict(
-            vision_backbone="clip_resnet",
-            resnet_layers=layers,
-            resnet_width=resnet_width,
-            resnet_heads=vision_heads or 32 * resnet_width // 64,
-            resnet_image_size=32 * grid,
-        )
-        with torch.device("meta"):
-            expected = HSPNetModifiedResNet(layers, resnet_width, backbone["resnet_heads"], 32 * grid, projection_dim)
-        for name in expected.state_dict():
-            value = read(visual_prefix + name)
-            if value is not None:
-                out[f"vision_model.{name}"] = value
-        vision_config = dict(image_size=32 * grid, projection_dim=projection_dim)
-    else:
-        vision_width, _, patch, _ = state_dict[f"{visual_prefix}conv1.weight"].shape
-        vision_layers = read.count(f"{visual_prefix}transformer.resblocks.")
-        grid = round((state_dict[f"{visual_prefix}positional_embedding"].shape[0] - 1) ** 0.5)
-        backbone = dict(vision_backbone="clip_vit")
-        out["vision_model.embeddings.patch_embedding.weight"] = read(f"{visual_prefix}conv1.weight")
-        out["vision_model.embeddings.class_embedding"] = read(f"{visual_prefix}class_embedding")
-        out["vision_model.embeddings.position_embedding.weight"] = read(f"{visual_prefix}positional_embedding")
-        for kind in ("weight", "bias"):
-            out[f"vision_model.pre_layrnorm.{kind}"] = read(f"{visual_prefix}ln_pre.{kind}")
-            out[f"vision_model.post_layernorm.{kind}"] = read(f"{visual_prefix}ln_post.{kind}")
-        _map_openai_blocks(
-            read, f"{visual_prefix}transformer.resblocks.", "vision_model.encoder.layers.", vision_layers, out
-        )
-        proj = read(f"{visual_prefix}proj")
-        out["visual_projection.weight"] = proj.T.contiguous() if proj is not None else None
-        vision_config = dict(
-            hidden_size=vision_width,
-            intermediate_size=4 * vision_width,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads or max(1, vision_width // 64),
-            image_size=patch * grid,
-            patch_size=patch,
-            projection_dim=projection_dim,
-            hidden_act="quick_gelu",
-            layer_norm_eps=1e-5,
-        )
-    if read.missing:
-        raise KeyError(f"OpenAI-format CLIP weights: missing key(s) {read.missing}.")
-    clip_config = dict(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
-    return clip_config, backbone, out, read.used
-
-
-def convert_openai_clip_state_dict(state_dict, text_heads: int | None = None, vision_heads: int | None = None):
-    """OpenAI CLIP weights (`visual.*`, `transformer.*`, `token_embedding.weight`, ...; RN or ViT) -> `(clip_config,
-    backbone, weights)` as `map_openai_clip_weights`. Keys other than the weights and OpenAI's bookkeeping entries
-    (`input_resolution`, `context_length`, `vocab_size`, attention masks) raise a `KeyError`."""
-    clip_config, backbone, weights, used = map_openai_clip_weights(
-        state_dict, text_heads=text_heads, vision_heads=vision_heads
-    )
-    extra = [
-        key
-        for key in state_dict
-        if key not in used and key not in OPENAI_IGNORED_KEYS and not key.endswith("attn_mask")
-    ]
-    if extra:
-        raise KeyError(f"OpenAI-format CLIP weights: unexpected key(s) {sorted(extra)}.")
-    return clip_config, backbone, weights
-
-
-# Readers for checkpoint files that `torch.load(weights_only=True)` refuses, such as OpenAI's TorchScript archives.
-# `hspnet.conversion` registers a restricted TorchScript reader here; this file itself stays free of pickle and zip
-# handling (it is also the remote code saved next to the weights). A reader returns a state dict, or None when the
-# file is not in its format.
-CHECKPOINT_FILE_READERS: list = []
-
-
-def load_clip_checkpoint_file(path: str | os.PathLike) -> dict:
-    """Read an OpenAI-format CLIP weight file: a plain state dict saved by `torch.save` (read with
-    `torch.load(weights_only=True)`), or, when `hspnet.conversion` is imported, an OpenAI TorchScript archive (the
-    `RN50.pt`, `ViT-B-32.pt`, ... files), read without running any of its code."""
-    for reader in CHECKPOINT_FILE_READERS:
-        state = reader(path)
-        if state is not None:
-            return state
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except RuntimeError as error:
-        if "TorchScript" in str(error):
-            raise ValueError(
-                f"{os.fspath(path)} is a TorchScript archive (OpenAI's release format); `import hspnet.conversion` "
-                "first, which registers a reader for it, or pass its state dict."
-            ) from error
-        raise
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{os.fspath(path)} does not hold a state dict (got {type(state).__name__}).")
-    return state
+    return HSPNetImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -698,10 +233,38 @@ class HSPNetModelOutput(ModelOutput):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Text-side cache entries
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _tensor_state(tensors: list[torch.Tensor]) -> tuple:
+    """`(in-place version counter, storage address)` of each tensor. Tensors made under `torch.inference_mode()`
+    have no version counter (and cannot be modified outside it): they count as version -1."""
+    try:
+        return tuple((t._version, t.data_ptr()) for t in tensors)
+    except RuntimeError:
+        return tuple((-1 if t.is_inference() else t._version, t.data_ptr()) for t in tensors)
+
+
+@dataclass
+class _CacheEntry:
+    """A cached text-side tensor (`value`), the trainable-or-not parameters it depends on (`params`), every tensor
+    it was computed from plus itself (`sources`) with their `_tensor_state` then (`state`), and the `context`."""
+
+    value: torch.Tensor | None
+    params: list[torch.Tensor]
+    sources: list[torch.Tensor]
+    state: tuple
+    context: tuple
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Pre-trained model base
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+# The one table of the Auto classes a saved folder names (`config.auto_map`), so that it loads with
+# `trust_remote_code=True` where `hspnet` is not installed. `save_pretrained` copies this file and its sibling imports.
 AUTO_MAP = {
     "AutoConfig": "configuration_hspnet.HSPNetConfig",
     "AutoModel": "modeling_hspnet.HSPNetModel",
@@ -721,6 +284,9 @@ class HSPNetPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # makes `save_pretrained` copy the remote code (this file and its sibling imports); the folder's `auto_map` is
+    # AUTO_MAP, written by `save_pretrained` below
+    _auto_class = "AutoModelForImageClassification"
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -738,11 +304,9 @@ class HSPNetPreTrainedModel(PreTrainedModel):
             init.normal_(module.positional_embedding, std=module.positional_embedding.shape[1] ** -0.5)
         elif isinstance(module, HSPNetCLIPResNet):
             init.constant_(module.logit_scale, self.config.clip_config.logit_scale_init_value)
-        elif isinstance(module, HSPNetModel):
-            init.copy_(module.label_to_group, torch.tensor(self.config.label_to_group, dtype=torch.long))
-            for name in ("relation", "group_prompt_embeds", "label_prompt_embeds"):
-                init.zeros_(getattr(module, name))
-            for name in ("group_eos_positions", "label_eos_positions"):
+        elif isinstance(module, HSPNetModel):  # filled by `from_clip` / loading; zeros until then
+            for name in ("relation", "group_prompt_embeds", "label_prompt_embeds", "group_eos_positions",
+                         "label_eos_positions"):
                 init.zeros_(getattr(module, name))
 
     @classmethod
@@ -752,6 +316,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives (model, info)
         model.base_model.apply_freezing()
+        model.base_model.clear_text_cache()
         return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
@@ -789,9 +354,9 @@ class HSPNetPreTrainedModel(PreTrainedModel):
 
         Args:
             clip: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local CLIP folder, a `CLIPModel`, or OpenAI-format
-                CLIP weights (RN50 & co. or ViT): the path of an OpenAI `.pt` file (`RN50.pt`; TorchScript archives
-                need `hspnet.conversion` imported, which registers a reader that runs none of their code) or such a
-                state dict. A ResNet checkpoint gives `vision_backbone="clip_resnet"`. OpenAI files hold no
+                CLIP weights (RN50 & co. or ViT): the path of an OpenAI `.pt` file (`RN50.pt`, read by
+                `hspnet.conversion.openai_clip` without running any of its code; needs the `hspnet` package) or such
+                a state dict. A ResNet checkpoint gives `vision_backbone="clip_resnet"`. OpenAI files hold no
                 tokenizer: pass `tokenizer=` (all OpenAI CLIP models share one, e.g. that of
                 `openai/clip-vit-base-patch32`).
             labels: the `C` label names, in index order.
@@ -818,15 +383,18 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         if isinstance(clip, CLIPModel):
             clip_model = clip
             source = clip.config._name_or_path or None
-        elif isinstance(clip, Mapping):
+        elif isinstance(clip, Mapping) or os.path.isfile(clip):
             openai_weights = clip
-        elif os.path.isfile(clip):
-            openai_weights = load_clip_checkpoint_file(clip)
         else:
             source = os.fspath(clip)
             clip_model = CLIPModel.from_pretrained(source, **(clip_kwargs or {}))
         if openai_weights is not None:
-            clip_config, backbone, clip_weights = convert_openai_clip_state_dict(openai_weights)
+            try:  # reading OpenAI's files is the conversion side's job, not the (remote) modeling code's
+                from hspnet.conversion.openai_clip import load_openai_clip
+            except ImportError as error:
+                raise ImportError("from_clip: OpenAI-format CLIP weights are read by the `hspnet` package; install it "
+                                  "(or pass a Hub id, a CLIP folder or a CLIPModel).") from error
+            clip_config, backbone, clip_weights = load_openai_clip(openai_weights)
             config_kwargs = {**backbone, **config_kwargs}
         else:
             clip_config, clip_weights = clip_model.config.to_dict(), clip_model.state_dict()
@@ -837,11 +405,13 @@ class HSPNetPreTrainedModel(PreTrainedModel):
                     "weights (every OpenAI CLIP uses the tokenizer of e.g. 'openai/clip-vit-base-patch32')."
                 )
             tokenizer = AutoTokenizer.from_pretrained(source)
-        if image_processor is None and source is not None:
+        normalisation = {}
+        if image_processor is None and source is not None:  # keep the checkpoint's mean / std, if it has its own
             try:
-                image_processor = AutoImageProcessor.from_pretrained(source)
-            except (OSError, ValueError):
-                image_processor = None
+                clip_processor = AutoImageProcessor.from_pretrained(source)
+                normalisation = dict(image_mean=list(clip_processor.image_mean), image_std=list(clip_processor.image_std))
+            except (OSError, ValueError, AttributeError, TypeError):
+                normalisation = {}
 
         labels = list(labels)
         config = HSPNetConfig(
@@ -861,7 +431,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
             embeddings = F.normalize(clip_text_embeddings(base.clip, tokenizer, names), dim=-1)
             relation = embeddings @ embeddings.T
         base.set_relation(relation)
-        model.image_processor = image_processor or default_image_processor(config)
+        model.image_processor = image_processor or default_image_processor(config, **normalisation)
         base.apply_freezing()
         return model.eval()
 
@@ -876,22 +446,26 @@ class HSPNetModel(HSPNetPreTrainedModel):
 
     Persistent buffers (saved with the weights): `relation` `(C + G, C + G)` raw similarities, `group_prompt_embeds`
     `(G, L, W)`, `label_prompt_embeds` `(C, L, W)` (its `n_ctx` placeholder slots after SOS are replaced by the
-    meta-net output), `group_eos_positions` `(G,)`, `label_eos_positions` `(C,)`. `label_to_group` `(C,)` is rebuilt
-    from the config.
+    meta-net output), `group_eos_positions` `(G,)`, `label_eos_positions` `(C,)`. The label -> group map is the
+    config's `label_to_group`.
 
     Exact speed-ups, each switchable through the attributes of the same name (all on by default):
 
-    - `cache_label_embeddings`: in eval mode the `(C, D)` label embeddings are computed once and reused;
+    - `cache_label_embeddings`: in eval mode, when no gradient is needed, the `(C, D)` label embeddings are computed
+      once and reused;
     - `cache_group_features`: the group text features before the GCN (fixed prompts, frozen tower) are computed once,
       also during training;
     - `truncate_prompts`: prompts are cut to the longest EOS position + 1 tokens (the text tower is causal).
 
-    A cache entry is reused only if every tensor it was computed from has the same storage and the same in-place
-    version counter (optimizer steps, `load_state_dict`, `copy_`, EMA updates all bump it), no parameter, buffer or
-    module was registered anywhere since (a replaced layer or parameter), and the autocast state and relation settings
-    are the same. Caches are also dropped on `train()`/`eval()`, `load_state_dict` and `.to()`. Writes that bypass
-    the `nn.Module` and autograd bookkeeping (`param.data.copy_(...)`, `module._parameters[name] = ...`) are not seen:
-    call `clear_text_cache()` after them.
+    The cache rule: a cached value is reused while every parameter and buffer of this model it was computed from, and
+    the cached tensor itself, keeps its storage and in-place version counter (optimizer steps, `load_state_dict`,
+    `copy_`, EMA updates, in-place edits all bump it) and the autocast / inference-mode state and relation settings are
+    the same. `train()`/`eval()`, `.to()`/casts, `load_state_dict`, `set_prompts`, `set_relation` and
+    `clear_text_cache()` drop it. Not seen (the model installs no process-wide hooks): a parameter or sub-module of the
+    CLIP text tower replaced by a new object (replacements in `gcn` and `meta_net` are seen), writes through `.data`, and fused optimizers (`Adam(fused=True)`), which do not bump
+    version counters, stepping while the model stays in eval mode; call `clear_text_cache()` after those.
+
+    Under `torch.compile` the cache bookkeeping runs outside the compiled graph (one graph break per forward pass).
     """
 
     def __init__(self, config: HSPNetConfig):
@@ -928,16 +502,11 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.register_buffer("label_prompt_embeds", torch.zeros(num_labels, length, width))
         self.register_buffer("group_eos_positions", torch.zeros(num_groups, dtype=torch.long))
         self.register_buffer("label_eos_positions", torch.zeros(num_labels, dtype=torch.long))
-        self.register_buffer("label_to_group", torch.zeros(num_labels, dtype=torch.long), persistent=False)
 
         self.cache_label_embeddings = True
         self.cache_group_features = True
         self.truncate_prompts = True
-        self._group_features_cache: tuple | None = None
-        self._label_embeds_cache: tuple | None = None
-        self._tracked_lists: dict[str, tuple] = {}
-        self._prompt_lengths: dict[tuple, int] = {}
-        self.register_load_state_dict_post_hook(_clear_cache_after_load)
+        self.clear_text_cache()
 
         self.post_init()
         self.apply_freezing()
@@ -993,24 +562,36 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.label_prompt_embeds.copy_(embed(label_ids.to(device)))
         self.group_eos_positions.copy_(group_eos)
         self.label_eos_positions.copy_(label_eos)
+        self.clear_text_cache()
 
     @torch.no_grad()
     def set_relation(self, relation: Any) -> None:
         """Store the raw `(C + G, C + G)` similarity matrix (array, tensor or `.npy` path; labels first)."""
+        what = "relation"
         if isinstance(relation, (str, os.PathLike)):
             import numpy as np
 
-            relation = np.load(relation)
-        relation = torch.as_tensor(relation, dtype=torch.float32)
+            what = os.fspath(relation)
+            try:
+                relation = np.load(what, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:
+                raise ValueError(f"{what}: not a numeric .npy array ({' '.join(str(error).split())})") from None
+            if not np.issubdtype(relation.dtype, np.number) or np.iscomplexobj(relation):
+                raise ValueError(f"{what}: holds {relation.dtype} values, not a numeric similarity matrix")
+        try:
+            relation = torch.as_tensor(relation, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{what}: not a numeric matrix ({' '.join(str(error).split())})") from None
         expected = tuple(self.relation.shape)
         if tuple(relation.shape) != expected:
             raise ValueError(
-                f"relation has shape {tuple(relation.shape)}, expected {expected}: "
+                f"{what} has shape {tuple(relation.shape)}, expected {expected}: "
                 f"{self.config.num_labels} labels followed by {self.config.num_groups} groups."
             )
         if not bool(torch.isfinite(relation).all()):
-            raise ValueError("relation contains NaN or infinite values.")
+            raise ValueError(f"{what} contains NaN or infinite values.")
         self.relation.copy_(relation)
+        self.clear_text_cache()
 
     def adjacency(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed `(C, C)` label adjacency and `(G, G)` group adjacency, from the raw `relation`."""
@@ -1020,18 +601,21 @@ class HSPNetModel(HSPNetPreTrainedModel):
         group_adjacency = process_relation(self.relation[num_labels:, num_labels:], keep, p)
         return label_adjacency, group_adjacency
 
-    # ----- caches ------------------------------------------------------------------------------------------------
+    # ----- text-side cache ---------------------------------------------------------------------------------------
 
     def clear_text_cache(self) -> None:
-        """Forget the cached group features and label embeddings."""
-        self._group_features_cache = None
-        self._label_embeds_cache = None
-        self._tracked_lists = {}
-        self._prompt_lengths = {}
+        """Forget the cached group features, label embeddings, prompt lengths and label -> group index."""
+        self._text_cache: dict[str, _CacheEntry] = {}
+        self._prompt_lengths: tuple | None = None  # (state of the EOS buffers, group length, label length)
+        self._label_group_index: torch.Tensor | None = None
 
     def train(self, mode: bool = True):
         self.clear_text_cache()
         return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # load_state_dict, also when called on a parent module
+        self.clear_text_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
         self.clear_text_cache()
@@ -1041,71 +625,79 @@ class HSPNetModel(HSPNetPreTrainedModel):
             self._buffers["relation"] = relation.to(device=self.relation.device, dtype=torch.float32)
         return result
 
-    def _tracked_parameters(self, kind: str) -> list[torch.Tensor]:
-        """The parameters the cached value of `kind` ("group" or "label") depends on, as a flat list.
+    def _refresh_text_state(self) -> None:
+        """Python-side state the text side reads: the prompt lengths as Python ints (read from the device once per
+        content of the EOS buffers) and the label -> group index on the model's device."""
+        eos = (self.group_eos_positions, self.label_eos_positions)
+        state = _tensor_state(eos)
+        if self._prompt_lengths is None or self._prompt_lengths[0] != state:
+            self._prompt_lengths = (state, *(int(t.max()) + 1 if t.numel() else 1 for t in eos))
+        device = self.relation.device
+        if self._label_group_index is None or self._label_group_index.device != device:
+            with torch.inference_mode(False):  # a normal tensor, usable in training later
+                self._label_group_index = torch.tensor(self.config.label_to_group, dtype=torch.long, device=device)
 
-        Walking the module tree costs ~0.2 ms for a ViT-B text tower, too much for every forward pass, so the list is
-        kept and only rebuilt when any module anywhere registers a parameter, buffer or sub-module (a replaced
-        parameter or module, e.g. an adapter injected into the text tower), as counted by `_STRUCTURE_VERSION`."""
-        stored = self._tracked_lists.get(kind)
-        if stored is not None and stored[0] == _STRUCTURE_VERSION[0]:
-            return stored[1]
+    def _text_sources(self, kind: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The parameters and buffers the cached value of `kind` ("group" or "label") is computed from."""
         modules = [self.clip.text_model, self.clip.text_projection]
+        buffers = [self.group_prompt_embeds, self.group_eos_positions]
         if kind == "label":
             modules += [self.meta_net, self.gcn]
-        params = [p for module in modules for p in module.parameters()]
-        self._tracked_lists[kind] = (_STRUCTURE_VERSION[0], params)
-        return params
+            buffers += [self.relation, self.label_prompt_embeds, self.label_eos_positions]
+        return [p for module in modules for p in module.parameters()], buffers
 
-    def _cache_key(self, params: list[torch.Tensor], buffers: tuple[torch.Tensor, ...], *extra) -> tuple:
-        """What a cached value must match to be reused: the in-place version counter and storage of every tensor it
-        was computed from, the autocast and inference-mode state (a tensor made under `inference_mode` cannot enter
-        a graph later) and the relation settings."""
+    @torch.compiler.disable
+    def _cached_text(self, kind: str) -> torch.Tensor | None:
+        """All the cache bookkeeping, kept out of compiled graphs: refreshes the Python-side state, then returns the
+        value of `kind` ("group" features or "label" embeddings) from the cache, computing and storing it on a miss,
+        or None when it cannot be cached (switched off; gradients must reach it) and must be computed in the graph."""
+        self._refresh_text_state()
+        if kind == "group":
+            enabled, needs_grad = self.cache_group_features, True
+        else:
+            enabled, needs_grad = self.cache_label_embeddings and not self.training, torch.is_grad_enabled()
+        if not enabled:
+            return None
         device_type = self.relation.device.type
         autocast = torch.is_autocast_enabled(device_type)
-        return (
-            *extra,
-            _STRUCTURE_VERSION[0],
-            torch.is_inference_mode_enabled(),
+        context = (
+            torch.is_inference_mode_enabled(),  # an inference tensor cannot enter an autograd graph later
             autocast,
             torch.get_autocast_dtype(device_type) if autocast else None,
             self.truncate_prompts,
             self.config.relation_keep_ratio,
             self.config.relation_reweight_p,
-            _versions(params),
-            tuple(t.data_ptr() for t in params),
-            _versions(buffers),
-            tuple((id(t), t.data_ptr(), t.dtype) for t in buffers),
         )
-
-    def _prompt_length(self, eos_positions: torch.Tensor) -> int:
-        """`max(eos_positions) + 1` as a Python int, read from the device once per buffer content (no sync per step)."""
-        key = (id(eos_positions), eos_positions.data_ptr(), _versions((eos_positions,)))
-        if key not in self._prompt_lengths:
-            self._prompt_lengths[key] = int(eos_positions.max()) + 1 if eos_positions.numel() else 1
-        return self._prompt_lengths[key]
+        if kind == "label":  # a parameter or layer of HSPNet's own small modules replaced by a new object is seen too
+            context += (tuple(id(p) for module in (self.gcn, self.meta_net) for p in module.parameters()),)
+        entry = self._text_cache.get(kind)
+        if entry is None or entry.context != context or _tensor_state(entry.sources) != entry.state:
+            params, buffers = self._text_sources(kind)
+            entry = _CacheEntry(None, params, params + buffers, (), context)
+        if needs_grad and any(p.requires_grad for p in entry.params):
+            return None
+        if entry.value is None:
+            with torch.no_grad():
+                value = self._encode_groups() if kind == "group" else self.compute_label_embeddings()
+            entry.value, entry.sources = value, entry.sources + [value]  # in-place edits of the output count too
+            entry.state = _tensor_state(entry.sources)
+            self._text_cache[kind] = entry
+        return entry.value
 
     # ----- text side -----------------------------------------------------------------------------------------------
+
+    def _encode_groups(self) -> torch.Tensor:
+        length = self._prompt_lengths[1] if self.truncate_prompts else None
+        return encode_prompt_embeddings(
+            self.clip, self.group_prompt_embeds, self.group_eos_positions, truncate=length is not None, length=length
+        )
 
     def get_group_features(self) -> torch.Tensor:
         """`t_parent`: text features of the fixed group prompts before the GCN, `(G, D)` (not normalised).
 
         Constant while the text tower is frozen, so computed once (without a graph) and reused, in training too."""
-        params = self._tracked_parameters("group")
-        cacheable = self.cache_group_features and not any(t.requires_grad for t in params)
-        if cacheable:
-            key = self._cache_key(params, (self.group_prompt_embeds, self.group_eos_positions))
-            cached = _cached_value(self._group_features_cache, key)
-            if cached is not None:
-                return cached
-        features = encode_prompt_embeddings(
-            self.clip, self.group_prompt_embeds, self.group_eos_positions, truncate=self.truncate_prompts,
-            length=self._prompt_length(self.group_eos_positions),
-        )
-        if cacheable:
-            features = features.detach()
-            self._group_features_cache = (key, features)
-        return features
+        cached = self._cached_text("group")
+        return cached if cached is not None else self._encode_groups()
 
     def compute_label_embeddings(self) -> torch.Tensor:
         """The full text side, `(C, D)` L2-normalised label embeddings:
@@ -1114,36 +706,25 @@ class HSPNetModel(HSPNetPreTrainedModel):
         its group's context -> label prompts through the text tower -> the SAME GCN (label adjacency) -> normalise.
         """
         config = self.config
+        group_features = self.get_group_features()  # (G, D); also refreshes the prompt lengths and group index
         label_adjacency, group_adjacency = self.adjacency()
-        group_features = self.gcn(self.get_group_features(), group_adjacency)  # (G, D)
+        group_features = self.gcn(group_features, group_adjacency)
         context = self.meta_net(group_features)  # (G, n_ctx * W)
-        context = context[self.label_to_group].reshape(config.num_labels, config.n_ctx, config.text_width)
+        context = context[self._label_group_index].reshape(config.num_labels, config.n_ctx, config.text_width)
         prompts = self.label_prompt_embeds
         prompts = torch.cat([prompts[:, :1], context.to(prompts.dtype), prompts[:, 1 + config.n_ctx :]], dim=1)
+        length = self._prompt_lengths[2] if self.truncate_prompts else None
         label_features = encode_prompt_embeddings(
-            self.clip, prompts, self.label_eos_positions, truncate=self.truncate_prompts,
-            length=self._prompt_length(self.label_eos_positions),
+            self.clip, prompts, self.label_eos_positions, truncate=length is not None, length=length
         )
         label_features = self.gcn(label_features, label_adjacency)  # (C, D)
         return F.normalize(label_features, dim=-1)
 
     def get_label_embeddings(self) -> torch.Tensor:
-        """`(C, D)` normalised label embeddings; cached in eval mode (see the class docstring)."""
-        if not self.cache_label_embeddings or self.training:
-            return self.compute_label_embeddings()
-        params = self._tracked_parameters("label")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in params):
-            return self.compute_label_embeddings()  # gradients must reach the text side: no cache
-        buffers = (self.relation, self.group_prompt_embeds, self.group_eos_positions, self.label_prompt_embeds,
-                   self.label_eos_positions, self.label_to_group)
-        key = self._cache_key(params, buffers, _FUSED_OPTIMIZER_STEPS[0])
-        cached = _cached_value(self._label_embeds_cache, key)
-        if cached is not None:
-            return cached
-        with torch.no_grad():
-            label_embeds = self.compute_label_embeddings()
-        self._label_embeds_cache = (key, label_embeds)
-        return label_embeds
+        """`(C, D)` normalised label embeddings; cached in eval mode when no gradient is needed (see the class
+        docstring)."""
+        cached = self._cached_text("label") if self.cache_label_embeddings and not self.training else None
+        return cached if cached is not None else self.compute_label_embeddings()
 
     # ----- image side and forward ------------------------------------------------------------------------------
 
@@ -1190,8 +771,6 @@ class HSPNetModel(HSPNetPreTrainedModel):
         dtype = torch.promote_types(image_embeds.dtype, torch.float32)
         with torch.autocast(device_type=image_embeds.device.type, enabled=False):
             logits = self.config.logit_scale * image_embeds.to(dtype) @ label_embeds.to(dtype).T
-        if self._label_embeds_cache is not None and label_embeds is self._label_embeds_cache[1]:
-            label_embeds = label_embeds.clone()  # the caller may edit the output in place; the cache must not change
         output = HSPNetModelOutput(
             logits=logits,
             image_embeds=image_embeds,
@@ -1272,9 +851,6 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
-
-HSPNetModel.register_for_auto_class("AutoModel")
-HSPNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "HSPNetModel",

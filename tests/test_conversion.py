@@ -34,7 +34,7 @@ from hspnet.conversion import (  # noqa: E402
     run_conversion,
     verify_conversion,
 )
-from hspnet.modeling_hspnet import map_openai_clip_weights  # noqa: E402
+from hspnet.conversion.openai_clip import map_openai_clip_weights  # noqa: E402
 from tests.official_reference import RefCLIP, RefHSPNet, build_official  # noqa: E402
 
 LABELS = ["cat", "dog", "traffic_light", "car", "bus", "person"]
@@ -101,8 +101,9 @@ def test_end_to_end_folder_loads_and_has_a_model_card(official, files, tmp_path)
                              hierarchy=files / "hierarchy.json", verify=True, log=lambda *_: None)
     assert summary["verify"]["float32"] < 1e-4
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["README.md", "config.json", "configuration_hspnet.py", "conversion.json", "losses.py",
-                     "model.safetensors", "modeling_hspnet.py", "preprocessor_config.json"]
+    assert names == ["README.md", "config.json", "configuration_hspnet.py", "conversion.json",
+                     "image_processing_hspnet.py", "losses.py", "model.safetensors", "modeling_clip_resnet.py",
+                     "modeling_hspnet.py", "preprocessor_config.json"]
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     for needle in ("metrics:", "Wang", "ACM Multimedia 2023", "jameslahm/HSPNet", "hspnet+toy.ckpt", "SHA-256"):

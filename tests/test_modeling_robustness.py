@@ -64,6 +64,28 @@ def test_cache_not_stale_after_a_fused_optimizer_step(make_model, pixel_values):
     optimizer.step()
     assert model.hspnet.meta_net.linear1.weight._version == version  # the hazard: no version bump
     with torch.no_grad():
+        stale = model(pixel_values=pixel_values).logits  # not seen without process-wide hooks (documented)
+        model.hspnet.clear_text_cache()
+        cached = model(pixel_values=pixel_values).logits
+        model.hspnet.cache_label_embeddings = False
+        fresh = model(pixel_values=pixel_values).logits
+    assert not torch.allclose(stale, fresh)
+    torch.testing.assert_close(cached, fresh)
+
+
+def test_fused_optimizer_training_then_eval_is_exact(make_model, pixel_values):
+    # the usual flow: train() ... fused steps ... eval(); switching modes drops the cache
+    model = make_model()
+    with torch.no_grad():
+        model(pixel_values=pixel_values)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1, fused=True)
+    labels = torch.zeros(3, 6)
+    labels[:, 0] = 1
+    model.train()
+    model(pixel_values=pixel_values, labels=labels, epoch=0).loss.backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
         cached = model(pixel_values=pixel_values).logits
         model.hspnet.cache_label_embeddings = False
         fresh = model(pixel_values=pixel_values).logits

@@ -14,9 +14,10 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import hspnet.conversion  # noqa: E402,F401 - registers the TorchScript reader used by from_clip
+import hspnet.conversion  # noqa: E402,F401
 from hspnet import HSPNetConfig, HSPNetForImageClassification  # noqa: E402
-from hspnet.modeling_hspnet import HSPNetModifiedResNet, convert_openai_clip_state_dict  # noqa: E402
+from hspnet.conversion.openai_clip import convert_openai_clip_state_dict  # noqa: E402
+from hspnet.modeling_clip_resnet import HSPNetModifiedResNet  # noqa: E402
 from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
 from tests.official_reference import RefCLIP, randomize  # noqa: E402
 

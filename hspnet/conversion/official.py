@@ -1,5 +1,5 @@
 # Copyright 2026 The hspnet authors. Licensed under the Apache License, Version 2.0.
-"""Convert the HSPNet authors' released checkpoints, and OpenAI CLIP weight files, to this package's format.
+"""Convert the HSPNet authors' released checkpoints to this package's format (OpenAI CLIP files: `openai_clip.py`).
 
 The authors (Wang et al., ACM MM 2023; github.com/jameslahm/HSPNet) released ``hspnet+coco.ckpt``,
 ``hspnet+voc.ckpt`` and ``hspnet+nuswide.ckpt``: each is ``torch.save(model.state_dict())`` of their ``HSPNet`` module
@@ -46,28 +46,25 @@ checkpoint's own tensors rather than what a re-tokenization would produce.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
-import pickle
-import zipfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from . import modeling_hspnet
-from .configuration_hspnet import HSPNetConfig
-from .modeling_hspnet import (
-    HSPNetForImageClassification,
-    HSPNetModifiedResNet,
+from ..configuration_hspnet import HSPNetConfig
+from ..modeling_clip_resnet import HSPNetModifiedResNet
+from ..modeling_hspnet import HSPNetForImageClassification, default_image_processor
+from .openai_clip import (
+    ConversionError,
     convert_openai_clip_state_dict,
     count_indexed_keys,
     load_clip_checkpoint_file,
     map_openai_clip_weights,
+    read_torchscript_archive,
 )
 
 __all__ = [
@@ -80,15 +77,12 @@ __all__ = [
     "sha256_of",
     "convert_official_checkpoint",
     "convert_official_state_dict",
-    "convert_openai_clip_state_dict",
     "find_eos_positions",
     "infer_official_architecture",
-    "load_clip_checkpoint_file",
     "load_official_checkpoint",
     "model_card",
     "official_checkpoint_layout",
     "official_logits",
-    "read_torchscript_archive",
     "save_converted_model",
     "verify_conversion",
 ]
@@ -111,11 +105,6 @@ PUBLISHED_CHECKPOINTS: dict[str, dict[str, Any]] = {
 
 PARENT_PREFIX = "parent_prompt_learner."
 CHILD_PREFIX = "child_prompt_learner."
-
-
-class ConversionError(ValueError):
-    """The checkpoint does not have the official layout (missing, unexpected or wrongly shaped keys), is not a plain
-    state dict, or does not fit the given hierarchy / relation / CLIP weights."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -162,115 +151,6 @@ def load_official_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]
             f"{detail[:300]}"
         ) from error
     return _unwrap_state_dict(obj, path)
-
-
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
-
-
-@dataclass
-class _StorageType:
-    dtype: torch.dtype
-
-
-class _ScriptObject:
-    """Inert stand-in for every `__torch__.*` class of a TorchScript archive: it only keeps its pickled state."""
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        self.state = None
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-class _TorchScriptUnpickler(pickle.Unpickler):
-    """Unpickles a TorchScript archive's `data.pkl` allowing only tensors, storages, `OrderedDict` and inert module
-    stand-ins; any other global is refused, and no TorchScript code is compiled or run."""
-
-    def __init__(self, file, archive: zipfile.ZipFile, root: str):
-        super().__init__(file)
-        self.archive, self.root = archive, root
-        self.storages: dict[str, torch.Tensor] = {}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if (module, name) == ("torch._utils", "_rebuild_parameter"):
-            return _rebuild_parameter
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        if module == "__torch__" or module.startswith("__torch__."):
-            return _ScriptObject
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TorchScript archive")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-        key = str(pid[2])
-        if key not in self.storages:
-            raw = bytearray(self.archive.read(f"{self.root}data/{key}"))
-            dtype = pid[1].dtype
-            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        return self.storages[key]
-
-
-def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
-
-
-def _rebuild_parameter(data, requires_grad=False, hooks=None):
-    return data
-
-
-def _collect_tensors(obj: Any, prefix: str, out: dict, seen: set) -> None:
-    if isinstance(obj, torch.Tensor):
-        out[prefix[:-1]] = obj
-    elif isinstance(obj, _ScriptObject) and id(obj) not in seen:
-        seen.add(id(obj))
-        if isinstance(obj.state, dict):
-            for key, value in obj.state.items():
-                _collect_tensors(value, f"{prefix}{key}.", out, seen)
-
-
-def read_torchscript_archive(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
-    """The tensors of a TorchScript archive (OpenAI's `RN50.pt`, `ViT-B-32.pt`, ...) by attribute path, read with a
-    restricted unpickler (no `torch.jit.load`, so none of the archive's code is compiled or run). Returns None when
-    `path` is not a TorchScript archive."""
-    path = os.fspath(path)
-    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
-        return None
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        data = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
-        if not data or not any(name.endswith("/constants.pkl") for name in names):
-            return None  # a zip written by torch.save: torch.load(weights_only=True) reads it
-        root = data[0][: -len("data.pkl")]
-        try:
-            obj = _TorchScriptUnpickler(io.BytesIO(archive.read(data[0])), archive, root).load()
-        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, RuntimeError) as error:
-            raise ConversionError(f"{path}: unsupported TorchScript archive ({error}).") from error
-    state: dict[str, torch.Tensor] = {}
-    _collect_tensors(obj, "", state, set())
-    return state
-
-
-if read_torchscript_archive not in modeling_hspnet.CHECKPOINT_FILE_READERS:
-    modeling_hspnet.CHECKPOINT_FILE_READERS.append(read_torchscript_archive)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -482,7 +362,7 @@ def _hierarchy(dataset: str | None, hierarchy: Any, num_labels: int) -> tuple[st
                     f"({', '.join(PUBLISHED_CHECKPOINTS)}) or the labels and groups."
                 )
             dataset = found[0]
-        from .data import builtin_hierarchy
+        from ..data import builtin_hierarchy
 
         hierarchy = builtin_hierarchy(dataset)
     if isinstance(hierarchy, dict):
@@ -640,7 +520,7 @@ def convert_official_state_dict(
     if leftover:  # an internal error: the layout check passed
         raise ConversionError(f"Unmapped key(s): {leftover}.")
     model.hspnet.apply_freezing()
-    model.image_processor = modeling_hspnet.default_image_processor(config)
+    model.image_processor = default_image_processor(config)
     report = ConversionReport(
         architecture={**arch, "dataset": dataset, "resnet_heads": config.resnet_heads,
                       "text_heads": config.clip_config.text_config.num_attention_heads},
