@@ -1,19 +1,173 @@
 # Copyright 2026 The hspnet authors. Licensed under the Apache License, Version 2.0.
 """HSPNet model configuration.
 
-This file is copied next to saved weights as remote code: it imports only torch-free transformers / huggingface_hub
-symbols and nothing from the ``hspnet`` package.
+This file is copied next to saved weights as remote code: it imports transformers / huggingface_hub symbols, the
+standard library and its sibling ``losses.py`` (relative import; it checks ``loss`` / ``loss_kwargs``), and nothing
+from the ``hspnet`` package.
+
+Validation: every field is checked for its type and range, when the config is built (also by ``from_dict`` /
+``from_pretrained``, i.e. when a saved ``config.json`` is loaded) AND when a field is assigned later
+(``config.logit_scale = float("nan")`` raises). A bad value raises a ``ValueError`` whose message starts with
+``HSPNetConfig:`` and names the field and the value; when loading from a file, the message ends with the file.
+(huggingface_hub's ``@strict`` type checks do not run here: the annotations are strings, ``from __future__ import
+annotations``; its ``StrictDataclass*Error`` are not ``ValueError`` anyway.)
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, PreTrainedConfig
 
+from .losses import _check_bool, _check_int, _check_real, check_loss_spec
+
 
 VISION_BACKBONES = ("clip_vit", "clip_resnet")
+CONFIG_FILE_NAME = "config.json"
+
+
+def _ints(name: str, value: Any, count: int | None, message: str) -> list[int]:
+    """A list of `count` positive ints (numpy / torch sequences accepted), else `ValueError(message)`."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or (count is not None and len(value) != count):
+        raise ValueError(f"HSPNetConfig: {name} must be {message}, got {value!r}")
+    try:
+        return [_check_int(name, v, 1) for v in value]
+    except ValueError:
+        raise ValueError(f"HSPNetConfig: {name} must be {message}, got {value!r}") from None
+
+
+def _field_rules() -> dict:
+    """Field -> check(value) returning the (normalised) value or raising `ValueError` naming the field. Each rule
+    looks at its own field only (cross-field checks are in `__post_init__`), so a field can be checked on
+    assignment. `None` is accepted where `__post_init__` fills a default."""
+
+    def optional(rule):
+        return lambda value: None if value is None else rule(value)
+
+    def real(name, *args, **kwargs):
+        return lambda value: _check_real(name, value, *args, **kwargs)
+
+    def integer(name, low):
+        return lambda value: _check_int(name, value, low)
+
+    def text(name):
+        def rule(value):
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {value!r} ({type(value).__name__})")
+            return value
+
+        return rule
+
+    def string_list(name):
+        def rule(value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name} must be a list of strings, got {value!r}")
+            return list(value)
+
+        return rule
+
+    def index_list(value):
+        # the entries are checked (with the label names in the message) by check_hierarchy
+        if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"label_to_group must be a list of group indices, got {value!r}")
+        out = []
+        for v in value:
+            try:
+                out.append(v if isinstance(v, bool) else int(_check_int("label_to_group", v)))
+            except ValueError:
+                out.append(v)
+        return out
+
+    def template(value):
+        text("group_prompt_template")(value)
+        if "{}" not in value:
+            raise ValueError(f"group_prompt_template {value!r} has no '{{}}' for the group name.")
+        try:
+            value.format("group")
+        except (IndexError, KeyError, ValueError):
+            raise ValueError(
+                f"group_prompt_template {value!r} must contain exactly one '{{}}' (for the group name) and no other "
+                "braces; write a literal brace as '{{' or '}}'."
+            ) from None
+        return value
+
+    def backbone(value):
+        if value not in VISION_BACKBONES:
+            raise ValueError(f"vision_backbone must be one of {list(VISION_BACKBONES)}, got {value!r}.")
+        return value
+
+    def loss_name(value):
+        text("loss")(value)
+        try:
+            check_loss_spec(value, {})
+        except ValueError as error:
+            raise ValueError(f"loss: {error}") from None
+        return value
+
+    def loss_kwargs(value):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"loss_kwargs must be a dict with string keys, got {value!r}")
+        return value
+
+    def wrap(name, rule):
+        def checked(value):
+            try:
+                return rule(value)
+            except ValueError as error:
+                message = str(error)
+                raise ValueError(message if message.startswith("HSPNetConfig:") else f"HSPNetConfig: {message}") from None
+
+        return checked
+
+    rules = {
+        "vision_backbone": backbone,
+        "resnet_layers": optional(lambda v: _ints("resnet_layers", v, 4, "four positive block counts")),
+        "resnet_width": integer("resnet_width", 1),
+        "resnet_heads": optional(integer("resnet_heads", 1)),
+        "resnet_image_size": integer("resnet_image_size", 1),
+        "group_names": optional(string_list("group_names")),
+        "label_to_group": optional(index_list),
+        "group_prompt_template": template,
+        "n_ctx": integer("n_ctx", 1),
+        "ctx_init": text("ctx_init"),
+        "gcn_hidden_dims": optional(lambda v: _ints("gcn_hidden_dims", v, 2, "two positive sizes")),
+        "gcn_negative_slope": real("gcn_negative_slope", 0.0),
+        "gcn_gamma_init": real("gcn_gamma_init"),
+        "relation_keep_ratio": real("relation_keep_ratio", 0.0, 1.0, low_open=True),
+        "relation_reweight_p": real("relation_reweight_p", 0.0, 1.0),
+        "logit_scale": real("logit_scale", 0.0, low_open=True),
+        "freeze_text_encoder": lambda v: _check_bool("freeze_text_encoder", v),
+        "loss": loss_name,
+        "loss_kwargs": optional(loss_kwargs),
+    }
+    return {name: wrap(name, rule) for name, rule in rules.items()}
+
+
+_FIELD_RULES = _field_rules()
+
+
+def _where(pretrained_model_name_or_path: Any, subfolder: str = "") -> str:
+    """The config file that `from_pretrained(pretrained_model_name_or_path)` reads, for error messages."""
+    path = os.fspath(pretrained_model_name_or_path)
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        return os.path.join(path, subfolder or "", CONFIG_FILE_NAME)
+    return f"{CONFIG_FILE_NAME} of {path!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+
+
+def _located(error: ValueError, where: str) -> ValueError:
+    """The same validation error with `(in <where>)` appended (replacing a less precise location)."""
+    bare = getattr(error, "hspnet_message", None) or str(error)
+    located = ValueError(f"{bare} (in {where})")
+    located.hspnet_message = bare
+    return located
 
 
 @strict
@@ -112,7 +266,48 @@ class HSPNetConfig(PreTrainedConfig):
     loss: str = "splc"
     loss_kwargs: dict[str, Any] | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        rule = _FIELD_RULES.get(name)
+        if rule is not None:
+            value = rule(value)
+        super().__setattr__(name, value)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        except ValueError as error:
+            if not str(error).startswith("HSPNetConfig:"):
+                raise
+            source = kwargs.get("name_or_path")  # AutoConfig / AutoModel pass it
+            where = _where(source) if source else "the config dict given to HSPNetConfig.from_dict"
+            raise _located(error, where) from None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except ValueError as error:
+            if not str(error).startswith("HSPNetConfig:"):
+                raise
+            raise _located(error, _where(pretrained_model_name_or_path, kwargs.get("subfolder", ""))) from None
+
+    @classmethod
+    def from_json_file(cls, json_file):
+        try:
+            return super().from_json_file(json_file)
+        except ValueError as error:
+            if not str(error).startswith("HSPNetConfig:"):
+                raise
+            raise _located(error, os.fspath(json_file)) from None
+
     def __post_init__(self, **kwargs):
+        for given in (kwargs.get("problem_type"), self.__dict__.get("problem_type")):
+            if given not in (None, "multi_label_classification"):
+                raise ValueError(
+                    "HSPNetConfig: problem_type must be 'multi_label_classification' (HSPNet scores every label with "
+                    f"its own sigmoid, and the pipeline applies a sigmoid only then), got {given!r}."
+                )
         if kwargs.get("problem_type") is None:
             kwargs["problem_type"] = "multi_label_classification"
         super().__post_init__(**kwargs)
@@ -129,9 +324,11 @@ class HSPNetConfig(PreTrainedConfig):
         if self.resnet_layers is None:
             self.resnet_layers = [3, 4, 6, 3]
         if self.resnet_heads is None:
-            self.resnet_heads = 32 * self.resnet_width // 64
+            self.resnet_heads = max(1, 32 * self.resnet_width // 64)
+        self.check_fields()
         self.check_backbone()
         self.check_hierarchy()
+        self.check_loss()
 
     @property
     def projection_dim(self) -> int:
@@ -158,6 +355,27 @@ class HSPNetConfig(PreTrainedConfig):
     @property
     def label_names(self) -> list[str]:
         return [self.id2label[i] for i in range(self.num_labels)]
+
+    def check_fields(self) -> None:
+        """Check (again) every field on its own: type, finiteness, range. Assignment checks each field already; this
+        also covers values that bypassed `__setattr__`. Raises a `ValueError` naming the field and the value."""
+        for name, rule in _FIELD_RULES.items():
+            value = self.__dict__.get(name)
+            if name in self.__dict__:
+                object.__setattr__(self, name, rule(value))
+        if self.problem_type not in (None, "multi_label_classification"):
+            raise ValueError(
+                f"HSPNetConfig: problem_type must be 'multi_label_classification', got {self.problem_type!r}."
+            )
+
+    def check_loss(self) -> None:
+        """Check `loss` and `loss_kwargs` together (names, types, ranges: the loss constructor's checks, with
+        `expected_num_pos <= num_labels`) without building the loss."""
+        num_labels = None if self._has_default_labels() else self.num_labels
+        try:
+            check_loss_spec(self.loss, self.loss_kwargs or {}, num_labels)
+        except ValueError as error:
+            raise ValueError(f"HSPNetConfig: loss {self.loss!r} with loss_kwargs {self.loss_kwargs!r}: {error}") from None
 
     def check_hierarchy(self) -> None:
         """Raise a `ValueError` naming the problem if the labels and groups are not a valid hierarchy.
@@ -207,16 +425,7 @@ class HSPNetConfig(PreTrainedConfig):
                 f"HSPNetConfig: ctx_init {self.ctx_init!r} has {len(self.ctx_init.split())} words but n_ctx is "
                 f"{self.n_ctx}; give one placeholder word per context vector."
             )
-        if "{}" not in self.group_prompt_template:
-            raise ValueError(
-                f"HSPNetConfig: group_prompt_template {self.group_prompt_template!r} has no '{{}}' for the group name."
-            )
-        if not 0.0 < self.relation_keep_ratio <= 1.0:
-            raise ValueError(f"HSPNetConfig: relation_keep_ratio must be in (0, 1], got {self.relation_keep_ratio}.")
-        if not 0.0 <= self.relation_reweight_p <= 1.0:
-            raise ValueError(f"HSPNetConfig: relation_reweight_p must be in [0, 1], got {self.relation_reweight_p}.")
-        if len(self.gcn_hidden_dims) != 2 or any(int(d) <= 0 for d in self.gcn_hidden_dims):
-            raise ValueError(f"HSPNetConfig: gcn_hidden_dims must be two positive sizes, got {self.gcn_hidden_dims}.")
+        # group_prompt_template, relation_keep_ratio, relation_reweight_p, gcn_hidden_dims: see check_fields
 
     def check_backbone(self) -> None:
         """Raise a `ValueError` if the image-tower fields are inconsistent."""
