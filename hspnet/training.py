@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -35,8 +36,6 @@ PROTOCOLS = ("heldout", "authors")
 # HSPNetModel buffers fixed at construction (prompts, relation): never averaged by the EMA
 CONSTANT_BUFFERS = ("relation", "group_prompt_embeds", "label_prompt_embeds", "group_eos_positions",
                     "label_eos_positions", "label_to_group")
-MODEL_FILES = ("config.json", "model.safetensors", "configuration_hspnet.py", "modeling_hspnet.py", "losses.py",
-               "preprocessor_config.json", "README.md")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -197,9 +196,10 @@ def _field_docs() -> dict[str, str]:
     return docs
 
 
-def build_argument_parser() -> argparse.ArgumentParser:
+def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one `--flag` per `TrainingConfig` field plus `--config FILE.yaml`."""
     parser = argparse.ArgumentParser(
+        prog=prog,
         description="Train HSPNet with accelerate (single or multi process). Options come from --config YAML, "
         "then command-line flags override them.",
     )
@@ -216,31 +216,74 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def load_config(argv: list[str] | None = None) -> TrainingConfig:
     """Defaults < YAML file (`--config`) < command-line flags. Unknown YAML keys and values of the wrong type are
     errors naming the file and the key (YAML reads `1e-4` as a string: it is converted like a flag value)."""
-    args = build_argument_parser().parse_args(argv)
+    return config_from_arguments(build_argument_parser().parse_args(argv))
+
+
+def config_from_arguments(args: argparse.Namespace) -> TrainingConfig:
+    """The `TrainingConfig` of parsed command-line arguments (`--config` YAML first, then the flags given)."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        import yaml
-
-        path = args.config
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path!r} does not exist")
-        with open(path) as handle:
-            try:
-                loaded = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as error:
-                raise ValueError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of option: value, got {type(loaded).__name__}")
-        unknown = sorted(set(loaded) - set(TrainingConfig.field_names()))
-        if unknown:
-            raise ValueError(f"{path}: unknown option(s) {unknown}; valid options: {TrainingConfig.field_names()}")
-        types = {f.name: f.type for f in dataclasses.fields(TrainingConfig)}
-        for key, value in loaded.items():
-            values[key] = _coerce(value, types[key], f"{path}: {key}")
-    values.update({k: v for k, v in vars(args).items() if k != "config"})
+        values.update(read_yaml_options(args.config))
+    names = set(TrainingConfig.field_names())
+    values.update({k: v for k, v in vars(args).items() if k in names})
     config = TrainingConfig(**values)
     config.validate()
     return config
+
+
+def read_yaml_options(path: str) -> dict[str, Any]:
+    """The options of a YAML config file, typed like the flags. Errors name the file, the line and the key:
+    malformed YAML, a key given twice (PyYAML would silently keep the last one), unknown keys, wrong types."""
+    import yaml
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} is not a file")
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ValueError(f"{path}, line {line}: option {key!r} is given twice (first on line {seen[key]})")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        loaded = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        context = getattr(error, "context", None)
+        detail = f"{problem} ({' '.join(str(context).split())})" if context else problem
+        raise ValueError(f"{path}{where}: not valid YAML: {detail}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value, got {type(loaded).__name__}")
+    names = TrainingConfig.field_names()
+    unknown = sorted(str(key) for key in loaded if key not in names)
+    if unknown:
+        import difflib
+
+        hints = [f"{key!r} -> {close[0]!r}" for key in unknown if (close := difflib.get_close_matches(key, names, 1))]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise ValueError(f"{path}: unknown option(s) {unknown}{hint}; valid options: {names}")
+    types = {f.name: f.type for f in dataclasses.fields(TrainingConfig)}
+    return {key: _coerce(value, types[key], f"{path}: {key}") for key, value in loaded.items()}
 
 
 def _coerce(value: Any, field_type: Any, where: str) -> Any:
@@ -348,8 +391,12 @@ def select_source(scores: dict[str, dict]) -> str:
 
 @dataclass
 class TrainingState:
-    """Progress that must survive a restart (checkpointed with accelerate's `register_for_checkpointing`)."""
+    """Progress that must survive a restart (checkpointed with accelerate's `register_for_checkpointing`).
 
+    `run_id` names the run (kept across resumes; the best model's marker file carries it), `test_before_training`
+    keeps the metrics of the untrained model so that a resumed run reports them too."""
+
+    run_id: str = ""
     global_step: int = 0
     epoch: int = 0
     best_metric: float = -1.0
@@ -358,6 +405,7 @@ class TrainingState:
     best_metrics: dict = field(default_factory=dict)
     evaluations_without_improvement: int = 0
     history: list = field(default_factory=list)
+    test_before_training: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -400,8 +448,13 @@ def add_index_column(dataset):
 
 def make_transform(image_processor, num_labels: int, permutation: list[int] | None = None):
     """A `datasets` `with_transform` function: images -> `pixel_values`, label lists (`labels`, `observed_labels`)
-    -> multi-hot targets, in the model's label order when `permutation[dataset_index] = model_index` is given."""
+    -> multi-hot targets, in the model's label order when `permutation[dataset_index] = model_index` is given.
+
+    Images go through :func:`hspnet.images.to_rgb` as in prediction: EXIF orientation applied (a no-op when `datasets`
+    already applied it), 16-bit / 32-bit / float images scaled to 8 bits (`convert("RGB")` alone would clip them to
+    white or black), then RGB."""
     from hspnet.data import to_multi_hot
+    from hspnet.images import to_rgb
 
     def multi_hot(rows) -> torch.Tensor:
         if permutation is not None:
@@ -409,7 +462,7 @@ def make_transform(image_processor, num_labels: int, permutation: list[int] | No
         return torch.from_numpy(to_multi_hot(rows, num_labels))
 
     def transform(batch: dict) -> dict:
-        images = [image.convert("RGB") for image in batch["image"]]
+        images = [to_rgb(image) for image in batch["image"]]
         out = {"pixel_values": image_processor(images=images, return_tensors="pt")["pixel_values"]}
         out["labels"] = multi_hot(batch["labels"])
         if "observed_labels" in batch:
@@ -549,8 +602,338 @@ classifier("image.jpg", top_k={config.num_labels})  # a sigmoid score for every 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The loop
+# Errors, the output-folder lock, atomic outputs
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+class TrainingDivergedError(ValueError):
+    """The loss or its gradients became NaN or infinite; training stopped before applying that step."""
+
+
+class OutputDirInUseError(OSError):
+    """Another training run holds the lock on the output folder."""
+
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint was written by a run whose settings differ in something that changes the result."""
+
+
+LOCK_NAME = ".hspnet-train.lock"
+"""Lock file inside the output folder (and inside the staging folder of an `--overwrite_output_dir` run)."""
+SETTINGS_NAME = "training_settings.json"
+"""The run's settings, written into every checkpoint folder and compared on resume."""
+BEST_MARKER_NAME = ".hspnet-best.json"
+"""Which run, epoch and step the best model in the folder comes from (checked on resume)."""
+STAGING_SUFFIX = ".partial"
+"""`--overwrite_output_dir` trains into `<output_dir>.partial` and swaps it in only when the run is complete."""
+REPLACED_SUFFIX = ".replaced"
+RUN_ARTIFACTS = ("all_results.json", "train.log", "runs", "checkpoints", LOCK_NAME, BEST_MARKER_NAME)
+"""What a training run writes beside the model files (never uploaded to the Hub)."""
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".py", ".md", ".txt", ".bin", ".model")
+SECRET_OPTIONS = ("hub_token",)
+RESUME_SAFE_OPTIONS = (
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint",          # where and how it writes
+    "with_tracking", "report_to", "logging_steps",                          # logging
+    "checkpointing_steps", "checkpoints_total_limit", "evaluate_before_training",  # what is saved / reported
+    "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "license",  # upload
+    "num_workers",       # data loading processes: the order comes from the seeded sampler, the transform is fixed
+    "dataset_root", "cache_dir",  # where the data lies: its content is compared instead (labels, images, positives)
+    "trust_remote_code",
+    "mixed_precision", "cpu",  # compared as what the run actually uses (precision: refused; device: a warning)
+)
+"""Options that may differ on `--resume_from_checkpoint`: they cannot change the trained weights or the selection.
+Every other option (model, data, recipe, loss, seed, batch sizes, epochs, patience...) must be the same, and so must
+the number of processes and the mixed precision in use, and the dataset's content."""
+DATASET_OPTIONS = ("dataset", "dataset_options", "protocol", "max_train_samples", "max_eval_samples")
+
+
+def _one_line(error: BaseException | str) -> str:
+    from hspnet.cli_types import one_line
+
+    return one_line(error)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from hspnet.cli_types import user_error_types
+
+    return user_error_types()
+
+
+def _make_folder(path: str, what: str) -> None:
+    """Create `path` (and its parents); errors name the folder and the reason."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what} {path!r} exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"{what} {path!r}: cannot create this folder ({error.strerror or _one_line(error)})") from None
+
+
+class _writing:
+    """Context manager: a failure while writing `path` becomes one `OSError` naming it (PyTorch reports a full disk
+    as a `RuntimeError` such as "unexpected pos", safetensors as `SafetensorError`, Python's `OSError` often
+    without the file name)."""
+
+    def __init__(self, path: str, what: str = ""):
+        self.path, self.what = path, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or not isinstance(error, Exception) or isinstance(error, (OutputDirInUseError,)):
+            return False
+        if isinstance(error, OSError) and getattr(error, "_hspnet_named", False):
+            return False
+        if isinstance(error, OSError) or type(error).__name__ in ("SafetensorError",) or isinstance(error, RuntimeError):
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else _one_line(error)
+            what = f"{self.what} " if self.what else ""
+            named = OSError(f"cannot write {what}{self.path}: {reason} (is the disk full or the folder not writable?)")
+            named.errno = getattr(error, "errno", None)
+            named._hspnet_named = True
+            raise named from error
+        return False
+
+
+def _atomic_json(path: str, value: Any) -> None:
+    from hspnet.files import write_json
+
+    with _writing(path):
+        write_json(path, value)
+
+
+def _atomic_text(path: str, text: str) -> None:
+    from hspnet.files import write_text
+
+    with _writing(path):
+        write_text(path, text)
+
+
+class OutputDirLock:
+    """An exclusive lock on an output folder: `fcntl.flock` on `<folder>/.hspnet-train.lock`, which records the
+    holder's PID, host and start time. The kernel releases a `flock` when its process ends, however it ends, so a
+    run killed with SIGKILL leaves no stale lock (the file stays, the lock does not). A second `acquire` (from any
+    process) fails at once with :class:`OutputDirInUseError` naming the folder and the holder. `release` removes the
+    file. On systems without `fcntl` it does nothing but warn."""
+
+    def __init__(self, folder: str):
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, LOCK_NAME)
+        self._handle = None
+
+    def acquire(self) -> "OutputDirLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            logger.warning("no fcntl on this system: %s is not locked against a second run", self.folder)
+            return self
+        import socket
+
+        _make_folder(self.folder, "output_dir")
+        while True:
+            try:
+                handle = open(self.path, "a+", encoding="utf-8")  # never truncate a file someone else may hold
+            except OSError as error:
+                raise OSError(f"output_dir {self.folder!r}: cannot create the lock file {LOCK_NAME} "
+                              f"({error.strerror or _one_line(error)})") from None
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = self.describe_holder(handle.read())
+                handle.close()
+                raise OutputDirInUseError(
+                    f"output_dir {self.folder!r} is in use by another training run ({holder}; lock file "
+                    f"{self.path}): wait until it ends, or choose another --output_dir"
+                ) from None
+            except OSError as error:
+                handle.close()
+                raise OSError(f"output_dir {self.folder!r}: cannot lock {self.path} "
+                              f"({error.strerror or _one_line(error)})") from None
+            try:  # the previous holder may have removed the file between our open and our lock: lock the new one
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    @staticmethod
+    def describe_holder(text: str) -> str:
+        try:
+            holder = json.loads(text)
+            return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+        except (ValueError, KeyError, TypeError):
+            return "a process that has not written its details yet"
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def moved_to(self, folder: str) -> None:
+        """The locked folder was renamed to `folder` (the lock file moved with it)."""
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, LOCK_NAME)
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path)):
+                os.unlink(self.path)
+        except OSError:
+            pass
+        handle.close()
+
+
+def _holds_a_run(folder: str) -> bool:
+    return os.path.isdir(folder) and any(
+        os.path.exists(os.path.join(folder, name))
+        for name in ("config.json", "model.safetensors", "checkpoints", "all_results.json")
+    )
+
+
+def foreign_entries(folder: str) -> list[str]:
+    """Entries of an output folder that a training run does not write (model files, `all_results.json`,
+    `train.log`, `runs/`, `checkpoints/`, `eval_*` reports of scripts/evaluate.py, hidden temporary files):
+    `--overwrite_output_dir` refuses to replace a folder holding any, since they would be lost."""
+    foreign = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name in RUN_ARTIFACTS or name.startswith(".") or name.startswith("eval_"):
+            continue
+        if os.path.isdir(path) or not name.endswith(MODEL_FILE_SUFFIXES):
+            foreign.append(name + ("/" if os.path.isdir(path) else ""))
+    return foreign
+
+
+def _remove_leftovers(folder: str) -> None:
+    """Temporary files of a run that was killed (we hold the lock: nobody else is writing them)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(".best-") or (name.startswith(".") and name.endswith(".tmp")):
+            path = os.path.join(folder, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+    root = os.path.join(folder, "checkpoints")
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            if name.endswith(".partial"):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+@dataclass
+class RunFolders:
+    """`output_dir`, and `working`: where this run writes (`output_dir`, or `<output_dir>.partial` for an
+    `--overwrite_output_dir` run over an earlier one, swapped in when the run is complete)."""
+
+    output_dir: str
+    working: str
+
+    @property
+    def staging(self) -> bool:
+        return self.working != self.output_dir
+
+
+def plan_folders(config: TrainingConfig) -> RunFolders:
+    """Where the run writes. A fresh run into a folder holding an earlier run needs `--overwrite_output_dir`; that
+    folder is then only replaced once the new run is complete (the new run works in `<output_dir>.partial`). A
+    resume continues in place, or in `<output_dir>.partial` when resuming an interrupted overwrite run."""
+    output_dir = os.path.normpath(config.output_dir)
+    staging = output_dir + STAGING_SUFFIX
+    if config.resume_from_checkpoint:
+        resume = config.resume_from_checkpoint
+        if (config.overwrite_output_dir and _checkpoint_dirs(staging)
+                and (resume == "latest" or _inside(resume, staging))):
+            return RunFolders(output_dir, staging)
+        return RunFolders(output_dir, output_dir)
+    if _holds_a_run(output_dir):
+        if not config.overwrite_output_dir:
+            raise FileExistsError(
+                f"output_dir {config.output_dir!r} already holds a model or checkpoints; pass "
+                "--resume_from_checkpoint latest to continue, --overwrite_output_dir true to replace it, or another "
+                "--output_dir."
+            )
+        foreign = foreign_entries(output_dir)
+        if foreign:
+            raise FileExistsError(
+                f"--overwrite_output_dir: {config.output_dir!r} holds files that no training run wrote "
+                f"({', '.join(foreign[:8])}{', ...' if len(foreign) > 8 else ''}); they would be lost when it is "
+                "replaced. Move them away or choose another --output_dir."
+            )
+        return RunFolders(output_dir, staging)
+    return RunFolders(output_dir, output_dir)
+
+
+def _swap_in(folders: RunFolders, locks: list[OutputDirLock]) -> None:
+    """Replace `output_dir` by the complete staging folder: rename the old one aside, rename the new one in, delete
+    the old one. If the second rename fails, the old folder is put back and the error says where the new run is."""
+    old = folders.output_dir + REPLACED_SUFFIX
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    try:
+        os.rename(folders.output_dir, old)
+    except OSError as error:
+        raise OSError(f"could not move the previous run in {folders.output_dir} aside to {old} "
+                      f"({error.strerror or _one_line(error)}); {folders.output_dir} is unchanged and the complete "
+                      f"new run is in {folders.working}") from None
+    try:
+        os.rename(folders.working, folders.output_dir)
+    except OSError as error:
+        os.rename(old, folders.output_dir)
+        raise OSError(f"could not move the new run from {folders.working} to {folders.output_dir} "
+                      f"({error.strerror or _one_line(error)}); {folders.output_dir} is unchanged and the complete "
+                      f"new run is in {folders.working}") from None
+    for lock in locks:
+        if lock.folder == folders.working:
+            lock.moved_to(folders.output_dir)
+        elif lock.folder == folders.output_dir:
+            lock.moved_to(old)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_files(model, folder: str, save_function=None) -> list[str]:
+    """`model.save_pretrained` into a temporary folder inside `folder`, then each file renamed into `folder`: a
+    model file is always whole (a run killed while saving leaves the previous file). Returns the file names."""
+    import tempfile
+
+    temporary = tempfile.mkdtemp(prefix=".best-", dir=folder)
+    try:
+        with _writing(folder, "the model to"):
+            model.save_pretrained(temporary, **({"save_function": save_function} if save_function else {}))
+        names = sorted(os.listdir(temporary), key=lambda name: (name.endswith(".safetensors"), name))
+        for name in names:
+            with _writing(os.path.join(folder, name)):
+                os.replace(os.path.join(temporary, name), os.path.join(folder, name))
+        return names
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+class _RaisingFileHandler(logging.FileHandler):
+    """A log file whose write errors stop the run with one line (logging would print a traceback and go on)."""
+
+    def handleError(self, record):  # noqa: N802 - logging's name
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise OSError(f"cannot write the log file {self.baseFilename}: {error.strerror or _one_line(error)} "
+                          "(is the disk full or the folder not writable?)") from error
+        super().handleError(record)
 
 
 def _setup_logging(accelerator, output_dir: str) -> None:
@@ -559,14 +942,16 @@ def _setup_logging(accelerator, output_dir: str) -> None:
 
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
-    logger.handlers.clear()
+    _close_log_handlers()
     logger.propagate = False
     console = logging.StreamHandler()
     console.setFormatter(fmt)
     logger.addHandler(console)
     if accelerator.is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(output_dir, "train.log"))
+        _make_folder(output_dir, "output_dir")
+        path = os.path.join(output_dir, "train.log")
+        with _writing(path, "the log file"):
+            handler = _RaisingFileHandler(path)
         handler.setFormatter(fmt)
         logger.addHandler(handler)
         transformers.utils.logging.set_verbosity_warning()
@@ -574,6 +959,66 @@ def _setup_logging(accelerator, output_dir: str) -> None:
     else:
         transformers.utils.logging.set_verbosity_error()
         datasets.utils.logging.set_verbosity_error()
+
+
+def _close_log_handlers() -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Several processes: a failure on one of them stops all of them
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _share_failure(accelerator, error: BaseException | None) -> None:
+    """Raise on every process if `error` happened on any of them (one collective call; nothing with one process).
+    The failing process re-raises its own error; the others raise one naming it, so that no process waits forever
+    for one that has stopped."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        report = None
+        if error is not None:
+            report = (accelerator.process_index, isinstance(error, _user_errors()), _one_line(error))
+        reports = gather_object([report])
+        if error is None:
+            failed = next((r for r in reports if r is not None), None)
+            if failed is not None:
+                kind = ValueError if failed[1] else RuntimeError
+                raise kind(f"process {failed[0]} stopped: {failed[2]}")
+    if error is not None:
+        raise error
+
+
+def _on_main(accelerator, action):
+    """`action()` on the main process only; if it fails, every process raises."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = action()
+        except Exception as caught:  # noqa: BLE001 - shared with the other processes, then re-raised
+            error = caught
+    _share_failure(accelerator, error)
+    return result
+
+
+def _on_all(accelerator, action):
+    """`action()` on every process; if it fails on any, every process raises."""
+    result, error = None, None
+    try:
+        result = action()
+    except Exception as caught:  # noqa: BLE001 - shared with the other processes, then re-raised
+        error = caught
+    _share_failure(accelerator, error)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints: settings, dataset fingerprint, integrity
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
@@ -602,6 +1047,219 @@ def resolve_checkpoint(output_dir: str, resume: str) -> str:
     return resume
 
 
+def _json_value(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_settings(config: TrainingConfig, accelerator=None, dataset: dict | None = None) -> dict:
+    """What a checkpoint records about its run (`training_settings.json`): every option except secrets (the Hub
+    token), the number of processes, the mixed precision and device in use, the dataset's fingerprint (see
+    :func:`dataset_fingerprint`) and the library versions."""
+    import accelerate
+    import transformers
+
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in SECRET_OPTIONS}
+    settings = {
+        "format": 1,
+        "options": _json_value(options),
+        "world_size": accelerator.num_processes if accelerator is not None else 1,
+        "mixed_precision": str(accelerator.mixed_precision) if accelerator is not None else "no",
+        "device": accelerator.device.type if accelerator is not None else "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "accelerate": accelerate.__version__},
+    }
+    if dataset is not None:
+        settings["dataset"] = dataset
+    return settings
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
+
+
+def settings_differences(saved: dict, current: dict) -> tuple[list[str], list[str], list[str]]:
+    """Compare the settings of a checkpoint with those of the run that resumes it. Returns `(dataset, other,
+    notes)`: differences of the data options, other differences that change the result (both refuse the resume),
+    and harmless differences worth a warning (device, library versions)."""
+    saved_options, current_options = saved.get("options", {}), _json_value(current.get("options", {}))
+    dataset, other, notes = [], [], []
+    missing = object()
+    for key in sorted(set(saved_options) | set(current_options)):
+        if key in RESUME_SAFE_OPTIONS:
+            continue
+        before, after = saved_options.get(key, missing), current_options.get(key, missing)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):  # name the entries that differ
+            pairs = [(f"{key}.{sub}", before.get(sub, missing), after.get(sub, missing))
+                     for sub in sorted(set(before) | set(after), key=str) if before.get(sub, missing) != after.get(sub, missing)]
+        else:
+            pairs = [(key, before, after)]
+        for name, old, new in pairs:
+            line = (f"{name} {'(not set)' if old is missing else _show(old)} -> "
+                    f"{'(not set)' if new is missing else _show(new)}")
+            (dataset if key in DATASET_OPTIONS else other).append(line)
+    for key, label in (("world_size", "number of processes"), ("mixed_precision", "mixed precision in use")):
+        if saved.get(key) != current.get(key):
+            other.append(f"{label} {_show(saved.get(key))} -> {_show(current.get(key))}")
+    if saved.get("device") != current.get("device"):
+        notes.append(f"device {saved.get('device')} -> {current.get('device')}")
+    for name, version in (current.get("versions") or {}).items():
+        before = (saved.get("versions") or {}).get(name)
+        if before != version:
+            notes.append(f"{name} {before} -> {version}")
+    return dataset, other, notes
+
+
+def dataset_fingerprint(hierarchy, splits: dict) -> dict:
+    """What identifies the data a run trains and selects on: the label names, the hierarchy and, for each split
+    used, its number of images and a hash of its image ids with their (observed) labels. Paths do not enter, so a
+    moved copy of the same data matches."""
+    import hashlib
+
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    fingerprint = {"labels": list(hierarchy.labels), "groups": list(hierarchy.groups),
+                   "label_to_group": [int(g) for g in hierarchy.label_to_group], "splits": {}}
+    for name, split in splits.items():
+        columns = split.column_names
+        parts = [list(split[column]) for column in ("image_id", "observed_labels", "labels") if column in columns]
+        fingerprint["splits"][name] = {"num_images": len(split), "content": digest(parts)}
+    return fingerprint
+
+
+def dataset_differences(saved: dict | None, current: dict) -> list[str]:
+    """Human-readable differences between two :func:`dataset_fingerprint` values."""
+    if not saved:
+        return []
+    found = []
+    if saved.get("labels") != current["labels"]:
+        found.append(f"labels: {_label_mismatch(saved.get('labels') or [], current['labels'], 'checkpoint')}")
+    elif saved.get("groups") != current["groups"] or saved.get("label_to_group") != current["label_to_group"]:
+        found.append("the label hierarchy (groups) differs")
+    for name in sorted(set(saved.get("splits", {})) | set(current["splits"])):
+        before, after = saved.get("splits", {}).get(name), current["splits"].get(name)
+        if before == after:
+            continue
+        if before is None or after is None:
+            found.append(f"split {name!r} {'not used' if before is None else 'used'} by the checkpoint's run")
+        elif before["num_images"] != after["num_images"]:
+            found.append(f"{name} split {before['num_images']} -> {after['num_images']} images")
+        else:
+            found.append(f"{name} split: same number of images ({after['num_images']}) but other images or labels")
+    return found
+
+
+def _label_mismatch(old: list[str], new: list[str], old_name: str = "model", new_name: str = "dataset") -> str:
+    """One line saying how two label lists differ (names missing on either side, or the first change of order)."""
+    only_old = [label for label in old if label not in set(new)]
+    only_new = [label for label in new if label not in set(old)]
+    if not only_old and not only_new and len(old) == len(new):
+        index = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+        return (f"the same {len(new)} labels in another order (label {index} is {old[index]!r} in the {old_name}, "
+                f"{new[index]!r} in the {new_name})")
+    parts = [f"{len(old)} labels in the {old_name}, {len(new)} in the {new_name}"]
+    if only_old:
+        parts.append(f"only in the {old_name}: {only_old[:5]}{' ...' if len(only_old) > 5 else ''}")
+    if only_new:
+        parts.append(f"only in the {new_name}: {only_new[:5]}{' ...' if len(only_new) > 5 else ''}")
+    return "; ".join(parts)
+
+
+def read_checkpoint_settings(checkpoint: str) -> dict:
+    path = os.path.join(checkpoint, SETTINGS_NAME)
+    if not os.path.isfile(path):
+        raise ResumeMismatchError(
+            f"checkpoint {checkpoint} has no {SETTINGS_NAME} (not written by this version of scripts/train.py, or "
+            "incomplete): its settings cannot be checked against this run's, so it is not resumed"
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            settings = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: truncated or corrupt ({_one_line(error)})") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("options"), dict):
+        raise ValueError(f"{path}: truncated or corrupt (no 'options' mapping)")
+    return settings
+
+
+def check_resume_settings(checkpoint: str, saved: dict, current: dict, dataset: dict | None = None) -> list[str]:
+    """Raise :class:`ResumeMismatchError` listing every difference that changes the result; return the notes."""
+    data, other, notes = settings_differences(saved, current)
+    if dataset is not None:
+        data += dataset_differences(saved.get("dataset"), dataset)
+    if not data and not other:
+        return notes
+    message = f"cannot resume from {checkpoint}: "
+    if data:
+        message += f"it was trained on another dataset ({'; '.join(data)})"
+        if other:
+            message += f", and with other settings that change the result ({'; '.join(other)})"
+    else:
+        message += f"its run used other settings that change the result ({'; '.join(other)})"
+    message += (". Resume with the run's own settings, or start a new run (another --output_dir, or "
+                "--overwrite_output_dir true). Only these options may change on resume: "
+                + ", ".join(o for o in RESUME_SAFE_OPTIONS if o not in ("mixed_precision", "cpu")))
+    raise ResumeMismatchError(message)
+
+
+def check_checkpoint_files(checkpoint: str, num_processes: int, num_objects: int) -> None:
+    """Every file `accelerator.load_state` reads must be present and whole: the model (safetensors header and
+    size), the optimizer, the registered objects and each process's random states (zip archives whose members pass
+    their CRC check). accelerate itself would ignore a broken random-state file and resume with other random
+    numbers; here the error names the file."""
+    import zipfile
+
+    names = (["model.safetensors", "optimizer.bin"] + [f"custom_checkpoint_{i}.pkl" for i in range(num_objects)]
+             + [f"random_states_{i}.pkl" for i in range(num_processes)])
+    for name in names:
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: missing from the checkpoint (incomplete or damaged); resume from "
+                                    "another checkpoint")
+        try:
+            if name.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(path, "pt") as handle:
+                    handle.keys()
+            else:
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise ValueError(f"member {bad} fails its CRC check")
+        except Exception as error:  # noqa: BLE001 - any failure to read means a damaged file
+            raise ValueError(f"{path}: truncated or corrupt checkpoint file ({_one_line(error)}); resume from "
+                             "another checkpoint") from None
+
+
+def _check_best_model(folder: str, state: TrainingState, checkpoint: str) -> None:
+    """On resume: if the checkpoint says a best model was saved, `folder` must hold it (from this run, at that
+    step or later: a run killed between saving the best model and its checkpoint re-derives the same model)."""
+    if state.best_epoch < 0:
+        return
+    marker_path = os.path.join(folder, BEST_MARKER_NAME)
+    try:
+        with open(marker_path, encoding="utf-8") as handle:
+            marker = json.load(handle)
+    except (OSError, ValueError):
+        marker = None
+    best_step = next((h["step"] for h in state.history if h.get("epoch") == state.best_epoch), None)
+    if (marker is None or not os.path.isfile(os.path.join(folder, "model.safetensors"))
+            or marker.get("run_id") != state.run_id or (best_step is not None and marker.get("step", -1) < best_step)):
+        raise ResumeMismatchError(
+            f"cannot resume from {checkpoint}: its run saved a best model (epoch {state.best_epoch}) that "
+            f"{folder} does not hold (missing, or from another run); resume with --output_dir set to the folder of "
+            "that run"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model and loss
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 def build_training_loss(config: TrainingConfig, num_labels: int, train_set):
     """The loss of this run, owned by the training loop (its state is run state, checkpointed with accelerate, never
     saved with the model). ROLE gets the number of training images and starts from the observed labels (their
@@ -620,8 +1278,20 @@ def build_training_loss(config: TrainingConfig, num_labels: int, train_set):
     return loss
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """A local path rather than a Hub id ("org/name"): absolute, relative with ./ or ../, ~, or more than one '/'."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+            or os.path.splitext(name)[1] in (".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _check_source(name: str, option: str) -> None:
+    if not os.path.exists(os.path.expanduser(name)) and _looks_like_a_path(name):
+        raise FileNotFoundError(f"--{option} {name!r}: no such file or folder")
+
+
 def build_model(config: TrainingConfig, hierarchy):
-    """A new HSPNet on `config.clip_model` (or the tiny random CLIP), or an existing HSPNet to fine-tune."""
+    """A new HSPNet on `config.clip_model` (or the tiny random CLIP), or an existing HSPNet to fine-tune. Errors
+    name the option and the path or Hub id (a missing folder, a Hub id not available offline, other labels)."""
     from transformers import AutoImageProcessor
 
     from hspnet import HSPNetForImageClassification
@@ -630,20 +1300,35 @@ def build_model(config: TrainingConfig, hierarchy):
     loss_options = dict(loss=config.loss,
                         loss_kwargs={k: v for k, v in (config.loss_kwargs or {}).items() if k != "num_train_images"})
     if config.model_name_or_path:
-        model = HSPNetForImageClassification.from_pretrained(config.model_name_or_path)
+        source = config.model_name_or_path
+        _check_source(source, "model_name_or_path")
+        try:
+            model = HSPNetForImageClassification.from_pretrained(os.path.expanduser(source),
+                                                                 trust_remote_code=config.trust_remote_code)
+        except (OSError, ValueError) as error:
+            kind = OSError if isinstance(error, OSError) else ValueError
+            raise kind(f"--model_name_or_path {source!r}: cannot load an HSPNet model ({_one_line(error)})") from None
         if model.config.label_names != list(hierarchy.labels):
             raise ValueError(
-                f"{config.model_name_or_path} was trained on other labels than the dataset "
-                f"({model.config.label_names[:5]}... vs {list(hierarchy.labels)[:5]}...)"
+                f"--model_name_or_path {source!r} was trained on other labels than the dataset "
+                f"{config.dataset!r}: {_label_mismatch(model.config.label_names, list(hierarchy.labels))}"
             )
+        if (list(model.config.group_names) != list(hierarchy.groups)
+                or list(model.config.label_to_group) != list(hierarchy.label_to_group)):
+            logger.warning("%s has another label hierarchy (groups) than the dataset; the model's own is kept",
+                           source)
         model.config.loss, model.config.loss_kwargs = loss_options["loss"], loss_options["loss_kwargs"]
         try:
-            model.image_processor = AutoImageProcessor.from_pretrained(config.model_name_or_path)
+            model.image_processor = AutoImageProcessor.from_pretrained(os.path.expanduser(source))
         except (OSError, ValueError):
             pass
         return model
+    relation = config.relation_file
+    if relation is not None and not os.path.isfile(os.path.expanduser(relation)):
+        raise FileNotFoundError(f"--relation_file {relation!r}: no such file")
     hierarchy_args = dict(labels=list(hierarchy.labels), groups=list(hierarchy.groups),
-                          label_to_group=list(hierarchy.label_to_group), relation=config.relation_file)
+                          label_to_group=list(hierarchy.label_to_group),
+                          relation=os.path.expanduser(relation) if relation else None)
     if config.clip_model == "tiny-random":
         from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_image_processor, tiny_clip_model
 
@@ -652,21 +1337,54 @@ def build_model(config: TrainingConfig, hierarchy):
             clip, tokenizer=byte_level_clip_tokenizer(), image_processor=tiny_clip_image_processor(),
             **hierarchy_args, **loss_options,
         )
-    return HSPNetForImageClassification.from_clip(config.clip_model, **hierarchy_args, **loss_options)
+    source = config.clip_model
+    _check_source(source, "clip_model")
+    try:
+        return HSPNetForImageClassification.from_clip(os.path.expanduser(source), **hierarchy_args, **loss_options)
+    except OSError as error:  # not a CLIP folder, a Hub id not available (offline?), an unreadable weight file
+        raise OSError(f"--clip_model {source!r}: cannot load this CLIP ({_one_line(error)})") from None
 
 
 def _scalar_config(config: TrainingConfig) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in
-            dataclasses.asdict(config).items() if k != "hub_token"}
+            dataclasses.asdict(config).items() if k not in SECRET_OPTIONS}
+
+
+def _diverged(kind: str, value: float | None, step: int, epoch: int, batch: int, steps_per_epoch: int,
+              process: int | None, state: TrainingState, folders: RunFolders, selection_split: str,
+              last_checkpoint: str | None) -> TrainingDivergedError:
+    what = (f"the loss is {value}" + (f" on process {process}" if process is not None else "")
+            if kind == "loss" else "the gradients are not finite (NaN or inf)")
+    if state.best_epoch >= 0:
+        kept = (f"the best model so far (epoch {state.best_epoch}, {selection_split} mAP {state.best_metric:.2f}) is "
+                f"kept in {folders.working}")
+    else:
+        kept = "no model was saved yet"
+    if folders.staging:
+        kept += f"; {folders.output_dir} is unchanged"
+    checkpoint = f"; last checkpoint: {last_checkpoint}" if last_checkpoint else ""
+    return TrainingDivergedError(
+        f"training diverged at global step {step} (epoch {epoch}, batch {batch} of {steps_per_epoch}): {what}; "
+        f"this step was not applied, {kept}{checkpoint}. Lower --lr / --gcn_lr (or use --mixed_precision no) and "
+        "start a new run."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def train(config: TrainingConfig) -> dict:
     """Train, select, save and (optionally) upload an HSPNet model. Returns the results written to
-    `output_dir/all_results.json`."""
+    `output_dir/all_results.json`.
+
+    Safety rules (see the README): the output folder is locked for the run (a second run on it fails at once); a
+    folder holding an earlier run is only replaced by `--overwrite_output_dir` once the new run is complete; every
+    output file appears whole; a resume must use the settings of the checkpoint's run; a NaN/inf loss stops the run
+    before that step is applied. Errors are `OSError` / `ValueError` with a one-line message."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from accelerate.utils import DataLoaderConfiguration
 
     config.validate()
     use_cpu = config.cpu or not torch.cuda.is_available()
@@ -677,23 +1395,50 @@ def train(config: TrainingConfig) -> dict:
         project_dir=config.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
-    # checked on every process, so that all of them stop (a main-process-only error would leave the others waiting)
-    existing = os.path.isdir(config.output_dir) and any(
-        os.path.exists(os.path.join(config.output_dir, f)) for f in ("config.json", "checkpoints")
-    )
-    if existing and not (config.overwrite_output_dir or config.resume_from_checkpoint):
-        raise FileExistsError(
-            f"output_dir {config.output_dir!r} already holds a model or checkpoints; pass "
-            "--resume_from_checkpoint latest to continue, --overwrite_output_dir true to replace it, or another "
-            "--output_dir."
-        )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and existing and config.overwrite_output_dir and not config.resume_from_checkpoint:
-        shutil.rmtree(os.path.join(config.output_dir, "checkpoints"), ignore_errors=True)
-    accelerator.wait_for_everyone()
-    _setup_logging(accelerator, config.output_dir)
+    locks: list[OutputDirLock] = []
+    try:
+        return _train(config, accelerator, locks)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+        _close_log_handlers()
+
+
+def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> dict:
+    import uuid
+
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    # 1. the output folder: locked by the main process only (the others learn the outcome), before anything else
+    _on_main(accelerator, lambda: locks.append(OutputDirLock(config.output_dir).acquire()))
+    folders = _on_all(accelerator, lambda: plan_folders(config))
+    working = folders.working
+
+    def prepare_working_folder():
+        if folders.staging and not config.resume_from_checkpoint and os.path.exists(working):
+            shutil.rmtree(working)  # an interrupted earlier overwrite run: this one starts again
+        if folders.staging:
+            locks.append(OutputDirLock(working).acquire())
+        _remove_leftovers(working)
+
+    _on_main(accelerator, prepare_working_folder)
+    accelerator.project_configuration.project_dir = working
+    accelerator.project_configuration.logging_dir = working
+    _on_all(accelerator, lambda: _setup_logging(accelerator, working))
     logger.info("processes: %d (distributed: %s), device: %s, mixed precision: %s", accelerator.num_processes,
                 accelerator.distributed_type, accelerator.device, accelerator.mixed_precision)
+    if folders.staging:
+        logger.info("writing into %s; %s is replaced by it only when this run is complete", working,
+                    folders.output_dir)
+
+    # 2. a resume must continue the checkpoint's run: same settings (checked before any work), same data (below)
+    checkpoint = saved_settings = None
+    if config.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(working, config.resume_from_checkpoint)
+        saved_settings = read_checkpoint_settings(checkpoint)
+        check_resume_settings(checkpoint, saved_settings, run_settings(config, accelerator))
     set_seed(config.seed)
 
     with accelerator.main_process_first():
@@ -704,20 +1449,25 @@ def train(config: TrainingConfig) -> dict:
         "" if config.protocol == "heldout" else ": the test set is used for model selection, as in the authors' code",
     )
     num_labels = len(hierarchy.labels)
+    train_set = add_index_column(datasets["train"])
+    if config.max_train_samples:
+        train_set = train_set.select(range(min(config.max_train_samples, len(train_set))))
+    eval_sets = {split: datasets[split] for split in dict.fromkeys([selection_split, "test"])}
+    if config.max_eval_samples:
+        eval_sets = {k: v.select(range(min(config.max_eval_samples, len(v)))) for k, v in eval_sets.items()}
+    fingerprint = dataset_fingerprint(hierarchy, {"train": train_set, **eval_sets})
+    settings = run_settings(config, accelerator, fingerprint)
+    if checkpoint:
+        for note in check_resume_settings(checkpoint, saved_settings, settings, fingerprint):
+            logger.warning("resuming %s with another %s: results may differ in the last digits", checkpoint, note)
 
     model = build_model(config, hierarchy)
     image_processor = model.image_processor
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    train_set = add_index_column(datasets["train"])
-    if config.max_train_samples:
-        train_set = train_set.select(range(min(config.max_train_samples, len(train_set))))
     loss_module = build_training_loss(config, num_labels, train_set)
     if any(True for _ in loss_module.parameters()) and accelerator.num_processes > 1:
         raise ValueError(f"loss {config.loss!r} keeps per-image state; train it with a single process.")
-    eval_sets = {split: datasets[split] for split in dict.fromkeys([selection_split, "test"])}
-    if config.max_eval_samples:
-        eval_sets = {k: v.select(range(min(config.max_eval_samples, len(v)))) for k, v in eval_sets.items()}
     transform = make_transform(image_processor, num_labels)
     eval_batch = config.eval_batch_size or config.batch_size
     train_loader = DataLoader(train_set.with_transform(transform), batch_size=config.batch_size, shuffle=True,
@@ -730,6 +1480,7 @@ def train(config: TrainingConfig) -> dict:
         groups.append({"params": list(loss_module.parameters()), "lr": config.lr * config.loss_lr_scale,
                        "weight_decay": 0.0, "name": "loss"})
     optimizer = torch.optim.Adam(groups, lr=config.lr)
+    trained_parameters = [p for group in groups for p in group["params"]]
     model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_loader,
                                                                    *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, prepared))
@@ -741,11 +1492,12 @@ def train(config: TrainingConfig) -> dict:
     if config.ema:
         constant = {name for name, _ in unwrapped.named_buffers() if name.rsplit(".", 1)[-1] in CONSTANT_BUFFERS}
         ema = ModelEMA(unwrapped, ema_decay(steps_per_epoch, config.ema_keep_per_epoch), constant=constant)
-    state = TrainingState()
-    for obj in (scheduler, state, loss_module) + ((ema,) if ema else ()):
+    state = TrainingState(run_id=uuid.uuid4().hex)
+    registered = (scheduler, state, loss_module) + ((ema,) if ema else ())
+    for obj in registered:
         accelerator.register_for_checkpointing(obj)
     if config.with_tracking:
-        accelerator.init_trackers("runs", config=_scalar_config(config))
+        _on_all(accelerator, lambda: accelerator.init_trackers("runs", config=_scalar_config(config)))
 
     total_steps = config.epochs * steps_per_epoch
     if config.max_train_steps:
@@ -756,36 +1508,56 @@ def train(config: TrainingConfig) -> dict:
 
     results: dict[str, Any] = {"selection_split": selection_split, "protocol": config.protocol,
                                "world_size": accelerator.num_processes}
-    resumed_from = None
-    if config.resume_from_checkpoint:
-        resumed_from = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
-        accelerator.load_state(resumed_from)
-        logger.info("resumed from %s at step %d (epoch %d)", resumed_from, state.global_step,
+    if checkpoint:
+        check_checkpoint_files(checkpoint, accelerator.num_processes, len(registered))
+        try:
+            accelerator.load_state(checkpoint)
+        except Exception as error:  # noqa: BLE001 - a checkpoint that passed the file checks but does not load
+            raise ValueError(f"checkpoint {checkpoint}: cannot be loaded ({_one_line(error)})") from None
+        _check_best_model(working, state, checkpoint)
+        logger.info("resumed from %s at step %d (epoch %d)", checkpoint, state.global_step,
                     state.global_step // steps_per_epoch)
+        if state.test_before_training:
+            results["test_before_training"] = state.test_before_training
     elif config.evaluate_before_training:
         before, _ = evaluate_model(model, eval_loaders["test"], accelerator, num_labels, "test (untrained)")
-        results["test_before_training"] = before
+        results["test_before_training"] = state.test_before_training = before
         logger.info("before training: test mAP %.2f", before["mAP"])
 
+    last_checkpoint = checkpoint
+
     def save_training_state(name: str) -> None:
-        # written under a temporary name and renamed when complete: a run killed while saving never leaves a
-        # half-written checkpoint that `--resume_from_checkpoint latest` would pick
-        folder = os.path.join(config.output_dir, "checkpoints", name)
-        accelerator.save_state(folder + ".partial")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        # written under a temporary name, with the run's settings, and renamed when complete: a run killed while
+        # saving never leaves a half-written checkpoint that `--resume_from_checkpoint latest` would pick
+        nonlocal last_checkpoint
+        folder = os.path.join(working, "checkpoints", name)
+
+        def save():
+            with _writing(folder + ".partial", "the checkpoint"):
+                accelerator.save_state(folder + ".partial")
+
+        _on_all(accelerator, save)
+
+        def publish():
+            _atomic_json(os.path.join(folder + ".partial", SETTINGS_NAME), settings)
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(folder + ".partial", folder)
             if config.checkpoints_total_limit:
-                for _, old in _checkpoint_dirs(config.output_dir)[: -config.checkpoints_total_limit]:
+                for _, old in _checkpoint_dirs(working)[: -config.checkpoints_total_limit]:
                     shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
-    def save_best(source_model) -> None:
-        if accelerator.is_main_process:
-            source_model.save_pretrained(config.output_dir, save_function=accelerator.save)
-        accelerator.wait_for_everyone()
+        _on_main(accelerator, publish)
+        last_checkpoint = folder
 
+    def save_best(source_model, epoch: int, source: str) -> None:
+        def save():
+            save_model_files(source_model, working, save_function=accelerator.save)
+            _atomic_json(os.path.join(working, BEST_MARKER_NAME),
+                         {"run_id": state.run_id, "epoch": epoch, "step": state.global_step, "source": source})
+
+        _on_main(accelerator, save)
+
+    check_gradients = accelerator.scaler is None  # fp16's scaler skips steps with inf gradients by design
     progress = tqdm(total=total_steps, initial=min(state.global_step, total_steps), desc="train",
                     disable=not accelerator.is_local_main_process)
     start = time.time()
@@ -803,7 +1575,20 @@ def train(config: TrainingConfig) -> dict:
         for batch in loader:
             logits = model(pixel_values=batch["pixel_values"]).logits
             loss = loss_module(logits, batch["observed_labels"], epoch=epoch, indices=batch["index"])
+            value = loss.detach().float().reshape(1)
+            values = (accelerator.gather(value) if accelerator.num_processes > 1 else value).tolist()
+            step = state.global_step + 1
+            where = dict(step=step, epoch=epoch, batch=step - epoch * steps_per_epoch,
+                         steps_per_epoch=steps_per_epoch, state=state, folders=folders,
+                         selection_split=selection_split, last_checkpoint=last_checkpoint)
+            bad = next(((rank, v) for rank, v in enumerate(values) if not math.isfinite(v)), None)
+            if bad is not None:
+                raise _diverged("loss", bad[1], process=bad[0] if len(values) > 1 else None, **where)
             accelerator.backward(loss)
+            if check_gradients:
+                grads = [p.grad for p in trained_parameters if p.grad is not None]
+                if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+                    raise _diverged("gradients", None, process=None, **where)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -811,7 +1596,7 @@ def train(config: TrainingConfig) -> dict:
                 ema.update(unwrapped)
             state.global_step += 1
             progress.update(1)
-            running += float(loss.detach())
+            running += values[accelerator.process_index if len(values) > 1 else 0]
             count += 1
             if state.global_step % config.logging_steps == 0:
                 lrs = scheduler.get_last_lr()
@@ -844,10 +1629,10 @@ def train(config: TrainingConfig) -> dict:
                               **{f"{s}_mAP": m["mAP"] for s, m in scores.items()}})
         improved = current > state.best_metric
         if improved:
+            save_best(unwrapped if source == "regular" else ema.module, epoch, source)
             state.best_metric, state.best_epoch, state.best_source = current, epoch, source
             state.best_metrics = scores[source]
             state.evaluations_without_improvement = 0
-            save_best(unwrapped if source == "regular" else ema.module)
         else:
             state.evaluations_without_improvement += 1
         logger.info(
@@ -863,7 +1648,7 @@ def train(config: TrainingConfig) -> dict:
     progress.close()
     accelerator.wait_for_everyone()
     results["train_seconds"] = round(time.time() - start, 2)
-    results["resumed_from"] = resumed_from
+    results["resumed_from"] = checkpoint
     results["best"] = {"epoch": state.best_epoch, "source": state.best_source,
                        f"{selection_split}_mAP": state.best_metric, f"{selection_split}_metrics": state.best_metrics}
     results["history"] = state.history
@@ -871,7 +1656,8 @@ def train(config: TrainingConfig) -> dict:
     # final report: the selected model on the test set
     from hspnet import HSPNetForImageClassification
 
-    best = HSPNetForImageClassification.from_pretrained(config.output_dir).to(accelerator.device)
+    best = _on_all(accelerator, lambda: HSPNetForImageClassification.from_pretrained(working))
+    best.to(accelerator.device)
     test_metrics, accumulator = evaluate_model(best, eval_loaders["test"], accelerator, num_labels, "test (best)")
     results["test"] = test_metrics
     if accumulator.num_samples:
@@ -889,20 +1675,22 @@ def train(config: TrainingConfig) -> dict:
         accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
         accelerator.end_training()
 
-    failure = None
-    if accelerator.is_main_process:
-        try:
-            _write_outputs(config, best, test_metrics, results, accelerator)
-        except Exception as error:  # noqa: BLE001 - re-raised after the other processes are released
-            failure = error
-    accelerator.wait_for_everyone()
-    if failure is not None:
-        raise failure
+    def finish():
+        _write_outputs(config, working, best, test_metrics, results, accelerator)
+        if folders.staging:
+            _swap_in(folders, locks)
+            logger.info("replaced %s by the new run", folders.output_dir)
+        if config.push_to_hub:
+            push_folder_to_hub(folders.output_dir, config.hub_model_id, token=config.hub_token,
+                               private=config.hub_private_repo)
+
+    _on_main(accelerator, finish)
     return results
 
 
-def _write_outputs(config: TrainingConfig, best, test_metrics: dict, results: dict, accelerator) -> None:
-    """Model card, all_results.json and the optional Hub upload (main process)."""
+def _write_outputs(config: TrainingConfig, folder: str, best, test_metrics: dict, results: dict,
+                   accelerator) -> None:
+    """Model card and all_results.json (main process), each written atomically."""
     recipe = {k: getattr(config, k) for k in ("clip_model", "dataset", "protocol", "epochs", "schedule_epochs",
                                                "batch_size", "lr", "gcn_lr", "weight_decay", "pct_start", "ema",
                                                "ema_keep_per_epoch", "loss", "loss_kwargs", "seed")}
@@ -911,13 +1699,17 @@ def _write_outputs(config: TrainingConfig, best, test_metrics: dict, results: di
     card = model_card(best.config, dataset=config.dataset, metrics=test_metrics, recipe=recipe,
                       repo_id=config.hub_model_id, base_model=None if config.model_name_or_path else config.clip_model,
                       license=config.license)
-    with open(os.path.join(config.output_dir, "README.md"), "w") as handle:
-        handle.write(card)
-    with open(os.path.join(config.output_dir, "all_results.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
-    if config.push_to_hub:
-        push_folder_to_hub(config.output_dir, config.hub_model_id, token=config.hub_token,
-                           private=config.hub_private_repo)
+    _atomic_text(os.path.join(folder, "README.md"), card)
+    _atomic_json(os.path.join(folder, "all_results.json"), results)
+
+
+def model_files(folder: str) -> list[str]:
+    """The files of a trained model folder that make up the model (what `save_pretrained` wrote: config, weights,
+    remote code, image processor; the model card): every top-level file except the run's own (`all_results.json`,
+    `train.log`, the lock, hidden files) and folders (`checkpoints/`, `runs/`, `eval_*`)."""
+    return sorted(name for name in os.listdir(folder)
+                  if os.path.isfile(os.path.join(folder, name)) and name not in RUN_ARTIFACTS
+                  and not name.startswith(".") and name.endswith(MODEL_FILE_SUFFIXES))
 
 
 def push_folder_to_hub(folder: str, repo_id: str | None, token: str | None = None, private: bool = False) -> str:
@@ -936,7 +1728,7 @@ def push_folder_to_hub(folder: str, repo_id: str | None, token: str | None = Non
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, exist_ok=True, private=private).repo_id
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(folder, name))
-                  for name in MODEL_FILES if os.path.isfile(os.path.join(folder, name))]
+                  for name in model_files(folder)]
     api.create_commit(repo_id=repo_id, operations=operations, commit_message="Upload HSPNet model trained with hspnet")
     logger.info("pushed %s to the Hub as %s", folder, repo_id)
     return repo_id

@@ -312,10 +312,11 @@ def test_output_dir_is_never_overwritten_silently(trained):
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     """Kill -9 during step 9, in the second epoch (6 steps per epoch; checkpoints at step 4, at the end of epoch 0 and
-    at step 8), resume from 'latest' (step 8, mid-epoch): the final weights equal those of an uninterrupted run."""
+    at step 8), resume from 'latest' (step 8, mid-epoch): the final weights equal those of an uninterrupted run, and
+    so does all_results.json (also the metrics before training, which the resumed run does not recompute)."""
     from safetensors.torch import load_file
 
-    common = dict(max_train_steps=10, epochs=3, checkpointing_steps="4", evaluate_before_training=False)
+    common = dict(max_train_steps=10, epochs=3, checkpointing_steps="4", evaluate_before_training=True)
     full = tiny_options(tmp_path, output_dir=str(tmp_path / "full"), **common)
     killed = tiny_options(tmp_path, output_dir=str(tmp_path / "killed"), **common)
     result = run_script([TRAIN] + as_argv(full))
@@ -355,6 +356,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     ja = json.loads((tmp_path / "full" / "all_results.json").read_text())
     jb = json.loads((tmp_path / "killed" / "all_results.json").read_text())
     assert ja["test"]["mAP"] == jb["test"]["mAP"]
+    assert jb["resumed_from"].endswith("step_8") and ja["resumed_from"] is None
+    for key in ("test_before_training", "test", "test_per_class_AP", "best", "history", "selection_split",
+                "protocol", "world_size"):
+        assert ja[key] == jb[key], key
+    assert set(ja) == set(jb)
     assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("epoch_1-step_10")
 
 
@@ -392,7 +398,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
         assert got[key] == pytest.approx(expected[key], abs=1e-4), key
 
 
-def test_push_to_hub_commits_exactly_the_model_files(trained, monkeypatch):
+def test_push_to_hub_commits_exactly_the_model_files(trained, monkeypatch, tmp_path):
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoUrl
 
@@ -412,8 +418,17 @@ def test_push_to_hub_commits_exactly_the_model_files(trained, monkeypatch):
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     push_folder_to_hub(str(out), "someone/hspnet-demo")
     assert calls["repo"] == "someone/hspnet-demo"
-    assert calls["files"] == ["README.md", "config.json", "configuration_hspnet.py", "losses.py", "model.safetensors",
-                              "modeling_hspnet.py", "preprocessor_config.json"]
+    # exactly what save_pretrained writes (config, weights, every remote-code file, image processor) plus the card:
+    # a remote-code file left out would break `trust_remote_code` loading from the Hub
+    from hspnet import HSPNetForImageClassification
+
+    saved = tmp_path / "saved"
+    HSPNetForImageClassification.from_pretrained(out).save_pretrained(saved)
+    expected = sorted([p.name for p in saved.iterdir()] + ["README.md"])
+    assert {"config.json", "model.safetensors", "modeling_hspnet.py", "configuration_hspnet.py",
+            "preprocessor_config.json"} <= set(expected)
+    assert calls["files"] == expected
+    assert not {"all_results.json", "train.log", ".hspnet-best.json"} & set(calls["files"])
     card = Path(calls["card"]).read_text() if not isinstance(calls["card"], bytes) else calls["card"].decode()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["pipeline_tag"] == "image-classification" and metadata["datasets"] == ["demo"]
