@@ -53,6 +53,7 @@ Conventions shared by every loss
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import operator
@@ -409,25 +410,16 @@ class MultiLabelLoss(nn.Module):
         return f"num_labels={self.num_labels}, reduction={self.reduction!r}"
 
 
-class _no_autocast:
-    """Disable autocast for the loss computation (a no-op where unsupported)."""
-
-    def __init__(self, device_type: str) -> None:
-        self._ctx = None
-        try:
-            available = getattr(torch.amp, "is_autocast_available", None)
-            if available is None or available(device_type):
-                self._ctx = torch.autocast(device_type=device_type, enabled=False)
-        except (RuntimeError, ValueError):  # pragma: no cover - exotic devices
-            self._ctx = None
-
-    def __enter__(self) -> None:
-        if self._ctx is not None:
-            self._ctx.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
+def _no_autocast(device_type: str) -> Any:
+    """Disable autocast for the loss computation (a no-op where unsupported). A plain ``torch.autocast`` /
+    ``nullcontext`` (not a custom context-manager class), so ``torch.compile`` traces it without a graph break."""
+    try:
+        available = getattr(torch.amp, "is_autocast_available", None)
+        if available is None or available(device_type):
+            return torch.autocast(device_type=device_type, enabled=False)
+    except (RuntimeError, ValueError):  # pragma: no cover - exotic devices
+        pass
+    return contextlib.nullcontext()
 
 
 def _expected_positive_regularizer(probs: torch.Tensor, k: float, num_labels: int) -> torch.Tensor:
