@@ -94,6 +94,7 @@ def test_folder_without_split_and_automatic_hierarchy(tmp_path, tiny_clip_dir):
     )
     data = load_image_folder(
         root,
+        label_separator="|",  # the strings use "|": chosen explicitly (the default is ";")
         clip_model=tiny_clip_dir,
         num_groups=2,
         cache_dir=tmp_path / "cache",
@@ -106,6 +107,7 @@ def test_folder_without_split_and_automatic_hierarchy(tmp_path, tiny_clip_dir):
     assert data["test"].num_rows == 2 and data["train"].num_rows == 5
     three = load_image_folder(
         root,
+        label_separator="|",
         clip_model=tiny_clip_dir,
         num_groups=3,
         cache_dir=tmp_path / "cache",
@@ -172,7 +174,9 @@ def test_hf_dataset_with_class_labels_and_strings(tmp_path):
         {"image": [str(root / f) for f, _, _ in ROWS], "labels": [",".join(labels) for _, labels, _ in ROWS]},
         features=datasets.Features({"image": Value("string"), "labels": Value("string")}),
     )
-    data = load_custom_dataset(strings, hierarchy=Hierarchy.from_mapping(GROUPS), test_fraction=0.25)
+    data = load_custom_dataset(
+        strings, label_separator=",", hierarchy=Hierarchy.from_mapping(GROUPS), test_fraction=0.25
+    )
     assert get_hierarchy(data).labels == ["bus", "car", "cat", "dog", "traffic light"]
 
     single = Dataset.from_dict(
@@ -216,6 +220,7 @@ def test_prepared_dataset_keeps_its_hierarchy_and_cli(tmp_path, capsys):
     assert "traffic light" in out and "Wrote the prepared dataset" in out
     assert sorted(os.listdir(tmp_path / "out")) == [
         "hierarchy.json",
+        "hspnet_build.json",
         "report.json",
         "test.parquet",
         "train.parquet",

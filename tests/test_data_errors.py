@@ -1,5 +1,5 @@
 """Bad input: every case raises a DatasetFormatError (a ValueError) naming the file and line / field, or, for
-images, lists them with a count; the CLI prints one error line and exits with status 2."""
+images, lists them with a count; the CLI prints one error line and exits with status 1."""
 
 import json
 import os
@@ -179,7 +179,7 @@ def test_label_index_out_of_range(tmp_path):
 
     folder = tmp_path / "folder"
     write_image(folder / "a.png")
-    write_text(folder / "metadata.csv", "file_name,labels\na.png,0 5\n")
+    write_text(folder / "metadata.csv", "file_name,labels\na.png,0;5\n")
     _raises_at(
         lambda: load_image_folder(folder, label_names=["cat", "dog"], cache_dir=tmp_path / "cache"),
         "metadata.csv",
@@ -302,15 +302,16 @@ def test_empty_dataset(tmp_path):
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
-    assert main(["voc", "--root", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path / "cache"), "-q"]) == 2
+    assert main(["voc", "--root", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path / "cache"), "-q"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err and "nowhere" in err
+    assert err.startswith("prepare: error: ") and "Traceback" not in err and "nowhere" in err
+    assert err.count("\n") == 1  # one line
 
     voc = make_voc_tree(tmp_path / "voc")
     os.remove(os.path.join(voc_dir(voc), "JPEGImages", "2008_000019.jpg"))
-    assert main(["voc", "--root", voc, "--cache-dir", str(tmp_path / "cache"), "-q"]) == 2
+    assert main(["voc", "--root", voc, "--cache-dir", str(tmp_path / "cache"), "-q"]) == 1
     err = capsys.readouterr().err
-    assert "1 missing" in err and "--on-missing-image skip" in err
+    assert "1 missing" in err and "--on-missing-image skip" in err and err.count("\n") == 1
     assert main(["voc", "--root", voc, "--cache-dir", str(tmp_path / "cache"), "-q", "--on-missing-image", "skip"]) == 0
     out = capsys.readouterr().out
     assert "Missing images: 1" in out

@@ -2,6 +2,10 @@
 
 python datasets_scripts/prepare.py voc --root /data/voc2012 [--protocol authors] [--output out/voc]
 python -m hspnet.data demo
+
+Bad input (a missing or malformed file, a bad option value, an output folder that may not be replaced) ends with
+ONE line ``prepare: error: <file>, line <n>, field <f>: <what>`` on stderr and exit status 1; ``--debug`` shows the
+traceback instead (see :func:`hspnet.cli_types.run_cli`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import os
 import sys
 
-from .errors import DatasetFormatError
+from ..cli_types import run_cli
 
 DATASETS = ("coco", "voc", "nuswide", "cub", "folder", "hf", "demo")
 
@@ -37,7 +41,16 @@ def _common(parser: argparse.ArgumentParser, needs_root: bool) -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.2, help="held-out share of train (0.2)")
     parser.add_argument("--cache-dir", help="datasets cache folder (default: the Hugging Face datasets cache)")
     parser.add_argument("--force-rebuild", action="store_true", help="ignore the cache")
-    parser.add_argument("--output", help="also write the prepared dataset to this folder")
+    parser.add_argument(
+        "--output",
+        help="also write the prepared dataset to this folder; it replaces an earlier build there as a whole (the new "
+        "build is swapped in only when complete)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --output: replace the folder even if it holds files that no earlier build wrote (they are deleted)",
+    )
     parser.add_argument(
         "--output-format",
         choices=("arrow", "parquet"),
@@ -48,7 +61,26 @@ def _common(parser: argparse.ArgumentParser, needs_root: bool) -> None:
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
     parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
+
+
+def _image_options(parser: argparse.ArgumentParser, missing_default: str = "error") -> None:
+    parser.add_argument(
+        "--on-missing-image",
+        choices=("error", "skip"),
+        default=missing_default,
+        help="missing / unreadable images (not regular files; with --check-images open also truncated, corrupt or "
+        f"oversized ones): stop with the list, or skip them (always counted) ({missing_default})",
+    )
+    parser.add_argument(
+        "--check-images",
+        choices=("exists", "open", "none"),
+        default="exists",
+        help="exists: each image is a regular file; open: also decode every image fully; none: no check (exists)",
+    )
+    parser.add_argument("--num-proc", type=int, default=1, help="threads for the image checks (1)")
 
 
 def _benchmark_options(parser: argparse.ArgumentParser, missing_default: str = "error") -> None:
@@ -59,21 +91,18 @@ def _benchmark_options(parser: argparse.ArgumentParser, missing_default: str = "
         "use instead of generated single positives",
     )
     parser.add_argument("--hierarchy", metavar="FILE", help="override the built-in hierarchy (JSON or label,group CSV)")
-    parser.add_argument(
-        "--on-missing-image",
-        choices=("error", "skip"),
-        default=missing_default,
-        help=f"missing / unreadable images: stop with the list, or skip them (always counted) ({missing_default})",
-    )
-    parser.add_argument(
-        "--check-images", choices=("exists", "open", "none"), default="exists", help="how images are checked (exists)"
-    )
-    parser.add_argument("--num-proc", type=int, default=1, help="threads for the image checks (1)")
+    _image_options(parser, missing_default)
 
 
 def _custom_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-names", help="a text file of label names, one per line (needed for index labels)")
-    parser.add_argument("--label-separator", help="separator of labels in a string field (auto: ; | , or spaces)")
+    parser.add_argument(
+        "--label-separator",
+        choices=(";", "|", ",", "space"),
+        help="what separates labels in a label string: ';' (the default), '|', ',' or 'space'; label names may "
+        "contain spaces. Without this option a file that never uses ';' but has '|', ',' or spaces in a label "
+        "field is refused (earlier versions split it on that character): choose one explicitly",
+    )
     parser.add_argument("--hierarchy", metavar="FILE", help="label -> group file (JSON or label,group CSV)")
     parser.add_argument("--no-auto-hierarchy", action="store_true", help="fail instead of building a hierarchy")
     parser.add_argument("--clip-model", default=None, help="CLIP model (Hub id or folder) for the automatic hierarchy")
@@ -132,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(folder, True)
     _custom_options(folder)
     folder.add_argument("--metadata", help="metadata file relative to --root (default metadata.csv / metadata.jsonl)")
-    folder.add_argument("--on-missing-image", choices=("error", "skip"), default="error")
+    _image_options(folder)
     folder.add_argument("--on-duplicate", choices=("error", "merge"), default="error")
     hf = sub.add_parser("hf", help="custom: a Hugging Face dataset (Hub id or save_to_disk folder)")
     _common(hf, False)
@@ -147,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-train", type=int, default=1600)
     demo.add_argument("--num-test", type=int, default=400)
     demo.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -199,6 +229,8 @@ def _load(args):
             args.root,
             metadata=args.metadata,
             on_missing_image=args.on_missing_image,
+            check_images=args.check_images,
+            num_proc=args.num_proc,
             on_duplicate=args.on_duplicate,
             **custom,
             **cached,
@@ -213,45 +245,59 @@ def _load(args):
     )
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _inputs(args) -> list[str]:
+    """The paths the command reads: an --output folder may not be, or contain, any of them."""
+    names = ("root", "observed_labels", "hierarchy", "label_names", "cache_dir", "metadata")
+    found = [getattr(args, name, None) for name in names]
+    path = getattr(args, "dataset_path", None)
+    if path and os.path.exists(path):
+        found.append(path)
+    if getattr(args, "root", None) and getattr(args, "metadata", None):
+        found.append(os.path.join(args.root, args.metadata))
+    return [item for item in found if item]
+
+
+def run(args) -> None:
+    """Build the dataset named by ``args``, print its statistics, then write (``--output``) and push it."""
+    from .export import check_image_paths, check_output_folder, save_prepared_dataset
+    from .stats import dataset_statistics, format_statistics
+
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     if args.quiet:
-        try:
-            import datasets
+        import datasets
 
-            datasets.disable_progress_bars()
-        except ImportError:  # pragma: no cover
-            pass
-    try:
-        from .export import save_prepared_dataset
-        from .stats import dataset_statistics, format_statistics
+        datasets.disable_progress_bars()
+    if args.overwrite and not args.output:
+        raise ValueError("--overwrite needs --output")
+    if args.output:  # refused before the (long) build, and checked again when writing
+        check_output_folder(args.output, args.overwrite, _inputs(args))
+    dataset = _load(args)
+    stats = dataset_statistics(dataset)
+    print(json.dumps(stats, indent=1) if args.json else format_statistics(stats))
+    if args.output:
+        path = save_prepared_dataset(
+            dataset,
+            args.output,
+            embed_images=args.output_format == "arrow",
+            overwrite=args.overwrite,
+            inputs=_inputs(args),
+        )
+        print(f"\nWrote the prepared dataset to {path} ({args.output_format})")
+    else:
+        files = next(iter(dataset.values())).cache_files
+        if files:
+            print(f"\nPrepared dataset cached in {os.path.dirname(files[0]['filename'])} (and its sibling splits)")
+    if args.push_to_hub:
+        check_image_paths(dataset)
+        dataset.push_to_hub(args.push_to_hub, private=args.private)
+        print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
 
-        dataset = _load(args)
-        stats = dataset_statistics(dataset)
-        print(json.dumps(stats, indent=1) if args.json else format_statistics(stats))
-        if args.output:
-            path = save_prepared_dataset(dataset, args.output, embed_images=args.output_format == "arrow")
-            print(f"\nWrote the prepared dataset to {os.path.abspath(path)} ({args.output_format})")
-        else:
-            files = next(iter(dataset.values())).cache_files
-            if files:
-                print(f"\nPrepared dataset cached in {os.path.dirname(files[0]['filename'])} (and its sibling splits)")
-        if args.push_to_hub:
-            dataset.push_to_hub(args.push_to_hub, private=args.private)
-            print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
-    except (DatasetFormatError, FileNotFoundError, ValueError, OSError) as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # pragma: no cover
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+def main(argv=None) -> int:
+    """``prepare DATASET ...``: 0 on success; bad input gives one line ``prepare: error: ...`` and status 1."""
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,17 +23,18 @@ import json
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import DatasetFormatError, ImageError, MissingFileError
+from .errors import DatasetFormatError, ImageError, MissingFileError, check_input_file, read_text_file
 from .hierarchy import Hierarchy, label_feature
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: label strings split by one explicit separator; truncated annotation files refused
 ON_MISSING_IMAGE = ("error", "skip")
 CHECK_IMAGES = ("exists", "open", "none")
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
@@ -83,8 +84,7 @@ class BuildOptions:
         self.num_proc = int(self.num_proc)
         if self.observed_labels_file is not None:
             self.observed_labels_file = os.path.abspath(os.fspath(self.observed_labels_file))
-            if not os.path.isfile(self.observed_labels_file):
-                raise MissingFileError("observed-labels file not found", file=self.observed_labels_file)
+            check_input_file(self.observed_labels_file, "observed-labels file")
 
     @classmethod
     def from_arguments(cls, arguments: dict[str, Any]) -> "BuildOptions":
@@ -146,12 +146,16 @@ def validation_image_ids(image_ids: Sequence[str], fraction: float, seed: int, p
 
 
 def hash_files(paths: Iterable[str | os.PathLike], chunk_size: int = 1 << 20) -> str:
-    """A digest of the names and CONTENTS of ``paths`` (a missing file hashes as missing)."""
+    """A digest of the names and CONTENTS of ``paths`` (a missing file hashes as missing; a FIFO, device or folder
+    is never opened, it hashes as such)."""
     digest = hashlib.blake2b(digest_size=16)
     for path in paths:
         path = os.fspath(path)
         digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                digest.update(b"<not a regular file>\3")
+                continue
             with open(path, "rb") as handle:
                 while True:
                     chunk = handle.read(chunk_size)
@@ -178,23 +182,40 @@ def fingerprint(name: str, files: Iterable[str | os.PathLike], options: dict[str
 
 
 def _image_problem(path: str, mode: str) -> str | None:
-    """None if the image is fine; ``"missing"`` or a reason it cannot be read."""
-    if not os.path.isfile(path):
+    """None if the image is fine; ``"missing"`` or a reason it cannot be read.
+
+    ``"exists"``: the path must be a regular file (a FIFO, device or folder is a problem, and is never opened, so
+    it cannot block the build). ``"open"``: also decodes the WHOLE image with :func:`hspnet.images.open_image`
+    (truncated files, files that are not images and decompression bombs are problems). The file is only read.
+    """
+    try:
+        mode_bits = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
         return "missing"
+    except OSError as error:
+        return f"cannot access it ({error.strerror or error})"
+    if not stat.S_ISREG(mode_bits):
+        from .errors import _kind
+
+        return f"{_kind(mode_bits)}, not a regular file"
     if mode != "open":
         return None
-    try:
-        from PIL import Image
+    from ..images import ImageReadError, open_image
 
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
-        return f"{type(error).__name__}: {error}"
+    try:
+        open_image(path)
+    except ImageReadError as error:
+        return error.reason
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except Exception as error:  # anything else a decoder raises (MemoryError included) is a reason, not a crash
+        return f"{type(error).__name__}: {' '.join(str(error).split())}"
     return None
 
 
 def check_image_files(paths: Sequence[str], mode: str = "exists", num_proc: int = 1) -> list[str | None]:
-    """For each path: None (fine), ``"missing"`` or why it cannot be opened (``mode="open"``)."""
+    """For each path: None (fine), ``"missing"`` or why it cannot be used (see :func:`_image_problem`): ``mode`` is
+    ``"exists"`` (a regular file), ``"open"`` (also fully decoded) or ``"none"`` (no check)."""
     if mode == "none":
         return [None] * len(paths)
     if num_proc > 1 and len(paths) > 1:
@@ -220,9 +241,7 @@ def read_label_list(
     Raises :class:`DatasetFormatError` (with the file and line) for a line without a comma, a non-integer or
     out-of-range index, or a file name listed twice.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingFileError("label list not found", file=path)
+    path = check_input_file(os.fspath(path), "label list")
     entries: list[tuple[str, list[int], int]] = []
     first_line: dict[str, int] = {}
     for number, line in iter_text_lines(path):
@@ -274,22 +293,31 @@ def parse_label_index(token: str, num_labels: int | None, *, file=None, line=Non
     return value
 
 
-def iter_text_lines(path: str) -> Iterable[tuple[int, str]]:
-    """``(line number, stripped line)`` for the non-blank lines of a UTF-8 text file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, raw in enumerate(handle, start=1):
-                line = raw.strip()
-                if line:
-                    yield number, line
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(f"not UTF-8 text ({error.reason} at byte {error.start})", file=path) from None
+def iter_text_lines(path: str, what: str = "file") -> Iterable[tuple[int, str]]:
+    """``(line number, stripped line)`` for the non-blank lines of a UTF-8 text file (a byte-order mark is
+    dropped; ``\\n``, ``\\r\\n`` and ``\\r`` end lines). A FIFO or device is refused, never opened."""
+    import io
+
+    text = read_text_file(path, what)
+    for number, raw in enumerate(io.StringIO(text, newline=None), start=1):
+        line = raw.strip()
+        if line:
+            yield number, line
+
+
+def last_line_is_unterminated(path: str) -> bool:
+    """Whether the file's last line has no line end (the file may have been cut short)."""
+    with open(check_input_file(path), "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) not in (b"\n", b"\r")
 
 
 def require_file(path: str, what: str) -> str:
-    if not os.path.isfile(path):
-        raise MissingFileError(f"{what} not found", file=path)
-    return path
+    """``path`` if it is a regular file, else :class:`MissingFileError` / :class:`DatasetFormatError` naming it."""
+    return check_input_file(path, what)
 
 
 def require_dir(path: str | os.PathLike | None, what: str) -> str:
@@ -392,13 +420,13 @@ def finalize(name: str, parsed: ParsedSource, options: BuildOptions) -> Prepared
         report["bad_images_by_split"] = by_split
         summary = f"{len(missing)} missing and {len(unreadable)} unreadable image(s)"
         if options.on_missing_image == "error":
-            lines = [f"  missing: {r.path}" for _, r in missing[:10]]
-            lines += [f"  unreadable: {r.path} ({why})" for _, r, why in unreadable[: max(0, 10 - len(lines))]]
+            lines = [f"missing: {r.path}" for _, r in missing[:10]]
+            lines += [f"unreadable: {r.path} ({why})" for _, r, why in unreadable[: max(0, 10 - len(lines))]]
             raise ImageError(
-                f"{name}: {summary} (by split: {by_split}):\n"
-                + "\n".join(lines)
-                + ("\n  ..." if len(missing) + len(unreadable) > 10 else "")
-                + "\nPass on_missing_image='skip' (CLI: --on-missing-image skip) to leave them out.",
+                f"{name}: {summary} (by split: {by_split}): "
+                + "; ".join(lines)
+                + ("; ..." if len(missing) + len(unreadable) > 10 else "")
+                + ". Pass on_missing_image='skip' (CLI: --on-missing-image skip) to leave them out (they are counted).",
                 missing=[r.path for _, r in missing],
                 unreadable=[(r.path, why) for _, r, why in unreadable],
             )

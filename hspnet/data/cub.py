@@ -3,14 +3,18 @@ attributes/image_attribute_labels.txt, images/}``.
 
 An image's positives are the attributes with ``is_present == 1`` in ``image_attribute_labels.txt`` (``image_id
 attribute_id is_present certainty_id time``; the certainty is ignored; a few lines of the official file carry an
-extra column, which is tolerated). Train / test follow ``train_test_split.txt`` (5,994 / 5,794). The label names
-are the HSPNet authors' (``cub_labels.txt``: ``has_bill_shape::curved_(up_or_down)`` -> ``curved bill``), in
+extra column, which is tolerated). Every image of ``images.txt`` must have exactly one row per attribute id
+1..312: a file cut short, or with an image left out or listed twice, is refused with the first incomplete image and
+its line, never built with fewer positives. Train / test follow ``train_test_split.txt`` (5,994 / 5,794). The label
+names are the HSPNet authors' (``cub_labels.txt``: ``has_bill_shape::curved_(up_or_down)`` -> ``curved bill``), in
 attribute-id order; ``attributes.txt``, when present, is only checked to list 312 attributes.
 """
 
 from __future__ import annotations
 
 import os
+
+import numpy as np
 
 from .core import (
     TEST,
@@ -24,7 +28,7 @@ from .core import (
     require_dir,
     require_file,
 )
-from .errors import DatasetFormatError, MissingFileError
+from .errors import DatasetFormatError, MissingFileError, check_input_file
 from .hierarchy import builtin_hierarchy, resolve_hierarchy
 
 NUM_ATTRIBUTES = 312
@@ -33,7 +37,7 @@ NUM_ATTRIBUTES = 312
 def find_cub_dir(root: str | os.PathLike) -> str:
     root = require_dir(root, "CUB root folder")
     for candidate in (root, os.path.join(root, "CUB_200_2011")):
-        if os.path.isfile(os.path.join(candidate, "images.txt")):
+        if os.path.lexists(os.path.join(candidate, "images.txt")):
             return candidate
     raise MissingFileError(
         "no CUB-200-2011 layout found: expected images.txt, train_test_split.txt, attributes/ and images/ in this "
@@ -97,10 +101,20 @@ def read_cub_split(path: str, images: dict[int, tuple[str, int]]) -> dict[int, b
 
 
 def read_cub_attribute_labels(path: str, images: dict[int, tuple[str, int]]) -> dict[int, list[int]]:
-    """``image_attribute_labels.txt`` -> ``{image_id: [0-based attribute indices with is_present == 1]}``."""
+    """``image_attribute_labels.txt`` -> ``{image_id: [0-based attribute indices with is_present == 1]}``.
+
+    Every image of ``images.txt`` must have exactly one row for each attribute id 1..312: a file cut short (or
+    an image left out) would otherwise lose positives silently, so the first incomplete image is named with its
+    ``images.txt`` line, and a repeated ``(image, attribute)`` row with both lines.
+    """
     positives: dict[int, set[int]] = {image_id: set() for image_id in images}
-    with open(path, "rb") as handle:
+    row_of = {image_id: row for row, image_id in enumerate(images)}
+    first_line = np.zeros((len(images), NUM_ATTRIBUTES + 1), dtype=np.int64)  # 0 = no row yet
+    last_line = np.zeros(len(images), dtype=np.int64)
+    with open(check_input_file(path, "CUB attribute labels"), "rb") as handle:
         data = handle.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     for number, raw in enumerate(data.split(b"\n"), start=1):
         fields = raw.split()
         if not fields:
@@ -126,6 +140,16 @@ def read_cub_attribute_labels(path: str, images: dict[int, tuple[str, int]]) -> 
             raise DatasetFormatError(
                 f"attribute id {attribute} is out of range (1..{NUM_ATTRIBUTES})", file=path, line=number
             )
+        row = row_of[image_id]
+        if first_line[row, attribute]:
+            raise DatasetFormatError(
+                f"attribute {attribute} of image id {image_id} is listed twice (first on line "
+                f"{first_line[row, attribute]})",
+                file=path,
+                line=number,
+            )
+        first_line[row, attribute] = number
+        last_line[row] = number
         present = fields[2]
         if present == b"1":
             positives[image_id].add(attribute - 1)
@@ -133,6 +157,22 @@ def read_cub_attribute_labels(path: str, images: dict[int, tuple[str, int]]) -> 
             raise DatasetFormatError(
                 f"is_present must be 0 or 1, got {present.decode('utf-8', 'replace')!r}", file=path, line=number
             )
+    counts = (first_line[:, 1:] > 0).sum(axis=1)
+    incomplete = np.flatnonzero(counts != NUM_ATTRIBUTES)
+    if len(incomplete):
+        row = int(incomplete[0])
+        image_id = list(images)[row]
+        relative, images_line = images[image_id]
+        missing = int(np.flatnonzero(first_line[row, 1:] == 0)[0]) + 1
+        has = f"only {int(counts[row])} of its {NUM_ATTRIBUTES} rows (last on line {int(last_line[row])})"
+        raise DatasetFormatError(
+            f"image id {image_id} ({relative}, images.txt line {images_line}) has "
+            + (has if counts[row] else f"none of its {NUM_ATTRIBUTES} rows")
+            + f": attribute {missing} is missing; every image needs one row per attribute id 1..{NUM_ATTRIBUTES} "
+            f"(is the file cut short? {len(incomplete)} image(s) are incomplete)",
+            file=path,
+            line=int(last_line[row]) or None,
+        )
     return {image_id: sorted(values) for image_id, values in positives.items()}
 
 
@@ -180,7 +220,7 @@ def load_cub(
         os.path.join(cub, "attributes", "attributes.txt"),
         os.path.join(os.path.dirname(cub), "attributes.txt"),
     ):
-        if os.path.isfile(candidate):
+        if os.path.lexists(candidate):
             attributes_txt = candidate
             break
     names = builtin_hierarchy("cub").labels

@@ -4,8 +4,24 @@ Folder layout (:func:`load_image_folder`): ``metadata.csv`` or ``metadata.jsonl`
 to the root; an optional ``split`` column with ``train`` / ``test``), or ``train/metadata.csv`` and
 ``test/metadata.csv`` (file names relative to each split folder, like ``imagefolder``). Each row has a
 ``file_name`` and its positive ``labels``: in JSONL a list of names (or indices) or a string; in CSV a string
-of names (or indices) separated by ``;``, ``|``, ``,`` or spaces (the first of these found in the file, or
-``label_separator``). Without a test split, a seeded ``test_fraction`` of the images becomes the test split.
+of names (or indices). Without a test split, a seeded ``test_fraction`` of the images becomes the test split.
+
+Label strings (CSV fields, JSONL strings, string columns of a Hugging Face dataset) follow ONE rule per file,
+whatever the other rows hold:
+
+* labels are separated by ``;`` by default, or by the separator you choose with ``label_separator``
+  (CLI ``--label-separator``): ``";"``, ``"|"``, ``","`` or ``"space"`` (runs of white space);
+* a label name may contain spaces (``"tabby cat;dog"`` is ``tabby cat`` and ``dog``); spaces around a name are
+  dropped and runs of spaces inside it count as one; ``|`` and ``,`` are part of the name unless chosen;
+* with the default (no ``label_separator`` given), a file in which NO label field contains ``;`` but some field
+  contains ``|``, ``,`` or a space is refused with an error naming the file, line and field: earlier versions
+  guessed the separator from the other rows and split such a file on that character, so reading it differently
+  without a word is not an option. Choose the separator explicitly (``";"`` reads such a file as one label per
+  field). A JSONL list is always a list of labels.
+
+A CSV file whose last line has no line end, when its last field is the labels and its last label is used by no
+other row, looks cut short and is refused (add the line end if the file is complete); a quoted field that is
+never closed is refused too.
 
 Seeds: ``seed`` draws the single positives and the validation split (rerun with several seeds to average over
 them); the held-out TEST split uses its own ``test_seed`` (default 0) and the automatic hierarchy its own
@@ -23,7 +39,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -45,7 +61,7 @@ from .core import (
     require_dir,
     validation_image_ids,
 )
-from .errors import DatasetFormatError, MissingFileError
+from .errors import DatasetFormatError, MissingFileError, check_input_file, parse_json_text, read_text_file
 from .hierarchy import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_PROMPT_TEMPLATE,
@@ -59,7 +75,8 @@ from .hierarchy import auto_hierarchy as build_auto_hierarchy
 logger = logging.getLogger(__name__)
 
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
-SEPARATORS = (";", "|", ",")
+SEPARATORS = (";", "|", ",", "space")
+DEFAULT_SEPARATOR = ";"
 SPLIT_NAMES = {"train": TRAIN, "test": TEST}
 
 
@@ -72,9 +89,7 @@ def read_label_names(label_names) -> list[str] | None:
     if label_names is None:
         return None
     if isinstance(label_names, (str, os.PathLike)):
-        path = os.fspath(label_names)
-        if not os.path.isfile(path):
-            raise MissingFileError("label-names file not found", file=path)
+        path = check_input_file(os.fspath(label_names), "label-names file")
         names = [line for _, line in iter_text_lines(path)]
     else:
         names = [str(name) for name in label_names]
@@ -86,17 +101,55 @@ def read_label_names(label_names) -> list[str] | None:
     return names
 
 
-def split_label_string(value: str, separator: str | None) -> list[str]:
-    if separator is None or separator.isspace():
+def resolve_separator(label_separator: str | None) -> tuple[str, bool]:
+    """``(separator, chosen)``: ``label_separator`` as one of :data:`SEPARATORS` (``" "``, ``"\\t"``,
+    ``"whitespace"`` mean ``"space"``), and whether it was chosen (None gives the default ``";"``, not chosen)."""
+    if label_separator is None:
+        return DEFAULT_SEPARATOR, False
+    if not isinstance(label_separator, str):
+        raise ValueError(f"label_separator must be a string, got {label_separator!r}.")
+    key = "space" if label_separator and label_separator.isspace() else label_separator.strip().lower()
+    key = "space" if key == "whitespace" else key
+    if key not in SEPARATORS:
+        raise ValueError(
+            f"label_separator must be one of {', '.join(repr(s) for s in SEPARATORS)}, got {label_separator!r}."
+        )
+    return key, True
+
+
+def split_label_string(value: str, separator: str = DEFAULT_SEPARATOR) -> list[str]:
+    """The label names in ``value``: split on ``separator`` (``"space"``: runs of white space), each name stripped
+    and its inner runs of white space reduced to one space; empty names are dropped."""
+    if separator == "space":
         return value.split()
-    return [token.strip() for token in value.split(separator) if token.strip()]
+    tokens = (" ".join(token.split()) for token in value.split(separator))
+    return [token for token in tokens if token]
 
 
-def detect_separator(values: Sequence[str]) -> str | None:
-    for separator in SEPARATORS:
-        if any(separator in value for value in values):
-            return separator
-    return None
+def check_default_separator(values: Sequence[tuple[str, dict]]) -> None:
+    """With the default separator (none chosen): refuse a file (``values`` = its label strings with their
+    ``where``) that never uses ``;`` but has a field with ``|``, ``,`` or a space, which earlier versions split on
+    that character (see the module docstring)."""
+    if any(DEFAULT_SEPARATOR in value for value, _ in values):
+        return
+    for value, where in values:
+        for char in ("|", ","):
+            if char in value:
+                raise DatasetFormatError(
+                    f"the labels {value!r} contain {char!r} and no label field of this file contains ';'. Labels are "
+                    f"separated by ';' unless you choose the separator (earlier versions split this file on "
+                    f"{char!r}): pass label_separator={char!r} (CLI: --label-separator '{char}') if {char!r} "
+                    f"separates labels, or label_separator=';' if it is part of a label name",
+                    **where,
+                )
+        if len(value.split()) > 1:
+            raise DatasetFormatError(
+                f"the labels {value!r} contain a space and no label field of this file contains ';'. A label name "
+                "may contain spaces and labels are separated by ';' unless you choose the separator (earlier "
+                f"versions split this file on spaces): pass label_separator=';' (CLI: --label-separator ';') if "
+                f"{value.strip()!r} is one label, or label_separator='space' if spaces separate labels",
+                **where,
+            )
 
 
 def _is_index(token) -> bool:
@@ -217,23 +270,26 @@ def _hold_out_test(records: list[Record], test_fraction: float, test_seed: int) 
 # Folder of images + metadata
 
 
-def _read_metadata(path: str, file_column: str, labels_column: str, split_column: str, separator: str | None):
-    """Rows ``(file_name, split or None, tokens, where)`` of one CSV or JSONL metadata file."""
+def _read_metadata(path: str, file_column: str, labels_column: str, split_column: str, label_separator: str | None):
+    """Rows ``(file_name, split or None, tokens, where)`` of one CSV or JSONL metadata file (see the module
+    docstring for how label strings are split)."""
+    separator, chosen = resolve_separator(label_separator)
     rows = []
     if path.endswith(".jsonl"):
         raw_rows = []
-        for number, line in iter_text_lines(path):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DatasetFormatError(
-                    f"invalid JSON: {error.msg} (column {error.colno})", file=path, line=number
-                ) from None
+        for number, line in iter_text_lines(path, "metadata file"):
+            entry = parse_json_text(line, path, line=number)
             if not isinstance(entry, dict):
                 raise DatasetFormatError("expected a JSON object per line", file=path, line=number)
             raw_rows.append((number, entry))
-        strings = [e.get(labels_column) for _, e in raw_rows if isinstance(e.get(labels_column), str)]
-        chosen = separator if separator is not None else detect_separator(strings)
+        if not chosen:
+            check_default_separator(
+                [
+                    (e[labels_column], {"file": path, "line": number, "field": labels_column})
+                    for number, e in raw_rows
+                    if isinstance(e.get(labels_column), str)
+                ]
+            )
         for number, entry in raw_rows:
             where = {"file": path, "line": number, "field": labels_column}
             for column in (file_column, labels_column):
@@ -241,40 +297,43 @@ def _read_metadata(path: str, file_column: str, labels_column: str, split_column
                     raise DatasetFormatError(f"missing {column!r}", file=path, line=number, field=column)
             value = entry[labels_column]
             if isinstance(value, str):
-                tokens = split_label_string(value, chosen)
+                tokens = split_label_string(value, separator)
             elif isinstance(value, list):
-                tokens = value
+                tokens = [" ".join(token.split()) if isinstance(token, str) else token for token in value]
             elif isinstance(value, int) and not isinstance(value, bool):
                 tokens = [value]
             else:
                 raise DatasetFormatError(f"labels must be a list or a string, got {value!r}", **where)
             rows.append((entry[file_column], entry.get(split_column), tokens, where))
         return rows
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None:
-                raise DatasetFormatError("empty metadata file (no header line)", file=path)
-            header = [name.strip() for name in reader.fieldnames]
-            for column in (file_column, labels_column):
-                if column not in header:
-                    raise DatasetFormatError(
-                        f"the header has no {column!r} column (columns: {header})", file=path, line=1, field=column
-                    )
-            reader.fieldnames = header
-            raw_rows = []
-            for entry in reader:
-                number = reader.line_num
-                if None in entry or any(value is None for value in entry.values()):
-                    raise DatasetFormatError(
-                        f"expected {len(header)} fields ({', '.join(header)})", file=path, line=number
-                    )
-                raw_rows.append((number, entry))
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(f"not UTF-8 text ({error.reason})", file=path) from None
+    text = read_text_file(path, "metadata file")
+    reader = None
+    try:  # one CSV document read from memory (BOM dropped); strict: a quoted field never closed is an error
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        if reader.fieldnames is None:
+            raise DatasetFormatError("empty metadata file (no header line)", file=path)
+        header = [name.strip() for name in reader.fieldnames]
+        for column in (file_column, labels_column):
+            if column not in header:
+                raise DatasetFormatError(
+                    f"the header has no {column!r} column (columns: {header})", file=path, line=1, field=column
+                )
+        reader.fieldnames = header
+        raw_rows = []
+        for entry in reader:
+            number = reader.line_num
+            if None in entry or any(value is None for value in entry.values()):
+                raise DatasetFormatError(
+                    f"expected {len(header)} fields ({', '.join(header)})", file=path, line=number
+                )
+            raw_rows.append((number, entry))
     except csv.Error as error:
-        raise DatasetFormatError(f"malformed CSV: {error}", file=path) from None
-    chosen = separator if separator is not None else detect_separator([e[labels_column] for _, e in raw_rows])
+        line = reader.line_num if reader is not None else None
+        raise DatasetFormatError(f"malformed CSV: {error}", file=path, line=line) from None
+    if not chosen:
+        check_default_separator(
+            [(e[labels_column], {"file": path, "line": n, "field": labels_column}) for n, e in raw_rows]
+        )
     for number, entry in raw_rows:
         where = {"file": path, "line": number, "field": labels_column}
         split = entry.get(split_column) if split_column in entry else None
@@ -282,11 +341,29 @@ def _read_metadata(path: str, file_column: str, labels_column: str, split_column
             (
                 entry[file_column],
                 split.strip() if isinstance(split, str) and split.strip() else None,
-                split_label_string(entry[labels_column], chosen),
+                split_label_string(entry[labels_column], separator),
                 where,
             )
         )
+    if rows and header[-1] == labels_column and not text.endswith(("\n", "\r")):
+        _check_last_row_complete(rows)
     return rows
+
+
+def _check_last_row_complete(rows) -> None:
+    """The last line of a CSV file has no line end and its last field holds the labels: if its last label is used by
+    no other row, the file was probably cut in the middle of that label."""
+    tokens = rows[-1][2]
+    if not tokens:
+        return
+    last = str(tokens[-1])
+    if any(last == str(token) for _, _, other, _ in rows[:-1] for token in other) or last in map(str, tokens[:-1]):
+        return
+    raise DatasetFormatError(
+        f"the last line has no line end and its last label {last!r} is used by no other row: the file looks cut "
+        "short. If it is complete, end the last line with a line break",
+        **rows[-1][3],
+    )
 
 
 def find_metadata(root: str, metadata=None) -> list[tuple[str, str | None]]:
@@ -294,18 +371,16 @@ def find_metadata(root: str, metadata=None) -> list[tuple[str, str | None]]:
     ``{train,test}/metadata.{csv,jsonl}``."""
     if metadata is not None:
         path = os.path.join(root, os.fspath(metadata))
-        if not os.path.isfile(path):
-            raise MissingFileError("metadata file not found", file=path)
-        return [(path, None)]
+        return [(check_input_file(path, "metadata file"), None)]
     for name in METADATA_NAMES:
-        if os.path.isfile(os.path.join(root, name)):
-            return [(os.path.join(root, name), None)]
+        if os.path.lexists(os.path.join(root, name)):
+            return [(check_input_file(os.path.join(root, name), "metadata file"), None)]
     found = []
     for folder, split in SPLIT_NAMES.items():
         for name in METADATA_NAMES:
             path = os.path.join(root, folder, name)
-            if os.path.isfile(path):
-                found.append((path, split))
+            if os.path.lexists(path):
+                found.append((check_input_file(path, "metadata file"), split))
                 break
     if not any(split == TRAIN for _, split in found):
         raise MissingFileError(
@@ -348,6 +423,10 @@ def load_image_folder(
     """Prepare a folder of images with a CSV / JSONL metadata file as a ``DatasetDict`` (see the module docstring).
 
     Args:
+        label_separator: how label strings are split: ``";"`` (default), ``"|"``, ``","`` or ``"space"``. Label
+            names may contain spaces. Without it, a file that never uses ``;`` but has ``|``, ``,`` or spaces in a
+            label field is refused (see the module docstring); passing ``";"`` explicitly reads such fields as one
+            label each.
         on_duplicate: ``"error"`` (default) when a file name is listed twice, or ``"merge"`` (union of labels).
         hierarchy: a Hierarchy, ``{label: group}`` mapping or hierarchy file; if None and ``auto_hierarchy``, one is
             built from the CLIP text embeddings of the label names with ``clip_model`` (a Hub id, a local folder or
@@ -364,6 +443,7 @@ def load_image_folder(
         raise ValueError(f"on_duplicate must be 'error' or 'merge', got {on_duplicate!r}.")
     test_seed = _check_seed("test_seed", test_seed)
     hierarchy_seed = _check_seed("hierarchy_seed", hierarchy_seed)
+    resolve_separator(label_separator)  # a bad separator is refused before anything is read
     options = BuildOptions.from_arguments(locals())
     root = require_dir(root, "image folder")
     sources = find_metadata(root, metadata)
@@ -517,7 +597,8 @@ def load_custom_dataset(
             (loaded with ``datasets.load_dataset``).
         image_column: the image column (``Image`` feature, or strings that are image paths).
         labels_column: the positives of each image: ``List(ClassLabel)``, a list of names or indices, a
-            ``ClassLabel`` (one label), or a string of names separated by ``label_separator`` (auto-detected).
+            ``ClassLabel`` (one label), or a string of names separated by ``label_separator`` (``";"`` by default;
+            ``"|"``, ``","`` or ``"space"`` when chosen; the same rule as :func:`load_image_folder`, per split).
         id_column: a column of unique image ids (keys of ``observed_labels_file`` and of the seeded choices);
             default ``"<split>/<row>"``.
         label_names: label names (list or file); taken from the ``ClassLabel`` feature when there is one.
@@ -557,6 +638,7 @@ def load_custom_dataset(
         check_images="none",
     )
 
+    separator, chosen = resolve_separator(label_separator)
     tokens_rows, origins = [], []
     names = read_label_names(label_names)
     feature_names = None
@@ -571,9 +653,14 @@ def load_custom_dataset(
         if isinstance(inner, ClassLabel):
             feature_names = feature_names or list(inner.names)
         values = source[labels_column]
-        separator = label_separator
-        if separator is None:
-            separator = detect_separator([value for value in values if isinstance(value, str)])
+        if not chosen:
+            check_default_separator(
+                [
+                    (value, {"file": f"split {split!r}, row {row}", "line": None, "field": labels_column})
+                    for row, value in enumerate(values)
+                    if isinstance(value, str)
+                ]
+            )
         ids = source[id_column] if id_column else [f"{split}/{row}" for row in range(len(source))]
         for row, value in enumerate(values):
             where = {"file": f"split {split!r}, row {row}", "line": None, "field": labels_column}

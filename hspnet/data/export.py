@@ -1,32 +1,250 @@
-"""Writing a prepared dataset somewhere other than the cache, and reading it back."""
+"""Writing a prepared dataset somewhere other than the cache, and reading it back.
+
+A build written with :func:`save_prepared_dataset` replaces the previous build in that folder AS A WHOLE: the new
+build is written into a temporary sibling folder (``.NAME.building-XXXX``) and swapped in only once it is complete,
+so no file of an earlier build (say a ``validation.parquet`` of a held-out build, under a later ``--protocol
+authors`` build that has no validation split) survives into the new one, and a build that fails leaves the old
+folder intact. A folder that holds anything an earlier build did not write is refused unless ``overwrite=True``
+(CLI ``--overwrite``), which replaces the folder and everything in it; a folder that is, or contains, one of the
+inputs (the dataset root, an annotation file, the cache, the working directory) is always refused.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable
 
 from .core import get_build_report
+from .errors import DatasetFormatError, ImageError
 from .hierarchy import get_hierarchy
 
+BUILD_MARKER = "hspnet_build.json"
+_BUILD_FILES = ("hierarchy.json", "report.json", "dataset_dict.json", BUILD_MARKER)
+_SPLIT_FOLDER_FILES = ("dataset_info.json", "state.json")
 
-def save_prepared_dataset(dataset_dict, path: str | os.PathLike, embed_images: bool = True) -> str:
-    """Write a prepared ``DatasetDict`` to ``path``.
+
+def _is_split_folder(path: str) -> bool:
+    """A ``save_to_disk`` split folder: only ``dataset_info.json``, ``state.json`` and ``data-*.arrow`` files."""
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return False
+    return bool(entries) and all(
+        (name in _SPLIT_FOLDER_FILES or (name.startswith("data-") and name.endswith(".arrow")))
+        and os.path.isfile(os.path.join(path, name))
+        and not os.path.islink(os.path.join(path, name))
+        for name in entries
+    )
+
+
+def _build_entries(path: str) -> list[str] | None:
+    """The entries of ``path`` written by an earlier build, or None if ``path`` is not a previous build."""
+    entries = sorted(os.listdir(path))
+    marker = os.path.join(path, BUILD_MARKER)
+    if os.path.isfile(marker) and not os.path.islink(marker):
+        try:
+            with open(marker, encoding="utf-8") as handle:
+                listed = json.load(handle).get("entries")
+        except (OSError, ValueError, AttributeError):
+            listed = None
+        if isinstance(listed, list):
+            return [name for name in entries if name in set(listed) | {BUILD_MARKER}]
+    # a build of an earlier version (no marker): hierarchy.json + report.json + the splits, and nothing else
+    if not {"hierarchy.json", "report.json"} <= set(entries):
+        return None
+    if not ("dataset_dict.json" in entries or any(name.endswith(".parquet") for name in entries)):
+        return None
+    for name in entries:
+        full = os.path.join(path, name)
+        if os.path.islink(full):
+            return None
+        if name in _BUILD_FILES or name.endswith(".parquet"):
+            if not os.path.isfile(full):
+                return None
+        elif not (os.path.isdir(full) and _is_split_folder(full)):
+            return None
+    return entries
+
+
+def foreign_entries(path: str | os.PathLike) -> list[str]:
+    """The entries of an existing output folder that no earlier build wrote (all of them if it is not a build)."""
+    path = os.fspath(path)
+    entries = sorted(os.listdir(path))
+    built = _build_entries(path)
+    return entries if built is None else [name for name in entries if name not in set(built)]
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both absolute, links resolved)."""
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # different drives
+        return False
+
+
+def _report_inputs(report: dict) -> list[str]:
+    found = []
+    for key in ("root", "metadata", "lists", "image_dir"):
+        value = report.get(key)
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        found += [item for item in values if isinstance(item, str) and item]
+    observed = report.get("observed_list")
+    if isinstance(observed, dict) and isinstance(observed.get("file"), str):
+        found.append(observed["file"])
+    return found
+
+
+def check_output_folder(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> str:
+    """The absolute, link-resolved output folder ``path`` if a build may be written there, else an error that says
+    why and writes nothing:
+
+    * ``path`` is, or contains, one of ``inputs`` (or the working directory, or the home folder): ``ValueError``;
+    * ``path`` exists and is not a folder: :class:`DatasetFormatError`;
+    * ``path`` holds files that no earlier build wrote and ``overwrite`` is False: :class:`DatasetFormatError`
+      naming a few of them (``overwrite=True`` / ``--overwrite`` replaces the folder and everything in it).
+    """
+    path = os.path.realpath(os.fspath(path))
+    protected = [os.getcwd(), os.path.expanduser("~"), *(item for item in inputs if item is not None)]
+    for item in protected:
+        item = os.path.realpath(os.fspath(item))
+        if _inside(item, path):
+            what = "is" if item == path else "contains"
+            raise ValueError(
+                f"{path}: the output folder {what} {item}, which this build reads or runs in; replacing the folder "
+                "would destroy it. Choose another output folder"
+            )
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            raise DatasetFormatError("the output path exists and is not a folder", file=path)
+        foreign = foreign_entries(path)
+        if foreign and not overwrite:
+            shown = ", ".join(repr(name) for name in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise DatasetFormatError(
+                f"the output folder holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that no earlier "
+                f"build wrote ({shown}); nothing was written. Choose a new or empty folder, or pass overwrite=True "
+                "(CLI: --overwrite) to replace this folder and EVERYTHING in it",
+                file=path,
+            )
+    return path
+
+
+def check_image_paths(dataset_dict, batch_size: int = 1000) -> None:
+    """Refuse (:class:`ImageError`) images stored as paths that are not regular files (a FIFO or a device would block
+    ``save_to_disk`` / ``push_to_hub`` forever when they read the bytes; a missing file would fail half-way)."""
+    from datasets import Image
+
+    bad = []
+    for split, dataset in dataset_dict.items():
+        if "image" not in dataset.column_names or not isinstance(dataset.features["image"], Image):
+            continue
+        paths = dataset.select_columns(["image"]).cast_column("image", Image(decode=False))
+        for batch in paths.iter(batch_size=batch_size):
+            for value in batch["image"]:
+                if not value or value.get("bytes") is not None or not value.get("path"):
+                    continue
+                try:
+                    mode = os.stat(value["path"]).st_mode
+                except OSError:
+                    bad.append((split, value["path"], "missing"))
+                    continue
+                if not stat.S_ISREG(mode):
+                    bad.append((split, value["path"], "not a regular file"))
+    if bad:
+        shown = "; ".join(f"{path} ({why}, {split})" for split, path, why in bad[:10])
+        raise ImageError(
+            f"{len(bad)} image(s) cannot be embedded: {shown}{'; ...' if len(bad) > 10 else ''}. Prepare the "
+            "dataset with check_images='exists' (the default) and on_missing_image='skip' to leave them out",
+            missing=[path for _, path, why in bad if why == "missing"],
+            unreadable=[(path, why) for _, path, why in bad if why != "missing"],
+        )
+
+
+def _fresh_folder(parent: str, prefix: str, mode: int) -> str:
+    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(folder, mode)
+    return folder
+
+
+def save_prepared_dataset(
+    dataset_dict,
+    path: str | os.PathLike,
+    embed_images: bool = True,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> str:
+    """Write a prepared ``DatasetDict`` to the folder ``path``, replacing an earlier build there as a whole.
 
     ``embed_images=True``: ``save_to_disk`` (a self-contained copy: the image bytes are embedded, e.g. ~19 GB for
     COCO). ``embed_images=False``: one Parquet file per split holding the image PATHS (small, but only valid where
-    the images are), plus ``hierarchy.json`` and ``report.json``. :func:`load_prepared_dataset` reads both.
+    the images are). Both forms also hold ``hierarchy.json``, ``report.json`` and ``hspnet_build.json`` (what the
+    build wrote); :func:`load_prepared_dataset` reads both.
+
+    The build is written into a temporary sibling folder and swapped in when complete (see the module docstring):
+    on any error the previous folder is left as it was. ``overwrite=True`` allows replacing a folder that holds
+    files an earlier build did not write; ``inputs`` are paths the output folder must not be or contain (the
+    dataset root and annotation files named in the build report are added). Returns the absolute path.
     """
-    path = os.fspath(path)
+    report = get_build_report(dataset_dict)
+    path = check_output_folder(path, overwrite, [*inputs, *_report_inputs(report)])
     if embed_images:
-        dataset_dict.save_to_disk(path)
-    else:
-        os.makedirs(path, exist_ok=True)
-        for split, dataset in dataset_dict.items():
-            dataset.to_parquet(os.path.join(path, f"{split}.parquet"))
-    get_hierarchy(dataset_dict).save(os.path.join(path, "hierarchy.json"))
-    with open(os.path.join(path, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(get_build_report(dataset_dict), handle, indent=1)
+        check_image_paths(dataset_dict)
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isdir(path) else 0o777 & ~umask
+    temporary = _fresh_folder(parent, f".{name}.building-", mode)
+    try:
+        if embed_images:
+            dataset_dict.save_to_disk(temporary)
+        else:
+            for split, dataset in dataset_dict.items():
+                dataset.to_parquet(os.path.join(temporary, f"{split}.parquet"))
+        get_hierarchy(dataset_dict).save(os.path.join(temporary, "hierarchy.json"))
+        with open(os.path.join(temporary, "report.json"), "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1)
+        entries = sorted(os.listdir(temporary))
+        with open(os.path.join(temporary, BUILD_MARKER), "w", encoding="utf-8") as handle:
+            json.dump(
+                {
+                    "written_by": "hspnet.data.save_prepared_dataset",
+                    "format": "arrow" if embed_images else "parquet",
+                    "splits": list(dataset_dict),
+                    "entries": entries + [BUILD_MARKER],
+                },
+                handle,
+                indent=1,
+            )
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _swap_in(temporary, path)
     return path
+
+
+def _swap_in(temporary: str, path: str) -> None:
+    """Put the complete build ``temporary`` at ``path``; the previous folder there is removed only afterwards."""
+    if not os.path.lexists(path):
+        os.rename(temporary, path)
+        return
+    parent, name = os.path.split(path)
+    previous = tempfile.mkdtemp(prefix=f".{name}.previous-", dir=parent)
+    os.rmdir(previous)  # a free name next to ``path``
+    os.rename(path, previous)
+    try:
+        os.rename(temporary, path)
+    except BaseException:
+        os.rename(previous, path)
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def load_prepared_dataset(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DatasetFormatError, MissingFileError, read_json_file
+from .errors import DatasetFormatError, check_input_file, read_json_file, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -315,13 +315,16 @@ def load_hierarchy_file(path: str | os.PathLike, label_names: Sequence[str] | No
       * text / CSV / TSV: one ``label,group`` (or ``label<TAB>group``) per line; an optional ``label,group``
         header; blank lines and lines starting with ``#`` are ignored.
 
+    Files may start with a UTF-8 byte-order mark (Excel). Mistakes raise :class:`DatasetFormatError` naming the
+    file and the line or key: a JSON object with the same key twice (a label or a group given twice), a label in
+    two groups or twice in one group, a group listed twice in ``groups``, two group names that differ only in
+    letter case or surrounding spaces (``"Animal"`` / ``"animal"``), a table line without two fields.
+
     With ``label_names``, the result follows that label order, every label must have a group (else
     :class:`DatasetFormatError`), labels of the file that are not in ``label_names`` are ignored (with a warning),
     and groups left without a label are dropped.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingFileError("hierarchy file not found", file=path)
+    path = check_input_file(os.fspath(path), "hierarchy file")
     if path.lower().endswith(".json"):
         mapping = _read_hierarchy_json(path)
     else:
@@ -357,22 +360,30 @@ def _read_hierarchy_json(path: str):
     if not isinstance(data, dict) or not data:
         raise DatasetFormatError("expected a non-empty JSON object", file=path)
     if "labels" in data and "label_to_group" in data:
+        groups = data.get("groups")
+        if isinstance(groups, list):
+            _check_group_names([(str(name), None) for name in groups], path, field="groups", distinct=True)
         try:
             return Hierarchy.from_dict(data)
         except (ValueError, TypeError) as error:
             raise DatasetFormatError(str(error), file=path) from None
     if all(isinstance(value, str) for value in data.values()):
+        _check_group_names([(group, None) for group in data.values()], path)
         return {str(label): group for label, group in data.items()}
     if all(isinstance(value, list) for value in data.values()):
+        _check_group_names([(group, None) for group in data], path)
         mapping: dict[str, str] = {}
         for group, members in data.items():
             for label in members:
                 if not isinstance(label, str):
                     raise DatasetFormatError(f"label names must be strings, got {label!r}", file=path, field=group)
                 if label in mapping:
-                    raise DatasetFormatError(
-                        f"label {label!r} is in two groups ({mapping[label]!r} and {group!r})", file=path, field=group
+                    where = (
+                        f"twice in group {group!r}"
+                        if mapping[label] == group
+                        else f"in two groups ({mapping[label]!r} and {group!r})"
                     )
+                    raise DatasetFormatError(f"label {label!r} is listed {where}", file=path, field=group)
                 mapping[label] = group
         return mapping
     raise DatasetFormatError(
@@ -380,14 +391,38 @@ def _read_hierarchy_json(path: str):
     )
 
 
+def _check_group_names(
+    names: list[tuple[str, int | None]], path: str, field: str | None = None, distinct: bool = False
+) -> None:
+    """Refuse names that mean ONE group twice: the same up to letter case and surrounding / repeated spaces, or
+    (``distinct=True``, a list of groups) the same name twice. ``names`` = ``(name, line or None)``."""
+    first: dict[str, tuple[str, int | None, int]] = {}
+    for index, (name, line) in enumerate(names):
+        key = " ".join(str(name).split()).casefold()
+        if key not in first:
+            first[key] = (name, line, index)
+            continue
+        other, other_line, other_index = first[key]
+        if other != name:
+            at = f" (line {other_line})" if other_line is not None else ""
+            raise DatasetFormatError(
+                f"group {name!r} and group {other!r}{at} differ only in letter case or spaces: write the group the "
+                "same way everywhere",
+                file=path,
+                line=line,
+                field=field,
+            )
+        if distinct:
+            raise DatasetFormatError(
+                f"group {name!r} is listed twice (entries {other_index} and {index})", file=path, line=line, field=field
+            )
+
+
 def _read_hierarchy_table(path: str) -> dict[str, str]:
     mapping: dict[str, str] = {}
     lines: dict[str, int] = {}
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            text = handle.read()
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(f"not UTF-8 text ({error.reason})", file=path) from None
+    groups: list[tuple[str, int]] = []
+    text = read_text_file(path, "hierarchy file")
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -409,8 +444,10 @@ def _read_hierarchy_table(path: str) -> dict[str, str]:
             )
         mapping[label] = group
         lines[label] = number
+        groups.append((group, number))
     if not mapping:
         raise DatasetFormatError("the hierarchy file lists no label", file=path)
+    _check_group_names(groups, path)
     return mapping
 
 

@@ -43,7 +43,7 @@ from .core import (
     require_dir,
     require_file,
 )
-from .errors import DatasetFormatError, MissingFileError
+from .errors import DatasetFormatError, MissingFileError, check_input_file
 from .hierarchy import builtin_hierarchy, resolve_hierarchy
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def detect_layout(root: str) -> str:
 
 def read_concepts(path: str) -> list[str]:
     names = []
-    for number, line in iter_text_lines(path):
+    for number, line in iter_text_lines(path, "NUS-WIDE concept list"):
         if line in names:
             raise DatasetFormatError(f"concept {line!r} is listed twice", file=path, line=number)
         names.append(line)
@@ -98,11 +98,23 @@ def official_image_key(line: str) -> str:
     return key
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def read_image_list(path: str) -> list[tuple[str, int]]:
+    """``ImageList/{Train,Test}Imagelist.txt``: one image path per line. Returns ``(key, line number)``. A line that
+    does not end with an image extension (a list cut in the middle of its last line) is an error naming the line."""
     entries, first = [], {}
-    for number, line in iter_text_lines(path):
+    for number, line in iter_text_lines(path, "NUS-WIDE image list"):
         if len(line.split()) != 1:
             raise DatasetFormatError(f"expected one image path per line, got {line!r}", file=path, line=number)
+        if not line.lower().endswith(IMAGE_EXTENSIONS):
+            raise DatasetFormatError(
+                f"{line!r} does not end with an image extension ({', '.join(IMAGE_EXTENSIONS)}): is the list cut "
+                "short?",
+                file=path,
+                line=number,
+            )
         key = official_image_key(line)
         if key in first:
             raise DatasetFormatError(
@@ -115,19 +127,25 @@ def read_image_list(path: str) -> list[tuple[str, int]]:
     return entries
 
 
-def read_binary_labels(path: str, expected: int, anomalies: list[str]) -> np.ndarray:
+def read_binary_labels(path: str, expected: int, anomalies: list[str], image_list: str | None = None) -> np.ndarray:
     """One 0/1 value per line; returns the positive line indices. Values other than 0/1 are integers treated as 0
-    and appended to ``anomalies``; anything else is a :class:`DatasetFormatError` with its line number."""
-    if not os.path.isfile(path):
-        raise MissingFileError("concept label file not found", file=path)
-    with open(path, "rb") as handle:
-        lines = handle.read().split(b"\n")
+    and appended to ``anomalies``; anything else is a :class:`DatasetFormatError` with its line number. The file
+    must have exactly ``expected`` lines (one per image of ``image_list``): a file cut short is an error."""
+    with open(check_input_file(path, "concept label file"), "rb") as handle:
+        data = handle.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n")
     while lines and not lines[-1].strip():
         lines.pop()
     tokens = [line.strip() for line in lines]
     if len(tokens) != expected:
+        listing = f" {image_list}" if image_list else ""
         raise DatasetFormatError(
-            f"has {len(tokens)} lines, expected {expected} (one per image of the image list)", file=path
+            f"has {len(tokens)} lines, expected {expected} (one per image of the image list{listing}): one of the "
+            "two files is cut short or they do not belong together",
+            file=path,
+            line=len(tokens) if len(tokens) < expected else expected + 1,
         )
     array = np.array(tokens, dtype=object)
     valid = (array == b"1") | (array == b"0")
@@ -217,7 +235,7 @@ def _load_official(root, images, hierarchy, options):
             entries = read_image_list(list_path)
             labels: list[list[int]] = [[] for _ in entries]
             for concept_index, path in enumerate(label_files[split]):
-                for position in read_binary_labels(path, len(entries), anomalies):
+                for position in read_binary_labels(path, len(entries), anomalies, list_path):
                     labels[position].append(concept_index)
             splits[split] = [
                 Record(

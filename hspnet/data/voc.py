@@ -6,6 +6,9 @@ not public). An image's positives are the classes of its ``<object>`` elements. 
 what the per-class ``ImageSets/Main/<class>_{train,val}.txt`` files encode (0 = only difficult objects) and what
 Cole et al. and the HSPNet authors' ``voc_train.txt`` / ``voc_val.txt`` use (a class is positive only where those
 files say 1). ``difficult="positive"`` counts them as positives instead.
+
+When the per-class lists ``ImageSets/Main/<class>_{train,val}.txt`` are present (as in the official devkit), each
+must name exactly the images of ``train.txt`` / ``val.txt``: a list cut short is refused, naming the file and line.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from .core import (
     require_dir,
     require_file,
 )
-from .errors import DatasetFormatError, MissingFileError
+from .errors import DatasetFormatError, MissingFileError, check_input_file
 from .hierarchy import builtin_hierarchy, resolve_hierarchy
 
 DIFFICULT_POLICIES = ("negative", "positive")
@@ -47,7 +50,7 @@ def read_id_list(path: str) -> list[tuple[str, int]]:
     """``ImageSets/Main/{train,val}.txt``: one image id per line. Returns ``(id, line number)``."""
     out: list[tuple[str, int]] = []
     first: dict[str, int] = {}
-    for number, line in iter_text_lines(path):
+    for number, line in iter_text_lines(path, "VOC image list"):
         fields = line.split()
         if len(fields) != 1:
             raise DatasetFormatError(f"expected one image id per line, got {line!r}", file=path, line=number)
@@ -61,10 +64,48 @@ def read_id_list(path: str) -> list[tuple[str, int]]:
     return out
 
 
+def class_list_files(voc: str, split_word: str, labels) -> list[str]:
+    """The per-class lists ``ImageSets/Main/<class>_<split>.txt`` that exist (the official devkit has all 20)."""
+    paths = [os.path.join(voc, "ImageSets", "Main", f"{name}_{split_word}.txt") for name in labels]
+    return [path for path in paths if os.path.lexists(path)]
+
+
+def check_against_class_lists(list_path: str, entries: list[tuple[str, int]], class_files: list[str]) -> None:
+    """Each per-class list ``<class>_<split>.txt`` names every image of the split (with -1 / 0 / 1): an image id
+    list that lacks some of them was cut short (or a class list belongs to another version); both are errors
+    naming the file and the line, so a build never silently loses images."""
+    listed = {image_id: number for image_id, number in entries}
+    for class_path in class_files:
+        seen = {}
+        for number, line in iter_text_lines(class_path, "VOC class list"):
+            fields = line.split()
+            if len(fields) != 2 or fields[1] not in ("-1", "0", "1"):
+                raise DatasetFormatError(
+                    f"expected '<image id> <-1|0|1>', got {line!r}", file=class_path, line=number
+                )
+            seen.setdefault(fields[0], number)
+        lacking = [(image_id, number) for image_id, number in seen.items() if image_id not in listed]
+        if lacking:
+            image_id, number = lacking[0]
+            raise DatasetFormatError(
+                f"{len(lacking)} image(s) of {class_path} are not in this list, e.g. {image_id!r} (line {number} "
+                f"there); the list has {len(listed)} image(s), the class list {len(seen)}: is this list cut short?",
+                file=list_path,
+                line=max(listed.values(), default=None),
+            )
+        extra = [(image_id, number) for image_id, number in entries if image_id not in seen]
+        if extra:
+            image_id, number = extra[0]
+            raise DatasetFormatError(
+                f"image {image_id!r} (line {number} of {list_path}) is not in this class list, which should name "
+                f"every image of the split ({len(extra)} image(s) lacking): is this file cut short?",
+                file=class_path,
+            )
+
+
 def parse_voc_xml(path: str, class_index: dict[str, int], difficult: str = "negative") -> list[int]:
     """The positive label indices of one VOC annotation file."""
-    if not os.path.isfile(path):
-        raise MissingFileError("annotation file not found", file=path)
+    check_input_file(path, "annotation file")
     try:
         tree = ElementTree.parse(path)
     except ElementTree.ParseError as error:
@@ -127,11 +168,13 @@ def load_voc(
     }
     ids = {split: read_id_list(path) for split, path in lists.items()}
     xml_files = [os.path.join(voc, "Annotations", f"{image_id}.xml") for split in ids for image_id, _ in ids[split]]
+    class_files = {split: class_list_files(voc, word, labels) for split, word in ((TRAIN, "train"), (TEST, "val"))}
 
     def parse() -> ParsedSource:
         class_index = {name: index for index, name in enumerate(labels)}
         splits = {}
         for split, entries in ids.items():
+            check_against_class_lists(lists[split], entries, class_files[split])
             records = []
             for image_id, number in entries:
                 xml = os.path.join(voc, "Annotations", f"{image_id}.xml")
@@ -150,6 +193,6 @@ def load_voc(
         "voc",
         parse,
         options,
-        annotation_files=[*lists.values(), *xml_files],
+        annotation_files=[*lists.values(), *class_files[TRAIN], *class_files[TEST], *xml_files],
         loader_options={"root": voc, "difficult": difficult, "hierarchy": resolved.to_dict()},
     )
