@@ -9,6 +9,17 @@ Inputs
 nested lists), one row per image. ``targets``: (N, C) multi-hot ground
 truth with values in {0, 1} (anything else raises ``ValueError``).
 
+Bad input raises ONE ``ValueError`` that names the argument: scores that are
+not a rectangular 2-d array of numbers, NaN or infinite scores (with the
+position of the first), empty input (N = 0 or C = 0: there is nothing to
+average, and a 0 would look like a result), targets of another shape or with
+values other than 0/1, ``threshold`` not a finite number in [0, 1] (it is
+compared with PROBABILITIES, also with ``from_logits=True``), ``k`` not an
+int >= 1, ``min_score`` not None or a finite number, ``from_logits`` not a
+bool, an unknown ``definition``. ``MultiLabelMetricAccumulator`` checks its
+options when it is built and every batch when it is added, so a bad batch is
+reported at the batch, not at the end of the evaluation.
+
 mAP is computed from the ranking of the scores only, so it is the same for
 logits and for sigmoid probabilities (the sigmoid is strictly increasing;
 only probabilities that saturate to exactly 0.0 / 1.0 in floating point can
@@ -114,29 +125,80 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _check_scores(scores: Any) -> np.ndarray:
-    s = _to_numpy(scores)
+def _as_array(x: Any, name: str) -> np.ndarray:
+    try:
+        a = _to_numpy(x)
+    except (ValueError, TypeError) as error:  # ragged nested lists, unconvertible objects
+        raise ValueError(f"{name} must be a rectangular (N, C) array of numbers: {error}") from None
+    if a.dtype.kind not in "biuf":  # bool, int, unsigned, float: no strings, objects, complex
+        raise ValueError(f"{name} must be a rectangular (N, C) array of numbers, got dtype {a.dtype}")
+    return a
+
+
+def _check_scores(scores: Any, name: str = "scores", *, allow_empty: bool = False) -> np.ndarray:
+    s = _as_array(scores, name)
+    if not allow_empty and s.size == 0:
+        raise ValueError(f"{name} is empty (shape {s.shape}): nothing to evaluate, need N >= 1 samples and C >= 1 labels")
     if s.ndim != 2:
-        raise ValueError(f"scores must be a 2-d (N, C) array, got shape {s.shape}")
+        raise ValueError(f"{name} must be a 2-d (N, C) array, got shape {s.shape}")
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(np.float64)
-    if s.size and not np.all(np.isfinite(s)):
-        raise ValueError("scores contain NaN or infinite values")
+    finite = np.isfinite(s)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise ValueError(f"{name} contain NaN or infinite values: {name}[{row}, {col}] = {s[row, col]}")
     return s
 
 
-def _check_targets(targets: Any, shape: Tuple[int, ...]) -> np.ndarray:
-    t = _to_numpy(targets)
+def _check_targets(targets: Any, shape: Tuple[int, ...], name: str = "targets") -> np.ndarray:
+    t = _as_array(targets, name)
     if t.shape != shape:
-        raise ValueError(f"targets must have the shape of scores {shape}, got {t.shape}")
-    if t.size and not np.all((t == 0) | (t == 1)):
-        raise ValueError("targets must be multi-hot with values in {0, 1}")
+        raise ValueError(f"{name} must have the shape of the scores {shape}, got {t.shape}")
+    valid = (t == 0) | (t == 1)
+    if not valid.all():
+        row, col = np.argwhere(~valid)[0]
+        raise ValueError(f"{name} must be multi-hot with values in {{0, 1}}: {name}[{row}, {col}] = {t[row, col]}")
     return t.astype(bool)
 
 
 def _prepare(scores: Any, targets: Any) -> Tuple[np.ndarray, np.ndarray]:
     s = _check_scores(scores)
     return s, _check_targets(targets, s.shape)
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r} ({type(threshold).__name__})")
+    if not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(
+            f"threshold must be a finite number in [0, 1] (it is compared with probabilities, also with "
+            f"from_logits=True), got {threshold!r}"
+        )
+    return float(threshold)
+
+
+def _check_k(k: Any, num_labels: Optional[int] = None) -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r} ({type(k).__name__})")
+    if num_labels is not None and k > num_labels:
+        raise ValueError(f"k must be an int in [1, {num_labels}] (the number of labels), got {k!r}")
+    return int(k)
+
+
+def _check_min_score(min_score: Any, name: str = "min_score") -> Optional[float]:
+    if min_score is None:
+        return None
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be None or a finite number, got {min_score!r} ({type(min_score).__name__})")
+    if not np.isfinite(min_score):
+        raise ValueError(f"{name} must be None or a finite number, got {min_score!r}")
+    return float(min_score)
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -185,8 +247,6 @@ def average_precision_ranked(scores: Any, targets: Any) -> np.ndarray:
     """
     s, t = _prepare(scores, targets)
     n, c = s.shape
-    if n == 0:
-        return np.zeros(c, dtype=np.float64)
     _, t_sorted = _sorted_columns(s, t)
     hits = np.cumsum(t_sorted, axis=0, dtype=np.float64)
     precision_at_rank = hits / np.arange(1, n + 1, dtype=np.float64)[:, None]
@@ -204,8 +264,6 @@ def average_precision_tie_aware(scores: Any, targets: Any) -> np.ndarray:
     """
     s, t = _prepare(scores, targets)
     n, c = s.shape
-    if n == 0:
-        return np.zeros(c, dtype=np.float64)
     s_sorted, t_sorted = _sorted_columns(s, t)
     hits = np.cumsum(t_sorted, axis=0, dtype=np.float64)
     precision = hits / np.arange(1, n + 1, dtype=np.float64)[:, None]
@@ -234,7 +292,7 @@ def mean_average_precision(scores: Any, targets: Any, definition: str = "ranked"
         ap = average_precision_tie_aware(scores, targets)
     else:
         raise ValueError(f"definition must be one of {MAP_DEFINITIONS}, got {definition!r}")
-    return float(100.0 * ap.mean()) if ap.size else 0.0
+    return float(100.0 * ap.mean())
 
 
 # ---------------------------------------------------------------------------
@@ -273,7 +331,8 @@ def threshold_metrics(
     0/0 counts as 0.
     """
     s, t = _prepare(scores, targets)
-    probs = _probabilities(s, from_logits)
+    threshold = _check_threshold(threshold)
+    probs = _probabilities(s, _check_flag(from_logits, "from_logits"))
     return _decision_metrics(probs > threshold, t)
 
 
@@ -289,12 +348,11 @@ def topk_metrics(
     """
     s, t = _prepare(scores, targets)
     n, c = s.shape
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= c:
-        raise ValueError(f"k must be an int in [1, {c}], got {k!r}")
+    k = _check_k(k, c)
+    min_score = _check_min_score(min_score)
     pred = np.zeros((n, c), dtype=bool)
-    if n:
-        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        np.put_along_axis(pred, top, True, axis=1)
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    np.put_along_axis(pred, top, True, axis=1)
     if min_score is not None:
         pred &= s >= min_score
     return _decision_metrics(pred, t)
@@ -320,9 +378,10 @@ def compute_all_metrics(
     keep the requested ``k`` in their suffix (see the module docstring).
     """
     s, t = _prepare(scores, targets)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    probs = _probabilities(s, from_logits)  # validates the range before any work
+    k = _check_k(k)
+    threshold = _check_threshold(threshold)
+    topk_min_score = _check_min_score(topk_min_score, "topk_min_score")
+    probs = _probabilities(s, _check_flag(from_logits, "from_logits"))  # validates the range before any work
     out: Dict[str, float] = {
         "mAP": mean_average_precision(s, t, "ranked"),
         "mAP_tie_aware": mean_average_precision(s, t, "tie_aware"),
@@ -399,15 +458,17 @@ class MultiLabelMetricAccumulator:
         capacity: Optional[int] = None,
         initial_capacity: Optional[int] = None,
     ) -> None:
-        if num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
-        if capacity is not None and (isinstance(capacity, bool) or int(capacity) != capacity or capacity < 0):
+        if isinstance(num_labels, (bool, np.bool_)) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
+            raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}")
+        if capacity is not None and (
+            isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)) or capacity < 0
+        ):
             raise ValueError(f"capacity must be None or an int >= 0, got {capacity!r}")
         self.num_labels = int(num_labels)
-        self.from_logits = from_logits
-        self.threshold = threshold
-        self.k = k
-        self.topk_min_score = topk_min_score
+        self.from_logits = _check_flag(from_logits, "from_logits")
+        self.threshold = _check_threshold(threshold)
+        self.k = _check_k(k)
+        self.topk_min_score = _check_min_score(topk_min_score, "topk_min_score")
         self.expected_samples = None if capacity is None else int(capacity)
         self.reset()
 
@@ -456,14 +517,11 @@ class MultiLabelMetricAccumulator:
 
     def add(self, scores: Any, targets: Any) -> None:
         """Add a batch: scores (B, C) and multi-hot targets (B, C). The data are copied."""
-        s = _to_numpy(scores)
-        t = _to_numpy(targets)
+        s = _as_array(scores, "scores")
         if s.ndim != 2 or s.shape[1] != self.num_labels:
-            raise ValueError(f"scores must be (B, {self.num_labels}), got {s.shape}")
-        if t.shape != s.shape:
-            raise ValueError(f"targets must have shape {s.shape}, got {t.shape}")
-        if t.size and not np.all((t == 0) | (t == 1)):
-            raise ValueError("targets must be multi-hot with values in {0, 1}")
+            raise ValueError(f"scores must be (B, {self.num_labels}) (num_labels={self.num_labels}), got {s.shape}")
+        s = _check_scores(s, allow_empty=True)  # finite; an empty batch is allowed (and ignored)
+        t = _check_targets(targets, s.shape)
         if self._dtype is None:
             self._dtype = np.dtype(np.float64 if s.dtype == np.float64 else np.float32)
             if self.expected_samples:
@@ -513,8 +571,14 @@ class MultiLabelMetricAccumulator:
         Each argument left out (``None``; for ``topk_min_score``, not passed)
         takes the constructor's value, so ``acc.compute(threshold=0.4, k=2)``
         needs no second pass over the data. ``k`` is clamped to
-        ``num_labels`` (the keys keep the requested k).
+        ``num_labels`` (the keys keep the requested k). Raises ``ValueError``
+        if no sample was added.
         """
+        if self._n == 0:
+            raise ValueError(
+                "MultiLabelMetricAccumulator.compute: no samples were added (every batch was empty, or add() was "
+                "never called); there is nothing to evaluate"
+            )
         return compute_all_metrics(
             self.scores,
             self.targets,

@@ -16,7 +16,7 @@ API; ``evaluate`` is in maintenance mode.
 import datasets
 import evaluate
 
-from hspnet.metrics import compute_all_metrics
+from hspnet.metrics import _check_scores, _check_targets, compute_all_metrics
 
 _DESCRIPTION = """\
 Multi-label classification metrics as reported for HSPNet (ACM MM 2023):
@@ -49,6 +49,10 @@ Args:
         score is >= this value (ML-GCN uses 0.0 on logits).
 Returns:
     `dict` of floats, see the description.
+Raises:
+    `ValueError` naming the argument: empty input, NaN or infinite predictions,
+    references other than 0/1 or of another shape, threshold outside [0, 1],
+    k not an int >= 1, a non-finite topk_min_score, from_logits not a bool.
 Example:
     >>> metric = evaluate.load("metrics/hspnet_multilabel")
     >>> metric.compute(predictions=[[0.9, 0.2], [0.1, 0.7]], references=[[1, 0], [0, 1]], k=1)["mAP"]
@@ -83,6 +87,8 @@ class HspnetMultilabel(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, threshold=0.5, k=3, from_logits=False, topk_min_score=None):
+        # the same checks as compute_all_metrics, with the names of THIS API in the error messages
+        _check_targets(references, _check_scores(predictions, "predictions").shape, "references")
         return compute_all_metrics(
             predictions,
             references,
