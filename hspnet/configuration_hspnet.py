@@ -121,7 +121,9 @@ def _field_rules() -> dict:
                 return rule(value)
             except ValueError as error:
                 message = str(error)
-                raise ValueError(message if message.startswith("HSPNetConfig:") else f"HSPNetConfig: {message}") from None
+                named = ValueError(message if message.startswith("HSPNetConfig:") else f"HSPNetConfig: {message}")
+                named.hspnet_field = name
+                raise named from None
 
         return checked
 
@@ -162,11 +164,15 @@ def _where(pretrained_model_name_or_path: Any, subfolder: str = "") -> str:
     return f"{CONFIG_FILE_NAME} of {path!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
 
 
-def _located(error: ValueError, where: str) -> ValueError:
-    """The same validation error with `(in <where>)` appended (replacing a less precise location)."""
+def _located(error: ValueError, where: str, final: bool = False) -> ValueError:
+    """The same validation error with `(in <where>)` appended (replacing a less precise location, unless the
+    location already given is `final`)."""
+    if getattr(error, "hspnet_final", False):
+        return error
     bare = getattr(error, "hspnet_message", None) or str(error)
     located = ValueError(f"{bare} (in {where})")
     located.hspnet_message = bare
+    located.hspnet_final = final
     return located
 
 
@@ -205,24 +211,25 @@ class HSPNetConfig(PreTrainedConfig):
         group_prompt_template (`str`, *optional*, defaults to `"a photo of a {}."`):
             The fixed group prompt; `{}` is replaced by the group name (underscores become spaces).
         n_ctx (`int`, *optional*, defaults to 4):
-            Number of context vectors that the meta-net produces for each label prompt.
+            Number of context vectors that the meta-net produces for each label prompt (an int >= 1).
         ctx_init (`str`, *optional*, defaults to `"X X X X"`):
             The placeholder text whose `n_ctx` tokens open each label prompt (`ctx_init + " " + label + "."`); their
             embeddings are replaced by the meta-net output, so only the token positions matter. Must tokenize to
             exactly `n_ctx` tokens.
         gcn_hidden_dims (`list[int]`, *optional*):
             Output sizes of the first two graph convolutions; the third maps back to `D`. Defaults to `[2D, 2D]` where
-            `D = clip_config.projection_dim`.
+            `D = clip_config.projection_dim`. Two positive ints.
         gcn_negative_slope (`float`, *optional*, defaults to 0.2):
-            LeakyReLU slope after the first two graph convolutions.
+            LeakyReLU slope after the first two graph convolutions (a finite number >= 0).
         gcn_gamma_init (`float`, *optional*, defaults to 0.9):
-            Initial value of the trainable residual mix `out = gamma * gcn(x) + (1 - gamma) * x`.
+            Initial value of the trainable residual mix `out = gamma * gcn(x) + (1 - gamma) * x` (finite).
         relation_keep_ratio (`float`, *optional*, defaults to 0.75):
-            Each row of a relation block keeps its top `floor(keep_ratio * n)` entries.
+            Each row of a relation block keeps its top `floor(keep_ratio * n)` entries; in (0, 1].
         relation_reweight_p (`float`, *optional*, defaults to 0.2):
-            Off-diagonal mass `p` of each adjacency row; the diagonal is `1 - p`.
+            Off-diagonal mass `p` of each adjacency row; the diagonal is `1 - p`; in [0, 1].
         logit_scale (`float`, *optional*, defaults to 10.0):
-            Constant multiplier of the cosine similarities (CLIP's learned `logit_scale` is not used).
+            Constant multiplier of the cosine similarities (CLIP's learned `logit_scale` is not used); a finite
+            number > 0 (0 or NaN would make every score equal or NaN, a negative scale would invert the ranking).
         freeze_text_encoder (`bool`, *optional*, defaults to `True`):
             Keep the CLIP text tower (embeddings, transformer, final norm, text projection) frozen.
         loss (`str`, *optional*, defaults to `"splc"`):
@@ -230,7 +237,13 @@ class HSPNetConfig(PreTrainedConfig):
             `hspnet.losses.LOSSES`: splc, an, an_ls, wan, epr, role, em, ll_r, hill, focal, asl).
         loss_kwargs (`dict`, *optional*):
             Keyword arguments of that loss, overriding its defaults (`hspnet.losses.LOSS_DEFAULTS`), e.g.
-            `{"change_epoch": 2}` for VOC.
+            `{"change_epoch": 2}` for VOC. Names, types and ranges are checked as the loss constructor checks them
+            (e.g. `expected_num_pos` in (0, num_labels]).
+
+    Every field is checked when the config is built, loaded or assigned: a wrong type (a string for a number, a bool
+    for an int, a float for an int), a non-finite number or a value out of range raises a `ValueError` naming the
+    field and the value (and the config file, when loading one). `problem_type` is always
+    `"multi_label_classification"`; another value is refused.
 
     Example:
 
@@ -279,6 +292,9 @@ class HSPNetConfig(PreTrainedConfig):
         except ValueError as error:
             if not str(error).startswith("HSPNetConfig:"):
                 raise
+            field = getattr(error, "hspnet_field", None)
+            if field is not None and field in kwargs:  # the bad value is a keyword override, not from the file
+                raise _located(error, f"the keyword argument {field}=, not the config file", final=True) from None
             source = kwargs.get("name_or_path")  # AutoConfig / AutoModel pass it
             where = _where(source) if source else "the config dict given to HSPNetConfig.from_dict"
             raise _located(error, where) from None

@@ -797,7 +797,8 @@ class LargeLossRejectionLoss(MultiLabelLoss):
         self.mode = p["mode"]
 
     def rejection_rate(self, epoch: int) -> float:
-        return min(1.0, epoch * self.delta_rel)
+        """Fraction of the unobserved entries rejected at the 0-based ``epoch`` (an int >= 0)."""
+        return min(1.0, _check_epoch(epoch) * self.delta_rel)
 
     def _loss_terms(self, z, y, epoch, indices):
         loss = -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))

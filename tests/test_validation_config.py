@@ -258,6 +258,17 @@ def test_loading_a_model_with_a_bad_config_json_names_the_file(tmp_path):
         )
 
 
+def test_bad_keyword_override_at_load_is_not_blamed_on_the_file(tmp_path):
+    make().save_pretrained(tmp_path)
+    with pytest.raises(ValueError) as excinfo:
+        HSPNetConfig.from_pretrained(tmp_path, logit_scale=-1.0)
+    assert one_line_error(excinfo) == (
+        "HSPNetConfig: logit_scale must be a finite number > 0, got -1.0 (in the keyword argument logit_scale=, "
+        "not the config file)"
+    )
+    assert HSPNetConfig.from_pretrained(tmp_path, logit_scale=3.0).logit_scale == 3.0
+
+
 def test_good_config_round_trips_unchanged(tmp_path):
     config = make(logit_scale=5.0, gcn_negative_slope=0.1, loss="epr", loss_kwargs={"expected_num_pos": 1.5})
     config.save_pretrained(tmp_path)

@@ -137,6 +137,13 @@ def test_bad_epochs_are_refused(name, bad):
         loss.set_epoch(bad)
 
 
+def test_ll_r_rejection_rate_checks_the_epoch():
+    loss = make("ll_r", delta_rel=0.25)
+    assert [loss.rejection_rate(e) for e in (0, 1, 3, 4, 9)] == [0.0, 0.25, 0.75, 1.0, 1.0]
+    with pytest.raises(ValueError, match="epoch must be an int >= 0, got -1"):
+        loss.rejection_rate(-1)
+
+
 def test_whole_float_epoch_equals_int_epoch():
     # transformers.TrainerState.epoch is a float (2.0 at the start of the third epoch)
     loss = make("splc")
