@@ -422,6 +422,20 @@ def test_output_with_foreign_files_is_refused_unless_overwrite(tmp_path, capsys)
     assert "not a folder" in capsys.readouterr().err and plain.read_text() == "a file"
 
 
+def test_foreign_files_inside_a_saved_split_folder(tmp_path, capsys):
+    from hspnet.data.export import foreign_entries
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert _demo_cli(out, cache) == 0  # arrow: train/, validation/, test/ folders
+    assert foreign_entries(out) == []
+    write_text(out / "train" / "cache-0123.arrow", "a datasets cache made from the build")  # part of the build
+    write_text(out / "test" / "mine.txt", "not part of the build")
+    assert foreign_entries(out) == ["test/mine.txt"]
+    assert _demo_cli(out, cache) == 1
+    assert "'test/mine.txt'" in capsys.readouterr().err
+    assert (out / "test" / "mine.txt").read_text() == "not part of the build"
+
+
 def test_output_that_is_or_holds_an_input_is_refused(tmp_path, capsys):
     root = folder_with(tmp_path, ["file_name,labels", "a.png,cat", "b.png,dog", "c.png,cat", "d.png,dog"])
     hierarchy = write_text(tmp_path / "h.csv", "cat,pet\ndog,pet\n")

@@ -99,6 +99,7 @@ def _custom_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label-separator",
         choices=(";", "|", ",", "space"),
+        metavar="SEP",
         help="what separates labels in a label string: ';' (the default), '|', ',' or 'space'; label names may "
         "contain spaces. Without this option a file that never uses ';' but has '|', ',' or spaces in a label "
         "field is refused (earlier versions split it on that character): choose one explicitly",

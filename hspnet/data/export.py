@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterable
 
 from .core import get_build_report
-from .errors import DatasetFormatError, ImageError
+from .errors import DatasetFormatError, ImageError, read_json_file
 from .hierarchy import get_hierarchy
 
 BUILD_MARKER = "hspnet_build.json"
@@ -27,23 +27,14 @@ _BUILD_FILES = ("hierarchy.json", "report.json", "dataset_dict.json", BUILD_MARK
 _SPLIT_FOLDER_FILES = ("dataset_info.json", "state.json")
 
 
-def _is_split_folder(path: str) -> bool:
-    """A ``save_to_disk`` split folder: only ``dataset_info.json``, ``state.json`` and ``data-*.arrow`` files."""
-    try:
-        entries = os.listdir(path)
-    except OSError:
-        return False
-    return bool(entries) and all(
-        (name in _SPLIT_FOLDER_FILES or (name.startswith("data-") and name.endswith(".arrow")))
-        and os.path.isfile(os.path.join(path, name))
-        and not os.path.islink(os.path.join(path, name))
-        for name in entries
-    )
+def _split_folder_file(name: str) -> bool:
+    """A file ``save_to_disk`` writes into a split folder (or a ``datasets`` cache file made from it later)."""
+    return name in _SPLIT_FOLDER_FILES or (name.startswith(("data-", "cache-")) and name.endswith(".arrow"))
 
 
-def _build_entries(path: str) -> list[str] | None:
-    """The entries of ``path`` written by an earlier build, or None if ``path`` is not a previous build."""
-    entries = sorted(os.listdir(path))
+def _listed_entries(path: str, entries: list[str]) -> set[str] | None:
+    """The top-level names an earlier build wrote: from its ``hspnet_build.json``, or, for a build of an earlier
+    version (no marker), all entries if the folder looks like one (hierarchy.json, report.json and the splits)."""
     marker = os.path.join(path, BUILD_MARKER)
     if os.path.isfile(marker) and not os.path.islink(marker):
         try:
@@ -52,30 +43,39 @@ def _build_entries(path: str) -> list[str] | None:
         except (OSError, ValueError, AttributeError):
             listed = None
         if isinstance(listed, list):
-            return [name for name in entries if name in set(listed) | {BUILD_MARKER}]
-    # a build of an earlier version (no marker): hierarchy.json + report.json + the splits, and nothing else
-    if not {"hierarchy.json", "report.json"} <= set(entries):
-        return None
-    if not ("dataset_dict.json" in entries or any(name.endswith(".parquet") for name in entries)):
-        return None
-    for name in entries:
-        full = os.path.join(path, name)
-        if os.path.islink(full):
-            return None
-        if name in _BUILD_FILES or name.endswith(".parquet"):
-            if not os.path.isfile(full):
-                return None
-        elif not (os.path.isdir(full) and _is_split_folder(full)):
-            return None
-    return entries
+            return {str(name) for name in listed} | {BUILD_MARKER}
+    names = set(entries)
+    if {"hierarchy.json", "report.json"} <= names and (
+        "dataset_dict.json" in names or any(name.endswith(".parquet") for name in names)
+    ):
+        return names
+    return None
 
 
 def foreign_entries(path: str | os.PathLike) -> list[str]:
-    """The entries of an existing output folder that no earlier build wrote (all of them if it is not a build)."""
+    """The entries of an existing output folder (``split/file`` inside split folders) that no earlier build wrote:
+    all of them if the folder is not a build. Only these make a folder need ``overwrite``."""
     path = os.fspath(path)
     entries = sorted(os.listdir(path))
-    built = _build_entries(path)
-    return entries if built is None else [name for name in entries if name not in set(built)]
+    listed = _listed_entries(path, entries)
+    if listed is None:
+        return entries
+    foreign = []
+    for name in entries:
+        full = os.path.join(path, name)
+        if name not in listed or os.path.islink(full):
+            foreign.append(name)
+        elif os.path.isdir(full):
+            foreign += [
+                f"{name}/{inner}"
+                for inner in sorted(os.listdir(full))
+                if not _split_folder_file(inner)
+                or os.path.islink(os.path.join(full, inner))
+                or not os.path.isfile(os.path.join(full, inner))
+            ]
+        elif not os.path.isfile(full) or not (name in _BUILD_FILES or name.endswith(".parquet")):
+            foreign.append(name)
+    return foreign
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -271,7 +271,6 @@ def load_prepared_dataset(path: str | os.PathLike, cache_dir: str | os.PathLike 
         }
     )
     report = {}
-    if os.path.isfile(os.path.join(path, "report.json")):
-        with open(os.path.join(path, "report.json"), encoding="utf-8") as handle:
-            report = json.load(handle)
+    if os.path.lexists(os.path.join(path, "report.json")):
+        report = read_json_file(os.path.join(path, "report.json"), "build report")
     return attach_metadata(loaded, report.get("dataset", "custom"), get_hierarchy(loaded), report)

@@ -19,6 +19,11 @@ Many NUS-WIDE images no longer exist on Flickr. Missing images are therefore ski
 (``on_missing_image="skip"``) and counted and listed in the build report (never silently dropped). Images with no
 concept are excluded (also counted). A label value other than 0/1 (the official ``Labels_lake_Train.txt`` has one)
 is treated as 0 and reported.
+
+Files cut short never build: every ``Labels_<concept>_<split>.txt`` must have exactly one line per image of the image
+list (else an error names the file and says which has fewer lines), and an image-list line that does not end with an
+image extension (a last line cut mid-record) is an error naming its line. The flat layout's ``file,idx idx`` lists
+carry no end-of-record mark: a last line cut inside its label indices cannot be told from a complete one.
 """
 
 from __future__ import annotations
