@@ -43,7 +43,7 @@ from torch import nn
 
 from hspnet.cli_types import json_object, one_line, positive_int, probability, run_cli
 from hspnet.files import refuse_inputs_as_output
-from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, open_image, to_rgb
+from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, to_rgb
 from hspnet.prediction import (
     _load_errors,
     _looks_like_path,
@@ -51,6 +51,7 @@ from hspnet.prediction import (
     check_model_folder,
     check_positive_int,
     check_probability,
+    load_image,
     write_output,
 )
 
@@ -135,12 +136,12 @@ def check_zero_shot_template(template: Any) -> str:
     if not isinstance(template, str):
         raise ValueError(f"the zero-shot template must be a string with one '{{}}', got {template!r}")
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-        template.format("label")
-    except (ValueError, IndexError, KeyError) as error:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as error:
         raise ValueError(f"the zero-shot template {template!r} is not a valid format string ({one_line(error)}); "
                          "use one '{}' for the label name and '{{' / '}}' for literal braces") from None
-    if fields != [""]:
+    if fields != [("", "", None)]:
         raise ValueError(f"the zero-shot template {template!r} must hold exactly one '{{}}' (the label name) and no "
                          "other '{...}' field")
     return template
@@ -620,7 +621,7 @@ def read_dataset_image(value: Any, max_pixels: int | None = MAX_IMAGE_PIXELS):
         import datasets
 
         return to_rgb(datasets.Image().decode_example(value))
-    return open_image(path, max_pixels=max_pixels)
+    return load_image(path, max_pixels=max_pixels)
 
 
 def make_eval_transform(image_processor, num_labels: int, permutation: list[int] | None = None,
