@@ -7,9 +7,11 @@ Builds a real-size ViT-B/16 CLIP from its config (random weights, no download) a
 - `hspnet`: the HSPNet classifier with its exact speed-ups (cached label embeddings, cached group features,
   truncated prompts);
 - `hspnet, speed-ups off`: the same model recomputing every prompt at full length on each call, as the released
-  code does.
+  code does;
+- with `--compile`: `torch.compile(model)` of the same model (cache on), timed in the same rounds.
 
     python benchmarks/inference.py                      # CPU, float32
+    python benchmarks/inference.py --compile            # + torch.compile
     python benchmarks/inference.py --device cuda --dtype bfloat16 --iters 50
 """
 
@@ -61,6 +63,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best round is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,6 +88,12 @@ def main():
         base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = True
         return model(pixel_values=x).logits
 
+    compiled = torch.compile(model) if args.compile else None
+
+    def hspnet_compiled(x):
+        base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = True
+        return compiled(pixel_values=x).logits
+
     def hspnet_plain(x):
         base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = False
         return model(pixel_values=x).logits
@@ -97,18 +106,30 @@ def main():
             iters = args.iters or (50 if args.device.startswith("cuda") else (5 if batch_size == 1 else 2))
             x = torch.randn(batch_size, 3, 224, 224, device=args.device, dtype=dtype)
             # alternate the two in rounds and keep each one's best round, so background load hits both alike
-            speed_tower = speed_hspnet = 0.0
+            speed_tower = speed_hspnet = speed_compiled = 0.0
+            if compiled is not None:
+                hspnet_compiled(x)  # compile outside the timed rounds
             for _ in range(args.rounds):
                 speed_tower = max(speed_tower, measure(tower, x, iters, args.warmup, args.device))
                 speed_hspnet = max(speed_hspnet, measure(hspnet, x, iters, args.warmup, args.device))
+                if compiled is not None:
+                    speed_compiled = max(speed_compiled, measure(hspnet_compiled, x, iters, args.warmup, args.device))
             speed_plain = measure(hspnet_plain, x, max(1, iters // 5) if batch_size == 1 else iters, 1, args.device)
-            rows.append((batch_size, speed_tower, speed_hspnet, speed_plain))
+            rows.append((batch_size, speed_tower, speed_hspnet, speed_plain, speed_compiled))
     print()
-    print("| batch | clip image tower (img/s) | hspnet (img/s) | hspnet / tower | hspnet, speed-ups off (img/s) |")
-    print("|---:|---:|---:|---:|---:|")
-    for batch_size, tower_speed, hspnet_speed, plain_speed in rows:
-        print(f"| {batch_size} | {tower_speed:.2f} | {hspnet_speed:.2f} | {hspnet_speed / tower_speed:.3f}x "
-              f"| {plain_speed:.2f} |")
+    header = "| batch | clip image tower (img/s) | hspnet (img/s) | hspnet / tower | hspnet, speed-ups off (img/s) |"
+    rule = "|---:|---:|---:|---:|---:|"
+    if compiled is not None:
+        header += " hspnet compiled (img/s) | compiled / eager |"
+        rule += "---:|---:|"
+    print(header)
+    print(rule)
+    for batch_size, tower_speed, hspnet_speed, plain_speed, compiled_speed in rows:
+        line = (f"| {batch_size} | {tower_speed:.2f} | {hspnet_speed:.2f} | {hspnet_speed / tower_speed:.3f}x "
+                f"| {plain_speed:.2f} |")
+        if compiled is not None:
+            line += f" {compiled_speed:.2f} | {compiled_speed / hspnet_speed:.3f}x |"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ One step = forward (image tower + the full text side: group GCN, meta-net, 80 la
 tower, label GCN) + SPLC loss + backward + Adam step with the reference parameter groups.
 
     python benchmarks/train_step.py                       # CPU, batch 32
+    python benchmarks/train_step.py --compile             # + torch.compile(model), steps interleaved with eager
     python benchmarks/train_step.py --device cuda --batch_size 128 --mixed_precision bf16
 """
 
@@ -32,6 +33,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(model), interleaved")
     args = parser.parse_args()
 
     from transformers import CLIPModel
@@ -48,26 +50,41 @@ def main():
     targets[torch.arange(args.batch_size), torch.randint(len(labels), (args.batch_size,))] = 1
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
 
-    def step():
+    runners = {"eager": model}
+    if args.compile:
+        runners["compiled"] = torch.compile(model)
+
+    def step(runner):
         with torch.autocast(device_type=torch.device(args.device).type, dtype=dtype, enabled=dtype is not None):
-            loss = model(pixel_values=x, labels=targets, epoch=0).loss
+            loss = runner(pixel_values=x, labels=targets, epoch=0).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch_size} "
-          f"mixed_precision={args.mixed_precision}: {1 / seconds:.4f} steps/s ({seconds:.2f} s/step, "
-          f"{args.batch_size / seconds:.2f} images/s)")
+    def timed(runner) -> float:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(runner)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for runner in runners.values():
+        for _ in range(args.warmup):
+            step(runner)  # the first compiled step compiles
+    times = {name: [] for name in runners}
+    for _ in range(args.steps):  # interleaved, so background load hits both alike
+        for name, runner in runners.items():
+            times[name].append(timed(runner))
+    for name, values in times.items():
+        seconds = sorted(values)[len(values) // 2]
+        print(f"{name}: device={args.device} threads={torch.get_num_threads()} batch={args.batch_size} "
+              f"mixed_precision={args.mixed_precision}: {1 / seconds:.4f} steps/s ({seconds:.2f} s/step median, "
+              f"{args.batch_size / seconds:.2f} images/s)")
+    if args.compile:
+        eager, compiled = (sorted(times[n])[len(times[n]) // 2] for n in ("eager", "compiled"))
+        print(f"compiled / eager step time: {compiled / eager:.3f}")
 
 
 if __name__ == "__main__":

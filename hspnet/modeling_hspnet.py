@@ -699,14 +699,17 @@ class HSPNetModel(HSPNetPreTrainedModel):
         cached = self._cached_text("group")
         return cached if cached is not None else self._encode_groups()
 
-    def compute_label_embeddings(self) -> torch.Tensor:
+    def compute_label_embeddings(self, group_features: torch.Tensor | None = None) -> torch.Tensor:
         """The full text side, `(C, D)` L2-normalised label embeddings:
 
         group features -> GCN (group adjacency) -> meta-net -> `n_ctx` context vectors per group -> each label takes
         its group's context -> label prompts through the text tower -> the SAME GCN (label adjacency) -> normalise.
+
+        `group_features` `(G, D)`: from `get_group_features()` when not given.
         """
         config = self.config
-        group_features = self.get_group_features()  # (G, D); also refreshes the prompt lengths and group index
+        if group_features is None:
+            group_features = self.get_group_features()  # also refreshes the prompt lengths and group index
         label_adjacency, group_adjacency = self.adjacency()
         group_features = self.gcn(group_features, group_adjacency)
         context = self.meta_net(group_features)  # (G, n_ctx * W)
@@ -723,8 +726,15 @@ class HSPNetModel(HSPNetPreTrainedModel):
     def get_label_embeddings(self) -> torch.Tensor:
         """`(C, D)` normalised label embeddings; cached in eval mode when no gradient is needed (see the class
         docstring)."""
-        cached = self._cached_text("label") if self.cache_label_embeddings and not self.training else None
-        return cached if cached is not None else self.compute_label_embeddings()
+        label_embeds, group_features = self._text_from_cache()
+        return label_embeds if label_embeds is not None else self.compute_label_embeddings(group_features)
+
+    @torch.compiler.disable
+    def _text_from_cache(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`(label_embeds, group_features)` from the cache, each None where it must be computed in the graph; one
+        call, so a compiled forward pass has a single graph break."""
+        label_embeds = self._cached_text("label") if self.cache_label_embeddings and not self.training else None
+        return label_embeds, (self._cached_text("group") if label_embeds is None else None)
 
     # ----- image side and forward ------------------------------------------------------------------------------
 
@@ -765,8 +775,8 @@ class HSPNetModel(HSPNetPreTrainedModel):
             vision_kwargs["output_hidden_states"] = True
         if output_attentions:
             vision_kwargs["output_attentions"] = True
+        label_embeds = self.get_label_embeddings()  # first: the cache lookup is the one graph break under compile
         image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
-        label_embeds = self.get_label_embeddings()
         # at least float32 and outside autocast: bf16 logits keep ~3 significant digits, ties that change mAP
         dtype = torch.promote_types(image_embeds.dtype, torch.float32)
         with torch.autocast(device_type=image_embeds.device.type, enabled=False):

@@ -1,0 +1,84 @@
+"""torch.compile: the forward pass compiles with at most one graph break (the cache bookkeeping), and compiled
+inference and training steps give the eager results within 1e-5 (float32)."""
+
+import copy
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _labels(batch, num_labels):
+    labels = torch.zeros(batch, num_labels)
+    labels[torch.arange(batch), torch.arange(batch) % num_labels] = 1
+    return labels
+
+
+def _breaks(model, **inputs):
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(**inputs)
+    return explanation.graph_break_count, [reason.reason for reason in explanation.break_reasons]
+
+
+def test_graph_breaks_per_forward(make_model, pixel_values):
+    model = make_model()
+    labels = _labels(3, 6)
+    model.train()
+    count, reasons = _breaks(model, pixel_values=pixel_values, labels=labels, epoch=1)
+    assert count <= 2, reasons
+    model.eval()
+    with torch.no_grad():
+        count, reasons = _breaks(model, pixel_values=pixel_values)  # cold cache: computed inside the bookkeeping
+        assert count <= 2, reasons
+        count, reasons = _breaks(model, pixel_values=pixel_values)  # warm cache
+        assert count <= 2, reasons
+    # eval mode WITH gradients (nothing cached: the text side runs in the graph)
+    count, reasons = _breaks(model, pixel_values=pixel_values)
+    assert count <= 2, reasons
+
+
+def test_compiled_inference_equals_eager(make_model, pixel_values):
+    torch._dynamo.reset()
+    model = make_model().eval()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        eager = model(pixel_values=pixel_values).logits
+        for _ in range(2):  # cold, then warm cache
+            torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, eager, atol=1e-5, rtol=1e-5)
+        # the cache rule still holds under compile: an in-place edit is seen
+        model.hspnet.gcn.gamma.fill_(0.25)
+        eager = model(pixel_values=pixel_values).logits
+        torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_training_step_equals_eager(make_model, pixel_values):
+    torch._dynamo.reset()
+    eager_model = make_model().train()
+    compiled_model = copy.deepcopy(eager_model)
+    compiled = torch.compile(compiled_model)
+    labels = _labels(3, 6)
+    # SGD, not Adam: Adam divides by sqrt(v), which turns the ~1e-9 rounding noise of a zero gradient (the attention
+    # key bias has one by construction) into full-size steps of either sign
+    optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+                  for m in (eager_model, compiled_model)]
+    for step in range(2):
+        losses = []
+        for runner, optimizer in zip((eager_model, compiled), optimizers):
+            loss = runner(pixel_values=pixel_values, labels=labels, epoch=step).loss
+            loss.backward()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+        for (name, a), b in zip(eager_model.named_parameters(), compiled_model.parameters()):
+            if a.grad is not None or b.grad is not None:
+                torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, a), b in zip(eager_model.named_parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=name)
+    compiled_model.eval()
+    eager_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(pixel_values=pixel_values).logits,
+                                   eager_model(pixel_values=pixel_values).logits, atol=1e-5, rtol=1e-5)
