@@ -248,8 +248,10 @@ def _load(args):
 
 def _inputs(args) -> list[str]:
     """The paths the command reads: an --output folder may not be, or contain, any of them."""
-    names = ("root", "observed_labels", "hierarchy", "label_names", "cache_dir", "metadata")
-    found = [getattr(args, name, None) for name in names]
+    from .core import cache_root
+
+    names = ("root", "observed_labels", "hierarchy", "label_names", "metadata")
+    found = [getattr(args, name, None) for name in names] + [cache_root(args.cache_dir)]
     path = getattr(args, "dataset_path", None)
     if path and os.path.exists(path):
         found.append(path)

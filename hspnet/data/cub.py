@@ -109,8 +109,9 @@ def read_cub_attribute_labels(path: str, images: dict[int, tuple[str, int]]) -> 
     """
     positives: dict[int, set[int]] = {image_id: set() for image_id in images}
     row_of = {image_id: row for row, image_id in enumerate(images)}
-    first_line = np.zeros((len(images), NUM_ATTRIBUTES + 1), dtype=np.int64)  # 0 = no row yet
-    last_line = np.zeros(len(images), dtype=np.int64)
+    width = NUM_ATTRIBUTES + 1
+    first_line = [0] * (len(images) * width)  # line of (image row, attribute id); 0 = no row yet (a flat list: fast)
+    last_line = [0] * len(images)
     with open(check_input_file(path, "CUB attribute labels"), "rb") as handle:
         data = handle.read()
     if data.startswith(b"\xef\xbb\xbf"):
@@ -141,14 +142,14 @@ def read_cub_attribute_labels(path: str, images: dict[int, tuple[str, int]]) -> 
                 f"attribute id {attribute} is out of range (1..{NUM_ATTRIBUTES})", file=path, line=number
             )
         row = row_of[image_id]
-        if first_line[row, attribute]:
+        cell = row * width + attribute
+        if first_line[cell]:
             raise DatasetFormatError(
-                f"attribute {attribute} of image id {image_id} is listed twice (first on line "
-                f"{first_line[row, attribute]})",
+                f"attribute {attribute} of image id {image_id} is listed twice (first on line {first_line[cell]})",
                 file=path,
                 line=number,
             )
-        first_line[row, attribute] = number
+        first_line[cell] = number
         last_line[row] = number
         present = fields[2]
         if present == b"1":
@@ -157,13 +158,14 @@ def read_cub_attribute_labels(path: str, images: dict[int, tuple[str, int]]) -> 
             raise DatasetFormatError(
                 f"is_present must be 0 or 1, got {present.decode('utf-8', 'replace')!r}", file=path, line=number
             )
-    counts = (first_line[:, 1:] > 0).sum(axis=1)
+    seen = np.asarray(first_line, dtype=np.int64).reshape(len(images), width)[:, 1:] > 0
+    counts = seen.sum(axis=1)
     incomplete = np.flatnonzero(counts != NUM_ATTRIBUTES)
     if len(incomplete):
         row = int(incomplete[0])
         image_id = list(images)[row]
         relative, images_line = images[image_id]
-        missing = int(np.flatnonzero(first_line[row, 1:] == 0)[0]) + 1
+        missing = int(np.flatnonzero(~seen[row])[0]) + 1
         has = f"only {int(counts[row])} of its {NUM_ATTRIBUTES} rows (last on line {int(last_line[row])})"
         raise DatasetFormatError(
             f"image id {image_id} ({relative}, images.txt line {images_line}) has "

@@ -138,11 +138,12 @@ class Hierarchy:
         return cls(labels=order, groups=groups, label_to_group=[groups.index(label_to_group_name[x]) for x in order])
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the hierarchy as JSON (``{"labels", "groups", "label_to_group"}``); returns the path."""
+        """Write the hierarchy as JSON (``{"labels", "groups", "label_to_group"}``) atomically (a file that was there
+        is replaced only by the complete new one); returns the path."""
+        from ..files import write_text
+
         path = os.fspath(path)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=1)
-            handle.write("\n")
+        write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     def model_kwargs(self) -> dict[str, Any]:
