@@ -747,19 +747,24 @@ def _check_output_path(output: str) -> None:
         raise NotADirectoryError(f"{output}: cannot write --output there, {parent} is not a folder")
 
 
+def _skip_counts(predictions: Sequence[Prediction]) -> str:
+    """``"1 decompression bomb, 2 unreadable"``: the skipped images counted by :func:`skip_reason`."""
+    counts: dict[str, int] = {}
+    for p in predictions:
+        if p.error is not None:
+            kind = skip_reason(p.error)
+            counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+
+
 def summarize_skipped(predictions: Sequence[Prediction], ignored: Sequence[tuple[str, str]] = ()) -> str | None:
     """One line counting the images skipped (by kind) and the special files ignored in folders; None if none."""
     failed = [p for p in predictions if p.error is not None]
     if not failed and not ignored:
         return None
-    counts: dict[str, int] = {}
-    for p in failed:
-        kind = skip_reason(p.error)
-        counts[kind] = counts.get(kind, 0) + 1
     parts = [f"{len(predictions) - len(failed)} of {len(predictions)} image(s) predicted"]
     if failed:
-        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
-        parts.append(f"{len(failed)} skipped ({kinds})")
+        parts.append(f"{len(failed)} skipped ({_skip_counts(failed)})")
     if ignored:
         parts.append(f"{len(ignored)} special file(s) in folders ignored (FIFO, socket, device, broken link)")
     return "; ".join(parts) + " (see the warnings above)"
@@ -793,7 +798,8 @@ def run_prediction(args: argparse.Namespace) -> list[Prediction]:
         sys.stdout.flush()
     summary = summarize_skipped(predictions, ignored)
     if predictions and all(p.error is not None for p in predictions):
-        raise ValueError(f"none of the {len(predictions)} image(s) could be read" + (f": {summary}" if summary else ""))
+        kinds = _skip_counts(predictions)
+        raise ValueError(f"none of the {len(predictions)} image(s) could be read ({kinds}; see the warnings above)")
     if summary:
         print(f"summary: {summary}", file=sys.stderr)
     return predictions

@@ -146,10 +146,12 @@ def test_unreadable_dataset_images_are_named(folder, tmp_path, capsys):
     options = dict(folder.options, hierarchy=str(root / "groups.csv"))
     common[common.index("--dataset_options") + 1] = json.dumps(options)
     common[common.index("--cache_dir") + 1] = str(tmp_path / "cache")
-    code = evaluation.main([str(c) for c in common] + ["--output_dir", str(tmp_path / "out"), "--no_plot"])
-    line = _one_error_line(capsys)
-    assert code == 1 and line.startswith(f"evaluate.py: error: {root / 'img/tagged.jpg'}: cannot read this file")
-    assert not (tmp_path / "out" / "metrics.json").exists()
+    for workers in ("0", "1"):  # read in the main process, or in a DataLoader worker
+        code = evaluation.main([str(c) for c in common] + ["--output_dir", str(tmp_path / "out"), "--no_plot",
+                                                           "--num_workers", workers])
+        line = _one_error_line(capsys)
+        assert code == 1 and line.startswith(f"evaluate.py: error: {root / 'img/tagged.jpg'}: cannot read this file")
+        assert not (tmp_path / "out" / "metrics.json").exists()
 
     bomb = write_png_bomb(tmp_path / "bomb.png")
     table = datasets.Dataset.from_dict({"image": [bomb], "labels": [[0]]})

@@ -570,3 +570,39 @@ def test_other_library_arguments_are_checked(model_dir, images, tmp_path):
             prediction.check_positive_int(bad, "probe")
     assert prediction.check_positive_int(0, "probe", minimum=0) == 0
     assert prediction.check_probability(1, "probe") == 1.0 and prediction.check_probability(None, "probe") is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 8. Reading a model never runs code from it
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_loading_a_model_runs_none_of_its_code(model_dir, images, tmp_path, capsys):
+    # a pickle that would create a file when unpickled, as the only weights
+    pickled = tmp_path / "pickled"
+    shutil.copytree(model_dir, pickled)
+    os.remove(pickled / "model.safetensors")
+    marker = tmp_path / "pickle_ran"
+    torch.save({"hspnet.gcn.gamma": _RunsCodeWhenUnpickled(str(marker))}, pickled / "pytorch_model.bin")
+    assert prediction.main([images["plain"], "--model", str(pickled), "--no_progress"]) == 1
+    assert _one_error_line(capsys).startswith(f"predict.py: error: {pickled}: model folder could not be loaded")
+    assert not marker.exists()
+
+    # the remote code saved beside the weights is not imported without --trust_remote_code
+    remote = tmp_path / "remote"
+    shutil.copytree(model_dir, remote)
+    marker = tmp_path / "remote_code_ran"
+    for name in os.listdir(remote):
+        if name.endswith(".py"):
+            with open(remote / name, "a") as handle:
+                handle.write(f"\nopen({str(marker)!r}, 'w').close()\n")
+    model, _ = prediction.load_model(str(remote))
+    assert type(model).__module__ == "hspnet.modeling_hspnet" and not marker.exists()
