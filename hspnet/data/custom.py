@@ -561,7 +561,7 @@ def _label_tokens(feature, value, separator):
     if isinstance(value, str):
         return split_label_string(value, separator)
     if isinstance(value, (list, tuple)):
-        return list(value)
+        return [" ".join(token.split()) if isinstance(token, str) else token for token in value]
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
     raise TypeError(type(value).__name__)
