@@ -1,0 +1,7 @@
+"""`python -m hspnet <command>`: the same as the `hspnet` command."""
+
+import sys
+
+from hspnet.cli import main
+
+sys.exit(main())

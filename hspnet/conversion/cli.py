@@ -1,0 +1,49 @@
+"""`hspnet convert` / `scripts/convert_official_checkpoint.py`: the authors' checkpoint -> a Hugging Face folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..cli_types import run_cli
+
+DESCRIPTION = """Convert an HSPNet checkpoint released by the authors (jameslahm/HSPNet: hspnet+coco.ckpt,
+hspnet+voc.ckpt, hspnet+nuswide.ckpt) into a Hugging Face model folder.
+
+    hspnet convert hspnet+coco.ckpt hspnet-coco --relation relation+super+rn50.npy --verify
+
+then `AutoModelForImageClassification.from_pretrained("hspnet-coco", trust_remote_code=True)`. The checkpoint is read
+with `torch.load(weights_only=True)` only."""
+
+
+def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="the official checkpoint, e.g. hspnet+coco.ckpt (a pickled state dict)")
+    parser.add_argument("output_dir", help="folder to write (config, safetensors, remote code, processor, card)")
+    parser.add_argument("--dataset", choices=["coco", "voc", "nuswide", "cub"],
+                        help="built-in labels and hierarchy; default: inferred from the number of labels")
+    parser.add_argument("--relation", help="the authors' relation file (relation+super+rn50.npy for COCO, "
+                        "relation+voc+super.npy, relation+nuswide+super.npy, relation+cub+super.npy); default: that "
+                        "file beside the checkpoint or in the current folder")
+    parser.add_argument("--hierarchy", help="JSON file with labels, groups, label_to_group (instead of --dataset)")
+    parser.add_argument("--clip-weights", help="optional OpenAI CLIP RN50 weights (RN50.pt) to fill the token "
+                        "embedding table, needed only to change label or group names later")
+    parser.add_argument("--verify", action="store_true", help="compare the converted model with a direct "
+                        "re-implementation of the official forward on random images and print the largest difference")
+    parser.add_argument("--verify-images", type=int, default=2, help="number of random images for --verify")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .official import run_conversion
+
+    run_conversion(args.checkpoint, args.output_dir, dataset=args.dataset, relation=args.relation,
+                   hierarchy=args.hierarchy, clip_weights=args.clip_weights, verify=args.verify,
+                   verify_images=args.verify_images, overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None, prog: str | None = "hspnet convert") -> int:
+    return run_cli(build_argument_parser(prog), run, argv)
