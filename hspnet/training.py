@@ -685,7 +685,7 @@ class _writing:
             return False
         if isinstance(error, OSError) and getattr(error, "_hspnet_named", False):
             return False
-        if isinstance(error, OSError) or type(error).__name__ in ("SafetensorError",) or isinstance(error, RuntimeError):
+        if isinstance(error, (OSError, RuntimeError)) or type(error).__name__ == "SafetensorError":
             reason = error.strerror if isinstance(error, OSError) and error.strerror else _one_line(error)
             what = f"{self.what} " if self.what else ""
             named = OSError(f"cannot write {what}{self.path}: {reason} (is the disk full or the folder not writable?)")
@@ -1092,7 +1092,8 @@ def settings_differences(saved: dict, current: dict) -> tuple[list[str], list[st
             continue
         if isinstance(before, dict) and isinstance(after, dict):  # name the entries that differ
             pairs = [(f"{key}.{sub}", before.get(sub, missing), after.get(sub, missing))
-                     for sub in sorted(set(before) | set(after), key=str) if before.get(sub, missing) != after.get(sub, missing)]
+                     for sub in sorted(set(before) | set(after), key=str)
+                     if before.get(sub, missing) != after.get(sub, missing)]
         else:
             pairs = [(key, before, after)]
         for name, old, new in pairs:
@@ -1563,89 +1564,91 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> d
     start = time.time()
     stop = state.global_step >= total_steps
     first_epoch = state.global_step // steps_per_epoch
-    model.train()
-    for epoch in range(first_epoch, config.epochs):
-        if stop:
-            break
-        state.epoch = epoch
-        train_loader.set_epoch(epoch)
-        skip = state.global_step - epoch * steps_per_epoch
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        running, count = 0.0, 0
-        for batch in loader:
-            logits = model(pixel_values=batch["pixel_values"]).logits
-            loss = loss_module(logits, batch["observed_labels"], epoch=epoch, indices=batch["index"])
-            value = loss.detach().float().reshape(1)
-            values = (accelerator.gather(value) if accelerator.num_processes > 1 else value).tolist()
-            step = state.global_step + 1
-            where = dict(step=step, epoch=epoch, batch=step - epoch * steps_per_epoch,
-                         steps_per_epoch=steps_per_epoch, state=state, folders=folders,
-                         selection_split=selection_split, last_checkpoint=last_checkpoint)
-            bad = next(((rank, v) for rank, v in enumerate(values) if not math.isfinite(v)), None)
-            if bad is not None:
-                raise _diverged("loss", bad[1], process=bad[0] if len(values) > 1 else None, **where)
-            accelerator.backward(loss)
-            if check_gradients:
-                grads = [p.grad for p in trained_parameters if p.grad is not None]
-                if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
-                    raise _diverged("gradients", None, process=None, **where)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(unwrapped)
-            state.global_step += 1
-            progress.update(1)
-            running += values[accelerator.process_index if len(values) > 1 else 0]
-            count += 1
-            if state.global_step % config.logging_steps == 0:
-                lrs = scheduler.get_last_lr()
-                progress.set_postfix(loss=f"{running / count:.3f}", lr=f"{lrs[0]:.2e}")
-                if config.with_tracking:
-                    accelerator.log({"train/loss": running / count, "train/lr": lrs[0], "train/gcn_lr": lrs[-1],
-                                     "train/epoch": epoch}, step=state.global_step)
-            end_of_epoch = state.global_step % steps_per_epoch == 0
-            if (str(config.checkpointing_steps).isdigit() and state.global_step % int(config.checkpointing_steps) == 0
-                    and not end_of_epoch):
-                save_training_state(f"step_{state.global_step}")
-            if state.global_step >= total_steps:
-                stop = True
+    try:  # the bar is closed on errors too, so that the one-line error starts on its own line
+        model.train()
+        for epoch in range(first_epoch, config.epochs):
+            if stop:
                 break
-        if stop and state.global_step % steps_per_epoch != 0:
-            logger.info("stopping mid-epoch at max_train_steps=%d", total_steps)
+            state.epoch = epoch
+            train_loader.set_epoch(epoch)
+            skip = state.global_step - epoch * steps_per_epoch
+            loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            running, count = 0.0, 0
+            for batch in loader:
+                logits = model(pixel_values=batch["pixel_values"]).logits
+                loss = loss_module(logits, batch["observed_labels"], epoch=epoch, indices=batch["index"])
+                value = loss.detach().float().reshape(1)
+                values = (accelerator.gather(value) if accelerator.num_processes > 1 else value).tolist()
+                step = state.global_step + 1
+                where = dict(step=step, epoch=epoch, batch=step - epoch * steps_per_epoch,
+                             steps_per_epoch=steps_per_epoch, state=state, folders=folders,
+                             selection_split=selection_split, last_checkpoint=last_checkpoint)
+                bad = next(((rank, v) for rank, v in enumerate(values) if not math.isfinite(v)), None)
+                if bad is not None:
+                    raise _diverged("loss", bad[1], process=bad[0] if len(values) > 1 else None, **where)
+                accelerator.backward(loss)
+                if check_gradients:
+                    grads = [p.grad for p in trained_parameters if p.grad is not None]
+                    if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+                        raise _diverged("gradients", None, process=None, **where)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(unwrapped)
+                state.global_step += 1
+                progress.update(1)
+                running += values[accelerator.process_index if len(values) > 1 else 0]
+                count += 1
+                if state.global_step % config.logging_steps == 0:
+                    lrs = scheduler.get_last_lr()
+                    progress.set_postfix(loss=f"{running / count:.3f}", lr=f"{lrs[0]:.2e}")
+                    if config.with_tracking:
+                        accelerator.log({"train/loss": running / count, "train/lr": lrs[0], "train/gcn_lr": lrs[-1],
+                                         "train/epoch": epoch}, step=state.global_step)
+                end_of_epoch = state.global_step % steps_per_epoch == 0
+                if (str(config.checkpointing_steps).isdigit()
+                        and state.global_step % int(config.checkpointing_steps) == 0 and not end_of_epoch):
+                    save_training_state(f"step_{state.global_step}")
+                if state.global_step >= total_steps:
+                    stop = True
+                    break
+            if stop and state.global_step % steps_per_epoch != 0:
+                logger.info("stopping mid-epoch at max_train_steps=%d", total_steps)
 
-        candidates = [("regular", model)] + ([("ema", ema.module)] if ema is not None else [])
-        scores = {}
-        for source, candidate in candidates:
-            metrics, _ = evaluate_model(candidate, eval_loaders[selection_split], accelerator, num_labels,
-                                        f"{selection_split} ({source})")
-            scores[source] = metrics
-            if config.with_tracking:
-                accelerator.log({f"{selection_split}_{source}/{k}": v for k, v in metrics.items()},
-                                step=state.global_step)
-        source = select_source(scores)
-        current = scores[source]["mAP"]
-        state.history.append({"epoch": epoch, "step": state.global_step,
-                              **{f"{s}_mAP": m["mAP"] for s, m in scores.items()}})
-        improved = current > state.best_metric
-        if improved:
-            save_best(unwrapped if source == "regular" else ema.module, epoch, source)
-            state.best_metric, state.best_epoch, state.best_source = current, epoch, source
-            state.best_metrics = scores[source]
-            state.evaluations_without_improvement = 0
-        else:
-            state.evaluations_without_improvement += 1
-        logger.info(
-            "epoch %d: %s mAP regular %.2f%s -> best %.2f (epoch %d, %s)%s", epoch, selection_split,
-            scores["regular"]["mAP"], f", EMA {scores['ema']['mAP']:.2f}" if "ema" in scores else "",
-            state.best_metric, state.best_epoch, state.best_source, " [saved]" if improved else "",
-        )
-        if config.checkpointing_steps is not None:
-            save_training_state(f"epoch_{epoch}-step_{state.global_step}")
-        if config.patience is not None and state.evaluations_without_improvement >= config.patience:
-            logger.info("early stopping: no improvement for %d evaluations", config.patience)
-            break
-    progress.close()
+            candidates = [("regular", model)] + ([("ema", ema.module)] if ema is not None else [])
+            scores = {}
+            for source, candidate in candidates:
+                metrics, _ = evaluate_model(candidate, eval_loaders[selection_split], accelerator, num_labels,
+                                            f"{selection_split} ({source})")
+                scores[source] = metrics
+                if config.with_tracking:
+                    accelerator.log({f"{selection_split}_{source}/{k}": v for k, v in metrics.items()},
+                                    step=state.global_step)
+            source = select_source(scores)
+            current = scores[source]["mAP"]
+            state.history.append({"epoch": epoch, "step": state.global_step,
+                                  **{f"{s}_mAP": m["mAP"] for s, m in scores.items()}})
+            improved = current > state.best_metric
+            if improved:
+                save_best(unwrapped if source == "regular" else ema.module, epoch, source)
+                state.best_metric, state.best_epoch, state.best_source = current, epoch, source
+                state.best_metrics = scores[source]
+                state.evaluations_without_improvement = 0
+            else:
+                state.evaluations_without_improvement += 1
+            logger.info(
+                "epoch %d: %s mAP regular %.2f%s -> best %.2f (epoch %d, %s)%s", epoch, selection_split,
+                scores["regular"]["mAP"], f", EMA {scores['ema']['mAP']:.2f}" if "ema" in scores else "",
+                state.best_metric, state.best_epoch, state.best_source, " [saved]" if improved else "",
+            )
+            if config.checkpointing_steps is not None:
+                save_training_state(f"epoch_{epoch}-step_{state.global_step}")
+            if config.patience is not None and state.evaluations_without_improvement >= config.patience:
+                logger.info("early stopping: no improvement for %d evaluations", config.patience)
+                break
+    finally:
+        progress.close()
     accelerator.wait_for_everyone()
     results["train_seconds"] = round(time.time() - start, 2)
     results["resumed_from"] = checkpoint
