@@ -45,6 +45,8 @@ from hspnet.cli_types import json_object, one_line, positive_int, probability, r
 from hspnet.files import refuse_inputs_as_output
 from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, to_rgb
 from hspnet.prediction import (
+    _check_finite_parameters,
+    _check_loading_info,
     _load_errors,
     _looks_like_path,
     _quiet_transformers,
@@ -330,8 +332,6 @@ def load_zero_shot_clip(name: str, seed: int = 0):
         except errors as error:
             raise OSError(f"{name}: cannot load it as a CLIP model for the zero-shot baseline ({where}: "
                           f"{one_line(error)[:300]})") from error
-    from hspnet.prediction import _check_finite_parameters, _check_loading_info
-
     _check_loading_info(name, clip, info)
     _check_finite_parameters(name, clip)
     clip.eval()
