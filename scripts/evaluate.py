@@ -6,8 +6,9 @@
         --zero_shot_clip openai/clip-vit-base-patch16
     accelerate launch --multi_gpu --num_processes 2 scripts/evaluate.py --model outputs/coco --dataset coco ...
 
-Writes metrics.json, per_class_ap.csv / per_class_ap.md and report.png to --output_dir and prints a table. All
-options: `--help`; the logic lives in hspnet/evaluation.py.
+Writes metrics.json, per_class_ap.csv / per_class_ap.md and report.png to --output_dir (each atomically, never over
+an input) and prints a table. Bad input exits with status 1 and a one-line message naming the culprit (`--debug`: the
+traceback). All options: `--help`; the logic lives in hspnet/evaluation.py.
 """
 
 import os

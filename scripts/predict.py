@@ -5,8 +5,11 @@
     python scripts/predict.py --model outputs/demo photos/ --top_k 3 --format jsonl --output preds.jsonl
     python scripts/predict.py --model outputs/demo photos/ --on_error skip          # skip unreadable files
 
-Folders are searched recursively for common image extensions; URLs are refused. Bad input exits with status 1 and
-a one-line message naming the path. All options: `--help`; the logic lives in hspnet/prediction.py.
+Folders are searched recursively for common image extensions (FIFOs, sockets and devices in them are skipped); URLs
+are refused. Images are read as in training and evaluation (EXIF orientation, 16-bit and float images, full decode,
+decompression bombs refused). `--output` is written atomically and never replaces an input. Bad input exits with
+status 1 and a one-line message naming the path (`--debug`: the traceback). All options: `--help`; the logic lives in
+hspnet/prediction.py.
 """
 
 import os
