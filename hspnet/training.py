@@ -853,9 +853,14 @@ def plan_folders(config: TrainingConfig) -> RunFolders:
     folder is then only replaced once the new run is complete (the new run works in `<output_dir>.partial`). A
     resume continues in place, or in `<output_dir>.partial` when resuming an interrupted overwrite run."""
     output_dir = os.path.normpath(config.output_dir)
+    if os.path.basename(output_dir) in ("", ".", ".."):  # the staging folder must be a sibling, not a child
+        output_dir = os.path.abspath(output_dir)
     staging = output_dir + STAGING_SUFFIX
     if config.resume_from_checkpoint:
         resume = config.resume_from_checkpoint
+        if resume != "latest" and _inside(resume, staging) and not config.overwrite_output_dir:
+            raise ValueError(f"--resume_from_checkpoint {resume!r} belongs to an interrupted --overwrite_output_dir "
+                             f"run (in {staging}); add --overwrite_output_dir true to continue it")
         if (config.overwrite_output_dir and _checkpoint_dirs(staging)
                 and (resume == "latest" or _inside(resume, staging))):
             return RunFolders(output_dir, staging)

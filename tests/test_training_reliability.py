@@ -80,6 +80,12 @@ class Poisoned(torch.nn.Module):
             return loss * float(self.mode)
         return loss
 
+    def state_dict(self, *args, **kwargs):  # checkpointed as the plain loss, so that a run without poison resumes it
+        return self.inner.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state, *args, **kwargs):
+        return self.inner.load_state_dict(state, *args, **kwargs)
+
 
 def poison(monkeypatch, at: int, mode: str):
     import hspnet.training as training
@@ -229,25 +235,37 @@ def test_locked_output_dir_stops_every_process_of_a_distributed_run(tmp_path):
 def test_overwrite_replaces_the_folder_only_when_the_new_run_is_complete(run_copy, monkeypatch):
     out, options = run_copy
     before = digest_tree(out)
-    # a new run that fails midway (NaN loss at step 2) leaves the old folder exactly as it was
-    poison(monkeypatch, at=2, mode="nan")
+    new_run = dict(options, overwrite_output_dir=True, seed=1, epochs=2, schedule_epochs=2)
+    # a new run that fails midway (NaN loss at step 8, after its first epoch) leaves the old folder as it was
+    poison(monkeypatch, at=8, mode="nan")
     with pytest.raises(TrainingDivergedError, match=rf"{out} is unchanged"):
-        train(TrainingConfig(**dict(options, overwrite_output_dir=True, seed=1)))
+        train(TrainingConfig(**new_run))
     assert digest_tree(out) == before
-    assert (out.parent / "out.partial").is_dir()  # the failed run's files, for inspection
+    staging = out.parent / "out.partial"
+    assert sorted(p.name for p in (staging / "checkpoints").iterdir()) == ["epoch_0-step_6"]
     monkeypatch.undo()
 
-    # a complete new run replaces it as a whole: no file or checkpoint of the old run is left
-    train(TrainingConfig(**dict(options, overwrite_output_dir=True, seed=1)))
-    assert not (out.parent / "out.partial").exists() and not (out.parent / "out.replaced").exists()
+    # the same command with --resume_from_checkpoint latest continues that new run, then swaps it in as a whole:
+    # no file or checkpoint of the old run is left
+    train(TrainingConfig(**dict(new_run, resume_from_checkpoint="latest")))
+    assert not staging.exists() and not (out.parent / "out.replaced").exists()
     assert not (out / LOCK_NAME).exists()
     after = digest_tree(out)
     assert after["model.safetensors"] != before["model.safetensors"]
     checkpoints = sorted((out / "checkpoints").iterdir())
-    assert [p.name for p in checkpoints] == ["epoch_0-step_6"]
-    assert json.loads((checkpoints[0] / SETTINGS_NAME).read_text())["options"]["seed"] == 1
-    assert "train.log" in after and "Traceback" not in (out / "train.log").read_text()
-    assert json.loads((out / "all_results.json").read_text())["history"][0]["step"] == 6
+    assert [p.name for p in checkpoints] == ["epoch_0-step_6", "epoch_1-step_12"]
+    for checkpoint in checkpoints:
+        assert json.loads((checkpoint / SETTINGS_NAME).read_text())["options"]["seed"] == 1
+    results = json.loads((out / "all_results.json").read_text())
+    assert [h["step"] for h in results["history"]] == [6, 12] and results["resumed_from"].endswith("epoch_0-step_6")
+    assert "test_before_training" in results
+
+    # a fresh overwrite run over that one, complete: replaced again
+    train(TrainingConfig(**dict(options, overwrite_output_dir=True, seed=2, evaluate_before_training=False)))
+    assert not staging.exists() and not (out.parent / "out.replaced").exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch_0-step_6"]
+    assert json.loads((out / "all_results.json").read_text())["resumed_from"] is None
+    assert "test_before_training" not in json.loads((out / "all_results.json").read_text())
 
 
 def test_overwrite_refuses_a_folder_with_files_no_run_wrote(tmp_path):
