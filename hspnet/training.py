@@ -629,7 +629,8 @@ STAGING_SUFFIX = ".partial"
 REPLACED_SUFFIX = ".replaced"
 RUN_ARTIFACTS = ("all_results.json", "train.log", "runs", "checkpoints", LOCK_NAME, BEST_MARKER_NAME)
 """What a training run writes beside the model files (never uploaded to the Hub)."""
-MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".py", ".md", ".txt", ".bin", ".model")
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".py", ".bin")
+"""Files `save_pretrained` writes (config, weights, remote code, image processor); plus the model card README.md."""
 SECRET_OPTIONS = ("hub_token",)
 RESUME_SAFE_OPTIONS = (
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint",          # where and how it writes
@@ -808,11 +809,20 @@ def foreign_entries(folder: str) -> list[str]:
     foreign = []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if name in RUN_ARTIFACTS or name.startswith(".") or name.startswith("eval_"):
+        if name in RUN_ARTIFACTS or _is_temporary(name) or (name.startswith("eval_") and os.path.isdir(path)):
             continue
-        if os.path.isdir(path) or not name.endswith(MODEL_FILE_SUFFIXES):
+        if os.path.isdir(path) or not _is_model_file(name):
             foreign.append(name + ("/" if os.path.isdir(path) else ""))
     return foreign
+
+
+def _is_model_file(name: str) -> bool:
+    return name == "README.md" or (name.endswith(MODEL_FILE_SUFFIXES) and not name.startswith("."))
+
+
+def _is_temporary(name: str) -> bool:
+    """Temporary names of this module (`.best-*` model folders) and of `hspnet.files.atomic_write` (`.*.tmp`)."""
+    return name.startswith(".best-") or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _remove_leftovers(folder: str) -> None:
@@ -820,7 +830,7 @@ def _remove_leftovers(folder: str) -> None:
     if not os.path.isdir(folder):
         return
     for name in os.listdir(folder):
-        if name.startswith(".best-") or (name.startswith(".") and name.endswith(".tmp")):
+        if _is_temporary(name):
             path = os.path.join(folder, name)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
     root = os.path.join(folder, "checkpoints")
@@ -1716,8 +1726,7 @@ def model_files(folder: str) -> list[str]:
     remote code, image processor; the model card): every top-level file except the run's own (`all_results.json`,
     `train.log`, the lock, hidden files) and folders (`checkpoints/`, `runs/`, `eval_*`)."""
     return sorted(name for name in os.listdir(folder)
-                  if os.path.isfile(os.path.join(folder, name)) and name not in RUN_ARTIFACTS
-                  and not name.startswith(".") and name.endswith(MODEL_FILE_SUFFIXES))
+                  if os.path.isfile(os.path.join(folder, name)) and name not in RUN_ARTIFACTS and _is_model_file(name))
 
 
 def push_folder_to_hub(folder: str, repo_id: str | None, token: str | None = None, private: bool = False) -> str:

@@ -272,11 +272,34 @@ def test_overwrite_refuses_a_folder_with_files_no_run_wrote(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    (out / "notes.csv").write_text("mine")
+    (out / "notes.txt").write_text("mine")
     (out / "photos").mkdir()
-    with pytest.raises(FileExistsError, match=r"holds files that no training run wrote \(notes.csv, photos/\)"):
+    (out / ".git").mkdir()
+    (out / "eval_demo_test").mkdir()  # scripts/evaluate.py's report of the old model: replaced with it
+    with pytest.raises(FileExistsError, match=r"holds files that no training run wrote \(\.git/, notes.txt, "
+                                              r"photos/\)"):
         train(TrainingConfig(**tiny_options(tmp_path, overwrite_output_dir=True)))
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.csv", "photos"]
+    assert sorted(p.name for p in out.iterdir()) == [".git", "config.json", "eval_demo_test", "notes.txt", "photos"]
+    assert not (tmp_path / "out.partial").exists()
+
+
+def test_resuming_an_interrupted_overwrite_run_needs_the_overwrite_flag(tmp_path, monkeypatch):
+    from hspnet.training import plan_folders
+
+    checkpoint = tmp_path / "out.partial" / "checkpoints" / "epoch_0-step_6"
+    checkpoint.mkdir(parents=True)
+    (tmp_path / "out" / "checkpoints" / "epoch_2-step_18").mkdir(parents=True)
+    options = dict(output_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"belongs to an interrupted --overwrite_output_dir run .* add "
+                                         r"--overwrite_output_dir true to continue it"):
+        plan_folders(TrainingConfig(**options, resume_from_checkpoint=str(checkpoint)))
+    both = dict(options, overwrite_output_dir=True)
+    staging, out = str(tmp_path / "out.partial"), str(tmp_path / "out")
+    assert plan_folders(TrainingConfig(**both, resume_from_checkpoint="latest")).working == staging
+    assert plan_folders(TrainingConfig(**options, resume_from_checkpoint="latest")).working == out
+    assert plan_folders(TrainingConfig(**both)).working == staging  # a fresh overwrite run
+    monkeypatch.chdir(out)  # "." holding a run: the staging folder is its sibling, not "./.partial"
+    assert plan_folders(TrainingConfig(output_dir=".", overwrite_output_dir=True)).working == staging
 
 
 # --- 2. resume settings ----------------------------------------------------------------------------------------------
