@@ -1,0 +1,180 @@
+"""ONNX export (`hspnet export-onnx`, `hspnet.onnx_export`): onnxruntime's logits equal the PyTorch model's for the ViT
+and the ResNet towers, at batch 1 and 8, on random and on real (demo) images; the file carries its labels and
+preprocessing; errors are one line; outputs are written atomically; the core never imports onnx."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from hspnet import HSPNetConfig, HSPNetForImageClassification  # noqa: E402
+from hspnet.data import draw_demo_image  # noqa: E402
+from hspnet.onnx_export import (  # noqa: E402
+    DEFAULT_OPSET,
+    METADATA_KEY,
+    ONNXImageClassifier,
+    export_onnx,
+    main,
+    read_onnx_metadata,
+)
+from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
+
+LABELS = ["cat", "dog", "traffic_light", "car", "bus", "person"]
+GROUPS = ["animal", "outdoor", "vehicle", "person"]
+LABEL_TO_GROUP = [0, 0, 1, 2, 2, 3]
+ATOL = 1e-4
+
+
+def vit_model(clip_dir, seed=0):
+    torch.manual_seed(seed)
+    return HSPNetForImageClassification.from_clip(clip_dir, labels=LABELS, groups=GROUPS,
+                                                  label_to_group=LABEL_TO_GROUP)
+
+
+def resnet_model(seed=0):
+    """A tiny CLIP-ResNet HSPNet (64 px) with real prompts, a random relation and non-trivial batch-norm statistics."""
+    config = HSPNetConfig(
+        clip_config=tiny_clip_config(hidden_size=32, projection_dim=16).to_dict(),
+        vision_backbone="clip_resnet", resnet_layers=[1, 1, 1, 1], resnet_width=8, resnet_image_size=64,
+        id2label=dict(enumerate(LABELS)), group_names=GROUPS, label_to_group=LABEL_TO_GROUP,
+    )
+    torch.manual_seed(seed)
+    model = HSPNetForImageClassification(config)
+    model.hspnet.set_prompts(byte_level_clip_tokenizer())
+    size = len(LABELS) + len(GROUPS)
+    model.hspnet.set_relation(torch.rand(size, size, generator=torch.Generator().manual_seed(seed)))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["clip_vit", "clip_resnet"])
+def exported(request, tiny_clip_dir, tmp_path_factory):
+    """A saved model folder of each tower, exported once with the default settings (dynamo exporter, opset 18)."""
+    folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
+    model = vit_model(tiny_clip_dir) if request.param == "clip_vit" else resnet_model()
+    model.save_pretrained(folder / "model")
+    result = export_onnx(str(folder / "model"), str(folder / "model.onnx"))
+    return dict(folder=str(folder / "model"), path=result["onnx_path"], result=result, backbone=request.param)
+
+
+def reference(folder):
+    from hspnet.prediction import load_model
+
+    model, processor = load_model(folder, device="cpu")
+    return model, processor
+
+
+def demo_images(n, seed=3):
+    return [draw_demo_image(seed, "test", index)[0] for index in range(n)]
+
+
+def test_onnxruntime_logits_equal_pytorch_on_random_and_real_images(exported):
+    model, processor = reference(exported["folder"])
+    size = model.config.image_size
+    session = ort.InferenceSession(exported["path"], providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    batch_dim = session.get_inputs()[0].shape[0]
+    assert isinstance(batch_dim, str), "the batch dimension must be dynamic"
+    generator = torch.Generator().manual_seed(7)
+    inputs = [torch.randn(batch, 3, size, size, generator=generator) for batch in (1, 8)]
+    inputs.append(processor(images=demo_images(8), return_tensors="pt")["pixel_values"])  # real images, batch 8
+    inputs.append(inputs[-1][:1])  # and one of them alone
+    for pixel_values in inputs:
+        with torch.no_grad():
+            expected = model(pixel_values=pixel_values).logits
+        (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})
+        assert logits.dtype == np.float32 and logits.shape == tuple(expected.shape)
+        np.testing.assert_allclose(logits, expected.numpy(), rtol=0, atol=ATOL)
+    assert exported["result"]["max_abs_diff"] <= ATOL
+
+
+def test_file_carries_labels_hierarchy_and_preprocessing(exported):
+    proto = onnx.load(exported["path"])
+    assert {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}["ai.onnx"] == DEFAULT_OPSET
+    props = {entry.key: entry.value for entry in proto.metadata_props}
+    metadata = json.loads(props[METADATA_KEY])
+    assert metadata == read_onnx_metadata(exported["path"])
+    with open(exported["path"][: -len(".onnx")] + ".json", encoding="utf-8") as handle:
+        assert json.load(handle) == metadata  # the same document beside the file
+    assert metadata["labels"] == LABELS and metadata["groups"] == GROUPS
+    assert metadata["label_to_group"] == LABEL_TO_GROUP and metadata["vision_backbone"] == exported["backbone"]
+    assert metadata["logit_scale"] == 10.0 and metadata["opset"] == DEFAULT_OPSET
+    with open(os.path.join(exported["folder"], "preprocessor_config.json"), encoding="utf-8") as handle:
+        saved = json.load(handle)
+    saved.pop("auto_map", None)
+    assert metadata["image_processor"] == saved  # size, crop, mean, std, resample of the model folder
+    size = metadata["image_size"]
+    assert metadata["inputs"]["pixel_values"]["shape"] == ["batch", 3, size, size]
+
+    # usable alone: preprocessing + session from the file only, equal to the PyTorch pipeline
+    classifier = ONNXImageClassifier(exported["path"])
+    model, processor = reference(exported["folder"])
+    images = demo_images(3, seed=5)
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    np.testing.assert_array_equal(classifier.preprocess(images), pixel_values.numpy())
+    with torch.no_grad():
+        expected = torch.sigmoid(model(pixel_values=pixel_values).logits).numpy()
+    np.testing.assert_allclose(classifier(images), expected, rtol=0, atol=ATOL)
+    assert classifier.labels == LABELS
+
+
+def test_cli_torchscript_exporter_atomic_outputs_and_one_line_errors(tiny_clip_dir, tmp_path, capsys):
+    model = vit_model(tiny_clip_dir).train()
+    out = tmp_path / "m.onnx"
+    result = export_onnx(model, out, exporter="torchscript", write_sidecar=False)
+    assert model.training, "export_onnx must leave the model's mode as it was"
+    assert result["json_path"] is None and not (tmp_path / "m.json").exists()
+    assert result["max_abs_diff"] <= ATOL and result["exporter"] == "torchscript"
+
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    assert main([str(folder), str(out), "--exporter", "torchscript"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "m.json" in printed
+    before = out.read_bytes()
+
+    # a failed check writes nothing: the previous file stays, no temporary file is left
+    assert main([str(folder), str(out), "--exporter", "torchscript", "--atol", "-1"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "nothing was written" in error and error.startswith("hspnet export-onnx: error:")
+    assert out.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.json", "m.onnx", "model"]
+
+    assert main([str(tmp_path / "missing"), str(tmp_path / "x.onnx")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "missing" in error
+    assert main([str(folder), str(folder / "model.safetensors")]) == 1  # never overwrite an input
+    assert "input" in capsys.readouterr().err
+    assert main([str(folder), str(out), "--opset", "9"]) == 1
+    assert "opset" in capsys.readouterr().err
+
+
+def test_missing_onnx_gives_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` fails, find_spec says "not installed"
+    assert main([str(tmp_path / "any"), str(tmp_path / "x.onnx")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and 'pip install -e ".[onnx]"' in error and "onnx" in error
+
+
+def test_core_does_not_import_onnx():
+    code = ("import sys, hspnet.onnx_export, hspnet.prediction; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript')))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    assert output.strip() == "[]"
