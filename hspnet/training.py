@@ -11,6 +11,20 @@
 - :func:`evaluate_model`: streaming, distributed-safe evaluation with every metric of :mod:`hspnet.metrics`;
 - :func:`train`: the loop (mixed precision, checkpointing, exact mid-epoch resume, model selection on the held-out
   validation split or, under the authors' protocol, on the test set, early stopping, TensorBoard, Hub upload).
+
+What protects a run's results:
+
+- :class:`OutputDirLock`: the output folder is locked (``fcntl.flock``, released by the kernel when the process ends)
+  by the main process; a second run on it fails at once naming the holder.
+- :func:`plan_folders`: a folder holding an earlier run is only replaced with ``--overwrite_output_dir``, by a
+  complete new run (trained in ``<output_dir>.partial``, swapped in at the end); files no run writes stop it.
+- :func:`run_settings` / :func:`check_resume_settings`: each checkpoint carries ``training_settings.json``; a resume
+  with other result-changing settings or other data is refused, listing every difference.
+- :func:`check_checkpoint_files`: a truncated or missing checkpoint file is named before anything is loaded.
+- a NaN/inf loss or gradient stops the run (:class:`TrainingDivergedError`) before that step is applied.
+- every file appears whole: model files through a temporary folder, JSON and the model card through
+  :mod:`hspnet.files`, checkpoints under a ``.partial`` name renamed when complete (``train.log`` and TensorBoard
+  events are appended streams).
 """
 
 from __future__ import annotations
@@ -99,11 +113,14 @@ class TrainingConfig:
     # outputs
     output_dir: str = "outputs/hspnet"
     overwrite_output_dir: bool = False
+    """Replace an output_dir that holds an earlier run. The new run works in `<output_dir>.partial` and replaces the
+    folder only once complete; if it fails, output_dir is unchanged."""
     checkpointing_steps: str | None = "epoch"
     """"epoch", an integer number of steps, or None to save no training state."""
     checkpoints_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None
-    """"latest" or a checkpoint folder."""
+    """"latest" or a checkpoint folder. Every option that changes the result must equal the checkpoint's run's
+    (only output, logging, checkpointing, Hub and data-location options may change); the data must be the same."""
     with_tracking: bool = True
     report_to: str = "tensorboard"
     logging_steps: int = 10
