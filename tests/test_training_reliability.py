@@ -548,3 +548,31 @@ def test_a_failing_write_is_one_line_and_leaves_no_half_file(tmp_path):
     assert f"cannot write the model to {tmp_path / 'out'}" in lines[0] and "File too large" in lines[0]
     leftovers = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert "model.safetensors" not in leftovers and not any(name.startswith(".best-") for name in leftovers)
+
+
+def test_a_log_file_that_cannot_be_written_stops_the_run(tmp_path):
+    """logging would print a traceback and go on without a log; the run's log handler stops it with one line."""
+    import errno
+    import logging
+
+    from hspnet.training import _RaisingFileHandler
+
+    handler = _RaisingFileHandler(str(tmp_path / "train.log"))
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+    handler.stream = FullDisk()
+    log = logging.getLogger("hspnet.test-full-disk")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        with pytest.raises(OSError, match=rf"cannot write the log file {tmp_path / 'train.log'}: No space left on "
+                                          "device"):
+            log.warning("hello")
+    finally:
+        log.removeHandler(handler)
