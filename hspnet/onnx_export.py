@@ -3,7 +3,7 @@
 At inference the whole text side of HSPNet (group prompts, GCN, meta-net, label prompts, GCN) is constant, so the
 exported graph is only what a forward pass of `HSPNetModel` computes on the image side:
 
-    image  = normalize(CLIP image tower(pixel_values))      # ViT: vision_model + visual_projection; ResNet: attention pool
+    image  = normalize(CLIP image tower(pixel_values))   # ViT: vision_model + visual_projection; ResNet: attnpool
     logits = config.logit_scale * float32(image) @ label_embeds.T
 
 with `label_embeds` the `(C, D)` normalised label embeddings computed once by the PyTorch model and stored in the
@@ -186,8 +186,12 @@ def _export_proto(wrapper: nn.Module, example: torch.Tensor, opset: int, exporte
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _ort_session(model: bytes | str, threads: int | None = None):
+def onnxruntime_session(model: bytes | str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU `InferenceSession` on an ONNX file (path) or its bytes; `threads`: intra-op threads."""
+    require_onnx("onnxruntime")
     import onnxruntime as ort
+
+    model = model if isinstance(model, bytes) else os.fspath(model)
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -286,7 +290,7 @@ def export_onnx(
 
     max_diff = None
     if verify:
-        session = _ort_session(data)
+        session = onnxruntime_session(data)
         max_diff = 0.0
         for x, reference in zip(checks, expected):
             (logits,) = session.run(["logits"], {"pixel_values": x.numpy()})
@@ -342,7 +346,7 @@ class ONNXImageClassifier:
         self.labels: list[str] = list(self.metadata["labels"])
         settings = {k: v for k, v in self.metadata["image_processor"].items() if k != "image_processor_type"}
         self.image_processor = HSPNetImageProcessor(**settings)
-        self.session = _ort_session(self.path, threads)
+        self.session = onnxruntime_session(self.path, threads)
 
     def preprocess(self, images: Sequence[Any]):
         """Image paths or PIL images / arrays -> `(B, 3, H, W)` float32 `pixel_values` (numpy)."""
@@ -395,7 +399,8 @@ def run_export(args: argparse.Namespace) -> dict:
     result = export_onnx(args.model, args.output, opset=args.opset, exporter=args.exporter, verify=not args.no_verify,
                          atol=args.atol, write_sidecar=not args.no_json, trust_remote_code=args.trust_remote_code)
     size = os.path.getsize(result["onnx_path"]) / 2**20
-    check = "" if result["max_abs_diff"] is None else f"; onnxruntime max |logit difference| {result['max_abs_diff']:.2e}"
+    diff = result["max_abs_diff"]
+    check = "" if diff is None else f"; onnxruntime max |logit difference| {diff:.2e}"
     print(f"wrote {result['onnx_path']} ({size:.1f} MiB, opset {args.opset}, {args.exporter} exporter, "
           f"{len(result['labels'])} labels, input (batch, 3, {result['image_size']}, {result['image_size']}){check})")
     if result["json_path"]:
@@ -419,6 +424,7 @@ __all__ = [
     "export_onnx",
     "main",
     "onnx_metadata",
+    "onnxruntime_session",
     "read_onnx_metadata",
     "require_onnx",
     "run_export",
