@@ -43,7 +43,7 @@ from torch import nn
 
 from hspnet.cli_types import json_object, one_line, positive_int, probability, run_cli
 from hspnet.files import refuse_inputs_as_output
-from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, to_rgb
+from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, open_image, to_rgb
 from hspnet.prediction import (
     _check_finite_parameters,
     _check_loading_info,
@@ -571,31 +571,6 @@ def report_png(scores: Any, targets: Any, labels: Sequence[str], zero_shot_score
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _open_image_bytes(data: bytes, name: str, max_pixels: int | None):
-    """:func:`hspnet.images.open_image` for an image embedded in a dataset as bytes."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by name
-            with Image.open(io.BytesIO(data)) as image:
-                if max_pixels is not None and image.width * image.height > max_pixels:
-                    raise ImageReadError(name, f"{image.width}x{image.height} pixels, more than the {max_pixels:,} "
-                                         "allowed: a decompression bomb or an image far larger than the model needs")
-                image.load()
-                return to_rgb(image)
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError(name, "not a recognised image format") from None
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(name, f"decompression bomb: {one_line(error)}") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise ImageReadError(name, one_line(error)) from None
-
-
 def read_dataset_image(value: Any, max_pixels: int | None = MAX_IMAGE_PIXELS):
     """One value of a dataset's image column as the 8-bit RGB ``PIL.Image`` the model sees, read exactly as
     ``predict.py`` reads a file: a local path (or ``{"path": ..., "bytes": None}``, the undecoded ``datasets.Image``
@@ -614,7 +589,7 @@ def read_dataset_image(value: Any, max_pixels: int | None = MAX_IMAGE_PIXELS):
                          f"{type(value).__name__}")
     data, path = value.get("bytes"), value.get("path")
     if data is not None:
-        return _open_image_bytes(data, path or "<an image embedded in the dataset>", max_pixels)
+        return open_image(data, max_pixels=max_pixels, name=path or "<an image embedded in the dataset>")
     if not path:
         raise ValueError("a dataset image has neither bytes nor a path")
     if "://" in path or "::" in path:  # a remote file (hf://, https://...): datasets' own reader

@@ -2,7 +2,8 @@
 
 - :func:`atomic_write`: a context manager giving a file object on a temporary file in the target's folder; on a
   clean exit the temporary file is flushed, synced and renamed over the target (an atomic replace on POSIX); on an
-  error it is removed and the old target, if any, is untouched.
+  error it is removed and the old target, if any, is untouched. A link is followed (the file it points to is
+  replaced); a device or FIFO target (``/dev/stdout``) is written into directly, never replaced.
 - :func:`write_text` / :func:`write_json`: the same for a string / a JSON document.
 - :func:`refuse_inputs_as_output`: ``ValueError`` when an output path is one of the input files.
 """
@@ -19,8 +20,13 @@ from typing import Any, Iterable, Iterator
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
     """Write ``path`` through a temporary file that is renamed over it only when the block ends without error."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(os.fspath(path))  # through links: replace the file a link points to, not the link
+    if os.path.exists(path) and not os.path.isfile(path):
+        # a device or FIFO (/dev/stdout, /dev/full, a pipe): write into it; renaming over it would replace the node
+        with open(path, mode, encoding=None if "b" in mode else encoding) as stream:
+            yield stream
+        return
+    folder = os.path.dirname(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     binary = "b" in mode
     try:

@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import warnings
 
 import numpy as np
 
@@ -78,29 +80,38 @@ def check_regular_file(path: str | os.PathLike) -> str:
     return path
 
 
-def open_image(path: str | os.PathLike, max_pixels: int | None = MAX_IMAGE_PIXELS):
-    """Open ``path`` as an 8-bit RGB ``PIL.Image``, fully decoded (a truncated file fails here, not later).
+def open_image(source: str | os.PathLike | bytes, max_pixels: int | None = MAX_IMAGE_PIXELS, name: str | None = None):
+    """Open an image file (or an image's encoded ``bytes``, e.g. embedded in a dataset) as an 8-bit RGB
+    ``PIL.Image``, fully decoded (a truncated file fails here, not later).
 
-    Raises :class:`ImageReadError` naming the file for anything that is not a usable image, including images of
-    more than ``max_pixels`` pixels (decompression bombs; ``None`` turns the check off), and ``FileNotFoundError``.
+    Raises :class:`ImageReadError` naming the file (or ``name``) for anything that is not a usable image, including
+    images of more than ``max_pixels`` pixels (decompression bombs; ``None`` leaves only PIL's own limit of twice
+    :data:`MAX_IMAGE_PIXELS`), and ``FileNotFoundError``. PIL's ``DecompressionBombWarning`` is silenced: the limit
+    is ``max_pixels``, and a refusal is an error.
     """
     from PIL import Image, UnidentifiedImageError
 
-    path = check_regular_file(path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, stream = name or "<image bytes>", io.BytesIO(source)
+    else:
+        stream = check_regular_file(source)
+        name = name or stream
     try:
-        with Image.open(path) as image:  # reads the header only; PIL itself refuses > 2 * its own limit
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ImageReadError(
-                    path, f"{image.width}x{image.height} pixels, more than the {max_pixels:,} allowed: "
-                    "a decompression bomb or an image far larger than the model needs"
-                )
-            image.load()
-            return to_rgb(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream) as image:  # reads the header only
+                if max_pixels is not None and image.width * image.height > max_pixels:
+                    raise ImageReadError(
+                        name, f"{image.width}x{image.height} pixels, more than the {max_pixels:,} allowed: "
+                        "a decompression bomb or an image far larger than the model needs"
+                    )
+                image.load()
+                return to_rgb(image)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format") from None
+        raise ImageReadError(name, "not a recognised image format") from None
     except Image.DecompressionBombError as error:
-        raise ImageReadError(path, f"decompression bomb: {' '.join(str(error).split())}") from None
+        raise ImageReadError(name, f"decompression bomb: {' '.join(str(error).split())}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:  # truncated / corrupt files, PIL's decoders
-        raise ImageReadError(path, " ".join(str(error).split()) or type(error).__name__) from None
+        raise ImageReadError(name, " ".join(str(error).split()) or type(error).__name__) from None

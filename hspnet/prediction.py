@@ -189,15 +189,8 @@ def collect_image_paths(inputs: Iterable[str | os.PathLike] | str | os.PathLike,
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = MAX_IMAGE_PIXELS):
     """Open ``path`` as an 8-bit RGB ``PIL.Image``: :func:`hspnet.images.open_image` (fully decoded, EXIF orientation
-    applied, 16-bit / float images scaled, decompression bombs refused), or raise :class:`ImageReadError` naming it.
-    PIL's ``DecompressionBombWarning`` is silenced: the limit is ``max_pixels``, and a refusal is an error."""
-    import warnings
-
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return open_image(path, max_pixels=max_pixels)
+    applied, 16-bit / float images scaled, decompression bombs refused), or raise :class:`ImageReadError` naming it."""
+    return open_image(path, max_pixels=max_pixels)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
