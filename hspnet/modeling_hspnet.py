@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
@@ -49,7 +50,9 @@ logger = logging.get_logger(__name__)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def process_relation(relation: torch.Tensor, keep_ratio: float = 0.75, reweight_p: float = 0.2) -> torch.Tensor:
+def process_relation(
+    relation: torch.Tensor, keep_ratio: float = 0.75, reweight_p: float = 0.2, block_rows: int = 1024
+) -> torch.Tensor:
     """Turn an `n x n` block of raw similarities into the fixed adjacency used by the GCN.
 
     As released: (1) in each row keep the top `int(keep_ratio * n)` entries (`torch.topk`, so the diagonal, the
@@ -59,25 +62,34 @@ def process_relation(relation: torch.Tensor, keep_ratio: float = 0.75, reweight_
     A row with nothing left off the diagonal (e.g. a single group, where `int(0.75 * 1) == 0`) would be 0/0 in the
     released code; here it keeps only itself (diagonal 1), which is what a graph with no neighbours means.
 
+    Rows are independent, so they are processed `block_rows` at a time into the output: the memory beyond the
+    `(n, n)` result is `O(block_rows * n)`, whatever `n` (10,000 labels: a 400 MB result, ~60 MB of work space).
+
     Args:
         relation (`torch.Tensor` of shape `(n, n)`): raw similarities.
     Returns:
-        `torch.Tensor` of shape `(n, n)`, rows summing to 1 (the self-only rows too).
+        `torch.Tensor` of shape `(n, n)`, float32, rows summing to 1 (the self-only rows too).
     """
     n = relation.shape[0]
-    relation = relation.float()
     k = int(keep_ratio * n)
-    eye = torch.eye(n, dtype=torch.bool, device=relation.device)
-    kept = torch.zeros_like(relation)
-    if k > 0:
-        values, indices = torch.topk(relation, k, dim=1)
-        kept.scatter_(1, indices, values)
-    kept = kept.masked_fill(eye, 0.0)
-    row_sum = kept.sum(dim=1, keepdim=True)
-    isolated = row_sum == 0
-    adjacency = torch.where(isolated, torch.zeros_like(kept), kept / torch.where(isolated, 1.0, row_sum) * reweight_p)
-    diagonal = torch.where(isolated.squeeze(1), 1.0, 1.0 - reweight_p)
-    return adjacency + torch.diag(diagonal)
+    adjacency = torch.empty(n, n, dtype=torch.float32, device=relation.device)
+    for start in range(0, n, block_rows):
+        rows = relation[start : start + block_rows].float()
+        count = rows.shape[0]
+        kept = torch.zeros_like(rows)
+        if k > 0:
+            values, indices = torch.topk(rows, k, dim=1)
+            kept.scatter_(1, indices, values)
+            del values, indices
+        diagonal_index = torch.arange(start, start + count, device=relation.device)
+        local = torch.arange(count, device=relation.device)
+        kept[local, diagonal_index] = 0.0
+        row_sum = kept.sum(dim=1, keepdim=True)
+        isolated = row_sum == 0
+        block = torch.where(isolated, torch.zeros_like(kept), kept / torch.where(isolated, 1.0, row_sum) * reweight_p)
+        block[local, diagonal_index] = torch.where(isolated.squeeze(1), 1.0, 1.0 - reweight_p)
+        adjacency[start : start + count] = block
+    return adjacency
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,6 +173,96 @@ def encode_prompt_embeddings(
     hidden = text_model.final_layer_norm(hidden)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_positions.to(hidden.device)]
     return clip.text_projection(pooled)
+
+
+def _layer_kv(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values `(N, heads, T, head_dim)` of a CLIP encoder layer for `hidden` `(N, T, W)`."""
+    attention = layer.self_attn
+    normed = layer.layer_norm1(hidden)
+    shape = (*hidden.shape[:2], -1, attention.head_dim)
+    return tuple(proj(normed).view(shape).transpose(1, 2) for proj in (attention.q_proj, attention.k_proj,
+                                                                          attention.v_proj))
+
+
+def _layer_finish(layer, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The rest of a CLIP encoder layer after attention: output projection, residual, MLP, residual."""
+    hidden = hidden + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(*hidden.shape[:2], -1))
+    return hidden + layer.mlp(layer.layer_norm2(hidden))
+
+
+def _encode_suffixes(
+    text_model, text_projection, prefix_keys: list, prefix_values: list, suffix_hidden: torch.Tensor,
+    label_group: torch.Tensor, eos_in_suffix: torch.Tensor,
+) -> torch.Tensor:
+    """Label suffixes `(c, S, W)` (position embeddings added) through every layer, attending to their group's cached
+    prefix keys/values `(G, heads, P, head_dim)` and causally to themselves -> projected EOS features `(c, D)`."""
+    prefix_length, suffix_length = prefix_keys[0].shape[2], suffix_hidden.shape[1]
+    causal = torch.ones(suffix_length, suffix_length, dtype=torch.bool, device=suffix_hidden.device).tril()
+    mask = torch.cat([causal.new_ones(suffix_length, prefix_length), causal], dim=1)  # (S, P + S)
+    hidden = suffix_hidden
+    for layer, keys, values in zip(text_model.encoder.layers, prefix_keys, prefix_values):
+        query, key, value = _layer_kv(layer, hidden)
+        key = torch.cat([keys[label_group], key], dim=2)
+        value = torch.cat([values[label_group], value], dim=2)
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=layer.self_attn.scale)
+        hidden = _layer_finish(layer, hidden, attended)
+    hidden = text_model.final_layer_norm(hidden)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_in_suffix]
+    return text_projection(pooled)
+
+
+def encode_shared_prefix_prompts(
+    clip: CLIPModel,
+    prefix_embeds: torch.Tensor,
+    suffix_embeds: torch.Tensor,
+    label_group: torch.Tensor,
+    eos_in_suffix: torch.Tensor,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The text tower on label prompts `[prefix of the label's group] + [the label's suffix]`, running each group's
+    prefix only once. Equal (up to float rounding) to `encode_prompt_embeddings` on the concatenated prompts.
+
+    The text transformer is causal, so the hidden states of the prefix positions (`[SOS] ctx_1..ctx_n`, the same for
+    every label of a group) do not depend on the label: they are computed for the `G` groups, and each label's suffix
+    (name, ".", EOS) attends to its group's cached keys and values. With `chunk_size`, labels are encoded
+    `chunk_size` at a time under activation checkpointing, so training memory holds only the `(C, D)` outputs, the
+    prefix states and one chunk's activations, whatever `C`.
+
+    Args:
+        prefix_embeds (`torch.Tensor` of shape `(G, P, W)`): token embeddings of each group's prefix.
+        suffix_embeds (`torch.Tensor` of shape `(C, S, W)`): token embeddings of each label's suffix (positions
+            `P .. P + S - 1` of its prompt).
+        label_group (`torch.LongTensor` of shape `(C,)`): each label's group.
+        eos_in_suffix (`torch.LongTensor` of shape `(C,)`): each label's EOS position minus `P`.
+    Returns:
+        `torch.Tensor` of shape `(C, D)`: projected EOS features (not normalised).
+    """
+    text_model = clip.text_model
+    positions = text_model.embeddings.position_embedding.weight
+    prefix_length, suffix_length = prefix_embeds.shape[1], suffix_embeds.shape[1]
+    hidden = prefix_embeds + positions[:prefix_length].to(prefix_embeds.dtype)
+    prefix_keys, prefix_values = [], []
+    for layer in text_model.encoder.layers:
+        query, key, value = _layer_kv(layer, hidden)
+        prefix_keys.append(key)
+        prefix_values.append(value)
+        attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=layer.self_attn.scale)
+        hidden = _layer_finish(layer, hidden, attended)
+    suffix_hidden = suffix_embeds + positions[prefix_length : prefix_length + suffix_length].to(suffix_embeds.dtype)
+    num_labels = suffix_embeds.shape[0]
+    if not chunk_size or chunk_size >= num_labels:
+        return _encode_suffixes(text_model, clip.text_projection, prefix_keys, prefix_values, suffix_hidden,
+                                label_group, eos_in_suffix)
+    outputs = []
+    for start in range(0, num_labels, chunk_size):
+        part = slice(start, start + chunk_size)
+        args = (text_model, clip.text_projection, prefix_keys, prefix_values, suffix_hidden[part], label_group[part],
+                eos_in_suffix[part])
+        if torch.is_grad_enabled():
+            outputs.append(torch.utils.checkpoint.checkpoint(_encode_suffixes, *args, use_reentrant=False))
+        else:
+            outputs.append(_encode_suffixes(*args))
+    return torch.cat(outputs)
 
 
 @torch.no_grad()
@@ -506,6 +608,12 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.cache_label_embeddings = True
         self.cache_group_features = True
         self.truncate_prompts = True
+        # labels of a group share the prompt prefix [SOS] ctx_1..ctx_n: run it once per group (exact; see
+        # `encode_shared_prefix_prompts`); encode labels `label_chunk_size` at a time (None: as many as fit in
+        # `text_memory_budget_mb` of activations), under activation checkpointing when gradients are needed
+        self.share_prompt_prefix = True
+        self.label_chunk_size: int | None = None
+        self.text_memory_budget_mb = 2048
         self.clear_text_cache()
 
         self.post_init()
@@ -594,20 +702,22 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.clear_text_cache()
 
     def adjacency(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fixed `(C, C)` label adjacency and `(G, G)` group adjacency, from the raw `relation`."""
-        num_labels = self.config.num_labels
-        keep, p = self.config.relation_keep_ratio, self.config.relation_reweight_p
-        label_adjacency = process_relation(self.relation[:num_labels, :num_labels], keep, p)
-        group_adjacency = process_relation(self.relation[num_labels:, num_labels:], keep, p)
-        return label_adjacency, group_adjacency
+        """The fixed `(C, C)` label adjacency and `(G, G)` group adjacency, from the raw `relation`; computed once per
+        content of `relation` and relation settings (not at every training step)."""
+        self._refresh_text_state()
+        return self._adjacency[1], self._adjacency[2]
 
     # ----- text-side cache ---------------------------------------------------------------------------------------
 
     def clear_text_cache(self) -> None:
-        """Forget the cached group features, label embeddings, prompt lengths and label -> group index."""
+        """Forget the cached group features, label embeddings and everything derived from the buffers (prompt
+        lengths, label -> group index, adjacencies)."""
         self._text_cache: dict[str, _CacheEntry] = {}
-        self._prompt_lengths: tuple | None = None  # (state of the EOS buffers, group length, label length)
+        # (state of the EOS buffers, group prompt length, label prompt length, earliest label EOS position)
+        self._prompt_lengths: tuple | None = None
         self._label_group_index: torch.Tensor | None = None
+        self._prefix_shared: tuple | None = None  # (state of label_prompt_embeds, whether all SOS rows are equal)
+        self._adjacency: tuple | None = None  # (key, label adjacency, group adjacency)
 
     def train(self, mode: bool = True):
         self.clear_text_cache()
@@ -626,16 +736,33 @@ class HSPNetModel(HSPNetPreTrainedModel):
         return result
 
     def _refresh_text_state(self) -> None:
-        """Python-side state the text side reads: the prompt lengths as Python ints (read from the device once per
-        content of the EOS buffers) and the label -> group index on the model's device."""
+        """State the text side reads, derived from the buffers and the config and recomputed only when they change:
+        the prompt lengths as Python ints, whether all label prompts start with the same SOS row (then their
+        prefixes can be shared), the label -> group index, and the two adjacencies."""
         eos = (self.group_eos_positions, self.label_eos_positions)
         state = _tensor_state(eos)
         if self._prompt_lengths is None or self._prompt_lengths[0] != state:
-            self._prompt_lengths = (state, *(int(t.max()) + 1 if t.numel() else 1 for t in eos))
+            lengths = [int(t.max()) + 1 if t.numel() else 1 for t in eos]
+            first_eos = int(self.label_eos_positions.min()) if self.label_eos_positions.numel() else 0
+            self._prompt_lengths = (state, *lengths, first_eos)
+        state = _tensor_state([self.label_prompt_embeds])
+        if self._prefix_shared is None or self._prefix_shared[0] != state:
+            sos = self.label_prompt_embeds[:, 0]
+            self._prefix_shared = (state, bool((sos == sos[:1]).all()))
         device = self.relation.device
-        if self._label_group_index is None or self._label_group_index.device != device:
-            with torch.inference_mode(False):  # a normal tensor, usable in training later
-                self._label_group_index = torch.tensor(self.config.label_to_group, dtype=torch.long, device=device)
+        config = self.config
+        key = (_tensor_state([self.relation]), config.relation_keep_ratio, config.relation_reweight_p)
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+            # normal tensors (not inference tensors), usable in training later
+            if self._label_group_index is None or self._label_group_index.device != device:
+                self._label_group_index = torch.tensor(config.label_to_group, dtype=torch.long, device=device)
+            if self._adjacency is None or self._adjacency[0] != key:
+                num_labels, keep, p = config.num_labels, config.relation_keep_ratio, config.relation_reweight_p
+                self._adjacency = (
+                    key,
+                    process_relation(self.relation[:num_labels, :num_labels], keep, p),
+                    process_relation(self.relation[num_labels:, num_labels:], keep, p),
+                )
 
     def _text_sources(self, kind: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The parameters and buffers the cached value of `kind` ("group" or "label") is computed from."""
@@ -709,19 +836,43 @@ class HSPNetModel(HSPNetPreTrainedModel):
         """
         config = self.config
         if group_features is None:
-            group_features = self.get_group_features()  # also refreshes the prompt lengths and group index
-        label_adjacency, group_adjacency = self.adjacency()
+            group_features = self.get_group_features()  # also refreshes the derived state read below
+        _, label_adjacency, group_adjacency = self._adjacency
         group_features = self.gcn(group_features, group_adjacency)
-        context = self.meta_net(group_features)  # (G, n_ctx * W)
-        context = context[self._label_group_index].reshape(config.num_labels, config.n_ctx, config.text_width)
-        prompts = self.label_prompt_embeds
-        prompts = torch.cat([prompts[:, :1], context.to(prompts.dtype), prompts[:, 1 + config.n_ctx :]], dim=1)
-        length = self._prompt_lengths[2] if self.truncate_prompts else None
-        label_features = encode_prompt_embeddings(
-            self.clip, prompts, self.label_eos_positions, truncate=length is not None, length=length
-        )
+        context = self.meta_net(group_features).reshape(config.num_groups, config.n_ctx, config.text_width)
+        label_features = self._encode_label_prompts(context)  # (C, D)
         label_features = self.gcn(label_features, label_adjacency)  # (C, D)
         return F.normalize(label_features, dim=-1)
+
+    def _label_chunk(self, suffix_length: int) -> int:
+        """Labels per chunk: `label_chunk_size`, or as many as `text_memory_budget_mb` holds (an estimate of the
+        activations one label prompt keeps for the backward pass through the text tower)."""
+        if self.label_chunk_size:
+            return self.label_chunk_size
+        text_config = self.config.clip_config.text_config
+        per_label = 4 * text_config.num_hidden_layers * suffix_length * (
+            6 * text_config.hidden_size + 2 * text_config.intermediate_size
+            + text_config.num_attention_heads * (1 + self.config.n_ctx + suffix_length)
+        )
+        return max(1, int(self.text_memory_budget_mb * 2**20 // per_label))
+
+    def _encode_label_prompts(self, context: torch.Tensor) -> torch.Tensor:
+        """Label prompts `[SOS] ctx(group) {label} . [EOS]` through the frozen text tower -> `(C, D)` features.
+
+        `context` `(G, n_ctx, W)`: each group's context vectors (the meta-net output)."""
+        prompts, n_ctx = self.label_prompt_embeds, self.config.n_ctx
+        length = self._prompt_lengths[2] if self.truncate_prompts else prompts.shape[1]
+        context = context.to(prompts.dtype)
+        if self.share_prompt_prefix and self._prefix_shared[1] and self._prompt_lengths[3] > n_ctx:
+            prefix = torch.cat([prompts[:1, :1].expand(context.shape[0], -1, -1), context], dim=1)  # (G, 1 + n_ctx, W)
+            suffix = prompts[:, 1 + n_ctx : length]
+            return encode_shared_prefix_prompts(
+                self.clip, prefix, suffix, self._label_group_index, self.label_eos_positions - (1 + n_ctx),
+                chunk_size=self._label_chunk(suffix.shape[1]),
+            )
+        context = context[self._label_group_index]  # (C, n_ctx, W)
+        prompts = torch.cat([prompts[:, :1], context, prompts[:, 1 + n_ctx : length]], dim=1)
+        return encode_prompt_embeddings(self.clip, prompts, self.label_eos_positions, truncate=False)
 
     def get_label_embeddings(self) -> torch.Tensor:
         """`(C, D)` normalised label embeddings; cached in eval mode when no gradient is needed (see the class

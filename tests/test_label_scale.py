@@ -1,0 +1,116 @@
+"""Large label sets: the exact speed-ups of the label side (shared prompt prefixes, chunked encoding under activation
+checkpointing, adjacency computed once, in row blocks) give the same logits and gradients as the plain path."""
+
+import copy
+
+import pytest
+import torch
+
+from hspnet.modeling_hspnet import encode_prompt_embeddings, encode_shared_prefix_prompts, process_relation
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _step(model, pixel_values, labels):
+    model.zero_grad(set_to_none=True)
+    output = model(pixel_values=pixel_values, labels=labels, epoch=0)
+    output.loss.backward()
+    return output.logits.detach(), _grads(model)
+
+
+@pytest.fixture
+def labels6():
+    labels = torch.zeros(3, 6)
+    labels[0, 1] = labels[1, 3] = labels[2, 5] = 1
+    return labels
+
+
+def test_shared_prefix_encoder_equals_full_prompts(tiny_clip_dir):
+    from transformers import CLIPModel
+
+    torch.manual_seed(0)
+    clip = CLIPModel.from_pretrained(tiny_clip_dir)
+    width = clip.config.text_config.hidden_size
+    groups, labels, prefix_length, suffix_length = 3, 7, 5, 6
+    label_group = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    eos = torch.tensor([2, 5, 0, 3, 4, 1, 5])  # within the suffix
+    prefix = torch.randn(groups, prefix_length, width, requires_grad=True)
+    suffix = torch.randn(labels, suffix_length, width)
+    full = torch.cat([prefix[label_group], suffix], dim=1)
+    want = encode_prompt_embeddings(clip, full, eos + prefix_length, truncate=False)
+    (grad_want,) = torch.autograd.grad(want.square().sum(), prefix)
+    for chunk in (None, 1, 3, 100):
+        got = encode_shared_prefix_prompts(clip, prefix, suffix, label_group, eos, chunk_size=chunk)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        (grad_got,) = torch.autograd.grad(got.square().sum(), prefix)
+        torch.testing.assert_close(grad_got, grad_want, atol=1e-5, rtol=1e-5)
+
+
+def test_model_paths_give_the_same_logits_and_gradients(make_model, pixel_values, labels6):
+    reference = make_model(seed=3).train()
+    base = reference.hspnet
+    base.share_prompt_prefix, base.label_chunk_size = False, None
+    want_logits, want_grads = _step(reference, pixel_values, labels6)
+    assert "hspnet.meta_net.linear1.weight" in want_grads
+    assert base._prefix_shared[1] and base._prompt_lengths[3] > base.config.n_ctx  # the shared path applies
+    for share, chunk in [(True, None), (True, 2), (False, 4), (True, 1)]:
+        model = copy.deepcopy(reference)
+        model.hspnet.share_prompt_prefix, model.hspnet.label_chunk_size = share, chunk
+        logits, grads = _step(model, pixel_values, labels6)
+        torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+        assert grads.keys() == want_grads.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], want_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    # inference too
+    model.eval()
+    reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=pixel_values).logits,
+                                   reference(pixel_values=pixel_values).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_memory_budget_sets_the_chunk(make_model):
+    base = make_model().hspnet
+    base.text_memory_budget_mb = 0  # a budget below one label still encodes one label at a time
+    assert base._label_chunk(suffix_length=6) == 1
+    base.text_memory_budget_mb = 2048
+    assert base._label_chunk(suffix_length=6) > 1000
+    base.label_chunk_size = 7
+    assert base._label_chunk(suffix_length=6) == 7
+
+
+def _naive_adjacency(relation, keep_ratio, p):
+    n = relation.shape[0]
+    k = int(keep_ratio * n)
+    out = torch.zeros(n, n)
+    for i in range(n):
+        kept = torch.zeros(n)
+        if k:
+            values, indices = torch.topk(relation[i], k)
+            kept[indices] = values
+        kept[i] = 0
+        total = kept.sum()
+        out[i] = kept / total * p if total != 0 else 0
+        out[i, i] = 1 - p if total != 0 else 1.0
+    return out
+
+
+def test_relation_processed_in_row_blocks_is_exact():
+    torch.manual_seed(0)
+    relation = torch.rand(23, 23)
+    want = _naive_adjacency(relation, 0.75, 0.2)
+    for block in (1, 4, 23, 1024):
+        torch.testing.assert_close(process_relation(relation, 0.75, 0.2, block_rows=block), want)
+
+
+def test_adjacency_is_computed_once_not_per_step(make_model, pixel_values, labels6):
+    model = make_model().train()
+    _step(model, pixel_values, labels6)
+    first = model.hspnet._adjacency
+    _step(model, pixel_values, labels6)
+    assert model.hspnet._adjacency is first
+    model.hspnet.set_relation(model.hspnet.relation * 0.5 + 0.5)  # a new relation: recomputed
+    _step(model, pixel_values, labels6)
+    assert model.hspnet._adjacency is not first
