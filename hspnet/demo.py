@@ -622,7 +622,8 @@ def build_demo(model: "DemoModel | str | os.PathLike", examples: Sequence[str | 
                                          elem_id="hsp-topk")
                 if example_paths:
                     gallery = gr.Gallery(example_paths, label="Examples: click one", columns=3,
-                                         allow_preview=False, interactive=False, object_fit="contain",
+                                         allow_preview=False, interactive=False, object_fit="contain", height=270,
+                                         buttons=[],
                                          elem_id="hsp-examples")
 
                     def pick(event):
