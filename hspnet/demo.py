@@ -461,6 +461,13 @@ def _thumbnail(path: str, max_pixels: int | None) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _size(size: int) -> str:
+    """``"2.5 MB"``, ``"300 KB"``, ``"12 bytes"``."""
+    if size >= 2**20:
+        return f"{size / 2**20:.1f} MB"
+    return f"{size / 2**10:.0f} KB" if size >= 2**10 else f"{size} bytes"
+
+
 def _upload_path(item: Any) -> str:
     """The path of one upload as gradio hands it over (a path string, or an object / dict with a path)."""
     if isinstance(item, (str, os.PathLike)):
@@ -528,8 +535,8 @@ class DemoModel:
                 results[-1]["error"] = f"{name}: cannot read the upload ({error.strerror or one_line(error)})"
                 continue
             if size > self.max_upload_bytes:
-                results[-1]["error"] = (f"{name}: {size / 2**20:.1f} MB, more than the {self.max_upload_bytes / 2**20:g}"
-                                        " MB allowed per file")
+                results[-1]["error"] = (f"{name}: {_size(size)}, more than the {_size(self.max_upload_bytes)} allowed "
+                                        "per file")
                 continue
             readable.append((len(results) - 1, path))
         if readable:
@@ -581,14 +588,18 @@ def _copy_examples(paths: Sequence[str]) -> list[str]:
 
 def build_demo(model: "DemoModel | str | os.PathLike", examples: Sequence[str | os.PathLike] | None = None, *,
                title: str | None = None, threshold: float = DEFAULT_THRESHOLD, top_k: int | None = None,
-               device: Any = None, trust_remote_code: bool = False, demo_examples: bool = True):
+               device: Any = None, trust_remote_code: bool = False, demo_examples: bool = True,
+               model_name: str | None = None):
     """The Gradio page (a ``gradio.Blocks``, not launched) for ``model`` (a :class:`DemoModel`, a model folder or a
     Hub id). ``examples``: image files / folders shown as examples; ``None``: for a model with the demo data's labels
-    (and ``demo_examples``), a few demo test images, else none. Start it with :func:`launch_demo`."""
+    (and ``demo_examples``), a few demo test images, else none. ``model_name``: the name shown in the summary
+    (default: the folder's name or the Hub id). Start it with :func:`launch_demo`."""
     gr = import_gradio()
     if not isinstance(model, DemoModel):
         model = DemoModel.load(model, device=device, trust_remote_code=trust_remote_code)
     groups = model.label_groups
+    if model_name:
+        model.summary = dict(model.summary, name=str(model_name))
     if examples is None:
         example_paths = (write_demo_examples(tempfile.mkdtemp(prefix="hspnet-demo-examples-"))
                          if demo_examples and is_demo_model(groups) else [])
@@ -656,8 +667,9 @@ def launch_demo(blocks, host: str | None = None, port: int | None = None, share:
 # ---------------------------------------------------------------------------------------------------------------------
 
 _RUN_FILES = ("train.log",)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
-APP_TEMPLATE = '''"""{title}: a Gradio demo of an HSPNet model (a Hugging Face Space runs `python app.py`).
+APP_TEMPLATE = '''"""A Gradio demo of an HSPNet model (a Hugging Face Space runs `python app.py`).
 
 Written by `hspnet demo --write_space`. The hspnet package next to this file is the code that wrote it; the model
 is {model_note}.
@@ -671,10 +683,11 @@ sys.path.insert(0, HERE)  # the copy of the hspnet package in this folder
 
 from hspnet.demo import build_demo, launch_demo  # noqa: E402
 
-MODEL = os.environ.get("HSPNET_MODEL", {model_expr})
+MODEL = {model_expr}
 EXAMPLES = os.path.join(HERE, "examples")
 
-demo = build_demo(MODEL, examples=[EXAMPLES] if os.path.isdir(EXAMPLES) else [], title={title!r})
+demo = build_demo(MODEL, examples=[EXAMPLES] if os.path.isdir(EXAMPLES) else [], title={title!r},
+                  model_name={model_name!r}, threshold={threshold!r}, top_k={top_k!r})
 
 if __name__ == "__main__":
     launch_demo(demo)
@@ -743,14 +756,19 @@ def _inside(path: str, folder: str) -> bool:
 
 def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike,
                 examples: Sequence[str | os.PathLike] | None = None, *, title: str | None = None,
-                space_model_id: str | None = None, overwrite: bool = False, check: bool = True) -> str:
+                space_model_id: str | None = None, overwrite: bool = False, check: bool = True,
+                threshold: float = DEFAULT_THRESHOLD, top_k: int = 0) -> str:
     """Write a Hugging Face Space for the model into ``folder`` (see the module docstring for what it holds); returns
     ``folder``. A local model folder is copied into ``model/`` unless ``space_model_id`` names the Hub id to load
     instead; a Hub id is referenced. ``examples``: image files / folders (``None``: demo test images for a model
-    with the demo data's labels). ``check`` loads the model first, so a broken model fails here and not on the
-    Space. The folder is written whole or not at all; an existing non-empty folder is replaced only with
-    ``overwrite`` and only if an earlier ``write_space`` wrote it."""
-    from hspnet.prediction import ModelLoadError, _looks_like_path, load_model
+    with the demo data's labels). ``threshold`` / ``top_k``: the page's initial controls (top-k 0: no limit).
+    ``check`` loads the model first, so a broken model fails here and not on the Space. The folder is written whole
+    or not at all; an existing non-empty folder is replaced only with ``overwrite`` and only if an earlier
+    ``write_space`` wrote it."""
+    from hspnet.prediction import ModelLoadError, check_positive_int, check_probability, load_model
+
+    threshold = check_probability(threshold, "threshold", allow_none=False)
+    top_k = check_positive_int(top_k, "top_k", minimum=0)
 
     model = os.fspath(model_name_or_path)
     folder = os.fspath(folder)
@@ -766,14 +784,19 @@ def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike
                                   "refusing to replace it")
     if local and (_inside(folder, model) or _inside(model, folder)):
         raise ValueError(f"{folder}: the Space folder must not be inside the model folder {model} or contain it")
-    if space_model_id is not None and (not space_model_id or _looks_like_path(space_model_id)):
+    if space_model_id is not None and not _HUB_ID.match(space_model_id):
         raise ValueError(f"--space_model_id must be a Hub id like user/model, got {space_model_id!r}")
     if not local and os.path.exists(model):
         raise ModelLoadError(f"{model}: the model must be a folder (or a Hub id), not a file")
+    if not local and not _HUB_ID.match(model):
+        raise ModelLoadError(f"{model}: no such model folder, and not a Hub id like user/model")
     if check:
         loaded, _ = load_model(model)
         label_groups = LabelGroups.from_config(loaded.config)
         del loaded
+        if top_k > label_groups.num_labels:
+            raise ValueError(f"top_k must be in [0, {label_groups.num_labels}] (the model has "
+                             f"{label_groups.num_labels} labels), got {top_k}")
     else:
         label_groups = None
     if examples is None:
@@ -781,6 +804,7 @@ def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike
     else:
         example_paths = collect_examples(examples) if examples else []
     heading = title or "HSPNet demo"
+    shown_name = space_model_id or (os.path.basename(os.path.normpath(os.path.abspath(model))) if local else model)
 
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
@@ -810,7 +834,8 @@ def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike
                 used.add(name)
                 shutil.copyfile(path, os.path.join(example_dir, name))
         with open(os.path.join(staging, "app.py"), "w", encoding="utf-8") as handle:
-            handle.write(APP_TEMPLATE.format(title=heading, model_note=note, model_expr=model_expr))
+            handle.write(APP_TEMPLATE.format(title=title, model_note=note, model_expr=model_expr,
+                                             model_name=shown_name, threshold=float(threshold), top_k=int(top_k)))
         with open(os.path.join(staging, "requirements.txt"), "w", encoding="utf-8") as handle:
             handle.write("\n".join(_requirements()) + "\n")
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as handle:
@@ -907,7 +932,8 @@ def run_demo(args: argparse.Namespace):
     examples = [] if args.no_examples else args.examples
     if args.write_space is not None:
         folder = write_space(args.model, args.write_space, examples, title=args.title,
-                             space_model_id=args.space_model_id, overwrite=args.overwrite)
+                             space_model_id=args.space_model_id, overwrite=args.overwrite,
+                             threshold=args.threshold, top_k=args.top_k)
         print(f"wrote a Space to {folder}: run it with `python {os.path.join(folder, 'app.py')}`, or upload it with "
               f"`hf upload --repo-type space USER/SPACE_NAME {folder} .`")
         return folder

@@ -174,7 +174,7 @@ def test_bad_uploads_give_messages_not_exceptions(demo_model, tmp_path):
                       max_images=2)
     results, notes = small.predict_files([good, good, good])
     assert notes == ["Only the first 2 of 3 files were scored."] and len(results) == 2
-    assert "more than the" in results[0]["error"] and "MB allowed per file" in results[0]["error"]
+    assert results[0]["error"] == f"good.png: {os.path.getsize(good)} bytes, more than the 100 bytes allowed per file"
 
 
 def test_model_failure_is_a_note(demo_model, tmp_path):
@@ -275,7 +275,8 @@ def test_cli_bad_port_is_an_argparse_error(model_dir, capsys):
 
 def test_write_space_copies_model_examples_and_package(model_dir, tmp_path, capsys):
     space = tmp_path / "space"
-    assert main(["--model", model_dir, "--write-space", str(space), "--title", "Shapes"]) == 0
+    assert main(["--model", model_dir, "--write-space", str(space), "--title", "Shapes", "--threshold", "0.3",
+                 "--top_k", "2"]) == 0
     assert "wrote a Space to" in capsys.readouterr().out
     names = set(os.listdir(space))
     assert {"app.py", "requirements.txt", "README.md", "examples", "hspnet", "model", ".hspnet-space"} <= names
@@ -286,7 +287,9 @@ def test_write_space_copies_model_examples_and_package(model_dir, tmp_path, caps
     assert any(r.startswith("gradio") for r in requirements) and any(r.startswith("transformers") for r in requirements)
     card = (space / "README.md").read_text()
     assert "sdk: gradio" in card and "app_file: app.py" in card
-    assert 'os.path.join(HERE, "model")' in (space / "app.py").read_text()
+    app = (space / "app.py").read_text()
+    assert 'os.path.join(HERE, "model")' in app and "title='Shapes'" in app
+    assert f"model_name={os.path.basename(model_dir)!r}, threshold=0.3, top_k=2)" in app
 
     # the Space runs as is: its app.py builds the page with the hspnet copy next to it, from another folder
     check = textwrap.dedent(f"""
@@ -323,6 +326,11 @@ def test_write_space_references_a_hub_id(model_dir, tmp_path):
     write_space(model_dir, tmp_path / "s2", [_png(tmp_path / "x.png")], space_model_id="me/shapes")
     assert "'me/shapes'" in (tmp_path / "s2" / "app.py").read_text()
     assert os.listdir(tmp_path / "s2" / "examples") == ["x.png"] and not os.path.exists(tmp_path / "s2" / "model")
+    with pytest.raises(ValueError, match="must be a Hub id"):
+        write_space(model_dir, tmp_path / "s3", [], space_model_id="../x")
+    with pytest.raises(OSError, match="not a Hub id"):
+        write_space("no/such/folder", tmp_path / "s3", [], check=False)
+    assert not os.path.exists(tmp_path / "s3")
     with pytest.raises(ValueError, match="must not be inside the model folder"):
         write_space(model_dir, os.path.join(model_dir, "space"), [])
     assert space == str(tmp_path / "s1")
