@@ -568,12 +568,21 @@ class DemoModel:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _example_folder() -> str:
+    """A fresh folder under the system's temp folder (gradio serves files from there whatever the working
+    directory), removed when the process exits normally."""
+    import atexit
+
+    folder = tempfile.mkdtemp(prefix="hspnet-demo-examples-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def _copy_examples(paths: Sequence[str]) -> list[str]:
-    """Copies of the example images in a fresh folder under the system's temp folder, which gradio serves whatever
-    the working directory (names made unique)."""
+    """Copies of the example images in an :func:`_example_folder` (names made unique)."""
     if not paths:
         return []
-    folder = tempfile.mkdtemp(prefix="hspnet-demo-examples-")
+    folder = _example_folder()
     copies, used = [], set()
     for index, path in enumerate(paths):
         name = os.path.basename(path)
@@ -601,7 +610,7 @@ def build_demo(model: "DemoModel | str | os.PathLike", examples: Sequence[str | 
     if model_name:
         model.summary = dict(model.summary, name=str(model_name))
     if examples is None:
-        example_paths = (write_demo_examples(tempfile.mkdtemp(prefix="hspnet-demo-examples-"))
+        example_paths = (write_demo_examples(_example_folder())
                          if demo_examples and is_demo_model(groups) else [])
     else:
         example_paths = _copy_examples(collect_examples(examples)) if examples else []
