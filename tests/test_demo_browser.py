@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def demo_server(model_dir: str, workdir: str, extra: tuple[str, ...] = ()):
                 time.sleep(0.3)
         yield url
     finally:
-        process.terminate()
+        process.send_signal(signal.SIGINT)  # Ctrl-C: gradio closes the server, temp folders are removed
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
