@@ -21,7 +21,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, PreTrainedConfig
 
-from .losses import _check_bool, _check_int, _check_real, check_loss_spec
+from .losses import LOSSES, _check_bool, _check_int, _check_real, check_loss_spec
 
 
 VISION_BACKBONES = ("clip_vit", "clip_resnet")
@@ -147,6 +147,7 @@ def _field_rules() -> dict:
         "freeze_text_encoder": lambda v: _check_bool("freeze_text_encoder", v),
         "loss": loss_name,
         "loss_kwargs": optional(loss_kwargs),
+        "label_sample_size": optional(integer("label_sample_size", 1)),
     }
     return {name: wrap(name, rule) for name, rule in rules.items()}
 
@@ -239,6 +240,12 @@ class HSPNetConfig(PreTrainedConfig):
             Keyword arguments of that loss, overriding its defaults (`hspnet.losses.LOSS_DEFAULTS`), e.g.
             `{"change_epoch": 2}` for VOC. Names, types and ranges are checked as the loss constructor checks them
             (e.g. `expected_num_pos` in (0, num_labels]).
+        label_sample_size (`int`, *optional*):
+            Training only, off by default (`None`): each training step runs the text side for the batch's observed
+            positives plus `label_sample_size` labels drawn uniformly from the others, with the loss reweighted to
+            an unbiased estimate of the full loss (and the label GCN on the sampled labels). An approximation of
+            the paper's method for very large label sets; inference always uses all labels. Needs a loss whose
+            terms are per label (not EPR, ROLE or LL-R).
 
     Every field is checked when the config is built, loaded or assigned: a wrong type (a string for a number, a bool
     for an int, a float for an int), a non-finite number or a value out of range raises a `ValueError` naming the
@@ -278,6 +285,7 @@ class HSPNetConfig(PreTrainedConfig):
     freeze_text_encoder: bool = True
     loss: str = "splc"
     loss_kwargs: dict[str, Any] | None = None
+    label_sample_size: int | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         rule = _FIELD_RULES.get(name)
@@ -389,9 +397,15 @@ class HSPNetConfig(PreTrainedConfig):
         `expected_num_pos <= num_labels`) without building the loss."""
         num_labels = None if self._has_default_labels() else self.num_labels
         try:
-            check_loss_spec(self.loss, self.loss_kwargs or {}, num_labels)
+            name = check_loss_spec(self.loss, self.loss_kwargs or {}, num_labels)
         except ValueError as error:
             raise ValueError(f"HSPNetConfig: loss {self.loss!r} with loss_kwargs {self.loss_kwargs!r}: {error}") from None
+        if self.label_sample_size is not None and not LOSSES[name].supports_label_sampling:
+            raise ValueError(
+                f"HSPNetConfig: label_sample_size is set but the loss {self.loss!r} couples the labels and cannot be "
+                "computed on a sample of them; use a per-label loss (splc, an, an_ls, wan, em, hill, focal, asl) or "
+                "no label sampling."
+            )
 
     def check_hierarchy(self) -> None:
         """Raise a `ValueError` naming the problem if the labels and groups are not a valid hierarchy.

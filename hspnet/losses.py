@@ -233,6 +233,10 @@ class MultiLabelLoss(nn.Module):
 
     requires_indices: bool = False
     requires_epoch: bool = False
+    #: The loss is a sum of independent per-entry terms, so a sample of label columns with weights (``label_weights``
+    #: in ``forward``) gives an unbiased estimate of it. False where terms couple labels (EPR and ROLE regularisers
+    #: over all labels, ROLE's per-label estimates, LL-R's rejection quantile over all entries).
+    supports_label_sampling: bool = True
     #: Check the VALUES of ``targets`` (0/1) and ``indices`` (in range) at every call (one fused reduction, one
     #: synchronisation; ``torch._assert_async`` under ``torch.compile``). Set to False on an instance to skip them.
     check_inputs: bool = True
@@ -317,12 +321,29 @@ class MultiLabelLoss(nn.Module):
         *,
         epoch: Optional[int] = None,
         indices: Optional[torch.Tensor] = None,
+        label_weights: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """The loss of ``logits`` ``(B, C)`` against the observed ``targets`` ``(B, C)``.
+
+        ``label_weights`` ``(C',)``: ``logits`` and ``targets`` hold only ``C' <= C`` sampled label columns and each
+        column's terms count ``label_weights[j]`` times (e.g. ``|unobserved| / sample size`` for a uniform sample of
+        the unobserved labels, 1 for the always-included ones): an unbiased estimate of the full loss, with "mean"
+        still dividing by ``B * C``. Only for losses with :attr:`supports_label_sampling`.
+        """
         name = type(self).__name__
         for arg, value in (("logits", logits), ("targets", targets)):
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"{name}: {arg} must be a torch.Tensor of shape (B, C), got {type(value).__name__}")
-        if logits.dim() != 2 or logits.shape[1] != self.num_labels:
+        if label_weights is not None:
+            if not self.supports_label_sampling:
+                raise ValueError(f"{name} couples the labels and cannot be computed on a sample of them "
+                                 "(label_sample_size); use it without label sampling")
+            if (not isinstance(label_weights, torch.Tensor) or label_weights.dim() != 1
+                    or logits.dim() != 2 or label_weights.shape[0] != logits.shape[1]
+                    or not 1 <= logits.shape[1] <= self.num_labels):
+                raise ValueError(f"{name}: label_weights must be a tensor of shape (C',) with one weight per logits "
+                                 f"column and C' <= num_labels={self.num_labels}")
+        elif logits.dim() != 2 or logits.shape[1] != self.num_labels:
             raise ValueError(
                 f"{name}: logits must have shape (B, {self.num_labels}) (num_labels={self.num_labels}), "
                 f"got {tuple(logits.shape)}"
@@ -356,8 +377,11 @@ class MultiLabelLoss(nn.Module):
         targets = targets.to(dtype=logits.dtype)
         with _no_autocast(logits.device.type):
             matrix, reg = self._loss_terms(logits, targets, ep, indices)
-            total = matrix.sum()
-            n_entries = matrix.numel()
+            if label_weights is None:
+                total = matrix.sum()
+            else:
+                total = (matrix * label_weights.to(device=matrix.device, dtype=matrix.dtype)).sum()
+            n_entries = matrix.shape[0] * self.num_labels
             if self.reduction == "mean":
                 total = total / n_entries
                 if reg is not None:
@@ -587,6 +611,8 @@ class ExpectedPositiveRegularizationLoss(MultiLabelLoss):
     Shapes: (B, C) -> scalar.
     """
 
+    supports_label_sampling = False
+
     param_rules = {**MultiLabelLoss.param_rules, "expected_num_pos": _expected_positives}
 
     def __init__(self, num_labels: int, expected_num_pos: float = 2.9, reduction: str = "mean") -> None:
@@ -637,6 +663,8 @@ class ROLELoss(MultiLabelLoss):
     Shapes: logits, targets (B, C); ``indices`` (B,) long, the training-set
     row of every sample -> scalar.
     """
+
+    supports_label_sampling = False
 
     requires_indices = True
     param_rules = {
@@ -784,6 +812,8 @@ class LargeLossRejectionLoss(MultiLabelLoss):
     Reference reduction: ``"mean"`` over B*C (rejected entries count in B*C).
     Shapes: (B, C) -> scalar. Needs the 0-based epoch.
     """
+
+    supports_label_sampling = False
 
     requires_epoch = True
     param_rules = {**MultiLabelLoss.param_rules, "delta_rel": _real(0.0, 1.0), "mode": _choice("reject", "correct")}

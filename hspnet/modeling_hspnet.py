@@ -92,6 +92,19 @@ def process_relation(
     return adjacency
 
 
+def _induced_adjacency(adjacency: torch.Tensor, indices: torch.Tensor, reweight_p: float) -> torch.Tensor:
+    """The adjacency among the labels `indices` `(C',)` only, for label sampling: each row keeps its diagonal
+    `1 - p` and its weights to the sampled neighbours, rescaled to the total `p` they have in the full graph; a row
+    with no sampled neighbour keeps only itself (weight 1), as `process_relation` does for isolated rows."""
+    sub = adjacency[indices][:, indices]
+    eye = torch.eye(sub.shape[0], dtype=torch.bool, device=sub.device)
+    off = sub.masked_fill(eye, 0.0)
+    row_sum = off.sum(dim=1, keepdim=True)
+    isolated = row_sum == 0
+    off = torch.where(isolated, torch.zeros_like(off), off / torch.where(isolated, 1.0, row_sum) * reweight_p)
+    return off + torch.diag(torch.where(isolated.squeeze(1), 1.0, 1.0 - reweight_p))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # GCN
 # ---------------------------------------------------------------------------------------------------------------------
@@ -311,6 +324,20 @@ def default_image_processor(config: HSPNetConfig, **kwargs) -> HSPNetImageProces
 # ---------------------------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HSPNetClassifierOutput(ImageClassifierOutput):
+    """
+    `ImageClassifierOutput` (`loss`, `logits` `(B, C)`, `hidden_states`, `attentions`) plus:
+
+    Args:
+        label_indices (`torch.LongTensor` of shape `(C',)`, *optional*):
+            With label sampling in training (`config.label_sample_size`): the labels the `C'` columns of `logits`
+            are; None otherwise (all labels, in order).
+    """
+
+    label_indices: torch.LongTensor | None = None
 
 
 @dataclass
@@ -826,13 +853,22 @@ class HSPNetModel(HSPNetPreTrainedModel):
         cached = self._cached_text("group")
         return cached if cached is not None else self._encode_groups()
 
-    def compute_label_embeddings(self, group_features: torch.Tensor | None = None) -> torch.Tensor:
+    def compute_label_embeddings(
+        self, group_features: torch.Tensor | None = None, label_indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The full text side, `(C, D)` L2-normalised label embeddings:
 
         group features -> GCN (group adjacency) -> meta-net -> `n_ctx` context vectors per group -> each label takes
         its group's context -> label prompts through the text tower -> the SAME GCN (label adjacency) -> normalise.
 
-        `group_features` `(G, D)`: from `get_group_features()` when not given.
+        Args:
+            group_features (`torch.Tensor` of shape `(G, D)`, *optional*): from `get_group_features()` if not given.
+            label_indices (`torch.LongTensor` of shape `(C',)`, *optional*): compute only these labels (label
+                sampling, `config.label_sample_size`): their prompts, and the label GCN on the graph they induce with
+                each row's neighbour weights rescaled to the same total `relation_reweight_p` (a row left without
+                neighbours keeps only itself). An approximation: the full graph mixes in every label.
+        Returns:
+            `torch.Tensor` of shape `(C, D)` (or `(C', D)`).
         """
         config = self.config
         if group_features is None:
@@ -840,7 +876,9 @@ class HSPNetModel(HSPNetPreTrainedModel):
         _, label_adjacency, group_adjacency = self._adjacency
         group_features = self.gcn(group_features, group_adjacency)
         context = self.meta_net(group_features).reshape(config.num_groups, config.n_ctx, config.text_width)
-        label_features = self._encode_label_prompts(context)  # (C, D)
+        label_features = self._encode_label_prompts(context, label_indices)  # (C, D)
+        if label_indices is not None:
+            label_adjacency = _induced_adjacency(label_adjacency, label_indices, config.relation_reweight_p)
         label_features = self.gcn(label_features, label_adjacency)  # (C, D)
         return F.normalize(label_features, dim=-1)
 
@@ -856,23 +894,25 @@ class HSPNetModel(HSPNetPreTrainedModel):
         )
         return max(1, int(self.text_memory_budget_mb * 2**20 // per_label))
 
-    def _encode_label_prompts(self, context: torch.Tensor) -> torch.Tensor:
-        """Label prompts `[SOS] ctx(group) {label} . [EOS]` through the frozen text tower -> `(C, D)` features.
+    def _encode_label_prompts(self, context: torch.Tensor, label_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Label prompts `[SOS] ctx(group) {label} . [EOS]` through the frozen text tower -> `(C, D)` features (or
+        `(C', D)` for `label_indices`).
 
         `context` `(G, n_ctx, W)`: each group's context vectors (the meta-net output)."""
         prompts, n_ctx = self.label_prompt_embeds, self.config.n_ctx
         length = self._prompt_lengths[2] if self.truncate_prompts else prompts.shape[1]
+        label_group, eos = self._label_group_index, self.label_eos_positions
+        if label_indices is not None:
+            prompts, label_group, eos = prompts[label_indices], label_group[label_indices], eos[label_indices]
         context = context.to(prompts.dtype)
         if self.share_prompt_prefix and self._prefix_shared[1] and self._prompt_lengths[3] > n_ctx:
             prefix = torch.cat([prompts[:1, :1].expand(context.shape[0], -1, -1), context], dim=1)  # (G, 1 + n_ctx, W)
             suffix = prompts[:, 1 + n_ctx : length]
             return encode_shared_prefix_prompts(
-                self.clip, prefix, suffix, self._label_group_index, self.label_eos_positions - (1 + n_ctx),
-                chunk_size=self._label_chunk(suffix.shape[1]),
+                self.clip, prefix, suffix, label_group, eos - (1 + n_ctx), chunk_size=self._label_chunk(suffix.shape[1])
             )
-        context = context[self._label_group_index]  # (C, n_ctx, W)
-        prompts = torch.cat([prompts[:, :1], context, prompts[:, 1 + n_ctx : length]], dim=1)
-        return encode_prompt_embeddings(self.clip, prompts, self.label_eos_positions, truncate=False)
+        prompts = torch.cat([prompts[:, :1], context[label_group], prompts[:, 1 + n_ctx : length]], dim=1)
+        return encode_prompt_embeddings(self.clip, prompts, eos, truncate=False)
 
     def get_label_embeddings(self) -> torch.Tensor:
         """`(C, D)` normalised label embeddings; cached in eval mode when no gradient is needed (see the class
@@ -910,14 +950,18 @@ class HSPNetModel(HSPNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        label_indices: torch.Tensor | None = None,
         **kwargs,
     ) -> HSPNetModelOutput | tuple:
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
+            label_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels, computing the
+                text side for them alone (label sampling; see `compute_label_embeddings`).
             **kwargs: passed to the vision tower (e.g. `interpolate_pos_encoding=True` for the ViT tower).
         Returns:
-            `HSPNetModelOutput` with `logits` `(B, C)`, `image_embeds` `(B, D)`, `label_embeds` `(C, D)`.
+            `HSPNetModelOutput` with `logits` `(B, C)`, `image_embeds` `(B, D)`, `label_embeds` `(C, D)` (`C'`
+            columns / rows with `label_indices`).
         """
         if pixel_values is None:
             raise ValueError("HSPNetModel.forward needs pixel_values.")
@@ -926,7 +970,10 @@ class HSPNetModel(HSPNetPreTrainedModel):
             vision_kwargs["output_hidden_states"] = True
         if output_attentions:
             vision_kwargs["output_attentions"] = True
-        label_embeds = self.get_label_embeddings()  # first: the cache lookup is the one graph break under compile
+        if label_indices is None:
+            label_embeds = self.get_label_embeddings()  # first: the cache lookup is the one graph break under compile
+        else:
+            label_embeds = self.compute_label_embeddings(label_indices=label_indices)
         image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
         # at least float32 and outside autocast: bf16 logits keep ~3 significant digits, ties that change mAP
         dtype = torch.promote_types(image_embeds.dtype, torch.float32)
@@ -997,20 +1044,47 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         Returns:
             `ImageClassifierOutput` with `logits` `(B, C)` and `loss` when `labels` are given.
         """
+        label_indices = label_weights = None
+        if labels is not None and self.training and self.config.label_sample_size is not None:
+            label_indices, label_weights = self.sample_labels(labels)
         outputs = self.hspnet(
             pixel_values=pixel_values,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            label_indices=label_indices,
             **kwargs,
         )
         logits = outputs.logits
         loss = None
         if labels is not None:
-            loss = self.loss_module(logits, labels.to(logits.device), epoch=epoch, indices=indices)
-        output = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            labels = labels.to(logits.device)
+            if label_indices is not None:
+                labels = labels[:, label_indices]
+            loss = self.loss_module(logits, labels, epoch=epoch, indices=indices, label_weights=label_weights)
+        output = HSPNetClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            label_indices=label_indices,
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def sample_labels(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Label sampling for one training step (`config.label_sample_size`): `(label_indices, label_weights)`.
+
+        The labels observed positive in the batch (the only ones whose loss terms carry an observed positive; SPLC,
+        AN & co. need nothing else) are always included with weight 1; `label_sample_size` of the others are drawn
+        uniformly (torch's RNG: seeded runs and resumes repeat the same draws), each with weight `others / sample`,
+        so the weighted loss is an unbiased estimate of the full one. `(None, None)` when the sample would hold every
+        label (then the step is exact).
+        """
+        observed = labels.detach().bool().any(dim=0)  # (C,)
+        always = observed.nonzero().squeeze(1)
+        others = (~observed).nonzero().squeeze(1)
+        size = self.config.label_sample_size
+        if size >= others.numel():
+            return None, None
+        picked = others[torch.randperm(others.numel(), device=others.device)[:size]]
+        weights = torch.cat([torch.ones(always.numel()), torch.full((size,), others.numel() / size)])
+        return torch.cat([always, picked]), weights.to(labels.device)
 
 
 __all__ = [
@@ -1018,6 +1092,7 @@ __all__ = [
     "HSPNetForImageClassification",
     "HSPNetPreTrainedModel",
     "HSPNetModelOutput",
+    "HSPNetClassifierOutput",
     "process_relation",
     "encode_prompt_embeddings",
     "clip_text_embeddings",

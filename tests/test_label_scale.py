@@ -114,3 +114,84 @@ def test_adjacency_is_computed_once_not_per_step(make_model, pixel_values, label
     model.hspnet.set_relation(model.hspnet.relation * 0.5 + 0.5)  # a new relation: recomputed
     _step(model, pixel_values, labels6)
     assert model.hspnet._adjacency is not first
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# label sampling (an approximation, off by default)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_weighted_label_sample_is_an_unbiased_estimate_of_the_loss():
+    import itertools
+
+    from hspnet.losses import build_loss
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(4, 6), torch.zeros(4, 6)
+    targets[0, 1] = targets[2, 1] = targets[3, 4] = 1
+    loss = build_loss("splc", 6)
+    full = loss(logits, targets, epoch=1)
+    always, others, size = [1, 4], [0, 2, 3, 5], 2
+    estimates = []
+    for picked in itertools.combinations(others, size):  # every sample is equally likely: the expectation exactly
+        columns = torch.tensor(always + list(picked))
+        weights = torch.tensor([1.0, 1.0] + [len(others) / size] * size)
+        estimates.append(loss(logits[:, columns], targets[:, columns], epoch=1, label_weights=weights))
+    torch.testing.assert_close(torch.stack(estimates).mean(), full, atol=1e-5, rtol=1e-6)
+    mean_loss = build_loss("an", 6, reduction="mean")
+    columns = torch.tensor([1, 4])
+    assert torch.isclose(mean_loss(logits[:, columns], targets[:, columns], label_weights=torch.ones(2)) * 24,
+                         build_loss("an", 6, reduction="sum")(logits[:, columns], targets[:, columns],
+                                                              label_weights=torch.ones(2)))
+
+
+def test_losses_that_couple_labels_refuse_sampling():
+    from hspnet import HSPNetConfig
+    from hspnet.losses import build_loss
+
+    with pytest.raises(ValueError, match="couples the labels"):
+        build_loss("epr", 6, expected_num_pos=1.5)(torch.zeros(2, 3), torch.zeros(2, 3), label_weights=torch.ones(3))
+    with pytest.raises(ValueError, match="label_sample_size is set but the loss 'role'"):
+        HSPNetConfig(id2label={0: "a", 1: "b"}, group_names=["g"], label_to_group=[0, 0], loss="role",
+                     loss_kwargs={"num_train_images": 4, "expected_num_pos": 1.0}, label_sample_size=1)
+
+
+def test_induced_adjacency_by_hand():
+    from hspnet.modeling_hspnet import _induced_adjacency
+
+    # a 4-label adjacency with p = 0.2: row 0 has neighbours 1 (0.15) and 2 (0.05); row 2 only neighbour 3
+    adjacency = torch.tensor([[0.8, 0.15, 0.05, 0.0],
+                              [0.1, 0.8, 0.0, 0.1],
+                              [0.0, 0.0, 0.8, 0.2],
+                              [0.2, 0.0, 0.0, 0.8]])
+    got = _induced_adjacency(adjacency, torch.tensor([0, 2, 3]), 0.2)
+    want = torch.tensor([[0.8, 0.2, 0.0],   # only neighbour 2 sampled: it gets the whole 0.2
+                         [0.0, 0.8, 0.2],
+                         [0.2, 0.0, 0.8]])
+    torch.testing.assert_close(got, want)
+    got = _induced_adjacency(adjacency, torch.tensor([1, 2]), 0.2)
+    torch.testing.assert_close(got, torch.eye(2))  # no sampled neighbours: each keeps only itself
+
+
+def test_sampled_training_step(make_model, pixel_values, labels6):
+    model = make_model(label_sample_size=2).train()
+    torch.manual_seed(0)
+    output = model(pixel_values=pixel_values, labels=labels6, epoch=0)
+    observed = {1, 3, 5}
+    indices = output.label_indices.tolist()
+    assert set(indices[:3]) == observed and len(indices) == 5 and not set(indices[3:]) & observed
+    assert output.logits.shape == (3, 5) and torch.isfinite(output.loss)
+    output.loss.backward()
+    assert model.hspnet.meta_net.linear1.weight.grad is not None
+    # without label-to-label mixing (p = 0) the sampled columns are exactly the full model's columns
+    model = make_model(label_sample_size=2, relation_reweight_p=0.0).train()
+    torch.manual_seed(1)
+    sampled = model(pixel_values=pixel_values, labels=labels6, epoch=0)
+    model.config.label_sample_size = None
+    full = model(pixel_values=pixel_values, labels=labels6, epoch=0).logits
+    torch.testing.assert_close(sampled.logits, full[:, sampled.label_indices], atol=1e-5, rtol=1e-5)
+    # evaluation and inference always use every label
+    model.config.label_sample_size = 2
+    model.eval()
+    with torch.no_grad():
+        assert model(pixel_values=pixel_values, labels=labels6, epoch=0).logits.shape == (3, 6)
