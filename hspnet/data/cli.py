@@ -125,9 +125,9 @@ def _custom_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--observed-labels", metavar="FILE", help="a single-positive list 'file_name,index' to use")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "prepare") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prepare",
+        prog=prog,
         description="Prepare a single-positive multi-label dataset (HSPNet) as a Hugging Face DatasetDict, print its "
         "statistics, and optionally write it or push it to the Hub.",
     )
@@ -298,9 +298,9 @@ def run(args) -> None:
         print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "prepare") -> int:
     """``prepare DATASET ...``: 0 on success; bad input gives one line ``prepare: error: ...`` and status 1."""
-    return run_cli(build_parser(), run, argv)
+    return run_cli(build_parser(prog), run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

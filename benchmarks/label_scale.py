@@ -1,0 +1,155 @@
+"""Training-step time and peak memory of HSPNet as the number of labels C grows (exact and sampled text side).
+
+Configuration (no download): a random real-size CLIP with a ViT-B/32 image tower and the standard 12-layer text tower,
+batch 32, label names of 2-3 letters (prompts of BPE-like length with the byte-level tokenizer), G = round(sqrt(C))
+groups, SPLC loss, Adam with the reference parameter groups.
+
+- step time: every C (and mode) is built in ONE process and the steps are interleaved round by round, so background
+  load hits all alike; reported as the median step and its ratio to the C = 80 exact step;
+- peak memory: each (C, mode) runs in its own process (build + one warm-up step + the timed steps); peak RSS of that
+  process (`ru_maxrss`), or peak CUDA memory with `--device cuda`.
+
+    python benchmarks/label_scale.py                                   # C = 80, 1000, 10000; exact and sampled
+    python benchmarks/label_scale.py --labels 80 1000 --modes exact --steps 2
+    python benchmarks/label_scale.py --device cuda --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import string
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def label_names(num_labels: int) -> list[str]:
+    """`num_labels` distinct names of 2-3 lowercase letters ("aa", "ab", ..., then "aaa", ...)."""
+    letters = string.ascii_lowercase
+    names = [a + b for a in letters for b in letters] + [a + b + c for a in letters for b in letters for c in letters]
+    return names[:num_labels]
+
+
+def build(num_labels: int, sample_size: int | None, device: str, seed: int = 0):
+    from transformers import CLIPConfig, CLIPModel
+
+    from hspnet import HSPNetForImageClassification
+    from hspnet.tiny_clip import BOS_TOKEN_ID, EOS_TOKEN_ID, byte_level_clip_tokenizer
+
+    torch.manual_seed(seed)
+    text = dict(bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(patch_size=32, image_size=224), projection_dim=512))
+    groups = max(1, round(math.sqrt(num_labels)))
+    model = HSPNetForImageClassification.from_clip(
+        clip, labels=label_names(num_labels), groups=[f"group {g}" for g in range(groups)],
+        label_to_group=[i % groups for i in range(num_labels)], tokenizer=byte_level_clip_tokenizer(),
+        label_sample_size=sample_size,
+    )
+    return model.to(device).train()
+
+
+def make_step(model, batch_size: int, device: str):
+    from hspnet.training import parameter_groups
+
+    optimizer = torch.optim.Adam(parameter_groups(model, 1e-4, 5e-4, 1e-4))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, 224, 224, generator=generator).to(device)
+    targets = torch.zeros(batch_size, model.config.num_labels)
+    targets[torch.arange(batch_size), torch.randint(model.config.num_labels, (batch_size,), generator=generator)] = 1
+    targets = targets.to(device)
+
+    def step() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(pixel_values=x, labels=targets, epoch=0).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step
+
+
+def measure_memory(num_labels: int, mode: str, args) -> dict:
+    """In this process: build, one warm-up step, `args.steps` steps; the peak memory and the median step."""
+    sample = args.sample_size if mode == "sampled" else None
+    model = build(num_labels, sample, args.device)
+    step = make_step(model, args.batch_size, args.device)
+    step()
+    times = sorted(step() for _ in range(args.steps))
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return {"labels": num_labels, "mode": mode, "peak_gib": peak, "median_step_s": times[len(times) // 2]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", type=int, nargs="+", default=[80, 1000, 10000])
+    parser.add_argument("--modes", nargs="+", choices=["exact", "sampled"], default=["exact", "sampled"])
+    parser.add_argument("--sample_size", type=int, default=256, help="unobserved labels sampled per step (sampled)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration (after one warm-up)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip_memory", action="store_true", help="only the interleaved step times")
+    parser.add_argument("--skip_time", action="store_true", help="only the per-process peak memory")
+    parser.add_argument("--memory_worker", nargs=2, metavar=("C", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_worker:
+        print(json.dumps(measure_memory(int(args.memory_worker[0]), args.memory_worker[1], args)))
+        return
+
+    configs = [(c, mode) for c in args.labels for mode in args.modes if not (mode == "sampled" and c <= 80)]
+    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch_size} "
+          f"ViT-B/32 + 12-layer text tower (random), 2-3 letter label names, G = round(sqrt(C)), "
+          f"sampled: observed positives + {args.sample_size} others", flush=True)
+    medians: dict = {}
+    if not args.skip_time:
+        steps = {}
+        for c, mode in configs:
+            print(f"building C={c} {mode} ...", flush=True)
+            steps[(c, mode)] = make_step(build(c, args.sample_size if mode == "sampled" else None, args.device),
+                                         args.batch_size, args.device)
+            steps[(c, mode)]()  # warm-up
+        times = {key: [] for key in steps}
+        for round_index in range(args.steps):
+            for key, step in steps.items():
+                times[key].append(step())
+            print(f"round {round_index + 1}/{args.steps}: "
+                  + ", ".join(f"C={c} {m}: {t[-1]:.1f} s" for (c, m), t in times.items()), flush=True)
+        medians = {key: sorted(t)[len(t) // 2] for key, t in times.items()}
+        del steps
+    memory = {}
+    if not args.skip_memory:
+        for c, mode in configs:
+            command = [sys.executable, __file__, "--memory_worker", str(c), mode, "--steps", "1",
+                       "--batch_size", str(args.batch_size), "--device", args.device,
+                       "--sample_size", str(args.sample_size)]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode:
+                memory[(c, mode)] = None
+                print(f"C={c} {mode}: failed ({result.stderr.strip().splitlines()[-1:]})", flush=True)
+            else:
+                memory[(c, mode)] = json.loads(result.stdout.strip().splitlines()[-1])["peak_gib"]
+                print(f"C={c} {mode}: peak {memory[(c, mode)]:.2f} GiB", flush=True)
+    base = medians.get((min(args.labels), "exact"))
+    print()
+    print("| C | mode | training step (s, median) | vs C = 80 exact | peak memory (GiB, own process) |")
+    print("|---:|---|---:|---:|---:|")
+    for key in configs:
+        t = medians.get(key)
+        m = memory.get(key)
+        print(f"| {key[0]:,} | {key[1]} | {f'{t:.1f}' if t else '-'} | "
+              f"{f'{t / base:.2f}x' if t and base else '-'} | {f'{m:.2f}' if m else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
