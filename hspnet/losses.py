@@ -54,6 +54,7 @@ Conventions shared by every loss
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import numbers
 import operator
@@ -1018,28 +1019,15 @@ LOSSES: Dict[str, type] = {
     "asl": AsymmetricLoss,
 }
 
-# Default keyword parameters of every loss (JSON-serialisable; what
-# build_loss(name, num_labels) uses when a key is not given).
-LOSS_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "splc": {"tau": 0.6, "margin": 1.0, "gamma": 2.0, "change_epoch": 1, "reduction": "sum"},
-    "an": {"reduction": "mean"},
-    "an_ls": {"ls_coef": 0.1, "reduction": "mean"},
-    "wan": {"gamma": None, "reduction": "mean"},
-    "epr": {"expected_num_pos": 2.9, "reduction": "mean"},
-    "role": {
-        "num_train_images": None,
-        "expected_num_pos": 2.9,
-        "init_width": 0.1,
-        "init_positive_prob": 0.995,
-        "init_seed": 0,
-        "reduction": "mean",
-    },
-    "em": {"alpha": 0.1, "reduction": "mean"},
-    "ll_r": {"delta_rel": 0.002, "mode": "reject", "reduction": "mean"},
-    "hill": {"lamb": 1.5, "margin": 1.0, "gamma": 2.0, "reduction": "sum"},
-    "focal": {"gamma": 2.0, "alpha": None, "reduction": "sum"},
-    "asl": {"gamma_neg": 4.0, "gamma_pos": 1.0, "clip": 0.05, "eps": 1e-8, "detach_weight": False, "reduction": "sum"},
-}
+def _constructor_defaults(cls: type) -> Dict[str, Any]:
+    """The keyword parameters of a loss constructor with their defaults (everything but ``num_labels``)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return {name: p.default for name, p in parameters.items() if name not in ("self", "num_labels")}
+
+
+# Default keyword parameters of every loss, read from the constructors (the one place they are written): what
+# build_loss(name, num_labels) uses when a key is not given.
+LOSS_DEFAULTS: Dict[str, Dict[str, Any]] = {name: _constructor_defaults(cls) for name, cls in LOSSES.items()}
 
 
 def _normalize_name(name: str) -> str:
