@@ -11,17 +11,9 @@ whose logits equal those of the official model; :func:`save_converted_model` wri
 
 Key mapping (official -> this package, all under ``hspnet.``)::
 
-    image_encoder.X                                   -> clip.vision_model.X            (CLIP ModifiedResNet, same sub-keys)
-    text_encoder.positional_embedding                 -> clip.text_model.embeddings.position_embedding.weight
-    text_encoder.transformer.resblocks.{i}.attn.in_proj_{weight,bias}
-                                                      -> clip.text_model.encoder.layers.{i}.self_attn.{q,k,v}_proj.*  (split in 3)
-    text_encoder.transformer.resblocks.{i}.attn.out_proj.*  -> clip.text_model.encoder.layers.{i}.self_attn.out_proj.*
-    text_encoder.transformer.resblocks.{i}.ln_{1,2}.*       -> clip.text_model.encoder.layers.{i}.layer_norm{1,2}.*
-    text_encoder.transformer.resblocks.{i}.mlp.c_fc.*       -> clip.text_model.encoder.layers.{i}.mlp.fc1.*
-    text_encoder.transformer.resblocks.{i}.mlp.c_proj.*     -> clip.text_model.encoder.layers.{i}.mlp.fc2.*
-    text_encoder.ln_final.*                           -> clip.text_model.final_layer_norm.*
-    text_encoder.text_projection (W, D)               -> clip.text_projection.weight (D, W), transposed
-    logit_scale                                       -> clip.logit_scale               (unused, as in the official model)
+    image_encoder.*, text_encoder.*, logit_scale      -> clip.*: OpenAI's CLIP layout with the prefixes
+                                                         "image_encoder." / "text_encoder." (the table in
+                                                         `hspnet.conversion.openai_clip`, which does the mapping)
     (no token table in the checkpoint)                -> clip.text_model.embeddings.token_embedding.weight: empty, or
                                                          OpenAI RN50's table when CLIP weights are given
     gcn.gc{1,2,3}.weight, gcn.gamma                   -> gcn.gc{1,2,3}.weight, gcn.gamma
