@@ -8,10 +8,14 @@ Builds a real-size ViT-B/16 CLIP from its config (random weights, no download) a
   truncated prompts);
 - `hspnet, speed-ups off`: the same model recomputing every prompt at full length on each call, as the released
   code does;
-- with `--compile`: `torch.compile(model)` of the same model (cache on), timed in the same rounds.
+- with `--compile`: `torch.compile(model)` of the same model (cache on), timed in the same rounds;
+- with `--onnx`: the model exported by `hspnet.onnx_export.export_onnx` (image tower + constant label embeddings,
+  float32) run by onnxruntime on the CPU with as many threads as torch, timed in the same rounds (needs
+  `pip install -e ".[onnx]"`; the export of ViT-B/16 takes about a minute on 2 cores).
 
     python benchmarks/inference.py                      # CPU, float32
     python benchmarks/inference.py --compile            # + torch.compile
+    python benchmarks/inference.py --onnx               # + onnxruntime (CPU)
     python benchmarks/inference.py --device cuda --dtype bfloat16 --iters 50
 """
 
@@ -64,6 +68,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best round is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
+    parser.add_argument("--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,6 +99,23 @@ def main():
         base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = True
         return compiled(pixel_values=x).logits
 
+    session = None
+    if args.onnx:
+        import os
+        import tempfile
+
+        from hspnet.onnx_export import export_onnx, onnxruntime_session
+
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            exported = export_onnx(model, os.path.join(folder, "model.onnx"), write_sidecar=False)
+            print(f"onnx export: {time.perf_counter() - start:.1f} s, onnxruntime max |logit difference| "
+                  f"{exported['max_abs_diff']:.2e}")
+            session = onnxruntime_session(exported["onnx_path"], threads=torch.get_num_threads())
+
+    def hspnet_onnx(x):
+        return session.run(["logits"], {"pixel_values": x})[0]
+
     def hspnet_plain(x):
         base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = False
         return model(pixel_values=x).logits
@@ -106,29 +128,37 @@ def main():
             iters = args.iters or (50 if args.device.startswith("cuda") else (5 if batch_size == 1 else 2))
             x = torch.randn(batch_size, 3, 224, 224, device=args.device, dtype=dtype)
             # alternate the two in rounds and keep each one's best round, so background load hits both alike
-            speed_tower = speed_hspnet = speed_compiled = 0.0
+            speed_tower = speed_hspnet = speed_compiled = speed_onnx = 0.0
             if compiled is not None:
                 hspnet_compiled(x)  # compile outside the timed rounds
+            x_numpy = x.float().cpu().numpy() if session is not None else None
             for _ in range(args.rounds):
                 speed_tower = max(speed_tower, measure(tower, x, iters, args.warmup, args.device))
                 speed_hspnet = max(speed_hspnet, measure(hspnet, x, iters, args.warmup, args.device))
                 if compiled is not None:
                     speed_compiled = max(speed_compiled, measure(hspnet_compiled, x, iters, args.warmup, args.device))
+                if session is not None:
+                    speed_onnx = max(speed_onnx, measure(hspnet_onnx, x_numpy, iters, args.warmup, "cpu"))
             speed_plain = measure(hspnet_plain, x, max(1, iters // 5) if batch_size == 1 else iters, 1, args.device)
-            rows.append((batch_size, speed_tower, speed_hspnet, speed_plain, speed_compiled))
+            rows.append((batch_size, speed_tower, speed_hspnet, speed_plain, speed_compiled, speed_onnx))
     print()
     header = "| batch | clip image tower (img/s) | hspnet (img/s) | hspnet / tower | hspnet, speed-ups off (img/s) |"
     rule = "|---:|---:|---:|---:|---:|"
     if compiled is not None:
         header += " hspnet compiled (img/s) | compiled / eager |"
         rule += "---:|---:|"
+    if session is not None:
+        header += " onnxruntime CPU (img/s) | onnxruntime / hspnet |"
+        rule += "---:|---:|"
     print(header)
     print(rule)
-    for batch_size, tower_speed, hspnet_speed, plain_speed, compiled_speed in rows:
+    for batch_size, tower_speed, hspnet_speed, plain_speed, compiled_speed, onnx_speed in rows:
         line = (f"| {batch_size} | {tower_speed:.2f} | {hspnet_speed:.2f} | {hspnet_speed / tower_speed:.3f}x "
                 f"| {plain_speed:.2f} |")
         if compiled is not None:
             line += f" {compiled_speed:.2f} | {compiled_speed / hspnet_speed:.3f}x |"
+        if session is not None:
+            line += f" {onnx_speed:.2f} | {onnx_speed / hspnet_speed:.3f}x |"
         print(line)
 
 

@@ -166,13 +166,22 @@ def _export_proto(wrapper: nn.Module, example: torch.Tensor, opset: int, exporte
     import onnx
 
     if exporter == "dynamo":
+        import logging
+
         batch = torch.export.Dim("batch", min=1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, input_names=["pixel_values"], output_names=["logits"],
-                dynamic_shapes={"pixel_values": {0: batch}}, opset_version=opset, external_data=False, verbose=False,
-            )
+        registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+        level = registry_logger.level
+        registry_logger.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" x 4
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    wrapper, (example,), dynamo=True, input_names=["pixel_values"], output_names=["logits"],
+                    dynamic_shapes={"pixel_values": {0: batch}}, opset_version=opset, external_data=False,
+                    verbose=False,
+                )
+        finally:
+            registry_logger.setLevel(level)
         return program.model_proto
     import io
 
@@ -232,7 +241,8 @@ def export_onnx(
         model_or_path: a model folder, a Hub id, or an `HSPNetForImageClassification` / `HSPNetModel` (its mode,
             device and dtype are left as they were; a model that is not float32 on the CPU is exported from a float32
             CPU copy).
-        out_path: the `.onnx` file; written atomically, never one of the model folder's files.
+        out_path: the `.onnx` file (its folder is created if needed); written atomically, never one of the model
+            folder's files.
         opset: ONNX opset (default 18). exporter: `"dynamo"` (default) or `"torchscript"`.
         image_processor: the preprocessing to record; default the model folder's (or `model.image_processor`, or CLIP
             preprocessing at the model's resolution).
@@ -302,6 +312,7 @@ def export_onnx(
             raise OnnxExportError(f"onnxruntime's logits differ from the PyTorch model's by {max_diff:.3g} "
                                   f"(> atol {atol:g}); nothing was written")
 
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with atomic_write(out_path, "wb") as stream:
         stream.write(data)
     if json_path:

@@ -22,9 +22,10 @@ cannot make from the outside:
 
 - HSPNet's loss is a per-batch loss (SPLC sums over the batch, others average), not one normalised by the Trainer's
   `num_items_in_batch`; because `HSPNetForImageClassification.forward` takes `**kwargs`, a plain `Trainer` assumes the
-  opposite, passes `num_items_in_batch` into the forward pass and stops dividing the loss by the gradient accumulation
-  steps. `HSPNetTrainer` sets `model_accepts_loss_kwargs = False`, so gradient accumulation averages the per-batch
-  losses as it should (with `gradient_accumulation_steps=1` on one device both give the same gradients);
+  opposite: it passes `num_items_in_batch` into the forward pass (which ignores it), stops dividing the loss by the
+  gradient accumulation steps and, on several processes, multiplies it by their number. `HSPNetTrainer` sets
+  `model_accepts_loss_kwargs = False`, so the per-batch losses are averaged as they should be (with
+  `gradient_accumulation_steps=1` on one process both give the same gradients);
 - a loss with parameters (ROLE's `(N, C)` label estimates) lives outside the model's module tree (it is run state,
   not model weights): `HSPNetTrainer` moves it to the training device, adds its parameters to the optimizer at
   `loss_lr_scale` (10) x the learning rate without weight decay, as `scripts/train.py` does, and evaluates ROLE models
