@@ -6,8 +6,8 @@ groups, SPLC loss, Adam with the reference parameter groups.
 
 - step time: every C (and mode) is built in ONE process and the steps are interleaved round by round, so background
   load hits all alike; reported as the median step and its ratio to the C = 80 exact step;
-- peak memory: each (C, mode) runs in its own process (build + one warm-up step + the timed steps); peak RSS of that
-  process (`ru_maxrss`), or peak CUDA memory with `--device cuda`.
+- peak memory: each (C, mode) runs in its own process (build + one warm-up step + one timed step), started before
+  the timing models are built; peak RSS of that process (`VmHWM`), or peak CUDA memory with `--device cuda`.
 
     python benchmarks/label_scale.py                                   # C = 80, 1000, 10000; exact and sampled
     python benchmarks/label_scale.py --labels 80 1000 --modes exact --steps 2
@@ -77,6 +77,19 @@ def make_step(model, batch_size: int, device: str):
     return step
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB: `VmHWM` (Linux; it starts afresh at exec), else `ru_maxrss`,
+    which on Linux keeps the high-water mark of the parent at fork time and so overstates a child's."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def measure_memory(num_labels: int, mode: str, args) -> dict:
     """In this process: build, one warm-up step, `args.steps` steps; the peak memory and the median step."""
     sample = args.sample_size if mode == "sampled" else None
@@ -87,7 +100,8 @@ def measure_memory(num_labels: int, mode: str, args) -> dict:
     if args.device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        peak = peak_rss_kib() / 2**20
+
     return {"labels": num_labels, "mode": mode, "peak_gib": peak, "median_step_s": times[len(times) // 2]}
 
 
@@ -111,6 +125,19 @@ def main(argv=None):
     print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch_size} "
           f"ViT-B/32 + 12-layer text tower (random), 2-3 letter label names, G = round(sqrt(C)), "
           f"sampled: observed positives + {args.sample_size} others", flush=True)
+    memory = {}
+    if not args.skip_memory:
+        for c, mode in configs:
+            command = [sys.executable, __file__, "--memory_worker", str(c), mode, "--steps", "1",
+                       "--batch_size", str(args.batch_size), "--device", args.device,
+                       "--sample_size", str(args.sample_size)]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode:
+                memory[(c, mode)] = None
+                print(f"C={c} {mode}: failed ({result.stderr.strip().splitlines()[-1:]})", flush=True)
+            else:
+                memory[(c, mode)] = json.loads(result.stdout.strip().splitlines()[-1])["peak_gib"]
+                print(f"C={c} {mode}: peak {memory[(c, mode)]:.2f} GiB", flush=True)
     medians: dict = {}
     if not args.skip_time:
         steps = {}
@@ -127,19 +154,6 @@ def main(argv=None):
                   + ", ".join(f"C={c} {m}: {t[-1]:.1f} s" for (c, m), t in times.items()), flush=True)
         medians = {key: sorted(t)[len(t) // 2] for key, t in times.items()}
         del steps
-    memory = {}
-    if not args.skip_memory:
-        for c, mode in configs:
-            command = [sys.executable, __file__, "--memory_worker", str(c), mode, "--steps", "1",
-                       "--batch_size", str(args.batch_size), "--device", args.device,
-                       "--sample_size", str(args.sample_size)]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode:
-                memory[(c, mode)] = None
-                print(f"C={c} {mode}: failed ({result.stderr.strip().splitlines()[-1:]})", flush=True)
-            else:
-                memory[(c, mode)] = json.loads(result.stdout.strip().splitlines()[-1])["peak_gib"]
-                print(f"C={c} {mode}: peak {memory[(c, mode)]:.2f} GiB", flush=True)
     base = medians.get((min(args.labels), "exact"))
     print()
     print("| C | mode | training step (s, median) | vs C = 80 exact | peak memory (GiB, own process) |")

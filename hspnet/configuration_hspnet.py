@@ -148,6 +148,7 @@ def _field_rules() -> dict:
         "loss": loss_name,
         "loss_kwargs": optional(loss_kwargs),
         "label_sample_size": optional(integer("label_sample_size", 1)),
+        "prompt_length": optional(integer("prompt_length", 1)),
     }
     return {name: wrap(name, rule) for name, rule in rules.items()}
 
@@ -240,6 +241,10 @@ class HSPNetConfig(PreTrainedConfig):
             Keyword arguments of that loss, overriding its defaults (`hspnet.losses.LOSS_DEFAULTS`), e.g.
             `{"change_epoch": 2}` for VOC. Names, types and ranges are checked as the loss constructor checks them
             (e.g. `expected_num_pos` in (0, num_labels]).
+        prompt_length (`int`, *optional*):
+            Tokens kept of each stored prompt embedding (`group_prompt_embeds`, `label_prompt_embeds`): set by
+            `set_prompts` to the longest prompt (the text tower is causal, so later positions never matter); `None`
+            (older folders, converted checkpoints) keeps the text tower's full context length.
         label_sample_size (`int`, *optional*):
             Training only, off by default (`None`): each training step runs the text side for the batch's observed
             positives plus `label_sample_size` labels drawn uniformly from the others, with the loss reweighted to
@@ -286,6 +291,7 @@ class HSPNetConfig(PreTrainedConfig):
     loss: str = "splc"
     loss_kwargs: dict[str, Any] | None = None
     label_sample_size: int | None = None
+    prompt_length: int | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         rule = _FIELD_RULES.get(name)

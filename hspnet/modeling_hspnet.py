@@ -601,7 +601,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
         super().__init__(config)
         clip_config = config.clip_config
         num_labels, num_groups = config.num_labels, config.num_groups
-        length = clip_config.text_config.max_position_embeddings
+        length = config.prompt_length or clip_config.text_config.max_position_embeddings
         width, dim, n_ctx = config.text_width, config.projection_dim, config.n_ctx
 
         # the towers follow the dtype the model is built in (e.g. `from_pretrained(..., dtype=torch.bfloat16)`), not
@@ -692,9 +692,13 @@ class HSPNetModel(HSPNetPreTrainedModel):
             bad = config.label_names[int((slots != torch.tensor(placeholder)).any(dim=1).nonzero()[0])]
             raise ValueError(f"The label prompt for {bad!r} does not start with the {config.n_ctx} placeholder tokens.")
 
-        device = embed.weight.device
-        self.group_prompt_embeds.copy_(embed(group_ids.to(device)))
-        self.label_prompt_embeds.copy_(embed(label_ids.to(device)))
+        # the tower is causal: nothing after the last EOS can change a prompt's feature, so only that much is kept
+        # (a few tokens instead of 77: the (C, L, W) label prompts are the largest buffer at large C)
+        kept = max([int(t.max()) for t in (group_eos, label_eos) if t.numel()] + [0]) + 1
+        device, dtype = embed.weight.device, self.label_prompt_embeds.dtype
+        self.register_buffer("group_prompt_embeds", embed(group_ids[:, :kept].to(device)).to(dtype))
+        self.register_buffer("label_prompt_embeds", embed(label_ids[:, :kept].to(device)).to(dtype))
+        config.prompt_length = kept
         self.group_eos_positions.copy_(group_eos)
         self.label_eos_positions.copy_(label_eos)
         self.clear_text_cache()

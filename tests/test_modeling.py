@@ -49,10 +49,15 @@ def test_prompts_and_buffers(make_model):
     tokenizer = byte_level_clip_tokenizer()
     embed = base.clip.text_model.embeddings.token_embedding
     # group prompt: "a photo of a {group}." with underscores replaced; label prompt: "X X X X {label}."
+    # stored up to the longest prompt (the tower is causal: later positions never matter)
+    texts = [f"a photo of a {g}." for g in ("animal", "outdoor", "vehicle", "person")]
+    texts += [f"X X X X {n}." for n in ("cat", "dog", "traffic light", "car", "bus", "person")]
+    kept = max(len(tokenizer(t).input_ids) for t in texts)
+    assert base.config.prompt_length == kept and base.label_prompt_embeds.shape[1] == kept < 77
     ids = tokenizer("a photo of a outdoor.", padding="max_length", max_length=77, return_tensors="pt").input_ids
-    torch.testing.assert_close(base.group_prompt_embeds[1], embed(ids)[0])
+    torch.testing.assert_close(base.group_prompt_embeds[1], embed(ids)[0, :kept])
     ids = tokenizer("X X X X traffic light.", padding="max_length", max_length=77, return_tensors="pt").input_ids
-    torch.testing.assert_close(base.label_prompt_embeds[2], embed(ids)[0])
+    torch.testing.assert_close(base.label_prompt_embeds[2], embed(ids)[0, :kept])
     assert int(base.label_eos_positions[2]) == len(tokenizer("X X X X traffic light.").input_ids) - 1
     assert base.config.label_to_group == [0, 0, 1, 2, 2, 3]
     # default relation: cosine similarity of the text features of the names (labels, then groups)
