@@ -42,6 +42,7 @@ import hashlib
 import io
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,7 +96,7 @@ def read_label_names(label_names) -> list[str] | None:
         names = [str(name) for name in label_names]
     if not names:
         raise DatasetFormatError("the label-name list is empty")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise DatasetFormatError(f"duplicate label name(s) {duplicates}")
     return names
