@@ -211,14 +211,18 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _probabilities(scores: np.ndarray, from_logits: bool) -> np.ndarray:
-    if from_logits:
-        return _sigmoid(scores)
-    if scores.size and (scores.min() < 0.0 or scores.max() > 1.0):
+def _check_probability_range(scores: np.ndarray, from_logits: bool) -> None:
+    if not from_logits and scores.size and (scores.min() < 0.0 or scores.max() > 1.0):
         raise ValueError(
             "threshold metrics need probabilities in [0, 1]; these scores look like logits: "
             "pass from_logits=True"
         )
+
+
+def _probabilities(scores: np.ndarray, from_logits: bool) -> np.ndarray:
+    if from_logits:
+        return _sigmoid(scores)
+    _check_probability_range(scores, from_logits)
     return scores
 
 
@@ -230,23 +234,28 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+BLOCK_BYTES = 64 * 2**20
+"""Working memory of one block of the metric computations: per-class AP runs over blocks of columns and the
+threshold / top-k decisions over blocks of rows, so that the temporaries (sort orders, cumulative sums, ...) stay
+about this size instead of growing to ~10-20 x the (N, C) scores at large N x C. The results are the same, to the
+bit, for any block size."""
+
+
+def _blocks(total: int, other: int, bytes_per_element: int) -> List[Tuple[int, int]]:
+    """``[(start, stop), ...]`` over ``total`` columns (or rows) of an array whose other side is ``other`` long, so
+    that one block's temporaries take about :data:`BLOCK_BYTES`."""
+    step = max(1, BLOCK_BYTES // max(1, other * bytes_per_element))
+    return [(start, min(total, start + step)) for start in range(0, total, step)] or [(0, 0)]
+
+
 def _sorted_columns(s: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per column, sort descending by score (stable: ties keep input order)."""
     order = np.argsort(-s, axis=0, kind="stable")
     return np.take_along_axis(s, order, axis=0), np.take_along_axis(t, order, axis=0)
 
 
-# ---------------------------------------------------------------------------
-# average precision
-# ---------------------------------------------------------------------------
-def average_precision_ranked(scores: Any, targets: Any) -> np.ndarray:
-    """Per-class AP, ASL / HSPNet definition (rank order, stable sort).
-
-    Returns a float64 array of shape (C,) with values in [0, 1]; classes
-    without positives give 0. See the module docstring for tie handling.
-    """
-    s, t = _prepare(scores, targets)
-    n, c = s.shape
+def _ap_ranked_block(s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    n = s.shape[0]
     _, t_sorted = _sorted_columns(s, t)
     hits = np.cumsum(t_sorted, axis=0, dtype=np.float64)
     precision_at_rank = hits / np.arange(1, n + 1, dtype=np.float64)[:, None]
@@ -254,15 +263,7 @@ def average_precision_ranked(scores: Any, targets: Any) -> np.ndarray:
     return _safe_div((precision_at_rank * t_sorted).sum(axis=0), n_pos)
 
 
-def average_precision_tie_aware(scores: Any, targets: Any) -> np.ndarray:
-    """Per-class AP, scikit-learn's ``average_precision_score`` definition.
-
-    AP = sum over distinct thresholds of (R_k - R_{k-1}) * P_k. Tied scores
-    form one group, so the result does not depend on the order of tied
-    images. Returns a float64 array of shape (C,) in [0, 1]; classes without
-    positives give 0 (as scikit-learn). The macro average is ``.mean()``.
-    """
-    s, t = _prepare(scores, targets)
+def _ap_tie_aware_block(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     n, c = s.shape
     s_sorted, t_sorted = _sorted_columns(s, t)
     hits = np.cumsum(t_sorted, axis=0, dtype=np.float64)
@@ -279,6 +280,56 @@ def average_precision_tie_aware(scores: Any, targets: Any) -> np.ndarray:
     return _safe_div((precision_at_group * t_sorted).sum(axis=0), n_pos)
 
 
+def _per_column(function, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``function`` (a per-class computation on ``(N, c)`` blocks) over blocks of columns, concatenated. Blocks have
+    at least 2 columns (unless C = 1): numpy sums a one-column array along axis 0 in another order (pairwise) than
+    a wider one (row by row), so this keeps the sums, and the results, identical to one block of all columns."""
+    n, c = s.shape
+    blocks = _blocks(c, n, 96)
+    if len(blocks) > 1:
+        step = max(2, blocks[0][1] - blocks[0][0])
+        blocks = [(a, min(c, a + step)) for a in range(0, c, step)]
+        if blocks[-1][1] - blocks[-1][0] == 1:  # a last single column joins the block before it
+            blocks[-2:] = [(blocks[-2][0], c)]
+    return np.concatenate([function(s[:, a:b], t[:, a:b]) for a, b in blocks])
+
+
+# ---------------------------------------------------------------------------
+# average precision
+# ---------------------------------------------------------------------------
+def average_precision_ranked(scores: Any, targets: Any) -> np.ndarray:
+    """Per-class AP, ASL / HSPNet definition (rank order, stable sort).
+
+    Returns a float64 array of shape (C,) with values in [0, 1]; classes
+    without positives give 0. See the module docstring for tie handling.
+    """
+    s, t = _prepare(scores, targets)
+    return _per_column(_ap_ranked_block, s, t)
+
+
+def average_precision_tie_aware(scores: Any, targets: Any) -> np.ndarray:
+    """Per-class AP, scikit-learn's ``average_precision_score`` definition.
+
+    AP = sum over distinct thresholds of (R_k - R_{k-1}) * P_k. Tied scores
+    form one group, so the result does not depend on the order of tied
+    images. Returns a float64 array of shape (C,) in [0, 1]; classes without
+    positives give 0 (as scikit-learn). The macro average is ``.mean()``.
+    """
+    s, t = _prepare(scores, targets)
+    return _per_column(_ap_tie_aware_block, s, t)
+
+
+def _mean_ap(s: np.ndarray, t: np.ndarray, definition: str) -> float:
+    """:func:`mean_average_precision` on checked arrays."""
+    if definition == "ranked":
+        ap = _per_column(_ap_ranked_block, s, t)
+    elif definition == "tie_aware":
+        ap = _per_column(_ap_tie_aware_block, s, t)
+    else:
+        raise ValueError(f"definition must be one of {MAP_DEFINITIONS}, got {definition!r}")
+    return float(100.0 * ap.mean())
+
+
 def mean_average_precision(scores: Any, targets: Any, definition: str = "ranked") -> float:
     """mAP in percent (100 * mean over ALL classes of the per-class AP).
 
@@ -286,22 +337,25 @@ def mean_average_precision(scores: Any, targets: Any, definition: str = "ranked"
     reports) or "tie_aware" (scikit-learn's). Classes without positives
     count with AP 0 in both.
     """
-    if definition == "ranked":
-        ap = average_precision_ranked(scores, targets)
-    elif definition == "tie_aware":
-        ap = average_precision_tie_aware(scores, targets)
-    else:
+    if definition not in MAP_DEFINITIONS:
         raise ValueError(f"definition must be one of {MAP_DEFINITIONS}, got {definition!r}")
-    return float(100.0 * ap.mean())
+    s, t = _prepare(scores, targets)
+    return _mean_ap(s, t, definition)
 
 
 # ---------------------------------------------------------------------------
 # decision metrics
 # ---------------------------------------------------------------------------
-def _decision_metrics(pred: np.ndarray, t: np.ndarray) -> Dict[str, float]:
-    tp = (pred & t).sum(axis=0).astype(np.float64)
-    fp = (pred & ~t).sum(axis=0).astype(np.float64)
-    fn = (~pred & t).sum(axis=0).astype(np.float64)
+def _decision_counts(pred: np.ndarray, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: TP, FP, FN (int64) of boolean predictions ``pred`` against targets ``t``."""
+    tp = (pred & t).sum(axis=0, dtype=np.int64)
+    predicted = pred.sum(axis=0, dtype=np.int64)
+    positives = t.sum(axis=0, dtype=np.int64)
+    return tp, predicted - tp, positives - tp
+
+
+def _metrics_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> Dict[str, float]:
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
     p_c = _safe_div(tp, tp + fp)
     r_c = _safe_div(tp, tp + fn)
     f_c = _safe_div(2 * p_c * r_c, p_c + r_c)
@@ -320,6 +374,50 @@ def _decision_metrics(pred: np.ndarray, t: np.ndarray) -> Dict[str, float]:
     }
 
 
+def _decision_metrics(pred: np.ndarray, t: np.ndarray) -> Dict[str, float]:
+    return _metrics_from_counts(*_decision_counts(pred, t))
+
+
+def _per_row_counts(decide, s: np.ndarray, t: np.ndarray) -> Dict[str, float]:
+    """The decision metrics of ``decide(score rows) -> boolean rows``, computed over blocks of rows (the counts add
+    up exactly), so that no (N, C) temporary beyond the inputs is held at once."""
+    n, c = s.shape
+    tp, fp, fn = (np.zeros(c, dtype=np.int64) for _ in range(3))
+    for a, b in _blocks(n, c, 40):
+        counts = _decision_counts(decide(s[a:b]), t[a:b])
+        tp += counts[0]
+        fp += counts[1]
+        fn += counts[2]
+    return _metrics_from_counts(tp, fp, fn)
+
+
+def _above_threshold(from_logits: bool, threshold: float):
+    return lambda rows: _probabilities(rows, from_logits) > threshold
+
+
+def _top_k(k: int, min_score: Optional[float]):
+    """Rows of scores -> the boolean mask of each row's ``k`` best labels (ties: lower label index first, exactly as
+    a stable descending sort), optionally only those with score >= ``min_score``. O(C) per row (a partition, not a
+    sort)."""
+
+    def decide(rows: np.ndarray) -> np.ndarray:
+        c = rows.shape[1]
+        if k >= c:
+            pred = np.ones(rows.shape, dtype=bool)
+        else:
+            negated = -rows
+            kth = np.partition(negated, k - 1, axis=1)[:, k - 1 : k]  # minus the k-th best score of each row
+            better = negated < kth
+            tied = negated == kth
+            room = k - better.sum(axis=1, keepdims=True)  # how many of the tied labels fit, lowest index first
+            pred = better | (tied & (np.cumsum(tied, axis=1) <= room))
+        if min_score is not None:
+            pred &= rows >= min_score
+        return pred
+
+    return decide
+
+
 def threshold_metrics(
     scores: Any, targets: Any, threshold: float = 0.5, *, from_logits: bool = False
 ) -> Dict[str, float]:
@@ -332,8 +430,9 @@ def threshold_metrics(
     """
     s, t = _prepare(scores, targets)
     threshold = _check_threshold(threshold)
-    probs = _probabilities(s, _check_flag(from_logits, "from_logits"))
-    return _decision_metrics(probs > threshold, t)
+    from_logits = _check_flag(from_logits, "from_logits")
+    _check_probability_range(s, from_logits)
+    return _per_row_counts(_above_threshold(from_logits, threshold), s, t)
 
 
 def topk_metrics(
@@ -350,12 +449,7 @@ def topk_metrics(
     n, c = s.shape
     k = _check_k(k, c)
     min_score = _check_min_score(min_score)
-    pred = np.zeros((n, c), dtype=bool)
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    np.put_along_axis(pred, top, True, axis=1)
-    if min_score is not None:
-        pred &= s >= min_score
-    return _decision_metrics(pred, t)
+    return _per_row_counts(_top_k(k, min_score), s, t)
 
 
 def compute_all_metrics(
@@ -381,14 +475,15 @@ def compute_all_metrics(
     k = _check_k(k)
     threshold = _check_threshold(threshold)
     topk_min_score = _check_min_score(topk_min_score, "topk_min_score")
-    probs = _probabilities(s, _check_flag(from_logits, "from_logits"))  # validates the range before any work
+    from_logits = _check_flag(from_logits, "from_logits")
+    _check_probability_range(s, from_logits)  # before any work
     out: Dict[str, float] = {
-        "mAP": mean_average_precision(s, t, "ranked"),
-        "mAP_tie_aware": mean_average_precision(s, t, "tie_aware"),
+        "mAP": _mean_ap(s, t, "ranked"),
+        "mAP_tie_aware": _mean_ap(s, t, "tie_aware"),
     }
-    out.update(_decision_metrics(probs > threshold, t))
+    out.update(_per_row_counts(_above_threshold(from_logits, threshold), s, t))
     k_eff = min(int(k), s.shape[1])
-    for key, value in topk_metrics(s, t, k_eff, min_score=topk_min_score).items():
+    for key, value in _per_row_counts(_top_k(k_eff, topk_min_score), s, t).items():
         out[f"{key}_top{int(k)}"] = value
     out["num_samples"] = int(s.shape[0])
     return out
