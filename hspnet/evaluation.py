@@ -68,6 +68,9 @@ METRIC_ORDER = ("mAP", "mAP_tie_aware", "CP", "CR", "CF1", "mean_class_F1", "OP"
 NO_ZERO_SHOT = ("none", "no", "off", "false", "skip", "")
 TINY_RANDOM = "tiny-random"
 OUTPUT_FILES = ("metrics.json", "per_class_ap.csv", "per_class_ap.md", "report.png")
+MAX_BARS = 60
+"""At most this many per-class AP bars in ``report.png``: with more classes, the ``MAX_BARS // 2`` best and worst
+classes that have positives are drawn (every class is in ``per_class_ap.csv``)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -116,8 +119,9 @@ def label_permutation(model_labels: Sequence[str], dataset_labels: Sequence[str]
     differences when the two label sets are not the same."""
     model_labels, dataset_labels = list(model_labels), list(dataset_labels)
     if set(model_labels) != set(dataset_labels) or len(model_labels) != len(dataset_labels):
-        only_model = [name for name in model_labels if name not in set(dataset_labels)]
-        only_data = [name for name in dataset_labels if name not in set(model_labels)]
+        in_model, in_data = set(model_labels), set(dataset_labels)
+        only_model = [name for name in model_labels if name not in in_data]
+        only_data = [name for name in dataset_labels if name not in in_model]
         raise ValueError(
             f"the model's {len(model_labels)} labels are not the dataset's {len(dataset_labels)}: only in the model "
             f"{only_model[:5]}{'...' if len(only_model) > 5 else ''}, only in the dataset "
@@ -492,19 +496,47 @@ def _import_pyplot():
 
 
 def plot_report(scores: Any, targets: Any, labels: Sequence[str], path: str, zero_shot_scores: Any = None,
-                num_curves: int = 3, title: str | None = None) -> str:
+                num_curves: int = 3, title: str | None = None, max_bars: int = MAX_BARS) -> str:
     """Write :func:`report_png` to ``path`` (atomically: complete or not at all) and return ``path``."""
-    return write_output(os.fspath(path), report_png(scores, targets, labels, zero_shot_scores, num_curves, title))
+    return write_output(os.fspath(path),
+                        report_png(scores, targets, labels, zero_shot_scores, num_curves, title, max_bars))
+
+
+def bar_classes(ap: np.ndarray, positives: np.ndarray, max_bars: int = MAX_BARS) -> tuple[list[int], list[int], str]:
+    """Which classes the AP bar chart of :func:`report_png` draws: ``(first, second, note)``.
+
+    With at most ``max_bars`` classes: every class by decreasing AP (``first``), no ``second``, no note. With more:
+    only classes with positives (the others have AP 0 by definition), all of them if they fit, else the
+    ``max_bars // 2`` best (``first``) and the rest of ``max_bars`` worst (``second``), and a ``note`` that says what
+    is drawn. Ties keep the label order."""
+    max_bars = check_positive_int(max_bars, "max_bars")
+    ap = np.asarray(ap, dtype=np.float64)
+    order = np.argsort(-ap, kind="stable")
+    if ap.size <= max_bars:
+        return [int(i) for i in order], [], ""
+    ranked = [int(i) for i in order[np.asarray(positives)[order] > 0]]
+    without = ap.size - len(ranked)
+    note = f"{ap.size:,} classes; {without:,} without positives (AP 0) not drawn"
+    if len(ranked) <= max_bars:
+        return ranked, [], note
+    best = max(1, max_bars // 2)
+    worst = max(0, max_bars - best)
+    note = (f"{ap.size:,} classes: the {best} best and {worst} worst of the {len(ranked):,} with positives drawn"
+            + (f", {without:,} without positives (AP 0) not drawn" if without else ""))
+    return ranked[:best], ranked[len(ranked) - worst:] if worst else [], note
 
 
 def report_png(scores: Any, targets: Any, labels: Sequence[str], zero_shot_scores: Any = None, num_curves: int = 3,
-               title: str | None = None) -> bytes:
+               title: str | None = None, max_bars: int = MAX_BARS) -> bytes:
     """A PNG (bytes): per-class AP bars (sorted, with the zero-shot AP as markers) on top, precision-recall curves of
     the ``num_curves`` best and worst classes (by AP, among classes with positives; zero-shot curves dashed) below.
+    At most ``max_bars`` bars: with more classes, the best and worst classes with positives (see
+    :func:`bar_classes`; the chart's title says so), so that the report stays readable and fast for 10,000 labels.
     Needs matplotlib (imported lazily, Agg backend)."""
     from hspnet.metrics import average_precision_ranked, mean_average_precision
 
     num_curves = check_positive_int(num_curves, "num_curves")
+    max_bars = check_positive_int(max_bars, "max_bars")
     labels = list(labels)
     scores, targets = _check_score_matrix(scores, targets, labels, "scores")
     if zero_shot_scores is not None:
@@ -512,33 +544,41 @@ def report_png(scores: Any, targets: Any, labels: Sequence[str], zero_shot_score
     plt = _import_pyplot()
     ap = 100.0 * average_precision_ranked(scores, targets)
     zs_ap = None if zero_shot_scores is None else 100.0 * average_precision_ranked(zero_shot_scores, targets)
-    labels = list(labels)
-    n = len(labels)
+    positives = np.asarray(targets).sum(axis=0)
     order = np.argsort(-ap, kind="stable")
-    with_pos = [int(i) for i in order if targets[:, i].sum() > 0]
+    with_pos = [int(i) for i in order[positives[order] > 0]]
     k = max(1, min(num_curves, len(with_pos) // 2 or 1))
     best, worst = with_pos[:k], with_pos[::-1][:k]
 
+    first, second, note = bar_classes(ap, positives, max_bars)
+    drawn = first + second
+    x = np.concatenate([np.arange(len(first)), len(first) + 1 + np.arange(len(second))]).astype(float)
+    n = len(drawn) + (1 if second else 0)
     width = min(30.0, max(10.0, 0.28 * n))
     fig = plt.figure(figsize=(width, 10), dpi=100)
     grid = fig.add_gridspec(2, 2, height_ratios=[1.1, 1.0], hspace=0.55, wspace=0.2)
     bars = fig.add_subplot(grid[0, :])
-    x = np.arange(n)
-    bars.bar(x, ap[order], color="tab:blue", label="HSPNet")
-    if zs_ap is not None:
-        bars.scatter(x, zs_ap[order], color="tab:orange", marker="_", s=200, linewidths=2.5, label="zero-shot CLIP",
+    bars.bar(x, ap[drawn], color="tab:blue", label="HSPNet")
+    if zs_ap is not None and drawn:
+        bars.scatter(x, zs_ap[drawn], color="tab:orange", marker="_", s=200, linewidths=2.5, label="zero-shot CLIP",
                      zorder=3)
+    if second:
+        bars.axvline(len(first), color="gray", linestyle=":", linewidth=1)
+        bars.text(len(first), 50, "...", ha="center", va="center", fontsize=14, color="gray")
     bars.set_xticks(x)
-    bars.set_xticklabels([labels[i] for i in order], rotation=75, ha="right", fontsize=max(4, min(9, 600 // max(n, 1))))
+    bars.set_xticklabels([labels[i] for i in drawn], rotation=75, ha="right",
+                         fontsize=max(4, min(9, 600 // max(n, 1))))
     bars.set_ylabel("AP (%)")
     bars.set_ylim(0, 100)
-    bars.set_xlim(-0.6, n - 0.4)
+    bars.set_xlim(-0.6, max(n, 1) - 0.4)
     summary = f"mAP {mean_average_precision(scores, targets):.2f}"
     if zero_shot_scores is not None:
         summary += f" (zero-shot CLIP {mean_average_precision(zero_shot_scores, targets):.2f})"
-    bars.set_title(f"{title + ': ' if title else ''}per-class AP, {summary}, {targets.shape[0]} images")
+    bars.set_title(f"{title + ': ' if title else ''}per-class AP, {summary}, {targets.shape[0]} images"
+                   + (f"\n({note}; every class is in per_class_ap.csv)" if note else ""))
     bars.grid(axis="y", alpha=0.3)
-    bars.legend(loc="upper right")
+    if drawn:
+        bars.legend(loc="upper right")
 
     for column, (name, classes) in enumerate((("best", best), ("worst", worst))):
         axis = fig.add_subplot(grid[1, column])
@@ -909,6 +949,8 @@ __all__ = [
     "parse_args",
     "per_class_table",
     "per_class_table_text",
+    "MAX_BARS",
+    "bar_classes",
     "plot_report",
     "precision_recall_curve",
     "read_dataset_image",
