@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import json
 import math
 import numbers
@@ -475,12 +476,36 @@ def select_labels(scores: Sequence[float], names: Sequence[str], threshold: floa
     values = [float(score) for score in scores]
     if not all(math.isfinite(value) for value in values):
         raise ValueError("the scores hold NaN or infinite values")
-    order = sorted(range(len(names)), key=lambda i: (-values[i], i))
+    key = lambda i: (-values[i], i)  # noqa: E731
     if top_k is not None:
-        order = order[:top_k]
-    if threshold is not None:
-        order = [i for i in order if values[i] > threshold]
+        order = heapq.nsmallest(top_k, range(len(names)), key=key)  # O(C log k): cheap with 10,000 labels
+        if threshold is not None:
+            order = [i for i in order if values[i] > threshold]
+    else:
+        order = sorted((i for i in range(len(names)) if values[i] > threshold), key=key)
     return [(names[i], values[i]) for i in order]
+
+
+def select_label_rows(probabilities, names: Sequence[str], threshold: float | None = 0.5,
+                      top_k: int | None = None) -> list[list[tuple[str, float]]]:
+    """:func:`select_labels` for each row of a ``(B, C)`` tensor of finite scores, with the same result (scores as
+    Python floats of the tensor's values, ties by lower label index), without turning the B x C scores into Python
+    objects: a stable descending sort per row in torch, then only the selected labels are read."""
+    import torch
+
+    threshold, top_k = _check_selection(threshold, top_k)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(names):
+        raise ValueError(f"{tuple(probabilities.shape)} scores for {len(names)} label names")
+    values, order = torch.sort(probabilities.detach().cpu(), dim=1, descending=True, stable=True)
+    if top_k is not None:
+        values, order = values[:, :top_k], order[:, :top_k]
+    keep = values > threshold if threshold is not None else torch.ones_like(values, dtype=torch.bool)
+    counts = keep.sum(dim=1).tolist()  # the kept labels of a row are a prefix of its sorted scores
+    rows = []
+    for row, count in enumerate(counts):
+        indices, scores = order[row, :count].tolist(), values[row, :count].tolist()
+        rows.append([(names[i], score) for i, score in zip(indices, scores)])
+    return rows
 
 
 def _as_read_error(path: str, error: BaseException) -> ImageReadError:
@@ -577,13 +602,11 @@ def predict_images(
                         bad = kept[finite.index(False)]
                         raise ValueError(f"{bad}: the model gave NaN or infinite scores for this image (broken "
                                          "weights, or an overflow in reduced precision)")
+                    selected = select_label_rows(probabilities, names, threshold, top_k)
+                    all_rows = probabilities.cpu().tolist() if all_scores else [None] * len(kept)
                     batch_results = iter(
-                        Prediction(
-                            path=path,
-                            labels=select_labels(row, names, threshold, top_k),
-                            scores=dict(zip(names, row)) if all_scores else None,
-                        )
-                        for path, row in zip(kept, probabilities.cpu().tolist())
+                        Prediction(path=path, labels=labels, scores=dict(zip(names, row)) if all_scores else None)
+                        for path, labels, row in zip(kept, selected, all_rows)
                     )
                 results.extend(slot if slot is not None else next(batch_results) for slot in slots)
                 bar.update(len(batch_paths))
@@ -829,6 +852,7 @@ __all__ = [
     "resolve_device",
     "run_prediction",
     "scores_from_logits",
+    "select_label_rows",
     "select_labels",
     "skip_reason",
     "summarize_skipped",
