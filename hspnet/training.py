@@ -10,7 +10,9 @@
   ``ema_keep_per_epoch`` (0.82) of the old average;
 - :func:`evaluate_model`: streaming, distributed-safe evaluation with every metric of :mod:`hspnet.metrics`;
 - :func:`train`: the loop (mixed precision, checkpointing, exact mid-epoch resume, model selection on the held-out
-  validation split or, under the authors' protocol, on the test set, early stopping, TensorBoard, Hub upload).
+  validation split or, under the authors' protocol, on the test set, early stopping, TensorBoard, Hub upload:
+  ``--hub_strategy`` end / every_save / checkpoint / all_checkpoints as in transformers' Trainer, through
+  :class:`hspnet.hub.HubUploader`; ``--resume_from_checkpoint hub`` continues from the last pushed state).
 
 What protects a run's results:
 
@@ -25,6 +27,10 @@ What protects a run's results:
 - every file appears whole: model files through a temporary folder, JSON and the model card through
   :mod:`hspnet.files`, checkpoints under a ``.partial`` name renamed when complete (``train.log`` and TensorBoard
   events are appended streams).
+- the Hub: uploads during training run in a background thread from snapshots (hard links) taken at save time, so a
+  later save never changes files under an upload; a failed upload is logged, counted in ``all_results.json`` and
+  retried with the next save; only a failed final upload fails the run, saying the local model is intact. The token
+  is never logged or saved.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from hspnet import hub
+from hspnet.hub import HUB_STRATEGIES, HubUploader, HubUploadError, model_card  # noqa: F401 - model_card re-exported
 
 logger = logging.getLogger("hspnet.train")
 
@@ -119,15 +128,26 @@ class TrainingConfig:
     """"epoch", an integer number of steps, or None to save no training state."""
     checkpoints_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None
-    """"latest" or a checkpoint folder. Every option that changes the result must equal the checkpoint's run's
-    (only output, logging, checkpointing, Hub and data-location options may change); the data must be the same."""
+    """"latest", a checkpoint folder, or "hub": the training state last pushed to `hub_model_id` (its
+    `last-checkpoint/`, with the best model of that moment; "hub:checkpoints/NAME" for another pushed state),
+    downloaded into an --output_dir that holds no run. Every option that changes the result must equal the
+    checkpoint's run's (only output, logging, checkpointing, Hub and data-location options may change); the data
+    must be the same."""
     with_tracking: bool = True
     report_to: str = "tensorboard"
     logging_steps: int = 10
     evaluate_before_training: bool = True
     push_to_hub: bool = False
+    """Upload the model to `hub_model_id` (when: see hub_strategy)."""
+    hub_strategy: str = "end"
+    """As transformers' Trainer: "end" (the final model and card, once), "every_save" (also the best model so far and
+    an "in progress" card at each saved training state), "checkpoint" (also the newest training state in
+    `last-checkpoint/`, enough for --resume_from_checkpoint hub), "all_checkpoints" (also every state in
+    `checkpoints/NAME/`). Uploads run in the background; a failed one is logged, retried at the next save and
+    reported in all_results.json; only a failed final upload fails the run."""
     hub_model_id: str | None = None
     hub_token: str | None = None
+    """Hub token (default: `hf auth login` / HF_TOKEN); never logged or saved."""
     hub_private_repo: bool = False
     license: str | None = None
     """License written into the model card metadata (e.g. "apache-2.0"); none by default."""
@@ -149,6 +169,15 @@ class TrainingConfig:
             raise ValueError(f"schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs})")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (e.g. your-name/hspnet-coco)")
+        if self.hub_strategy not in HUB_STRATEGIES:
+            raise ValueError(f"hub_strategy must be one of {HUB_STRATEGIES}, got {self.hub_strategy!r}")
+        if (self.push_to_hub and self.hub_strategy in ("checkpoint", "all_checkpoints")
+                and self.checkpointing_steps is None):
+            raise ValueError(f"hub_strategy {self.hub_strategy!r} pushes training states, but checkpointing_steps is "
+                             "null (no state is saved); set checkpointing_steps or use hub_strategy every_save")
+        if hub.parse_hub_resume(self.resume_from_checkpoint) is not None and not self.hub_model_id:
+            raise ValueError(f"--resume_from_checkpoint {self.resume_from_checkpoint} needs --hub_model_id (the "
+                             "repository the run pushed its checkpoints to)")
         from hspnet.losses import check_loss_spec
 
         check_loss_spec(self.loss, {k: v for k, v in (self.loss_kwargs or {}).items() if k != "num_train_images"})
@@ -526,99 +555,6 @@ def evaluate_model(model, dataloader, accelerator, num_labels: int, description:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Model card
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def model_card(config, *, dataset: str, metrics: dict | None, recipe: dict, repo_id: str | None = None,
-               base_model: str | None = None, license: str | None = None) -> str:
-    """README.md for a trained model: YAML metadata (library, tags, datasets, a model-index with the metrics), the
-    hierarchy, the recipe and usage snippets."""
-    import yaml
-
-    name = repo_id or "path/to/this/folder"
-    metadata: dict[str, Any] = {
-        "library_name": "transformers",
-        "pipeline_tag": "image-classification",
-        "tags": ["hspnet", "clip", "multi-label-classification", "single-positive-multi-label", "image-classification"],
-    }
-    if license:
-        metadata["license"] = license
-    dataset_name = os.path.basename(os.path.normpath(dataset)) if dataset else ""
-    if dataset and not os.path.isdir(dataset):  # a dataset name or Hub id, not a local folder
-        metadata["datasets"] = [dataset]
-    if base_model:
-        metadata["base_model"] = base_model
-    if metrics:
-        metadata["metrics"] = ["mAP"]
-        metadata["model-index"] = [
-            {
-                "name": name.split("/")[-1],
-                "results": [
-                    {
-                        "task": {"type": "image-classification", "name": "Multi-label image classification"},
-                        "dataset": {"type": dataset_name, "name": dataset_name},
-                        "metrics": [
-                            {"type": key, "value": round(float(value), 4), "name": key}
-                            for key, value in metrics.items()
-                            if key in ("mAP", "mAP_tie_aware", "CF1", "OF1", "mean_class_F1")
-                        ],
-                    }
-                ],
-            }
-        ]
-    groups: dict[str, list[str]] = {g: [] for g in config.group_names}
-    for index, group in enumerate(config.label_to_group):
-        groups[config.group_names[group]].append(config.id2label[index])
-    hierarchy = "\n".join(f"- **{group}**: {', '.join(labels)}" for group, labels in groups.items())
-    recipe_lines = "\n".join(f"| {key} | {value} |" for key, value in recipe.items())
-    results = ""
-    if metrics:
-        results = "\n## Results\n\n| metric | value |\n|---|---:|\n" + "\n".join(
-            f"| {key} | {float(value):.2f} |" for key, value in metrics.items() if key != "num_samples"
-        ) + "\n"
-    return f"""---
-{yaml.safe_dump(metadata, sort_keys=False).strip()}
----
-
-# HSPNet multi-label classifier ({config.num_labels} labels, {config.num_groups} groups)
-
-HSPNet (Wang et al., *Hierarchical Prompt Learning Using CLIP for Multi-label Classification with Single Positive
-Labels*, ACM MM 2023) trained with the `hspnet` library on `{dataset}` from single positive labels.
-Base CLIP: `{base_model or 'see config'}`.
-
-## Usage
-
-```python
-import hspnet  # or pass trust_remote_code=True below
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
-
-image = Image.open("image.jpg")
-processor = AutoImageProcessor.from_pretrained("{name}")
-model = AutoModelForImageClassification.from_pretrained("{name}", trust_remote_code=True)
-probabilities = model(**processor(images=image, return_tensors="pt")).logits.sigmoid()  # (1, {config.num_labels})
-
-base = AutoModel.from_pretrained("{name}", trust_remote_code=True)  # logits, image and label embeddings
-outputs = base(**processor(images=image, return_tensors="pt"))
-
-classifier = pipeline("image-classification", model="{name}", trust_remote_code=True)
-classifier("image.jpg", top_k={config.num_labels})  # a sigmoid score for every label
-```
-{results}
-## Label hierarchy
-
-{hierarchy}
-
-## Training recipe
-
-| option | value |
-|---|---|
-{recipe_lines}
-"""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Errors, the output-folder lock, atomic outputs
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -653,7 +589,7 @@ RESUME_SAFE_OPTIONS = (
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint",          # where and how it writes
     "with_tracking", "report_to", "logging_steps",                          # logging
     "checkpointing_steps", "checkpoints_total_limit", "evaluate_before_training",  # what is saved / reported
-    "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "license",  # upload
+    "push_to_hub", "hub_strategy", "hub_model_id", "hub_token", "hub_private_repo", "license",  # upload
     "num_workers",       # data loading processes: the order comes from the seeded sampler, the transform is fixed
     "dataset_root", "cache_dir",  # where the data lies: its content is compared instead (labels, images, positives)
     "trust_remote_code",
@@ -838,8 +774,10 @@ def _is_model_file(name: str) -> bool:
 
 
 def _is_temporary(name: str) -> bool:
-    """Temporary names of this module (`.best-*` model folders) and of `hspnet.files.atomic_write` (`.*.tmp`)."""
-    return name.startswith(".best-") or (name.startswith(".") and name.endswith(".tmp"))
+    """Temporary names of this module (`.best-*` model folders), of :mod:`hspnet.hub` (`.hub-*` upload snapshots
+    and downloads) and of `hspnet.files.atomic_write` (`.*.tmp`)."""
+    return (name.startswith((".best-", hub.SNAPSHOT_PREFIX))
+            or (name.startswith(".") and name.endswith(".tmp")))
 
 
 def _remove_leftovers(folder: str) -> None:
@@ -883,6 +821,14 @@ def plan_folders(config: TrainingConfig) -> RunFolders:
     if os.path.basename(output_dir) in ("", ".", ".."):  # the staging folder must be a sibling, not a child
         output_dir = os.path.abspath(output_dir)
     staging = output_dir + STAGING_SUFFIX
+    if hub.parse_hub_resume(config.resume_from_checkpoint) is not None:
+        if _holds_a_run(output_dir):
+            raise FileExistsError(
+                f"--resume_from_checkpoint {config.resume_from_checkpoint}: output_dir {config.output_dir!r} already "
+                "holds a run (a model or checkpoints); continue that one with --resume_from_checkpoint latest, or "
+                "download the Hub's state into another --output_dir"
+            )
+        return RunFolders(output_dir, output_dir)
     if config.resume_from_checkpoint:
         resume = config.resume_from_checkpoint
         if resume != "latest" and _inside(resume, staging) and not config.overwrite_output_dir:
@@ -1429,15 +1375,24 @@ def train(config: TrainingConfig) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
     locks: list[OutputDirLock] = []
+    uploaders: list[HubUploader] = []
+    interrupted = False
     try:
-        return _train(config, accelerator, locks)
+        return _train(config, accelerator, locks, uploaders)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
+        # uploads in flight finish first (after a failure too: the last pushed state is what a resume elsewhere
+        # needs), unless the user interrupted; then the lock goes (a next run may clean the snapshots)
+        for uploader in uploaders:
+            uploader.close(wait=not interrupted)
         for lock in reversed(locks):
             lock.release()
         _close_log_handlers()
 
 
-def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> dict:
+def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uploaders: list[HubUploader]) -> dict:
     import uuid
 
     from accelerate.utils import set_seed
@@ -1468,8 +1423,21 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> d
 
     # 2. a resume must continue the checkpoint's run: same settings (checked before any work), same data (below)
     checkpoint = saved_settings = None
-    if config.resume_from_checkpoint:
+    hub_folder = hub.parse_hub_resume(config.resume_from_checkpoint)
+    if hub_folder is not None:
+        def download():
+            path, info = hub.download_checkpoint(config.hub_model_id, working, path_in_repo=hub_folder,
+                                                 token=config.hub_token)
+            if info.get("best_model"):
+                _atomic_json(os.path.join(working, BEST_MARKER_NAME), info["best_model"])
+            logger.info("downloaded %s/ of the Hub repository %s (step %s, epoch %s) into %s", hub_folder,
+                        config.hub_model_id, info.get("step"), info.get("epoch"), path)
+
+        _on_main(accelerator, download)
+        checkpoint = resolve_checkpoint(working, "latest")
+    elif config.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(working, config.resume_from_checkpoint)
+    if checkpoint:
         saved_settings = read_checkpoint_settings(checkpoint)
         check_resume_settings(checkpoint, saved_settings, run_settings(config, accelerator))
     set_seed(config.seed)
@@ -1559,6 +1527,40 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> d
 
     last_checkpoint = checkpoint
 
+    # the Hub: only the main process uploads; in the background, from snapshots, never stopping training
+    uploader = None
+    if config.push_to_hub and accelerator.is_main_process:
+        uploader = HubUploader(config.hub_model_id, folder=working, strategy=config.hub_strategy,
+                               token=config.hub_token, private=config.hub_private_repo, log=logger)
+        uploaders.append(uploader)
+        logger.info("pushing to the Hub repository %s (hub_strategy %s)", config.hub_model_id, config.hub_strategy)
+    elif not config.push_to_hub and config.hub_strategy != "end":
+        logger.warning("hub_strategy %s has no effect without --push_to_hub true", config.hub_strategy)
+    recipe = _recipe(config, accelerator)
+    base_model = None if config.model_name_or_path else config.clip_model
+
+    def push_progress(checkpoint_folder: str | None) -> None:
+        """Queue an upload of the current state (main process); a failure here is logged, never raised."""
+        if uploader is None or config.hub_strategy == "end":
+            return
+        try:
+            marker = None
+            if state.best_epoch >= 0:
+                with open(os.path.join(working, BEST_MARKER_NAME), encoding="utf-8") as handle:
+                    marker = json.load(handle)
+            names = [n for n in model_files(working) if n != "README.md"] if marker is not None else []
+            card = model_card(unwrapped.config, dataset=config.dataset, metrics=None, recipe=recipe,
+                              repo_id=config.hub_model_id, base_model=base_model, license=config.license,
+                              progress={"epoch": state.epoch, "epochs": config.epochs, "step": state.global_step,
+                                        "total_steps": total_steps, "best_metric": state.best_metric,
+                                        "best_epoch": state.best_epoch, "selection_split": selection_split})
+            uploader.save(step=state.global_step, epoch=state.epoch, model_folder=working, model_file_names=names,
+                          card=card, checkpoint=checkpoint_folder,
+                          checkpoint_info={"run_id": state.run_id, "best_model": marker})
+        except Exception as error:  # noqa: BLE001 - the upload is a copy; training goes on without it
+            logger.warning("could not queue the upload of step %d to the Hub: %s", state.global_step,
+                           hub.redact(_one_line(error), config.hub_token))
+
     def save_training_state(name: str) -> None:
         # written under a temporary name, with the run's settings, and renamed when complete: a run killed while
         # saving never leaves a half-written checkpoint that `--resume_from_checkpoint latest` would pick
@@ -1578,6 +1580,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> d
             if config.checkpoints_total_limit:
                 for _, old in _checkpoint_dirs(working)[: -config.checkpoints_total_limit]:
                     shutil.rmtree(old, ignore_errors=True)
+            push_progress(folder)
 
         _on_main(accelerator, publish)
         last_checkpoint = folder
@@ -1676,6 +1679,8 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> d
             )
             if config.checkpointing_steps is not None:
                 save_training_state(f"epoch_{epoch}-step_{state.global_step}")
+            elif uploader is not None:  # no training states saved: every_save pushes after each evaluation
+                push_progress(None)
             if config.patience is not None and state.evaluations_without_improvement >= config.patience:
                 logger.info("early stopping: no improvement for %d evaluations", config.patience)
                 break
@@ -1708,30 +1713,45 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> d
                     test_metrics["mAP"])
     if config.with_tracking:
         accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
-        accelerator.end_training()
 
     def finish():
+        if uploader is not None:
+            results["hub"] = uploader.report()
         _write_outputs(config, working, best, test_metrics, results, accelerator)
+        if uploader is not None:
+            uploader.wait()  # the snapshots being uploaded lie in the working folder, which may be renamed now
         if folders.staging:
             _swap_in(folders, locks)
             logger.info("replaced %s by the new run", folders.output_dir)
-        if config.push_to_hub:
-            push_folder_to_hub(folders.output_dir, config.hub_model_id, token=config.hub_token,
-                               private=config.hub_private_repo)
+        if uploader is not None:
+            uploader.moved_to(folders.output_dir)
+            try:
+                uploader.final(folders.output_dir, model_files(folders.output_dir))
+            finally:  # all_results.json says how the uploads went, also when the final one failed
+                results["hub"] = uploader.report()
+                _atomic_json(os.path.join(folders.output_dir, "all_results.json"), results)
 
     _on_main(accelerator, finish)
+    # after the last collective call: trackers closed, and the process group destroyed (accelerate's end of a run; a
+    # process that exits with its group alive may abort in gloo's teardown)
+    accelerator.end_training()
     return results
 
 
-def _write_outputs(config: TrainingConfig, folder: str, best, test_metrics: dict, results: dict,
-                   accelerator) -> None:
-    """Model card and all_results.json (main process), each written atomically."""
+def _recipe(config: TrainingConfig, accelerator) -> dict:
+    """The recipe table of the model card."""
     recipe = {k: getattr(config, k) for k in ("clip_model", "dataset", "protocol", "epochs", "schedule_epochs",
                                                "batch_size", "lr", "gcn_lr", "weight_decay", "pct_start", "ema",
                                                "ema_keep_per_epoch", "loss", "loss_kwargs", "seed")}
     recipe["world_size"] = accelerator.num_processes
     recipe["mixed_precision"] = accelerator.mixed_precision
-    card = model_card(best.config, dataset=config.dataset, metrics=test_metrics, recipe=recipe,
+    return recipe
+
+
+def _write_outputs(config: TrainingConfig, folder: str, best, test_metrics: dict, results: dict,
+                   accelerator) -> None:
+    """Model card and all_results.json (main process), each written atomically."""
+    card = model_card(best.config, dataset=config.dataset, metrics=test_metrics, recipe=_recipe(config, accelerator),
                       repo_id=config.hub_model_id, base_model=None if config.model_name_or_path else config.clip_model,
                       license=config.license)
     _atomic_text(os.path.join(folder, "README.md"), card)
@@ -1742,27 +1762,20 @@ def model_files(folder: str) -> list[str]:
     """The files of a trained model folder that make up the model (what `save_pretrained` wrote: config, weights,
     remote code, image processor; the model card): every top-level file except the run's own (`all_results.json`,
     `train.log`, the lock, hidden files) and folders (`checkpoints/`, `runs/`, `eval_*`)."""
-    return sorted(name for name in os.listdir(folder)
-                  if os.path.isfile(os.path.join(folder, name)) and name not in RUN_ARTIFACTS and _is_model_file(name))
+    return hub.model_files(folder, exclude=RUN_ARTIFACTS + hub.RUN_FILES)
 
 
 def push_folder_to_hub(folder: str, repo_id: str | None, token: str | None = None, private: bool = False) -> str:
     """Upload the model files of a trained folder (config, safetensors, remote code, image processor, model card;
-    never checkpoints or logs) to `repo_id`. Returns the repo id."""
-    from huggingface_hub import HfApi
-
-    if not repo_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/hspnet-coco)")
-    missing = [name for name in ("config.json", "model.safetensors", "README.md") if not os.path.isfile(
-        os.path.join(folder, name))]
-    if missing:
-        raise FileNotFoundError(f"{folder} is missing {missing}; nothing was uploaded")
-    from huggingface_hub import CommitOperationAdd
-
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, exist_ok=True, private=private).repo_id
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(folder, name))
-                  for name in model_files(folder)]
-    api.create_commit(repo_id=repo_id, operations=operations, commit_message="Upload HSPNet model trained with hspnet")
+    never checkpoints or logs) to `repo_id` in one commit. Returns the repo id."""
+    repo_id = hub.push_folder_to_hub(folder, repo_id, token=token, private=private, files=(
+        model_files(folder) if os.path.isdir(folder) else None), commit_message="End of training")
     logger.info("pushed %s to the Hub as %s", folder, repo_id)
     return repo_id
+
+
+def main(argv: list[str] | None = None, prog: str | None = "train.py") -> int:
+    """`scripts/train.py` / `hspnet train`: one-line errors and exit status 1 on bad input (see `run_cli`)."""
+    from hspnet.cli_types import run_cli
+
+    return run_cli(build_argument_parser(prog=prog), lambda args: train(config_from_arguments(args)), argv)

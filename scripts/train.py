@@ -4,10 +4,15 @@
     accelerate launch scripts/train.py --config configs/demo.yaml
     accelerate launch scripts/train.py --config configs/hspnet-coco.yaml --dataset_root /data/coco
     accelerate launch --multi_gpu --num_processes 2 scripts/train.py --config configs/demo.yaml   # DDP
+    accelerate launch scripts/train.py --config configs/hspnet-coco.yaml --push_to_hub true \\
+        --hub_model_id you/hspnet-coco --hub_strategy checkpoint          # push the best model + last state as it goes
+    accelerate launch scripts/train.py --config configs/hspnet-coco.yaml --hub_model_id you/hspnet-coco \\
+        --resume_from_checkpoint hub --output_dir fresh-dir                 # continue it on another machine
 
 Every option of hspnet.training.TrainingConfig is a flag (`--help`); flags override the YAML file. Bad input (a
 malformed config, a missing path, a resume with other settings, an output folder in use, a full disk, a diverging
-loss...) ends with one line `train.py: error: ...` and exit status 1; `--debug` shows the traceback instead.
+loss, a failed final upload to the Hub...) ends with one line `train.py: error: ...` and exit status 1; `--debug`
+shows the traceback instead.
 """
 
 import os
@@ -15,13 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a clone without install
 
-from hspnet.cli_types import run_cli  # noqa: E402
-from hspnet.training import build_argument_parser, config_from_arguments, train  # noqa: E402
-
-
-def main(argv=None) -> int:
-    return run_cli(build_argument_parser(prog="train.py"), lambda args: train(config_from_arguments(args)), argv)
-
+from hspnet.training import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
