@@ -500,7 +500,10 @@ def test_only_the_main_process_uploads_in_a_distributed_run(tmp_path):
         "json.dump({'commits': hub.commits, 'repos': hub.repos}, open(path, 'w'))\n"
         "sys.exit(status)\n"
     )
-    options = hub_options(tmp_path, epochs=1, schedule_epochs=1, hub_strategy="checkpoint", checkpointing_steps="2")
+    # with_tracking (the default): the trackers end, and the process group is destroyed, only after the last
+    # collective call of the run (ending them earlier failed the end of every distributed run with tracking)
+    options = hub_options(tmp_path, epochs=1, schedule_epochs=1, hub_strategy="checkpoint", checkpointing_steps="2",
+                          with_tracking=True)
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     result = run_script([str(script)] + as_argv(options), launcher=launcher, env_extra={"ACCELERATE_USE_CPU": "true"})
@@ -510,3 +513,13 @@ def test_only_the_main_process_uploads_in_a_distributed_run(tmp_path):
     # 45 images over 2 processes with batch 8: 3 steps per epoch; states at step 2 and at the end (step 3)
     assert [c["step"] for c in calls["0"]["commits"]] == [2, 3, None]
     assert "random_states_1.pkl" in " ".join(calls["0"]["commits"][0]["files"])
+
+
+def test_hspnet_train_command_has_the_hub_options(capsys):
+    from hspnet.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--help"])
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: hspnet train") and "--hub_strategy" in text and "all_checkpoints" in text
