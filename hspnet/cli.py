@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("hspnet.prediction:main", "labels for image files or folders"),
     "prepare": ("hspnet.data.cli:main", "build a dataset (COCO, VOC, NUS-WIDE, CUB, folders, demo)"),
     "convert": ("hspnet.conversion.cli:main", "convert the authors' released checkpoints"),
+    "export-onnx": ("hspnet.onnx_export:main", "export a trained model to ONNX (checked with onnxruntime)"),
     "demo": ("hspnet.demo:main", "a demo page (Gradio) for a trained model, or a Hugging Face Space folder"),
 }
 

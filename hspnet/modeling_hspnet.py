@@ -1000,6 +1000,9 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
     loss is `config.loss` with `config.loss_kwargs` (default: SPLC with the reference values, summed over the batch).
     """
 
+    # the loss is per batch (not normalised by `num_items_in_batch`): transformers.Trainer must scale it itself
+    accepts_loss_kwargs = False
+
     def __init__(self, config: HSPNetConfig):
         super().__init__(config)
         self.hspnet = HSPNetModel(config)
