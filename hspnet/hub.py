@@ -290,6 +290,24 @@ def _merge_checkpoint_folders(source: str, target: str) -> None:
             os.replace(os.path.join(root, name), destination)
 
 
+def _checkpoint_order(name: str) -> tuple[int, bool]:
+    """Sort key of a checkpoint folder name: its step; at equal steps the epoch checkpoint is the later one."""
+    match = re.search(r"step_(\d+)$", name)
+    return (int(match.group(1)) if match else -1, name.startswith("epoch"))
+
+
+def _prune_checkpoint_folders(folder: str, keep: int | None) -> list[str]:
+    """Remove all but the newest `keep` folders of ``folder/checkpoints`` (None: keep all); returns the removed."""
+    root = os.path.join(folder, "checkpoints")
+    if keep is None or not os.path.isdir(root):
+        return []
+    names = sorted(os.listdir(root), key=_checkpoint_order)
+    dropped = names[: max(0, len(names) - keep)]
+    for name in dropped:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return dropped
+
+
 @dataclass
 class _Snapshot:
     path: str
@@ -308,15 +326,20 @@ class HubUploader:
     failed upload is logged with its reason and counted; the next save uploads what is current then (for
     all_checkpoints, also the checkpoint folders that failed). Nothing here raises into the training loop.
 
+    `keep_checkpoints` (all_checkpoints; e.g. the run's checkpoints_total_limit) bounds the checkpoint folders held
+    for a retry while the Hub fails: older ones are dropped with a warning, so that a long outage cannot fill the
+    disk with states that the output folder itself has rotated away.
+
     :meth:`final` uploads the final model and card (after waiting for the uploads in flight) and raises
     :class:`HubUploadError` if that fails. :meth:`report` is the ``hub`` entry of ``all_results.json``."""
 
     def __init__(self, repo_id: str, *, folder: str, strategy: str = "end", token: str | None = None,
-                 private: bool = False, log: logging.Logger | None = None):
+                 private: bool = False, log: logging.Logger | None = None, keep_checkpoints: int | None = None):
         if strategy not in HUB_STRATEGIES:
             raise ValueError(f"hub_strategy must be one of {HUB_STRATEGIES}, got {strategy!r}")
         self.repo_id, self.folder, self.strategy = repo_id, folder, strategy
         self.private, self.log = private, log or logger
+        self.keep_checkpoints = keep_checkpoints
         self._token = token
         self._api = None
         self._repo_ready = False
@@ -329,6 +352,7 @@ class HubUploader:
         self.uploads_done = self.uploads_failed = self.uploads_superseded = 0
         self.last_error: str | None = None
         self.last_uploaded: dict | None = None
+        self.checkpoints_dropped: list[str] = []
         self.final_upload: str = "pending"
 
     # paths ----------------------------------------------------------------------------------------------------------
@@ -408,12 +432,14 @@ class HubUploader:
             if replaced is not None:
                 shutil.rmtree(replaced.path, ignore_errors=True)
                 self.uploads_superseded += 1
+            dropped = _prune_checkpoint_folders(path, self.keep_checkpoints)
             self._pending = snapshot
             start = not self._busy
             self._busy = True
         if replaced is not None:
             self._log(logging.INFO, "the upload of step %d to %s had not started yet: step %d replaces it",
                       replaced.step, self.repo_id, step)
+        self._warn_dropped(dropped)
         if start:
             threading.Thread(target=self._work, name="hspnet-hub-upload", daemon=True).start()
         return True
@@ -443,14 +469,17 @@ class HubUploader:
                 _commit(self._api_ready(), self.repo_id, _tree_files(snapshot.path), snapshot.message)
             except BaseException as caught:  # noqa: BLE001 - reported, never raised into training
                 error = caught
+            dropped = []
             with self._cond:
                 self._current = None
                 if error is None:
                     self.uploads_done += 1
                     self.last_uploaded = {"step": snapshot.step, "epoch": snapshot.epoch}
                 elif self.strategy == "all_checkpoints":  # keep its checkpoint folders for the next upload
+                    target = self._pending.path if self._pending else self._carry
                     try:
-                        _merge_checkpoint_folders(snapshot.path, self._pending.path if self._pending else self._carry)
+                        _merge_checkpoint_folders(snapshot.path, target)
+                        dropped = _prune_checkpoint_folders(target, self.keep_checkpoints)
                     except OSError as merge_error:
                         self._log(logging.WARNING, "checkpoint folders of step %d are not kept for the next upload: "
                                   "%s", snapshot.step, _one_line(merge_error))
@@ -462,6 +491,14 @@ class HubUploader:
                 self._count_failure(f"the upload of step {snapshot.step} to {self.repo_id} failed: "
                                     f"{type(error).__name__}: {_one_line(error)}; the next save uploads the "
                                     "current state again", snapshot.step)
+                self._warn_dropped(dropped)
+
+    def _warn_dropped(self, dropped: list[str]) -> None:
+        if dropped:
+            with self._cond:
+                self.checkpoints_dropped += dropped
+            self._log(logging.WARNING, "the Hub is behind: checkpoint folder(s) %s will not be uploaded (only the "
+                      "newest %d not yet uploaded are kept for a retry)", dropped, self.keep_checkpoints)
 
     def _count_failure(self, message: str, step: int) -> None:
         message = redact(message, self._token)
@@ -532,7 +569,9 @@ class HubUploader:
             return {"repo_id": self.repo_id, "strategy": self.strategy, "uploads_done": self.uploads_done,
                     "uploads_failed": self.uploads_failed, "uploads_superseded": self.uploads_superseded,
                     "last_uploaded": self.last_uploaded, "last_error": self.last_error,
-                    "final_upload": self.final_upload}
+                    "final_upload": self.final_upload,
+                    **({"checkpoints_not_uploaded": list(self.checkpoints_dropped)} if self.checkpoints_dropped
+                       else {})}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

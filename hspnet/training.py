@@ -1531,7 +1531,8 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
     uploader = None
     if config.push_to_hub and accelerator.is_main_process:
         uploader = HubUploader(config.hub_model_id, folder=working, strategy=config.hub_strategy,
-                               token=config.hub_token, private=config.hub_private_repo, log=logger)
+                               token=config.hub_token, private=config.hub_private_repo, log=logger,
+                               keep_checkpoints=config.checkpoints_total_limit or None)
         uploaders.append(uploader)
         logger.info("pushing to the Hub repository %s (hub_strategy %s)", config.hub_model_id, config.hub_strategy)
     elif not config.push_to_hub and config.hub_strategy != "end":

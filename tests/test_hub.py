@@ -319,6 +319,51 @@ def test_uploads_run_in_the_background_from_snapshots(tmp_path, fake_hub, monkey
     no_leftovers(out)
 
 
+def test_states_held_for_a_retry_are_bounded_and_copies_work_without_hard_links(tmp_path, fake_hub, monkeypatch):
+    """HubUploader alone: the Hub fails 4 saves in a row (all_checkpoints, keep_checkpoints 2), then the final upload
+    works. Only the 2 newest states not uploaded are held for the retry (the others are reported); without hard
+    links the snapshots are copies, so a local file rewritten after its save is sent as it was at save time."""
+    import logging
+
+    def no_links(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    failing = {"on": True}
+    fake_hub.fail_commit = lambda record: OSError("503 Service Unavailable") if failing["on"] else None
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"best")
+    uploader = HubUploader("me/hspnet-demo", folder=str(out), strategy="all_checkpoints", keep_checkpoints=2,
+                           log=logging.getLogger("test-hub"))
+    for step in range(1, 5):
+        checkpoint = out / "checkpoints" / f"step_{step}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model.safetensors").write_bytes(f"state {step}".encode())
+        assert uploader.save(step=step, epoch=0, model_folder=str(out),
+                             model_file_names=["config.json", "model.safetensors"], card="in progress",
+                             checkpoint=str(checkpoint), checkpoint_info={"run_id": "r"})
+        uploader.wait()
+        (checkpoint / "model.safetensors").write_bytes(b"rewritten in place")
+    assert [c["step"] for c in fake_hub.commits] == [1, 2, 3, 4] and all("failed" in c for c in fake_hub.commits)
+    failing["on"] = False
+    (out / "README.md").write_text("final card")
+    uploader.final(str(out), ["README.md", "config.json", "model.safetensors"])
+    uploader.close()
+    assert set(fake_hub.commits[-1]["files"]) == {"README.md", "config.json", "model.safetensors"} | {
+        f"checkpoints/step_{s}/{name}" for s in (3, 4) for name in (
+            "model.safetensors", "hspnet_checkpoint.json", "best-model/config.json", "best-model/model.safetensors")}
+    repo = fake_hub.folder("me/hspnet-demo")
+    assert (repo / "checkpoints" / "step_3" / "model.safetensors").read_bytes() == b"state 3"
+    assert (repo / "README.md").read_text() == "final card"
+    report = uploader.report()
+    assert (report["uploads_failed"], report["uploads_done"], report["final_upload"]) == (4, 0, "done")
+    assert report["checkpoints_not_uploaded"] == ["step_1", "step_2"]
+    assert not uploader.save(step=5, epoch=0, model_folder=str(out), model_file_names=["config.json"], card=None)
+    no_leftovers(out)
+
+
 # --- failures ---------------------------------------------------------------------------------------------------------
 
 
