@@ -12,6 +12,7 @@ groups, SPLC loss, Adam with the reference parameter groups.
     python benchmarks/label_scale.py                                   # C = 80, 1000, 10000; exact and sampled
     python benchmarks/label_scale.py --labels 80 1000 --modes exact --steps 2
     python benchmarks/label_scale.py --device cuda --steps 5
+    python benchmarks/label_scale.py --sharing --labels 80 1000   # text side only: shared prefixes vs full prompts
 """
 
 from __future__ import annotations
@@ -105,6 +106,24 @@ def measure_memory(num_labels: int, mode: str, args) -> dict:
     return {"labels": num_labels, "mode": mode, "peak_gib": peak, "median_step_s": times[len(times) // 2]}
 
 
+def sharing_ratio(num_labels: int, args) -> dict:
+    """Median wall and CPU (this process) time of the text side (forward + backward of `compute_label_embeddings`)
+    with and without shared prompt prefixes, interleaved in this process. CPU time is the steadier measure on a
+    shared machine: the shared path runs fewer FLOPs but more (smaller) operations, so waiting for a busy CPU
+    inflates its wall time more."""
+    model = build(num_labels, None, args.device)
+    base = model.hspnet
+    times = {(share, kind): [] for share in (True, False) for kind in ("wall", "cpu")}
+    for _ in range(args.steps + 1):
+        for share in (True, False):
+            base.share_prompt_prefix = share
+            wall, cpu = time.perf_counter(), time.process_time()
+            base.compute_label_embeddings().square().sum().backward()
+            times[(share, "wall")].append(time.perf_counter() - wall)
+            times[(share, "cpu")].append(time.process_time() - cpu)
+    return {key: sorted(t[1:])[len(t[1:]) // 2] for key, t in times.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", type=int, nargs="+", default=[80, 1000, 10000])
@@ -115,8 +134,19 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip_memory", action="store_true", help="only the interleaved step times")
     parser.add_argument("--skip_time", action="store_true", help="only the per-process peak memory")
+    parser.add_argument("--sharing", action="store_true", help="only: text side with vs without shared prefixes")
     parser.add_argument("--memory_worker", nargs=2, metavar=("C", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.sharing:
+        print("| C | shared prefixes, wall / CPU (s) | full prompts, wall / CPU (s) | shared / full (wall) | "
+              "shared / full (CPU) |")
+        print("|---:|---:|---:|---:|---:|")
+        for c in args.labels:
+            t = sharing_ratio(c, args)
+            print(f"| {c:,} | {t[(True, 'wall')]:.2f} / {t[(True, 'cpu')]:.2f} | {t[(False, 'wall')]:.2f} / "
+                  f"{t[(False, 'cpu')]:.2f} | {t[(True, 'wall')] / t[(False, 'wall')]:.2f}x | "
+                  f"{t[(True, 'cpu')] / t[(False, 'cpu')]:.2f}x |", flush=True)
+        return
     if args.memory_worker:
         print(json.dumps(measure_memory(int(args.memory_worker[0]), args.memory_worker[1], args)))
         return
