@@ -18,7 +18,7 @@ import sys
 
 # subcommand -> ("module:function", one-line help); the function takes (argv, prog) and returns an exit status
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("hspnet.cli:train", "train HSPNet (accelerate; YAML config + flags)"),
+    "train": ("hspnet.training:main", "train HSPNet (accelerate; YAML config + flags)"),
     "evaluate": ("hspnet.evaluation:main", "metrics of a trained model on a dataset split"),
     "predict": ("hspnet.prediction:main", "labels for image files or folders"),
     "prepare": ("hspnet.data.cli:main", "build a dataset (COCO, VOC, NUS-WIDE, CUB, folders, demo)"),
@@ -26,14 +26,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("hspnet.onnx_export:main", "export a trained model to ONNX (checked with onnxruntime)"),
     "demo": ("hspnet.demo:main", "a demo page (Gradio) for a trained model, or a Hugging Face Space folder"),
 }
-
-
-def train(argv: list[str] | None = None, prog: str = "hspnet train") -> int:
-    """`hspnet train`: the training script's options (`hspnet.training`), run with `run_cli`."""
-    from hspnet.cli_types import run_cli
-    from hspnet.training import build_argument_parser, config_from_arguments, train as run_training
-
-    return run_cli(build_argument_parser(prog=prog), lambda args: run_training(config_from_arguments(args)), argv)
 
 
 def usage() -> str:
