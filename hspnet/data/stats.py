@@ -46,8 +46,16 @@ def dataset_statistics(dataset_dict) -> dict[str, Any]:
     return {**hierarchy.to_dict(), "splits": splits, "report": get_build_report(dataset_dict)}
 
 
-def format_statistics(dataset_dict_or_stats, max_label_width: int = 28) -> str:
-    """A plain-text table of :func:`dataset_statistics`."""
+MAX_LABEL_ROWS = 100
+"""At most this many rows in the positives-per-label table of :func:`format_statistics` (the first and the last
+labels, with a line saying how many are left out); the statistics themselves (``--json``) keep every label."""
+
+
+def format_statistics(
+    dataset_dict_or_stats, max_label_width: int = 28, max_label_rows: int | None = MAX_LABEL_ROWS
+) -> str:
+    """A plain-text table of :func:`dataset_statistics`. With more than ``max_label_rows`` labels (None: no limit)
+    the positives-per-label table shows the first and last ``max_label_rows // 2`` labels only, and says so."""
     stats = (
         dataset_dict_or_stats
         if isinstance(dataset_dict_or_stats, dict) and "splits" in dataset_dict_or_stats
@@ -90,7 +98,15 @@ def format_statistics(dataset_dict_or_stats, max_label_width: int = 28) -> str:
         header,
         "-" * len(header),
     ]
-    for index, name in enumerate(labels):
+    rows: list[int | None] = list(range(len(labels)))
+    if max_label_rows is not None and len(labels) > max(int(max_label_rows), 2):
+        half = max(int(max_label_rows), 2) // 2
+        rows = rows[:half] + [None] + rows[len(labels) - half :]
+    for index in rows:
+        if index is None:
+            lines.append(f"... ({len(labels) - 2 * half:,} more labels; the JSON statistics (--json) list every label)")
+            continue
+        name = labels[index]
         shown = name if len(name) <= width else name[: width - 1] + "~"
         group = groups[label_to_group[index]][:group_width]
         lines.append(
