@@ -640,7 +640,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
         # `text_memory_budget_mb` of activations), under activation checkpointing when gradients are needed
         self.share_prompt_prefix = True
         self.label_chunk_size: int | None = None
-        self.text_memory_budget_mb = 2048
+        self.text_memory_budget_mb = 1024
         self.clear_text_cache()
 
         self.post_init()
@@ -887,13 +887,16 @@ class HSPNetModel(HSPNetPreTrainedModel):
         return F.normalize(label_features, dim=-1)
 
     def _label_chunk(self, suffix_length: int) -> int:
-        """Labels per chunk: `label_chunk_size`, or as many as `text_memory_budget_mb` holds (an estimate of the
-        activations one label prompt keeps for the backward pass through the text tower)."""
+        """Labels per chunk: `label_chunk_size`, or as many as `text_memory_budget_mb` holds: an estimate of what one
+        label prompt keeps for the backward pass through the text tower, per token and layer about 12 vectors of the
+        width (norms, q/k/v, attention, projections, residuals, the prefix keys/values it attends to) and 3 of the
+        MLP width (fc1, the quick-GELU sigmoid and product), in float32 (~2.5 MB per label for CLIP ViT-B with
+        4-token names, as measured by `benchmarks/label_scale.py`)."""
         if self.label_chunk_size:
             return self.label_chunk_size
         text_config = self.config.clip_config.text_config
         per_label = 4 * text_config.num_hidden_layers * suffix_length * (
-            6 * text_config.hidden_size + 2 * text_config.intermediate_size
+            12 * text_config.hidden_size + 3 * text_config.intermediate_size
             + text_config.num_attention_heads * (1 + self.config.n_ctx + suffix_length)
         )
         return max(1, int(self.text_memory_budget_mb * 2**20 // per_label))
