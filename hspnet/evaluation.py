@@ -372,8 +372,11 @@ def _text_tower_matches(model, clip) -> bool | None:
 
 def _check_score_matrix(scores: Any, targets: Any, labels: Sequence[str], name: str):
     """``(scores, targets)`` as arrays after checking they are ``(N, C)`` with ``C = len(labels)``, finite scores and
-    0/1 targets; ``ValueError`` naming ``name`` otherwise."""
-    scores = np.asarray(scores.detach().float().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    0/1 targets; ``ValueError`` naming ``name`` otherwise. float32 scores stay float32 (no N x C float64 copy: the
+    ranking, hence every AP, is the same)."""
+    scores = np.asarray(scores.detach().float().cpu() if isinstance(scores, torch.Tensor) else scores)
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)
     targets = np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets)
     if scores.ndim != 2 or targets.shape != scores.shape or scores.shape[1] != len(labels):
         raise ValueError(f"{name} and targets must both be (N, C) with C = {len(labels)} labels, got "
