@@ -25,6 +25,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import time
 
 import numpy as np
@@ -107,7 +108,14 @@ def _top_k(logits_row: torch.Tensor, k: int) -> list[int]:
     return torch.sort(logits_row, descending=True, stable=True).indices[:k].tolist()
 
 
-def test_everything_at_10000_labels(tmp_path, capsys):
+@pytest.fixture
+def workdir(tmp_path):
+    """``tmp_path``, removed after the test: it holds two ~420 MB model folders (pytest keeps the last 3 runs)."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_everything_at_10000_labels(workdir, capsys):
     from transformers import AutoImageProcessor, pipeline
 
     import hspnet  # noqa: F401  (registers HSPNet with the Auto classes, for the pipeline)
@@ -121,15 +129,15 @@ def test_everything_at_10000_labels(tmp_path, capsys):
 
     clock = _Clock()
     # the tiny CLIP made smaller still (width 16, one layer): the text tower runs over 10,000 prompts many times
-    clip_dir = save_tiny_clip(tmp_path / "clip", seed=0, hidden_size=16, num_hidden_layers=1, projection_dim=16)
-    data = str(tmp_path / "data")
+    clip_dir = save_tiny_clip(workdir / "clip", seed=0, hidden_size=16, num_hidden_layers=1, projection_dim=16)
+    data = str(workdir / "data")
     names = _label_names(C)
     rows = _write_image_folder(data, names)
-    cache = str(tmp_path / "cache")
+    cache = str(workdir / "cache")
     options = {"label_names": os.path.join(data, "labels.txt"), "clip_model": clip_dir, "validation_fraction": 0.25}
     clock("setup (tiny CLIP, 24 images)")
 
-    # 1. the dataset and its automatic hierarchy ------------------------------------------------------------------
+    # 1. the dataset and its automatic hierarchy -----------------------------------------------------------------------
     dataset = load_image_folder(data, cache_dir=cache, **options)
     hierarchy = get_hierarchy(dataset)
     clock("dataset + automatic hierarchy")
@@ -149,8 +157,8 @@ def test_everything_at_10000_labels(tmp_path, capsys):
     assert cluster_label_embeddings(names, embeddings) == hierarchy
     clock("hierarchy recomputed from scratch (same)")
 
-    # 2. training -------------------------------------------------------------------------------------------------
-    output = str(tmp_path / "model")
+    # 2. training ------------------------------------------------------------------------------------------------------
+    output = str(workdir / "model")
     results = train(TrainingConfig(
         clip_model=clip_dir, dataset="folder", dataset_root=data, dataset_options=options, cache_dir=cache,
         output_dir=output, epochs=1, schedule_epochs=1, max_train_steps=2, batch_size=8, lr=1e-3, gcn_lr=5e-3,
@@ -163,20 +171,19 @@ def test_everything_at_10000_labels(tmp_path, capsys):
     relation_bytes = (C + groups) ** 2 * 4  # the (C+G, C+G) float32 relation dominates
     assert relation_bytes < os.path.getsize(os.path.join(output, "model.safetensors")) < relation_bytes + 40e6
     assert size < relation_bytes + 45e6
-    print(f"\nmodel folder at C = {C:,}: {size / 1e6:.0f} MB (relation {relation_bytes / 1e6:.0f} MB)")
 
-    # 3. save / load (the re-saved folder gives the same scores: checked with predict below) -----------------------------------------------------------------------------
+    # 3. save / load (the re-saved folder gives the same scores: checked with predict below) ---------------------------
     model = HSPNetForImageClassification.from_pretrained(output).eval()
     processor = AutoImageProcessor.from_pretrained(output)
-    resaved = str(tmp_path / "resaved")
+    resaved = str(workdir / "resaved")
     model.save_pretrained(resaved)
     every_image = sorted(os.path.join(data, name) for name in rows)
     logits = _logits(model, processor, every_image)
     assert logits.shape == (len(every_image), C)
     clock("from_pretrained, logits, save_pretrained")
 
-    # 4. evaluation: the metrics of the direct logits -------------------------------------------------------------
-    eval_dir = str(tmp_path / "eval")
+    # 4. evaluation: the metrics of the direct logits ------------------------------------------------------------------
+    eval_dir = str(workdir / "eval")
     assert evaluation.main(["--model", output, "--dataset", "folder", "--dataset_root", data,
                             "--dataset_options", json.dumps(options), "--cache_dir", cache, "--top_k", str(TOP_K),
                             "--zero_shot_clip", clip_dir, "--output_dir", eval_dir]) == 0
@@ -208,9 +215,9 @@ def test_everything_at_10000_labels(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert f"... ({C - 40} more, see per_class_ap.csv) ..." in stdout  # the printed table is cut too
 
-    # 5. prediction and the pipeline: the top-k of the model's own logits -----------------------------------------
+    # 5. prediction and the pipeline: the top-k of the model's own logits ----------------------------------------------
     # on the re-saved folder: its scores of every label are those of the model loaded from the training output
-    predictions = str(tmp_path / "predictions.jsonl")
+    predictions = str(workdir / "predictions.jsonl")
     assert prediction.main(["--model", resaved, os.path.join(data, "img"), "--top_k", str(TOP_K), "--all_scores",
                             "--format", "jsonl", "--output", predictions, "--no_progress"]) == 0
     clock("predict --top_k 5 --all_scores (jsonl)")
@@ -243,7 +250,9 @@ def test_everything_at_10000_labels(tmp_path, capsys):
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with capsys.disabled():
-        print(f"\nC = {C:,} end to end:\n{clock.report()}")
+        print(f"\nC = {C:,} end to end:\n{clock.report()}\nmodel folder {size / 1e6:.0f} MB (model.safetensors "
+              f"{os.path.getsize(os.path.join(output, 'model.safetensors')) / 1e6:.0f} MB, of which the relation "
+              f"{relation_bytes / 1e6:.0f} MB)")
     assert peak_mb < 6 * 1024  # measured about 2.7 GB; an N x C x C or C x C x D blow-up would be far above
 
 
