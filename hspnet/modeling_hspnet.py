@@ -751,7 +751,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self._adjacency: tuple | None = None  # (key, label adjacency, group adjacency)
 
     def train(self, mode: bool = True):
-        self.clear_text_cache()
+        self._text_cache = {}  # the keyed derived state (lengths, index, adjacencies) stays: it cannot go stale here
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):  # load_state_dict, also when called on a parent module
@@ -1041,6 +1041,7 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        label_indices: torch.Tensor | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
         """
@@ -1050,11 +1051,17 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
             epoch (`int`, *optional*): the current 0-based epoch, for losses that change with it (SPLC, LL-R);
                 otherwise the one given to `set_epoch`.
             indices (`torch.LongTensor` of shape `(B,)`, *optional*): training-set indices, for ROLE.
+            label_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels (e.g. a sample
+                from `sample_labels`, for a loss computed by the caller with its `label_weights`); not together with
+                `labels`, which sample by themselves in training when `config.label_sample_size` is set.
             **kwargs: passed to the vision tower.
         Returns:
             `ImageClassifierOutput` with `logits` `(B, C)` and `loss` when `labels` are given.
         """
-        label_indices = label_weights = None
+        label_weights = None
+        if label_indices is not None and labels is not None:
+            raise ValueError("HSPNetForImageClassification.forward: pass labels (the model computes the loss and "
+                             "samples labels itself) or label_indices (and compute the loss), not both")
         if labels is not None and self.training and self.config.label_sample_size is not None:
             label_indices, label_weights = self.sample_labels(labels)
         outputs = self.hspnet(
@@ -1077,8 +1084,11 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         )
         return output if return_dict is not False else output.to_tuple()
 
-    def sample_labels(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Label sampling for one training step (`config.label_sample_size`): `(label_indices, label_weights)`.
+    def sample_labels(
+        self, labels: torch.Tensor, size: int | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Label sampling for one training step (`size`, default `config.label_sample_size`): `(label_indices,
+        label_weights)`.
 
         The labels observed positive in the batch (the only ones whose loss terms carry an observed positive; SPLC,
         AN & co. need nothing else) are always included with weight 1; `label_sample_size` of the others are drawn
@@ -1089,7 +1099,7 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         observed = labels.detach().bool().any(dim=0)  # (C,)
         always = observed.nonzero().squeeze(1)
         others = (~observed).nonzero().squeeze(1)
-        size = self.config.label_sample_size
+        size = self.config.label_sample_size if size is None else size
         if size >= others.numel():
             return None, None
         picked = others[torch.randperm(others.numel(), device=others.device)[:size]]

@@ -118,6 +118,10 @@ class TrainingConfig:
     """"no", "fp16" or "bf16"; default: what `accelerate launch` / `accelerate config` says."""
     num_workers: int = 0
     gradient_checkpointing: bool = False
+    label_sample_size: int | None = None
+    """Large label sets, an approximation (off by default): each step runs the text side for the batch's observed
+    positives plus this many of the other labels, drawn uniformly, with the loss reweighted to an unbiased estimate
+    (see `HSPNetConfig.label_sample_size`); evaluation always uses every label."""
     torch_compile: bool = False
     """Run the training and evaluation forward passes through `torch.compile(model)` (one graph break per forward,
     for the text-side cache; results equal eager within float rounding; the first steps compile)."""
@@ -1470,6 +1474,9 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     loss_module = build_training_loss(config, num_labels, train_set)
+    if config.label_sample_size is not None and not loss_module.supports_label_sampling:
+        raise ValueError(f"label_sample_size: the loss {config.loss!r} couples the labels and cannot be computed on a "
+                         "sample of them; use a per-label loss (splc, an, an_ls, wan, em, hill, focal, asl)")
     if any(True for _ in loss_module.parameters()) and accelerator.num_processes > 1:
         raise ValueError(f"loss {config.loss!r} keeps per-image state; train it with a single process.")
     transform = make_transform(image_processor, num_labels)
@@ -1615,8 +1622,14 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
             loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
             running, count = 0.0, 0
             for batch in loader:
-                logits = forward(pixel_values=batch["pixel_values"]).logits
-                loss = loss_module(logits, batch["observed_labels"], epoch=epoch, indices=batch["index"])
+                targets, label_weights = batch["observed_labels"], None
+                if config.label_sample_size is not None:  # the text side for a sample of the labels only
+                    label_indices, label_weights = unwrapped.sample_labels(targets, config.label_sample_size)
+                    logits = forward(pixel_values=batch["pixel_values"], label_indices=label_indices).logits
+                    targets = targets if label_indices is None else targets[:, label_indices]
+                else:
+                    logits = forward(pixel_values=batch["pixel_values"]).logits
+                loss = loss_module(logits, targets, epoch=epoch, indices=batch["index"], label_weights=label_weights)
                 value = loss.detach().float().reshape(1)
                 values = (accelerator.gather(value) if accelerator.num_processes > 1 else value).tolist()
                 step = state.global_step + 1

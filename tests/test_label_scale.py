@@ -195,3 +195,26 @@ def test_sampled_training_step(make_model, pixel_values, labels6):
     model.eval()
     with torch.no_grad():
         assert model(pixel_values=pixel_values, labels=labels6, epoch=0).logits.shape == (3, 6)
+
+
+def test_training_script_samples_labels(tmp_path, monkeypatch):
+    from hspnet import HSPNetForImageClassification
+    from hspnet.training import TrainingConfig, train
+    from tests.test_training import tiny_options
+
+    calls = []
+    original = HSPNetForImageClassification.sample_labels
+
+    def spy(self, labels, size=None):
+        result = original(self, labels, size)
+        calls.append((size, None if result[0] is None else result[0].numel()))
+        return result
+
+    monkeypatch.setattr(HSPNetForImageClassification, "sample_labels", spy)
+    results = train(TrainingConfig(**tiny_options(tmp_path, epochs=1, schedule_epochs=2, label_sample_size=3,
+                                                  evaluate_before_training=False)))
+    assert calls and all(size == 3 for size, _ in calls)
+    assert any(count is not None and count < 12 for _, count in calls)  # a real sample of the 12 demo labels
+    assert len(results["test_per_class_AP"]) == 12  # evaluation scores every label
+    with pytest.raises(ValueError, match="couples the labels"):
+        train(TrainingConfig(**tiny_options(tmp_path / "epr", loss="epr", loss_kwargs={}, label_sample_size=3)))
