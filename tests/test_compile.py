@@ -102,3 +102,27 @@ def test_training_with_torch_compile_matches_eager(tmp_path, pixel_values):
     # key biases) into full steps, which change no output
     torch.testing.assert_close(logits["compiled"], logits["eager"], atol=1e-3, rtol=1e-3)
     assert abs(results["compiled"]["test"]["mAP"] - results["eager"]["test"]["mAP"]) < 0.5
+
+
+def test_predict_with_torch_compile_gives_the_eager_scores(make_model, tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from hspnet.prediction import main
+
+    make_model().save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    outputs = []
+    for extra in ([], ["--torch_compile"]):
+        torch._dynamo.reset()
+        assert main(["--model", str(tmp_path / "model"), str(tmp_path / "0.png"), str(tmp_path / "1.png"),
+                     str(tmp_path / "2.png"), "--format", "jsonl", "--all_scores", "--no_progress", *extra]) == 0
+        outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()])
+    for eager, compiled in zip(*outputs):
+        assert eager["path"] == compiled["path"] and len(eager["scores"]) == 6
+        for name, score in eager["scores"].items():
+            assert abs(compiled["scores"][name] - score) < 1e-5
