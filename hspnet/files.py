@@ -13,8 +13,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from typing import Any, Iterable, Iterator
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is, from its `st_mode` ("a FIFO", "a folder", ...), or
+    None for a regular file. Asked before opening anything, since opening a FIFO blocks."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
 
 
 @contextlib.contextmanager

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import warnings
 
 import numpy as np
+
+from hspnet.files import special_kind
 
 MAX_IMAGE_PIXELS = 89_478_485
 """Images with more pixels than this (PIL's own warning limit, ~9459x9459) are refused as decompression bombs."""
@@ -74,9 +75,9 @@ def check_regular_file(path: str | os.PathLike) -> str:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-        raise ImageReadError(path, kind)
+    kind = special_kind(mode)
+    if kind is not None:
+        raise ImageReadError(path, f"{kind}, not a regular file")
     return path
 
 

@@ -31,13 +31,13 @@ import math
 import numbers
 import os
 import re
-import stat
+
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from hspnet.cli_types import one_line, positive_int, probability, run_cli
-from hspnet.files import atomic_write, refuse_inputs_as_output
+from hspnet.files import atomic_write, refuse_inputs_as_output, special_kind
 from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
@@ -104,19 +104,6 @@ def is_url(text: str) -> bool:
     return bool(_URL.match(str(text)))
 
 
-def _special_kind(mode: int) -> str | None:
-    """What a non-regular file is (None for a regular file)."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "not a regular file"
 
 
 def collect_image_paths(inputs: Iterable[str | os.PathLike] | str | os.PathLike,
@@ -173,7 +160,7 @@ def collect_image_paths(inputs: Iterable[str | os.PathLike] | str | os.PathLike,
                     continue
                 path = os.path.join(root, name)
                 try:
-                    kind = _special_kind(os.stat(path).st_mode)  # follows links; never opens the file
+                    kind = special_kind(os.stat(path).st_mode)  # follows links; never opens the file
                 except FileNotFoundError:
                     kind = "a broken symbolic link"
                 except OSError as error:
@@ -236,7 +223,7 @@ def _quiet_transformers():
 
 
 def _check_regular(path: str, what: str) -> None:
-    kind = _special_kind(os.stat(path).st_mode)
+    kind = special_kind(os.stat(path).st_mode)
     if kind is not None:
         raise ModelLoadError(f"{path}: the {what} file is {kind}, not a regular file")
 
@@ -664,7 +651,7 @@ def write_output(path: str | os.PathLike, data: str | bytes) -> str:
         if os.path.isdir(path):
             raise IsADirectoryError(f"{path}: is a folder; give a file name")
         target = os.path.realpath(path) if os.path.islink(path) else path  # write through a link, keep the link
-        special = os.path.exists(target) and _special_kind(os.stat(target).st_mode) is not None
+        special = os.path.exists(target) and special_kind(os.stat(target).st_mode) is not None
         if special:
             with open(target, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
                 stream.write(data)

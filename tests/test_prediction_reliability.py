@@ -412,7 +412,7 @@ def test_special_files_never_hang_the_command_line(model_dir, special_folder):
     result = run_script("predict.py", special_folder / "fifo.png", "--model", model_dir, "--no_progress", timeout=240)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"predict.py: error: {special_folder / 'fifo.png'}: cannot read this file as an "
-                                     "image (a FIFO)")
+                                     "image (a FIFO, not a regular file)")
 
 
 def test_named_device_and_link_are_one_line_errors(model_dir, special_folder, capsys):

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..files import special_kind
 from .errors import DatasetFormatError, ImageError, MissingFileError, check_input_file, read_text_file
 from .hierarchy import Hierarchy, label_feature
 
@@ -194,10 +195,9 @@ def _image_problem(path: str, mode: str) -> str | None:
         return "missing"
     except OSError as error:
         return f"cannot access it ({error.strerror or error})"
-    if not stat.S_ISREG(mode_bits):
-        from .errors import _kind
-
-        return f"{_kind(mode_bits)}, not a regular file"
+    kind = special_kind(mode_bits)
+    if kind is not None:
+        return f"{kind}, not a regular file"
     if mode != "open":
         return None
     from ..images import ImageReadError, open_image

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import stat
+
+from hspnet.files import special_kind
 
 
 def _location(file, line=None, field=None) -> str:
@@ -63,21 +64,12 @@ def check_input_file(path, what: str = "file") -> str:
         raise MissingFileError(f"{what} not found", file=path) from None
     except OSError as error:
         raise DatasetFormatError(f"cannot access this {what} ({error.strerror or error})", file=path) from None
-    if not stat.S_ISREG(mode):
-        raise DatasetFormatError(f"the {what} is {_kind(mode)}, not a regular file", file=path)
+    kind = special_kind(mode)
+    if kind is not None:
+        raise DatasetFormatError(f"the {what} is {kind}, not a regular file", file=path)
     return path
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a special file"
 
 
 class _DuplicateKey(Exception):
