@@ -543,6 +543,8 @@ class HSPNetPreTrainedModel(PreTrainedModel):
                 normalisation = {}
 
         labels = list(labels)
+        # the prompt buffers are sized by `set_prompts` below (up to the longest prompt): no (C, 77, W) placeholder
+        config_kwargs.setdefault("prompt_length", 1)
         config = HSPNetConfig(
             clip_config=clip_config,
             id2label=dict(enumerate(labels)),
