@@ -7,12 +7,17 @@ and is also the remote code saved next to the weights, so it imports only its si
 
 Reading order, top to bottom:
 
-1. `process_relation`: raw label/group similarity block -> fixed GCN adjacency.
+1. `process_relation`: raw label/group similarity block -> fixed GCN adjacency (and `_induced_adjacency` for label
+   sampling).
 2. `HSPNetGraphConvolution`, `HSPNetGCN`: the 3-layer GCN with a residual mix, shared by both levels.
-3. `encode_prompt_embeddings`: the frozen CLIP text tower run on prompt *embeddings* (EOS pooling + projection).
-4. `HSPNetPreTrainedModel`: init, freezing, saving (remote code, image processor), `from_clip`.
-5. `HSPNetModel`: image embeddings, label embeddings (with exact caches), logits.
-6. `HSPNetForImageClassification`: adds the loss and returns `ImageClassifierOutput`.
+3. `encode_prompt_embeddings`: the frozen CLIP text tower run on prompt *embeddings* (EOS pooling + projection);
+   `encode_shared_prefix_prompts`: the same for label prompts, each group's prefix run once, labels in chunks.
+4. Prompt tokenization helpers and `default_image_processor` (the authors' preprocessing).
+5. Outputs (`HSPNetClassifierOutput`, `HSPNetModelOutput`) and the text-side cache entries.
+6. `HSPNetPreTrainedModel`: init, freezing, saving (remote code, image processor), `from_clip`.
+7. `HSPNetModel`: setup (prompts, relation), the text-side cache (one rule, one compile-disabled call), the text side
+   (group features -> GCN -> meta-net -> label prompts -> GCN), image embeddings, logits.
+8. `HSPNetForImageClassification`: adds the loss (and label sampling in training) and returns the outputs.
 
 Shapes: `B` images, `C` labels, `G` groups, `D` joint embedding size (`projection_dim`), `W` text width,
 `L` prompt length (77), `n_ctx` context vectors per label prompt.

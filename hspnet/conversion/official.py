@@ -50,14 +50,7 @@ import torch.nn.functional as F
 from ..configuration_hspnet import HSPNetConfig
 from ..modeling_clip_resnet import HSPNetModifiedResNet
 from ..modeling_hspnet import HSPNetForImageClassification, default_image_processor
-from .openai_clip import (
-    ConversionError,
-    convert_openai_clip_state_dict,
-    count_indexed_keys,
-    load_clip_checkpoint_file,
-    map_openai_clip_weights,
-    read_torchscript_archive,
-)
+from .openai_clip import ConversionError, count_indexed_keys, load_clip_checkpoint_file, map_openai_clip_weights
 
 __all__ = [
     "ConversionError",
