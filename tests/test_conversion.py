@@ -244,8 +244,10 @@ def test_clip_token_table_lets_users_re_embed_prompts(official):
     stored = {name: getattr(base, name).clone() for name in ("group_prompt_embeds", "label_prompt_embeds",
                                                               "group_eos_positions", "label_eos_positions")}
     base.set_prompts(ToyTokenizer(64))  # what a user does after renaming labels: same prompts, same result
-    torch.testing.assert_close(base.group_prompt_embeds, stored["group_prompt_embeds"])
-    torch.testing.assert_close(base.label_prompt_embeds[:, 5:], stored["label_prompt_embeds"][:, 5:])
+    kept = base.config.prompt_length  # set_prompts keeps the prompts up to the last EOS (the tower is causal)
+    assert kept == 1 + max(stored["group_eos_positions"].max(), stored["label_eos_positions"].max())
+    torch.testing.assert_close(base.group_prompt_embeds, stored["group_prompt_embeds"][:, :kept])
+    torch.testing.assert_close(base.label_prompt_embeds[:, 5:], stored["label_prompt_embeds"][:, 5:kept])
     assert base.label_eos_positions.tolist() == stored["label_eos_positions"].tolist()
     assert base.group_eos_positions.tolist() == stored["group_eos_positions"].tolist()
     other, _, _ = build_official(LABELS, GROUPS, LABEL_TO_GROUP, seed=5)
