@@ -964,18 +964,19 @@ class HSPNetModel(HSPNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        label_indices: torch.Tensor | None = None,
+        score_indices: torch.Tensor | None = None,
         **kwargs,
     ) -> HSPNetModelOutput | tuple:
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
-            label_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels, computing the
-                text side for them alone (label sampling; see `compute_label_embeddings`).
+            score_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels, computing the
+                text side for them alone (label sampling; see `compute_label_embeddings`). Not named `label*`:
+                transformers' Trainer treats every forward argument with "label" in its name as a target.
             **kwargs: passed to the vision tower (e.g. `interpolate_pos_encoding=True` for the ViT tower).
         Returns:
             `HSPNetModelOutput` with `logits` `(B, C)`, `image_embeds` `(B, D)`, `label_embeds` `(C, D)` (`C'`
-            columns / rows with `label_indices`).
+            columns / rows with `score_indices`).
         """
         if pixel_values is None:
             raise ValueError("HSPNetModel.forward needs pixel_values.")
@@ -984,10 +985,10 @@ class HSPNetModel(HSPNetPreTrainedModel):
             vision_kwargs["output_hidden_states"] = True
         if output_attentions:
             vision_kwargs["output_attentions"] = True
-        if label_indices is None:
+        if score_indices is None:
             label_embeds = self.get_label_embeddings()  # first: the cache lookup is the one graph break under compile
         else:
-            label_embeds = self.compute_label_embeddings(label_indices=label_indices)
+            label_embeds = self.compute_label_embeddings(label_indices=score_indices)
         image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
         # at least float32 and outside autocast: bf16 logits keep ~3 significant digits, ties that change mAP
         dtype = torch.promote_types(image_embeds.dtype, torch.float32)
@@ -1048,7 +1049,7 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        label_indices: torch.Tensor | None = None,
+        score_indices: torch.Tensor | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
         """
@@ -1058,24 +1059,24 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
             epoch (`int`, *optional*): the current 0-based epoch, for losses that change with it (SPLC, LL-R);
                 otherwise the one given to `set_epoch`.
             indices (`torch.LongTensor` of shape `(B,)`, *optional*): training-set indices, for ROLE.
-            label_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels (e.g. a sample
+            score_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels (e.g. a sample
                 from `sample_labels`, for a loss computed by the caller with its `label_weights`); not together with
                 `labels`, which sample by themselves in training when `config.label_sample_size` is set.
             **kwargs: passed to the vision tower.
         Returns:
             `ImageClassifierOutput` with `logits` `(B, C)` and `loss` when `labels` are given.
         """
-        label_weights = None
+        label_indices, label_weights = score_indices, None
         if label_indices is not None and labels is not None:
             raise ValueError("HSPNetForImageClassification.forward: pass labels (the model computes the loss and "
-                             "samples labels itself) or label_indices (and compute the loss), not both")
+                             "samples labels itself) or score_indices (and compute the loss), not both")
         if labels is not None and self.training and self.config.label_sample_size is not None:
             label_indices, label_weights = self.sample_labels(labels)
         outputs = self.hspnet(
             pixel_values=pixel_values,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            label_indices=label_indices,
+            score_indices=label_indices,
             **kwargs,
         )
         logits = outputs.logits

@@ -1625,7 +1625,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                 targets, label_weights = batch["observed_labels"], None
                 if config.label_sample_size is not None:  # the text side for a sample of the labels only
                     label_indices, label_weights = unwrapped.sample_labels(targets, config.label_sample_size)
-                    logits = forward(pixel_values=batch["pixel_values"], label_indices=label_indices).logits
+                    logits = forward(pixel_values=batch["pixel_values"], score_indices=label_indices).logits
                     targets = targets if label_indices is None else targets[:, label_indices]
                 else:
                     logits = forward(pixel_values=batch["pixel_values"]).logits

@@ -218,3 +218,12 @@ def test_training_script_samples_labels(tmp_path, monkeypatch):
     assert len(results["test_per_class_AP"]) == 12  # evaluation scores every label
     with pytest.raises(ValueError, match="couples the labels"):
         train(TrainingConfig(**tiny_options(tmp_path / "epr", loss="epr", loss_kwargs={}, label_sample_size=3)))
+
+
+def test_the_trainer_sees_only_labels_as_targets():
+    # transformers' Trainer takes every forward argument with "label" in its name for a target
+    from transformers.utils import find_labels
+
+    from hspnet import HSPNetForImageClassification
+
+    assert find_labels(HSPNetForImageClassification) == ["labels"]
