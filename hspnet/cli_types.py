@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -19,24 +20,30 @@ def json_object(value: str) -> dict:
     return loaded
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+def number_type(kind: type, what: str, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: a finite `kind` (int or float) in `[low, high]` (`low` excluded with `low_open`); anything
+    else raises `expected <what>, got '<value>'`."""
+
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        bad = (
+            number is None
+            or (kind is float and not math.isfinite(number))
+            or (low is not None and (number < low or (low_open and number == low)))
+            or (high is not None and number > high)
+        )
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return number
+
+    return parse
 
 
-def probability(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
-    return number
+positive_int = number_type(int, "a positive integer", 1)
+probability = number_type(float, "a number in [0, 1]", 0.0, 1.0)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

@@ -41,7 +41,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from hspnet.cli_types import one_line, positive_int, probability, run_cli
+from hspnet.cli_types import number_type, one_line, positive_int, probability, run_cli
 from hspnet.images import MAX_IMAGE_PIXELS
 
 GRADIO_INSTALL_HINT = 'pip install -e ".[demo]"'
@@ -869,24 +869,8 @@ def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {value!r}") from None
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {value!r}")
-    return number
-
-
-def _megabytes(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in MB > 0, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a size in MB > 0, got {value!r}")
-    return number
+_port = number_type(int, "a port number 1-65535", 1, 65535)
+_megabytes = number_type(float, "a size in MB > 0", 0.0, low_open=True)
 
 
 def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:

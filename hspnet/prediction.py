@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from hspnet.cli_types import one_line, positive_int, probability, run_cli
+from hspnet.cli_types import number_type, one_line, positive_int, probability, run_cli
 from hspnet.files import atomic_write, refuse_inputs_as_output, special_kind
 from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, open_image
 
@@ -711,13 +711,8 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _pixel_limit(value: str) -> int | None:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels (0: no limit of ours), got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels (0: no limit of ours), got {value!r}")
-    return number or None
+    """`--max_image_pixels`: a number of pixels, 0 for no limit of ours (None)."""
+    return number_type(int, "a number of pixels (0: no limit of ours)", 0)(value) or None
 
 
 def resolve_device(device: str | None):
