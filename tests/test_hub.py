@@ -25,7 +25,7 @@ import yaml
 from hspnet import hub
 from hspnet.hub import HubUploader
 from hspnet.training import BEST_MARKER_NAME, TrainingConfig, model_files, train
-from tests.test_training import REPO, as_argv, run_script, tiny_options
+from tests.test_training import REPO, as_argv, free_port, run_script, tiny_options
 from tests.test_training_reliability import error_line, run_main
 
 MODEL_FILES = {"config.json", "model.safetensors", "configuration_hspnet.py", "modeling_hspnet.py", "losses.py",
@@ -550,7 +550,8 @@ def test_only_the_main_process_uploads_in_a_distributed_run(tmp_path):
     options = hub_options(tmp_path, epochs=1, schedule_epochs=1, hub_strategy="checkpoint", checkpointing_steps="2",
                           with_tracking=True)
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]
     result = run_script([str(script)] + as_argv(options), launcher=launcher, env_extra={"ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 0, result.stderr[-4000:]
     calls = {rank: json.loads((tmp_path / f"calls-{rank}.json").read_text()) for rank in ("0", "1")}

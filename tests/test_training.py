@@ -57,6 +57,16 @@ def as_argv(options):
     return argv
 
 
+def free_port() -> int:
+    """A free loopback port for a multi-process run's rendezvous (not accelerate's fixed 29500, which another run on
+    the machine may hold)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_script(args, env_extra=None, timeout=600, launcher=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env.update(env_extra or {})
@@ -368,7 +378,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
     options = tiny_options(tmp_path, epochs=1, schedule_epochs=1, evaluate_before_training=False,
                            checkpointing_steps="None")
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]
     result = run_script([TRAIN] + as_argv(options), launcher=launcher, env_extra={"ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 0, result.stderr[-4000:]
     out = tmp_path / "out"

@@ -32,7 +32,7 @@ from hspnet.training import (
     settings_differences,
     train,
 )
-from tests.test_training import REPO, TRAIN, as_argv, run_script, tiny_options
+from tests.test_training import REPO, TRAIN, as_argv, free_port, run_script, tiny_options
 
 STEPS_PER_EPOCH = 6  # tiny_options: 60 demo images, 25 % held out -> 45 training images, batch 8 -> 6 steps
 
@@ -215,7 +215,8 @@ def test_locked_output_dir_stops_every_process_of_a_distributed_run(tmp_path):
     """Only the main process takes the lock; the other one learns that it failed instead of waiting forever."""
     holder = hold_lock(tmp_path / "out")
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]
     try:
         start = time.time()
         result = run_script([TRAIN] + as_argv(tiny_options(tmp_path)), launcher=launcher, timeout=300,
