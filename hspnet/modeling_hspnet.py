@@ -439,8 +439,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         elif isinstance(module, HSPNetCLIPResNet):
             init.constant_(module.logit_scale, self.config.clip_config.logit_scale_init_value)
         elif isinstance(module, HSPNetModel):  # filled by `from_clip` / loading; zeros until then
-            for name in ("relation", "group_prompt_embeds", "label_prompt_embeds", "group_eos_positions",
-                         "label_eos_positions"):
+            for name in module.constant_buffers:
                 init.zeros_(getattr(module, name))
 
     @classmethod
@@ -603,6 +602,10 @@ class HSPNetModel(HSPNetPreTrainedModel):
 
     Under `torch.compile` the cache bookkeeping runs outside the compiled graph (one graph break per forward pass).
     """
+
+    # Buffers fixed when the model is built (prompts, relation): loaded, never trained or averaged (EMA).
+    constant_buffers = ("relation", "group_prompt_embeds", "label_prompt_embeds", "group_eos_positions",
+                        "label_eos_positions")
 
     def __init__(self, config: HSPNetConfig):
         super().__init__(config)
