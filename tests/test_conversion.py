@@ -60,6 +60,16 @@ def files(official, tmp_path_factory):
     return folder
 
 
+def front_matter(card: str) -> dict:
+    """The YAML block between the first two `---` lines of a model card, parsed by a YAML library."""
+    import yaml
+
+    assert card.startswith("---\n"), card[:40]
+    block, rest = card[4:].split("\n---\n", 1)
+    assert rest.strip(), "the card has a body"
+    return yaml.safe_load(block)
+
+
 def pixels(n=3, seed=1):
     return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
 
@@ -106,6 +116,8 @@ def test_end_to_end_folder_loads_and_has_a_model_card(official, files, tmp_path)
                      "modeling_hspnet.py", "preprocessor_config.json"]
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
+    metadata = front_matter(card)  # no built-in dataset: no published result, so no model-index
+    assert set(metadata) == {"library_name", "pipeline_tag", "tags", "metrics"}, metadata
     for needle in ("metrics:", "Wang", "ACM Multimedia 2023", "jameslahm/HSPNet", "hspnet+toy.ckpt", "SHA-256"):
         assert needle in card, needle
     record = json.loads((out / "conversion.json").read_text())
@@ -141,6 +153,24 @@ def test_command_line(files, tmp_path, capsys):
     assert rc == 1 and "relation file" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_push_to_hub_uploads_the_folder_in_one_commit(files, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: calls.append(("repo", repo_id, kw))
+                        or RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", lambda api, repo_id, operations, **kw: calls.append(
+        ("commit", repo_id, sorted(op.path_in_repo for op in operations))))
+    out = tmp_path / "out"
+    rc = _cli().main([str(files / "hspnet+toy.ckpt"), str(out), "--hierarchy", str(files / "hierarchy.json"),
+                      "--relation", str(files / "relation.npy"), "--push-to-hub", "me/hspnet-toy", "--private"])
+    assert rc == 0, capsys.readouterr().err
+    assert [call[0] for call in calls] == ["repo", "commit"] and calls[0][2]["private"] is True
+    assert calls[1][1] == "me/hspnet-toy" and calls[1][2] == sorted(p.name for p in out.iterdir())
+    assert "conversion.json" in calls[1][2] and "README.md" in calls[1][2]
+
+
 def test_builtin_dataset_inferred_from_the_label_count(tmp_path):
     from hspnet.data import builtin_hierarchy
 
@@ -154,6 +184,12 @@ def test_builtin_dataset_inferred_from_the_label_count(tmp_path):
     assert config.loss_kwargs == {"change_epoch": 2}
     card = (tmp_path / "hspnet-voc" / "README.md").read_text()
     assert "90.4" in card and "PASCAL VOC 2012" in card and "releases/download/v1.0/hspnet+voc.ckpt" in card
+    metadata = front_matter(card)
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-classification"
+    assert "hspnet" in metadata["tags"] and metadata["datasets"] == ["pascal_voc"]
+    (result,) = metadata["model-index"][0]["results"]
+    assert result["dataset"] == {"type": "pascal_voc", "name": "PASCAL VOC 2012"}
+    assert [(m["type"], m["value"]) for m in result["metrics"]] == [("mAP", 90.4)]  # the paper's VOC result
     _, small, rel = build_official(LABELS, GROUPS, LABEL_TO_GROUP)
     torch.save(small.state_dict(), tmp_path / "small.ckpt")
     with pytest.raises(ConversionError, match="has 6 label prompts but coco has 80"):

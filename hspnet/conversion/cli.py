@@ -33,6 +33,9 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "re-implementation of the official forward on random images and print the largest difference")
     parser.add_argument("--verify-images", type=int, default=2, help="number of random images for --verify")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload the folder to this Hub repository "
+                        "(model files and card, in one commit; the token comes from `hf auth login` or HF_TOKEN)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     return parser
 
 
@@ -43,6 +46,12 @@ def run(args: argparse.Namespace) -> None:
     run_conversion(args.checkpoint, args.output_dir, dataset=args.dataset, relation=args.relation,
                    hierarchy=args.hierarchy, clip_weights=args.clip_weights, verify=args.verify,
                    verify_images=args.verify_images, overwrite=args.overwrite)
+    if args.push_to_hub:
+        from ..hub import push_folder_to_hub
+
+        repo_id = push_folder_to_hub(args.output_dir, args.push_to_hub, private=args.private,
+                                     commit_message=f"Upload HSPNet converted from {os.path.basename(args.checkpoint)}")
+        print(f"Pushed {args.output_dir} to https://huggingface.co/{repo_id}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = "hspnet convert") -> int:

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from ..configuration_hspnet import HSPNetConfig
+from ..files import write_json, write_text
+from ..hub import card_metadata, model_index, render_card
 from ..modeling_clip_resnet import HSPNetModifiedResNet
 from ..modeling_hspnet import HSPNetForImageClassification, default_image_processor
 from .openai_clip import ConversionError, count_indexed_keys, load_clip_checkpoint_file, map_openai_clip_weights
@@ -729,44 +731,22 @@ def model_card(
     verify: dict[str, float] | None = None,
     model_path: str = "PATH/TO/THIS/FOLDER",
 ) -> str:
-    """README.md for a converted checkpoint: YAML metadata, credit to the authors, source checkpoint and its
-    published mAP, how it was converted and how to use it."""
+    """README.md for a converted checkpoint: YAML metadata (through :mod:`hspnet.hub`, the one card builder; a
+    ``model-index`` with the authors' published mAP), credit to the authors, source checkpoint and its published mAP,
+    how it was converted and how to use it."""
     info = PUBLISHED_CHECKPOINTS.get(dataset or "", {})
     published = info.get("map")
     title = info.get("title", dataset or "custom")
-    meta = {
-        "library_name": "transformers",
-        "pipeline_tag": "image-classification",
-        "tags": ["hspnet", "clip", "multi-label-image-classification", "single-positive-multi-label", "custom_code"],
-    }
-    lines = ["---"]
-    for key, value in meta.items():
-        if isinstance(value, list):
-            lines.append(f"{key}:")
-            lines.extend(f"- {item}" for item in value)
-        else:
-            lines.append(f"{key}: {value}")
-    if info:
-        lines += ["datasets:", f"- {info['hub_dataset']}"]
-    lines += ["metrics:", "- map"]
+    index = None
     if published is not None:
-        lines += [
-            "model-index:",
-            f"- name: HSPNet ({title}, CLIP RN50)",
-            "  results:",
-            "  - task:",
-            "      type: image-classification",
-            "      name: Multi-label image classification (single positive labels)",
-            "    dataset:",
-            f"      type: {info['hub_dataset']}",
-            f"      name: {title}",
-            "    metrics:",
-            "    - type: map",
-            f"      value: {published}",
-            "      name: mAP (published by the authors, not re-measured here)",
-        ]
-    lines.append("---")
-    card = "\n".join(lines) + "\n\n"
+        index = model_index(
+            f"HSPNet ({title}, CLIP RN50)", dataset_type=info["hub_dataset"], dataset_name=title,
+            task_name="Multi-label image classification (single positive labels)",
+            metrics=[{"type": "mAP", "value": published,
+                      "name": "mAP (published by the authors, not re-measured here)"}],
+        )
+    metadata = card_metadata(datasets=[info["hub_dataset"]] if info else None, metrics=["mAP"], model_index=index)
+    card = ""
     card += f"# HSPNet on {title} (CLIP RN50), converted from the authors' checkpoint\n\n"
     card += (
         "HSPNet is the method of **Ao Wang, Hui Chen, Zijia Lin, Zixuan Ding, Pengzhang Liu, Yongjun Bao, Weipeng Yan "
@@ -823,7 +803,7 @@ def model_card(
         "  pages={5594--5604},\n"
         "  year={2023}\n}\n```\n"
     )
-    return card
+    return render_card(metadata, card)
 
 
 def save_converted_model(
@@ -837,8 +817,7 @@ def save_converted_model(
     README.md and `conversion.json` (architecture, derived EOS positions, dropped keys, checks)."""
     output_dir = os.fspath(output_dir)
     model.save_pretrained(output_dir)
-    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
-        handle.write(card)
+    write_text(os.path.join(output_dir, "README.md"), card)
     if report is not None:
         record = {
             "architecture": report.architecture,
@@ -850,8 +829,7 @@ def save_converted_model(
             "token_table": report.token_table,
             **(extra or {}),
         }
-        with open(os.path.join(output_dir, "conversion.json"), "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=1)
+        write_json(os.path.join(output_dir, "conversion.json"), record, indent=1)
     return output_dir
 
 
