@@ -5,7 +5,7 @@ functions behind `scripts/evaluate.py`.
   written by ``save_prepared_dataset`` / ``datasets_scripts``), one split, optionally truncated;
 - :class:`ZeroShotCLIPClassifier`: plain CLIP as a multi-label classifier, ``logit_scale * norm(image) @
   norm(text).T`` with the prompts ``"a photo of a {label}."`` (text embeddings computed once), whose
-  ``forward(pixel_values=...)`` returns ``.logits`` like the HSPNet model, so :func:`hspnet.training.evaluate_model`
+  ``forward(pixel_values=...)`` returns ``.logits`` like the HSPNet model, so :func:`hspnet.engine.evaluate_model`
   runs both; :func:`zero_shot_logits` is the formula;
 - :func:`resolve_zero_shot_clip` / :func:`load_zero_shot_clip`: which CLIP to use for the baseline (by default the
   one recorded as ``base_model`` in the model card that training writes);
@@ -56,6 +56,7 @@ from hspnet.prediction import (
     load_image,
     write_output,
 )
+from hspnet.tiny_clip import TINY_RANDOM
 
 logger = logging.getLogger("hspnet.evaluate")
 
@@ -66,7 +67,6 @@ ZERO_SHOT_NOTE = (
 )
 METRIC_ORDER = ("mAP", "mAP_tie_aware", "CP", "CR", "CF1", "mean_class_F1", "OP", "OR", "OF1")
 NO_ZERO_SHOT = ("none", "no", "off", "false", "skip", "")
-TINY_RANDOM = "tiny-random"
 OUTPUT_FILES = ("metrics.json", "per_class_ap.csv", "per_class_ap.md", "report.png")
 MAX_BARS = 60
 """At most this many per-class AP bars in ``report.png``: with more classes, the ``MAX_BARS // 2`` best and worst
@@ -305,10 +305,9 @@ def load_zero_shot_clip(name: str, seed: int = 0):
     import hspnet  # noqa: F401  (so that an HSPNet folder is recognised and refused by name)
 
     if name == TINY_RANDOM:
-        from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_image_processor, tiny_clip_model
+        from hspnet.tiny_clip import load_tiny_random
 
-        clip = tiny_clip_model(seed=seed)
-        return clip, byte_level_clip_tokenizer(), tiny_clip_image_processor(clip.config.vision_config.image_size)
+        return load_tiny_random(seed)
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name).strip():
         raise ValueError(f"the zero-shot CLIP must be a folder, a Hub id or {TINY_RANDOM!r}, got {name!r}")
     name = os.fspath(name)
@@ -681,7 +680,7 @@ def _evaluate(model, data, image_processor, permutation, num_labels, accelerator
               description, threshold, top_k):
     from torch.utils.data import DataLoader
 
-    from hspnet.training import collate, evaluate_model
+    from hspnet.engine import collate, evaluate_model
 
     data = _undecoded(data).select_columns(["image", "labels"])
     loader = DataLoader(data.with_transform(make_eval_transform(image_processor, num_labels, permutation)),

@@ -24,6 +24,9 @@ try:  # transformers 5: the PIL backend needs no torchvision; same saved config
 except ImportError:  # pragma: no cover
     from transformers import CLIPImageProcessor
 
+# the name that stands for the tiny random CLIP wherever a CLIP checkpoint is asked for (--clip_model,
+# --zero_shot_clip): rebuilt from a seed, nothing is read from disk
+TINY_RANDOM = "tiny-random"
 BOS_TOKEN_ID = 512
 EOS_TOKEN_ID = 513
 VOCAB_SIZE = 514
@@ -107,3 +110,10 @@ def save_tiny_clip(path: str | os.PathLike, seed: int = 0, **config_kwargs) -> s
     byte_level_clip_tokenizer().save_pretrained(path)
     tiny_clip_image_processor(model.config.vision_config.image_size).save_pretrained(path)
     return path
+
+
+def load_tiny_random(seed: int = 0) -> tuple[CLIPModel, CLIPTokenizer, CLIPImageProcessor]:
+    """What the name :data:`TINY_RANDOM` loads: ``(clip_model, tokenizer, image_processor)`` of the tiny random CLIP
+    built with ``seed``, as ``from_pretrained`` would give them for a CLIP checkpoint folder."""
+    clip = tiny_clip_model(seed=seed)
+    return clip, byte_level_clip_tokenizer(), tiny_clip_image_processor(clip.config.vision_config.image_size)

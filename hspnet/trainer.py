@@ -9,7 +9,7 @@
 - the **targets**: `labels` is the `(B, C)` float multi-hot of the OBSERVED labels for training (the single
   positive) and of ALL labels for evaluation; :func:`prepare_trainer_datasets` turns a dataset of this project (columns
   `image`, `labels`, `observed_labels`) into such examples, in the model's label order, with the authors' image
-  preprocessing (`hspnet.training.make_transform`, as in `scripts/train.py`);
+  preprocessing (`hspnet.engine.make_transform`, as in `scripts/train.py`);
 - the **sample index**, for ROLE's per-image label estimates: the training examples carry `indices` (the row in the
   training split), which :class:`HSPNetDataCollator` stacks into a `LongTensor`.
 
@@ -120,12 +120,12 @@ class HSPNetTrainerDataset(Dataset):
     `targets` names the column that becomes `labels`: `"observed_labels"` (the single positives, for training) or
     `"labels"` (all positives, for evaluation). `indices` is the row in this split (ROLE's training-set index); it is
     included by default for observed targets. Images are read and preprocessed on access by
-    `hspnet.training.make_transform` (EXIF orientation, 16-bit images, RGB, then `image_processor`), as in
+    `hspnet.engine.make_transform` (EXIF orientation, 16-bit images, RGB, then `image_processor`), as in
     `scripts/train.py`. A plain `torch` dataset, so the Trainer's `remove_unused_columns` leaves it alone."""
 
     def __init__(self, split, image_processor, num_labels: int, targets: str = "observed_labels",
                  with_indices: bool | None = None, permutation: Sequence[int] | None = None):
-        from hspnet.training import make_transform
+        from hspnet.engine import make_transform
 
         if targets not in ("observed_labels", "labels"):
             raise ValueError(f"targets must be 'observed_labels' or 'labels', got {targets!r}")

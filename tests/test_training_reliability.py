@@ -117,7 +117,7 @@ def test_training_transform_scales_16_bit_and_float_images_and_applies_exif(tmp_
     from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, List
     from PIL import Image
 
-    from hspnet.training import make_transform
+    from hspnet.engine import make_transform
 
     # 16-bit grey 25700 = 100 * 257 -> 100 in 8 bits; float 0.2 -> 0.2 * 255 = 51; convert("RGB") alone gives 255 / 0
     Image.fromarray(np.full((4, 5), 25700, dtype=np.uint16)).save(tmp_path / "grey16.png")
