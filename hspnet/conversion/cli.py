@@ -41,7 +41,7 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .official import run_conversion
+    from .folder import run_conversion
 
     run_conversion(args.checkpoint, args.output_dir, dataset=args.dataset, relation=args.relation,
                    hierarchy=args.hierarchy, clip_weights=args.clip_weights, verify=args.verify,

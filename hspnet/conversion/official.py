@@ -5,9 +5,9 @@ The authors (Wang et al., ACM MM 2023; github.com/jameslahm/HSPNet) released ``h
 ``hspnet+voc.ckpt`` and ``hspnet+nuswide.ckpt``: each is ``torch.save(model.state_dict())`` of their ``HSPNet`` module
 on CLIP RN50 (a plain pickled state dict). :func:`convert_official_checkpoint` turns one, together with the dataset's
 label hierarchy and the authors' relation file (not part of the checkpoint), into an :class:`HSPNetForImageClassification`
-whose logits equal those of the official model; :func:`save_converted_model` writes a complete Hugging Face folder
-(config, safetensors, remote code, image processor, model card). The command-line front end is
-``scripts/convert_official_checkpoint.py``.
+whose logits equal those of the official model. The other steps live beside this module: ``verify.py`` (the one
+re-implementation of the official forward, for ``--verify``), ``folder.py`` (the Hugging Face folder, its model card
+and the end-to-end :func:`run_conversion`), ``cli.py`` (``hspnet convert``).
 
 Key mapping (official -> this package, all under ``hspnet.``)::
 
@@ -37,19 +37,14 @@ checkpoint's own tensors rather than what a re-tokenization would produce.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..configuration_hspnet import HSPNetConfig
-from ..files import write_json, write_text
-from ..hub import card_metadata, model_index, render_card
 from ..modeling_clip_resnet import HSPNetModifiedResNet
 from ..modeling_hspnet import HSPNetForImageClassification, default_image_processor
 from .openai_clip import ConversionError, count_indexed_keys, load_clip_checkpoint_file, map_openai_clip_weights
@@ -59,19 +54,14 @@ __all__ = [
     "ConversionReport",
     "PUBLISHED_CHECKPOINTS",
     "check_official_layout",
-    "find_relation_file",
-    "run_conversion",
-    "sha256_of",
     "convert_official_checkpoint",
     "convert_official_state_dict",
     "find_eos_positions",
     "infer_official_architecture",
     "load_official_checkpoint",
-    "model_card",
+    "load_relation",
     "official_checkpoint_layout",
-    "official_logits",
-    "save_converted_model",
-    "verify_conversion",
+    "resolve_hierarchy",
 ]
 
 AUTHORS_REPO = "https://github.com/jameslahm/HSPNet"
@@ -338,7 +328,7 @@ class ConversionReport:
     token_table: str = "empty"
 
 
-def _hierarchy(dataset: str | None, hierarchy: Any, num_labels: int) -> tuple[str | None, list, list, list]:
+def resolve_hierarchy(dataset: str | None, hierarchy: Any, num_labels: int) -> tuple[str | None, list, list, list]:
     """(dataset, labels, groups, label_to_group) from an explicit hierarchy or a built-in one."""
     if hierarchy is None:
         if dataset is None:
@@ -359,7 +349,7 @@ def _hierarchy(dataset: str | None, hierarchy: Any, num_labels: int) -> tuple[st
     return dataset, list(labels), list(groups), [int(g) for g in label_to_group]
 
 
-def _load_relation(relation: Any) -> torch.Tensor:
+def load_relation(relation: Any) -> torch.Tensor:
     if isinstance(relation, (str, os.PathLike)):
         import numpy as np
 
@@ -397,14 +387,14 @@ def convert_official_state_dict(
     """
     arch = infer_official_architecture(state)
     check_official_layout(state, official_checkpoint_layout(arch, vision_heads))
-    dataset, labels, groups, label_to_group = _hierarchy(dataset, hierarchy, arch["num_labels"])
+    dataset, labels, groups, label_to_group = resolve_hierarchy(dataset, hierarchy, arch["num_labels"])
     C, G, n_ctx, W = arch["num_labels"], arch["num_groups"], arch["n_ctx"], arch["text_width"]
     if (len(labels), len(groups)) != (C, G):
         raise ConversionError(
             f"The checkpoint has {C} label prompts and {G} group prompts, but the hierarchy"
             f"{f' of {dataset!r}' if dataset else ''} has {len(labels)} labels and {len(groups)} groups."
         )
-    relation = _load_relation(relation)
+    relation = load_relation(relation)
     if tuple(relation.shape) != (C + G, C + G):
         raise ConversionError(
             f"The relation matrix has shape {tuple(relation.shape)}, expected {(C + G, C + G)} ({C} labels followed by "
@@ -535,387 +525,3 @@ def convert_official_checkpoint(
     model, report = convert_official_state_dict(state, relation, dataset=dataset, hierarchy=hierarchy,
                                                 clip_weights=clip_weights, **kwargs)
     return model, report, state
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# A direct re-implementation of the official forward, on the checkpoint's own tensors
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _official_adjacency(block: torch.Tensor, keep_ratio: float = 0.75, p: float = 0.2) -> torch.Tensor:
-    """The authors' `split`: keep the top `int(keep_ratio * n)` per row, zero the diagonal, rescale rows to `p`,
-    put `1 - p` on the diagonal."""
-    block = block.clone()
-    n = block.shape[0]
-    _, top = torch.topk(block, int(keep_ratio * n), dim=1)
-    keep = torch.zeros_like(block, dtype=torch.bool).scatter_(1, top, True)
-    block[~keep] = 0
-    eye = torch.eye(n, dtype=torch.bool)
-    block[eye] = 0
-    block = block / block.sum(dim=1, keepdim=True) * p
-    block[eye] = 1 - p
-    return block
-
-
-def _official_image_features(get, pixel_values: torch.Tensor, layers: list[int], heads: int) -> torch.Tensor:
-    def norm(x, name):
-        return F.batch_norm(x, get(name + ".running_mean"), get(name + ".running_var"), get(name + ".weight"),
-                            get(name + ".bias"), training=False, eps=1e-5)
-
-    x = pixel_values
-    for index, stride in ((1, 2), (2, 1), (3, 1)):
-        x = F.relu(norm(F.conv2d(x, get(f"image_encoder.conv{index}.weight"), stride=stride, padding=1),
-                        f"image_encoder.bn{index}"))
-    x = F.avg_pool2d(x, 2)
-    for stage, blocks in enumerate(layers, start=1):
-        for block in range(blocks):
-            p = f"image_encoder.layer{stage}.{block}."
-            stride = 2 if (stage > 1 and block == 0) else 1
-            y = F.relu(norm(F.conv2d(x, get(p + "conv1.weight")), p + "bn1"))
-            y = F.relu(norm(F.conv2d(y, get(p + "conv2.weight"), padding=1), p + "bn2"))
-            if stride > 1:
-                y = F.avg_pool2d(y, stride)
-            y = norm(F.conv2d(y, get(p + "conv3.weight")), p + "bn3")
-            if get(p + "downsample.0.weight", optional=True) is not None:
-                shortcut = F.avg_pool2d(x, stride) if stride > 1 else x
-                shortcut = norm(F.conv2d(shortcut, get(p + "downsample.0.weight")), p + "downsample.1")
-            else:
-                shortcut = x
-            x = F.relu(y + shortcut)
-    # attention pool, with torch's reference multi-head attention over all positions, keeping position 0
-    tokens = x.flatten(2).permute(2, 0, 1)  # (hw, B, E)
-    tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens]) + get("image_encoder.attnpool.positional_embedding")[:, None]
-    a = "image_encoder.attnpool."
-    out, _ = F.multi_head_attention_forward(
-        tokens, tokens, tokens, tokens.shape[-1], heads,
-        in_proj_weight=None,
-        in_proj_bias=torch.cat([get(a + "q_proj.bias"), get(a + "k_proj.bias"), get(a + "v_proj.bias")]),
-        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-        out_proj_weight=get(a + "c_proj.weight"), out_proj_bias=get(a + "c_proj.bias"),
-        training=False, need_weights=False, use_separate_proj_weight=True,
-        q_proj_weight=get(a + "q_proj.weight"), k_proj_weight=get(a + "k_proj.weight"),
-        v_proj_weight=get(a + "v_proj.weight"),
-    )
-    return out[0]
-
-
-def _official_text_features(get, prompts: torch.Tensor, eos: torch.Tensor, layers: int, heads: int) -> torch.Tensor:
-    length, width = prompts.shape[1], prompts.shape[2]
-    x = (prompts + get("text_encoder.positional_embedding")).permute(1, 0, 2)  # (L, N, W)
-    mask = torch.full((length, length), float("-inf"), dtype=x.dtype).triu_(1)
-    for i in range(layers):
-        p = f"text_encoder.transformer.resblocks.{i}."
-        h = F.layer_norm(x, (width,), get(p + "ln_1.weight"), get(p + "ln_1.bias"), eps=1e-5)
-        attended, _ = F.multi_head_attention_forward(
-            h, h, h, width, heads, get(p + "attn.in_proj_weight"), get(p + "attn.in_proj_bias"), None, None, False,
-            0.0, get(p + "attn.out_proj.weight"), get(p + "attn.out_proj.bias"), training=False, need_weights=False,
-            attn_mask=mask,
-        )
-        x = x + attended
-        h = F.layer_norm(x, (width,), get(p + "ln_2.weight"), get(p + "ln_2.bias"), eps=1e-5)
-        h = F.linear(h, get(p + "mlp.c_fc.weight"), get(p + "mlp.c_fc.bias"))
-        x = x + F.linear(h * torch.sigmoid(1.702 * h), get(p + "mlp.c_proj.weight"), get(p + "mlp.c_proj.bias"))
-    x = F.layer_norm(x.permute(1, 0, 2), (width,), get("text_encoder.ln_final.weight"),
-                     get("text_encoder.ln_final.bias"), eps=1e-5)
-    return x[torch.arange(x.shape[0]), eos] @ get("text_encoder.text_projection")
-
-
-@torch.no_grad()
-def official_logits(
-    state: dict[str, torch.Tensor],
-    relation: Any,
-    label_to_group: list[int],
-    pixel_values: torch.Tensor,
-    group_eos_positions: torch.Tensor,
-    label_eos_positions: torch.Tensor,
-    dtype: torch.dtype = torch.float64,
-    text_heads: int | None = None,
-    vision_heads: int | None = None,
-    keep_ratio: float = 0.75,
-    reweight_p: float = 0.2,
-) -> torch.Tensor:
-    """The official HSPNet forward (eval mode) computed directly from the official state dict with torch functional
-    ops: image encoder -> normalise; parent prompts -> text encoder -> GCN (group adjacency) -> meta-net -> child
-    prompts -> text encoder -> the same GCN (label adjacency) -> normalise; `10 * image @ text.T`."""
-
-    def get(key, optional=False):
-        if optional and key not in state:
-            return None
-        return state[key].to(dtype)
-
-    arch = infer_official_architecture(state)
-    C, n_ctx, W = arch["num_labels"], arch["n_ctx"], arch["text_width"]
-    text_heads = text_heads or max(1, W // 64)
-    vision_heads = vision_heads or 32 * arch["resnet_width"] // 64
-    relation = _load_relation(relation).to(dtype)
-    label_adjacency = _official_adjacency(relation[:C, :C], keep_ratio, reweight_p)
-    group_adjacency = _official_adjacency(relation[C:, C:], keep_ratio, reweight_p)
-
-    def gcn(x, adjacency):
-        h = F.leaky_relu(adjacency @ (x @ get("gcn.gc1.weight")), 0.2)
-        h = F.leaky_relu(adjacency @ (h @ get("gcn.gc2.weight")), 0.2)
-        h = adjacency @ (h @ get("gcn.gc3.weight"))
-        gamma = get("gcn.gamma")
-        return gamma * h + (1 - gamma) * x
-
-    image = _official_image_features(get, pixel_values.to(dtype), arch["resnet_layers"], vision_heads)
-    image = image / image.norm(dim=-1, keepdim=True)
-    parent = _official_text_features(get, get(PARENT_PREFIX + "embedding"), group_eos_positions, arch["text_layers"],
-                                     text_heads)
-    parent = gcn(parent, group_adjacency)
-    context = F.linear(F.relu(F.linear(parent, get(CHILD_PREFIX + "meta_net.linear1.weight"),
-                                       get(CHILD_PREFIX + "meta_net.linear1.bias"))),
-                       get(CHILD_PREFIX + "meta_net.linear2.weight"), get(CHILD_PREFIX + "meta_net.linear2.bias"))
-    context = context[torch.as_tensor(label_to_group, dtype=torch.long)].reshape(C, n_ctx, W)
-    child = torch.cat([get(CHILD_PREFIX + "token_prefix"), context, get(CHILD_PREFIX + "token_suffix")], dim=1)
-    text = _official_text_features(get, child, label_eos_positions, arch["text_layers"], text_heads)
-    text = gcn(text, label_adjacency)
-    text = text / text.norm(dim=-1, keepdim=True)
-    return 10 * image @ text.T
-
-
-@torch.no_grad()
-def verify_conversion(
-    model: HSPNetForImageClassification,
-    state: dict[str, torch.Tensor],
-    relation: Any,
-    report: ConversionReport,
-    num_images: int = 2,
-    seed: int = 0,
-    float64: bool = True,
-) -> dict[str, float]:
-    """Run the converted model and `official_logits` (float64) on `num_images` random images and return the largest
-    absolute logit differences: `float32` (the converted model as saved) and, if `float64`, `float64` (a float64 copy
-    of the converted model, which isolates mapping errors from float32 rounding)."""
-    size = model.config.image_size
-    generator = torch.Generator().manual_seed(seed)
-    pixel_values = torch.randn(num_images, 3, size, size, generator=generator)
-    reference = official_logits(
-        state, relation, model.config.label_to_group, pixel_values, report.group_eos_positions,
-        report.label_eos_positions, text_heads=model.config.clip_config.text_config.num_attention_heads,
-        vision_heads=model.config.resnet_heads,
-    )
-    model = model.eval()
-    result = {"float32": float((model(pixel_values=pixel_values).logits.double() - reference).abs().max())}
-    if float64:
-        import copy
-
-        model64 = copy.deepcopy(model).double()
-        logits = model64(pixel_values=pixel_values.double()).logits
-        result["float64"] = float((logits - reference).abs().max())
-        del model64
-    result["max_abs_logit"] = float(reference.abs().max())
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Saving: HF folder + model card
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def model_card(
-    config: HSPNetConfig,
-    dataset: str | None,
-    checkpoint_name: str,
-    checkpoint_sha256: str | None = None,
-    relation_name: str | None = None,
-    report: ConversionReport | None = None,
-    verify: dict[str, float] | None = None,
-    model_path: str = "PATH/TO/THIS/FOLDER",
-) -> str:
-    """README.md for a converted checkpoint: YAML metadata (through :mod:`hspnet.hub`, the one card builder; a
-    ``model-index`` with the authors' published mAP), credit to the authors, source checkpoint and its published mAP,
-    how it was converted and how to use it."""
-    info = PUBLISHED_CHECKPOINTS.get(dataset or "", {})
-    published = info.get("map")
-    title = info.get("title", dataset or "custom")
-    index = None
-    if published is not None:
-        index = model_index(
-            f"HSPNet ({title}, CLIP RN50)", dataset_type=info["hub_dataset"], dataset_name=title,
-            task_name="Multi-label image classification (single positive labels)",
-            metrics=[{"type": "mAP", "value": published,
-                      "name": "mAP (published by the authors, not re-measured here)"}],
-        )
-    metadata = card_metadata(datasets=[info["hub_dataset"]] if info else None, metrics=["mAP"], model_index=index)
-    card = ""
-    card += f"# HSPNet on {title} (CLIP RN50), converted from the authors' checkpoint\n\n"
-    card += (
-        "HSPNet is the method of **Ao Wang, Hui Chen, Zijia Lin, Zixuan Ding, Pengzhang Liu, Yongjun Bao, Weipeng Yan "
-        "and Guiguang Ding**, *Hierarchical Prompt Learning Using CLIP for Multi-label Classification with Single "
-        f"Positive Labels*, ACM Multimedia 2023 ([paper]({PAPER_URL}), [code]({AUTHORS_REPO})). The weights in this "
-        "folder are the authors' trained weights; all credit for them goes to the authors. This folder only "
-        "re-packages them for the Hugging Face stack (the `hspnet` package); it was not retrained.\n\n"
-    )
-    card += "## Source\n\n"
-    card += f"- Checkpoint: `{checkpoint_name}`"
-    if info and checkpoint_name == info["checkpoint"] and info.get("released", True):  # the CUB link is empty upstream
-        card += f" ({RELEASE_URL.format(checkpoint=checkpoint_name)})"
-    card += "\n"
-    if checkpoint_sha256:
-        card += f"- SHA-256 of the checkpoint file: `{checkpoint_sha256}`\n"
-    if published is not None:
-        card += f"- Published result: **{published} mAP** on the {title} test set (authors' README / paper)\n"
-    if relation_name:
-        card += f"- Label/group relation matrix: `{relation_name}` (the authors' file; stored in the weights)\n"
-    card += (
-        f"- Labels: {config.num_labels}, groups: {config.num_groups}; backbone CLIP RN50 "
-        f"(image {config.image_size}x{config.image_size}, embedding {config.projection_dim})\n\n"
-    )
-    card += "## Conversion\n\n"
-    card += (
-        "Converted with `scripts/convert_official_checkpoint.py` of the `hspnet` package. Every tensor of the "
-        "checkpoint is mapped (image encoder, text encoder, meta-net, GCN, stored prompt embeddings); the unused "
-        "parent context vector and the parent prompt pieces that duplicate the stored parent prompts are dropped. The "
-        "prompts' EOS positions are derived from the stored prompt embeddings. "
-    )
-    if report is not None:
-        card += f"Token embedding table: {report.token_table}. "
-    if verify:
-        card += (
-            f"A direct re-implementation of the official forward on the checkpoint's tensors agrees with this model to "
-            f"{verify['float32']:.2e} (largest absolute logit difference, float32 model vs float64 reference, on random "
-            "inputs)."
-        )
-    card += "\n\nPreprocessing (saved as the image processor): resize the shorter side to 224 (bicubic), centre crop "
-    card += "224, CLIP mean/std, as in the authors' evaluation.\n\n"
-    card += "## Use\n\n```python\nfrom transformers import AutoModelForImageClassification, pipeline\n\n"
-    card += (
-        f'model = AutoModelForImageClassification.from_pretrained("{model_path}", trust_remote_code=True)\n'
-        f'classifier = pipeline("image-classification", model="{model_path}", trust_remote_code=True)\n'
-        f"classifier(\"image.jpg\", top_k={config.num_labels})  # sigmoid score per label\n```\n\n"
-    )
-    card += "## Citation\n\n```bibtex\n"
-    card += (
-        "@inproceedings{wang2023hierarchical,\n"
-        "  title={Hierarchical prompt learning using clip for multi-label classification with single positive labels},\n"
-        "  author={Wang, Ao and Chen, Hui and Lin, Zijia and Ding, Zixuan and Liu, Pengzhang and Bao, Yongjun and Yan, "
-        "Weipeng and Ding, Guiguang},\n"
-        "  booktitle={Proceedings of the 31st ACM International Conference on Multimedia},\n"
-        "  pages={5594--5604},\n"
-        "  year={2023}\n}\n```\n"
-    )
-    return render_card(metadata, card)
-
-
-def save_converted_model(
-    model: HSPNetForImageClassification,
-    output_dir: str | os.PathLike,
-    card: str,
-    report: ConversionReport | None = None,
-    extra: dict[str, Any] | None = None,
-) -> str:
-    """Write the HF folder: config, safetensors, remote code, image processor (`save_pretrained`), the model card as
-    README.md and `conversion.json` (architecture, derived EOS positions, dropped keys, checks)."""
-    output_dir = os.fspath(output_dir)
-    model.save_pretrained(output_dir)
-    write_text(os.path.join(output_dir, "README.md"), card)
-    if report is not None:
-        record = {
-            "architecture": report.architecture,
-            "group_eos_positions": report.group_eos_positions.tolist(),
-            "label_eos_positions": report.label_eos_positions.tolist(),
-            "mapped_keys": report.mapped_keys,
-            "dropped_keys": report.dropped_keys,
-            "notes": report.notes,
-            "token_table": report.token_table,
-            **(extra or {}),
-        }
-        write_json(os.path.join(output_dir, "conversion.json"), record, indent=1)
-    return output_dir
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# End to end (the command-line script is a thin wrapper around this)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def find_relation_file(dataset: str | None, checkpoint: str | os.PathLike) -> str | None:
-    """The authors' relation file of `dataset` (e.g. `relation+super+rn50.npy` for COCO) beside the checkpoint or in
-    the current folder, if present."""
-    info = PUBLISHED_CHECKPOINTS.get(dataset or "")
-    if not info:
-        return None
-    for folder in (os.path.dirname(os.path.abspath(os.fspath(checkpoint))), os.getcwd()):
-        candidate = os.path.join(folder, info["relation"])
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def run_conversion(
-    checkpoint: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    dataset: str | None = None,
-    relation: Any = None,
-    hierarchy: Any = None,
-    clip_weights: Any = None,
-    verify: bool = False,
-    verify_images: int = 2,
-    overwrite: bool = False,
-    log=print,
-) -> dict[str, Any]:
-    """Convert an official checkpoint file into a complete HF folder (what `scripts/convert_official_checkpoint.py`
-    does). Returns a summary: output folder, dataset, architecture, derived EOS positions and, with `verify`, the
-    largest logit differences against `official_logits`."""
-    checkpoint = os.fspath(checkpoint)
-    output_dir = os.fspath(output_dir)
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ConversionError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
-    log(f"Reading {checkpoint} with torch.load(weights_only=True) ...")
-    state = load_official_checkpoint(checkpoint)
-    arch = infer_official_architecture(state)
-    if isinstance(hierarchy, (str, os.PathLike)):
-        with open(hierarchy, encoding="utf-8") as handle:
-            hierarchy = json.load(handle)
-    if hierarchy is None and dataset is None:
-        dataset = _hierarchy(None, None, arch["num_labels"])[0]
-        log(f"Dataset inferred from the {arch['num_labels']} label prompts: {dataset}")
-    if dataset is not None and hierarchy is None:
-        expected = PUBLISHED_CHECKPOINTS[dataset]["num_labels"]
-        if expected != arch["num_labels"]:
-            raise ConversionError(
-                f"The checkpoint has {arch['num_labels']} label prompts but {dataset} has {expected} labels: "
-                "is it the checkpoint of another dataset?"
-            )
-    if relation is None:
-        relation = find_relation_file(dataset, checkpoint)
-        if relation is None:
-            name = PUBLISHED_CHECKPOINTS.get(dataset or "", {}).get("relation", "relation+*.npy")
-            raise ConversionError(
-                f"Pass the authors' relation file ({name}, from {AUTHORS_REPO}); it is not part of the checkpoint and "
-                "was not found beside it or in the current folder."
-            )
-    relation_name = os.path.basename(os.fspath(relation)) if isinstance(relation, (str, os.PathLike)) else None
-    log(f"Relation: {relation_name or 'given array'}; CLIP weights for the token table: {clip_weights or 'none'}")
-    model, report = convert_official_state_dict(state, relation, dataset=dataset, hierarchy=hierarchy,
-                                                clip_weights=clip_weights)
-    log(f"Mapped {report.mapped_keys} tensors; dropped {sorted(report.dropped_keys)}; "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
-    for note in report.notes:
-        log("Note: " + note)
-    results = None
-    if verify:
-        log(f"Verifying against a direct re-implementation of the official forward ({verify_images} random images) ...")
-        results = verify_conversion(model, state, relation, report, num_images=verify_images)
-        log(f"Largest |logit difference|: {results['float32']:.3e} (converted float32 model vs float64 reference), "
-            f"{results.get('float64', float('nan')):.3e} (float64 copy of the model); largest |logit| "
-            f"{results['max_abs_logit']:.3f}")
-    card = model_card(model.config, report.architecture.get("dataset"), os.path.basename(checkpoint),
-                      checkpoint_sha256=sha256_of(checkpoint), relation_name=relation_name, report=report,
-                      verify=results, model_path=output_dir)
-    save_converted_model(model, output_dir, card, report,
-                         extra={"source_checkpoint": os.path.basename(checkpoint), "relation": relation_name,
-                                "verify": results})
-    log(f"Wrote {output_dir}: load it with AutoModelForImageClassification.from_pretrained({output_dir!r}, "
-        "trust_remote_code=True)")
-    return {"output_dir": output_dir, "dataset": report.architecture.get("dataset"), "report": report,
-            "verify": results, "model": model}
