@@ -9,8 +9,25 @@ import datasets  # noqa: E402
 import pytest  # noqa: E402
 
 import hspnet.data.voc as voc_module  # noqa: E402
-from hspnet.data import get_build_report, load_coco, load_voc  # noqa: E402
-from tests.fixtures_data import COCO_TRAIN, coco_json, make_coco_tree, make_voc_tree, voc_xml, write_text  # noqa: E402
+from hspnet.data import (  # noqa: E402
+    BuildOptions,
+    ImageError,
+    get_build_report,
+    load_coco,
+    load_demo_dataset,
+    load_nuswide,
+    load_voc,
+    prepare_dataset,
+)
+from tests.fixtures_data import (  # noqa: E402
+    COCO_TRAIN,
+    coco_json,
+    make_coco_tree,
+    make_nuswide_official,
+    make_voc_tree,
+    voc_xml,
+    write_text,
+)
 
 datasets.disable_progress_bars()
 
@@ -91,3 +108,42 @@ def test_options_are_part_of_the_key(tmp_path):
     write_text(listing, "2008_000008.jpg,14\n")  # same path, new content
     two = load_voc(root, cache_dir=tmp_path / "cache", observed_labels_file=listing, validation_fraction=0)
     assert two["train"]["observed_labels"] == [[14]]
+
+
+def test_one_build_options_or_its_fields_as_keywords(tmp_path):
+    root = make_voc_tree(tmp_path / "voc")  # 9 training images with a positive (a 10th is difficult-only), 4 test
+    options = BuildOptions(seed=3, validation_fraction=0.3, cache_dir=tmp_path / "cache")
+    from_object = load_voc(root, options)
+    from_keywords = load_voc(root, seed=3, validation_fraction=0.3, cache_dir=tmp_path / "cache")
+    sizes = {split: len(rows) for split, rows in from_object.items()}
+    assert sizes == {"train": 6, "validation": 3, "test": 4}  # round(0.3 * 9) held out
+    for split in from_object:
+        assert from_object[split]["image_id"] == from_keywords[split]["image_id"]
+        if split != "test":
+            assert from_object[split]["observed_labels"] == from_keywords[split]["observed_labels"]
+    overridden = load_voc(root, options, validation_fraction=0)  # a keyword overrides the object's field
+    assert {split: len(rows) for split, rows in overridden.items()} == {"train": 9, "test": 4}
+    assert options.validation_fraction == 0.3  # the object itself is left as it was
+    assert prepare_dataset("voc", root, options)["validation"]["image_id"] == from_object["validation"]["image_id"]
+
+    with pytest.raises(TypeError, match=r"load_voc\(\) got an unexpected option 'validation_fration' \(did you "
+                                        r"mean 'validation_fraction'\?\); it takes root, difficult, hierarchy and "
+                                        r"the build options seed, validation_fraction"):  # fmt: skip
+        load_voc(root, validation_fration=0)
+    with pytest.raises(TypeError, match="options must be a BuildOptions, got dict"):
+        load_voc(root, {"seed": 1})
+    with pytest.raises(TypeError, match=r"load_demo_dataset\(\) got an unexpected option 'num_tset' \(did you mean "
+                                        r"'num_test'\?\)"):  # fmt: skip
+        load_demo_dataset(num_tset=3, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="seed must be an integer"):  # the fields are checked however they come
+        load_voc(root, options, seed="1")
+
+
+def test_nuswide_skips_missing_images_unless_the_options_say_otherwise(tmp_path):
+    root = make_nuswide_official(tmp_path / "nus", missing={"bear\\0006_2224356785.jpg"})
+    skipped = load_nuswide(root, cache_dir=tmp_path / "cache", validation_fraction=0)
+    assert get_build_report(skipped)["missing_images"]["count"] == 1
+    with pytest.raises(ImageError, match="1 missing"):
+        load_nuswide(root, cache_dir=tmp_path / "cache", validation_fraction=0, on_missing_image="error")
+    with pytest.raises(ImageError, match="1 missing"):  # an explicit BuildOptions is used as given
+        load_nuswide(root, BuildOptions(cache_dir=tmp_path / "cache", validation_fraction=0))

@@ -8,7 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import datasets  # noqa: E402
 from datasets import ClassLabel, Dataset, DatasetDict, Image, List, Value  # noqa: E402
 
+import pytest  # noqa: E402
+
 from hspnet.data import (  # noqa: E402
+    BuildOptions,
     Hierarchy,
     get_build_report,
     get_hierarchy,
@@ -169,6 +172,11 @@ def test_hf_dataset_with_class_labels_and_strings(tmp_path):
     assert get_hierarchy(data).labels == names  # from the ClassLabel feature
     assert sum(split.num_rows for split in data.values()) == 7  # f.png has no label
     assert list(data) == ["train", "validation", "test"]
+    options = BuildOptions(seed=1, validation_fraction=0.2)
+    same = load_custom_dataset(train, options, hierarchy=GROUPS, test_fraction=0.25)
+    assert same["validation"]["image_id"] == data["validation"]["image_id"]
+    with pytest.raises(TypeError, match="cache_dir, check_images, which do not apply"):  # held in memory, not checked
+        load_custom_dataset(train, hierarchy=GROUPS, cache_dir=tmp_path / "c", check_images="open")
 
     strings = Dataset.from_dict(
         {"image": [str(root / f) for f, _, _ in ROWS], "labels": [",".join(labels) for _, labels, _ in ROWS]},

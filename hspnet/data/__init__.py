@@ -48,9 +48,11 @@ from .voc import load_voc
 BENCHMARK_LOADERS = {"coco": load_coco, "voc": load_voc, "nuswide": load_nuswide, "cub": load_cub}
 
 
-def prepare_dataset(name: str, root=None, **kwargs):
+def prepare_dataset(name: str, root=None, options: BuildOptions | None = None, **kwargs):
     """One entry point: ``name`` in ``coco``, ``voc``, ``nuswide``, ``cub`` (``root`` required), ``folder``
-    (``root`` = image folder), ``demo`` (no root); ``kwargs`` go to the loader."""
+    (``root`` = image folder), ``demo`` (no root). ``options`` (a :class:`BuildOptions`) and ``kwargs`` go to the
+    loader: its own arguments and :class:`BuildOptions` fields (which override ``options``); an option the loader
+    does not take is a ``TypeError`` that names it."""
     key = name.strip().lower().replace("-", "").replace("_", "")
     aliases = {
         "coco2014": "coco",
@@ -65,14 +67,14 @@ def prepare_dataset(name: str, root=None, **kwargs):
     }
     key = aliases.get(key, key)
     if key == "demo":
-        return load_demo_dataset(**kwargs)
+        return load_demo_dataset(options, **kwargs)
     if key not in BENCHMARK_LOADERS and key != "folder":
         raise ValueError(f"Unknown dataset {name!r}; choose coco, voc, nuswide, cub, folder or demo.")
     if root is None:
         raise MissingFileError(f"the {name} dataset needs a root folder")
     if key == "folder":
-        return load_image_folder(root, **kwargs)
-    return BENCHMARK_LOADERS[key](root, **kwargs)
+        return load_image_folder(root, options, **kwargs)
+    return BENCHMARK_LOADERS[key](root, options, **kwargs)
 
 
 def open_dataset(dataset: str, root=None, options: dict | None = None, cache_dir=None):

@@ -181,27 +181,32 @@ def build_parser(prog: str = "prepare") -> argparse.ArgumentParser:
     return parser
 
 
+def _build_options(args):
+    """The one :class:`~hspnet.data.core.BuildOptions` of a command (options a subcommand lacks keep their defaults)."""
+    from .core import BuildOptions
+
+    given = {
+        "seed": args.seed,
+        "validation_fraction": 0.0 if args.protocol == "authors" else args.validation_fraction,
+        "observed_labels_file": getattr(args, "observed_labels", None),
+        "on_missing_image": getattr(args, "on_missing_image", None),
+        "check_images": getattr(args, "check_images", None),
+        "num_proc": getattr(args, "num_proc", None),
+        "cache_dir": args.cache_dir,
+        "force_rebuild": args.force_rebuild,
+    }
+    return BuildOptions(**{name: value for name, value in given.items() if value is not None})
+
+
 def _load(args):
     from . import load_coco, load_cub, load_custom_dataset, load_demo_dataset, load_image_folder, load_nuswide, load_voc
     from .hierarchy import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
 
-    fraction = 0.0 if args.protocol == "authors" else args.validation_fraction
-    common = dict(seed=args.seed, validation_fraction=fraction)
-    cached = dict(cache_dir=args.cache_dir, force_rebuild=args.force_rebuild)
+    options = _build_options(args)
     if args.dataset == "demo":
-        return load_demo_dataset(
-            num_train=args.num_train, num_test=args.num_test, image_size=args.image_size, **common, **cached
-        )
+        return load_demo_dataset(options, num_train=args.num_train, num_test=args.num_test, image_size=args.image_size)
     if args.dataset in ("coco", "voc", "nuswide", "cub"):
-        kwargs = dict(
-            observed_labels_file=args.observed_labels,
-            hierarchy=args.hierarchy,
-            on_missing_image=args.on_missing_image,
-            check_images=args.check_images,
-            num_proc=args.num_proc,
-            **common,
-            **cached,
-        )
+        kwargs = dict(hierarchy=args.hierarchy)
         if args.dataset == "voc":
             kwargs["difficult"] = args.difficult
         if args.dataset == "nuswide":
@@ -209,7 +214,7 @@ def _load(args):
                 layout=args.layout, image_dir=args.image_dir, train_list=args.train_list, test_list=args.test_list
             )
         loader = {"coco": load_coco, "voc": load_voc, "nuswide": load_nuswide, "cub": load_cub}[args.dataset]
-        return loader(args.root, **kwargs)
+        return loader(args.root, options, **kwargs)
     custom = dict(
         label_names=args.label_names,
         label_separator=args.label_separator,
@@ -222,22 +227,12 @@ def _load(args):
         test_fraction=args.test_fraction,
         test_seed=args.test_seed,
         hierarchy_seed=args.hierarchy_seed,
-        observed_labels_file=args.observed_labels,
-        **common,
     )
     if args.dataset == "folder":
-        return load_image_folder(
-            args.root,
-            metadata=args.metadata,
-            on_missing_image=args.on_missing_image,
-            check_images=args.check_images,
-            num_proc=args.num_proc,
-            on_duplicate=args.on_duplicate,
-            **custom,
-            **cached,
-        )
+        return load_image_folder(args.root, options, metadata=args.metadata, on_duplicate=args.on_duplicate, **custom)
     return load_custom_dataset(
         args.dataset_path,
+        options,
         image_column=args.image_column,
         labels_column=args.labels_column,
         id_column=args.id_column,

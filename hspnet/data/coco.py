@@ -113,40 +113,27 @@ def coco_records(data: dict, path: str, image_dir: str, category_index: dict[int
 
 def load_coco(
     root: str | os.PathLike,
+    options: BuildOptions | None = None,
     *,
     hierarchy=None,
-    seed: int = 0,
-    validation_fraction: float = 0.2,
-    observed_labels_file: str | os.PathLike | None = None,
-    on_missing_image: str = "error",
-    check_images: str = "exists",
-    num_proc: int = 1,
-    cache_dir: str | os.PathLike | None = None,
-    force_rebuild: bool = False,
     train_annotations: str = "annotations/instances_train2014.json",
     val_annotations: str = "annotations/instances_val2014.json",
     train_images: str = "train2014",
     val_images: str = "val2014",
+    **build_options,
 ):
     """Prepare COCO-2014 as a ``DatasetDict`` (``train`` [, ``validation``], ``test`` = val2014).
 
     Args:
         root: the COCO folder (``annotations/``, ``train2014/``, ``val2014/``).
+        options: the :class:`~hspnet.data.core.BuildOptions` (seed, validation fraction, the authors'
+            ``coco_train_singlelabel.txt`` as ``observed_labels_file``, image checks, cache); or pass its fields as
+            keywords (``load_coco(root, seed=1, validation_fraction=0)``), which override ``options``.
         hierarchy: override the groups (a Hierarchy, ``{label: group}`` mapping or hierarchy file); by default the
             built-in 12 supercategories (or the ``supercategory`` field for non-standard category sets).
-        seed: seed of the single-positive choice and of the validation split.
-        validation_fraction: share of the training images held out as ``validation`` (Cole et al.: 0.2); 0 gives
-            the authors' protocol (train on all training images, evaluate on the test split).
-        observed_labels_file: the authors' ``coco_train_singlelabel.txt`` (``COCO_train2014_...jpg,52``): use its
-            single positives (and its image set) instead of generating them.
-        on_missing_image: ``"error"`` (default) or ``"skip"`` for missing / unreadable images (always reported).
-        check_images: ``"exists"`` (default), ``"open"`` (also opens each image with PIL) or ``"none"``.
-        num_proc: threads for the image checks (results do not depend on it).
-        cache_dir: datasets cache folder (default: the Hugging Face datasets cache).
-        force_rebuild: ignore the cache (e.g. after adding images).
         train_annotations, val_annotations, train_images, val_images: paths relative to ``root``.
     """
-    options = BuildOptions.from_arguments(locals())
+    options = BuildOptions.resolve(load_coco, options, build_options)
     root = require_dir(root, "COCO root folder")
     files = {
         TRAIN: require_file(os.path.join(root, train_annotations), "COCO training annotations"),

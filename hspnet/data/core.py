@@ -26,7 +26,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..files import special_kind
@@ -58,7 +58,21 @@ class Record:
 
 @dataclass
 class BuildOptions:
-    """Options shared by every loader (see :func:`build_dataset_dict`)."""
+    """Options shared by every loader (see :func:`build_dataset_dict`); each loader takes one (``options=``) or its
+    fields as keywords (``load_voc(root, seed=1)``), see :meth:`resolve`.
+
+    Args:
+        seed: seed of the single-positive choice and of the validation split.
+        validation_fraction: share of the training images held out as ``validation`` (Cole et al.: 0.2); 0 gives
+            the authors' protocol (train on all training images, evaluate on the test split).
+        observed_labels_file: the authors' single-positive list (e.g. ``coco_train_singlelabel.txt``, lines
+            ``COCO_train2014_...jpg,52``): use its single positives (and its image set) instead of generating them.
+        on_missing_image: ``"error"`` (default) or ``"skip"`` for missing / unreadable images (always reported).
+        check_images: ``"exists"`` (default), ``"open"`` (also decodes each image) or ``"none"``.
+        num_proc: threads for the image checks (results do not depend on it).
+        cache_dir: datasets cache folder (default: the Hugging Face datasets cache).
+        force_rebuild: ignore the cache (e.g. after adding images).
+    """
 
     seed: int = 0
     validation_fraction: float = 0.2
@@ -88,9 +102,38 @@ class BuildOptions:
             check_input_file(self.observed_labels_file, "observed-labels file")
 
     @classmethod
-    def from_arguments(cls, arguments: dict[str, Any]) -> "BuildOptions":
-        """The options among a loader's arguments (pass `locals()` first thing in the loader)."""
-        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+    def resolve(
+        cls, loader: Callable, options: "BuildOptions | None", overrides: dict[str, Any], **defaults: Any
+    ) -> "BuildOptions":
+        """The options of one ``loader`` call: ``options`` (default: ``BuildOptions(**defaults)``, ``defaults`` being
+        the loader's own defaults, e.g. NUS-WIDE skips missing images) with the keyword ``overrides`` applied.
+
+        An override that is not a field is a ``TypeError`` naming the loader, the option and what it takes."""
+        names = [f.name for f in fields(cls)]
+        unknown = [name for name in overrides if name not in names]
+        if unknown:
+            import difflib
+            import inspect
+
+            own = [
+                p.name
+                for p in inspect.signature(loader).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "options"
+            ]
+            hints = [
+                f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, own + names, 1))
+                else repr(name)
+                for name in unknown
+            ]
+            raise TypeError(
+                f"{loader.__name__}() got an unexpected option {', '.join(hints)}; it takes {', '.join(own)} and the "
+                f"build options {', '.join(names)}"
+            )
+        if options is None:
+            return cls(**{**defaults, **overrides})
+        if not isinstance(options, cls):
+            raise TypeError(f"{loader.__name__}(): options must be a BuildOptions, got {type(options).__name__}")
+        return replace(options, **overrides) if overrides else options
 
     @property
     def protocol(self) -> str:

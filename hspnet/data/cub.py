@@ -193,25 +193,20 @@ def check_attribute_names(path: str) -> None:
 
 def load_cub(
     root: str | os.PathLike,
+    options: BuildOptions | None = None,
     *,
     hierarchy=None,
-    seed: int = 0,
-    validation_fraction: float = 0.2,
-    observed_labels_file: str | os.PathLike | None = None,
-    on_missing_image: str = "error",
-    check_images: str = "exists",
-    num_proc: int = 1,
-    cache_dir: str | os.PathLike | None = None,
-    force_rebuild: bool = False,
+    **build_options,
 ):
     """Prepare the CUB-200-2011 attributes as a ``DatasetDict`` (``train`` [, ``validation``], ``test``).
 
     Args:
         root: the folder holding ``CUB_200_2011/`` (or that folder itself).
-        observed_labels_file: the authors' ``cub_train.txt`` (``001.Black_footed_Albatross/...jpg, 212``).
-        Other arguments: see :func:`hspnet.data.load_coco`.
+        options: the :class:`~hspnet.data.core.BuildOptions` (``observed_labels_file``: the authors' ``cub_train.txt``,
+            lines ``001.Black_footed_Albatross/...jpg, 212``); or pass its fields as keywords, which override it.
+        hierarchy: override the built-in hierarchy (a Hierarchy, mapping or file).
     """
-    options = BuildOptions.from_arguments(locals())
+    options = BuildOptions.resolve(load_cub, options, build_options)
     cub = find_cub_dir(root)
     images_txt = require_file(os.path.join(cub, "images.txt"), "CUB image list")
     split_txt = require_file(os.path.join(cub, "train_test_split.txt"), "CUB train/test split")

@@ -44,6 +44,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from .core import (
@@ -79,6 +80,7 @@ METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
 SEPARATORS = (";", "|", ",", "space")
 DEFAULT_SEPARATOR = ";"
 SPLIT_NAMES = {"train": TRAIN, "test": TEST}
+IN_MEMORY_OPTIONS = frozenset({"seed", "validation_fraction", "observed_labels_file"})  # load_custom_dataset's
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -394,6 +396,7 @@ def find_metadata(root: str, metadata=None) -> list[tuple[str, str | None]]:
 
 def load_image_folder(
     root: str | os.PathLike,
+    options: BuildOptions | None = None,
     *,
     metadata: str | os.PathLike | None = None,
     file_name_column: str = "file_name",
@@ -410,20 +413,15 @@ def load_image_folder(
     cluster_method: str = "kmeans",
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     test_fraction: float = 0.2,
-    seed: int = 0,
     test_seed: int = 0,
     hierarchy_seed: int = 0,
-    validation_fraction: float = 0.2,
-    observed_labels_file: str | os.PathLike | None = None,
-    on_missing_image: str = "error",
-    check_images: str = "exists",
-    num_proc: int = 1,
-    cache_dir: str | os.PathLike | None = None,
-    force_rebuild: bool = False,
+    **build_options,
 ):
     """Prepare a folder of images with a CSV / JSONL metadata file as a ``DatasetDict`` (see the module docstring).
 
     Args:
+        options: the :class:`~hspnet.data.core.BuildOptions` (``seed``: the single positives and the validation
+            split); or pass its fields as keywords, which override it.
         label_separator: how label strings are split: ``";"`` (default), ``"|"``, ``","`` or ``"space"``. Label
             names may contain spaces. Without it, a file that never uses ``;`` but has ``|``, ``,`` or spaces in a
             label field is refused (see the module docstring); passing ``";"`` explicitly reads such fields as one
@@ -434,18 +432,16 @@ def load_image_folder(
             a ``CLIPModel`` with ``tokenizer``), ``num_groups`` (default ``round(sqrt(C))``), ``cluster_method``
             (``"kmeans"`` or ``"agglomerative"``), ``prompt_template`` and ``hierarchy_seed``.
         test_fraction: share of the images held out as the test split when the metadata has no test split.
-        seed: the single positives and the validation split (see :func:`hspnet.data.load_coco`).
         test_seed: the held-out test split (default 0). Kept separate from ``seed`` on purpose: runs with
             different ``seed`` values share the same test images; change it only to study another test split.
         hierarchy_seed: the k-means seeding of the automatic hierarchy (default 0), also independent of ``seed``.
-        Other arguments: see :func:`hspnet.data.load_coco`.
     """
     if on_duplicate not in ("error", "merge"):
         raise ValueError(f"on_duplicate must be 'error' or 'merge', got {on_duplicate!r}.")
     test_seed = _check_seed("test_seed", test_seed)
     hierarchy_seed = _check_seed("hierarchy_seed", hierarchy_seed)
     resolve_separator(label_separator)  # a bad separator is refused before anything is read
-    options = BuildOptions.from_arguments(locals())
+    options = BuildOptions.resolve(load_image_folder, options, build_options)
     root = require_dir(root, "image folder")
     sources = find_metadata(root, metadata)
     names = read_label_names(label_names)
@@ -570,6 +566,7 @@ def _label_tokens(feature, value, separator):
 
 def load_custom_dataset(
     dataset,
+    options: BuildOptions | None = None,
     *,
     image_column: str = "image",
     labels_column: str = "labels",
@@ -585,11 +582,9 @@ def load_custom_dataset(
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     test_split: str | None = None,
     test_fraction: float = 0.2,
-    seed: int = 0,
     test_seed: int = 0,
     hierarchy_seed: int = 0,
-    validation_fraction: float = 0.2,
-    observed_labels_file: str | os.PathLike | None = None,
+    **build_options,
 ):
     """Prepare any Hugging Face multi-label image dataset.
 
@@ -608,7 +603,8 @@ def load_custom_dataset(
         test_split: the split to evaluate on (default ``"test"``, else ``"validation"``); without one, a seeded
             ``test_fraction`` of ``train`` is held out, chosen by ``test_seed`` (default 0, independent of ``seed``).
         test_seed, hierarchy_seed: as in :func:`load_image_folder`.
-        seed, validation_fraction, observed_labels_file: as in :func:`hspnet.data.load_coco`.
+        options: the :class:`~hspnet.data.core.BuildOptions`, of which ``seed``, ``validation_fraction`` and
+            ``observed_labels_file`` apply (images are neither checked nor cached here); or pass those as keywords.
 
     Images are not copied: the image column is kept as is (cast to ``Image()`` if it holds paths). The new columns
     are held in memory.
@@ -618,6 +614,14 @@ def load_custom_dataset(
 
     test_seed = _check_seed("test_seed", test_seed)
     hierarchy_seed = _check_seed("hierarchy_seed", hierarchy_seed)
+    options = replace(BuildOptions.resolve(load_custom_dataset, options, build_options), check_images="none")
+    held_in_memory = sorted(set(build_options) - IN_MEMORY_OPTIONS)
+    if held_in_memory:
+        raise TypeError(
+            f"load_custom_dataset() got the option(s) {', '.join(held_in_memory)}, which do not apply: the dataset "
+            "is held in memory, its images are neither checked nor cached (it takes "
+            f"{', '.join(sorted(IN_MEMORY_OPTIONS))})"
+        )
     if isinstance(dataset, (str, os.PathLike)):
         path = os.fspath(dataset)
         dataset = datasets.load_from_disk(path) if os.path.isdir(path) else datasets.load_dataset(path)
@@ -632,12 +636,6 @@ def load_custom_dataset(
     elif test_split not in dataset:
         raise DatasetFormatError(f"the dataset has no {test_split!r} split (splits: {list(dataset)})")
     sources = {TRAIN: dataset[TRAIN]} | ({TEST: dataset[test_split]} if test_split else {})
-    options = BuildOptions(
-        seed=seed,
-        validation_fraction=validation_fraction,
-        observed_labels_file=observed_labels_file,
-        check_images="none",
-    )
 
     separator, chosen = resolve_separator(label_separator)
     tokens_rows, origins = [], []

@@ -178,27 +178,30 @@ def generate_demo_images(
 
 
 def load_demo_dataset(
-    cache_dir: str | os.PathLike | None = None,
-    seed: int = 0,
+    options: BuildOptions | None = None,
+    *,
     num_train: int = 1600,
     num_test: int = 400,
-    validation_fraction: float = 0.2,
     image_size: int = 64,
-    num_proc: int = 1,
-    force_rebuild: bool = False,
+    **build_options,
 ):
     """The demo ``DatasetDict`` (``train``, ``validation``, ``test``; ``validation_fraction=0`` drops
     ``validation``): ``num_train`` training images (of which ``validation_fraction`` are held out) and ``num_test``
-    fully labelled test images, with single positives generated with ``seed``. Fast when cached."""
+    fully labelled test images, with single positives generated with ``seed``. Fast when cached.
+
+    ``options`` is a :class:`~hspnet.data.core.BuildOptions` (its fields may be passed as keywords instead, e.g.
+    ``load_demo_dataset(cache_dir=..., seed=1)``); its ``seed`` also draws the images, its ``num_proc`` is the number
+    of processes drawing them."""
     if num_train < 2 or num_test < 1:
         raise ValueError("The demo needs num_train >= 2 and num_test >= 1.")
-    options = BuildOptions(
-        seed=seed, validation_fraction=validation_fraction, cache_dir=cache_dir, force_rebuild=force_rebuild
-    )
+    options = BuildOptions.resolve(load_demo_dataset, options, build_options)
+    seed = options.seed
     folder = os.path.join(
-        cache_root(cache_dir), "hspnet_demo", f"v{DEMO_VERSION}-seed{seed}-n{num_train}-{num_test}-px{image_size}"
+        cache_root(options.cache_dir),
+        "hspnet_demo",
+        f"v{DEMO_VERSION}-seed{seed}-n{num_train}-{num_test}-px{image_size}",
     )
-    manifest = generate_demo_images(folder, seed, num_train, num_test, image_size, num_proc)
+    manifest = generate_demo_images(folder, seed, num_train, num_test, image_size, options.num_proc)
 
     def parse() -> ParsedSource:
         with open(manifest, encoding="utf-8") as handle:

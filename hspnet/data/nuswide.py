@@ -167,38 +167,34 @@ def read_binary_labels(path: str, expected: int, anomalies: list[str], image_lis
 
 def load_nuswide(
     root: str | os.PathLike,
+    options: BuildOptions | None = None,
     *,
     layout: str = "auto",
     image_dir: str | os.PathLike | None = None,
     train_list: str | os.PathLike | None = None,
     test_list: str | os.PathLike | None = None,
     hierarchy=None,
-    seed: int = 0,
-    validation_fraction: float = 0.2,
-    observed_labels_file: str | os.PathLike | None = None,
-    on_missing_image: str = "skip",
-    check_images: str = "exists",
-    num_proc: int = 1,
-    cache_dir: str | os.PathLike | None = None,
-    force_rebuild: bool = False,
+    **build_options,
 ):
     """Prepare NUS-WIDE as a ``DatasetDict`` (``train`` [, ``validation``], ``test``).
 
     Args:
         root: the NUS-WIDE folder.
+        options: the :class:`~hspnet.data.core.BuildOptions`; or pass its fields as keywords, which override it.
+            Without ``options``, missing images are skipped (``on_missing_image="skip"``: missing Flickr images are
+            common); they are counted.
         layout: ``"official"``, ``"flat"`` or ``"auto"`` (official if ``Groundtruth/`` exists).
         image_dir: the image folder (default: ``Flickr/``, ``images/`` or ``Images/`` under ``root``).
         train_list, test_list: flat layout lists (default ``nus_train.txt`` / ``nus_train_singlelabel.txt`` and
             ``nus_val.txt`` / ``nus_test.txt`` under ``root``).
-        on_missing_image: ``"skip"`` by default here (missing Flickr images are common); they are counted.
-        Other arguments: see :func:`hspnet.data.load_coco`.
+        hierarchy: override the built-in hierarchy (a Hierarchy, mapping or file).
 
     Warns (``UserWarning``) when the flat layout's training list has one label per image and
     ``validation_fraction > 0``: the validation split's labels are then partial (see the module docstring).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
-    options = BuildOptions.from_arguments(locals())
+    options = BuildOptions.resolve(load_nuswide, options, build_options, on_missing_image="skip")
     root = require_dir(root, "NUS-WIDE root folder")
     if layout == "auto":
         layout = detect_layout(root)

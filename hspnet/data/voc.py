@@ -134,31 +134,25 @@ def parse_voc_xml(path: str, class_index: dict[str, int], difficult: str = "nega
 
 def load_voc(
     root: str | os.PathLike,
+    options: BuildOptions | None = None,
     *,
     difficult: str = "negative",
     hierarchy=None,
-    seed: int = 0,
-    validation_fraction: float = 0.2,
-    observed_labels_file: str | os.PathLike | None = None,
-    on_missing_image: str = "error",
-    check_images: str = "exists",
-    num_proc: int = 1,
-    cache_dir: str | os.PathLike | None = None,
-    force_rebuild: bool = False,
+    **build_options,
 ):
     """Prepare PASCAL VOC 2012 as a ``DatasetDict`` (``train`` [, ``validation``], ``test`` = official val).
 
     Args:
         root: the folder holding ``VOC2012/`` (or ``VOCdevkit/VOC2012/``, or ``VOC2012`` itself).
+        options: the :class:`~hspnet.data.core.BuildOptions` (``observed_labels_file``: the authors' ``voc_train.txt``,
+            lines ``2008_000008.jpg,12``); or pass its fields as keywords, which override ``options``.
         difficult: ``"negative"`` (default; difficult-only classes are not positives, like the authors' lists) or
             ``"positive"``.
         hierarchy: override the built-in 4-group hierarchy (a Hierarchy, mapping or file).
-        observed_labels_file: the authors' ``voc_train.txt`` (``2008_000008.jpg,12``) to use their single positives.
-        Other arguments: see :func:`hspnet.data.load_coco`.
     """
     if difficult not in DIFFICULT_POLICIES:
         raise ValueError(f"difficult must be one of {DIFFICULT_POLICIES}, got {difficult!r}.")
-    options = BuildOptions.from_arguments(locals())
+    options = BuildOptions.resolve(load_voc, options, build_options)
     voc = find_voc_dir(root)
     labels = builtin_hierarchy("voc").labels
     resolved = resolve_hierarchy(labels, hierarchy, builtin="voc")
