@@ -720,12 +720,3 @@ def resolve_hierarchy(
         "the labels do not match a built-in hierarchy; pass hierarchy=<file or mapping> or enable the automatic "
         "hierarchy (auto_hierarchy=True / a CLIP model)"
     )
-
-
-def describe(hierarchy: Hierarchy, width: int = 100) -> str:
-    """A short text listing of the groups and their labels."""
-    lines = []
-    for group, labels in hierarchy.members().items():
-        text = f"{group} ({len(labels)}): " + ", ".join(labels)
-        lines.append(text if len(text) <= width else text[: width - 3] + "...")
-    return "\n".join(lines)
