@@ -122,7 +122,7 @@ def test_everything_at_10000_labels(workdir, capsys):
     from hspnet import HSPNetForImageClassification
     from hspnet import evaluation, prediction
     from hspnet.data import get_hierarchy, load_image_folder
-    from hspnet.data.hierarchy import cluster_label_embeddings, default_num_groups, label_text_embeddings
+    from hspnet.data.clustering import cluster_label_embeddings, default_num_groups, label_text_embeddings
     from hspnet.metrics import average_precision_ranked, compute_all_metrics
     from hspnet.tiny_clip import save_tiny_clip
     from hspnet.training import TrainingConfig, train
@@ -263,7 +263,7 @@ def test_everything_at_10000_labels(workdir, capsys):
 
 def _reference_kmeans(x, k, seed, n_init=10, max_iter=100):
     """The spherical k-means as first written (O(n k^2) seeding, a boolean mask per cluster and iteration)."""
-    from hspnet.data.hierarchy import _normalise
+    from hspnet.data.clustering import _normalise
 
     n = len(x)
     rng = np.random.default_rng(seed)
@@ -324,7 +324,7 @@ def _reference_agglomerative(x, k):
 
 
 def test_clustering_equals_the_reference_implementations():
-    from hspnet.data.hierarchy import _agglomerative, _kmeans, _normalise
+    from hspnet.data.clustering import _agglomerative, _kmeans, _normalise
 
     rng = np.random.default_rng(0)
     for trial in range(24):

@@ -14,6 +14,14 @@ the image folder), ``labels`` (``List(ClassLabel)``: all positives) and, in ``tr
 hierarchy travels with the features; read it with :func:`get_hierarchy`.
 """
 
+from .clustering import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_PROMPT_TEMPLATE,
+    auto_hierarchy,
+    cluster_label_embeddings,
+    default_num_groups,
+    label_text_embeddings,
+)
 from .coco import load_coco
 from .core import (
     BuildOptions,
@@ -29,18 +37,7 @@ from .custom import load_custom_dataset, load_image_folder
 from .demo import demo_hierarchy, draw_demo_image, generate_demo_images, load_demo_dataset
 from .errors import DatasetFormatError, ImageError, MissingFileError
 from .export import load_prepared_dataset, save_prepared_dataset
-from .hierarchy import (
-    BUILTIN_HIERARCHIES,
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_PROMPT_TEMPLATE,
-    Hierarchy,
-    auto_hierarchy,
-    builtin_hierarchy,
-    cluster_label_embeddings,
-    default_num_groups,
-    get_hierarchy,
-    load_hierarchy_file,
-)
+from .hierarchy import BUILTIN_HIERARCHIES, Hierarchy, builtin_hierarchy, get_hierarchy, load_hierarchy_file
 from .nuswide import load_nuswide
 from .stats import dataset_statistics, format_statistics
 from .voc import load_voc
@@ -123,6 +120,7 @@ __all__ = [
     "cluster_label_embeddings",
     "dataset_statistics",
     "default_num_groups",
+    "label_text_embeddings",
     "demo_hierarchy",
     "draw_demo_image",
     "format_statistics",

@@ -200,7 +200,7 @@ def _build_options(args):
 
 def _load(args):
     from . import load_coco, load_cub, load_custom_dataset, load_demo_dataset, load_image_folder, load_nuswide, load_voc
-    from .hierarchy import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
+    from .clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
 
     options = _build_options(args)
     if args.dataset == "demo":

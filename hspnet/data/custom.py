@@ -32,7 +32,7 @@ Labels are label names, or indices into ``label_names`` (a list or a text file, 
 ``label_names`` the label set is the sorted set of names found. The hierarchy is ``hierarchy`` (a
 :class:`~hspnet.data.hierarchy.Hierarchy`, a ``{label: group}`` mapping or a hierarchy file, see
 :func:`~hspnet.data.hierarchy.load_hierarchy_file`) or, if not given, built automatically from the CLIP text
-embeddings of the label names (:func:`~hspnet.data.hierarchy.auto_hierarchy`).
+embeddings of the label names (:func:`~hspnet.data.clustering.auto_hierarchy`).
 """
 
 from __future__ import annotations
@@ -64,15 +64,9 @@ from .core import (
     validation_image_ids,
 )
 from .errors import DatasetFormatError, MissingFileError, check_input_file, parse_json_text, read_text_file
-from .hierarchy import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_PROMPT_TEMPLATE,
-    Hierarchy,
-    get_hierarchy,
-    label_feature,
-    resolve_hierarchy,
-)
-from .hierarchy import auto_hierarchy as build_auto_hierarchy
+from .clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
+from .clustering import auto_hierarchy as build_auto_hierarchy
+from .hierarchy import Hierarchy, get_hierarchy, label_feature, resolve_hierarchy
 
 logger = logging.getLogger(__name__)
 
