@@ -7,21 +7,18 @@ REFERENCE_DIR holds the authors' files (as in their repository): ``super_labels.
 ``super_labels_index.npy`` (COCO), ``{voc,nuswide,cub}_labels.txt``, ``{voc,nuswide,cub}_super_labels.txt``,
 ``{voc,nuswide,cub}_super_labels_index.npy`` and the ``relation+*.npy`` matrices; optionally a ``splits/`` folder
 (or ``--splits DIR``) with ``coco_train_singlelabel.txt``, ``voc_{train,val}.txt``, ``nus_val.txt``,
-``cub_{train,val}.txt``, whose label indices are checked against the label counts. Exits with 1 on a mismatch.
+``cub_{train,val}.txt``, whose label indices are checked against the label counts. A mismatch ends with one line `error: ...` and
+exit status 1 (`hspnet.cli_types.run_cli`, as every command of the package).
 Never used by the tests or at run time.
 """
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
-try:
-    from hspnet.data import builtin_hierarchy, read_label_list
-except ImportError:  # run from a clone without installing the package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from hspnet.data import builtin_hierarchy, read_label_list
+from hspnet.cli_types import run_cli
+from hspnet.data import builtin_hierarchy, read_label_list
 
 FILES = {  # name: (labels file or None, groups file, label->group index file, relation matrix)
     "coco": (None, "super_labels.txt", "super_labels_index.npy", "relation+super+rn50.npy"),
@@ -100,18 +97,22 @@ def check(reference, splits_dir):
     return failures
 
 
+def run(args):
+    if not os.path.isdir(args.reference):
+        raise NotADirectoryError(f"{args.reference} is not a folder")
+    failures = check(args.reference, args.splits or os.path.join(args.reference, "splits"))
+    if failures:
+        raise ValueError(f"{failures} mismatch(es) between the built-in hierarchies and {args.reference} (table above)")
+    print("\nAll built-in hierarchies equal the reference.")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(prog="check_hierarchies_against_reference.py",
+                                     description=__doc__.splitlines()[1])
     parser.add_argument("reference", help="folder with the authors' hierarchy files (or with hierarchies/ and splits/)")
     parser.add_argument("--splits", help="folder with the authors' split lists (default: REFERENCE/splits)")
-    args = parser.parse_args(argv)
-    if not os.path.isdir(args.reference):
-        print(f"error: {args.reference} is not a folder", file=sys.stderr)
-        return 2
-    failures = check(args.reference, args.splits or os.path.join(args.reference, "splits"))
-    print("\nAll built-in hierarchies equal the reference." if not failures else f"\n{failures} mismatch(es).")
-    return 1 if failures else 0
+    return run_cli(parser, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -6,12 +6,7 @@
 All the logic lives in `hspnet.conversion`.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a clone without install
-
-from hspnet.conversion.cli import main  # noqa: E402
+from hspnet.conversion.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="convert_official_checkpoint.py"))
+    raise SystemExit(main(prog="convert_official_checkpoint.py"))

@@ -11,12 +11,7 @@ an input) and prints a table. Bad input exits with status 1 and a one-line messa
 traceback). All options: `--help`; the logic lives in hspnet/evaluation.py.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a clone without install
-
-from hspnet.evaluation import main  # noqa: E402
+from hspnet.evaluation import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="evaluate.py"))
+    raise SystemExit(main(prog="evaluate.py"))

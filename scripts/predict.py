@@ -12,12 +12,7 @@ status 1 and a one-line message naming the path (`--debug`: the traceback). All 
 hspnet/prediction.py.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a clone without install
-
-from hspnet.prediction import main  # noqa: E402
+from hspnet.prediction import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="predict.py"))
+    raise SystemExit(main(prog="predict.py"))

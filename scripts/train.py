@@ -8,6 +8,10 @@
         --hub_model_id you/hspnet-coco --hub_strategy checkpoint          # push the best model + last state as it goes
     accelerate launch scripts/train.py --config configs/hspnet-coco.yaml --hub_model_id you/hspnet-coco \\
         --resume_from_checkpoint hub --output_dir fresh-dir                 # continue it on another machine
+    accelerate launch -m hspnet train --config configs/demo.yaml          # the same, without this file
+
+This file is a shell over `hspnet.training.main`, the function behind `hspnet train` (the package must be installed:
+`pip install -e .`).
 
 Every option of hspnet.training.TrainingConfig is a flag (`--help`); flags override the YAML file. Bad input (a
 malformed config, a missing path, a resume with other settings, an output folder in use, a full disk, a diverging
@@ -15,12 +19,7 @@ loss, a failed final upload to the Hub...) ends with one line `train.py: error: 
 shows the traceback instead.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a clone without install
-
-from hspnet.training import main  # noqa: E402
+from hspnet.training import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -243,11 +243,10 @@ def test_cli_entry_points(tmp_path, capsys):
 
     from hspnet.data.cli import main
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     root = make_coco_tree(tmp_path / "coco")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, os.path.join(repo, "datasets_scripts", "coco.py"), "--root", root,
+    result = subprocess.run(  # the `hspnet prepare` command in a fresh interpreter
+        [sys.executable, "-m", "hspnet", "prepare", "coco", "--root", root,
          "--cache-dir", str(tmp_path / "cache"), "--protocol", "authors", "-q"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip

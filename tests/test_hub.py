@@ -533,7 +533,6 @@ def test_only_the_main_process_uploads_in_a_distributed_run(tmp_path):
     script = tmp_path / "train_with_fake_hub.py"
     script.write_text(
         "import json, os, sys\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
         "import pytest\n"
         "from tests.test_hub import FakeHub\n"
         "import hspnet.training as training\n"
@@ -552,7 +551,8 @@ def test_only_the_main_process_uploads_in_a_distributed_run(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(free_port())]
-    result = run_script([str(script)] + as_argv(options), launcher=launcher, env_extra={"ACCELERATE_USE_CPU": "true"})
+    env = {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}  # the script imports tests.test_hub
+    result = run_script([str(script)] + as_argv(options), launcher=launcher, env_extra=env)
     assert result.returncode == 0, result.stderr[-4000:]
     calls = {rank: json.loads((tmp_path / f"calls-{rank}.json").read_text()) for rank in ("0", "1")}
     assert calls["1"] == {"commits": [], "repos": []}
