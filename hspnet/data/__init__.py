@@ -33,10 +33,11 @@ from .core import (
     validation_image_ids,
 )
 from .cub import load_cub
-from .custom import load_custom_dataset, load_image_folder
+from .custom import load_image_folder
 from .demo import demo_hierarchy, draw_demo_image, generate_demo_images, load_demo_dataset
 from .errors import DatasetFormatError, ImageError, MissingFileError
 from .export import load_prepared_dataset, save_prepared_dataset
+from .hf_dataset import load_custom_dataset
 from .hierarchy import BUILTIN_HIERARCHIES, Hierarchy, builtin_hierarchy, get_hierarchy, load_hierarchy_file
 from .nuswide import load_nuswide
 from .stats import dataset_statistics, format_statistics

@@ -1,4 +1,5 @@
-"""Custom multi-label data: a folder of images with a CSV / JSONL metadata file, or any Hugging Face dataset.
+"""Custom multi-label data: a folder of images with a CSV / JSONL metadata file, and the rules for label strings,
+label names and the hierarchy that it shares with any Hugging Face dataset (:mod:`hspnet.data.hf_dataset`).
 
 Folder layout (:func:`load_image_folder`): ``metadata.csv`` or ``metadata.jsonl`` at the root (file names relative
 to the root; an optional ``split`` column with ``train`` / ``test``), or ``train/metadata.csv`` and
@@ -44,18 +45,17 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
+from .clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
+from .clustering import auto_hierarchy as build_auto_hierarchy
 from .core import (
     TEST,
     TRAIN,
     BuildOptions,
     ParsedSource,
     Record,
-    attach_metadata,
     build_dataset_dict,
-    finalize,
     hash_files,
     hierarchy_option_key,
     iter_text_lines,
@@ -64,9 +64,7 @@ from .core import (
     validation_image_ids,
 )
 from .errors import DatasetFormatError, MissingFileError, check_input_file, parse_json_text, read_text_file
-from .clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
-from .clustering import auto_hierarchy as build_auto_hierarchy
-from .hierarchy import Hierarchy, get_hierarchy, label_feature, resolve_hierarchy
+from .hierarchy import Hierarchy, resolve_hierarchy
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +72,6 @@ METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
 SEPARATORS = (";", "|", ",", "space")
 DEFAULT_SEPARATOR = ";"
 SPLIT_NAMES = {"train": TRAIN, "test": TEST}
-IN_MEMORY_OPTIONS = frozenset({"seed", "validation_fraction", "observed_labels_file"})  # load_custom_dataset's
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -198,7 +195,7 @@ def encode_labels(rows: list[tuple[list, dict]], label_names: list[str] | None) 
     return label_names, encoded
 
 
-def _clip_key(clip_model) -> Any:
+def clip_key(clip_model) -> Any:
     if clip_model is None:
         return None
     if isinstance(clip_model, (str, os.PathLike)):
@@ -219,7 +216,7 @@ def _clip_key(clip_model) -> Any:
         return {"instance": repr(clip_model)}
 
 
-def _hierarchy_for(names, hierarchy, auto: dict | None) -> Hierarchy:
+def hierarchy_for(names, hierarchy, auto: dict | None) -> Hierarchy:
     if hierarchy is not None:
         return resolve_hierarchy(names, hierarchy)
     if auto is None:
@@ -228,11 +225,11 @@ def _hierarchy_for(names, hierarchy, auto: dict | None) -> Hierarchy:
     return build_auto_hierarchy(names, **auto)
 
 
-def _test_split_note(test_fraction: float, test_seed: int) -> str:
+def test_split_note(test_fraction: float, test_seed: int) -> str:
     return f"held out: {test_fraction} of the images (test_seed {test_seed}, independent of seed)"
 
 
-def _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_template, seed, auto: bool) -> dict | None:
+def auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_template, seed, auto: bool) -> dict | None:
     if not auto:
         return None
     return {
@@ -245,13 +242,13 @@ def _auto_options(clip_model, tokenizer, num_groups, cluster_method, prompt_temp
     }
 
 
-def _check_seed(name: str, value) -> int:
+def check_seed(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}.")
     return value
 
 
-def _hold_out_test(records: list[Record], test_fraction: float, test_seed: int) -> dict[str, list[Record]]:
+def hold_out_test(records: list[Record], test_fraction: float, test_seed: int) -> dict[str, list[Record]]:
     """The ``test_fraction`` of ``records`` with the smallest ``hash(test_seed, "test", image_id)`` as the test split.
     ``test_seed`` is NOT the single-positive ``seed``: the test split stays fixed when ``seed`` changes."""
     if not 0.0 < test_fraction < 1.0:
@@ -432,14 +429,14 @@ def load_image_folder(
     """
     if on_duplicate not in ("error", "merge"):
         raise ValueError(f"on_duplicate must be 'error' or 'merge', got {on_duplicate!r}.")
-    test_seed = _check_seed("test_seed", test_seed)
-    hierarchy_seed = _check_seed("hierarchy_seed", hierarchy_seed)
+    test_seed = check_seed("test_seed", test_seed)
+    hierarchy_seed = check_seed("hierarchy_seed", hierarchy_seed)
     resolve_separator(label_separator)  # a bad separator is refused before anything is read
     options = BuildOptions.resolve(load_image_folder, options, build_options)
     root = require_dir(root, "image folder")
     sources = find_metadata(root, metadata)
     names = read_label_names(label_names)
-    auto = _auto_options(
+    auto = auto_options(
         clip_model, tokenizer, num_groups, cluster_method, prompt_template, hierarchy_seed, auto_hierarchy
     )
     label_names_file = [os.fspath(label_names)] if isinstance(label_names, (str, os.PathLike)) else []
@@ -487,7 +484,7 @@ def load_image_folder(
         if not entries:
             raise DatasetFormatError("the metadata lists no image", file=sources[0][0])
         label_list, encoded = encode_labels([(e[3], e[4]) for e in entries], names)
-        resolved = _hierarchy_for(label_list, hierarchy, auto)
+        resolved = hierarchy_for(label_list, hierarchy, auto)
         records = [
             (split, Record(image_id=key, path=full, labels=labels, where=f"{where['file']}:{where['line']}"))
             for (key, full, split, _, where), labels in zip(entries, encoded)
@@ -495,8 +492,8 @@ def load_image_folder(
         splits_given = {split for split, _ in records}
         test_note = "given by the metadata"
         if splits_given == {None}:
-            splits = _hold_out_test([record for _, record in records], test_fraction, test_seed)
-            test_note = _test_split_note(test_fraction, test_seed)
+            splits = hold_out_test([record for _, record in records], test_fraction, test_seed)
+            test_note = test_split_note(test_fraction, test_seed)
         else:
             if None in splits_given:
                 raise DatasetFormatError(
@@ -504,8 +501,8 @@ def load_image_folder(
                 )
             splits = {TRAIN: [r for s, r in records if s == TRAIN], TEST: [r for s, r in records if s == TEST]}
             if not splits[TEST]:
-                splits = _hold_out_test(splits[TRAIN], test_fraction, test_seed)
-                test_note = _test_split_note(test_fraction, test_seed)
+                splits = hold_out_test(splits[TRAIN], test_fraction, test_seed)
+                test_note = test_split_note(test_fraction, test_seed)
         return ParsedSource(
             hierarchy=resolved,
             splits=splits,
@@ -528,198 +525,9 @@ def load_image_folder(
             if auto is None
             else {
                 **{k: v for k, v in auto.items() if k not in ("clip_model", "tokenizer")},
-                "clip": _clip_key(clip_model),
+                "clip": clip_key(clip_model),
             },
             "test_fraction": test_fraction,
             "test_seed": test_seed,
         },
     )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Any Hugging Face dataset
-
-
-def _label_tokens(feature, value, separator):
-    from datasets import ClassLabel, List
-
-    if value is None:
-        return []
-    if isinstance(feature, ClassLabel):
-        return [int(value)]
-    if isinstance(feature, List) and isinstance(feature.feature, ClassLabel):
-        return [int(v) for v in value]
-    if isinstance(value, str):
-        return split_label_string(value, separator)
-    if isinstance(value, (list, tuple)):
-        return [" ".join(token.split()) if isinstance(token, str) else token for token in value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    raise TypeError(type(value).__name__)
-
-
-def load_custom_dataset(
-    dataset,
-    options: BuildOptions | None = None,
-    *,
-    image_column: str = "image",
-    labels_column: str = "labels",
-    id_column: str | None = None,
-    label_names=None,
-    label_separator: str | None = None,
-    hierarchy=None,
-    auto_hierarchy: bool = True,
-    clip_model=DEFAULT_CLIP_MODEL,
-    tokenizer=None,
-    num_groups: int | None = None,
-    cluster_method: str = "kmeans",
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    test_split: str | None = None,
-    test_fraction: float = 0.2,
-    test_seed: int = 0,
-    hierarchy_seed: int = 0,
-    **build_options,
-):
-    """Prepare any Hugging Face multi-label image dataset.
-
-    Args:
-        dataset: a ``DatasetDict`` / ``Dataset``, the path of a dataset saved with ``save_to_disk``, or a Hub id
-            (loaded with ``datasets.load_dataset``).
-        image_column: the image column (``Image`` feature, or strings that are image paths).
-        labels_column: the positives of each image: ``List(ClassLabel)``, a list of names or indices, a
-            ``ClassLabel`` (one label), or a string of names separated by ``label_separator`` (``";"`` by default;
-            ``"|"``, ``","`` or ``"space"`` when chosen; the same rule as :func:`load_image_folder`, per split).
-        id_column: a column of unique image ids (keys of ``observed_labels_file`` and of the seeded choices);
-            default ``"<split>/<row>"``.
-        label_names: label names (list or file); taken from the ``ClassLabel`` feature when there is one.
-        hierarchy / auto_hierarchy / clip_model / ...: as in :func:`load_image_folder`; a dataset already prepared
-            by this package keeps its hierarchy.
-        test_split: the split to evaluate on (default ``"test"``, else ``"validation"``); without one, a seeded
-            ``test_fraction`` of ``train`` is held out, chosen by ``test_seed`` (default 0, independent of ``seed``).
-        test_seed, hierarchy_seed: as in :func:`load_image_folder`.
-        options: the :class:`~hspnet.data.core.BuildOptions`, of which ``seed``, ``validation_fraction`` and
-            ``observed_labels_file`` apply (images are neither checked nor cached here); or pass those as keywords.
-
-    Images are not copied: the image column is kept as is (cast to ``Image()`` if it holds paths). The new columns
-    are held in memory.
-    """
-    import datasets
-    from datasets import ClassLabel, Image, List, Value
-
-    test_seed = _check_seed("test_seed", test_seed)
-    hierarchy_seed = _check_seed("hierarchy_seed", hierarchy_seed)
-    options = replace(BuildOptions.resolve(load_custom_dataset, options, build_options), check_images="none")
-    held_in_memory = sorted(set(build_options) - IN_MEMORY_OPTIONS)
-    if held_in_memory:
-        raise TypeError(
-            f"load_custom_dataset() got the option(s) {', '.join(held_in_memory)}, which do not apply: the dataset "
-            "is held in memory, its images are neither checked nor cached (it takes "
-            f"{', '.join(sorted(IN_MEMORY_OPTIONS))})"
-        )
-    if isinstance(dataset, (str, os.PathLike)):
-        path = os.fspath(dataset)
-        dataset = datasets.load_from_disk(path) if os.path.isdir(path) else datasets.load_dataset(path)
-    if isinstance(dataset, datasets.Dataset):
-        dataset = datasets.DatasetDict({TRAIN: dataset})
-    if not isinstance(dataset, datasets.DatasetDict):
-        raise TypeError(f"Expected a Dataset or DatasetDict, got {type(dataset).__name__}.")
-    if TRAIN not in dataset:
-        raise DatasetFormatError(f"the dataset has no 'train' split (splits: {list(dataset)})")
-    if test_split is None:
-        test_split = TEST if TEST in dataset else ("validation" if "validation" in dataset else None)
-    elif test_split not in dataset:
-        raise DatasetFormatError(f"the dataset has no {test_split!r} split (splits: {list(dataset)})")
-    sources = {TRAIN: dataset[TRAIN]} | ({TEST: dataset[test_split]} if test_split else {})
-
-    separator, chosen = resolve_separator(label_separator)
-    tokens_rows, origins = [], []
-    names = read_label_names(label_names)
-    feature_names = None
-    for split, source in sources.items():
-        for column in (image_column, labels_column) + ((id_column,) if id_column else ()):
-            if column not in source.column_names:
-                raise DatasetFormatError(
-                    f"no column {column!r} in split {split!r} (columns: {source.column_names})", field=column
-                )
-        feature = source.features[labels_column]
-        inner = feature.feature if isinstance(feature, List) else feature
-        if isinstance(inner, ClassLabel):
-            feature_names = feature_names or list(inner.names)
-        values = source[labels_column]
-        if not chosen:
-            check_default_separator(
-                [
-                    (value, {"file": f"split {split!r}, row {row}", "line": None, "field": labels_column})
-                    for row, value in enumerate(values)
-                    if isinstance(value, str)
-                ]
-            )
-        ids = source[id_column] if id_column else [f"{split}/{row}" for row in range(len(source))]
-        for row, value in enumerate(values):
-            where = {"file": f"split {split!r}, row {row}", "line": None, "field": labels_column}
-            try:
-                tokens = _label_tokens(feature, value, separator)
-            except TypeError:
-                raise DatasetFormatError(f"unsupported label value {value!r}", **where) from None
-            tokens_rows.append((tokens, where))
-            origins.append((split, row, str(ids[row])))
-    if names is None and feature_names is not None:
-        names = feature_names
-    label_list, encoded = encode_labels(tokens_rows, names)
-
-    if hierarchy is None:
-        try:
-            carried = get_hierarchy(dataset)
-            if carried.labels == label_list:
-                hierarchy = carried
-        except ValueError:
-            pass
-    auto = _auto_options(
-        clip_model, tokenizer, num_groups, cluster_method, prompt_template, hierarchy_seed, auto_hierarchy
-    )
-    resolved = _hierarchy_for(label_list, hierarchy, auto)
-
-    records: dict[str, list[Record]] = {TRAIN: [], TEST: []}
-    for (split, row, image_id), labels in zip(origins, encoded):
-        records[split].append(
-            Record(
-                image_id=image_id,
-                path=None,
-                labels=labels,
-                where=f"split {split!r}, row {row}",
-                row=row,
-                source_split=split,
-            )
-        )
-    test_note = f"the {test_split!r} split of the dataset"
-    if not test_split:
-        records = _hold_out_test(records[TRAIN], test_fraction, test_seed)
-        test_note = _test_split_note(test_fraction, test_seed)
-    prepared = finalize(
-        "custom", ParsedSource(hierarchy=resolved, splits=records, report={"test_split": test_note}), options
-    )
-
-    label = label_feature(resolved)
-    out = {}
-    for split, split_records in prepared.records.items():
-        source_name = split_records[0].source_split
-        part = sources[source_name].select([record.row for record in split_records]).select_columns([image_column])
-        if image_column != "image":
-            part = part.rename_column(image_column, "image")
-        if not isinstance(part.features["image"], Image):
-            if part.features["image"] != Value("string"):
-                raise DatasetFormatError(
-                    f"column {image_column!r} must be an Image feature or image paths, got {part.features['image']}",
-                    field=image_column,
-                )
-            part = part.cast_column("image", Image())
-        part = part.add_column("image_id", [record.image_id for record in split_records], feature=Value("string"))
-        part = part.add_column("labels", [record.labels for record in split_records], feature=List(label))
-        if split != TEST:
-            part = part.add_column(
-                "observed_labels",
-                [[prepared.observed[record.image_id]] for record in split_records],
-                feature=List(label),
-            )
-        out[split] = part
-    return attach_metadata(datasets.DatasetDict(out), "custom", resolved, prepared.report)
