@@ -13,15 +13,15 @@ import yaml
 
 from hspnet.training import (
     ModelEMA,
-    build_training_loss,
-    select_source,
     TrainingConfig,
+    build_model,
     ema_decay,
     load_config,
     one_cycle_scheduler,
     parameter_groups,
     push_folder_to_hub,
     resolve_checkpoint,
+    select_source,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,10 +188,30 @@ def test_yaml_values_are_typed_like_flags(tmp_path):
 
 
 def test_help_describes_every_option():
+    import dataclasses
+
     from hspnet.training import build_argument_parser
 
-    text = build_argument_parser().format_help()
+    parser = build_argument_parser()
+    text = parser.format_help()
     assert "select the model on the validation split" in text and "(default: heldout)" in text
+    helps = {action.dest: action.help for action in parser._actions}
+    for option in dataclasses.fields(TrainingConfig):
+        assert f"--{option.name}" in text, option.name
+        assert option.metadata["help"] and helps[option.name] == option.metadata["help"], option.name
+
+
+def test_command_line_wins_over_the_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ema: false\ncheckpointing_steps: '5'\ndataset_options: {num_train: 10}\npatience: 2\n")
+    config = load_config(["--config", str(path)])
+    assert config.ema is False and config.checkpointing_steps == "5" and config.dataset_options == {"num_train": 10}
+    config = load_config(["--ema", "true", "--checkpointing_steps", "None", "--patience", "null",
+                          "--dataset_options", '{"num_train": 20}', "--config", str(path)])
+    assert config.ema is True and config.checkpointing_steps is None and config.patience is None
+    assert config.dataset_options == {"num_train": 20}
+    assert load_config(["--config", str(path), "--no_ema"]).ema is False
+    assert load_config([]).patience is None and load_config([]).ema is True  # the dataclass defaults
 
 
 def test_ema_wins_ties_like_the_reference():
@@ -200,21 +220,32 @@ def test_ema_wins_ties_like_the_reference():
     assert select_source({"regular": {"mAP": 50.0}}) == "regular"
 
 
-def test_role_gets_the_training_set_and_starts_from_the_observed_labels():
+def test_the_model_owns_the_loss_and_role_starts_from_the_observed_labels():
+    from types import SimpleNamespace
+
     from datasets import ClassLabel, Dataset, Features, List
 
+    from hspnet.trainer import setup_loss_for_training
+
     names = ["a", "b", "c"]
+    hierarchy = SimpleNamespace(labels=names, groups=["g", "h"], label_to_group=[0, 0, 1])
     train_set = Dataset.from_dict(
         {"observed_labels": [[0], [2], [1], [2]]},
         features=Features({"observed_labels": List(ClassLabel(names=names))}),
     )
-    config = TrainingConfig(loss="role", loss_kwargs={})
-    loss = build_training_loss(config, 3, train_set)
-    assert loss.label_logits.shape == (4, 3)
+    model = build_model(TrainingConfig(clip_model="tiny-random", loss="role", loss_kwargs={"expected_num_pos": 1.5}),
+                        hierarchy)
+    assert model.config.loss == "role" and model.config.loss_kwargs == {"expected_num_pos": 1.5}
+    loss = setup_loss_for_training(model, train_set)
+    assert loss is model.loss_module and loss.label_logits.shape == (4, 3)  # one estimate per training image
     estimates = loss.estimated_labels
     assert estimates[0, 0] == pytest.approx(0.995, abs=1e-4) and estimates[1, 2] == pytest.approx(0.995, abs=1e-4)
     assert estimates[0, 1] < 0.9  # unobserved entries keep their random initialisation
-    assert build_training_loss(TrainingConfig(loss="splc"), 3, train_set).change_epoch == 1
+    # the run's label sampling reaches the model, which samples in its own forward pass
+    sampled = build_model(TrainingConfig(clip_model="tiny-random", label_sample_size=2), hierarchy)
+    assert sampled.config.label_sample_size == 2 and sampled.loss_module.change_epoch == 1  # SPLC's default
+    with pytest.raises(ValueError, match="label_sample_size: the loss 'role' couples the labels"):
+        TrainingConfig(loss="role", label_sample_size=2)  # checked once, with the options
 
 
 def test_benchmark_configs_carry_the_reference_recipe():
@@ -435,11 +466,15 @@ def test_push_to_hub_commits_exactly_the_model_files(trained, monkeypatch, tmp_p
 
     saved = tmp_path / "saved"
     HSPNetForImageClassification.from_pretrained(out).save_pretrained(saved)
-    expected = sorted([p.name for p in saved.iterdir()] + ["README.md"])
+    expected = sorted([p.name for p in saved.iterdir()] + ["README.md", "training_args.json"])
     assert {"config.json", "model.safetensors", "modeling_hspnet.py", "configuration_hspnet.py",
             "preprocessor_config.json"} <= set(expected)
     assert calls["files"] == expected
     assert not {"all_results.json", "train.log", ".hspnet-best.json"} & set(calls["files"])
+    # the run's options travel with the model (evaluation reads the base CLIP and the seed there); no secret
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["clip_model"] == "tiny-random" and args["seed"] == 0 and args["batch_size"] == 8
+    assert "hub_token" not in args and args["run"]["world_size"] == 1
     card = Path(calls["card"]).read_text() if not isinstance(calls["card"], bytes) else calls["card"].decode()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["pipeline_tag"] == "image-classification" and metadata["datasets"] == ["demo"]

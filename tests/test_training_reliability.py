@@ -64,34 +64,23 @@ def digest_tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-class Poisoned(torch.nn.Module):
-    """The run's loss, made NaN / inf (or given NaN gradients) at the `at`-th optimizer step."""
+def poison(monkeypatch, at: int, mode: str):
+    """The model's loss (SPLC) made NaN / inf (or given NaN gradients) at its `at`-th call, i.e. optimizer step `at`
+    (evaluation computes no loss)."""
+    from hspnet.losses import SPLCLoss
 
-    def __init__(self, inner, at: int, mode: str):
-        super().__init__()
-        self.inner, self.at, self.mode, self.calls = inner, at, mode, 0
+    original, calls = SPLCLoss.forward, []
 
     def forward(self, logits, targets, **kwargs):
-        self.calls += 1
-        loss = self.inner(logits, targets, **kwargs)
-        if self.calls == self.at:
-            if self.mode == "grad":  # forward value unchanged (+0), backward d sqrt(|x|)/dx at 0 = inf, times 0 = NaN
+        calls.append(1)
+        loss = original(self, logits, targets, **kwargs)
+        if len(calls) == at:
+            if mode == "grad":  # forward value unchanged (+0), backward d sqrt(|x|)/dx at 0 = inf, times 0 = NaN
                 return loss + 0.0 * (logits - logits.detach()).abs().sqrt().sum()
-            return loss * float(self.mode)
+            return loss * float(mode)
         return loss
 
-    def state_dict(self, *args, **kwargs):  # checkpointed as the plain loss, so that a run without poison resumes it
-        return self.inner.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state, *args, **kwargs):
-        return self.inner.load_state_dict(state, *args, **kwargs)
-
-
-def poison(monkeypatch, at: int, mode: str):
-    import hspnet.training as training
-
-    original = training.build_training_loss
-    monkeypatch.setattr(training, "build_training_loss", lambda *a, **k: Poisoned(original(*a, **k), at, mode))
+    monkeypatch.setattr(SPLCLoss, "forward", forward)
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +245,7 @@ def test_overwrite_replaces_the_folder_only_when_the_new_run_is_complete(run_cop
     checkpoints = sorted((out / "checkpoints").iterdir())
     assert [p.name for p in checkpoints] == ["epoch_0-step_6", "epoch_1-step_12"]
     for checkpoint in checkpoints:
-        assert json.loads((checkpoint / SETTINGS_NAME).read_text())["options"]["seed"] == 1
+        assert json.loads((checkpoint / SETTINGS_NAME).read_text())["seed"] == 1
     results = json.loads((out / "all_results.json").read_text())
     assert [h["step"] for h in results["history"]] == [6, 12] and results["resumed_from"].endswith("epoch_0-step_6")
     assert "test_before_training" in results
@@ -307,17 +296,28 @@ def test_resuming_an_interrupted_overwrite_run_needs_the_overwrite_flag(tmp_path
 
 
 def test_settings_differences_by_hand():
-    saved = {"options": {"batch_size": 8, "seed": 0, "logging_steps": 10, "dataset": "demo", "lr": 0.001,
-                         "dataset_options": {"num_train": 60, "image_size": 32}, "hub_token": None},
-             "world_size": 1, "mixed_precision": "no", "device": "cuda", "versions": {"torch": "2.12.0"}}
-    current = {"options": {"batch_size": 16, "seed": 0, "logging_steps": 1, "dataset": "voc", "lr": 0.001,
-                           "dataset_options": {"num_train": 50, "image_size": 32}, "output_dir": "elsewhere"},
-               "world_size": 2, "mixed_precision": "no", "device": "cpu", "versions": {"torch": "2.13.0"}}
+    saved = {"batch_size": 8, "seed": 0, "logging_steps": 10, "dataset": "demo", "lr": 0.001,
+             "dataset_options": {"num_train": 60, "image_size": 32}, "hub_token": None,
+             "run": {"world_size": 1, "mixed_precision": "no", "device": "cuda", "versions": {"torch": "2.12.0"}}}
+    current = {"batch_size": 16, "seed": 0, "logging_steps": 1, "dataset": "voc", "lr": 0.001,
+               "dataset_options": {"num_train": 50, "image_size": 32}, "output_dir": "elsewhere",
+               "run": {"world_size": 2, "mixed_precision": "no", "device": "cpu", "versions": {"torch": "2.13.0"}}}
     dataset, other, notes = settings_differences(saved, current)
     assert dataset == ["dataset 'demo' -> 'voc'", "dataset_options.num_train 60 -> 50"]
     assert other == ["batch_size 8 -> 16", "number of processes 1 -> 2"]
     assert notes == ["device cuda -> cpu", "torch 2.12.0 -> 2.13.0"]
     assert settings_differences(saved, saved) == ([], [], [])
+
+
+def test_an_older_checkpoints_training_settings_json_is_still_read(tmp_path):
+    from hspnet.resume import read_checkpoint_settings
+
+    old = {"format": 1, "options": {"seed": 3, "batch_size": 8}, "world_size": 1, "mixed_precision": "no",
+           "device": "cpu", "versions": {}, "dataset": {"labels": ["a"]}}
+    (tmp_path / "training_settings.json").write_text(json.dumps(old))
+    assert read_checkpoint_settings(str(tmp_path)) == {
+        "seed": 3, "batch_size": 8, "run": {"format": 1, "world_size": 1, "mixed_precision": "no", "device": "cpu",
+                                            "versions": {}, "dataset": {"labels": ["a"]}}}
 
 
 def test_resume_with_other_settings_is_refused_before_anything_changes(run_copy):
@@ -368,9 +368,12 @@ def test_resume_with_only_safe_changes_runs(run_copy):
 def test_settings_file_holds_no_secret(run_copy):
     out, options = run_copy
     settings = json.loads((out / "checkpoints" / "epoch_0-step_6" / SETTINGS_NAME).read_text())
-    assert "hub_token" not in settings["options"] and settings["options"]["batch_size"] == 8
-    assert settings["world_size"] == 1 and settings["dataset"]["splits"]["train"]["num_images"] == 45
+    assert "hub_token" not in settings and settings["batch_size"] == 8
+    assert settings["run"]["world_size"] == 1 and settings["run"]["dataset"]["splits"]["train"]["num_images"] == 45
     assert BEST_MARKER_NAME in os.listdir(out)
+    # beside the model too, with what evaluation reads (the base CLIP and the seed)
+    beside = json.loads((out / "training_args.json").read_text())
+    assert beside["clip_model"] == "tiny-random" and beside["seed"] == 0 and "hub_token" not in beside
 
 
 def _truncate(path):
@@ -384,7 +387,7 @@ def _truncate(path):
     ("random_states_0.pkl", lambda p: p.unlink(), "missing from the checkpoint"),
     ("custom_checkpoint_1.pkl", _truncate, "truncated or corrupt checkpoint file"),
     (SETTINGS_NAME, _truncate, "truncated or corrupt"),
-    (SETTINGS_NAME, lambda p: p.unlink(), "has no training_settings.json"),
+    (SETTINGS_NAME, lambda p: p.unlink(), "has no training_args.json"),
 ])
 def test_damaged_checkpoint_is_named(run_copy, capsys, name, damage, expected):
     out, options = run_copy

@@ -1,0 +1,116 @@
+"""The optimisation recipe of the released code: Adam parameter groups, the one-cycle schedule, the weight EMA and the
+choice between the regular and the averaged model.
+
+- :func:`parameter_groups`: Adam groups (image tower + meta-net at ``lr``, GCN at ``gcn_lr``; weight decay only on
+  weights with more than one dimension);
+- :func:`one_cycle_scheduler`: OneCycleLR with ``pct_start`` and a schedule length separate from the epochs trained;
+- :func:`ema_decay` / :class:`ModelEMA`: exponential moving average of all weights, decay chosen so that one epoch
+  keeps ``ema_keep_per_epoch`` (0.82) of the old average;
+- :func:`select_source`: "ema" or "regular", the model with the higher selection mAP (ties go to the EMA).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+def parameter_groups(model, lr: float, gcn_lr: float, weight_decay: float) -> list[dict]:
+    """Adam parameter groups of the reference recipe, in the order `[lr decay, lr no-decay, gcn decay, gcn
+    no-decay]` (empty groups dropped): GCN parameters get `gcn_lr`, everything else that trains (image tower, meta-net,
+    and the text tower if unfrozen) gets `lr`; weight decay applies only to parameters with more than one dimension
+    (no decay on biases, norms, gamma, embeddings of shape (n,))."""
+    groups = {key: [] for key in ("decay", "no_decay", "gcn_decay", "gcn_no_decay")}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        prefix = "gcn_" if ".gcn." in f".{name}" else ""
+        groups[prefix + ("decay" if param.ndim > 1 else "no_decay")].append(param)
+    spec = [("decay", lr, weight_decay), ("no_decay", lr, 0.0), ("gcn_decay", gcn_lr, weight_decay),
+            ("gcn_no_decay", gcn_lr, 0.0)]
+    return [
+        {"params": groups[key], "lr": group_lr, "weight_decay": decay, "name": key}
+        for key, group_lr, decay in spec
+        if groups[key]
+    ]
+
+
+def loss_parameter_group(loss: torch.nn.Module, lr: float, loss_lr_scale: float) -> list[dict]:
+    """The Adam group of a loss's own parameters (ROLE's label estimates) at `lr * loss_lr_scale`, without weight
+    decay; `[]` for a loss without parameters."""
+    parameters = [p for p in loss.parameters() if p.requires_grad]
+    return [{"params": parameters, "lr": lr * loss_lr_scale, "weight_decay": 0.0, "name": "loss"}] if parameters else []
+
+
+def one_cycle_scheduler(optimizer, steps_per_epoch: int, schedule_epochs: int, pct_start: float = 0.2):
+    """OneCycleLR over `schedule_epochs * steps_per_epoch` steps, peaking at each group's `lr`."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=max(1, schedule_epochs * steps_per_epoch),
+        pct_start=pct_start,
+    )
+
+
+def ema_decay(steps_per_epoch: int, keep_per_epoch: float = 0.82) -> float:
+    """The per-step decay such that `steps_per_epoch` updates keep `keep_per_epoch` of the old average."""
+    return keep_per_epoch ** (1.0 / max(1, steps_per_epoch))
+
+
+def constant_buffer_names(model: torch.nn.Module) -> set[str]:
+    """The full names of the buffers that every submodule declares fixed in its `constant_buffers` class attribute
+    (for HSPNet: `HSPNetModel.constant_buffers`, the prompts and the relation)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        for name in getattr(type(module), "constant_buffers", ()):
+            names.add(f"{prefix}.{name}" if prefix else name)
+    return names
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights, `ema = decay * ema + (1 - decay) * model`, for every
+    floating-point parameter and buffer (batch-norm statistics included) as in the released code, except the tensors
+    that cannot change during training: the parameters that do not require grad (the frozen text tower), the buffers
+    the model declares constant (:func:`constant_buffer_names`) and any names in `constant`; averaging them would only
+    cost time and add rounding. Integer buffers are copied. `module` is a full model (eval mode) that can be evaluated
+    and saved; `state_dict`/`load_state_dict` make it checkpointable with accelerate."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, constant: set[str] | None = None):
+        self.module = copy.deepcopy(model).eval()
+        self.module.requires_grad_(False)
+        self.decay = decay
+        self.constant = ({name for name, p in model.named_parameters() if not p.requires_grad}
+                         | constant_buffer_names(model) | set(constant or ()))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        model_state = model.state_dict()
+        averaged, targets = [], []
+        for name, ema_value in self.module.state_dict().items():
+            if name in self.constant:
+                continue
+            value = model_state[name]
+            if ema_value.is_floating_point():
+                averaged.append(ema_value)
+                targets.append(value.to(device=ema_value.device, dtype=ema_value.dtype))
+            else:
+                ema_value.copy_(value)
+        if averaged:
+            torch._foreach_mul_(averaged, self.decay)
+            torch._foreach_add_(averaged, targets, alpha=1 - self.decay)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.module.load_state_dict(state["module"])
+
+
+def select_source(scores: dict[str, dict]) -> str:
+    """"ema" or "regular": the model with the higher selection mAP; a tie goes to the EMA model, as in the released
+    code (`if mAP_score_ema >= mAP_score_regular`)."""
+    if "ema" in scores and scores["ema"]["mAP"] >= scores["regular"]["mAP"]:
+        return "ema"
+    return "regular"

@@ -1,0 +1,303 @@
+"""Resuming a run exactly, or not at all: what a checkpoint records about its run and the checks made before loading it.
+
+- :data:`SETTINGS_NAME` (``training_args.json``): every option of the run except secrets, plus under ``"run"`` the
+  number of processes, the mixed precision and device in use, the library versions and a fingerprint of the data
+  (:func:`run_settings`). Written into every checkpoint and beside the trained model.
+- :func:`check_resume_settings`: a resume with other result-changing settings or other data is refused, listing
+  every difference (:func:`settings_differences`, :func:`dataset_differences`).
+- :func:`check_checkpoint_files`: a truncated or missing checkpoint file is named before anything is loaded;
+  :func:`check_best_model`: the output folder holds the best model the checkpoint's run saved.
+- :class:`TrainingState`: the loop's progress, checkpointed with accelerate's ``register_for_checkpointing``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hspnet.cli_types import one_line
+from hspnet.run_folder import BEST_MARKER_NAME, checkpoint_dirs
+
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint was written by a run whose settings differ in something that changes the result."""
+
+
+SETTINGS_NAME = "training_args.json"
+"""The run's options (and facts about the run under "run"): in every checkpoint folder, compared on resume, and
+beside the trained model (where evaluation reads `clip_model` and `seed`)."""
+OLD_SETTINGS_NAME = "training_settings.json"
+"""What checkpoints of earlier versions call it (`{"options": {...}, "world_size": ..., ...}`); still read."""
+RESUME_SAFE_OPTIONS = (
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint",          # where and how it writes
+    "with_tracking", "report_to", "logging_steps",                          # logging
+    "checkpointing_steps", "checkpoints_total_limit", "evaluate_before_training",  # what is saved / reported
+    "push_to_hub", "hub_strategy", "hub_model_id", "hub_token", "hub_private_repo", "license",  # upload
+    "num_workers",       # data loading processes: the order comes from the seeded sampler, the transform is fixed
+    "dataset_root", "cache_dir",  # where the data lies: its content is compared instead (labels, images, positives)
+    "trust_remote_code",
+    "mixed_precision", "cpu",  # compared as what the run actually uses (precision: refused; device: a warning)
+)
+"""Options that may differ on `--resume_from_checkpoint`: they cannot change the trained weights or the selection.
+Every other option (model, data, recipe, loss, seed, batch sizes, epochs, patience...) must be the same, and so must
+the number of processes and the mixed precision in use, and the dataset's content."""
+DATASET_OPTIONS = ("dataset", "dataset_options", "protocol", "max_train_samples", "max_eval_samples")
+
+
+@dataclass
+class TrainingState:
+    """Progress that must survive a restart (checkpointed with accelerate's `register_for_checkpointing`).
+
+    `run_id` names the run (kept across resumes; the best model's marker file carries it), `test_before_training`
+    keeps the metrics of the untrained model so that a resumed run reports them too."""
+
+    run_id: str = ""
+    global_step: int = 0
+    epoch: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    best_source: str = ""
+    best_metrics: dict = field(default_factory=dict)
+    evaluations_without_improvement: int = 0
+    history: list = field(default_factory=list)
+    test_before_training: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+
+def resolve_checkpoint(output_dir: str, resume: str) -> str:
+    """`resume` is "latest" (the newest folder under `output_dir/checkpoints`) or a checkpoint folder."""
+    if resume == "latest":
+        found = checkpoint_dirs(output_dir)
+        if not found:
+            raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint under {output_dir}/checkpoints")
+        return found[-1][1]
+    if not os.path.isdir(resume):
+        raise FileNotFoundError(f"--resume_from_checkpoint: {resume!r} is not a folder")
+    return resume
+
+
+def _json_value(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_settings(config, accelerator=None, dataset: dict | None = None) -> dict:
+    """What `training_args.json` records: every option of `config` except secrets (the Hub token), and under "run"
+    the number of processes, the mixed precision and device in use, the library versions and the dataset's
+    fingerprint (see :func:`dataset_fingerprint`)."""
+    import accelerate
+    import torch
+    import transformers
+
+    run = {
+        "format": 2,
+        "world_size": accelerator.num_processes if accelerator is not None else 1,
+        "mixed_precision": str(accelerator.mixed_precision) if accelerator is not None else "no",
+        "device": accelerator.device.type if accelerator is not None else "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "accelerate": accelerate.__version__},
+    }
+    if dataset is not None:
+        run["dataset"] = dataset
+    return {**_json_value(config.to_dict()), "run": run}
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
+
+
+def settings_differences(saved: dict, current: dict) -> tuple[list[str], list[str], list[str]]:
+    """Compare the settings of a checkpoint with those of the run that resumes it (both as :func:`run_settings`
+    gives them). Returns `(dataset, other, notes)`: differences of the data options, other differences that change
+    the result (both refuse the resume), and harmless differences worth a warning (device, library versions)."""
+    saved_options = {k: v for k, v in saved.items() if k != "run"}
+    current_options = _json_value({k: v for k, v in current.items() if k != "run"})
+    saved_run, current_run = saved.get("run") or {}, current.get("run") or {}
+    dataset, other, notes = [], [], []
+    missing = object()
+    for key in sorted(set(saved_options) | set(current_options)):
+        if key in RESUME_SAFE_OPTIONS:
+            continue
+        before, after = saved_options.get(key, missing), current_options.get(key, missing)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):  # name the entries that differ
+            pairs = [(f"{key}.{sub}", before.get(sub, missing), after.get(sub, missing))
+                     for sub in sorted(set(before) | set(after), key=str)
+                     if before.get(sub, missing) != after.get(sub, missing)]
+        else:
+            pairs = [(key, before, after)]
+        for name, old, new in pairs:
+            line = (f"{name} {'(not set)' if old is missing else _show(old)} -> "
+                    f"{'(not set)' if new is missing else _show(new)}")
+            (dataset if key in DATASET_OPTIONS else other).append(line)
+    for key, label in (("world_size", "number of processes"), ("mixed_precision", "mixed precision in use")):
+        if saved_run.get(key) != current_run.get(key):
+            other.append(f"{label} {_show(saved_run.get(key))} -> {_show(current_run.get(key))}")
+    if saved_run.get("device") != current_run.get("device"):
+        notes.append(f"device {saved_run.get('device')} -> {current_run.get('device')}")
+    for name, version in (current_run.get("versions") or {}).items():
+        before = (saved_run.get("versions") or {}).get(name)
+        if before != version:
+            notes.append(f"{name} {before} -> {version}")
+    return dataset, other, notes
+
+
+def dataset_fingerprint(hierarchy, splits: dict) -> dict:
+    """What identifies the data a run trains and selects on: the label names, the hierarchy and, for each split
+    used, its number of images and a hash of its image ids with their (observed) labels. Paths do not enter, so a
+    moved copy of the same data matches."""
+    import hashlib
+
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    fingerprint = {"labels": list(hierarchy.labels), "groups": list(hierarchy.groups),
+                   "label_to_group": [int(g) for g in hierarchy.label_to_group], "splits": {}}
+    for name, split in splits.items():
+        columns = split.column_names
+        parts = [list(split[column]) for column in ("image_id", "observed_labels", "labels") if column in columns]
+        fingerprint["splits"][name] = {"num_images": len(split), "content": digest(parts)}
+    return fingerprint
+
+
+def dataset_differences(saved: dict | None, current: dict) -> list[str]:
+    """Human-readable differences between two :func:`dataset_fingerprint` values."""
+    if not saved:
+        return []
+    found = []
+    if saved.get("labels") != current["labels"]:
+        found.append(f"labels: {label_mismatch(saved.get('labels') or [], current['labels'], 'checkpoint')}")
+    elif saved.get("groups") != current["groups"] or saved.get("label_to_group") != current["label_to_group"]:
+        found.append("the label hierarchy (groups) differs")
+    for name in sorted(set(saved.get("splits", {})) | set(current["splits"])):
+        before, after = saved.get("splits", {}).get(name), current["splits"].get(name)
+        if before == after:
+            continue
+        if before is None or after is None:
+            found.append(f"split {name!r} {'not used' if before is None else 'used'} by the checkpoint's run")
+        elif before["num_images"] != after["num_images"]:
+            found.append(f"{name} split {before['num_images']} -> {after['num_images']} images")
+        else:
+            found.append(f"{name} split: same number of images ({after['num_images']}) but other images or labels")
+    return found
+
+
+def label_mismatch(old: list[str], new: list[str], old_name: str = "model", new_name: str = "dataset") -> str:
+    """One line saying how two label lists differ (names missing on either side, or the first change of order)."""
+    only_old = [label for label in old if label not in set(new)]
+    only_new = [label for label in new if label not in set(old)]
+    if not only_old and not only_new and len(old) == len(new):
+        index = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+        return (f"the same {len(new)} labels in another order (label {index} is {old[index]!r} in the {old_name}, "
+                f"{new[index]!r} in the {new_name})")
+    parts = [f"{len(old)} labels in the {old_name}, {len(new)} in the {new_name}"]
+    if only_old:
+        parts.append(f"only in the {old_name}: {only_old[:5]}{' ...' if len(only_old) > 5 else ''}")
+    if only_new:
+        parts.append(f"only in the {new_name}: {only_new[:5]}{' ...' if len(only_new) > 5 else ''}")
+    return "; ".join(parts)
+
+
+def read_checkpoint_settings(checkpoint: str) -> dict:
+    """The `training_args.json` of a checkpoint (or the `training_settings.json` of an older one, converted)."""
+    path = os.path.join(checkpoint, SETTINGS_NAME)
+    old = not os.path.isfile(path) and os.path.isfile(os.path.join(checkpoint, OLD_SETTINGS_NAME))
+    path = os.path.join(checkpoint, OLD_SETTINGS_NAME) if old else path
+    if not os.path.isfile(path):
+        raise ResumeMismatchError(
+            f"checkpoint {checkpoint} has no {SETTINGS_NAME} (not written by scripts/train.py, or incomplete): its "
+            "settings cannot be checked against this run's, so it is not resumed"
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            settings = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: truncated or corrupt ({one_line(error)})") from None
+    if old and isinstance(settings, dict) and isinstance(settings.get("options"), dict):  # format 1
+        settings = {**settings.pop("options"), "run": settings}
+    if not isinstance(settings, dict) or not isinstance(settings.get("run"), dict):
+        raise ValueError(f"{path}: truncated or corrupt (no 'run' mapping)")
+    return settings
+
+
+def check_resume_settings(checkpoint: str, saved: dict, current: dict, dataset: dict | None = None) -> list[str]:
+    """Raise :class:`ResumeMismatchError` listing every difference that changes the result; return the notes."""
+    data, other, notes = settings_differences(saved, current)
+    if dataset is not None:
+        data += dataset_differences((saved.get("run") or {}).get("dataset"), dataset)
+    if not data and not other:
+        return notes
+    message = f"cannot resume from {checkpoint}: "
+    if data:
+        message += f"it was trained on another dataset ({'; '.join(data)})"
+        if other:
+            message += f", and with other settings that change the result ({'; '.join(other)})"
+    else:
+        message += f"its run used other settings that change the result ({'; '.join(other)})"
+    message += (". Resume with the run's own settings, or start a new run (another --output_dir, or "
+                "--overwrite_output_dir true). Only these options may change on resume: "
+                + ", ".join(o for o in RESUME_SAFE_OPTIONS if o not in ("mixed_precision", "cpu")))
+    raise ResumeMismatchError(message)
+
+
+def check_checkpoint_files(checkpoint: str, num_processes: int, num_objects: int) -> None:
+    """Every file `accelerator.load_state` reads must be present and whole: the model (safetensors header and
+    size), the optimizer, the registered objects and each process's random states (zip archives whose members pass
+    their CRC check). accelerate itself would ignore a broken random-state file and resume with other random
+    numbers; here the error names the file."""
+    import zipfile
+
+    names = (["model.safetensors", "optimizer.bin"] + [f"custom_checkpoint_{i}.pkl" for i in range(num_objects)]
+             + [f"random_states_{i}.pkl" for i in range(num_processes)])
+    for name in names:
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: missing from the checkpoint (incomplete or damaged); resume from "
+                                    "another checkpoint")
+        try:
+            if name.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(path, "pt") as handle:
+                    handle.keys()
+            else:
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise ValueError(f"member {bad} fails its CRC check")
+        except Exception as error:  # noqa: BLE001 - any failure to read means a damaged file
+            raise ValueError(f"{path}: truncated or corrupt checkpoint file ({one_line(error)}); resume from "
+                             "another checkpoint") from None
+
+
+def check_best_model(folder: str, state: TrainingState, checkpoint: str) -> None:
+    """On resume: if the checkpoint says a best model was saved, `folder` must hold it (from this run, at that
+    step or later: a run killed between saving the best model and its checkpoint re-derives the same model)."""
+    if state.best_epoch < 0:
+        return
+    marker_path = os.path.join(folder, BEST_MARKER_NAME)
+    try:
+        with open(marker_path, encoding="utf-8") as handle:
+            marker = json.load(handle)
+    except (OSError, ValueError):
+        marker = None
+    best_step = next((h["step"] for h in state.history if h.get("epoch") == state.best_epoch), None)
+    if (marker is None or not os.path.isfile(os.path.join(folder, "model.safetensors"))
+            or marker.get("run_id") != state.run_id or (best_step is not None and marker.get("step", -1) < best_step)):
+        raise ResumeMismatchError(
+            f"cannot resume from {checkpoint}: its run saved a best model (epoch {state.best_epoch}) that "
+            f"{folder} does not hold (missing, or from another run); resume with --output_dir set to the folder of "
+            "that run"
+        )
+
+
