@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import os
 import sys
 
@@ -44,6 +45,29 @@ def number_type(kind: type, what: str, low: float | None = None, high: float | N
 
 positive_int = number_type(int, "a positive integer", 1)
 probability = number_type(float, "a number in [0, 1]", 0.0, 1.0)
+
+
+def check_probability(value, name: str, allow_none: bool = True) -> float | None:
+    """What `probability` checks on the command line, for a Python value (a library argument): `value` as a float if
+    it is a finite number in `[0, 1]` (or None when allowed); `ValueError` naming `name` otherwise (NaN, inf, strings
+    and booleans included)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a finite number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_positive_int(value, name: str, allow_none: bool = False, minimum: int = 1) -> int | None:
+    """What `positive_int` checks on the command line, for a Python value: `value` if it is an integer `>= minimum`
+    (or None when allowed); `ValueError` naming `name` otherwise (floats, strings and booleans included)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

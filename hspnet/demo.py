@@ -6,7 +6,7 @@ control decide which labels are highlighted (the rule of ``hspnet predict``: wit
 the threshold); example images (for a model with the labels of the built-in demo data: a few demo test images); and a
 summary of the model card (labels, groups, base CLIP, dataset, test metrics).
 
-Inference goes through the same code as ``hspnet predict`` (:func:`hspnet.prediction.load_model` and
+Inference goes through the same code as ``hspnet predict`` (:func:`hspnet.engine.load_model` and
 :func:`hspnet.prediction.predict_images`: images read by :func:`hspnet.images.open_image`, EXIF orientation, 16-bit
 images, decompression bombs refused; an HSPNet model in eval mode computes its label embeddings once). A file that
 cannot be used (not an image, truncated, too many pixels, too many bytes) gets a message on the page, never a
@@ -16,32 +16,26 @@ Everything but :func:`build_demo` / :func:`launch_demo` / :func:`main` works wit
 functions are tested without a browser); gradio is imported only there, and a missing gradio is a one-line error
 naming ``pip install -e ".[demo]"``. ``import hspnet`` never imports this module.
 
-``hspnet demo --model M --write_space DIR`` writes a folder a Hugging Face Space runs as is: ``app.py``,
-``requirements.txt``, ``README.md`` (the Space card: ``sdk: gradio``), ``examples/`` (the example images), a copy of
-this ``hspnet`` package (``hspnet/``, pure Python, so the Space runs exactly this code without a package index) and
-the model: a local model folder is copied into ``model/``; a Hub id (or ``--space_model_id``) is referenced by its id
-and downloaded by the Space when it starts.
+``hspnet demo --model M --write_space DIR`` writes a folder a Hugging Face Space runs as is
+(:func:`hspnet.demo_space.write_space`). The model's label groups and card summary are :mod:`hspnet.demo_summary`.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import html
 import io
-import json
 import math
 import os
-import re
 import shutil
-import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from hspnet.cli_types import number_type, one_line, positive_int, probability, run_cli
+from hspnet.demo_summary import LabelGroups, read_model_summary, summary_markdown
 from hspnet.images import MAX_IMAGE_PIXELS
 
 GRADIO_INSTALL_HINT = 'pip install -e ".[demo]"'
@@ -55,10 +49,8 @@ MAX_IMAGES = 16
 NUM_DEMO_EXAMPLES = 6
 MAX_EXAMPLES = 12
 THUMBNAIL_SIZE = 96
-CARD_METRICS = ("mAP", "mAP_tie_aware", "CF1", "OF1", "mean_class_F1")
 SPACE_MARKER = ".hspnet-space"
 """A file ``--write_space`` puts in the folders it writes; ``--overwrite`` replaces only folders that have it."""
-_MAX_CARD_BYTES = 1 << 20
 
 
 class GradioMissingError(ImportError):
@@ -86,46 +78,6 @@ def import_gradio():
             f"the demo needs gradio, which is not installed ({one_line(error)}): {GRADIO_INSTALL_HINT}"
         ) from error
     return gradio
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The model's labels and hierarchy
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelGroups:
-    """The labels of a model (index order) and its groups: ``groups = [(group name, [label index, ...]), ...]`` in the
-    config's group order, each group's labels in label order. A model without a hierarchy has one group, ``labels``."""
-
-    names: tuple[str, ...]
-    groups: tuple[tuple[str, tuple[int, ...]], ...]
-
-    @classmethod
-    def from_config(cls, config) -> "LabelGroups":
-        from types import SimpleNamespace
-
-        from hspnet.prediction import label_names
-
-        names = tuple(label_names(SimpleNamespace(config=config)))
-        group_names = list(getattr(config, "group_names", None) or [])
-        label_to_group = list(getattr(config, "label_to_group", None) or [])
-        valid = (
-            group_names
-            and len(label_to_group) == len(names)
-            and all(isinstance(g, int) and not isinstance(g, bool) and 0 <= g < len(group_names)
-                    for g in label_to_group)
-        )
-        if not valid:
-            return cls(names, (("labels", tuple(range(len(names)))),))
-        members: list[list[int]] = [[] for _ in group_names]
-        for index, group in enumerate(label_to_group):
-            members[group].append(index)
-        return cls(names, tuple((str(name), tuple(m)) for name, m in zip(group_names, members) if m))
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.names)
 
 
 def _top_k_or_none(top_k: Any) -> int | None:
@@ -268,146 +220,6 @@ def status_message(results: Sequence[dict] | None, extra: Sequence[str] = ()) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The model card summary
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _read_small_text(path: str) -> str | None:
-    """A regular file's text (at most 1 MB), or None (missing, a FIFO / device, unreadable)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(_MAX_CARD_BYTES)
-    except OSError:
-        return None
-
-
-def _model_file(model_name_or_path: str, filename: str) -> str | None:
-    """``filename`` of a local folder, or of a Hub model when it is in the local cache / can be downloaded."""
-    if os.path.isdir(model_name_or_path):
-        path = os.path.join(model_name_or_path, filename)
-        return path if os.path.lexists(path) else None
-    if os.path.exists(model_name_or_path):
-        return None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return hf_hub_download(model_name_or_path, filename)
-    except Exception:  # noqa: BLE001 (offline, no such file, not a repo: no summary from it)
-        return None
-
-
-def _finite_number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        return None
-    return float(value)
-
-
-def read_model_summary(model_name_or_path: str | os.PathLike | None, config=None) -> dict:
-    """What the page shows about the model: ``{"name", "num_labels", "groups": [(group, [labels])], "base_model",
-    "dataset", "metrics": {name: value}, "metrics_source"}``. Labels and groups come from ``config``; the rest from
-    the model card (``README.md`` YAML: ``base_model``, ``datasets``, ``model-index`` metrics), else from
-    ``all_results.json`` (``test`` metrics) and ``training_args.json`` (``dataset``, ``clip_model``) when present.
-    Missing or malformed files leave fields empty; nothing here raises for a bad card."""
-    name = os.fspath(model_name_or_path) if model_name_or_path is not None else ""
-    summary: dict[str, Any] = {"name": os.path.basename(os.path.normpath(name)) if os.path.isdir(name) else name,
-                               "num_labels": 0, "groups": [], "base_model": None, "dataset": None, "metrics": {},
-                               "metrics_source": None}
-    if config is not None:
-        with contextlib.suppress(ValueError):
-            groups = LabelGroups.from_config(config)
-            summary["num_labels"] = groups.num_labels
-            summary["groups"] = [(g, [groups.names[i] for i in members]) for g, members in groups.groups]
-    if not name:
-        return summary
-    card_path = _model_file(name, "README.md")
-    text = _read_small_text(card_path) if card_path else None
-    meta: dict = {}
-    if text:
-        match = re.match(r"\ufeff?---\s*\n(.*?)\n---", text, re.S)
-        if match:
-            import yaml
-
-            with contextlib.suppress(yaml.YAMLError):
-                loaded = yaml.safe_load(match.group(1))
-                meta = loaded if isinstance(loaded, dict) else {}
-    if isinstance(meta.get("base_model"), str):
-        summary["base_model"] = meta["base_model"]
-    datasets = meta.get("datasets")
-    if isinstance(datasets, list) and datasets and isinstance(datasets[0], str):
-        summary["dataset"] = datasets[0]
-    index = meta.get("model-index")
-    if isinstance(index, list):
-        for entry in index:
-            for result in (entry.get("results") or []) if isinstance(entry, dict) else []:
-                if not isinstance(result, dict):
-                    continue
-                dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
-                if summary["dataset"] is None and isinstance(dataset.get("name"), str) and dataset["name"]:
-                    summary["dataset"] = dataset["name"]
-                for metric in result.get("metrics") or []:
-                    if isinstance(metric, dict) and isinstance(metric.get("type"), str):
-                        value = _finite_number(metric.get("value"))
-                        if value is not None:
-                            summary["metrics"].setdefault(metric.get("name") or metric["type"], value)
-        if summary["metrics"]:
-            summary["metrics_source"] = "model card"
-    for filename, apply in (("all_results.json", _apply_all_results), ("training_args.json", _apply_training_args)):
-        path = _model_file(name, filename)
-        document = _read_small_text(path) if path else None
-        if document:
-            with contextlib.suppress(ValueError):
-                loaded = json.loads(document)
-                if isinstance(loaded, dict):
-                    apply(summary, loaded)
-    return summary
-
-
-def _apply_all_results(summary: dict, results: dict) -> None:
-    test = results.get("test")
-    if summary["metrics"] or not isinstance(test, dict):
-        return
-    metrics = {key: _finite_number(test.get(key)) for key in CARD_METRICS}
-    summary["metrics"] = {key: value for key, value in metrics.items() if value is not None}
-    if summary["metrics"]:
-        summary["metrics_source"] = "all_results.json (test split)"
-
-
-def _apply_training_args(summary: dict, args: dict) -> None:
-    if summary["dataset"] is None and isinstance(args.get("dataset"), str):
-        summary["dataset"] = args["dataset"]
-    if summary["base_model"] is None and isinstance(args.get("clip_model"), str):
-        summary["base_model"] = args["clip_model"]
-
-
-def summary_markdown(summary: dict) -> str:
-    """The model summary as markdown (names escaped)."""
-
-    def esc(text: Any) -> str:
-        return re.sub(r"([\\`*_{}\[\]<>()#+!|])", r"\\\1", str(text))
-
-    groups = summary.get("groups") or []
-    lines = []
-    head = f"**Model** `{summary['name']}`: " if summary.get("name") else ""
-    head += f"{summary.get('num_labels', 0)} labels in {len(groups)} group{'s' if len(groups) != 1 else ''}"
-    extras = []
-    if summary.get("base_model"):
-        extras.append(f"base CLIP `{summary['base_model']}`")
-    if summary.get("dataset"):
-        extras.append(f"trained on {esc(summary['dataset'])}")
-    lines.append(head + (" · " + " · ".join(extras) if extras else "") + ".")
-    metrics = summary.get("metrics") or {}
-    if metrics:
-        shown = " · ".join(f"{esc(k)} **{v:.2f}**" for k, v in metrics.items())
-        lines.append(f"Test metrics ({esc(summary.get('metrics_source') or 'model card')}): {shown}.")
-    if groups:
-        lines.append("")
-        lines += [f"- **{esc(group)}**: {', '.join(esc(label) for label in labels)}" for group, labels in groups]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Examples
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -496,9 +308,10 @@ class DemoModel:
     @classmethod
     def load(cls, model_name_or_path: str | os.PathLike, device: Any = None, trust_remote_code: bool = False,
              **limits) -> "DemoModel":
-        """:func:`hspnet.prediction.load_model` (``ModelLoadError`` naming the model when it cannot be loaded), the
+        """:func:`hspnet.engine.load_model` (``ModelLoadError`` naming the model when it cannot be loaded), the
         label groups of its config and the summary of its model card."""
-        from hspnet.prediction import load_model, resolve_device
+        from hspnet.engine import load_model
+        from hspnet.prediction import resolve_device
 
         name = os.fspath(model_name_or_path)
         if device is None or isinstance(device, str):
@@ -672,199 +485,6 @@ def launch_demo(blocks, host: str | None = None, port: int | None = None, share:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# A Space folder
-# ---------------------------------------------------------------------------------------------------------------------
-
-_RUN_FILES = ("train.log",)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-
-APP_TEMPLATE = '''"""A Gradio demo of an HSPNet model (a Hugging Face Space runs `python app.py`).
-
-Written by `hspnet demo --write_space`. The hspnet package next to this file is the code that wrote it; the model
-is {model_note}.
-"""
-
-import os
-import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)  # the copy of the hspnet package in this folder
-
-from hspnet.demo import build_demo, launch_demo  # noqa: E402
-
-MODEL = {model_expr}
-EXAMPLES = os.path.join(HERE, "examples")
-
-demo = build_demo(MODEL, examples=[EXAMPLES] if os.path.isdir(EXAMPLES) else [], title={title!r},
-                  model_name={model_name!r}, threshold={threshold!r}, top_k={top_k!r})
-
-if __name__ == "__main__":
-    launch_demo(demo)
-'''
-
-
-def _requirements() -> list[str]:
-    """What the Space installs: hspnet's own requirements and gradio (from the installed package's metadata)."""
-    fallback = ["torch>=2.4", "transformers>=5.0,<6", "datasets>=5.0,<6", "accelerate>=1.10", "huggingface_hub>=1.0",
-                "safetensors", "numpy", "pillow", "pyyaml", "tqdm", "gradio>=5"]
-    try:
-        from importlib.metadata import PackageNotFoundError, requires
-
-        declared = requires("hspnet") or []
-    except (ImportError, PackageNotFoundError):
-        return fallback
-    out = []
-    for requirement in declared:
-        spec, _, marker = requirement.partition(";")
-        if not marker.strip() or re.search(r"""extra\s*==\s*["']demo["']""", marker):
-            out.append(spec.strip().replace(" ", ""))
-    return out if any(r.startswith("gradio") for r in out) else fallback
-
-
-def _space_card(title: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        gradio_version = version("gradio")
-    except Exception:  # noqa: BLE001 (no gradio installed: the Space picks its default)
-        gradio_version = None
-    lines = ["---", f"title: {json.dumps(title[:60])}", "emoji: 🏷️", "colorFrom: green", "colorTo: blue",
-             "sdk: gradio"]
-    if gradio_version:
-        lines.append(f"sdk_version: {gradio_version}")
-    lines += ["app_file: app.py", "pinned: false", "---", "",
-              f"# {title}", "",
-              "A Gradio demo of an HSPNet multi-label image classifier, written by `hspnet demo --write_space`.",
-              "Upload images; every label's score is shown, grouped by the model's label hierarchy.", ""]
-    return "\n".join(lines)
-
-
-def _copy_package(target: str) -> None:
-    """Copy the installed ``hspnet`` package (Python files and package data, no caches) to ``target``."""
-    source = os.path.dirname(os.path.abspath(__file__))
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-
-
-def _model_copy_files(folder: str) -> list[str]:
-    """The top-level regular files of a model folder (config, weights, image processor, remote code, model card,
-    all_results.json), without hidden files, logs and folders such as checkpoints/."""
-    names = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.startswith(".") or name in _RUN_FILES or not os.path.isfile(path) \
-                or not stat.S_ISREG(os.stat(path).st_mode):
-            continue
-        names.append(name)
-    return names
-
-
-def _inside(path: str, folder: str) -> bool:
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike,
-                examples: Sequence[str | os.PathLike] | None = None, *, title: str | None = None,
-                space_model_id: str | None = None, overwrite: bool = False, check: bool = True,
-                threshold: float = DEFAULT_THRESHOLD, top_k: int = 0) -> str:
-    """Write a Hugging Face Space for the model into ``folder`` (see the module docstring for what it holds); returns
-    ``folder``. A local model folder is copied into ``model/`` unless ``space_model_id`` names the Hub id to load
-    instead; a Hub id is referenced. ``examples``: image files / folders (``None``: demo test images for a model
-    with the demo data's labels). ``threshold`` / ``top_k``: the page's initial controls (top-k 0: no limit).
-    ``check`` loads the model first, so a broken model fails here and not on the Space. The folder is written whole
-    or not at all; an existing non-empty folder is replaced only with ``overwrite`` and only if an earlier
-    ``write_space`` wrote it."""
-    from hspnet.prediction import ModelLoadError, check_positive_int, check_probability, load_model
-
-    threshold = check_probability(threshold, "threshold", allow_none=False)
-    top_k = check_positive_int(top_k, "top_k", minimum=0)
-
-    model = os.fspath(model_name_or_path)
-    folder = os.fspath(folder)
-    local = os.path.isdir(model)
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise NotADirectoryError(f"{folder}: --write_space must be a folder, this is a file")
-    if os.path.isdir(folder) and os.listdir(folder):
-        if not overwrite:
-            raise FileExistsError(f"{folder}: the folder exists and is not empty; pass --overwrite to replace a Space "
-                                  "folder written earlier, or choose a new folder")
-        if not os.path.isfile(os.path.join(folder, SPACE_MARKER)):
-            raise FileExistsError(f"{folder}: not a Space folder written by hspnet demo (no {SPACE_MARKER}); "
-                                  "refusing to replace it")
-    if local and (_inside(folder, model) or _inside(model, folder)):
-        raise ValueError(f"{folder}: the Space folder must not be inside the model folder {model} or contain it")
-    if space_model_id is not None and not _HUB_ID.match(space_model_id):
-        raise ValueError(f"--space_model_id must be a Hub id like user/model, got {space_model_id!r}")
-    if not local and os.path.exists(model):
-        raise ModelLoadError(f"{model}: the model must be a folder (or a Hub id), not a file")
-    if not local and not _HUB_ID.match(model):
-        raise ModelLoadError(f"{model}: no such model folder, and not a Hub id like user/model")
-    if check:
-        loaded, _ = load_model(model)
-        label_groups = LabelGroups.from_config(loaded.config)
-        del loaded
-        if top_k > label_groups.num_labels:
-            raise ValueError(f"top_k must be in [0, {label_groups.num_labels}] (the model has "
-                             f"{label_groups.num_labels} labels), got {top_k}")
-    else:
-        label_groups = None
-    if examples is None:
-        example_paths = None  # demo images, drawn below when the model has the demo labels
-    else:
-        example_paths = collect_examples(examples) if examples else []
-    heading = title or "HSPNet demo"
-    shown_name = space_model_id or (os.path.basename(os.path.normpath(os.path.abspath(model))) if local else model)
-
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", suffix=".partial", dir=parent)
-    try:
-        _copy_package(os.path.join(staging, "hspnet"))
-        if space_model_id is not None:
-            model_expr, note = repr(space_model_id), f"loaded from the Hugging Face Hub: {space_model_id}"
-        elif local:
-            os.makedirs(os.path.join(staging, "model"))
-            for name in _model_copy_files(model):
-                shutil.copy2(os.path.join(model, name), os.path.join(staging, "model", name))
-            model_expr, note = 'os.path.join(HERE, "model")', "the copy in model/"
-        else:
-            model_expr, note = repr(model), f"loaded from the Hugging Face Hub: {model}"
-        example_dir = os.path.join(staging, "examples")
-        if example_paths is None:
-            if label_groups is not None and is_demo_model(label_groups):
-                write_demo_examples(example_dir)
-        elif example_paths:
-            os.makedirs(example_dir)
-            used = set()
-            for index, path in enumerate(example_paths):
-                name = os.path.basename(path)
-                if name in used or name.startswith("."):
-                    name = f"{index:02d}-{name.lstrip('.')}"
-                used.add(name)
-                shutil.copyfile(path, os.path.join(example_dir, name))
-        with open(os.path.join(staging, "app.py"), "w", encoding="utf-8") as handle:
-            handle.write(APP_TEMPLATE.format(title=title, model_note=note, model_expr=model_expr,
-                                             model_name=shown_name, threshold=float(threshold), top_k=int(top_k)))
-        with open(os.path.join(staging, "requirements.txt"), "w", encoding="utf-8") as handle:
-            handle.write("\n".join(_requirements()) + "\n")
-        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as handle:
-            handle.write(_space_card(heading))
-        with open(os.path.join(staging, SPACE_MARKER), "w", encoding="utf-8") as handle:
-            handle.write("written by hspnet demo --write_space\n")
-        if os.path.isdir(folder):
-            old = folder.rstrip(os.sep) + f".replaced-{os.getpid()}"
-            os.replace(folder, old)
-            os.replace(staging, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -924,6 +544,8 @@ def run_demo(args: argparse.Namespace):
         raise ValueError(f"--top_k must be >= 0 (0: no limit), got {args.top_k}")
     examples = [] if args.no_examples else args.examples
     if args.write_space is not None:
+        from hspnet.demo_space import write_space
+
         folder = write_space(args.model, args.write_space, examples, title=args.title,
                              space_model_id=args.space_model_id, overwrite=args.overwrite,
                              threshold=args.threshold, top_k=args.top_k)
@@ -951,7 +573,6 @@ def main(argv: list[str] | None = None, prog: str | None = "hspnet demo") -> int
     return run_cli(build_argument_parser(prog), run_demo, argv)
 
 
-
 __all__ = [
     "CSS",
     "DemoModel",
@@ -973,7 +594,6 @@ __all__ = [
     "status_message",
     "summary_markdown",
     "write_demo_examples",
-    "write_space",
 ]
 
 

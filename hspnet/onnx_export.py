@@ -215,7 +215,7 @@ def _load(model_or_path, trust_remote_code: bool):
         return model_or_path, getattr(model_or_path, "image_processor", None), None
     if not isinstance(model_or_path, (str, os.PathLike)):
         raise ValueError(f"export_onnx: pass a model folder, a Hub id or an HSPNet model, got {model_or_path!r}")
-    from hspnet.prediction import load_model
+    from hspnet.engine import load_model
 
     name = os.fspath(model_or_path)
     model, processor = load_model(name, device="cpu", trust_remote_code=trust_remote_code)

@@ -3,7 +3,8 @@
 
 - :func:`collect_image_paths`: files, folders (searched recursively for :data:`IMAGE_EXTENSIONS`), never URLs;
   FIFOs, devices, sockets and broken links inside a folder are skipped with a warning (never opened, so never a hang);
-- :func:`load_model`: a model folder or Hub id -> ``(model, image_processor)`` (the image processor saved with the
+- :func:`load_model` (from :mod:`hspnet.engine`, the one model loader of the package): a model folder or Hub id ->
+  ``(model, image_processor)`` (the image processor saved with the
   model, loaded with ``AutoImageProcessor``; importing :mod:`hspnet` registers HSPNet with the ``Auto`` classes). The
   folder is checked first (:func:`check_model_folder`: JSON files parse, weights files are complete safetensors), and
   weights that do not fit ``config.json`` (missing tensors, other shapes, e.g. another number of labels) or hold
@@ -24,19 +25,25 @@ argument; the command line prints that line and exits with status 1 (``--debug``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import heapq
 import json
 import math
-import numbers
 import os
 import re
-
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from hspnet.cli_types import number_type, one_line, positive_int, probability, run_cli
+from hspnet.cli_types import (
+    check_positive_int,
+    check_probability,
+    number_type,
+    one_line,
+    positive_int,
+    probability,
+    run_cli,
+)
+from hspnet.engine import ModelLoadError, check_model_folder, label_names, load_model, read_json_file, scores_from_logits
 from hspnet.files import atomic_write, refuse_inputs_as_output, special_kind
 from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, open_image
 
@@ -45,41 +52,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 ON_ERROR = ("fail", "skip")
 FORMATS = ("table", "jsonl")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_JSON_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json",
-               "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "vocab.json",
-               "added_tokens.json")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
-
-class ModelLoadError(OSError):
-    """The model folder or Hub id cannot be loaded (or its weights do not fit its configuration)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Argument checks (shared with hspnet.evaluation)
+# Inputs
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def check_probability(value: Any, name: str, allow_none: bool = True) -> float | None:
-    """``value`` as a float if it is a finite number in ``[0, 1]`` (or None when allowed); ``ValueError`` naming
-    ``name`` otherwise (NaN, inf, strings and booleans included)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
-            or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a finite number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def check_positive_int(value: Any, name: str, allow_none: bool = False, minimum: int = 1) -> int | None:
-    """``value`` if it is an integer ``>= minimum`` (or None when allowed); ``ValueError`` naming ``name`` otherwise
-    (floats, strings and booleans included)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return int(value)
 
 
 def _path_list(paths: Any, name: str) -> list[str]:
@@ -95,15 +72,8 @@ def _path_list(paths: Any, name: str) -> list[str]:
     return [os.fspath(item) for item in items]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 def is_url(text: str) -> bool:
     return bool(_URL.match(str(text)))
-
-
 
 
 def collect_image_paths(inputs: Iterable[str | os.PathLike] | str | os.PathLike,
@@ -179,239 +149,6 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = MAX_IMAGE_PIXEL
     """Open ``path`` as an 8-bit RGB ``PIL.Image``: :func:`hspnet.images.open_image` (fully decoded, EXIF orientation
     applied, 16-bit / float images scaled, decompression bombs refused), or raise :class:`ImageReadError` naming it."""
     return open_image(path, max_pixels=max_pixels)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _looks_like_path(name: str) -> bool:
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.count("/") != 1
-        or os.sep != "/" and os.sep in name
-    )
-
-
-def _load_errors() -> tuple[type[BaseException], ...]:
-    """What loading a broken model folder raises inside transformers / safetensors / torch."""
-    import pickle
-
-    errors: list[type[BaseException]] = [OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError,
-                                         EOFError, pickle.UnpicklingError]
-    with contextlib.suppress(ImportError):
-        from safetensors import SafetensorError
-
-        errors.append(SafetensorError)
-    return tuple(errors)
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' warnings (e.g. its multi-line load report) while loading: the problems it reports are
-    turned into one-line errors by the caller."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def _check_regular(path: str, what: str) -> None:
-    kind = special_kind(os.stat(path).st_mode)
-    if kind is not None:
-        raise ModelLoadError(f"{path}: the {what} file is {kind}, not a regular file")
-
-
-def read_json_file(path: str, what: str = "JSON") -> Any:
-    """The JSON document in ``path`` (a regular file, UTF-8); :class:`ModelLoadError` naming it otherwise."""
-    _check_regular(path, what)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except UnicodeDecodeError as error:
-        raise ModelLoadError(f"{path}: the {what} file is not UTF-8 text ({one_line(error)})") from None
-    except json.JSONDecodeError as error:
-        raise ModelLoadError(f"{path}: the {what} file is not valid JSON ({one_line(error)})") from None
-
-
-def _check_safetensors(path: str) -> None:
-    """Read the header of a safetensors file: a truncated, empty or partly downloaded file fails here, by name."""
-    from safetensors import SafetensorError, safe_open
-
-    _check_regular(path, "weights")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            handle.keys()
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        size = os.path.getsize(path)
-        raise ModelLoadError(
-            f"{path}: not a complete safetensors file ({size:,} bytes; {one_line(error)}): truncated or partly "
-            "copied or downloaded? copy or download it again"
-        ) from None
-
-
-def check_model_folder(folder: str, what: str = "model") -> None:
-    """Check a local model folder before transformers reads it, so that each problem names its file: ``config.json``
-    exists and holds a JSON object, the JSON files transformers reads parse, every weights file is a regular file
-    (never a FIFO or a device, which would block) and every ``.safetensors`` file is complete. Raises
-    :class:`ModelLoadError`."""
-    config = os.path.join(folder, "config.json")
-    if not os.path.lexists(config):
-        raise ModelLoadError(f"{folder}: not a {what} folder (no config.json)")
-    if not isinstance(read_json_file(config, "config"), dict):
-        raise ModelLoadError(f"{config}: the config file must hold a JSON object")
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name in _JSON_FILES[1:] or name.endswith(".index.json"):
-            if os.path.exists(path):
-                read_json_file(path, name)
-        elif name.endswith(_WEIGHT_SUFFIXES) or name == "README.md":
-            if not os.path.exists(path):
-                raise ModelLoadError(f"{path}: a broken symbolic link (its target does not exist)")
-            _check_regular(path, "weights" if name != "README.md" else "model card")
-            if name.endswith(".safetensors"):
-                _check_safetensors(path)
-
-
-def _describe_mismatch(name: str, model, mismatched) -> str:
-    """One line about weights whose shapes are not those ``config.json`` asks for."""
-    items = sorted(mismatched, key=lambda item: str(item[0]))
-    shown = "; ".join(f"{key}: {tuple(saved)} in the weights, {tuple(expected)} for config.json"
-                      for key, saved, expected in items[:3])
-    more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
-    hint = ""
-    for key, saved, expected in items:
-        if key.endswith("label_prompt_embeds") and saved and expected:
-            hint = (f": config.json lists {expected[0]} labels (id2label) but the weights were saved for {saved[0]}; "
-                    "use the config.json saved with these weights")
-            break
-    else:
-        if getattr(model.config, "num_labels", None) is not None:
-            hint = (f": config.json has {model.config.num_labels} labels (id2label); check that it is the config saved "
-                    "with these weights")
-    return f"{name}: the weights do not fit config.json{hint} ({shown}{more})"
-
-
-def _check_loading_info(name: str, model, info: dict) -> None:
-    """Refuse weights that transformers would silently (re)initialise: missing tensors or other shapes."""
-    mismatched = list(info.get("mismatched_keys") or [])
-    if mismatched:
-        raise ModelLoadError(_describe_mismatch(name, model, mismatched))
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise ModelLoadError(
-            f"{name}: the weights lack {len(missing)} tensor(s) the model needs ({shown}): an incomplete checkpoint, "
-            "or one of another model; they would be left randomly initialised"
-        )
-    errors = [one_line(message) for message in info.get("error_msgs") or []]
-    if errors:
-        raise ModelLoadError(f"{name}: the weights could not be loaded ({'; '.join(errors)[:300]})")
-
-
-def _check_finite_parameters(name: str, model) -> None:
-    import torch
-
-    bad = [key for key, value in model.named_parameters()
-           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
-        raise ModelLoadError(f"{name}: the weights hold NaN or infinite values in {len(bad)} tensor(s) ({shown}): "
-                             "a corrupted or diverged checkpoint")
-
-
-def label_names(model) -> list[str]:
-    """The model's label names in index order; ``ValueError`` when ``config.id2label`` is not indexed 0..C-1 or
-    disagrees with ``config.num_labels``."""
-    id2label = getattr(model.config, "id2label", None) or {}
-    try:
-        keys = sorted(int(key) for key in id2label)
-    except (TypeError, ValueError):
-        keys = None
-    if keys != list(range(len(id2label))) or not id2label:
-        raise ValueError(f"the model's config.json must name its labels in id2label with keys 0..C-1, got "
-                         f"{sorted(map(str, id2label))[:10]}")
-    num_labels = getattr(model.config, "num_labels", len(id2label))
-    if num_labels != len(id2label):
-        raise ValueError(f"the model's config.json has num_labels {num_labels} but names {len(id2label)} labels in "
-                         "id2label")
-    return [str(id2label[i] if i in id2label else id2label[str(i)]) for i in range(len(id2label))]
-
-
-def load_model(model_name_or_path: str | os.PathLike, device: Any = None, trust_remote_code: bool = False):
-    """``(model, image_processor)`` from a model folder or Hub id, in eval mode on ``device``.
-
-    The model is loaded with ``AutoModelForImageClassification`` (HSPNet is registered by importing :mod:`hspnet`;
-    other image classifiers work too) and the image processor is the one saved with it (``AutoImageProcessor``);
-    an HSPNet folder without one falls back to CLIP preprocessing at the tower's resolution (a saved one that cannot be
-    read is an error). Nothing in the folder runs code unless ``trust_remote_code``: weights are safetensors or
-    ``torch.load(weights_only=True)``. Raises :class:`ModelLoadError` (an ``OSError``) naming the model or the file
-    when it cannot be loaded: no folder, no / malformed ``config.json``, truncated weights, weights that lack tensors
-    or have other shapes than ``config.json`` asks for (e.g. another number of labels), NaN / inf weights.
-    """
-    import torch
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    import hspnet  # noqa: F401  (registers HSPNet with the Auto classes)
-
-    if not isinstance(model_name_or_path, (str, os.PathLike)) or not os.fspath(model_name_or_path):
-        raise ValueError(f"model must be a model folder or a Hub id, got {model_name_or_path!r}")
-    name = os.fspath(model_name_or_path)
-    local = os.path.isdir(name)
-    if local:
-        check_model_folder(name)
-    elif os.path.exists(name):
-        raise ModelLoadError(f"{name}: the model must be a folder (or a Hub id), not a file")
-    elif _looks_like_path(name):
-        raise ModelLoadError(f"{name}: model folder does not exist")
-    errors = _load_errors()
-    with _quiet_transformers():
-        try:
-            model, info = AutoModelForImageClassification.from_pretrained(
-                name, trust_remote_code=trust_remote_code, output_loading_info=True, ignore_mismatched_sizes=True,
-            )
-        except errors as error:
-            where = "model folder" if local else "no such local folder, and the Hub model"
-            raise ModelLoadError(f"{name}: {where} could not be loaded ({one_line(error)[:300]})") from error
-    _check_loading_info(name, model, info)
-    _check_finite_parameters(name, model)
-    try:
-        label_names(model)
-    except ValueError as error:
-        raise ModelLoadError(f"{name}: {error}") from None
-    saved_processor = os.path.join(name, "preprocessor_config.json")
-    with _quiet_transformers():
-        try:
-            processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-        except errors as error:
-            reason = one_line(error)[:200]
-            if local and os.path.lexists(saved_processor):
-                raise ModelLoadError(
-                    f"{saved_processor}: the image processor saved with the model cannot be loaded ({reason})"
-                ) from error
-            if getattr(model.config, "model_type", None) != "hspnet":
-                raise ModelLoadError(f"{name}: no image processor saved with the model ({reason})") from error
-            from hspnet.modeling_hspnet import default_image_processor
-
-            processor = default_image_processor(model.config)
-    if device is not None:
-        model.to(torch.device(device))
-    return model.eval(), processor
-
-
-def scores_from_logits(model, logits):
-    """Per-label probabilities: sigmoid for multi-label models (HSPNet), softmax for single-label classifiers."""
-    import torch
-
-    if getattr(model.config, "problem_type", None) == "single_label_classification":
-        return torch.softmax(logits.float(), dim=-1)
-    return torch.sigmoid(logits.float())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

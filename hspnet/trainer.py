@@ -184,7 +184,7 @@ def prepare_trainer_datasets(datasets: Mapping, model=None, image_processor=None
     if model is not None:
         model_labels = _model_labels(model)
         if model_labels is not None and model_labels != dataset_labels:
-            from hspnet.evaluation import label_permutation
+            from hspnet.engine import label_permutation
 
             permutation = label_permutation(model_labels, dataset_labels)
         if image_processor is None:

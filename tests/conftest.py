@@ -44,3 +44,42 @@ def make_model(tiny_clip_dir, hierarchy):
 def pixel_values():
     generator = torch.Generator().manual_seed(1)
     return torch.randn(3, 3, 32, 32, generator=generator)
+
+
+TINY_DEMO_OPTIONS = {"num_train": 64, "num_test": 32, "image_size": 32}
+"""The small demo set of `trained_tiny_model` (prepare it with these options and `tiny_demo_cache` to get its data)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_model_dir(tiny_clip_dir, tmp_path_factory):
+    """A saved, untrained tiny HSPNet on the built-in demo data's hierarchy (12 labels, 3 groups), seed 0. Shared by
+    the session: copy it before changing it."""
+    from hspnet import HSPNetForImageClassification
+    from hspnet.data.demo import demo_hierarchy
+
+    torch.manual_seed(0)
+    model = HSPNetForImageClassification.from_clip(tiny_clip_dir, **demo_hierarchy().model_kwargs())
+    folder = tmp_path_factory.mktemp("tiny-demo-model")
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_cache(tmp_path_factory):
+    """The datasets cache folder of `trained_tiny_model`'s demo data."""
+    return str(tmp_path_factory.mktemp("tiny-demo-cache"))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_model(tiny_demo_cache, tmp_path_factory):
+    """A tiny HSPNet on the tiny random CLIP, trained once per session by `hspnet.training.train` for one epoch on
+    the demo data (`TINY_DEMO_OPTIONS`): the model folder exactly as training writes it. Copy it before changing it."""
+    from hspnet.training import TrainingConfig, train
+
+    output_dir = str(tmp_path_factory.mktemp("trained-tiny") / "model")
+    train(TrainingConfig(
+        clip_model="tiny-random", dataset="demo", dataset_options=dict(TINY_DEMO_OPTIONS), cache_dir=tiny_demo_cache,
+        output_dir=output_dir, epochs=1, schedule_epochs=1, batch_size=16, with_tracking=False,
+        evaluate_before_training=False, checkpointing_steps=None, lr=1e-3, gcn_lr=5e-3,
+    ))
+    return output_dir

@@ -24,9 +24,10 @@ from hspnet.demo import (
     selected_labels,
     status_message,
     summary_markdown,
-    write_space,
 )
-from hspnet.prediction import load_model, predict_images, select_labels
+from hspnet.demo_space import write_space
+from hspnet.engine import load_model
+from hspnet.prediction import predict_images, select_labels
 
 from .conftest import GROUPS, LABEL_TO_GROUP, LABELS
 

@@ -163,7 +163,8 @@ def test_page_shows_predicts_scores_and_the_controls_work(browser, server, demo_
     from selenium.webdriver.support.ui import WebDriverWait
 
     from hspnet.data.demo import demo_hierarchy, draw_demo_image
-    from hspnet.prediction import load_model, predict_images, select_labels
+    from hspnet.engine import load_model
+    from hspnet.prediction import predict_images, select_labels
 
     image, _ = draw_demo_image(0, "test", 7)
     path = str(tmp_path / "shapes.png")

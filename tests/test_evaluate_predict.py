@@ -17,7 +17,7 @@ from hspnet import evaluation, prediction  # noqa: E402
 from hspnet.metrics import average_precision_ranked, compute_all_metrics  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_OPTIONS = {"num_train": 64, "num_test": 32, "image_size": 32}
+from tests.conftest import TINY_DEMO_OPTIONS as DEMO_OPTIONS  # noqa: E402
 ALL_METRIC_KEYS = set(compute_all_metrics(np.eye(3), np.eye(3), k=3))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -29,23 +29,17 @@ def _run_script(name, *args, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return tmp_path_factory.mktemp("eval_predict")
+def workspace(tmp_path_factory, tiny_demo_cache):
+    """This module's folder; `cache` is the datasets cache of the session's trained model (its demo data)."""
+    folder = tmp_path_factory.mktemp("eval_predict")
+    os.symlink(tiny_demo_cache, folder / "cache")
+    return folder
 
 
 @pytest.fixture(scope="module")
-def trained_model(workspace):
-    """A tiny HSPNet trained for one epoch on a small demo set (the model card records base_model: tiny-random)."""
-    from hspnet.training import TrainingConfig, train
-
-    config = TrainingConfig(
-        clip_model="tiny-random", dataset="demo", dataset_options=dict(DEMO_OPTIONS),
-        cache_dir=str(workspace / "cache"),
-        output_dir=str(workspace / "model"), epochs=1, schedule_epochs=1, batch_size=16, with_tracking=False,
-        evaluate_before_training=False, checkpointing_steps=None, lr=1e-3, gcn_lr=5e-3,
-    )
-    train(config)
-    return str(workspace / "model")
+def trained_model(trained_tiny_model):
+    """The session's tiny HSPNet trained for one epoch on a small demo set (tests/conftest.py)."""
+    return trained_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -217,15 +211,42 @@ def test_zero_shot_classifier_formula_and_prompts():
     assert fixed.logit_scale == 100.0
 
 
-def test_resolve_zero_shot_clip(trained_model, make_model, tmp_path):
-    assert evaluation.read_model_card(trained_model) == {"base_model": "tiny-random", "seed": 0}
-    assert evaluation.resolve_zero_shot_clip(trained_model, "auto")[0] == "tiny-random"
-    clip, _, message = evaluation.resolve_zero_shot_clip(trained_model, "none")
-    assert clip is None and "skipped" in message
+def test_training_records_the_clip_evaluation_uses(trained_model):
+    recorded = evaluation.read_training_args(trained_model)  # training_args.json, written by training
+    assert recorded["clip_model"] == "tiny-random" and recorded["seed"] == 0 and not recorded["model_name_or_path"]
+    assert evaluation.resolve_zero_shot_clip(trained_model, "auto")[:2] == ("tiny-random", 0)
+
+
+def test_resolve_zero_shot_clip(make_model, tiny_clip_dir, tmp_path):
     untrained = tmp_path / "untrained"
-    make_model().save_pretrained(untrained)  # from_clip + save_pretrained: no model card, nothing recorded
+    make_model().save_pretrained(untrained)  # from_clip + save_pretrained: no training_args.json, nothing recorded
+    clip, seed, message = evaluation.resolve_zero_shot_clip(str(untrained), "auto")
+    assert clip is None and seed == 0 and "--zero_shot_clip" in message and "training_args.json" in message
+    # what training records beside the model: the base CLIP and the seed the tiny random CLIP is rebuilt with
+    args = untrained / "training_args.json"
+    args.write_text(json.dumps({"clip_model": "tiny-random", "seed": 3, "model_name_or_path": None, "epochs": 1}))
+    assert evaluation.read_training_args(str(untrained))["seed"] == 3
+    assert evaluation.resolve_zero_shot_clip(str(untrained), "auto")[:2] == ("tiny-random", 3)
+    assert evaluation.resolve_zero_shot_clip(str(untrained), "tiny-random")[:2] == ("tiny-random", 3)
+    clip, _, message = evaluation.resolve_zero_shot_clip(str(untrained), "none")
+    assert clip is None and "skipped" in message
+    args.write_text(json.dumps({"clip_model": tiny_clip_dir, "seed": 0}))
+    assert evaluation.resolve_zero_shot_clip(str(untrained), "auto")[0] == tiny_clip_dir
+    args.write_text(json.dumps({"clip_model": str(tmp_path / "gone"), "seed": 0}))  # neither a folder nor cached
     clip, _, message = evaluation.resolve_zero_shot_clip(str(untrained), "auto")
-    assert clip is None and "--zero_shot_clip" in message
+    assert clip is None and "neither a local folder nor in the Hugging Face cache" in message
+    # fine-tuned from another HSPNet: its clip_model is not the CLIP the weights came from
+    args.write_text(json.dumps({"clip_model": "tiny-random", "model_name_or_path": "outputs/demo", "seed": 0}))
+    assert evaluation.resolve_zero_shot_clip(str(untrained), "auto")[0] is None
+    for text, field in (('["tiny-random"]', "JSON object"), ('{"clip_model": 3}', "clip_model"),
+                        ('{"seed": "0"}', "seed"), ('{"seed": true}', "seed")):
+        args.write_text(text)
+        with pytest.raises(ValueError, match=f"training_args.json.*{field}"):
+            evaluation.resolve_zero_shot_clip(str(untrained), "auto")
+    args.write_text("{not json")
+    with pytest.raises(OSError, match="training_args.json: the training arguments file is not valid JSON"):
+        evaluation.read_training_args(str(untrained))
+    assert evaluation.resolve_zero_shot_clip(str(untrained), "none")[0] is None  # not read when not needed
     assert evaluation.resolve_zero_shot_clip(str(untrained), "some/clip")[0] == "some/clip"
     with pytest.raises(FileNotFoundError, match="no/such/clip-folder"):
         evaluation.load_zero_shot_clip("./no/such/clip-folder")

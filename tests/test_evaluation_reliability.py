@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hspnet import evaluation, prediction  # noqa: E402
+from hspnet import engine, evaluation, prediction  # noqa: E402
 from hspnet.metrics import average_precision_ranked, compute_all_metrics  # noqa: E402
 from tests.test_prediction_reliability import (  # noqa: E402
     LABELS,
@@ -98,7 +98,7 @@ def test_eval_transform_reads_images_like_predict(folder):
 
     table = datasets.Dataset.from_dict({"image": paths, "labels": [[0], [1, 2], [2], [0, 3]]})
     table = table.cast_column("image", datasets.Image())
-    transform = evaluation.make_eval_transform(processor, len(LABELS), permutation=[3, 2, 1, 0])
+    transform = engine.make_transform(processor, len(LABELS), permutation=[3, 2, 1, 0])
     for data in (table.cast_column("image", datasets.Image(decode=False)), table):  # files, or datasets' decoding
         batch = data.with_transform(transform)[:]
         torch.testing.assert_close(batch["pixel_values"], expected, rtol=0, atol=0)
@@ -155,7 +155,7 @@ def test_unreadable_dataset_images_are_named(folder, tmp_path, capsys):
 
     bomb = write_png_bomb(tmp_path / "bomb.png")
     table = datasets.Dataset.from_dict({"image": [bomb], "labels": [[0]]})
-    transform = evaluation.make_eval_transform(lambda images, return_tensors: None, 4)
+    transform = engine.make_transform(lambda images, return_tensors: None, 4)
     with pytest.raises(prediction.ImageReadError, match="bomb.png.*decompression bomb"):
         table.cast_column("image", datasets.Image(decode=False)).with_transform(transform)[:]
 
@@ -308,12 +308,14 @@ def test_evaluation_library_functions_check_their_arguments():
     with pytest.raises(ValueError, match="max_samples"):
         evaluation.load_eval_split("demo", max_samples=0, dataset_options={"num_train": 4, "num_test": 4})
     with pytest.raises(ValueError, match="num_labels"):
-        evaluation.make_eval_transform(None, 0)
+        engine.make_transform(None, 0)
 
 
-def test_read_model_card_never_blocks_on_a_fifo(tmp_path):
-    os.mkfifo(tmp_path / "README.md")
+def test_training_args_and_model_card_never_block_on_a_fifo(tmp_path):
+    os.mkfifo(tmp_path / "training_args.json")
+    with pytest.raises(prediction.ModelLoadError, match="training_args.json: the training arguments file is a FIFO"):
+        evaluation.read_training_args(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
-    assert evaluation.read_model_card(str(tmp_path)) == {}
+    os.mkfifo(tmp_path / "README.md")
     with pytest.raises(prediction.ModelLoadError, match="README.md: the model card file is a FIFO"):
         prediction.check_model_folder(str(tmp_path))

@@ -73,7 +73,7 @@ def exported(request, tiny_clip_dir, tmp_path_factory):
 
 
 def reference(folder):
-    from hspnet.prediction import load_model
+    from hspnet.engine import load_model
 
     model, processor = load_model(folder, device="cpu")
     return model, processor

@@ -514,14 +514,15 @@ def test_missing_model_and_model_file(images, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_debug_shows_the_traceback_and_plain_errors_are_one_line(images, tmp_path):
+def test_debug_shows_the_traceback_and_plain_errors_are_one_line(images, tmp_path, capsys):
+    # in this interpreter: the exit status and the stream contents are main()'s (scripts/predict.py only calls it)
     missing = tmp_path / "no_such_model"
-    plain = run_script("predict.py", images["plain"], "--model", missing, "--no_progress")
-    assert plain.returncode == 1 and plain.stdout == ""
-    assert plain.stderr.splitlines() == [f"predict.py: error: {missing}: model folder does not exist"]
-    debug = run_script("predict.py", images["plain"], "--model", missing, "--no_progress", "--debug")
-    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
-    assert debug.stderr.strip().splitlines()[-1].endswith(f"ModelLoadError: {missing}: model folder does not exist")
+    assert prediction.main([images["plain"], "--model", str(missing), "--no_progress"]) == 1
+    plain = capsys.readouterr()
+    assert plain.out == "" and plain.err.splitlines() == [f"predict.py: error: {missing}: model folder does not exist"]
+    with pytest.raises(prediction.ModelLoadError, match="model folder does not exist") as raised:
+        prediction.main([images["plain"], "--model", str(missing), "--no_progress", "--debug"])  # the traceback
+    assert str(raised.value) == f"{missing}: model folder does not exist"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -565,11 +566,16 @@ def test_other_library_arguments_are_checked(model_dir, images, tmp_path):
     for kwargs, name in (({"digits": -1}, "digits"), ({"threshold": -1}, "threshold"), ({"top_k": 0}, "top_k")):
         with pytest.raises(ValueError, match=name):
             prediction.format_table([], **kwargs)
-    for bad in ("0", 0.5, -1, None):
+    from hspnet.cli_types import check_positive_int, check_probability
+
+    for bad in ("0", 0.5, -1, None, True):
         with pytest.raises(ValueError, match="probe"):
-            prediction.check_positive_int(bad, "probe")
-    assert prediction.check_positive_int(0, "probe", minimum=0) == 0
-    assert prediction.check_probability(1, "probe") == 1.0 and prediction.check_probability(None, "probe") is None
+            check_positive_int(bad, "probe")
+    assert check_positive_int(0, "probe", minimum=0) == 0
+    for bad in ("0.5", float("nan"), -0.1, 1.5, True):
+        with pytest.raises(ValueError, match="probe"):
+            check_probability(bad, "probe")
+    assert check_probability(1, "probe") == 1.0 and check_probability(None, "probe") is None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
