@@ -112,8 +112,8 @@ def test_end_to_end_folder_loads_and_has_a_model_card(official, files, tmp_path)
     assert summary["verify"]["float32"] < 1e-4
     names = sorted(p.name for p in out.iterdir())
     assert names == ["README.md", "config.json", "configuration_hspnet.py", "conversion.json",
-                     "image_processing_hspnet.py", "losses.py", "model.safetensors", "modeling_clip_resnet.py",
-                     "modeling_hspnet.py", "preprocessor_config.json"]
+                     "image_processing_hspnet.py", "losses.py", "losses_base.py", "losses_cole.py", "model.safetensors",
+                     "modeling_clip_resnet.py", "modeling_hspnet.py", "preprocessor_config.json"]
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     metadata = front_matter(card)  # no built-in dataset: no published result, so no model-index

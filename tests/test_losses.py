@@ -45,17 +45,26 @@ def make(name, num_labels, **kw):
 # ---------------------------------------------------------------------------
 # module constraints and registry
 # ---------------------------------------------------------------------------
-def test_losses_module_imports_only_stdlib_and_torch():
-    tree = ast.parse(Path(L.__file__).read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports in losses.py (it ships as remote code)"
-            roots.add(node.module.split(".")[0])
-    allowed = set(sys.stdlib_module_names) | {"torch", "__future__"}
-    assert roots <= allowed, roots - allowed
+def test_losses_modules_import_only_stdlib_torch_and_each_other():
+    """losses.py ships as remote code with the siblings it imports relatively; together they need only torch."""
+    folder = Path(L.__file__).parent
+    siblings = {"losses_base", "losses_cole"}
+    for name in ["losses", *sorted(siblings)]:
+        roots, relative = set(), set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                roots.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module, (name, "only `from .sibling import ...`")
+                relative.add(node.module)
+            elif isinstance(node, ast.ImportFrom):
+                roots.add(node.module.split(".")[0])
+        allowed = set(sys.stdlib_module_names) | {"torch", "__future__"}
+        assert roots <= allowed, (name, roots - allowed)
+        assert relative <= siblings - {name}, (name, relative)
+    imported = {f"{node.module}" for node in ast.walk(ast.parse(Path(L.__file__).read_text()))
+                if isinstance(node, ast.ImportFrom) and node.level}  # fmt: skip
+    assert imported == siblings  # every sibling is reached from losses.py, so save_pretrained copies it
 
 
 def test_registry_names_and_defaults_match_constructors():

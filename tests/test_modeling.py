@@ -235,6 +235,8 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         "configuration_hspnet.py",
         "image_processing_hspnet.py",
         "losses.py",
+        "losses_base.py",
+        "losses_cole.py",
         "model.safetensors",
         "modeling_clip_resnet.py",
         "modeling_hspnet.py",
