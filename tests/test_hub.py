@@ -30,7 +30,7 @@ from tests.test_training_reliability import error_line, run_main
 
 MODEL_FILES = {"config.json", "model.safetensors", "configuration_hspnet.py", "modeling_hspnet.py", "losses.py",
                "preprocessor_config.json"}  # at least these (save_pretrained writes every remote-code file)
-STATE_FILES = {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "training_settings.json",
+STATE_FILES = {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "training_args.json",
                "hspnet_checkpoint.json"} | {f"custom_checkpoint_{i}.pkl" for i in range(4)}  # scheduler state loss EMA
 TOKEN = "hf_SeCrEtToKeN1234567890"
 
@@ -402,7 +402,7 @@ def test_failed_uploads_are_survived_reported_and_retried_and_the_token_stays_se
     assert [r["private"] for r in fake_hub.repos] == [True, True]  # created private (retried after the failure)
     # ... and nothing else: logs, results, settings in every checkpoint, cards, the files pushed, the console
     everywhere = [p for p in list(out.rglob("*")) + list(fake_hub.root.rglob("*")) if p.is_file()]
-    assert any(p.name == "training_settings.json" for p in everywhere)
+    assert any(p.name == "training_args.json" for p in everywhere)
     for path in everywhere:
         assert TOKEN.encode() not in path.read_bytes(), path
     captured = capsys.readouterr()

@@ -207,7 +207,9 @@ def test_training_script_samples_labels(tmp_path, monkeypatch):
 
     def spy(self, labels, size=None):
         result = original(self, labels, size)
-        calls.append((size, None if result[0] is None else result[0].numel()))
+        # the model samples in its own forward pass, with the size of its config (which training sets)
+        calls.append((self.config.label_sample_size if size is None else size,
+                      None if result[0] is None else result[0].numel()))
         return result
 
     monkeypatch.setattr(HSPNetForImageClassification, "sample_labels", spy)
