@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from hspnet.data.demo import demo_hierarchy, draw_demo_image
 from hspnet.demo import (
@@ -35,15 +34,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_clip_dir, tmp_path_factory):
-    """A saved tiny HSPNet model on the demo data's hierarchy (12 labels, 3 groups)."""
-    from hspnet import HSPNetForImageClassification
-
-    torch.manual_seed(0)
-    model = HSPNetForImageClassification.from_clip(tiny_clip_dir, **demo_hierarchy().model_kwargs())
-    folder = tmp_path_factory.mktemp("demo-model")
-    model.save_pretrained(folder)
-    return str(folder)
+def model_dir(tiny_demo_model_dir):
+    """A saved tiny HSPNet on the demo data's hierarchy (12 labels, 3 groups), shared by the session (conftest.py)."""
+    return tiny_demo_model_dir
 
 
 @pytest.fixture(scope="module")

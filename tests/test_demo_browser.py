@@ -139,17 +139,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def demo_model_dir(tiny_clip_dir, tmp_path_factory):
-    import torch
-
-    from hspnet import HSPNetForImageClassification
-    from hspnet.data.demo import demo_hierarchy
-
-    torch.manual_seed(0)
-    model = HSPNetForImageClassification.from_clip(tiny_clip_dir, **demo_hierarchy().model_kwargs())
-    folder = tmp_path_factory.mktemp("browser-model")
-    model.save_pretrained(folder)
-    return str(folder)
+def demo_model_dir(tiny_demo_model_dir):
+    """A saved tiny HSPNet on the demo data's hierarchy, shared by the session (conftest.py)."""
+    return tiny_demo_model_dir
 
 
 @pytest.fixture(scope="module")
