@@ -208,22 +208,25 @@ def prepare_trainer_datasets(datasets: Mapping, model=None, image_processor=None
 
 @dataclass
 class HSPNetDataCollator:
-    """Stack Trainer examples into a batch for `HSPNetForImageClassification.forward`: `pixel_values` `(B, 3, H, W)`
+    """Stack Trainer examples into a batch (:func:`hspnet.engine.collate`, as in training) for `HSPNetForImageClassification.forward`: `pixel_values` `(B, 3, H, W)`
     float, `labels` `(B, C)` float32 multi-hot (when present), `indices` `(B,)` long (from `indices` or `index`, when
     present). Other keys are left out (they are not arguments of the forward pass)."""
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        from hspnet.engine import collate
+
         if not features:
             raise ValueError("HSPNetDataCollator: empty batch")
         first = features[0]
-        batch = {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
+        index = "indices" if "indices" in first else "index" if "index" in first else None
+        names = {"pixel_values": "pixel_values", "labels": "labels", index: "indices"}
+        batch = collate([{new: f[old] for old, new in names.items() if old in first} for f in features])
         if not batch["pixel_values"].is_floating_point():
             batch["pixel_values"] = batch["pixel_values"].float()
-        if "labels" in first:
-            batch["labels"] = torch.stack([torch.as_tensor(f["labels"], dtype=torch.float32) for f in features])
-        key = "indices" if "indices" in first else "index" if "index" in first else None
-        if key is not None:
-            batch["indices"] = torch.as_tensor([int(f[key]) for f in features], dtype=torch.long)
+        if "labels" in batch:
+            batch["labels"] = batch["labels"].float()
+        if "indices" in batch:
+            batch["indices"] = batch["indices"].long()
         return batch
 
 
