@@ -17,8 +17,10 @@ A loader parses its raw layout into :class:`Record` lists (one per official spli
 
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -112,21 +114,13 @@ class BuildOptions:
         names = [f.name for f in fields(cls)]
         unknown = [name for name in overrides if name not in names]
         if unknown:
-            import difflib
-            import inspect
-
-            own = [
-                p.name
-                for p in inspect.signature(loader).parameters.values()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "options"
-            ]
-            hints = [
-                f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, own + names, 1))
-                else repr(name)
-                for name in unknown
-            ]
+            named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            own = [p.name for p in inspect.signature(loader).parameters.values() if p.kind in named]
+            own = [name for name in own if name != "options"]
+            close = difflib.get_close_matches(unknown[0], own + names, 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(
-                f"{loader.__name__}() got an unexpected option {', '.join(hints)}; it takes {', '.join(own)} and the "
+                f"{loader.__name__}() got an unexpected option {unknown[0]!r}{hint}; it takes {', '.join(own)} and the "
                 f"build options {', '.join(names)}"
             )
         if options is None:
