@@ -429,10 +429,16 @@ def test_accumulator_single_process_accelerate():
 
 _WORKER = textwrap.dedent(
     """
-    import json, sys
+    import importlib.util, json, sys
     import torch
     from accelerate import Accelerator
-    from hspnet.metrics import MultiLabelMetricAccumulator
+
+    # hspnet/metrics.py needs only numpy: each worker loads that file alone instead of the hspnet package, which
+    # would import transformers and the model (about 5 s per process); the code under test is the same
+    spec = importlib.util.spec_from_file_location("hspnet_metrics", sys.argv[2])
+    metrics = sys.modules["hspnet_metrics"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(metrics)
+    MultiLabelMetricAccumulator = metrics.MultiLabelMetricAccumulator
 
     accelerator = Accelerator(cpu=True)
     g = torch.Generator().manual_seed(0)
@@ -463,7 +469,8 @@ def test_two_process_gloo_gather_drops_duplicates(tmp_path):
     script.write_text(_WORKER)
     out = tmp_path / "out.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(out),
+           M.__file__]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
