@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import csv  # noqa: E402
 import json  # noqa: E402
+import runpy  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -22,10 +23,21 @@ ALL_METRIC_KEYS = set(compute_all_metrics(np.eye(3), np.eye(3), k=3))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _run_script(name, *args, timeout=120):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="2")
-    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=REPO)
+@pytest.fixture
+def run_script(monkeypatch, capsys):
+    """Run `scripts/<name>` as __main__ in this interpreter: its exit status, stdout and stderr (a fresh interpreter
+    running the `hspnet` command is tests/test_cli.py's; the script adds only its exit status)."""
+
+    def run(name, *args):
+        script = os.path.join(REPO, "scripts", name)
+        monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(script, run_name="__main__")
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([script, *args], stop.value.code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +284,8 @@ def test_per_class_table_plot_and_pr_curve(tmp_path, monkeypatch):
         evaluation.plot_report(scores, targets, ["a", "b"], str(tmp_path / "r2.png"))
 
 
-def test_evaluate_unknown_split_exits_with_one_line_message(trained_model, workspace):
-    result = _run_script("evaluate.py", "--model", trained_model, "--dataset", "demo", "--dataset_options",
+def test_evaluate_unknown_split_exits_with_one_line_message(trained_model, workspace, run_script):
+    result = run_script("evaluate.py", "--model", trained_model, "--dataset", "demo", "--dataset_options",
                          json.dumps(DEMO_OPTIONS), "--cache_dir", workspace / "cache", "--split", "tset",
                          "--output_dir", workspace / "bad_eval")
     assert result.returncode == 1, result.stderr
@@ -381,11 +393,11 @@ def test_predict_cli_formats(trained_model, image_dir, tmp_path, capsys):
     assert len(record["labels"]) == 3 and "scores" not in record
 
 
-def test_predict_non_image_file_fails_by_default_cli(trained_model, image_dir, tmp_path):
+def test_predict_non_image_file_fails_by_default_cli(trained_model, image_dir, tmp_path, run_script):
     _, paths = image_dir
     fake = tmp_path / "fake.jpg"
     fake.write_text("this is text, not a JPEG")
-    result = _run_script("predict.py", "--model", trained_model, paths[0], fake, "--no_progress")
+    result = run_script("predict.py", "--model", trained_model, paths[0], fake, "--no_progress")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"predict.py: error: {fake}: cannot read this file as an image (not a recognised image format)"
