@@ -155,6 +155,7 @@ def make_transform(image_processor, num_labels: int, permutation: list[int] | No
 
 
 def collate(examples: list[dict]) -> dict:
+    """Stack the examples of :func:`make_transform` into a batch: every key of the first example, `(B, ...)`."""
     return {key: torch.stack([torch.as_tensor(example[key]) for example in examples]) for key in examples[0]}
 
 
@@ -219,8 +220,6 @@ def evaluate_model(model, dataloader, accelerator, num_labels: int, description:
 _JSON_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json",
                "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "vocab.json",
                "added_tokens.json")
-
-
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -229,6 +228,7 @@ class ModelLoadError(OSError):
 
 
 def looks_like_path(name: str) -> bool:
+    """Whether a model name is meant as a local path rather than a Hub id ("org/name")."""
     return (
         os.path.isabs(name)
         or name.startswith((".", "~"))
