@@ -103,6 +103,11 @@ def test_eval_transform_reads_images_like_predict(folder):
         batch = data.with_transform(transform)[:]
         torch.testing.assert_close(batch["pixel_values"], expected, rtol=0, atol=0)
         assert batch["labels"].tolist() == [[0, 0, 0, 1], [0, 1, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]]
+    # the training columns go through the same transform: observed labels in the model's order, the row index kept
+    observed = table.add_column("observed_labels", [[0], [2], [2], [3]]).add_column("index", [5, 6, 7, 8])
+    batch = observed.with_transform(transform)[:]
+    assert batch["observed_labels"].tolist() == [[0, 0, 0, 1], [0, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
+    assert batch["index"].tolist() == [5, 6, 7, 8] and batch["index"].dtype == torch.long
     embedded = datasets.Dataset.from_dict({"image": [{"bytes": open(p, "rb").read(), "path": None} for p in paths],
                                            "labels": [[0]] * 4}).cast_column("image", datasets.Image(decode=False))
     batch = embedded.with_transform(transform)[:]
