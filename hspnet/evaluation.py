@@ -330,7 +330,8 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "MODEL/eval_DATASET_SPLIT for a local model, else ./eval_MODEL_DATASET_SPLIT)")
     parser.add_argument("--zero_shot_clip", "--zero_shot", dest="zero_shot_clip", default="auto", metavar="CLIP",
                         help="CLIP for the zero-shot baseline: a Hub id, a folder, tiny-random (the demo's), or none; "
-                        "default auto: the clip_model of the training_args.json beside the model, if it is available locally")
+                        "default auto: the clip_model of the training_args.json beside the model, if it is available "
+                        "locally")
     parser.add_argument("--zero_shot_template", default=ZERO_SHOT_TEMPLATE,
                         help=f"prompt of the zero-shot baseline (default {ZERO_SHOT_TEMPLATE!r})")
     parser.add_argument("--threshold", type=probability, default=0.5,

@@ -4,11 +4,11 @@
 - :func:`collect_image_paths`: files, folders (searched recursively for :data:`IMAGE_EXTENSIONS`), never URLs;
   FIFOs, devices, sockets and broken links inside a folder are skipped with a warning (never opened, so never a hang);
 - :func:`load_model` (from :mod:`hspnet.engine`, the one model loader of the package): a model folder or Hub id ->
-  ``(model, image_processor)`` (the image processor saved with the
-  model, loaded with ``AutoImageProcessor``; importing :mod:`hspnet` registers HSPNet with the ``Auto`` classes). The
-  folder is checked first (:func:`check_model_folder`: JSON files parse, weights files are complete safetensors), and
-  weights that do not fit ``config.json`` (missing tensors, other shapes, e.g. another number of labels) or hold
-  NaN / inf are refused instead of being silently re-initialised;
+  ``(model, image_processor)`` (the image processor saved with the model, loaded with ``AutoImageProcessor``;
+  importing :mod:`hspnet` registers HSPNet with the ``Auto`` classes). The folder is checked first
+  (:func:`check_model_folder`: JSON files parse, weights files are complete safetensors), and weights that do not fit
+  ``config.json`` (missing tensors, other shapes, e.g. another number of labels) or hold NaN / inf are refused instead
+  of being silently re-initialised;
 - :func:`predict_images`: batched inference (``torch.inference_mode``; an HSPNet model in eval mode caches its label
   embeddings, so each batch costs only the image tower) -> one :class:`Prediction` per image, with the labels whose
   sigmoid score is above a threshold and/or the top-k labels. Images are read by :func:`hspnet.images.open_image`,
@@ -43,7 +43,14 @@ from hspnet.cli_types import (
     probability,
     run_cli,
 )
-from hspnet.engine import ModelLoadError, check_model_folder, label_names, load_model, read_json_file, scores_from_logits
+from hspnet.engine import (  # noqa: F401 - load_model and its checks re-exported: the loader of `hspnet predict`
+    ModelLoadError,
+    check_model_folder,
+    label_names,
+    load_model,
+    read_json_file,
+    scores_from_logits,
+)
 from hspnet.files import atomic_write, refuse_inputs_as_output, special_kind
 from hspnet.images import MAX_IMAGE_PIXELS, ImageReadError, open_image
 

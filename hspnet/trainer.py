@@ -208,9 +208,10 @@ def prepare_trainer_datasets(datasets: Mapping, model=None, image_processor=None
 
 @dataclass
 class HSPNetDataCollator:
-    """Stack Trainer examples into a batch (:func:`hspnet.engine.collate`, as in training) for `HSPNetForImageClassification.forward`: `pixel_values` `(B, 3, H, W)`
-    float, `labels` `(B, C)` float32 multi-hot (when present), `indices` `(B,)` long (from `indices` or `index`, when
-    present). Other keys are left out (they are not arguments of the forward pass)."""
+    """Stack Trainer examples into a batch for `HSPNetForImageClassification.forward` (:func:`hspnet.engine.collate`,
+    as in training): `pixel_values` `(B, 3, H, W)` float, `labels` `(B, C)` float32 multi-hot (when present), `indices`
+    `(B,)` long (from `indices` or `index`, when present). Other keys are left out (they are not arguments of the
+    forward pass)."""
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         from hspnet.engine import collate
