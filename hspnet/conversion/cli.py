@@ -11,6 +11,7 @@ DESCRIPTION = """Convert an HSPNet checkpoint released by the authors (jameslahm
 hspnet+voc.ckpt, hspnet+nuswide.ckpt) into a Hugging Face model folder.
 
     hspnet convert hspnet+coco.ckpt hspnet-coco --relation relation+super+rn50.npy --verify
+    hspnet convert hspnet+voc.ckpt hspnet-voc --push-to-hub you/hspnet-voc      # then upload it (one commit)
 
 then `AutoModelForImageClassification.from_pretrained("hspnet-coco", trust_remote_code=True)`. The checkpoint is read
 with `torch.load(weights_only=True)` only."""
