@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from hspnet.cli_types import one_line
 from hspnet.run_folder import BEST_MARKER_NAME, checkpoint_dirs
+
+logger = logging.getLogger("hspnet.train")
 
 
 class ResumeMismatchError(ValueError):
@@ -84,6 +87,33 @@ def resolve_checkpoint(output_dir: str, resume: str) -> str:
     if not os.path.isdir(resume):
         raise FileNotFoundError(f"--resume_from_checkpoint: {resume!r} is not a folder")
     return resume
+
+
+def find_checkpoint(config, accelerator, working: str) -> str | None:
+    """The checkpoint `config.resume_from_checkpoint` names, or None for a fresh run. For "hub" / "hub:FOLDER" the
+    main process first downloads that training state of `config.hub_model_id` into `working` (with the marker of
+    its best model)."""
+    from hspnet import hub
+    from hspnet.distributed import on_main
+    from hspnet.files import write_json
+    from hspnet.run_folder import writing
+
+    hub_folder = hub.parse_hub_resume(config.resume_from_checkpoint)
+    if hub_folder is None:
+        return resolve_checkpoint(working, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+
+    def download():
+        path, info = hub.download_checkpoint(config.hub_model_id, working, path_in_repo=hub_folder,
+                                             token=config.hub_token)
+        if info.get("best_model"):
+            marker = os.path.join(working, BEST_MARKER_NAME)
+            with writing(marker):
+                write_json(marker, info["best_model"])
+        logger.info("downloaded %s/ of the Hub repository %s (step %s, epoch %s) into %s", hub_folder,
+                    config.hub_model_id, info.get("step"), info.get("epoch"), path)
+
+    on_main(accelerator, download)
+    return resolve_checkpoint(working, "latest")
 
 
 def _json_value(value: Any) -> Any:

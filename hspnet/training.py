@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from hspnet import hub
-from hspnet.cli_types import one_line, user_error_types
+from hspnet.cli_types import one_line
+from hspnet.distributed import on_all, on_main
 from hspnet.engine import add_index_column, collate, evaluate_model, load_datasets, make_transform  # noqa: F401
 from hspnet.files import write_json, write_text
 from hspnet.hub import HubUploader, HubUploadError, model_card  # noqa: F401 - re-exported
@@ -60,6 +61,7 @@ from hspnet.resume import (  # noqa: F401
     dataset_fingerprint,
     label_mismatch,
     read_checkpoint_settings,
+    find_checkpoint,
     resolve_checkpoint,
     run_settings,
     settings_differences,
@@ -142,54 +144,6 @@ def _close_log_handlers() -> None:
         logger.removeHandler(handler)
         if isinstance(handler, logging.FileHandler):
             handler.close()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Several processes: a failure on one of them stops all of them
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _share_failure(accelerator, error: BaseException | None) -> None:
-    """Raise on every process if `error` happened on any of them (one collective call; nothing with one process).
-    The failing process re-raises its own error; the others raise one naming it, so that no process waits forever
-    for one that has stopped."""
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        report = None
-        if error is not None:
-            report = (accelerator.process_index, isinstance(error, user_error_types()), one_line(error))
-        reports = gather_object([report])
-        if error is None:
-            failed = next((r for r in reports if r is not None), None)
-            if failed is not None:
-                kind = ValueError if failed[1] else RuntimeError
-                raise kind(f"process {failed[0]} stopped: {failed[2]}")
-    if error is not None:
-        raise error
-
-
-def _on_main(accelerator, action):
-    """`action()` on the main process only; if it fails, every process raises."""
-    result, error = None, None
-    if accelerator.is_main_process:
-        try:
-            result = action()
-        except Exception as caught:  # noqa: BLE001 - shared with the other processes, then re-raised
-            error = caught
-    _share_failure(accelerator, error)
-    return result
-
-
-def _on_all(accelerator, action):
-    """`action()` on every process; if it fails on any, every process raises."""
-    result, error = None, None
-    try:
-        result = action()
-    except Exception as caught:  # noqa: BLE001 - shared with the other processes, then re-raised
-        error = caught
-    _share_failure(accelerator, error)
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -352,16 +306,11 @@ def train(config: TrainingConfig) -> dict:
         _close_log_handlers()
 
 
-def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uploaders: list[HubUploader]) -> dict:
-    import uuid
-
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    # 1. the output folder: locked by the main process only (the others learn the outcome), before anything else
-    _on_main(accelerator, lambda: locks.append(OutputDirLock(config.output_dir).acquire()))
-    folders = _on_all(accelerator, lambda: plan_folders(config))
+def _open_output_dir(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> RunFolders:
+    """Lock `output_dir` (main process, before anything else), plan where the run writes (a staging folder for an
+    `--overwrite_output_dir` run over an earlier one), clean a killed run's temporary files, and log into it."""
+    on_main(accelerator, lambda: locks.append(OutputDirLock(config.output_dir).acquire()))
+    folders = on_all(accelerator, lambda: plan_folders(config))
     working = folders.working
 
     def prepare_working_folder():
@@ -371,64 +320,70 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
             locks.append(OutputDirLock(working).acquire())
         remove_leftovers(working)
 
-    _on_main(accelerator, prepare_working_folder)
+    on_main(accelerator, prepare_working_folder)
     accelerator.project_configuration.project_dir = working
     accelerator.project_configuration.logging_dir = working
-    _on_all(accelerator, lambda: _setup_logging(accelerator, working))
+    on_all(accelerator, lambda: _setup_logging(accelerator, working))
     logger.info("processes: %d (distributed: %s), device: %s, mixed precision: %s", accelerator.num_processes,
                 accelerator.distributed_type, accelerator.device, accelerator.mixed_precision)
     if folders.staging:
         logger.info("writing into %s; %s is replaced by it only when this run is complete", working,
                     folders.output_dir)
+    return folders
 
-    # 2. a resume must continue the checkpoint's run: same settings (checked before any work), same data (below)
-    checkpoint = saved_settings = None
-    hub_folder = hub.parse_hub_resume(config.resume_from_checkpoint)
-    if hub_folder is not None:
-        def download():
-            path, info = hub.download_checkpoint(config.hub_model_id, working, path_in_repo=hub_folder,
-                                                 token=config.hub_token)
-            if info.get("best_model"):
-                with writing(os.path.join(working, BEST_MARKER_NAME)):
-                    write_json(os.path.join(working, BEST_MARKER_NAME), info["best_model"])
-            logger.info("downloaded %s/ of the Hub repository %s (step %s, epoch %s) into %s", hub_folder,
-                        config.hub_model_id, info.get("step"), info.get("epoch"), path)
 
-        _on_main(accelerator, download)
-        checkpoint = resolve_checkpoint(working, "latest")
-    elif config.resume_from_checkpoint:
-        checkpoint = resolve_checkpoint(working, config.resume_from_checkpoint)
-    if checkpoint:
-        saved_settings = read_checkpoint_settings(checkpoint)
-        check_resume_settings(checkpoint, saved_settings, run_settings(config, accelerator))
-    set_seed(config.seed)
-
-    with accelerator.main_process_first():
-        datasets, hierarchy = load_datasets(config)
+def _training_splits(config: TrainingConfig, datasets) -> tuple[Any, dict, str]:
+    """`(train_set, eval_sets, selection_split)`: the training split with an `index` column, and the split the model
+    is selected on ("validation", or "test" under the authors' protocol) with the test split."""
     selection_split = "validation" if config.protocol == "heldout" else "test"
     logger.info(
         "model selection on the %r split (%s protocol)%s", selection_split, config.protocol,
         "" if config.protocol == "heldout" else ": the test set is used for model selection, as in the authors' code",
     )
-    num_labels = len(hierarchy.labels)
     train_set = add_index_column(datasets["train"])
     if config.max_train_samples:
         train_set = train_set.select(range(min(config.max_train_samples, len(train_set))))
     eval_sets = {split: datasets[split] for split in dict.fromkeys([selection_split, "test"])}
     if config.max_eval_samples:
         eval_sets = {k: v.select(range(min(config.max_eval_samples, len(v)))) for k, v in eval_sets.items()}
+    return train_set, eval_sets, selection_split
+
+
+def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uploaders: list[HubUploader]) -> dict:
+    import uuid
+
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from hspnet.trainer import setup_loss_for_training
+
+    # 1. the output folder (locked by the main process only, the others learn the outcome) and logging into it
+    folders = _open_output_dir(config, accelerator, locks)
+    working = folders.working
+
+    # 2. a resume must continue the checkpoint's run: same settings (checked before any work), same data (below)
+    checkpoint = find_checkpoint(config, accelerator, working)
+    saved_settings = read_checkpoint_settings(checkpoint) if checkpoint else None
+    if checkpoint:
+        check_resume_settings(checkpoint, saved_settings, run_settings(config, accelerator))
+
+    # 3. seed, then the data: the training split (with row indices, for ROLE) and the selection and test splits
+    set_seed(config.seed)
+    with accelerator.main_process_first():
+        datasets, hierarchy = load_datasets(config)
+    train_set, eval_sets, selection_split = _training_splits(config, datasets)
+    num_labels = len(hierarchy.labels)
     fingerprint = dataset_fingerprint(hierarchy, {"train": train_set, **eval_sets})
     settings = run_settings(config, accelerator, fingerprint)
     if checkpoint:
         for note in check_resume_settings(checkpoint, saved_settings, settings, fingerprint):
             logger.warning("resuming %s with another %s: results may differ in the last digits", checkpoint, note)
 
-    # the model, which owns its loss: ROLE gets the number of training images and starts from the observed labels
+    # 4. the model, which owns its loss: ROLE gets the number of training images and starts from the observed labels
     model = build_model(config, hierarchy)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    from hspnet.trainer import setup_loss_for_training
-
     loss_module = setup_loss_for_training(model, train_set)
     if any(True for _ in loss_module.parameters()) and accelerator.num_processes > 1:
         raise ValueError(f"loss {config.loss!r} keeps per-image state; train it with a single process.")
@@ -439,7 +394,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
     eval_loaders = {split: DataLoader(ds.with_transform(transform), batch_size=eval_batch, collate_fn=collate,
                                       num_workers=config.num_workers) for split, ds in eval_sets.items()}
 
-    # optimizer (the loss's own parameters at loss_lr_scale x lr), prepare, schedule, EMA
+    # 5. optimizer (the loss's own parameters at loss_lr_scale x lr), prepare, schedule, EMA, checkpointed objects
     groups = (parameter_groups(model, config.lr, config.gcn_lr, config.weight_decay)
               + loss_parameter_group(loss_module, config.lr, config.loss_lr_scale))
     optimizer = torch.optim.Adam(groups, lr=config.lr)
@@ -454,11 +409,11 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
     scheduler = one_cycle_scheduler(optimizer, steps_per_epoch, config.schedule_epochs, config.pct_start)
     ema = ModelEMA(unwrapped, ema_decay(steps_per_epoch, config.ema_keep_per_epoch)) if config.ema else None
     state = TrainingState(run_id=uuid.uuid4().hex)
-    registered = (scheduler, state, loss_module) + ((ema,) if ema else ())
+    registered = (scheduler, state, loss_module) + ((ema,) if ema else ())  # loss_module: the model's, its state
     for obj in registered:
         accelerator.register_for_checkpointing(obj)
     if config.with_tracking:
-        _on_all(accelerator, lambda: accelerator.init_trackers("runs", config=_scalar_config(config)))
+        on_all(accelerator, lambda: accelerator.init_trackers("runs", config=_scalar_config(config)))
 
     total_steps = config.epochs * steps_per_epoch
     if config.max_train_steps:
@@ -467,6 +422,8 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                 "schedule: %d epochs", len(train_set), steps_per_epoch, config.batch_size, accelerator.num_processes,
                 total_steps, config.schedule_epochs)
 
+    # 6. resume the checkpoint's state (weights, optimizer, scheduler, loss state, EMA, RNG, progress), or measure the
+    # untrained model
     results: dict[str, Any] = {"selection_split": selection_split, "protocol": config.protocol,
                                "world_size": accelerator.num_processes}
     if checkpoint:
@@ -487,7 +444,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
 
     last_checkpoint = checkpoint
 
-    # the Hub: only the main process uploads; in the background, from snapshots, never stopping training
+    # 7. the Hub: only the main process uploads; in the background, from snapshots, never stopping training
     uploader = None
     if config.push_to_hub and accelerator.is_main_process:
         uploader = HubUploader(config.hub_model_id, folder=working, strategy=config.hub_strategy,
@@ -532,7 +489,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
             with writing(folder + ".partial", "the checkpoint"):
                 accelerator.save_state(folder + ".partial")
 
-        _on_all(accelerator, save)
+        on_all(accelerator, save)
 
         def publish():
             with writing(os.path.join(folder + ".partial", SETTINGS_NAME)):
@@ -544,7 +501,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                     shutil.rmtree(old, ignore_errors=True)
             push_progress(folder)
 
-        _on_main(accelerator, publish)
+        on_main(accelerator, publish)
         last_checkpoint = folder
 
     def save_best(source_model, epoch: int, source: str) -> None:
@@ -558,8 +515,10 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                 write_json(marker, {"run_id": state.run_id, "epoch": epoch, "step": state.global_step,
                                     "source": source})
 
-        _on_main(accelerator, save)
+        on_main(accelerator, save)
 
+    # 8. the loop: train an epoch, evaluate the regular and the EMA model, keep the better one if it improved, save the
+    # training state
     check_gradients = accelerator.scaler is None  # fp16's scaler skips steps with inf gradients by design
     progress = tqdm(total=total_steps, initial=min(state.global_step, total_steps), desc="train",
                     disable=not accelerator.is_local_main_process)
@@ -661,10 +620,10 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                        f"{selection_split}_mAP": state.best_metric, f"{selection_split}_metrics": state.best_metrics}
     results["history"] = state.history
 
-    # final report: the selected model on the test set
+    # 9. evaluate: the selected model on the test set
     from hspnet import HSPNetForImageClassification
 
-    best = _on_all(accelerator, lambda: HSPNetForImageClassification.from_pretrained(working))
+    best = on_all(accelerator, lambda: HSPNetForImageClassification.from_pretrained(working))
     best.to(accelerator.device)
     test_metrics, accumulator = evaluate_model(best, eval_loaders["test"], accelerator, num_labels, "test (best)")
     results["test"] = test_metrics
@@ -682,6 +641,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
     if config.with_tracking:
         accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
 
+    # 10. save (model card, all_results.json; the staging folder swapped in) and push the final model
     def finish():
         if uploader is not None:
             results["hub"] = uploader.report()
@@ -701,7 +661,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                 with writing(path):
                     write_json(path, results)
 
-    _on_main(accelerator, finish)
+    on_main(accelerator, finish)
     # after the last collective call: trackers closed, and the process group destroyed (accelerate's end of a run; a
     # process that exits with its group alive may abort in gloo's teardown)
     accelerator.end_training()
