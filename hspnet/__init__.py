@@ -27,10 +27,9 @@ from .modeling_hspnet import (
     HSPNetModel,
     HSPNetModelOutput,
     HSPNetPreTrainedModel,
-    clip_text_embeddings,
-    encode_prompt_embeddings,
     process_relation,
 )
+from .modeling_prompt_encoder import clip_text_embeddings, encode_prompt_embeddings, encode_shared_prefix_prompts
 
 __version__ = "0.1.0"
 

@@ -34,11 +34,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
@@ -46,6 +44,14 @@ from .configuration_hspnet import HSPNetConfig
 from .image_processing_hspnet import HSPNetImageProcessor
 from .losses import build_loss, check_loss_spec
 from .modeling_clip_resnet import HSPNetAttentionPool2d, HSPNetCLIPResNet
+from .modeling_prompt_encoder import (
+    LabelPlan,
+    clip_text_embeddings,
+    encode_prompt_embeddings,
+    encode_shared_prefix_prompts,
+    label_activation_bytes,
+    plan_label_chunks,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -156,145 +162,8 @@ class HSPNetGCN(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Text tower on prompt embeddings
+# Prompts (the text tower on prompt embeddings is in `modeling_prompt_encoder.py`)
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def encode_prompt_embeddings(
-    clip: CLIPModel,
-    prompt_embeds: torch.Tensor,
-    eos_positions: torch.Tensor,
-    truncate: bool = True,
-    length: int | None = None,
-) -> torch.Tensor:
-    """Run CLIP's text tower on token EMBEDDINGS instead of token ids.
-
-    Adds the position embeddings, runs the causal transformer and the final layer norm, takes the feature at each
-    prompt's EOS position and applies the text projection (no normalisation), like `CLIPModel.get_text_features`.
-
-    With `truncate=True` the prompts are cut to `length` tokens first (default `max(eos_positions) + 1`, read from the
-    device; pass it as a Python int to avoid that, as `HSPNetModel` does, and under `torch.compile`). The text transformer is causal, so the feature at a position never depends on
-    later tokens: the output is identical to running all `L` tokens.
-
-    Args:
-        prompt_embeds (`torch.Tensor` of shape `(N, L, W)`): token embeddings of `N` prompts.
-        eos_positions (`torch.LongTensor` of shape `(N,)`): index of each prompt's EOS token.
-    Returns:
-        `torch.Tensor` of shape `(N, D)`.
-    """
-    text_model = clip.text_model
-    if truncate:
-        prompt_embeds = prompt_embeds[:, : length or int(eos_positions.max()) + 1]
-    hidden = text_model.embeddings(inputs_embeds=prompt_embeds)
-    mask = create_causal_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=None, cache=None)
-    hidden = text_model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
-    hidden = text_model.final_layer_norm(hidden)
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_positions.to(hidden.device)]
-    return clip.text_projection(pooled)
-
-
-def _layer_kv(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries, keys and values `(N, heads, T, head_dim)` of a CLIP encoder layer for `hidden` `(N, T, W)`."""
-    attention = layer.self_attn
-    normed = layer.layer_norm1(hidden)
-    shape = (*hidden.shape[:2], -1, attention.head_dim)
-    return tuple(proj(normed).view(shape).transpose(1, 2) for proj in (attention.q_proj, attention.k_proj,
-                                                                          attention.v_proj))
-
-
-def _layer_finish(layer, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-    """The rest of a CLIP encoder layer after attention: output projection, residual, MLP, residual."""
-    hidden = hidden + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(*hidden.shape[:2], -1))
-    return hidden + layer.mlp(layer.layer_norm2(hidden))
-
-
-def _encode_suffixes(
-    text_model, text_projection, prefix_keys: list, prefix_values: list, suffix_hidden: torch.Tensor,
-    label_group: torch.Tensor, eos_in_suffix: torch.Tensor,
-) -> torch.Tensor:
-    """Label suffixes `(c, S, W)` (position embeddings added) through every layer, attending to their group's cached
-    prefix keys/values `(G, heads, P, head_dim)` and causally to themselves -> projected EOS features `(c, D)`."""
-    prefix_length, suffix_length = prefix_keys[0].shape[2], suffix_hidden.shape[1]
-    causal = torch.ones(suffix_length, suffix_length, dtype=torch.bool, device=suffix_hidden.device).tril()
-    mask = torch.cat([causal.new_ones(suffix_length, prefix_length), causal], dim=1)  # (S, P + S)
-    hidden = suffix_hidden
-    for layer, keys, values in zip(text_model.encoder.layers, prefix_keys, prefix_values):
-        query, key, value = _layer_kv(layer, hidden)
-        key = torch.cat([keys[label_group], key], dim=2)
-        value = torch.cat([values[label_group], value], dim=2)
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=layer.self_attn.scale)
-        hidden = _layer_finish(layer, hidden, attended)
-    hidden = text_model.final_layer_norm(hidden)
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos_in_suffix]
-    return text_projection(pooled)
-
-
-def encode_shared_prefix_prompts(
-    clip: CLIPModel,
-    prefix_embeds: torch.Tensor,
-    suffix_embeds: torch.Tensor,
-    label_group: torch.Tensor,
-    eos_in_suffix: torch.Tensor,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """The text tower on label prompts `[prefix of the label's group] + [the label's suffix]`, running each group's
-    prefix only once. Equal (up to float rounding) to `encode_prompt_embeddings` on the concatenated prompts.
-
-    The text transformer is causal, so the hidden states of the prefix positions (`[SOS] ctx_1..ctx_n`, the same for
-    every label of a group) do not depend on the label: they are computed for the `G` groups, and each label's suffix
-    (name, ".", EOS) attends to its group's cached keys and values. With `chunk_size`, labels are encoded
-    `chunk_size` at a time under activation checkpointing, so training memory holds only the `(C, D)` outputs, the
-    prefix states and one chunk's activations, whatever `C`.
-
-    Args:
-        prefix_embeds (`torch.Tensor` of shape `(G, P, W)`): token embeddings of each group's prefix.
-        suffix_embeds (`torch.Tensor` of shape `(C, S, W)`): token embeddings of each label's suffix (positions
-            `P .. P + S - 1` of its prompt).
-        label_group (`torch.LongTensor` of shape `(C,)`): each label's group.
-        eos_in_suffix (`torch.LongTensor` of shape `(C,)`): each label's EOS position minus `P`.
-    Returns:
-        `torch.Tensor` of shape `(C, D)`: projected EOS features (not normalised).
-    """
-    text_model = clip.text_model
-    positions = text_model.embeddings.position_embedding.weight
-    prefix_length, suffix_length = prefix_embeds.shape[1], suffix_embeds.shape[1]
-    hidden = prefix_embeds + positions[:prefix_length].to(prefix_embeds.dtype)
-    prefix_keys, prefix_values = [], []
-    for layer in text_model.encoder.layers:
-        query, key, value = _layer_kv(layer, hidden)
-        prefix_keys.append(key)
-        prefix_values.append(value)
-        attended = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=layer.self_attn.scale)
-        hidden = _layer_finish(layer, hidden, attended)
-    suffix_hidden = suffix_embeds + positions[prefix_length : prefix_length + suffix_length].to(suffix_embeds.dtype)
-    num_labels = suffix_embeds.shape[0]
-    if not chunk_size or chunk_size >= num_labels:
-        return _encode_suffixes(text_model, clip.text_projection, prefix_keys, prefix_values, suffix_hidden,
-                                label_group, eos_in_suffix)
-    outputs = []
-    for start in range(0, num_labels, chunk_size):
-        part = slice(start, start + chunk_size)
-        args = (text_model, clip.text_projection, prefix_keys, prefix_values, suffix_hidden[part], label_group[part],
-                eos_in_suffix[part])
-        if torch.is_grad_enabled():
-            outputs.append(torch.utils.checkpoint.checkpoint(_encode_suffixes, *args, use_reentrant=False))
-        else:
-            outputs.append(_encode_suffixes(*args))
-    return torch.cat(outputs)
-
-
-@torch.no_grad()
-def clip_text_embeddings(clip_model: CLIPModel, tokenizer, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """CLIP text features of `texts` (projected, NOT normalised), shape `(len(texts), D)`, computed without grad."""
-    device = clip_model.text_projection.weight.device
-    features = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
-        output = clip_model.get_text_features(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        )
-        features.append(output.pooler_output if hasattr(output, "pooler_output") else output)
-    return torch.cat(features).float()
 
 
 def _prompt_name(name: str) -> str:
@@ -646,11 +515,14 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.cache_group_features = True
         self.truncate_prompts = True
         # labels of a group share the prompt prefix [SOS] ctx_1..ctx_n: run it once per group (exact; see
-        # `encode_shared_prefix_prompts`); encode labels `label_chunk_size` at a time (None: as many as fit in
-        # `text_memory_budget_mb` of activations), under activation checkpointing when gradients are needed
+        # `encode_shared_prefix_prompts`); labels run in chunks sorted by name length: everything at once while the
+        # activations fit in `text_memory_budget_mb`, else half-budget chunks, those past the first half budget under
+        # activation checkpointing (`plan_label_chunks`); `label_chunk_size` fixes the chunk size instead;
+        # `release_memory_between_chunks` gives freed heap pages back between CPU chunks (`release_freed_memory`)
         self.share_prompt_prefix = True
         self.label_chunk_size: int | None = None
-        self.text_memory_budget_mb = 1024
+        self.text_memory_budget_mb = 2048
+        self.release_memory_between_chunks = True
         self.clear_text_cache()
 
         self.post_init()
@@ -759,6 +631,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self._label_group_index: torch.Tensor | None = None
         self._prefix_shared: tuple | None = None  # (state of label_prompt_embeds, whether all SOS rows are equal)
         self._adjacency: tuple | None = None  # (key, label adjacency, group adjacency)
+        self._label_plans: tuple | None = None  # (key, label suffix lengths, {needs_grad: LabelPlan})
 
     def train(self, mode: bool = True):
         self._text_cache = {}  # the keyed derived state (lengths, index, adjacencies) stays: it cannot go stale here
@@ -778,8 +651,9 @@ class HSPNetModel(HSPNetPreTrainedModel):
 
     def _refresh_text_state(self) -> None:
         """State the text side reads, derived from the buffers and the config and recomputed only when they change:
-        the prompt lengths as Python ints, whether all label prompts start with the same SOS row (then their
-        prefixes can be shared), the label -> group index, and the two adjacencies."""
+        the prompt lengths as Python ints, the plans of label chunks (with and without gradients), whether all label
+        prompts start with the same SOS row (then their prefixes can be shared), the label -> group index, and the
+        two adjacencies."""
         eos = (self.group_eos_positions, self.label_eos_positions)
         state = _tensor_state(eos)
         if self._prompt_lengths is None or self._prompt_lengths[0] != state:
@@ -795,6 +669,13 @@ class HSPNetModel(HSPNetPreTrainedModel):
         key = (_tensor_state([self.relation]), config.relation_keep_ratio, config.relation_reweight_p)
         with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
             # normal tensors (not inference tensors), usable in training later
+            plan_key = (self._prompt_lengths[0], self.config.n_ctx, self.text_memory_budget_mb, self.label_chunk_size,
+                        self.label_eos_positions.device)
+            if self._label_plans is None or self._label_plans[0] != plan_key:
+                # a suffix runs from position 1 + n_ctx to the EOS, inclusive
+                suffix_lengths = (self.label_eos_positions - self.config.n_ctx).clamp(min=1).tolist()
+                plans = {grad: self._plan(suffix_lengths, grad) for grad in (True, False)}
+                self._label_plans = (plan_key, suffix_lengths, plans)
             if self._label_group_index is None or self._label_group_index.device != device:
                 self._label_group_index = torch.tensor(config.label_to_group, dtype=torch.long, device=device)
             if self._adjacency is None or self._adjacency[0] != key:
@@ -896,20 +777,18 @@ class HSPNetModel(HSPNetPreTrainedModel):
         label_features = self.gcn(label_features, label_adjacency)  # (C, D)
         return F.normalize(label_features, dim=-1)
 
-    def _label_chunk(self, suffix_length: int) -> int:
-        """Labels per chunk: `label_chunk_size`, or as many as `text_memory_budget_mb` holds: an estimate of what one
-        label prompt keeps for the backward pass through the text tower, per token and layer about 12 vectors of the
-        width (norms, q/k/v, attention, projections, residuals, the prefix keys/values it attends to) and 3 of the
-        MLP width (fc1, the quick-GELU sigmoid and product), in float32 (~2.5 MB per label for CLIP ViT-B with
-        4-token names, as measured by `benchmarks/label_scale.py`)."""
-        if self.label_chunk_size:
-            return self.label_chunk_size
-        text_config = self.config.clip_config.text_config
-        per_label = 4 * text_config.num_hidden_layers * suffix_length * (
-            12 * text_config.hidden_size + 3 * text_config.intermediate_size
-            + text_config.num_attention_heads * (1 + self.config.n_ctx + suffix_length)
+    def _plan(self, suffix_lengths: list[int], needs_grad: bool) -> LabelPlan:
+        """How the label prompts run through the text tower (`plan_label_chunks`): `label_chunk_size` labels per
+        chunk, or by `text_memory_budget_mb` with `label_activation_bytes` per label."""
+        text_config, prefix_length = self.config.clip_config.text_config, 1 + self.config.n_ctx
+        return plan_label_chunks(
+            suffix_lengths,
+            lambda length: label_activation_bytes(text_config, prefix_length, length),
+            int(self.text_memory_budget_mb * 2**20),
+            max_labels=self.label_chunk_size,
+            needs_grad=needs_grad,
+            device=self.label_eos_positions.device,
         )
-        return max(1, int(self.text_memory_budget_mb * 2**20 // per_label))
 
     def _encode_label_prompts(self, context: torch.Tensor, label_indices: torch.Tensor | None = None) -> torch.Tensor:
         """Label prompts `[SOS] ctx(group) {label} . [EOS]` through the frozen text tower -> `(C, D)` features (or
@@ -925,8 +804,14 @@ class HSPNetModel(HSPNetPreTrainedModel):
         if self.share_prompt_prefix and self._prefix_shared[1] and self._prompt_lengths[3] > n_ctx:
             prefix = torch.cat([prompts[:1, :1].expand(context.shape[0], -1, -1), context], dim=1)  # (G, 1 + n_ctx, W)
             suffix = prompts[:, 1 + n_ctx : length]
+            if label_indices is None:
+                plan = self._label_plans[2][torch.is_grad_enabled()]
+            else:  # a new sample each step
+                suffix_lengths = self._label_plans[1]
+                plan = self._plan([suffix_lengths[i] for i in label_indices.tolist()], torch.is_grad_enabled())
             return encode_shared_prefix_prompts(
-                self.clip, prefix, suffix, label_group, eos - (1 + n_ctx), chunk_size=self._label_chunk(suffix.shape[1])
+                self.clip, prefix, suffix, label_group, eos - (1 + n_ctx), plan=plan,
+                release_memory=self.release_memory_between_chunks,
             )
         prompts = torch.cat([prompts[:, :1], context[label_group], prompts[:, 1 + n_ctx : length]], dim=1)
         return encode_prompt_embeddings(self.clip, prompts, eos, truncate=False)
@@ -1125,6 +1010,4 @@ __all__ = [
     "HSPNetModelOutput",
     "HSPNetClassifierOutput",
     "process_relation",
-    "encode_prompt_embeddings",
-    "clip_text_embeddings",
 ]

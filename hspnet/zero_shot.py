@@ -92,7 +92,7 @@ class ZeroShotCLIPClassifier(nn.Module):
     def __init__(self, clip_model, tokenizer, labels: Sequence[str], template: str = ZERO_SHOT_TEMPLATE,
                  logit_scale: float | None = None):
         super().__init__()
-        from hspnet.modeling_hspnet import clip_text_embeddings
+        from hspnet.modeling_prompt_encoder import clip_text_embeddings
 
         check_zero_shot_template(template)
         self.labels = [str(name) for name in labels]

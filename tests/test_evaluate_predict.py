@@ -146,7 +146,7 @@ def test_evaluate_metrics_equal_independent_computation(evaluated, trained_model
     assert [results["per_class_AP"][name] for name in hierarchy.labels] == pytest.approx(per_class.tolist(), abs=1e-4)
 
     # the zero-shot numbers: plain tiny CLIP (seed 0 as in the recipe), "a photo of a {label}.", CLIP's logit scale
-    from hspnet.modeling_hspnet import clip_text_embeddings
+    from hspnet.modeling_prompt_encoder import clip_text_embeddings
     from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_image_processor, tiny_clip_model
 
     clip = tiny_clip_model(seed=0)
@@ -201,7 +201,7 @@ def test_evaluate_untrained_model_with_other_label_order_and_clip_folder(tiny_cl
 
 
 def test_zero_shot_classifier_formula_and_prompts():
-    from hspnet.modeling_hspnet import clip_text_embeddings
+    from hspnet.modeling_prompt_encoder import clip_text_embeddings
     from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_model
 
     clip, tokenizer = tiny_clip_model(seed=1), byte_level_clip_tokenizer()

@@ -6,7 +6,15 @@ import copy
 import pytest
 import torch
 
-from hspnet.modeling_hspnet import encode_prompt_embeddings, encode_shared_prefix_prompts, process_relation
+from hspnet.modeling_hspnet import process_relation
+from hspnet.modeling_prompt_encoder import (
+    LabelChunk,
+    encode_prompt_embeddings,
+    encode_shared_prefix_prompts,
+    label_activation_bytes,
+    plan_label_chunks,
+    release_freed_memory,
+)
 
 
 def _grads(model):
@@ -41,11 +49,20 @@ def test_shared_prefix_encoder_equals_full_prompts(tiny_clip_dir):
     full = torch.cat([prefix[label_group], suffix], dim=1)
     want = encode_prompt_embeddings(clip, full, eos + prefix_length, truncate=False)
     (grad_want,) = torch.autograd.grad(want.square().sum(), prefix)
-    for chunk in (None, 1, 3, 100):
-        got = encode_shared_prefix_prompts(clip, prefix, suffix, label_group, eos, chunk_size=chunk)
+    lengths = (eos + 1).tolist()
+    plans = [None] + [plan_label_chunks(lengths, lambda n: n, budget, needs_grad=True) for budget in (100, 12, 6, 0)]
+    assert {chunk.checkpoint for chunk in plans[2].chunks} == {True, False}  # some kept, some recomputed
+    for chunk, plan, release in [(None, None, False), (1, None, True), (3, None, False), (100, None, False),
+                                 *((None, plan, True) for plan in plans[1:])]:
+        got = encode_shared_prefix_prompts(clip, prefix, suffix, label_group, eos, chunk_size=chunk, plan=plan,
+                                           release_memory=release)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         (grad_got,) = torch.autograd.grad(got.square().sum(), prefix)
         torch.testing.assert_close(grad_got, grad_want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # inference: chunks by the budget, nothing recomputed
+        plan = plan_label_chunks(lengths, lambda n: n, 6, needs_grad=False)
+        torch.testing.assert_close(encode_shared_prefix_prompts(clip, prefix, suffix, label_group, eos, plan=plan),
+                                   want.detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_model_paths_give_the_same_logits_and_gradients(make_model, pixel_values, labels6):
@@ -71,14 +88,62 @@ def test_model_paths_give_the_same_logits_and_gradients(make_model, pixel_values
                                    reference(pixel_values=pixel_values).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_memory_budget_sets_the_chunk(make_model):
-    base = make_model().hspnet
-    base.text_memory_budget_mb = 0  # a budget below one label still encodes one label at a time
-    assert base._label_chunk(suffix_length=6) == 1
-    base.text_memory_budget_mb = 2048
-    assert base._label_chunk(suffix_length=6) > 1000
-    base.label_chunk_size = 7
-    assert base._label_chunk(suffix_length=6) == 7
+def test_label_chunk_plan_by_hand():
+    lengths = [3, 1, 2, 1, 3]  # one byte per token: labels cost 3, 1, 2, 1, 3 (total 10)
+    size = lambda n: n  # noqa: E731
+    plan = plan_label_chunks(lengths, size, 100, needs_grad=True)  # fits: one chunk per length, nothing recomputed
+    assert plan.order.tolist() == [1, 3, 2, 0, 4] and plan.inverse.tolist() == [3, 0, 2, 1, 4]
+    assert plan.chunks == (LabelChunk(0, 2, 1, False), LabelChunk(2, 3, 2, False), LabelChunk(3, 5, 3, False))
+    # over budget 6: chunks of at most 3 bytes; the first 3 bytes keep their activations, the rest are recomputed
+    plan = plan_label_chunks(lengths, size, 6, needs_grad=True)
+    assert plan.chunks == (LabelChunk(0, 2, 1, False), LabelChunk(2, 3, 2, True), LabelChunk(3, 4, 3, True),
+                           LabelChunk(4, 5, 3, True))
+    # no gradients: chunks of the whole budget, none checkpointed
+    plan = plan_label_chunks(lengths, size, 6, needs_grad=False)
+    assert plan.chunks == (LabelChunk(0, 2, 1, False), LabelChunk(2, 3, 2, False), LabelChunk(3, 5, 3, False))
+    # a fixed chunk size (label_chunk_size) checkpoints every chunk when there are several
+    plan = plan_label_chunks(lengths, size, None, max_labels=2, needs_grad=True)
+    assert plan.chunks == (LabelChunk(0, 2, 1, True), LabelChunk(2, 3, 2, True), LabelChunk(3, 5, 3, True))
+    assert plan_label_chunks([2, 2], size, None, max_labels=2).chunks == (LabelChunk(0, 2, 2, False),)
+    # already sorted: no reordering; a budget below one label still runs one label at a time
+    plan = plan_label_chunks([1, 1, 2], size, 0, needs_grad=True)
+    assert plan.order is None and plan.chunks == (LabelChunk(0, 1, 1, True), LabelChunk(1, 2, 1, True),
+                                                  LabelChunk(2, 3, 2, True))
+
+
+def test_activation_estimate_matches_what_autograd_saves(make_model):
+    """`label_activation_bytes` against the bytes autograd really keeps per extra label (saved-tensor hooks), on the
+    tiny CLIP: the memory budget relies on it."""
+    model = make_model().train()
+    base = model.hspnet
+    base.label_chunk_size = 10**6  # one chunk, nothing recomputed
+    model(pixel_values=torch.zeros(1, 3, 32, 32))  # builds the derived state
+    suffix_lengths = base._label_plans[1]
+    length = max(set(suffix_lengths), key=suffix_lengths.count)
+    same = [i for i, n in enumerate(suffix_lengths) if n == length]
+    assert len(same) >= 4, suffix_lengths
+
+    def saved_bytes(indices):
+        storages = {}
+
+        def pack(tensor):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        group = base.get_group_features()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            base.compute_label_embeddings(group, label_indices=torch.tensor(indices))
+        return sum(storages.values())
+
+    per_label = (saved_bytes(same) - saved_bytes(same[:2])) / (len(same) - 2)
+    text_config = base.config.clip_config.text_config
+    estimate = label_activation_bytes(text_config, 1 + base.config.n_ctx, length)
+    assert 0.7 * per_label <= estimate <= 1.5 * per_label, (estimate, per_label)
+
+
+def test_release_freed_memory_is_harmless():
+    release_freed_memory()
+    release_freed_memory()  # the C function is looked up once
 
 
 def _naive_adjacency(relation, keep_ratio, p):

@@ -189,7 +189,7 @@ def label_text_embeddings(
     import torch
     from transformers import AutoTokenizer, CLIPModel
 
-    from ..modeling_hspnet import clip_text_embeddings
+    from ..modeling_prompt_encoder import clip_text_embeddings
 
     if "{}" not in template:
         raise ValueError(f"The prompt template {template!r} has no '{{}}' for the label name.")
