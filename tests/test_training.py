@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import os
@@ -65,6 +66,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread, as in the interpreters `run_script` starts (OMP_NUM_THREADS=1), so that a run in this
+    process and one in a subprocess add floats in the same order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_script(args, env_extra=None, timeout=600, launcher=None):
@@ -357,11 +370,13 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     so does all_results.json (also the metrics before training, which the resumed run does not recompute)."""
     from safetensors.torch import load_file
 
+    from hspnet.training import train
+
     common = dict(max_train_steps=10, epochs=3, checkpointing_steps="4", evaluate_before_training=True)
     full = tiny_options(tmp_path, output_dir=str(tmp_path / "full"), **common)
     killed = tiny_options(tmp_path, output_dir=str(tmp_path / "killed"), **common)
-    result = run_script([TRAIN] + as_argv(full))
-    assert result.returncode == 0, result.stderr[-3000:]
+    with one_thread():  # as the killed run's interpreter (OMP_NUM_THREADS=1): the same float reductions
+        train(TrainingConfig(**full))
 
     killer = textwrap.dedent(
         f"""
@@ -384,8 +399,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     saved = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert saved == ["epoch_0-step_6", "step_8"]  # checkpoints_total_limit 2 dropped step_4
     assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("step_8")
-    result = run_script([TRAIN] + as_argv(killed) + ["--resume_from_checkpoint", "latest"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    with one_thread():
+        train(TrainingConfig(**dict(killed, resume_from_checkpoint="latest")))
     assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
 
     final = lambda run: sorted((tmp_path / run / "checkpoints").glob("epoch_*-step_10"))[0]  # noqa: E731
@@ -500,3 +515,37 @@ def test_stateful_losses_train_end_to_end_and_push(loss, tmp_path, monkeypatch):
     assert "model.safetensors" in committed["files"] and "README.md" in committed["files"]
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["loss"] == loss and "num_train_images" not in saved["loss_kwargs"]  # run state is not model config
+
+
+def test_resume_restores_the_loss_state_kept_by_the_model(tmp_path):
+    """ROLE's label estimates live in the model's loss (`model.loss_module`, outside the weights): a run resumed from
+    the end of epoch 0 ends with the weights and estimates of the uninterrupted run only if the checkpoint restored
+    them (a fresh loss would restart from its initialisation)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from hspnet.training import train
+
+    options = tiny_options(tmp_path, loss="role", loss_kwargs={}, epochs=2, max_train_steps=8,
+                           checkpointing_steps="4", checkpoints_total_limit=None, evaluate_before_training=False)
+    train(TrainingConfig(**options))
+    full = tmp_path / "out"
+    shutil.copytree(full, tmp_path / "resumed")
+    for name in ("step_8", "epoch_1-step_8"):  # back to the state at the end of epoch 0
+        shutil.rmtree(tmp_path / "resumed" / "checkpoints" / name)
+    checkpoint = tmp_path / "resumed" / "checkpoints" / "epoch_0-step_6"
+    train(TrainingConfig(**dict(options, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint=str(checkpoint))))
+
+    def estimates(folder):  # accelerate's registered objects, in order: scheduler, TrainingState, the loss, the EMA
+        return torch.load(folder / "custom_checkpoint_2.pkl", weights_only=False)["label_logits"]
+
+    start = estimates(checkpoint)
+    assert start.shape == (45, 12)  # one estimate per training image and label
+    runs = (full, tmp_path / "resumed")
+    a, b = (load_file(run / "checkpoints" / "epoch_1-step_8" / "model.safetensors") for run in runs)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+    end_a, end_b = (estimates(run / "checkpoints" / "epoch_1-step_8") for run in runs)
+    torch.testing.assert_close(end_a, end_b, atol=0, rtol=0)
+    assert not torch.equal(end_a, start)  # the estimates trained in epoch 1
