@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from hspnet.cli_types import one_line, run_cli
+
 logger = logging.getLogger("hspnet.hub")
 
 HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
@@ -61,11 +63,6 @@ _CHECKPOINT_NAME = re.compile(r"epoch_\d+-step_\d+|step_\d+")
 
 class HubUploadError(OSError):
     """An upload to the Hub that the run needed (the final model) failed."""
-
-
-def _one_line(error: BaseException | str) -> str:
-    text = " ".join(str(error).split())
-    return text or (type(error).__name__ if isinstance(error, BaseException) else "")
 
 
 def redact(text: str, token: str | None) -> str:
@@ -414,7 +411,7 @@ class HubUploader:
                         json.dump(info, handle, indent=2)
         except Exception as error:  # noqa: BLE001 - a full disk here must not stop training
             shutil.rmtree(path, ignore_errors=True)
-            self._count_failure(f"could not prepare the upload of step {step}: {_one_line(error)}", step)
+            self._count_failure(f"could not prepare the upload of step {step}: {one_line(error)}", step)
             return False
         message = f"Training in progress, epoch {epoch}, step {step}"
         snapshot = _Snapshot(path, message, step, epoch)
@@ -428,7 +425,7 @@ class HubUploader:
                     _merge_checkpoint_folders(replaced.path, path)
             except OSError as error:
                 self._log(logging.WARNING, "earlier checkpoint folders are not carried to the upload of step %d: %s",
-                          step, _one_line(error))
+                          step, one_line(error))
             if replaced is not None:
                 shutil.rmtree(replaced.path, ignore_errors=True)
                 self.uploads_superseded += 1
@@ -482,14 +479,14 @@ class HubUploader:
                         dropped = _prune_checkpoint_folders(target, self.keep_checkpoints)
                     except OSError as merge_error:
                         self._log(logging.WARNING, "checkpoint folders of step %d are not kept for the next upload: "
-                                  "%s", snapshot.step, _one_line(merge_error))
+                                  "%s", snapshot.step, one_line(merge_error))
                 shutil.rmtree(snapshot.path, ignore_errors=True)
             if error is None:
                 self._log(logging.INFO, "pushed step %d (epoch %d) to the Hub: %s", snapshot.step, snapshot.epoch,
                           self.repo_id)
             else:
                 self._count_failure(f"the upload of step {snapshot.step} to {self.repo_id} failed: "
-                                    f"{type(error).__name__}: {_one_line(error)}; the next save uploads the "
+                                    f"{type(error).__name__}: {one_line(error)}; the next save uploads the "
                                     "current state again", snapshot.step)
                 self._warn_dropped(dropped)
 
@@ -540,11 +537,11 @@ class HubUploader:
             _commit(self._api_ready(), self.repo_id, files, message)
         except Exception as error:  # noqa: BLE001 - one clear error for the caller
             self.final_upload = "failed"
-            self.last_error = redact(f"the final upload failed: {type(error).__name__}: {_one_line(error)}",
+            self.last_error = redact(f"the final upload failed: {type(error).__name__}: {one_line(error)}",
                                      self._token)
             raise HubUploadError(redact(
                 f"the final upload to the Hub repository {self.repo_id} failed ({type(error).__name__}: "
-                f"{_one_line(error)}); the trained model is intact in {model_folder} (upload it later with: python -m "
+                f"{one_line(error)}); the trained model is intact in {model_folder} (upload it later with: python -m "
                 f"hspnet.hub push {model_folder} {self.repo_id})", self._token)) from None
         self.final_upload = "done"
         shutil.rmtree(self._carry, ignore_errors=True)
@@ -609,7 +606,7 @@ def download_checkpoint(repo_id: str, folder: str, *, path_in_repo: str = LAST_C
             snapshot_download(repo_id, allow_patterns=[f"{path_in_repo}/*"], local_dir=temporary, token=token,
                               revision=revision)
         except Exception as error:  # noqa: BLE001 - offline, not found, no access: one line
-            raise OSError(redact(f"cannot download {where} ({type(error).__name__}: {_one_line(error)})",
+            raise OSError(redact(f"cannot download {where} ({type(error).__name__}: {one_line(error)})",
                                  token)) from None
         source = os.path.join(temporary, *path_in_repo.split("/"))
         info_path = os.path.join(source, CHECKPOINT_INFO_NAME)
@@ -622,7 +619,7 @@ def download_checkpoint(repo_id: str, folder: str, *, path_in_repo: str = LAST_C
                 info = json.load(handle)
             name = info["name"]
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{where}: {CHECKPOINT_INFO_NAME} is corrupt ({_one_line(error)})") from None
+            raise ValueError(f"{where}: {CHECKPOINT_INFO_NAME} is corrupt ({one_line(error)})") from None
         if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
             raise ValueError(f"{where}: {CHECKPOINT_INFO_NAME} names no checkpoint folder (name {name!r})")
         target = os.path.join(folder, "checkpoints", name)
@@ -649,8 +646,6 @@ def download_checkpoint(repo_id: str, folder: str, *, path_in_repo: str = LAST_C
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m hspnet.hub") -> int:
-    from hspnet.cli_types import run_cli
-
     parser = argparse.ArgumentParser(prog=prog, description="Upload a trained or converted HSPNet folder to the Hub "
                                      "(its model files and card, in one commit; never checkpoints or logs). The "
                                      "token comes from `hf auth login` or HF_TOKEN.")

@@ -15,7 +15,6 @@ from typing import Any
 
 from ..configuration_hspnet import HSPNetConfig
 from ..files import write_json, write_text
-from ..hub import card_metadata, model_index, render_card
 from ..modeling_hspnet import HSPNetForImageClassification
 from .official import (
     AUTHORS_REPO,
@@ -55,6 +54,9 @@ def converted_model_card(
     """README.md for a converted checkpoint: YAML metadata (through :mod:`hspnet.hub`, the one card builder; a
     ``model-index`` with the authors' published mAP), credit to the authors, source checkpoint and its published mAP,
     how it was converted and how to use it."""
+    # imported here: `import hspnet` imports this package (for OpenAI CLIP files), and the Hub module is not needed then
+    from ..hub import card_metadata, model_index, render_card
+
     info = PUBLISHED_CHECKPOINTS.get(dataset or "", {})
     published = info.get("map")
     title = info.get("title", dataset or "custom")
