@@ -1,4 +1,5 @@
-"""Training HSPNet with accelerate: :func:`train`, in the order of transformers' `run_image_classification_no_trainer.py`.
+"""Training HSPNet with accelerate: :func:`train`, in the order of transformers'
+`run_image_classification_no_trainer.py`.
 
 `hspnet train` and `scripts/train.py` are thin command lines over :func:`main`. :func:`train` reads top to bottom:
 the accelerator, the output folder and logging, the seed, the data, the model (which owns its loss), the optimizer
@@ -10,6 +11,7 @@ evaluation of the selected model, saving and the Hub upload. The pieces live bes
 - :mod:`hspnet.recipe`: Adam parameter groups, the one-cycle schedule, the weight EMA, the model selection;
 - :mod:`hspnet.run_folder`: the output-folder lock, `--overwrite_output_dir` through a staging folder, whole files;
 - :mod:`hspnet.resume`: `training_args.json`, the resume checks, the loop's checkpointed state;
+- :mod:`hspnet.distributed`: a failure on one process stops every process of the run;
 - :mod:`hspnet.hub`: the model card and the background uploads (`--hub_strategy`, `--resume_from_checkpoint hub`).
 
 The loss is the model's: the loop calls `model(pixel_values=..., labels=..., epoch=..., indices=...)` and steps on

@@ -162,7 +162,8 @@ class TrainingConfig:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():
-            raise ValueError(f"checkpointing_steps must be 'epoch', an integer or null, got {self.checkpointing_steps!r}")
+            raise ValueError("checkpointing_steps must be 'epoch', an integer or null, got "
+                             f"{self.checkpointing_steps!r}")
         for name in ("epochs", "schedule_epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -507,7 +507,8 @@ def test_stateful_losses_train_end_to_end_and_push(loss, tmp_path, monkeypatch):
     committed = {}
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
     monkeypatch.setattr(HfApi, "create_commit",
-                        lambda self, repo_id, operations, **kw: committed.update(files=[o.path_in_repo for o in operations]))
+                        lambda self, repo_id, operations, **kw: committed.update(
+                            files=[o.path_in_repo for o in operations]))
     options = tiny_options(tmp_path, loss=loss, loss_kwargs={}, epochs=1, schedule_epochs=1,
                            evaluate_before_training=False, push_to_hub=True, hub_model_id="me/demo")
     results = train(TrainingConfig(**options))
