@@ -281,7 +281,6 @@ def train(config: TrainingConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
-    config.validate()
     use_cpu = config.cpu or not torch.cuda.is_available()
     accelerator = Accelerator(
         cpu=use_cpu,
