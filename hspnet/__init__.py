@@ -27,8 +27,8 @@ from .modeling_hspnet import (
     HSPNetModel,
     HSPNetModelOutput,
     HSPNetPreTrainedModel,
-    process_relation,
 )
+from .modeling_label_graph import process_relation
 from .modeling_prompt_encoder import clip_text_embeddings, encode_prompt_embeddings, encode_shared_prefix_prompts
 
 __version__ = "0.1.0"

@@ -225,6 +225,13 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM[0](0)
 
 
+def _release_then_encode_suffixes(*args) -> torch.Tensor:
+    """`_encode_suffixes` of a recomputed chunk, after giving the heap pages freed by the chunk before back to the
+    system: it runs once in the forward pass and once more when the backward pass recomputes the chunk."""
+    release_freed_memory()
+    return _encode_suffixes(*args)
+
+
 def encode_shared_prefix_prompts(
     clip: CLIPModel,
     prefix_embeds: torch.Tensor,
@@ -244,7 +251,7 @@ def encode_shared_prefix_prompts(
     `plan_label_chunks`; default: sorted by suffix length, at most `chunk_size` per chunk, all under activation
     checkpointing when gradients are needed and there is more than one chunk), so training memory holds the `(C, D)`
     outputs, the prefix states and the activations the plan keeps, whatever `C`. `release_memory` trims the C heap
-    after each chunk when some chunks are recomputed, on the CPU, outside `torch.compile` (`release_freed_memory`).
+    before each recomputed chunk (forward and backward) on the CPU, outside `torch.compile` (`release_freed_memory`).
 
     Args:
         prefix_embeds (`torch.Tensor` of shape `(G, P, W)`): token embeddings of each group's prefix.
@@ -284,11 +291,10 @@ def encode_shared_prefix_prompts(
         args = (text_model, clip.text_projection, prefix_keys, prefix_values,
                 suffix_hidden[part, : chunk.length].contiguous(), label_group[part], eos_in_suffix[part])
         if chunk.checkpoint and torch.is_grad_enabled():
-            outputs.append(torch.utils.checkpoint.checkpoint(_encode_suffixes, *args, use_reentrant=False))
+            function = _release_then_encode_suffixes if release else _encode_suffixes
+            outputs.append(torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False))
         else:
             outputs.append(_encode_suffixes(*args))
-        if release:
-            release_freed_memory()
     features = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
     return features if plan.inverse is None else features[plan.inverse]
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from hspnet.modeling_hspnet import process_relation
+from hspnet.modeling_label_graph import process_relation
 from hspnet.modeling_prompt_encoder import (
     LabelChunk,
     encode_prompt_embeddings,
@@ -222,7 +222,7 @@ def test_losses_that_couple_labels_refuse_sampling():
 
 
 def test_induced_adjacency_by_hand():
-    from hspnet.modeling_hspnet import _induced_adjacency
+    from hspnet.modeling_label_graph import _induced_adjacency
 
     # a 4-label adjacency with p = 0.2: row 0 has neighbours 1 (0.15) and 2 (0.05); row 2 only neighbour 3
     adjacency = torch.tensor([[0.8, 0.15, 0.05, 0.0],

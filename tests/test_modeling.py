@@ -240,6 +240,7 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         "model.safetensors",
         "modeling_clip_resnet.py",
         "modeling_hspnet.py",
+        "modeling_label_graph.py",
         "modeling_prompt_encoder.py",
         "preprocessor_config.json",
     ]

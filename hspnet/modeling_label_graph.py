@@ -1,0 +1,119 @@
+# Copyright 2026 The hspnet authors. Licensed under the Apache License, Version 2.0.
+"""HSPNet's label graph (remote code beside `modeling_hspnet.py`: imports only torch and its siblings).
+
+1. `process_relation`: raw label/group similarity block -> the fixed GCN adjacency (in row blocks: nothing larger
+   than the `(n, n)` result), and `_induced_adjacency` for label sampling.
+2. `HSPNetGraphConvolution`, `HSPNetGCN`: the 3-layer GCN with a residual mix, shared by the group and label levels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .configuration_hspnet import HSPNetConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Relation processing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def process_relation(
+    relation: torch.Tensor, keep_ratio: float = 0.75, reweight_p: float = 0.2, block_rows: int = 1024
+) -> torch.Tensor:
+    """Turn an `n x n` block of raw similarities into the fixed adjacency used by the GCN.
+
+    As released: (1) in each row keep the top `int(keep_ratio * n)` entries (`torch.topk`, so the diagonal, the
+    largest similarity, is normally among them) and zero the rest; (2) zero the diagonal; (3) divide each row by its
+    sum and multiply by `reweight_p`; (4) set the diagonal to `1 - reweight_p`.
+
+    A row with nothing left off the diagonal (e.g. a single group, where `int(0.75 * 1) == 0`) would be 0/0 in the
+    released code; here it keeps only itself (diagonal 1), which is what a graph with no neighbours means.
+
+    Rows are independent, so they are processed `block_rows` at a time into the output: the memory beyond the
+    `(n, n)` result is `O(block_rows * n)`, whatever `n` (10,000 labels: a 400 MB result, ~60 MB of work space).
+
+    Args:
+        relation (`torch.Tensor` of shape `(n, n)`): raw similarities.
+    Returns:
+        `torch.Tensor` of shape `(n, n)`, float32, rows summing to 1 (the self-only rows too).
+    """
+    n = relation.shape[0]
+    k = int(keep_ratio * n)
+    adjacency = torch.empty(n, n, dtype=torch.float32, device=relation.device)
+    for start in range(0, n, block_rows):
+        rows = relation[start : start + block_rows].float()
+        count = rows.shape[0]
+        kept = torch.zeros_like(rows)
+        if k > 0:
+            values, indices = torch.topk(rows, k, dim=1)
+            kept.scatter_(1, indices, values)
+            del values, indices
+        diagonal_index = torch.arange(start, start + count, device=relation.device)
+        local = torch.arange(count, device=relation.device)
+        kept[local, diagonal_index] = 0.0
+        row_sum = kept.sum(dim=1, keepdim=True)
+        isolated = row_sum == 0
+        block = torch.where(isolated, torch.zeros_like(kept), kept / torch.where(isolated, 1.0, row_sum) * reweight_p)
+        block[local, diagonal_index] = torch.where(isolated.squeeze(1), 1.0, 1.0 - reweight_p)
+        adjacency[start : start + count] = block
+    return adjacency
+
+
+def _induced_adjacency(adjacency: torch.Tensor, indices: torch.Tensor, reweight_p: float) -> torch.Tensor:
+    """The adjacency among the labels `indices` `(C',)` only, for label sampling: each row keeps its diagonal
+    `1 - p` and its weights to the sampled neighbours, rescaled to the total `p` they have in the full graph; a row
+    with no sampled neighbour keeps only itself (weight 1), as `process_relation` does for isolated rows."""
+    sub = adjacency[indices][:, indices]
+    eye = torch.eye(sub.shape[0], dtype=torch.bool, device=sub.device)
+    off = sub.masked_fill(eye, 0.0)
+    row_sum = off.sum(dim=1, keepdim=True)
+    isolated = row_sum == 0
+    off = torch.where(isolated, torch.zeros_like(off), off / torch.where(isolated, 1.0, row_sum) * reweight_p)
+    return off + torch.diag(torch.where(isolated.squeeze(1), 1.0, 1.0 - reweight_p))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GCN
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class HSPNetGraphConvolution(nn.Module):
+    """`x -> adjacency @ (x @ weight)`, no bias. `weight` has shape `(in_features, out_features)`."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+
+    def forward(self, features: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """`features` `(n, in_features)`, `adjacency` `(n, n)` -> `(n, out_features)`."""
+        return adjacency.to(features.dtype) @ (features @ self.weight.to(features.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}"
+
+
+class HSPNetGCN(nn.Module):
+    """Three graph convolutions `D -> H1 -> H2 -> D` with LeakyReLU after the first two, and a trainable residual mix
+    `out = gamma * gcn(x) + (1 - gamma) * x`. The same module serves the group level and the label level."""
+
+    def __init__(self, config: HSPNetConfig):
+        super().__init__()
+        dim = config.projection_dim
+        hidden1, hidden2 = config.gcn_hidden_dims
+        self.gc1 = HSPNetGraphConvolution(dim, hidden1)
+        self.gc2 = HSPNetGraphConvolution(hidden1, hidden2)
+        self.gc3 = HSPNetGraphConvolution(hidden2, dim)
+        self.act = nn.LeakyReLU(config.gcn_negative_slope)
+        self.gamma = nn.Parameter(torch.full((1,), float(config.gcn_gamma_init)))
+
+    def forward(self, features: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """`features` `(n, D)`, `adjacency` `(n, n)` -> `(n, D)`."""
+        hidden = self.act(self.gc1(features, adjacency))
+        hidden = self.act(self.gc2(hidden, adjacency))
+        hidden = self.gc3(hidden, adjacency)
+        gamma = self.gamma.to(hidden.dtype)
+        return gamma * hidden + (1 - gamma) * features
