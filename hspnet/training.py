@@ -293,7 +293,14 @@ def train(config: TrainingConfig) -> dict:
     uploaders: list[HubUploader] = []
     interrupted = False
     try:
-        return _train(config, accelerator, locks, uploaders)
+        results = _train(config, accelerator, locks, uploaders)
+        # the end of a run, with every process still here: the DDP wrapper goes first (its reducer holds the process
+        # group), then the trackers and the process group (`end_training`). A gloo group torn down at interpreter
+        # exit, after a peer has gone, could hang its process forever in the group's destructor.
+        accelerator.wait_for_everyone()
+        accelerator.free_memory()
+        accelerator.end_training()
+        return results
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -663,9 +670,6 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                     write_json(path, results)
 
     on_main(accelerator, finish)
-    # after the last collective call: trackers closed, and the process group destroyed (accelerate's end of a run; a
-    # process that exits with its group alive may abort in gloo's teardown)
-    accelerator.end_training()
     return results
 
 

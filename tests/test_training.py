@@ -84,7 +84,16 @@ def run_script(args, env_extra=None, timeout=600, launcher=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env.update(env_extra or {})
     command = (launcher or [sys.executable]) + args
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    # a session of its own, so that a timeout takes every process down (the launcher and the ranks it started)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 # --- recipe pieces ----------------------------------------------------------------------------------------------------
