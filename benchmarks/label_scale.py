@@ -11,6 +11,7 @@ groups, SPLC loss, Adam with the reference parameter groups.
 
     python benchmarks/label_scale.py                                   # C = 80, 1000, 10000; exact and sampled
     python benchmarks/label_scale.py --labels 80 1000 --modes exact --steps 2
+    python benchmarks/label_scale.py --labels 80 10000 --modes sampled --skip_memory   # sampled vs C = 80 exact
     python benchmarks/label_scale.py --device cuda --steps 5
     python benchmarks/label_scale.py --sharing --labels 80 1000   # text side only: shared prefixes vs full prompts
 """
@@ -152,6 +153,8 @@ def main(argv=None):
         return
 
     configs = [(c, mode) for c in args.labels for mode in args.modes if not (mode == "sampled" and c <= 80)]
+    if (min(args.labels), "exact") not in configs:  # the reference of the ratios
+        configs.insert(0, (min(args.labels), "exact"))
     print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch_size} "
           f"ViT-B/32 + 12-layer text tower (random), 2-3 letter label names, G = round(sqrt(C)), "
           f"sampled: observed positives + {args.sample_size} others", flush=True)

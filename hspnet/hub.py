@@ -16,7 +16,7 @@ One card builder and one upload path serve every tool that publishes a model fol
 Repository layout written during training (`hub_strategy` checkpoint / all_checkpoints)::
 
     README.md, config.json, model.safetensors, *.py, preprocessor_config.json   the best model so far (and its card)
-    last-checkpoint/                 the newest training state (accelerate save_state + training_settings.json)
+    last-checkpoint/                 the newest training state (accelerate save_state + training_args.json)
         hspnet_checkpoint.json       its name, step, epoch and the best-model marker
         best-model/                  the best model as of that state (the Hub stores identical files once)
     checkpoints/epoch_1-step_40/     all_checkpoints only: every state, laid out like last-checkpoint/
