@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -149,7 +150,7 @@ def label_activation_bytes(text_config, prefix_length: int, suffix_length: int, 
 
 def plan_label_chunks(
     suffix_lengths: list[int],
-    bytes_per_label,
+    bytes_per_label: Callable[[int], int],
     budget_bytes: int | None,
     max_labels: int | None = None,
     needs_grad: bool = True,
