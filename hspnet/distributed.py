@@ -32,15 +32,8 @@ def share_failure(accelerator, error: BaseException | None) -> None:
 
 
 def on_main(accelerator, action):
-    """`action()` on the main process only; if it fails, every process raises."""
-    result, error = None, None
-    if accelerator.is_main_process:
-        try:
-            result = action()
-        except Exception as caught:  # noqa: BLE001 - shared with the other processes, then re-raised
-            error = caught
-    share_failure(accelerator, error)
-    return result
+    """`action()` on the main process only (None elsewhere); if it fails, every process raises."""
+    return on_all(accelerator, action if accelerator.is_main_process else lambda: None)
 
 
 def on_all(accelerator, action):
