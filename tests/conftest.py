@@ -83,3 +83,8 @@ def trained_tiny_model(tiny_demo_cache, tmp_path_factory):
         evaluate_before_training=False, checkpointing_steps=None, lr=1e-3, gcn_lr=5e-3,
     ))
     return output_dir
+
+
+# Fixtures kept in their own modules (one owner each); star-imported so pytest registers them once, for the session.
+from tests.plugin_fresh_interpreter import *  # noqa: E402,F401,F403
+from tests.plugin_training_runs import *  # noqa: E402,F401,F403

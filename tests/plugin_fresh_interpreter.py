@@ -1,0 +1,1 @@
+"""Session fixtures for the tests that need a fresh interpreter (loaded by `tests/conftest.py`)."""

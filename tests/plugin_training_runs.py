@@ -1,0 +1,1 @@
+"""Session fixtures for the training, resume, Hub and distributed tests (loaded by `tests/conftest.py`)."""
