@@ -96,3 +96,50 @@ def test_matches_plain_loop_implementation_on_voc():
     for block in (R[:20, :20], R[20:, 20:]):
         expected = plain_process_relation(block.tolist()).float()
         torch.testing.assert_close(process_relation(block), expected)
+
+
+def released_keep_top_k(rows, k):
+    """Step (1) as the released code writes it: `torch.topk` then `scatter_` into zeros."""
+    kept = torch.zeros_like(rows)
+    if k > 0:
+        values, indices = torch.topk(rows, k, dim=1)
+        kept.scatter_(1, indices, values)
+    return kept
+
+
+def _relation_cases():
+    generator = torch.Generator().manual_seed(3)
+    floats = torch.rand(37, 37, generator=generator) * 0.4 + 0.6  # cosine similarities as released: 0.6 to 1.0
+    counts = torch.randint(0, 4, (37, 37), generator=generator).float()  # many ties at non-zero boundaries
+    sparse = torch.where(torch.rand(37, 37, generator=generator) < 0.6, 0.0, floats)  # the boundary is a tie of zeros
+    negative = floats - 1.3  # every value below zero: the kept zeros of other rows are not special here
+    with_nan = floats.clone()
+    with_nan[5, 7] = float("nan")
+    with_inf = floats.clone()
+    with_inf[2, 3], with_inf[4, 1] = float("inf"), float("-inf")
+    constant = torch.full((9, 9), 0.7)  # one tie across the whole row
+    return {"floats": floats, "counts": counts, "sparse": sparse, "negative": negative, "nan": with_nan,
+            "inf": with_inf, "constant": constant}
+
+
+@pytest.mark.parametrize("case", sorted(_relation_cases()))
+@pytest.mark.parametrize("keep_ratio", [0.0, 0.1, 0.5, 0.75, 1.0])
+def test_selection_keeps_exactly_what_topk_keeps(case, keep_ratio):
+    from hspnet.modeling_label_graph import _keep_top_k
+
+    rows = _relation_cases()[case]
+    k = int(keep_ratio * rows.shape[1])
+    torch.testing.assert_close(_keep_top_k(rows, k), released_keep_top_k(rows, k), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("case", ["floats", "counts", "sparse"])
+@pytest.mark.parametrize("block_rows", [1, 5, 1024])
+def test_whole_procedure_equals_the_released_one_in_any_row_blocks(case, block_rows):
+    rows = _relation_cases()[case]
+    n = rows.shape[0]
+    kept = released_keep_top_k(rows, int(0.75 * n))
+    kept.fill_diagonal_(0.0)
+    row_sum = kept.sum(dim=1, keepdim=True)
+    expected = kept / row_sum * 0.2
+    expected.fill_diagonal_(0.8)
+    torch.testing.assert_close(process_relation(rows, block_rows=block_rows), expected, rtol=0, atol=0)
