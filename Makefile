@@ -1,9 +1,10 @@
 # `make demo`: create .venv, install, train + evaluate on the built-in demo data.
-# `make test`: create .venv, install, run the test suite.
+# `make test`: create .venv, install, run the test suite (two pytest-xdist workers, one torch thread each).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TEST_WORKERS ?= 2
 
 .PHONY: install test demo bench clean
 
@@ -17,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \

@@ -6,7 +6,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# torch's threads per test process: 2 (the cores of the CI machine), or 1 in each of pytest-xdist's workers (`make
+# test` runs two), exported as OMP_NUM_THREADS too, so an interpreter a test starts adds floats in the same order.
+TORCH_THREADS = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2
+os.environ["OMP_NUM_THREADS"] = str(TORCH_THREADS)
+torch.set_num_threads(TORCH_THREADS)
 
 LABELS = ["cat", "dog", "traffic_light", "car", "bus", "person"]
 GROUPS = ["animal", "outdoor", "vehicle", "person"]
