@@ -439,7 +439,7 @@ def load_model(model_name_or_path: str | os.PathLike, device: Any = None, trust_
                 ) from error
             if getattr(model.config, "model_type", None) != "hspnet":
                 raise ModelLoadError(f"{name}: no image processor saved with the model ({reason})") from error
-            from hspnet.modeling_hspnet import default_image_processor
+            from hspnet.modeling_from_clip import default_image_processor
 
             processor = default_image_processor(model.config)
     if device is not None:

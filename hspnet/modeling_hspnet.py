@@ -7,14 +7,15 @@ and is also the remote code saved next to the weights, so it imports only its si
 
 Reading order, top to bottom (the label graph is in `modeling_label_graph.py`: `process_relation`, `HSPNetGCN`; the
 text tower on prompt embeddings in `modeling_prompt_encoder.py`: `encode_prompt_embeddings`,
-`encode_shared_prefix_prompts`, `plan_label_chunks`; the ResNet image tower in `modeling_clip_resnet.py`):
+`encode_shared_prefix_prompts`, `plan_label_chunks`; what a model is built from (CLIP parts, tokenized prompts, the
+raw relation, `default_image_processor`) in `modeling_from_clip.py`; the ResNet image tower in
+`modeling_clip_resnet.py`):
 
-1. Prompt tokenization helpers and `default_image_processor` (the authors' preprocessing).
-2. Outputs (`HSPNetClassifierOutput`, `HSPNetModelOutput`) and the text-side cache entries.
-3. `HSPNetPreTrainedModel`: init, freezing, saving (remote code, image processor), `from_clip`.
-4. `HSPNetModel`: setup (prompts, relation), the text-side cache (one rule, one compile-disabled call), the text side
+1. Outputs (`HSPNetClassifierOutput`, `HSPNetModelOutput`) and the text-side cache entries.
+2. `HSPNetPreTrainedModel`: init, freezing, saving (remote code, image processor), `from_clip`.
+3. `HSPNetModel`: setup (prompts, relation), the text-side cache (one rule, one compile-disabled call), the text side
    (group features -> GCN -> meta-net -> label prompts -> GCN), image embeddings, logits.
-5. `HSPNetForImageClassification`: adds the loss (and label sampling in training) and returns the outputs.
+4. `HSPNetForImageClassification`: adds the loss (and label sampling in training) and returns the outputs.
 
 Shapes: `B` images, `C` labels, `G` groups, `D` joint embedding size (`projection_dim`), `W` text width,
 `L` prompt length (77), `n_ctx` context vectors per label prompt.
@@ -38,13 +39,18 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .configuration_hspnet import HSPNetConfig
-from .image_processing_hspnet import HSPNetImageProcessor
 from .losses import build_loss, check_loss_spec
 from .modeling_clip_resnet import HSPNetAttentionPool2d, HSPNetCLIPResNet
+from .modeling_from_clip import (
+    default_image_processor,
+    load_clip_parts,
+    read_relation,
+    text_relation,
+    tokenize_hierarchy_prompts,
+)
 from .modeling_label_graph import HSPNetGCN, HSPNetGraphConvolution, _induced_adjacency, process_relation
 from .modeling_prompt_encoder import (
     LabelPlan,
-    clip_text_embeddings,
     encode_prompt_embeddings,
     encode_shared_prefix_prompts,
     label_activation_bytes,
@@ -52,40 +58,6 @@ from .modeling_prompt_encoder import (
 )
 
 logger = logging.get_logger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Prompts (the text tower on prompt embeddings is in `modeling_prompt_encoder.py`)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _prompt_name(name: str) -> str:
-    """The released code replaces underscores by spaces in label and group names before tokenizing."""
-    return name.replace("_", " ")
-
-
-def _tokenize_prompts(tokenizer, texts: list[str], what: list[str], length: int, eos_token_id: int) -> tuple:
-    """Token ids `(N, length)` padded like CLIP, and each prompt's EOS position `(N,)`; errors name the prompt."""
-    for text, name in zip(texts, what):
-        n_tokens = len(tokenizer(text, truncation=False)["input_ids"])
-        if n_tokens > length:
-            raise ValueError(f"The prompt {text!r} for {name} has {n_tokens} tokens; CLIP's text tower takes {length}.")
-    ids = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")["input_ids"]
-    if eos_token_id == 2:  # legacy CLIP configs: the EOS token is the largest id
-        eos_positions = ids.argmax(dim=-1)
-    else:
-        is_eos = ids == eos_token_id
-        if not bool(is_eos.any(dim=-1).all()):
-            raise ValueError(f"The tokenizer did not end every prompt with the EOS token id {eos_token_id}.")
-        eos_positions = is_eos.int().argmax(dim=-1)
-    return ids, eos_positions
-
-
-def default_image_processor(config: HSPNetConfig, **kwargs) -> HSPNetImageProcessor:
-    """The authors' preprocessing at the image tower's resolution (resize the short side, bicubic; centre crop with
-    torchvision's rounding; CLIP mean/std unless given in `kwargs`): see `image_processing_hspnet.py`."""
-    size = config.image_size
-    return HSPNetImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -271,64 +243,26 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         The prompts are tokenized once and stored as persistent buffers (token embeddings and EOS positions) together
         with the raw relation, so `from_pretrained` restores the model without a tokenizer.
         """
-        from transformers import AutoImageProcessor, AutoTokenizer
-
-        source = None
-        clip_model = openai_weights = None
-        if isinstance(clip, CLIPModel):
-            clip_model = clip
-            source = clip.config._name_or_path or None
-        elif isinstance(clip, Mapping) or os.path.isfile(clip):
-            openai_weights = clip
-        else:
-            source = os.fspath(clip)
-            clip_model = CLIPModel.from_pretrained(source, **(clip_kwargs or {}))
-        if openai_weights is not None:
-            try:  # reading OpenAI's files is the conversion side's job, not the (remote) modeling code's
-                from hspnet.conversion.openai_clip import load_openai_clip
-            except ImportError as error:
-                raise ImportError("from_clip: OpenAI-format CLIP weights are read by the `hspnet` package; install it "
-                                  "(or pass a Hub id, a CLIP folder or a CLIPModel).") from error
-            clip_config, backbone, clip_weights = load_openai_clip(openai_weights)
-            config_kwargs = {**backbone, **config_kwargs}
-        else:
-            clip_config, clip_weights = clip_model.config.to_dict(), clip_model.state_dict()
-        if tokenizer is None:
-            if source is None:
-                raise ValueError(
-                    "from_clip: pass tokenizer= when `clip` is a CLIPModel object with no source path or OpenAI-format "
-                    "weights (every OpenAI CLIP uses the tokenizer of e.g. 'openai/clip-vit-base-patch32')."
-                )
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        normalisation = {}
-        if image_processor is None and source is not None:  # keep the checkpoint's mean / std, if it has its own
-            try:
-                clip_processor = AutoImageProcessor.from_pretrained(source)
-                normalisation = dict(image_mean=list(clip_processor.image_mean), image_std=list(clip_processor.image_std))
-            except (OSError, ValueError, AttributeError, TypeError):
-                normalisation = {}
-
+        parts = load_clip_parts(clip, tokenizer, image_processor, clip_kwargs)
         labels = list(labels)
         # the prompt buffers are sized by `set_prompts` below (up to the longest prompt): no (C, 77, W) placeholder
         config_kwargs.setdefault("prompt_length", 1)
         config = HSPNetConfig(
-            clip_config=clip_config,
+            clip_config=parts.clip_config,
             id2label=dict(enumerate(labels)),
             label2id={name: index for index, name in enumerate(labels)},
             group_names=list(groups),
             label_to_group=[int(g) for g in label_to_group],
-            **config_kwargs,
+            **{**parts.config_kwargs, **config_kwargs},
         )
         model = cls(config)
         base = model.base_model
-        base.clip.load_state_dict(clip_weights)
-        base.set_prompts(tokenizer)
+        base.clip.load_state_dict(parts.clip_weights)
+        base.set_prompts(parts.tokenizer)
         if relation is None:
-            names = [relation_template.format(_prompt_name(n)) for n in labels + list(groups)]
-            embeddings = F.normalize(clip_text_embeddings(base.clip, tokenizer, names), dim=-1)
-            relation = embeddings @ embeddings.T
+            relation = text_relation(base.clip, parts.tokenizer, labels + list(groups), relation_template)
         base.set_relation(relation)
-        model.image_processor = image_processor or default_image_processor(config, **normalisation)
+        model.image_processor = image_processor or default_image_processor(config, **parts.normalisation)
         base.apply_freezing()
         return model.eval()
 
@@ -437,9 +371,6 @@ class HSPNetModel(HSPNetPreTrainedModel):
     def set_prompts(self, tokenizer) -> None:
         """Tokenize the group prompts (`group_prompt_template`) and the label prompts (`ctx_init + " " + label + "."`)
         with `tokenizer` and store their token embeddings and EOS positions in the buffers."""
-        config = self.config
-        text_config = config.clip_config.text_config
-        length, eos = text_config.max_position_embeddings, text_config.eos_token_id
         embed = self.clip.text_model.embeddings.token_embedding
         if embed.num_embeddings == 0:
             raise ValueError(
@@ -447,25 +378,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
                 "as embeddings), so new prompts cannot be embedded. Re-convert it with the original CLIP weights "
                 "(scripts/convert_official_checkpoint.py --clip-weights RN50.pt) to change label or group names."
             )
-
-        group_texts = [config.group_prompt_template.format(_prompt_name(g)) for g in config.group_names]
-        group_ids, group_eos = _tokenize_prompts(
-            tokenizer, group_texts, [f"group {g!r}" for g in config.group_names], length, eos
-        )
-        label_texts = [f"{config.ctx_init} {_prompt_name(name)}." for name in config.label_names]
-        label_ids, label_eos = _tokenize_prompts(
-            tokenizer, label_texts, [f"label {n!r}" for n in config.label_names], length, eos
-        )
-        placeholder = tokenizer(config.ctx_init)["input_ids"][1:-1]
-        if len(placeholder) != config.n_ctx:
-            raise ValueError(
-                f"ctx_init {config.ctx_init!r} tokenizes to {len(placeholder)} tokens, not n_ctx={config.n_ctx}; choose "
-                "a placeholder word that is a single token (the released code uses 'X')."
-            )
-        slots = label_ids[:, 1 : 1 + config.n_ctx]
-        if not bool((slots == torch.tensor(placeholder)).all()):
-            bad = config.label_names[int((slots != torch.tensor(placeholder)).any(dim=1).nonzero()[0])]
-            raise ValueError(f"The label prompt for {bad!r} does not start with the {config.n_ctx} placeholder tokens.")
+        group_ids, group_eos, label_ids, label_eos = tokenize_hierarchy_prompts(self.config, tokenizer)
 
         # the tower is causal: nothing after the last EOS can change a prompt's feature, so only that much is kept
         # (a few tokens instead of 77: the (C, L, W) label prompts are the largest buffer at large C)
@@ -473,7 +386,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
         device, dtype = embed.weight.device, self.label_prompt_embeds.dtype
         self.register_buffer("group_prompt_embeds", embed(group_ids[:, :kept].to(device)).to(dtype))
         self.register_buffer("label_prompt_embeds", embed(label_ids[:, :kept].to(device)).to(dtype))
-        config.prompt_length = kept
+        self.config.prompt_length = kept
         self.group_eos_positions.copy_(group_eos)
         self.label_eos_positions.copy_(label_eos)
         self.clear_text_cache()
@@ -481,30 +394,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
     @torch.no_grad()
     def set_relation(self, relation: Any) -> None:
         """Store the raw `(C + G, C + G)` similarity matrix (array, tensor or `.npy` path; labels first)."""
-        what = "relation"
-        if isinstance(relation, (str, os.PathLike)):
-            import numpy as np
-
-            what = os.fspath(relation)
-            try:
-                relation = np.load(what, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as error:
-                raise ValueError(f"{what}: not a numeric .npy array ({' '.join(str(error).split())})") from None
-            if not np.issubdtype(relation.dtype, np.number) or np.iscomplexobj(relation):
-                raise ValueError(f"{what}: holds {relation.dtype} values, not a numeric similarity matrix")
-        try:
-            relation = torch.as_tensor(relation, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"{what}: not a numeric matrix ({' '.join(str(error).split())})") from None
-        expected = tuple(self.relation.shape)
-        if tuple(relation.shape) != expected:
-            raise ValueError(
-                f"{what} has shape {tuple(relation.shape)}, expected {expected}: "
-                f"{self.config.num_labels} labels followed by {self.config.num_groups} groups."
-            )
-        if not bool(torch.isfinite(relation).all()):
-            raise ValueError(f"{what} contains NaN or infinite values.")
-        self.relation.copy_(relation)
+        self.relation.copy_(read_relation(relation, self.config.num_labels, self.config.num_groups))
         self.clear_text_cache()
 
     def adjacency(self) -> tuple[torch.Tensor, torch.Tensor]:

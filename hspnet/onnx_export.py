@@ -122,7 +122,7 @@ class HSPNetOnnxClassifier(nn.Module):
 
 def onnx_metadata(model: nn.Module, image_processor: Any = None, source: str | None = None) -> dict:
     """The JSON document stored with the ONNX file: input/output description, labels, hierarchy, preprocessing."""
-    from hspnet.modeling_hspnet import default_image_processor
+    from hspnet.modeling_from_clip import default_image_processor
 
     base = _hspnet_base(model)
     config = base.config

@@ -190,7 +190,7 @@ def prepare_trainer_datasets(datasets: Mapping, model=None, image_processor=None
         if image_processor is None:
             image_processor = getattr(model, "image_processor", None)
             if image_processor is None:
-                from hspnet.modeling_hspnet import default_image_processor
+                from hspnet.modeling_from_clip import default_image_processor
 
                 image_processor = default_image_processor(model.config)
     if image_processor is None:

@@ -239,6 +239,7 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         "losses_cole.py",
         "model.safetensors",
         "modeling_clip_resnet.py",
+        "modeling_from_clip.py",
         "modeling_hspnet.py",
         "modeling_label_graph.py",
         "modeling_prompt_encoder.py",

@@ -46,7 +46,8 @@ import torch
 
 from ..configuration_hspnet import HSPNetConfig
 from ..modeling_clip_resnet import HSPNetModifiedResNet
-from ..modeling_hspnet import HSPNetForImageClassification, default_image_processor
+from ..modeling_from_clip import default_image_processor
+from ..modeling_hspnet import HSPNetForImageClassification
 from .openai_clip import ConversionError, count_indexed_keys, load_clip_checkpoint_file, map_openai_clip_weights
 
 __all__ = [
