@@ -40,10 +40,47 @@ ROT90_K = {3: 2, 6: -1, 8: 1}
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def run_script(name, *args, timeout=180):
+_COMMAND_LINES = """\
+import json, os, runpy, sys
+script, report = sys.argv[1], sys.argv[2]
+statuses = []
+for index, args in enumerate(json.loads(sys.argv[3])):
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(f"{report}.{index}.out", "w") as out, open(f"{report}.{index}.err", "w") as err:
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        sys.argv = [script, *args]
+        try:
+            runpy.run_path(script, run_name="__main__")
+            statuses.append(0)
+        except SystemExit as stop:
+            statuses.append(stop.code)
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+with open(report, "w") as file:
+    json.dump(statuses, file)
+"""
+
+
+def run_script_command_lines(name, *command_lines, workdir, timeout=180):
+    """Run ``python scripts/NAME ARGS...`` once for each ARGS of ``command_lines``, one after the other in ONE fresh
+    interpreter (one import of torch and hspnet instead of one each), exactly as the command line would (the script
+    run as ``__main__`` with that ``sys.argv``), each with its own stdout and stderr (file descriptors 1 and 2
+    redirected to files in ``workdir``). Returns a `subprocess.CompletedProcess` per command line, in order."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="2")
-    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=REPO)
+    script, report = os.path.join(REPO, "scripts", name), os.path.join(str(workdir), "command-lines.json")
+    arguments = [[str(argument) for argument in args] for args in command_lines]
+    process = subprocess.run([sys.executable, "-c", _COMMAND_LINES, script, report, json.dumps(arguments)],
+                             capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    assert process.returncode == 0, process.stderr[-3000:]
+    statuses = json.loads(open(report).read())
+    assert len(statuses) == len(arguments), process.stderr[-3000:]
+    results = []
+    for index, (args, status) in enumerate(zip(arguments, statuses)):
+        with open(f"{report}.{index}.out") as out, open(f"{report}.{index}.err") as err:
+            results.append(subprocess.CompletedProcess([script, *args], status, out.read(), err.read()))
+    return results
 
 
 def save_model(tiny_clip_dir, folder, labels=LABELS, groups=GROUPS, label_to_group=LABEL_TO_GROUP, seed=0):
@@ -402,17 +439,22 @@ def test_special_files_in_a_folder_are_skipped_and_reported(special_folder):
     assert reasons[str(special_folder / "gone.png")].startswith("a broken symbolic link")
 
 
-def test_special_files_never_hang_the_command_line(model_dir, special_folder):
-    result = run_script("predict.py", special_folder, "--model", model_dir, "--no_progress", timeout=240)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[2].startswith(str(special_folder / "a.png"))
-    assert "summary: 1 of 1 image(s) predicted; 4 special file(s) in folders ignored" in result.stderr
-    assert f"warning: skipping {special_folder / 'fifo.png'}: a FIFO" in result.stderr
+def test_special_files_never_hang_the_command_line(model_dir, special_folder, tmp_path):
+    """The folder with special files, then the FIFO named explicitly: two command lines in one fresh interpreter (a
+    hang would be caught by the timeout instead of stopping the test session)."""
+    in_folder, named = run_script_command_lines(
+        "predict.py",
+        [special_folder, "--model", model_dir, "--no_progress"],
+        [special_folder / "fifo.png", "--model", model_dir, "--no_progress"],
+        workdir=tmp_path, timeout=240)
+    assert in_folder.returncode == 0, in_folder.stderr
+    assert in_folder.stdout.splitlines()[2].startswith(str(special_folder / "a.png"))
+    assert "summary: 1 of 1 image(s) predicted; 4 special file(s) in folders ignored" in in_folder.stderr
+    assert f"warning: skipping {special_folder / 'fifo.png'}: a FIFO" in in_folder.stderr
     # named explicitly: a one-line error, not a hang
-    result = run_script("predict.py", special_folder / "fifo.png", "--model", model_dir, "--no_progress", timeout=240)
-    assert result.returncode == 1
-    assert result.stderr.strip() == (f"predict.py: error: {special_folder / 'fifo.png'}: cannot read this file as an "
-                                     "image (a FIFO, not a regular file)")
+    assert named.returncode == 1
+    assert named.stderr.strip() == (f"predict.py: error: {special_folder / 'fifo.png'}: cannot read this file as an "
+                                    "image (a FIFO, not a regular file)")
 
 
 def test_named_device_and_link_are_one_line_errors(model_dir, special_folder, capsys):
