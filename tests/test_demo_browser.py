@@ -44,39 +44,55 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@contextlib.contextmanager
-def demo_server(model_dir: str, workdir: str, extra: tuple[str, ...] = ()):
-    """Run `python -m hspnet.demo --model MODEL --host 127.0.0.1 --port P` until the block ends; yields the URL."""
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               GRADIO_TEMP_DIR=os.path.join(workdir, "gradio"), TOKENIZERS_PARALLELISM="false")
-    log_path = os.path.join(workdir, "server.log")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hspnet.demo", "--model", model_dir, "--host", "127.0.0.1", "--port", str(port),
-             *extra],
-            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
+class DemoServer:
+    """`python -m hspnet.demo --model MODEL --host 127.0.0.1 --port P`, started (not yet serving: importing torch
+    and gradio takes seconds, which a caller can spend starting the browser)."""
+
+    def __init__(self, model_dir: str, workdir: str, extra: tuple[str, ...] = ()):
+        port = free_port()
+        env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+                   GRADIO_TEMP_DIR=os.path.join(workdir, "gradio"), TOKENIZERS_PARALLELISM="false")
+        self.log_path = os.path.join(workdir, "server.log")
+        self.url = f"http://127.0.0.1:{port}/"
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hspnet.demo", "--model", model_dir, "--host", "127.0.0.1", "--port",
+                 str(port), *extra],
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def wait_until_serving(self) -> str:
+        """Block until the page answers; the URL."""
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
             try:
-                with urllib.request.urlopen(url, timeout=5):
-                    break
+                with urllib.request.urlopen(self.url, timeout=5):
+                    return self.url
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    with open(log_path) as log:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    with open(self.log_path) as log:
                         raise RuntimeError(f"the demo server did not start:\n{log.read()[-3000:]}") from None
                 time.sleep(0.3)
-        yield url
-    finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C: gradio closes the server, temp folders are removed
+
+    def stop(self) -> None:
+        """Ctrl-C (gradio closes the server; its temp folder is under the caller's workdir anyway), then a kill if it
+        has not ended within a few seconds: it waits for the connections still open, which a test need not."""
+        self.process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=15)
+            self.process.wait(timeout=3)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+            self.process.kill()
+            self.process.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def demo_server(model_dir: str, workdir: str, extra: tuple[str, ...] = ()):
+    """Run the demo server until the block ends; yields the URL once the page answers."""
+    server = DemoServer(model_dir, workdir, extra)
+    try:
+        yield server.wait_until_serving()
+    finally:
+        server.stop()
 
 
 def chrome(chromium: str, chromedriver: str, width: int = 1280, height: int = 1200):
@@ -128,10 +144,26 @@ def shown_rows(driver) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    chromium, chromedriver = browser_paths()
+def demo_model_dir(tiny_demo_model_dir):
+    """A saved tiny HSPNet on the demo data's hierarchy, shared by the session (conftest.py)."""
+    return tiny_demo_model_dir
+
+
+@pytest.fixture(scope="module")
+def started_server(demo_model_dir, tmp_path_factory):
+    """The demo server process, started first so that it imports torch and gradio while the browser starts; stopped
+    last, after the browser has closed its connections."""
+    browser_paths()
     pytest.importorskip("selenium", reason="needs selenium (pip install -e \".[dev]\")")
     pytest.importorskip("gradio", reason="needs gradio (pip install -e \".[demo]\")")
+    server = DemoServer(demo_model_dir, str(tmp_path_factory.mktemp("server")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(started_server):
+    chromium, chromedriver = browser_paths()
     driver = chrome(chromium, chromedriver)
     driver.set_page_load_timeout(PAGE_TIMEOUT)
     yield driver
@@ -139,15 +171,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def demo_model_dir(tiny_demo_model_dir):
-    """A saved tiny HSPNet on the demo data's hierarchy, shared by the session (conftest.py)."""
-    return tiny_demo_model_dir
-
-
-@pytest.fixture(scope="module")
-def server(browser, demo_model_dir, tmp_path_factory):
-    with demo_server(demo_model_dir, str(tmp_path_factory.mktemp("server"))) as url:
-        yield url
+def server(browser, started_server):
+    """The URL of the demo page, once it answers."""
+    return started_server.wait_until_serving()
 
 
 def test_page_shows_predicts_scores_and_the_controls_work(browser, server, demo_model_dir, tmp_path):
