@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from hspnet import hub
 from hspnet.hub import HubUploader
 from hspnet.training import BEST_MARKER_NAME, TrainingConfig, model_files, train
-from tests.test_training import REPO, as_argv, free_port, run_script, tiny_options
+from tests.test_training import as_argv, one_thread, tiny_options
 from tests.test_training_reliability import error_line, run_main
 
 MODEL_FILES = {"config.json", "model.safetensors", "configuration_hspnet.py", "modeling_hspnet.py", "losses.py",
@@ -436,21 +435,28 @@ def test_a_failed_final_upload_exits_1_with_one_line(tmp_path, fake_hub, monkeyp
 # --- resume from the Hub ----------------------------------------------------------------------------------------------
 
 
-def test_resume_from_the_hub_in_a_fresh_folder_matches_an_uninterrupted_run(tmp_path, fake_hub, monkeypatch):
-    """Run A trains 10 steps uninterrupted. Run B pushes with hub_strategy all_checkpoints and dies during step 9 (its
-    last pushed state: step_8, mid-epoch 1, with the best model of epoch 0). Run C, on "another machine" (a fresh
-    output folder, no local checkpoint), resumes from the Hub and ends bit-identical to A; so does run D, resumed
-    from the older pushed state `hub:checkpoints/epoch_0-step_6`."""
+@pytest.fixture
+def torch_on_one_thread():
+    with one_thread():
+        yield
+
+
+def test_resume_from_the_hub_in_a_fresh_folder_matches_an_uninterrupted_run(uninterrupted_ten_step_run, tmp_path,
+                                                                            fake_hub, monkeypatch,
+                                                                            torch_on_one_thread):
+    """Run A trains 10 steps uninterrupted (the session's `uninterrupted_ten_step_run`, on one thread: so are the
+    runs here). Run B pushes with hub_strategy all_checkpoints and dies during step 9 (its last pushed state: step_8,
+    mid-epoch 1, with the best model of epoch 0). Run C, on "another machine" (a fresh output folder, no local
+    checkpoint), resumes from the Hub and ends bit-identical to A; so does run D, resumed from the older pushed state
+    `hub:checkpoints/epoch_0-step_6`."""
     import hspnet.training as training
     from safetensors.torch import load_file
 
-    common = dict(max_train_steps=10, epochs=3, checkpointing_steps="4", evaluate_before_training=True)
-    full = tiny_options(tmp_path, output_dir=str(tmp_path / "full"), **common)
-    train(TrainingConfig(**full))
+    full, out_a = uninterrupted_ten_step_run
 
     synchronous_uploads(monkeypatch)
-    pushed = dict(full, output_dir=str(tmp_path / "died"), push_to_hub=True, hub_model_id="me/hspnet-demo",
-                  hub_strategy="all_checkpoints")
+    pushed = dict(full, output_dir=str(tmp_path / "died"), cache_dir=str(tmp_path / "cache"), push_to_hub=True,
+                  hub_model_id="me/hspnet-demo", hub_strategy="all_checkpoints")
     calls = {"n": 0}
     original = training.ModelEMA.update
 
@@ -474,7 +480,7 @@ def test_resume_from_the_hub_in_a_fresh_folder_matches_an_uninterrupted_run(tmp_
     assert fake_hub.downloads == [{"repo_id": "me/hspnet-demo", "allow_patterns": ["last-checkpoint/*"],
                                    "token": None}]
     assert results["resumed_from"].endswith(os.path.join("checkpoints", "step_8"))
-    out_a, out_c = tmp_path / "full", Path(resumed["output_dir"])
+    out_c = Path(resumed["output_dir"])
     assert "downloaded last-checkpoint/ of the Hub repository me/hspnet-demo (step 8, epoch 1)" in (
         out_c / "train.log").read_text()
 
@@ -529,32 +535,11 @@ def test_resume_from_the_hub_needs_an_empty_folder_and_a_pushed_state(tmp_path, 
 # --- distributed: only the main process uploads -----------------------------------------------------------------------
 
 
-def test_only_the_main_process_uploads_in_a_distributed_run(tmp_path):
-    script = tmp_path / "train_with_fake_hub.py"
-    script.write_text(
-        "import json, os, sys\n"
-        "import pytest\n"
-        "from tests.test_hub import FakeHub\n"
-        "import hspnet.training as training\n"
-        "mp = pytest.MonkeyPatch()\n"
-        f"hub = FakeHub({str(tmp_path / 'hub')!r}).install(mp)\n"
-        "status = training.main(sys.argv[1:])\n"
-        "rank = os.environ.get('RANK', '0')\n"
-        f"path = {str(tmp_path)!r} + f'/calls-{{rank}}.json'\n"
-        "json.dump({'commits': hub.commits, 'repos': hub.repos}, open(path, 'w'))\n"
-        "sys.exit(status)\n"
-    )
-    # with_tracking (the default): the trackers end, and the process group is destroyed, only after the last
-    # collective call of the run (ending them earlier failed the end of every distributed run with tracking)
-    options = hub_options(tmp_path, epochs=1, schedule_epochs=1, hub_strategy="checkpoint", checkpointing_steps="2",
-                          with_tracking=True)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port())]
-    env = {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}  # the script imports tests.test_hub
-    result = run_script([str(script)] + as_argv(options), launcher=launcher, env_extra=env)
+def test_only_the_main_process_uploads_in_a_distributed_run(two_process_hub_run):
+    """The session's 2-process run (`two_process_hub_run`: hub_strategy checkpoint, checkpointing_steps 2, one epoch,
+    with tracking) with this module's FakeHub installed in both processes: rank 1 makes no Hub call at all."""
+    result, calls = two_process_hub_run["result"], two_process_hub_run["calls"]
     assert result.returncode == 0, result.stderr[-4000:]
-    calls = {rank: json.loads((tmp_path / f"calls-{rank}.json").read_text()) for rank in ("0", "1")}
     assert calls["1"] == {"commits": [], "repos": []}
     # 45 images over 2 processes with batch 8: 3 steps per epoch; states at step 2 and at the end (step 3)
     assert [c["step"] for c in calls["0"]["commits"]] == [2, 3, None]

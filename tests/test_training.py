@@ -373,19 +373,17 @@ def test_output_dir_is_never_overwritten_silently(trained):
     assert (out / "model.safetensors").read_bytes() == before
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run, tmp_path):
     """Kill -9 during step 9, in the second epoch (6 steps per epoch; checkpoints at step 4, at the end of epoch 0 and
-    at step 8), resume from 'latest' (step 8, mid-epoch): the final weights equal those of an uninterrupted run, and
-    so does all_results.json (also the metrics before training, which the resumed run does not recompute)."""
+    at step 8), resume from 'latest' (step 8, mid-epoch): the final weights equal those of an uninterrupted run (the
+    session's `uninterrupted_ten_step_run`, same options), and so does all_results.json (also the metrics before
+    training, which the resumed run does not recompute)."""
     from safetensors.torch import load_file
 
     from hspnet.training import train
 
-    common = dict(max_train_steps=10, epochs=3, checkpointing_steps="4", evaluate_before_training=True)
-    full = tiny_options(tmp_path, output_dir=str(tmp_path / "full"), **common)
-    killed = tiny_options(tmp_path, output_dir=str(tmp_path / "killed"), **common)
-    with one_thread():  # as the killed run's interpreter (OMP_NUM_THREADS=1): the same float reductions
-        train(TrainingConfig(**full))
+    full, full_out = uninterrupted_ten_step_run
+    killed = dict(full, output_dir=str(tmp_path / "killed"), cache_dir=str(tmp_path / "cache"))
 
     killer = textwrap.dedent(
         f"""
@@ -412,13 +410,13 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         train(TrainingConfig(**dict(killed, resume_from_checkpoint="latest")))
     assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
 
-    final = lambda run: sorted((tmp_path / run / "checkpoints").glob("epoch_*-step_10"))[0]  # noqa: E731
-    a = load_file(final("full") / "model.safetensors")
-    b = load_file(final("killed") / "model.safetensors")
+    final = lambda out: sorted((out / "checkpoints").glob("epoch_*-step_10"))[0]  # noqa: E731
+    a = load_file(final(full_out) / "model.safetensors")
+    b = load_file(final(tmp_path / "killed") / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
-    ja = json.loads((tmp_path / "full" / "all_results.json").read_text())
+    ja = json.loads((full_out / "all_results.json").read_text())
     jb = json.loads((tmp_path / "killed" / "all_results.json").read_text())
     assert ja["test"]["mAP"] == jb["test"]["mAP"]
     assert jb["resumed_from"].endswith("step_8") and ja["resumed_from"] is None
@@ -429,15 +427,13 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("epoch_1-step_10")
 
 
-def test_two_process_ddp_on_cpu(tmp_path):
-    options = tiny_options(tmp_path, epochs=1, schedule_epochs=1, evaluate_before_training=False,
-                           checkpointing_steps="None")
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port())]
-    result = run_script([TRAIN] + as_argv(options), launcher=launcher, env_extra={"ACCELERATE_USE_CPU": "true"})
+def test_two_process_ddp_on_cpu(two_process_hub_run):
+    """scripts/train.py under `accelerate launch --num_processes 2` (the session's `two_process_hub_run`, which also
+    pushes to a fake Hub for tests/test_hub.py) finishes, records its world size and evaluates the uneven
+    validation split exactly once per image."""
+    result, folder = two_process_hub_run["result"], two_process_hub_run["folder"]
     assert result.returncode == 0, result.stderr[-4000:]
-    out = tmp_path / "out"
+    out = folder / "out"
     results = json.loads((out / "all_results.json").read_text())
     assert results["world_size"] == 2
     assert "processes: 2" in (out / "train.log").read_text()
@@ -450,7 +446,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
 
     model = HSPNetForImageClassification.from_pretrained(out).eval()
     processor = AutoImageProcessor.from_pretrained(out)
-    data = load_demo_dataset(cache_dir=str(tmp_path / "cache"), num_train=60, num_test=23, image_size=32,
+    data = load_demo_dataset(cache_dir=str(folder / "cache"), num_train=60, num_test=23, image_size=32,
                              validation_fraction=0.25)
     split = data["validation"]
     assert len(split) % 2 == 1
