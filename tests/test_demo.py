@@ -4,9 +4,8 @@ itself in a real browser: tests/test_demo_browser.py."""
 
 import json
 import os
-import subprocess
+import shutil
 import sys
-import textwrap
 
 import pytest
 
@@ -27,6 +26,8 @@ from hspnet.demo import (
 from hspnet.demo_space import write_space
 from hspnet.engine import load_model
 from hspnet.prediction import predict_images, select_labels
+
+from tests.plugin_fresh_interpreter import check_result
 
 from .conftest import GROUPS, LABEL_TO_GROUP, LABELS
 
@@ -228,10 +229,11 @@ def test_summary_from_all_results_and_bad_files(demo_model, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_core_does_not_import_gradio():
-    code = ("import sys, hspnet, hspnet.prediction, hspnet.cli, hspnet.demo; "
-            "sys.exit(1 if 'gradio' in sys.modules else 0)")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+def test_core_does_not_import_gradio(fresh_package_report):
+    """A fresh interpreter (the shared run of `fresh_package_report`) imports hspnet, hspnet.prediction, hspnet.cli
+    and hspnet.demo (with hspnet.onnx_export) without gradio."""
+    assert not [m for m in fresh_package_report["optional_after_core"] if m.split(".")[0] == "gradio"]
+    assert "hspnet.demo" in fresh_package_report["core_modules"]
 
 
 def test_missing_gradio_is_a_one_line_error(model_dir, monkeypatch, capsys):
@@ -267,16 +269,31 @@ def test_cli_bad_port_is_an_argparse_error(model_dir, capsys):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_write_space_copies_model_examples_and_package(model_dir, tmp_path, capsys):
-    space = tmp_path / "space"
-    assert main(["--model", model_dir, "--write-space", str(space), "--title", "Shapes", "--threshold", "0.3",
-                 "--top_k", "2"]) == 0
-    assert "wrote a Space to" in capsys.readouterr().out
+def write_space_for_fresh_run(space, model_dir):
+    """For the shared fresh run (`fresh_remote_run`, which runs the Space's app.py last): a Space written by the
+    command line, with what the command printed."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["--model", model_dir, "--write-space", str(space), "--title", "Shapes", "--threshold", "0.3",
+                     "--top_k", "2"])
+    # listed now: running app.py in the fresh run writes the copy's __pycache__
+    pycache = [root for root, _, _ in os.walk(space / "hspnet") if "__pycache__" in root]
+    return {"job": {"app": str(space / "app.py")}, "space": space,
+            "expected": {"exit_code": code, "printed": printed.getvalue(), "pycache_as_written": pycache}}
+
+
+def test_write_space_copies_model_examples_and_package(model_dir, fresh_remote_run, tmp_path, capsys):
+    case = fresh_remote_run["space"]
+    space = case["space"]
+    assert case["expected"]["exit_code"] == 0 and "wrote a Space to" in case["expected"]["printed"]
     names = set(os.listdir(space))
     assert {"app.py", "requirements.txt", "README.md", "examples", "hspnet", "model", ".hspnet-space"} <= names
     assert sorted(os.listdir(space / "examples")) == [f"demo-test-{i:05d}.png" for i in range(6)]
     assert os.path.isfile(space / "model" / "model.safetensors") and os.path.isfile(space / "hspnet" / "demo.py")
-    assert not any("__pycache__" in root for root, _, _ in os.walk(space / "hspnet"))
+    assert case["expected"]["pycache_as_written"] == []
     requirements = (space / "requirements.txt").read_text().split()
     assert any(r.startswith("gradio") for r in requirements) and any(r.startswith("transformers") for r in requirements)
     card = (space / "README.md").read_text()
@@ -285,22 +302,16 @@ def test_write_space_copies_model_examples_and_package(model_dir, tmp_path, caps
     assert 'os.path.join(HERE, "model")' in app and "title='Shapes'" in app
     assert f"model_name={os.path.basename(model_dir)!r}, threshold=0.3, top_k=2)" in app
 
-    # the Space runs as is: its app.py builds the page with the hspnet copy next to it, from another folder
-    check = textwrap.dedent(f"""
-        import runpy, sys
-        namespace = runpy.run_path({str(space / "app.py")!r}, run_name="space_check")
-        import hspnet
-        assert hspnet.__file__.startswith({str(space)!r}), hspnet.__file__
-        assert type(namespace["demo"]).__name__ == "Blocks"
-        print("ok")
-    """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    # the Space runs as is: its app.py builds the page with the hspnet copy next to it, run from another folder in a
+    # fresh interpreter where the installed (editable) hspnet is importable too
+    ran = check_result(case)
+    assert ran["installed_hspnet"] and not ran["installed_hspnet"].startswith(str(space)), ran
+    assert ran["used_hspnet"].startswith(str(space)), ran
+    assert ran["demo_type"] == "Blocks"
 
-    # an existing Space is replaced only with --overwrite; a foreign folder never
+    # an existing Space is replaced only with --overwrite; a foreign folder never (on a copy: the one above is shared)
+    space = tmp_path / "space"
+    shutil.copytree(case["space"], space)
     assert main(["--model", model_dir, "--write_space", str(space)]) == 1
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["--model", model_dir, "--write_space", str(space), "--overwrite", "--no_examples"]) == 0
@@ -311,6 +322,7 @@ def test_write_space_copies_model_examples_and_package(model_dir, tmp_path, caps
     assert main(["--model", model_dir, "--write_space", str(foreign), "--overwrite"]) == 1
     assert "refusing to replace it" in capsys.readouterr().err and (foreign / "keep.txt").read_text() == "mine"
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".partial")]
+    assert not [n for n in os.listdir(case["space"].parent) if n.endswith(".partial")]
 
 
 def test_write_space_references_a_hub_id(model_dir, tmp_path):

@@ -8,17 +8,15 @@ The reference below is written independently of the processor with PIL and numpy
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
-import sysconfig
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.plugin_fresh_interpreter import check_result
 
 FILE = Path(__file__).resolve().parents[1] / "hspnet" / "image_processing_hspnet.py"
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -202,61 +200,41 @@ def test_old_clip_processor_folders_still_load_as_hf_class(tmp_path):
     assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__.startswith("CLIPImageProcessor")
 
 
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    sys.path.append(sys.argv[1])  # site-packages only: no .pth files, so not the editable `hspnet` install
-    try:
-        import hspnet  # noqa: F401
-        raise SystemExit("hspnet is importable in the clean process")
-    except ModuleNotFoundError:
-        pass
-    import numpy as np
-    from PIL import Image
-    from transformers import AutoImageProcessor, pipeline
-    folder, images = sys.argv[2], sys.argv[3:]
-    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    pixels = processor([Image.open(p) for p in images], return_tensors="pt")["pixel_values"]
-    np.save(folder + "/remote_pixels.npy", pixels.numpy())
-    classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
-    result = classifier(Image.open(images[0]), top_k=3)
-    print(json.dumps({"module": type(processor).__module__, "name": type(processor).__name__,
-                      "pipeline_processor": type(classifier.image_processor).__name__,
-                      "labels": sorted(r["label"] for r in result)}))
-    """
-)
-
-
-def test_saved_folder_loads_as_remote_code_without_the_package(processor_class, tmp_path):
+def save_processor_folder(folder):
+    """For the shared fresh run without hspnet (`fresh_remote_run`): a tiny ViT classifier saved with the processor
+    (size 64) and three PNG images (lossless), with the processor's pixels for them computed in this process."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    folder = tmp_path / "model"
-    processor = processor_class(size=64)
+    processor = load_processor_module().HSPNetImageProcessor(size=64)
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(
         image_size=64, patch_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=16, num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2}))
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    paths = []
+    for i, (w, h) in enumerate([(640, 427), (427, 640), (333, 501)]):
+        paths.append(str(folder.parent / f"{folder.name}-{i}.png"))
+        make_image(w, h, seed=20 + i).save(paths[-1])
+    expected = processor([Image.open(p) for p in paths], return_tensors="np")["pixel_values"]
+    job = {"kind": "processor", "folder": str(folder), "images": paths,
+           "pixels_out": str(folder.parent / f"{folder.name}-remote-pixels.npy")}
+    return {"job": job, "expected": expected}
+
+
+def test_saved_folder_loads_as_remote_code_without_the_package(fresh_remote_run):
+    """In a fresh interpreter started with `-I -S` (site-packages only, no .pth files: the editable hspnet cannot be
+    imported), AutoImageProcessor and the pipeline use the folder's copy of the processor, pixel for pixel."""
+    case = fresh_remote_run["processor"]
+    folder = Path(case["job"]["folder"])
     saved = json.loads((folder / "preprocessor_config.json").read_text())
     assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_hspnet.HSPNetImageProcessor"}
     assert saved["image_processor_type"] == "HSPNetImageProcessor" and saved["size"] == {"shortest_edge": 64}
     assert (folder / "image_processing_hspnet.py").read_text() == FILE.read_text()
 
-    paths = []
-    for i, (w, h) in enumerate([(640, 427), (427, 640), (333, 501)]):
-        paths.append(str(tmp_path / f"{i}.png"))
-        make_image(w, h, seed=20 + i).save(paths[-1])  # PNG: lossless
-    expected = processor([Image.open(p) for p in paths], return_tensors="np")["pixel_values"]
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", REMOTE_SCRIPT, sysconfig.get_paths()["purelib"], str(folder), *paths],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert fresh_remote_run["report"]["hspnet_import"] == "ModuleNotFoundError"
+    out = check_result(case)
     assert out["module"].startswith("transformers_modules") and out["name"] == "HSPNetImageProcessor"
     assert out["pipeline_processor"] == "HSPNetImageProcessor" and out["labels"] == ["a", "b", "c"]
-    remote = np.load(folder / "remote_pixels.npy")
-    assert remote.shape == (3, 3, 64, 64) and np.array_equal(remote, expected)
+    remote = np.load(case["job"]["pixels_out"])
+    assert remote.shape == (3, 3, 64, 64) and np.array_equal(remote, case["expected"])

@@ -1,65 +1,49 @@
 import json
-import os
-import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    sys.modules["hspnet"] = None  # `import hspnet` now raises ImportError, as on a machine without the package
-    try:
-        import hspnet  # noqa: F401
-        raise SystemExit("hspnet is importable in the clean process")
-    except ImportError:
-        pass
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
-    folder, pixels = sys.argv[1], sys.argv[2]
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
-    base = AutoModel.from_pretrained(folder, trust_remote_code=True)
-    x = torch.load(pixels)
-    with torch.no_grad():
-        logits = model(pixel_values=x).logits
-        base_logits = base(pixel_values=x).logits
-    print(json.dumps({
-        "config": type(config).__name__, "model": type(model).__name__, "base": type(base).__name__,
-        "module": type(model).__module__, "logits": logits.tolist(), "base_logits": base_logits.tolist(),
-        "frozen": not any(p.requires_grad for p in model.hspnet.clip.text_model.parameters()),
-    }))
-    """
-)
+from hspnet import HSPNetForImageClassification
+from tests.conftest import GROUPS, LABEL_TO_GROUP, LABELS
+from tests.plugin_fresh_interpreter import check_result
 
 
-def test_remote_code_loads_without_the_package(make_model, pixel_values, tmp_path):
-    model = make_model()
-    folder = tmp_path / "model"
+def save_hspnet_folder(folder, tiny_clip_dir):
+    """For the shared fresh run without hspnet (`fresh_remote_run`): the `make_model()` HSPNet saved, with the
+    `pixel_values` input and the logits of the model as built (in this process, by the package)."""
+    torch.manual_seed(0)
+    model = HSPNetForImageClassification.from_clip(tiny_clip_dir, labels=LABELS, groups=GROUPS,
+                                                   label_to_group=LABEL_TO_GROUP)
     model.save_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text())
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.save(pixel_values, folder / "x.pt")
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+    return {"job": {"kind": "hspnet", "folder": str(folder), "pixels": str(folder / "x.pt")}, "expected": expected}
+
+
+def test_remote_code_loads_without_the_package(fresh_remote_run):
+    """In a fresh interpreter where `import hspnet` fails, AutoConfig, AutoModelForImageClassification and AutoModel
+    load the folder's copied code and give the package's logits."""
+    case = fresh_remote_run["hspnet_vit"]
+    config = json.loads((Path(case["job"]["folder"]) / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_hspnet.HSPNetConfig",
         "AutoModel": "modeling_hspnet.HSPNetModel",
         "AutoModelForImageClassification": "modeling_hspnet.HSPNetForImageClassification",
     }
-    torch.save(pixel_values, tmp_path / "x.pt")
-    with torch.no_grad():
-        expected = model(pixel_values=pixel_values).logits
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "x.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert fresh_remote_run["report"]["hspnet_import"] == "ModuleNotFoundError"  # hspnet is not importable there
+    assert fresh_remote_run["report"]["hspnet_imported_by_remote_code"] is False
+    out = check_result(case)
     assert out["config"] == "HSPNetConfig" and out["model"] == "HSPNetForImageClassification"
     assert out["base"] == "HSPNetModel" and out["frozen"]
-    assert out["module"].startswith("transformers_modules"), out["module"]  # the copied remote code, not hspnet
+    for module in (out["module"], out["base_module"]):  # the copied remote code, not hspnet
+        assert module.startswith("transformers_modules"), module
+    expected = case["expected"]
     torch.testing.assert_close(torch.tensor(out["logits"]), expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(torch.tensor(out["base_logits"]), expected, atol=1e-6, rtol=1e-6)
 
@@ -67,8 +51,6 @@ def test_remote_code_loads_without_the_package(make_model, pixel_values, tmp_pat
 def test_remote_code_files_import_only_each_other_torch_and_transformers():
     """What transformers checks before it runs remote code (`check_imports`): the files copied next to the weights
     need only torch, transformers and their usual dependencies (imports inside `try:` blocks are optional)."""
-    from pathlib import Path
-
     from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
     package = Path(__file__).resolve().parents[1] / "hspnet"

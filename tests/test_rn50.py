@@ -8,8 +8,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -20,6 +18,7 @@ from hspnet.conversion.openai_clip import convert_openai_clip_state_dict  # noqa
 from hspnet.modeling_clip_resnet import HSPNetModifiedResNet  # noqa: E402
 from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
 from tests.official_reference import RefCLIP, randomize  # noqa: E402
+from tests.plugin_fresh_interpreter import check_result  # noqa: E402
 
 IMAGE = 64
 
@@ -151,20 +150,9 @@ def test_resnet_config_validation_and_round_trip(tmp_path):
             resnet_config(**overrides)
 
 
-REMOTE_CHECK = """
-import json, sys
-sys.modules["hspnet"] = None
-import torch
-from transformers import AutoModelForImageClassification
-model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True)
-with torch.no_grad():
-    logits = model(pixel_values=torch.load(sys.argv[2])).logits
-print(json.dumps({"module": type(model).__module__, "backbone": model.config.vision_backbone,
-                  "logits": logits.tolist()}))
-"""
-
-
-def test_resnet_model_saves_loads_and_runs_as_remote_code(tmp_path):
+def save_resnet_folder(folder):
+    """For the shared fresh run without hspnet (`fresh_remote_run`): a ResNet HSPNet with random prompts, relation,
+    EOS positions and batch-norm statistics, saved with its input; its logits before saving are the expected ones."""
     torch.manual_seed(0)
     model = HSPNetForImageClassification(resnet_config()).eval()
     with torch.no_grad():
@@ -177,20 +165,24 @@ def test_resnet_model_saves_loads_and_runs_as_remote_code(tmp_path):
                 m.running_var.uniform_(0.5, 1.5)
         x = images()
         expected = model(pixel_values=x).logits
-    folder = tmp_path / "rn"
     model.save_pretrained(folder)
-    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    torch.save(x, folder / "x.pt")
+    return {"job": {"kind": "resnet", "folder": str(folder), "pixels": str(folder / "x.pt")}, "expected": expected}
+
+
+def test_resnet_model_saves_loads_and_runs_as_remote_code(fresh_remote_run):
+    """The folder of `save_resnet_folder` loads exactly with the package, and as remote code without it (the shared
+    fresh run) gives the same logits."""
+    case = fresh_remote_run["clip_resnet"]
+    folder, expected = case["job"]["folder"], case["expected"]
+    with open(os.path.join(folder, "preprocessor_config.json"), encoding="utf-8") as handle:
+        processor = json.load(handle)
     assert processor["crop_size"] == {"height": IMAGE, "width": IMAGE} and processor["resample"] == 3
     loaded = HSPNetForImageClassification.from_pretrained(folder)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(pixel_values=x).logits, expected, atol=0, rtol=0)
+        torch.testing.assert_close(loaded(pixel_values=images()).logits, expected, atol=0, rtol=0)
     assert all(p.requires_grad for p in loaded.hspnet.clip.vision_model.parameters())
-    torch.save(x, tmp_path / "x.pt")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
-    result = subprocess.run([sys.executable, "-c", REMOTE_CHECK, str(folder), str(tmp_path / "x.pt")], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = check_result(case)
     assert out["module"].startswith("transformers_modules") and out["backbone"] == "clip_resnet"
     torch.testing.assert_close(torch.tensor(out["logits"]), expected, atol=1e-6, rtol=1e-6)
 
