@@ -194,8 +194,11 @@ def dataset_fingerprint(hierarchy, splits: dict) -> dict:
     fingerprint = {"labels": list(hierarchy.labels), "groups": list(hierarchy.groups),
                    "label_to_group": [int(g) for g in hierarchy.label_to_group], "splits": {}}
     for name, split in splits.items():
-        columns = split.column_names
-        parts = [list(split[column]) for column in ("image_id", "observed_labels", "labels") if column in columns]
+        present = [column for column in ("image_id", "observed_labels", "labels") if column in split.column_names]
+        # read as one Arrow table: the values `split[column]` gives, without a Column object per column (each
+        # deep-copies the features, ~0.2 s with 10,000 label names)
+        table = split.with_format("arrow", columns=present)[:]
+        parts = [table.column(column).to_pylist() for column in present]
         fingerprint["splits"][name] = {"num_images": len(split), "content": digest(parts)}
     return fingerprint
 
