@@ -8,38 +8,79 @@ from pathlib import Path
 
 import pytest
 
-# the 2-process run: `tests.test_training.run_script` under `accelerate launch` on CPU, with the fake Hub of
-# tests/test_hub.py installed in every process; each process writes the Hub calls it made to calls-RANK.json
-_TRAIN_WITH_FAKE_HUB = """\
-import json, os, sys
+__all__ = ["two_process_runs", "uninterrupted_ten_step_run"]  # the fixtures conftest.py star-imports
+
+# The script every process of `two_process_runs` runs: argv = the report folder, then the train.py arguments of the
+# locked run and of the Hub run (JSON lists). Each process writes what it saw to report-RANK.json.
+_TWO_PROCESS_SCRIPT = """\
+import json, os, sys, time
 import pytest
-from tests.test_hub import FakeHub
+import torch
+from accelerate import Accelerator
 import hspnet.training as training
-mp = pytest.MonkeyPatch()
-hub = FakeHub({hub!r}).install(mp)
-status = training.main(sys.argv[1:])
-rank = os.environ.get("RANK", "0")
-with open(os.path.join({folder!r}, f"calls-{{rank}}.json"), "w") as calls:
-    json.dump({{"commits": hub.commits, "repos": hub.repos}}, calls)
+from hspnet.metrics import MultiLabelMetricAccumulator
+from tests.test_hub import FakeHub
+
+folder, locked_argv, hub_argv = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+report = {}
+
+# 1. the metric accumulator over 2 processes: 7 samples, batch 2 (an uneven split, padded by accelerate)
+accelerator = Accelerator(cpu=True)
+generator = torch.Generator().manual_seed(0)
+logits = torch.randn(7, 4, generator=generator)
+targets = (torch.rand(7, 4, generator=generator) < 0.4).long()
+targets[0] = 1
+loader = accelerator.prepare(
+    torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logits, targets), batch_size=2))
+accumulator = MultiLabelMetricAccumulator(4, from_logits=True)
+for batch_logits, batch_targets in loader:
+    accumulator.add_from_accelerator(accelerator, batch_logits, batch_targets)
+if accelerator.is_main_process:
+    report["gather"] = {"world": accelerator.num_processes, "metrics": accumulator.compute(),
+                        "scores": accumulator.scores.tolist(), "all_scores": logits.tolist(),
+                        "all_targets": targets.tolist()}
+accelerator.wait_for_everyone()
+del accelerator, loader
+
+# 2. train.py on an output folder whose lock another process holds: every process must stop
+start = time.time()
+report["locked"] = {"status": training.main(locked_argv), "seconds": time.time() - start}
+
+# 3. train.py pushing to the fake Hub
+patch = pytest.MonkeyPatch()
+hub = FakeHub(os.path.join(folder, "hub")).install(patch)
+status = training.main(hub_argv)
+report["hub_run"] = {"status": status, "commits": hub.commits, "repos": hub.repos}
+with open(os.path.join(folder, f"report-{os.environ['RANK']}.json"), "w") as file:
+    json.dump(report, file)
 sys.exit(status)
 """
 
 
 @pytest.fixture(scope="session")
-def two_process_hub_run(tmp_path_factory):
-    """One 2-process DDP run on CPU (`accelerate launch --num_processes 2`, gloo) of scripts/train.py's `main` for
-    one epoch, pushing to a fake Hub (`hub_strategy checkpoint`, states at step 2 and at the end, step 3) with
-    tracking on. One launch (three interpreters) serves the distributed training test of tests/test_training.py and
-    the "only the main process uploads" test of tests/test_hub.py.
+def two_process_runs(tmp_path_factory):
+    """ONE `accelerate launch --num_processes 2` on CPU (gloo; three interpreters: the launcher and two ranks) whose
+    processes do, one after the other (the process group of step 1 serves the rest):
 
-    Returns ``dict(folder, options, result, calls)``: the run's tmp folder (its data cache is ``folder / "cache"``,
-    its output ``folder / "out"``), its options, the finished process and each rank's recorded Hub calls."""
+    1. `tests/test_metrics.py`: a `MultiLabelMetricAccumulator` fed through `add_from_accelerator` by a prepared
+       loader of 7 samples (rank 0 reports what it gathered, and the inputs);
+    2. `tests/test_training_reliability.py`: scripts/train.py's `main` on an output folder locked by another
+       process (`hold_lock`): each rank reports its exit status and how long it took to stop;
+    3. `tests/test_training.py` and `tests/test_hub.py`: `main` trains one epoch pushing to this package's fake Hub
+       (`hub_strategy checkpoint`, states at step 2 and at the end, step 3), with tracking; each rank reports the
+       Hub calls it made.
+
+    Returns ``dict(folder, result, reports, locked_out)``: the run's tmp folder (step 3's data cache is
+    ``folder / "cache"``, its output ``folder / "out"``), the finished launch (stderr: both ranks), each rank's
+    report (None if it wrote none) and the locked output folder of step 2."""
     from tests.test_hub import hub_options
-    from tests.test_training import REPO, as_argv, free_port, run_script
+    from tests.test_training import REPO, as_argv, free_port, run_script, tiny_options
+    from tests.test_training_reliability import hold_lock
 
     folder = tmp_path_factory.mktemp("two-process")
-    script = folder / "train_with_fake_hub.py"
-    script.write_text(_TRAIN_WITH_FAKE_HUB.format(hub=str(folder / "hub"), folder=str(folder)))
+    script = folder / "two_process_script.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    locked = tiny_options(folder / "locked")
     # with_tracking (the default): the trackers end, and the process group is destroyed, only after the last
     # collective call of the run (ending them earlier failed the end of every distributed run with tracking)
     options = hub_options(folder, epochs=1, schedule_epochs=1, hub_strategy="checkpoint", checkpointing_steps="2",
@@ -48,12 +89,18 @@ def two_process_hub_run(tmp_path_factory):
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(free_port())]
     env = {"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}  # the script imports tests.test_hub
-    result = run_script([str(script)] + as_argv(options), launcher=launcher, env_extra=env)
-    calls = {}
+    holder = hold_lock(Path(locked["output_dir"]))
+    try:
+        result = run_script([str(script), str(folder), json.dumps(as_argv(locked)), json.dumps(as_argv(options))],
+                            launcher=launcher, env_extra=env)
+    finally:
+        holder.kill()
+        holder.wait()
+    reports = {}
     for rank in ("0", "1"):
-        path = folder / f"calls-{rank}.json"
-        calls[rank] = json.loads(path.read_text()) if path.exists() else None
-    return dict(folder=Path(folder), options=options, result=result, calls=calls)
+        path = folder / f"report-{rank}.json"
+        reports[rank] = json.loads(path.read_text()) if path.exists() else None
+    return dict(folder=Path(folder), result=result, reports=reports, locked_out=Path(locked["output_dir"]))
 
 
 @pytest.fixture(scope="session")

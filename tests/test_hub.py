@@ -535,12 +535,13 @@ def test_resume_from_the_hub_needs_an_empty_folder_and_a_pushed_state(tmp_path, 
 # --- distributed: only the main process uploads -----------------------------------------------------------------------
 
 
-def test_only_the_main_process_uploads_in_a_distributed_run(two_process_hub_run):
-    """The session's 2-process run (`two_process_hub_run`: hub_strategy checkpoint, checkpointing_steps 2, one epoch,
-    with tracking) with this module's FakeHub installed in both processes: rank 1 makes no Hub call at all."""
-    result, calls = two_process_hub_run["result"], two_process_hub_run["calls"]
+def test_only_the_main_process_uploads_in_a_distributed_run(two_process_runs):
+    """Step 3 of the session's 2-process launch (`two_process_runs`: hub_strategy checkpoint, checkpointing_steps 2,
+    one epoch, with tracking), with this module's FakeHub installed in both processes: rank 1 makes no Hub call."""
+    result, reports = two_process_runs["result"], two_process_runs["reports"]
     assert result.returncode == 0, result.stderr[-4000:]
-    assert calls["1"] == {"commits": [], "repos": []}
+    calls = {rank: reports[rank]["hub_run"] for rank in ("0", "1")}
+    assert (calls["1"]["commits"], calls["1"]["repos"]) == ([], [])
     # 45 images over 2 processes with batch 8: 3 steps per epoch; states at step 2 and at the end (step 3)
     assert [c["step"] for c in calls["0"]["commits"]] == [2, 3, None]
     assert "random_states_1.pkl" in " ".join(calls["0"]["commits"][0]["files"])

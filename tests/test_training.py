@@ -427,12 +427,13 @@ def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run,
     assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("epoch_1-step_10")
 
 
-def test_two_process_ddp_on_cpu(two_process_hub_run):
-    """scripts/train.py under `accelerate launch --num_processes 2` (the session's `two_process_hub_run`, which also
-    pushes to a fake Hub for tests/test_hub.py) finishes, records its world size and evaluates the uneven
+def test_two_process_ddp_on_cpu(two_process_runs):
+    """train.py's `main` under `accelerate launch --num_processes 2` (step 3 of the session's `two_process_runs`,
+    which also pushes to a fake Hub for tests/test_hub.py) finishes, records its world size and evaluates the uneven
     validation split exactly once per image."""
-    result, folder = two_process_hub_run["result"], two_process_hub_run["folder"]
+    result, folder = two_process_runs["result"], two_process_runs["folder"]
     assert result.returncode == 0, result.stderr[-4000:]
+    assert [two_process_runs["reports"][rank]["hub_run"]["status"] for rank in ("0", "1")] == [0, 0]
     out = folder / "out"
     results = json.loads((out / "all_results.json").read_text())
     assert results["world_size"] == 2

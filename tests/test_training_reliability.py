@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from hspnet.training import (
     settings_differences,
     train,
 )
-from tests.test_training import REPO, TRAIN, as_argv, free_port, run_script, tiny_options
+from tests.test_training import REPO, as_argv, run_script, tiny_options
 
 STEPS_PER_EPOCH = 6  # tiny_options: 60 demo images, 25 % held out -> 45 training images, batch 8 -> 6 steps
 
@@ -206,23 +205,15 @@ def test_a_second_training_on_a_locked_output_dir_fails_at_once(tmp_path, capsys
     assert not (tmp_path / "cache").exists()  # ... and before loading any data
 
 
-def test_locked_output_dir_stops_every_process_of_a_distributed_run(tmp_path):
-    """Only the main process takes the lock; the other one learns that it failed instead of waiting forever."""
-    holder = hold_lock(tmp_path / "out")
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port())]
-    try:
-        start = time.time()
-        result = run_script([TRAIN] + as_argv(tiny_options(tmp_path)), launcher=launcher, timeout=300,
-                            env_extra={"ACCELERATE_USE_CPU": "true"})
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-    assert result.returncode != 0
-    assert f"train.py: error: output_dir '{tmp_path / 'out'}' is in use by another training run" in result.stderr
+def test_locked_output_dir_stops_every_process_of_a_distributed_run(two_process_runs):
+    """Only the main process takes the lock; the other one learns that it failed instead of waiting forever (step 2
+    of the session's 2-process launch, `two_process_runs`: train.py's `main` on a folder `hold_lock` holds)."""
+    result, reports, out = two_process_runs["result"], two_process_runs["reports"], two_process_runs["locked_out"]
+    assert reports["0"] and reports["1"], result.stderr[-4000:]
+    assert [reports[rank]["locked"]["status"] for rank in ("0", "1")] == [1, 1]  # exit status 1 on every process
+    assert f"train.py: error: output_dir '{out}' is in use by another training run" in result.stderr
     assert "train.py: error: process 0 stopped: output_dir" in result.stderr  # the other process
-    assert time.time() - start < 250
+    assert max(reports[rank]["locked"]["seconds"] for rank in ("0", "1")) < 250
 
 
 # --- 4. --overwrite_output_dir ---------------------------------------------------------------------------------------
