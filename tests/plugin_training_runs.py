@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["two_process_runs", "uninterrupted_ten_step_run"]  # the fixtures conftest.py star-imports
+# the fixtures conftest.py star-imports
+__all__ = ["fresh_interpreter_runs", "trained_with_checkpoints", "two_process_runs", "uninterrupted_ten_step_run"]
 
 # The script every process of `two_process_runs` runs: argv = the report folder, then the train.py arguments of the
 # locked run and of the Hub run (JSON lists). Each process writes what it saw to report-RANK.json.
@@ -120,3 +121,127 @@ def uninterrupted_ten_step_run(tmp_path_factory):
     with one_thread():
         train(TrainingConfig(**options))
     return options, folder / "full"
+
+
+@pytest.fixture(scope="session")
+def trained_with_checkpoints(tmp_path_factory):
+    """A tiny run of 2 epochs (6 steps each) with tracking, checkpoints every 4 steps and a validation split, trained
+    in this process: ``(output folder, the results train returned)``."""
+    from hspnet.training import TrainingConfig, train
+    from tests.test_training import tiny_options
+
+    folder = tmp_path_factory.mktemp("train")
+    config = TrainingConfig(**tiny_options(folder, with_tracking=True, checkpointing_steps="4"))
+    results = train(config)
+    return Path(config.output_dir), results
+
+
+# The script of `fresh_interpreter_runs`: argv = the report folder, the trained model folder, then the train.py
+# arguments of the file-size-limited run and of the run to kill (JSON lists).
+_FRESH_INTERPRETER_SCRIPT = """\
+import contextlib, importlib.util, json, os, resource, signal, sys, traceback
+folder, model_dir = sys.argv[1], sys.argv[2]
+limited_argv, killed_argv = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+report = {}
+
+
+@contextlib.contextmanager
+def output_to(name):
+    \"\"\"File descriptors 1 and 2 (print, logging, C code) go to folder/NAME.out and folder/NAME.err.\"\"\"
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(os.path.join(folder, name + ".out"), "w") as out, open(os.path.join(folder, name + ".err"), "w") as err:
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+
+
+# 1. the model folder loads and runs through transformers' remote code while the hspnet package cannot be imported
+with output_to("remote_code"):
+    report["hspnet_imported_before"] = [name for name in sys.modules if name.split(".")[0] == "hspnet"]
+    sys.modules["hspnet"] = None
+    try:
+        import torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=True)
+        with torch.no_grad():
+            print(model(pixel_values=torch.zeros(1, 3, 32, 32)).logits.shape, type(model).__module__)
+        report["remote_code"] = "ok"
+    except Exception as error:
+        traceback.print_exc()
+        report["remote_code"] = repr(error)
+    finally:
+        del sys.modules["hspnet"]
+
+# 2. scripts/train.py's main while the kernel refuses every write past 200 kB (RLIMIT_FSIZE), as a full disk would
+with output_to("file_size_limit"):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200000, hard))
+    try:
+        spec = importlib.util.spec_from_file_location("train_script", os.path.join(os.getcwd(), "scripts", "train.py"))
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        report["file_size_limit"] = script.main(limited_argv)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+with open(os.path.join(folder, "report.json"), "w") as file:
+    json.dump(report, file)
+
+# 3. a run killed (SIGKILL, like a crashed node) once its optimizer step 9 is done and nothing of it is saved
+import hspnet.training as training
+calls = {"n": 0}
+original = training.ModelEMA.update
+
+
+def update(self, model):
+    calls["n"] += 1
+    if calls["n"] == 9:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, model)
+
+
+training.ModelEMA.update = update
+training.train(training.load_config(killed_argv))
+"""
+
+
+@pytest.fixture(scope="session")
+def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run, tmp_path_factory):
+    """ONE fresh interpreter (`tests.test_training.run_script`: OMP_NUM_THREADS=1) for three checks that each need
+    one, done one after the other (each step's stdout/stderr in its own files):
+
+    1. `test_trained_folder_loads_with_auto_classes_and_remote_code`: `trained_with_checkpoints`' folder loads
+       with `trust_remote_code` and predicts while `import hspnet` fails (sys.modules["hspnet"] = None), in an
+       interpreter that had not imported hspnet; report "remote_code" ("ok" or the error), remote_code.out/.err;
+    2. `test_a_failing_write_is_one_line_and_leaves_no_half_file`: train.py's `main` (tiny_options, its data cache
+       made beforehand, unlimited) under a 200 kB RLIMIT_FSIZE, restored afterwards; report "file_size_limit" (the
+       exit status), file_size_limit.out/.err, output in ``folder / "limited" / "out"``;
+    3. `test_resume_after_kill_matches_uninterrupted_run`: the options of `uninterrupted_ten_step_run` with output
+       ``folder / "killed"``, killed with SIGKILL during step 9: the process's exit status and stderr.
+
+    Returns ``dict(folder, result, report, output, killed_options)``; ``output(name)`` is ``(stdout, stderr)`` of
+    step NAME."""
+    from hspnet.data import load_demo_dataset
+    from tests.test_training import as_argv, run_script, tiny_options
+
+    model_dir, _ = trained_with_checkpoints
+    reference_options, _ = uninterrupted_ten_step_run
+    folder = tmp_path_factory.mktemp("fresh-interpreter")
+    limited = tiny_options(folder / "limited")
+    load_demo_dataset(cache_dir=limited["cache_dir"], **limited["dataset_options"])  # the data cache, unlimited
+    killed = dict(reference_options, output_dir=str(folder / "killed"), cache_dir=str(folder / "cache"))
+    result = run_script(["-c", _FRESH_INTERPRETER_SCRIPT, str(folder), str(model_dir), json.dumps(as_argv(limited)),
+                         json.dumps(as_argv(killed))],
+                        env_extra={"HF_MODULES_CACHE": str(folder / "modules"), "PYTHONDONTWRITEBYTECODE": "1"})
+    report_path = folder / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else None
+
+    def output(name):
+        return tuple((folder / f"{name}.{stream}").read_text() if (folder / f"{name}.{stream}").exists() else ""
+                     for stream in ("out", "err"))
+
+    return dict(folder=Path(folder), result=result, report=report, output=output, killed_options=killed)

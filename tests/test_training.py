@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -285,14 +284,10 @@ def test_benchmark_configs_carry_the_reference_recipe():
 # --- end to end -------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from hspnet.training import train
-
-    tmp_path = tmp_path_factory.mktemp("train")
-    config = TrainingConfig(**tiny_options(tmp_path, with_tracking=True, checkpointing_steps="4"))
-    results = train(config)
-    return Path(config.output_dir), results
+@pytest.fixture
+def trained(trained_with_checkpoints):
+    """The session's tiny run with checkpoints and tracking (tests/plugin_training_runs.py): (folder, results)."""
+    return trained_with_checkpoints
 
 
 def test_end_to_end_outputs(trained):
@@ -317,26 +312,18 @@ def test_end_to_end_outputs(trained):
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["type"] == "mAP"
 
 
-def test_trained_folder_loads_with_auto_classes_and_remote_code(trained, tmp_path):
+def test_trained_folder_loads_with_auto_classes_and_remote_code(trained, fresh_interpreter_runs):
+    """In this process through the registered auto classes; in a fresh interpreter (step 1 of the session's
+    `fresh_interpreter_runs`) through the folder's remote code alone, `import hspnet` made to fail."""
     from transformers import AutoModelForImageClassification
 
     out, _ = trained
     model = AutoModelForImageClassification.from_pretrained(out)
     assert type(model).__name__ == "HSPNetForImageClassification" and model.config.num_labels == 12
-    script = textwrap.dedent(
-        """
-        import sys
-        sys.modules["hspnet"] = None
-        import torch
-        from transformers import AutoModelForImageClassification
-        model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True)
-        with torch.no_grad():
-            print(model(pixel_values=torch.zeros(1, 3, 32, 32)).logits.shape, type(model).__module__)
-        """
-    )
-    result = run_script(["-c", script, str(out)], env_extra={"HF_MODULES_CACHE": str(tmp_path)})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "torch.Size([1, 12]) transformers_modules" in result.stdout
+    report, (stdout, stderr) = fresh_interpreter_runs["report"], fresh_interpreter_runs["output"]("remote_code")
+    assert report is not None, fresh_interpreter_runs["result"].stderr[-2000:]
+    assert report["hspnet_imported_before"] == [] and report["remote_code"] == "ok", stderr[-2000:]
+    assert "torch.Size([1, 12]) transformers_modules" in stdout
 
 
 def test_selection_metrics_equal_a_fresh_evaluation(trained):
@@ -373,36 +360,24 @@ def test_output_dir_is_never_overwritten_silently(trained):
     assert (out / "model.safetensors").read_bytes() == before
 
 
-def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run, tmp_path):
+def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run, fresh_interpreter_runs, tmp_path):
     """Kill -9 during step 9, in the second epoch (6 steps per epoch; checkpoints at step 4, at the end of epoch 0 and
-    at step 8), resume from 'latest' (step 8, mid-epoch): the final weights equal those of an uninterrupted run (the
-    session's `uninterrupted_ten_step_run`, same options), and so does all_results.json (also the metrics before
-    training, which the resumed run does not recompute)."""
+    at step 8; step 3 of the session's `fresh_interpreter_runs`), resume a copy of its folder from 'latest' (step 8,
+    mid-epoch): the final weights equal those of an uninterrupted run (the session's `uninterrupted_ten_step_run`,
+    same options), and so does all_results.json (also the metrics before training, which the resumed run does not
+    recompute)."""
+    import shutil
+
     from safetensors.torch import load_file
 
     from hspnet.training import train
 
     full, full_out = uninterrupted_ten_step_run
-    killed = dict(full, output_dir=str(tmp_path / "killed"), cache_dir=str(tmp_path / "cache"))
-
-    killer = textwrap.dedent(
-        f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(REPO)!r})
-        import hspnet.training as training
-        calls = {{"n": 0}}
-        original = training.ModelEMA.update
-        def update(self, model):
-            calls["n"] += 1
-            if calls["n"] == 9:  # optimizer step 9 is done, nothing of it saved: die like a crashed node
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, model)
-        training.ModelEMA.update = update
-        training.train(training.load_config(sys.argv[1:]))
-        """
-    )
-    result = run_script(["-c", killer] + as_argv(killed))
+    result = fresh_interpreter_runs["result"]
     assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
+    shutil.copytree(fresh_interpreter_runs["killed_options"]["output_dir"], tmp_path / "killed")
+    killed = dict(fresh_interpreter_runs["killed_options"], output_dir=str(tmp_path / "killed"),
+                  cache_dir=str(tmp_path / "cache"))
     saved = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert saved == ["epoch_0-step_6", "step_8"]  # checkpoints_total_limit 2 dropped step_4
     assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("step_8")

@@ -31,7 +31,7 @@ from hspnet.training import (
     settings_differences,
     train,
 )
-from tests.test_training import REPO, as_argv, run_script, tiny_options
+from tests.test_training import REPO, as_argv, tiny_options
 
 STEPS_PER_EPOCH = 6  # tiny_options: 60 demo images, 25 % held out -> 45 training images, batch 8 -> 6 steps
 
@@ -519,35 +519,20 @@ def test_unwritable_output_dir_is_one_line(tmp_path, capsys):
     assert status == 1 and f"output_dir '{a_file}' exists and is not a folder" in error_line(lines)
 
 
-FILE_SIZE_LIMIT = textwrap.dedent(
-    """
-    import importlib.util, resource, signal, sys
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, like a full disk
-    limit = int(sys.argv[2])
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    spec = importlib.util.spec_from_file_location("train_script", sys.argv[1] + "/scripts/train.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    sys.exit(script.main(sys.argv[3:]))
-    """
-)
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
-def test_a_failing_write_is_one_line_and_leaves_no_half_file(tmp_path):
+def test_a_failing_write_is_one_line_and_leaves_no_half_file(fresh_interpreter_runs):
     """The kernel refuses every write past 200 kB (RLIMIT_FSIZE), as a full disk would: the first large file is the
-    best model (~0.5 MB) after epoch 0. (/dev/full does not fail writes on every machine, so it is not used.)"""
-    from hspnet.data import load_demo_dataset
-
-    options = tiny_options(tmp_path)
-    load_demo_dataset(cache_dir=options["cache_dir"], **options["dataset_options"])  # the data cache, unlimited
-    result = run_script(["-c", FILE_SIZE_LIMIT, str(REPO), "200000"] + as_argv(options),
-                        env_extra={"PYTHONDONTWRITEBYTECODE": "1"})
-    assert result.returncode == 1, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert f"cannot write the model to {tmp_path / 'out'}" in lines[0] and "File too large" in lines[0]
-    leftovers = sorted(p.name for p in (tmp_path / "out").iterdir())
+    best model (~0.5 MB) after epoch 0. (/dev/full does not fail writes on every machine, so it is not used.) The
+    run is step 2 of the session's `fresh_interpreter_runs` (train.py's `main`, tiny_options, in a fresh
+    interpreter)."""
+    report, (_, stderr) = fresh_interpreter_runs["report"], fresh_interpreter_runs["output"]("file_size_limit")
+    assert report is not None, fresh_interpreter_runs["result"].stderr[-3000:]
+    out = fresh_interpreter_runs["folder"] / "limited" / "out"
+    assert report["file_size_limit"] == 1, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert f"cannot write the model to {out}" in lines[0] and "File too large" in lines[0]
+    leftovers = sorted(p.name for p in out.iterdir())
     assert "model.safetensors" not in leftovers and not any(name.startswith(".best-") for name in leftovers)
 
 
