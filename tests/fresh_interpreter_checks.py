@@ -18,6 +18,7 @@ Each check records its error instead of stopping the run, so one failure shows i
 
 import json
 import sys
+import time
 import traceback
 
 
@@ -76,11 +77,13 @@ def exercise(model):
 
 
 def checked(report, name, check, *args):
-    """Run one check; its result, or its traceback, goes to report[name]."""
+    """Run one check; its result, or its traceback, goes to report[name] (and its time to report["seconds"])."""
+    start = time.perf_counter()
     try:
         report[name] = check(*args)
     except BaseException:  # noqa: B036 - reported to the test that owns the check
         report[name] = {"error": traceback.format_exc()}
+    report.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 2)
 
 
 # --- package: the installed hspnet ------------------------------------------------------------------------------------
@@ -89,6 +92,7 @@ OPTIONAL = ("gradio", "onnx", "onnxruntime", "onnxscript")
 
 
 def package_run(clip_dir, out_dir):
+    started = time.perf_counter()
     before = snapshot_after_a_clip_model(clip_dir)
     optional_before = sorted(m for m in sys.modules if m.split(".")[0] in OPTIONAL)
 
@@ -115,6 +119,7 @@ def package_run(clip_dir, out_dir):
         exercise(loaded)
         return {"loaded": type(loaded).__module__ + "." + type(loaded).__name__}
 
+    report["seconds"] = {"torch_transformers_clip_hspnet": round(time.perf_counter() - started, 2)}
     checked(report, "train_save_load", train_save_load)
     report["changed"] = changed_since(before)
 
@@ -209,7 +214,9 @@ def remote_run(site_packages, jobs_file):
         report["hspnet_import"] = "imported"
     except ModuleNotFoundError:
         report["hspnet_import"] = "ModuleNotFoundError"
+    started = time.perf_counter()
     before = snapshot_after_a_clip_model(jobs["clip_dir"])
+    report["seconds"] = {"torch_transformers_clip": round(time.perf_counter() - started, 2)}
     for name, job in jobs["folders"].items():
         checked(report, name, REMOTE_CHECKS[job["kind"]], job)
     report["hspnet_imported_by_remote_code"] = "hspnet" in sys.modules

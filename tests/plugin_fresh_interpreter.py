@@ -2,8 +2,8 @@
 
 A fresh interpreter that imports torch and transformers costs seconds, so the checks that need one share two runs of
 `tests/fresh_interpreter_checks.py` (see its docstring): one with the installed `hspnet` (import side effects, global
-state), one without it (remote code, then a Space's app.py). Each run prints one JSON report; each test asserts on
-its part, against values computed here in the test process."""
+state), one without it (remote code, then a Space's app.py), started together. Each prints one JSON report; each
+test asserts on its part, against values computed here in the test process."""
 
 import json
 import os
@@ -14,60 +14,83 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["fresh_package_report", "fresh_remote_run"]  # what conftest.py star-imports
+__all__ = ["fresh_runs", "fresh_package_report", "fresh_remote_run"]  # what conftest.py star-imports
 
 CHECKS_SCRIPT = str(Path(__file__).resolve().with_name("fresh_interpreter_checks.py"))
 
 
-def run_fresh_interpreter(python_flags, args, cwd, env=None):
-    """Run the checks script in a new interpreter; returns its JSON report."""
-    result = subprocess.run([sys.executable, *python_flags, CHECKS_SCRIPT, *map(str, args)], cwd=cwd,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})), capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+class FreshRun:
+    """The checks script started in a new interpreter (output to files, so several can run at once); `report()`
+    waits for it and returns its JSON report."""
+
+    def __init__(self, python_flags, args, cwd, env=None):
+        self.stdout, self.stderr = Path(cwd) / "stdout.txt", Path(cwd) / "stderr.txt"
+        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, *python_flags, CHECKS_SCRIPT, *map(str, args)], cwd=cwd, stdout=out, stderr=err,
+                env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))
+
+    def report(self):
+        try:
+            self.process.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        assert self.process.returncode == 0, self.stderr.read_text()[-5000:]
+        return json.loads(self.stdout.read_text().strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
-def fresh_package_report(tiny_clip_dir, tmp_path_factory):
-    """The report of a fresh interpreter that imports the core of the installed `hspnet`, trains, saves, loads and
-    runs a tiny model, then registers one global hook."""
-    root = tmp_path_factory.mktemp("fresh-package")
-    return run_fresh_interpreter([], ["package", tiny_clip_dir, root / "model"], cwd=root)
+def fresh_runs(tiny_clip_dir, tiny_demo_model_dir, tmp_path_factory):
+    """Both fresh runs, started together (each costs seconds of imports; the machine has more than one core).
 
-
-@pytest.fixture(scope="session")
-def fresh_remote_run(tiny_clip_dir, tiny_demo_model_dir, tmp_path_factory):
-    """Saved folders loaded as remote code in one interpreter where `hspnet` cannot be imported (`-I -S`: only
-    site-packages on sys.path, no .pth files), then a written Space's app.py run in the same interpreter.
-
-    Returns {"report": the whole report, name: {"job", "expected", "result"} for each folder and "space"}; the folders
-    and the expected values come from the test modules that own them."""
+    "package": a fresh interpreter that imports the core of the installed `hspnet`, trains, saves, loads and runs a
+    tiny model, then registers one global hook.
+    "remote": saved folders loaded as remote code in one interpreter where `hspnet` cannot be imported (`-I -S`:
+    only site-packages on sys.path, no .pth files), then a written Space's app.py run in the same interpreter; the
+    folders and the values expected from them come from the test modules that own them."""
     from tests.test_demo import write_space_for_fresh_run
     from tests.test_image_processing import save_processor_folder
     from tests.test_remote_code_and_pipeline import save_hspnet_folder
     from tests.test_rn50 import save_resnet_folder
 
+    package_root = tmp_path_factory.mktemp("fresh-package")
+    package = FreshRun([], ["package", tiny_clip_dir, package_root / "model"], cwd=package_root)
+
     root = tmp_path_factory.mktemp("fresh-remote")
     # distinct folder names: transformers copies each folder's remote code to transformers_modules/<folder name>
-    folders = {
+    cases = {
         "hspnet_vit": save_hspnet_folder(root / "hspnet-vit", tiny_clip_dir),
         "clip_resnet": save_resnet_folder(root / "hspnet-resnet"),
         "processor": save_processor_folder(root / "vit-with-hspnet-processor"),
+        "space": write_space_for_fresh_run(root / "space", tiny_demo_model_dir),
     }
-    space = write_space_for_fresh_run(root / "space", tiny_demo_model_dir)
-    jobs = {"clip_dir": tiny_clip_dir, "folders": {name: case["job"] for name, case in folders.items()},
-            "space": space["job"]}
-    jobs_file = root / "jobs.json"
-    jobs_file.write_text(json.dumps(jobs))
-    work = root / "elsewhere"  # not a folder above any of them
+    jobs = {"clip_dir": tiny_clip_dir, "space": cases["space"]["job"],
+            "folders": {name: case["job"] for name, case in cases.items() if name != "space"}}
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    work = root / "elsewhere"  # the current folder of the run: not a folder above any of the ones it loads
     work.mkdir()
-    report = run_fresh_interpreter(
-        ["-I", "-S"], ["remote", sysconfig.get_paths()["purelib"], jobs_file], cwd=work,
-        env={"HF_MODULES_CACHE": str(root / "modules"), "GRADIO_ANALYTICS_ENABLED": "False"},
-    )
+    remote = FreshRun(["-I", "-S"], ["remote", sysconfig.get_paths()["purelib"], root / "jobs.json"], cwd=work,
+                      env={"HF_MODULES_CACHE": str(root / "modules"), "GRADIO_ANALYTICS_ENABLED": "False"})
+    yield {"package": package, "remote": remote, "cases": cases}
+    for run in (package, remote):
+        if run.process.poll() is None:
+            run.process.kill()
+
+
+@pytest.fixture(scope="session")
+def fresh_package_report(fresh_runs):
+    """The report of the "package" run of `fresh_runs`."""
+    return fresh_runs["package"].report()
+
+
+@pytest.fixture(scope="session")
+def fresh_remote_run(fresh_runs):
+    """The "remote" run of `fresh_runs`: {"report": its whole report, and for each folder name and "space":
+    {"job", "expected", "result"}}."""
+    report = fresh_runs["remote"].report()
     run = {"report": report}
-    for name, case in {**folders, "space": space}.items():
+    for name, case in fresh_runs["cases"].items():
         run[name] = dict(case, result=report.get(name))
     return run
 
