@@ -2,11 +2,14 @@
 
 A fresh interpreter that imports torch and transformers costs seconds, so the checks that need one share two runs of
 `tests/fresh_interpreter_checks.py` (see its docstring): one with the installed `hspnet` (import side effects, global
-state), one without it (remote code, then a Space's app.py), started together. Each prints one JSON report; each
-test asserts on its part, against values computed here in the test process."""
+state), one without it (remote code, then a Space's app.py), started together and made once per test session (also
+under pytest-xdist). Each prints one JSON report; each test asserts on its part, against values computed in the test
+process."""
 
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -40,58 +43,78 @@ class FreshRun:
         return json.loads(self.stdout.read_text().strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="session")
-def fresh_runs(tiny_clip_dir, tiny_demo_model_dir, tmp_path_factory):
+def run_both(root, tiny_clip_dir, tiny_demo_model_dir):
     """Both fresh runs, started together (each costs seconds of imports; the machine has more than one core).
 
     "package": a fresh interpreter that imports the core of the installed `hspnet`, trains, saves, loads and runs a
     tiny model, then registers one global hook.
     "remote": saved folders loaded as remote code in one interpreter where `hspnet` cannot be imported (`-I -S`:
     only site-packages on sys.path, no .pth files), then a written Space's app.py run in the same interpreter; the
-    folders and the values expected from them come from the test modules that own them."""
+    folders and the values expected from them ("cases") come from the test modules that own them."""
     from tests.test_demo import write_space_for_fresh_run
     from tests.test_image_processing import save_processor_folder
     from tests.test_remote_code_and_pipeline import save_hspnet_folder
     from tests.test_rn50 import save_resnet_folder
 
-    package_root = tmp_path_factory.mktemp("fresh-package")
-    package = FreshRun([], ["package", tiny_clip_dir, package_root / "model"], cwd=package_root)
+    (root / "package").mkdir()
+    package = FreshRun([], ["package", tiny_clip_dir, root / "package" / "model"], cwd=root / "package")
+    remote = None
+    try:
+        # distinct folder names: transformers copies each folder's remote code to transformers_modules/<folder name>
+        cases = {
+            "hspnet_vit": save_hspnet_folder(root / "hspnet-vit", tiny_clip_dir),
+            "clip_resnet": save_resnet_folder(root / "hspnet-resnet"),
+            "processor": save_processor_folder(root / "vit-with-hspnet-processor"),
+            "space": write_space_for_fresh_run(root / "space", tiny_demo_model_dir),
+        }
+        jobs = {"clip_dir": tiny_clip_dir, "space": cases["space"]["job"],
+                "folders": {name: case["job"] for name, case in cases.items() if name != "space"}}
+        (root / "jobs.json").write_text(json.dumps(jobs))
+        (root / "remote").mkdir()  # the current folder of the run: not a folder above any of the ones it loads
+        remote = FreshRun(["-I", "-S"], ["remote", sysconfig.get_paths()["purelib"], root / "jobs.json"],
+                          cwd=root / "remote",
+                          env={"HF_MODULES_CACHE": str(root / "modules"), "GRADIO_ANALYTICS_ENABLED": "False"})
+        return {"package": package.report(), "remote": remote.report(), "cases": cases}
+    finally:
+        for run in (package, remote):
+            if run is not None and run.process.poll() is None:
+                run.process.kill()
 
-    root = tmp_path_factory.mktemp("fresh-remote")
-    # distinct folder names: transformers copies each folder's remote code to transformers_modules/<folder name>
-    cases = {
-        "hspnet_vit": save_hspnet_folder(root / "hspnet-vit", tiny_clip_dir),
-        "clip_resnet": save_resnet_folder(root / "hspnet-resnet"),
-        "processor": save_processor_folder(root / "vit-with-hspnet-processor"),
-        "space": write_space_for_fresh_run(root / "space", tiny_demo_model_dir),
-    }
-    jobs = {"clip_dir": tiny_clip_dir, "space": cases["space"]["job"],
-            "folders": {name: case["job"] for name, case in cases.items() if name != "space"}}
-    (root / "jobs.json").write_text(json.dumps(jobs))
-    work = root / "elsewhere"  # the current folder of the run: not a folder above any of the ones it loads
-    work.mkdir()
-    remote = FreshRun(["-I", "-S"], ["remote", sysconfig.get_paths()["purelib"], root / "jobs.json"], cwd=work,
-                      env={"HF_MODULES_CACHE": str(root / "modules"), "GRADIO_ANALYTICS_ENABLED": "False"})
-    yield {"package": package, "remote": remote, "cases": cases}
-    for run in (package, remote):
-        if run.process.poll() is None:
-            run.process.kill()
+
+@pytest.fixture(scope="session")
+def fresh_runs(tiny_clip_dir, tiny_demo_model_dir, tmp_path_factory):
+    """The reports of `run_both` and its cases, made once per test session: under pytest-xdist the first worker
+    that needs them makes them in the session's shared temporary folder, the others wait for them and read them
+    (the folders are read-only for the tests)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return run_both(tmp_path_factory.mktemp("fresh-runs"), tiny_clip_dir, tiny_demo_model_dir)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "fresh-runs"
+    with FileLock(str(shared) + ".lock"):
+        done = shared / "runs.pickle"
+        if not done.is_file():
+            if shared.exists():  # a worker that failed before: start again
+                shutil.rmtree(shared)
+            shared.mkdir()
+            runs = run_both(shared, tiny_clip_dir, tiny_demo_model_dir)
+            done.write_bytes(pickle.dumps(runs))
+        return pickle.loads(done.read_bytes())
 
 
 @pytest.fixture(scope="session")
 def fresh_package_report(fresh_runs):
-    """The report of the "package" run of `fresh_runs`."""
-    return fresh_runs["package"].report()
+    """The report of the "package" run of `run_both`."""
+    return fresh_runs["package"]
 
 
 @pytest.fixture(scope="session")
 def fresh_remote_run(fresh_runs):
-    """The "remote" run of `fresh_runs`: {"report": its whole report, and for each folder name and "space":
+    """The "remote" run of `run_both`: {"report": its whole report, and for each folder name and "space":
     {"job", "expected", "result"}}."""
-    report = fresh_runs["remote"].report()
-    run = {"report": report}
+    run = {"report": fresh_runs["remote"]}
     for name, case in fresh_runs["cases"].items():
-        run[name] = dict(case, result=report.get(name))
+        run[name] = dict(case, result=fresh_runs["remote"].get(name))
     return run
 
 

@@ -281,7 +281,7 @@ def write_space_for_fresh_run(space, model_dir):
                      "--top_k", "2"])
     # listed now: running app.py in the fresh run writes the copy's __pycache__
     pycache = [root for root, _, _ in os.walk(space / "hspnet") if "__pycache__" in root]
-    return {"job": {"app": str(space / "app.py")}, "space": space,
+    return {"job": {"app": str(space / "app.py")}, "space": space, "model_dir": model_dir,
             "expected": {"exit_code": code, "printed": printed.getvalue(), "pycache_as_written": pycache}}
 
 
@@ -300,7 +300,7 @@ def test_write_space_copies_model_examples_and_package(model_dir, fresh_remote_r
     assert "sdk: gradio" in card and "app_file: app.py" in card
     app = (space / "app.py").read_text()
     assert 'os.path.join(HERE, "model")' in app and "title='Shapes'" in app
-    assert f"model_name={os.path.basename(model_dir)!r}, threshold=0.3, top_k=2)" in app
+    assert f"model_name={os.path.basename(case['model_dir'])!r}, threshold=0.3, top_k=2)" in app
 
     # the Space runs as is: its app.py builds the page with the hspnet copy next to it, run from another folder in a
     # fresh interpreter where the installed (editable) hspnet is importable too
