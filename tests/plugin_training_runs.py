@@ -137,11 +137,12 @@ def trained_with_checkpoints(tmp_path_factory):
 
 
 # The script of `fresh_interpreter_runs`: argv = the report folder, the trained model folder, then the train.py
-# arguments of the file-size-limited run and of the run to kill (JSON lists).
+# arguments of the file-size-limited run, the predict.py command lines and the train.py arguments of the run to kill
+# (JSON lists).
 _FRESH_INTERPRETER_SCRIPT = """\
-import contextlib, importlib.util, json, os, resource, signal, sys, traceback
+import contextlib, importlib.util, json, os, resource, runpy, signal, sys, traceback
 folder, model_dir = sys.argv[1], sys.argv[2]
-limited_argv, killed_argv = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+limited_argv, predict_command_lines, killed_argv = map(json.loads, sys.argv[3:6])
 report = {}
 
 
@@ -188,10 +189,21 @@ with output_to("file_size_limit"):
         report["file_size_limit"] = script.main(limited_argv)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+# 3. `python scripts/predict.py ARGS` for each ARGS, as the command line runs it (the script as __main__)
+report["predict"] = []
+for index, args in enumerate(predict_command_lines):
+    with output_to(f"predict_{index}"):
+        sys.argv = ["scripts/predict.py", *args]
+        try:
+            runpy.run_path(os.path.join(os.getcwd(), "scripts", "predict.py"), run_name="__main__")
+            report["predict"].append(0)
+        except SystemExit as stop:
+            report["predict"].append(stop.code)
 with open(os.path.join(folder, "report.json"), "w") as file:
     json.dump(report, file)
 
-# 3. a run killed (SIGKILL, like a crashed node) once its optimizer step 9 is done and nothing of it is saved
+# 4. a run killed (SIGKILL, like a crashed node) once its optimizer step 9 is done and nothing of it is saved
 import hspnet.training as training
 calls = {"n": 0}
 original = training.ModelEMA.update
@@ -210,8 +222,8 @@ training.train(training.load_config(killed_argv))
 
 
 @pytest.fixture(scope="session")
-def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run, tmp_path_factory):
-    """ONE fresh interpreter (`tests.test_training.run_script`: OMP_NUM_THREADS=1) for three checks that each need
+def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run, tiny_clip_dir, tmp_path_factory):
+    """ONE fresh interpreter (`tests.test_training.run_script`: OMP_NUM_THREADS=1) for four checks that each need
     one, done one after the other (each step's stdout/stderr in its own files):
 
     1. `test_trained_folder_loads_with_auto_classes_and_remote_code`: `trained_with_checkpoints`' folder loads
@@ -220,12 +232,21 @@ def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run,
     2. `test_a_failing_write_is_one_line_and_leaves_no_half_file`: train.py's `main` (tiny_options, its data cache
        made beforehand, unlimited) under a 200 kB RLIMIT_FSIZE, restored afterwards; report "file_size_limit" (the
        exit status), file_size_limit.out/.err, output in ``folder / "limited" / "out"``;
-    3. `test_resume_after_kill_matches_uninterrupted_run`: the options of `uninterrupted_ten_step_run` with output
+    3. tests/test_prediction_reliability.py's `test_special_files_never_hang_the_command_line`: its
+       `special_files_command_lines` (on a `special_files_folder` and a model of that module, ``folder /
+       "predict"``) run as `python scripts/predict.py ...`; report "predict" (the exit statuses), predict_I.out/.err;
+    4. `test_resume_after_kill_matches_uninterrupted_run`: the options of `uninterrupted_ten_step_run` with output
        ``folder / "killed"``, killed with SIGKILL during step 9: the process's exit status and stderr.
 
-    Returns ``dict(folder, result, report, output, killed_options)``; ``output(name)`` is ``(stdout, stderr)`` of
-    step NAME."""
+    Returns ``dict(folder, result, report, output, killed_options, special_folder)``; ``output(name)`` is
+    ``(stdout, stderr)`` of step NAME."""
     from hspnet.data import load_demo_dataset
+    from tests.test_prediction_reliability import (
+        save_model,
+        special_files_command_lines,
+        special_files_folder,
+        write_rgb_png,
+    )
     from tests.test_training import as_argv, run_script, tiny_options
 
     model_dir, _ = trained_with_checkpoints
@@ -234,9 +255,14 @@ def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run,
     limited = tiny_options(folder / "limited")
     load_demo_dataset(cache_dir=limited["cache_dir"], **limited["dataset_options"])  # the data cache, unlimited
     killed = dict(reference_options, output_dir=str(folder / "killed"), cache_dir=str(folder / "cache"))
-    result = run_script(["-c", _FRESH_INTERPRETER_SCRIPT, str(folder), str(model_dir), json.dumps(as_argv(limited)),
-                         json.dumps(as_argv(killed))],
-                        env_extra={"HF_MODULES_CACHE": str(folder / "modules"), "PYTHONDONTWRITEBYTECODE": "1"})
+    (folder / "predict").mkdir()
+    predict_model = save_model(tiny_clip_dir, folder / "predict" / "model")
+    image = write_rgb_png(folder / "predict" / "plain.png")
+    with special_files_folder(folder / "predict" / "in", image) as special_folder:
+        command_lines = special_files_command_lines(special_folder, predict_model)
+        result = run_script(["-c", _FRESH_INTERPRETER_SCRIPT, str(folder), str(model_dir),
+                             json.dumps(as_argv(limited)), json.dumps(command_lines), json.dumps(as_argv(killed))],
+                            env_extra={"HF_MODULES_CACHE": str(folder / "modules"), "PYTHONDONTWRITEBYTECODE": "1"})
     report_path = folder / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else None
 
@@ -244,4 +270,5 @@ def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run,
         return tuple((folder / f"{name}.{stream}").read_text() if (folder / f"{name}.{stream}").exists() else ""
                      for stream in ("out", "err"))
 
-    return dict(folder=Path(folder), result=result, report=report, output=output, killed_options=killed)
+    return dict(folder=Path(folder), result=result, report=report, output=output, killed_options=killed,
+                special_folder=special_folder)

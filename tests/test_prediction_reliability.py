@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib  # noqa: E402
 import errno  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
@@ -15,8 +16,6 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
 import struct  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import zlib  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -38,49 +37,6 @@ ROT90_K = {3: 2, 6: -1, 8: 1}
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers shared with tests/test_evaluation_reliability.py
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-_COMMAND_LINES = """\
-import json, os, runpy, sys
-script, report = sys.argv[1], sys.argv[2]
-statuses = []
-for index, args in enumerate(json.loads(sys.argv[3])):
-    sys.stdout.flush(); sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(f"{report}.{index}.out", "w") as out, open(f"{report}.{index}.err", "w") as err:
-        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
-        sys.argv = [script, *args]
-        try:
-            runpy.run_path(script, run_name="__main__")
-            statuses.append(0)
-        except SystemExit as stop:
-            statuses.append(stop.code)
-        finally:
-            sys.stdout.flush(); sys.stderr.flush()
-            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
-with open(report, "w") as file:
-    json.dump(statuses, file)
-"""
-
-
-def run_script_command_lines(name, *command_lines, workdir, timeout=180):
-    """Run ``python scripts/NAME ARGS...`` once for each ARGS of ``command_lines``, one after the other in ONE fresh
-    interpreter (one import of torch and hspnet instead of one each), exactly as the command line would (the script
-    run as ``__main__`` with that ``sys.argv``), each with its own stdout and stderr (file descriptors 1 and 2
-    redirected to files in ``workdir``). Returns a `subprocess.CompletedProcess` per command line, in order."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="2")
-    script, report = os.path.join(REPO, "scripts", name), os.path.join(str(workdir), "command-lines.json")
-    arguments = [[str(argument) for argument in args] for args in command_lines]
-    process = subprocess.run([sys.executable, "-c", _COMMAND_LINES, script, report, json.dumps(arguments)],
-                             capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    assert process.returncode == 0, process.stderr[-3000:]
-    statuses = json.loads(open(report).read())
-    assert len(statuses) == len(arguments), process.stderr[-3000:]
-    results = []
-    for index, (args, status) in enumerate(zip(arguments, statuses)):
-        with open(f"{report}.{index}.out") as out, open(f"{report}.{index}.err") as err:
-            results.append(subprocess.CompletedProcess([script, *args], status, out.read(), err.read()))
-    return results
 
 
 def save_model(tiny_clip_dir, folder, labels=LABELS, groups=GROUPS, label_to_group=LABEL_TO_GROUP, seed=0):
@@ -407,12 +363,12 @@ def test_truncated_jpeg_is_caught(model_dir, tmp_path, capsys):
                                                     "warnings above)"
 
 
-@pytest.fixture
-def special_folder(tmp_path, images):
-    """A folder with one image and, under image names, a FIFO, a socket, a link to a device and a broken link."""
-    root = tmp_path / "in"
+@contextlib.contextmanager
+def special_files_folder(root, image):
+    """``root``: a new folder with a copy of ``image`` (a.png) and, under image names, a FIFO, a socket, a link to a
+    device and a broken link; the socket is closed when the block ends."""
     root.mkdir()
-    shutil.copy(images["plain"], root / "a.png")
+    shutil.copy(image, root / "a.png")
     os.mkfifo(root / "fifo.png")
     server = socket.socket(socket.AF_UNIX)
     cwd = os.getcwd()
@@ -423,8 +379,23 @@ def special_folder(tmp_path, images):
         os.chdir(cwd)
     (root / "dev.jpg").symlink_to("/dev/zero")
     (root / "gone.png").symlink_to(root / "missing.png")
-    yield root
-    server.close()
+    try:
+        yield root
+    finally:
+        server.close()
+
+
+def special_files_command_lines(folder, model_dir):
+    """The arguments of two `scripts/predict.py` command lines: the folder with special files, then its FIFO named
+    explicitly."""
+    return [[str(folder), "--model", str(model_dir), "--no_progress"],
+            [str(folder / "fifo.png"), "--model", str(model_dir), "--no_progress"]]
+
+
+@pytest.fixture
+def special_folder(tmp_path, images):
+    with special_files_folder(tmp_path / "in", images["plain"]) as root:
+        yield root
 
 
 def test_special_files_in_a_folder_are_skipped_and_reported(special_folder):
@@ -439,22 +410,22 @@ def test_special_files_in_a_folder_are_skipped_and_reported(special_folder):
     assert reasons[str(special_folder / "gone.png")].startswith("a broken symbolic link")
 
 
-def test_special_files_never_hang_the_command_line(model_dir, special_folder, tmp_path):
-    """The folder with special files, then the FIFO named explicitly: two command lines in one fresh interpreter (a
-    hang would be caught by the timeout instead of stopping the test session)."""
-    in_folder, named = run_script_command_lines(
-        "predict.py",
-        [special_folder, "--model", model_dir, "--no_progress"],
-        [special_folder / "fifo.png", "--model", model_dir, "--no_progress"],
-        workdir=tmp_path, timeout=240)
-    assert in_folder.returncode == 0, in_folder.stderr
-    assert in_folder.stdout.splitlines()[2].startswith(str(special_folder / "a.png"))
-    assert "summary: 1 of 1 image(s) predicted; 4 special file(s) in folders ignored" in in_folder.stderr
-    assert f"warning: skipping {special_folder / 'fifo.png'}: a FIFO" in in_folder.stderr
+def test_special_files_never_hang_the_command_line(fresh_interpreter_runs):
+    """`special_files_command_lines`, run as `python scripts/predict.py ...` in a fresh interpreter (step 3 of the
+    session's `fresh_interpreter_runs`, each command line with its own stdout and stderr; a hang would be caught by
+    its timeout instead of stopping the test session)."""
+    report, folder = fresh_interpreter_runs["report"], fresh_interpreter_runs["special_folder"]
+    assert report is not None, fresh_interpreter_runs["result"].stderr[-3000:]
+    (in_folder_out, in_folder_err), (named_out, named_err) = map(fresh_interpreter_runs["output"],
+                                                                 ("predict_0", "predict_1"))
+    assert report["predict"][0] == 0, in_folder_err
+    assert in_folder_out.splitlines()[2].startswith(str(folder / "a.png"))
+    assert "summary: 1 of 1 image(s) predicted; 4 special file(s) in folders ignored" in in_folder_err
+    assert f"warning: skipping {folder / 'fifo.png'}: a FIFO" in in_folder_err
     # named explicitly: a one-line error, not a hang
-    assert named.returncode == 1
-    assert named.stderr.strip() == (f"predict.py: error: {special_folder / 'fifo.png'}: cannot read this file as an "
-                                    "image (a FIFO, not a regular file)")
+    assert report["predict"][1] == 1
+    assert named_err.strip() == (f"predict.py: error: {folder / 'fifo.png'}: cannot read this file as an "
+                                 "image (a FIFO, not a regular file)")
 
 
 def test_named_device_and_link_are_one_line_errors(model_dir, special_folder, capsys):
