@@ -175,4 +175,5 @@ def test_core_does_not_import_onnx(fresh_package_report):
     """A fresh interpreter (the shared run of `fresh_package_report`) imports hspnet.onnx_export and
     hspnet.prediction (with the rest of the core) without onnx, onnxruntime or onnxscript."""
     assert "hspnet.onnx_export" in fresh_package_report["core_modules"]
-    assert fresh_package_report["optional_after_core"] == []
+    onnx_modules = ("onnx", "onnxruntime", "onnxscript")
+    assert [m for m in fresh_package_report["optional_after_core"] if m.split(".")[0] in onnx_modules] == []
