@@ -111,7 +111,7 @@ def fresh_package_report(fresh_runs):
 @pytest.fixture(scope="session")
 def fresh_remote_run(fresh_runs):
     """The "remote" run of `run_both`: {"report": its whole report, and for each folder name and "space":
-    {"job", "expected", "result"}}."""
+    the case its test module made ("job", "expected" or what was written) with "result": its part of the report}."""
     run = {"report": fresh_runs["remote"]}
     for name, case in fresh_runs["cases"].items():
         run[name] = dict(case, result=fresh_runs["remote"].get(name))

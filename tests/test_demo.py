@@ -282,18 +282,20 @@ def write_space_for_fresh_run(space, model_dir):
     # listed now: running app.py in the fresh run writes the copy's __pycache__
     pycache = [root for root, _, _ in os.walk(space / "hspnet") if "__pycache__" in root]
     return {"job": {"app": str(space / "app.py")}, "space": space, "model_dir": model_dir,
-            "expected": {"exit_code": code, "printed": printed.getvalue(), "pycache_as_written": pycache}}
+            "as_written": {"exit_code": code, "printed": printed.getvalue(), "pycache": pycache}}
 
 
 def test_write_space_copies_model_examples_and_package(model_dir, fresh_remote_run, tmp_path, capsys):
+    """The Space folder `write_space_for_fresh_run` wrote, its app.py run in a fresh interpreter (`fresh_remote_run`),
+    then --overwrite and a foreign folder on a copy of it."""
     case = fresh_remote_run["space"]
-    space = case["space"]
-    assert case["expected"]["exit_code"] == 0 and "wrote a Space to" in case["expected"]["printed"]
+    space, written = case["space"], case["as_written"]
+    assert written["exit_code"] == 0 and "wrote a Space to" in written["printed"]
     names = set(os.listdir(space))
     assert {"app.py", "requirements.txt", "README.md", "examples", "hspnet", "model", ".hspnet-space"} <= names
     assert sorted(os.listdir(space / "examples")) == [f"demo-test-{i:05d}.png" for i in range(6)]
     assert os.path.isfile(space / "model" / "model.safetensors") and os.path.isfile(space / "hspnet" / "demo.py")
-    assert case["expected"]["pycache_as_written"] == []
+    assert written["pycache"] == []
     requirements = (space / "requirements.txt").read_text().split()
     assert any(r.startswith("gradio") for r in requirements) and any(r.startswith("transformers") for r in requirements)
     card = (space / "README.md").read_text()
