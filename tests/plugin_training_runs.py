@@ -3,6 +3,9 @@
 Each fixture is one expensive run that several tests assert on (copy its folder before changing it)."""
 
 import json
+import os
+import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +13,25 @@ import pytest
 
 # the fixtures conftest.py star-imports
 __all__ = ["fresh_interpreter_runs", "trained_with_checkpoints", "two_process_runs", "uninterrupted_ten_step_run"]
+
+def once_per_session(tmp_path_factory, name, make):
+    """``make(folder)`` once per test session, in a new folder: under pytest-xdist the first worker that needs it
+    makes it in the session's shared temporary folder, the others wait for it and read it (a picklable result; the
+    folder is read-only for the tests)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(str(shared) + ".lock"):
+        done = shared / "made.pickle"
+        if not done.is_file():
+            if shared.exists():  # a worker that failed before: start again
+                shutil.rmtree(shared)
+            shared.mkdir()
+            done.write_bytes(pickle.dumps(make(shared)))
+        return pickle.loads(done.read_bytes())
+
 
 # The script every process of `two_process_runs` runs: argv = the report folder, then the train.py arguments of the
 # locked run and of the Hub run (JSON lists). Each process writes what it saw to report-RANK.json.
@@ -73,12 +95,16 @@ def two_process_runs(tmp_path_factory):
 
     Returns ``dict(folder, result, reports, locked_out)``: the run's tmp folder (step 3's data cache is
     ``folder / "cache"``, its output ``folder / "out"``), the finished launch (stderr: both ranks), each rank's
-    report (None if it wrote none) and the locked output folder of step 2."""
+    report (None if it wrote none) and the locked output folder of step 2. Made once per session
+    (`once_per_session`)."""
+    return once_per_session(tmp_path_factory, "two-process", _two_process_runs)
+
+
+def _two_process_runs(folder):
     from tests.test_hub import hub_options
     from tests.test_training import REPO, as_argv, free_port, run_script, tiny_options
     from tests.test_training_reliability import hold_lock
 
-    folder = tmp_path_factory.mktemp("two-process")
     script = folder / "two_process_script.py"
     script.write_text(_TWO_PROCESS_SCRIPT)
     locked = tiny_options(folder / "locked")
@@ -222,7 +248,7 @@ training.train(training.load_config(killed_argv))
 
 
 @pytest.fixture(scope="session")
-def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run, tiny_clip_dir, tmp_path_factory):
+def fresh_interpreter_runs(request, tmp_path_factory):
     """ONE fresh interpreter (`tests.test_training.run_script`: OMP_NUM_THREADS=1) for four checks that each need
     one, done one after the other (each step's stdout/stderr in its own files):
 
@@ -238,8 +264,16 @@ def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run,
     4. `test_resume_after_kill_matches_uninterrupted_run`: the options of `uninterrupted_ten_step_run` with output
        ``folder / "killed"``, killed with SIGKILL during step 9: the process's exit status and stderr.
 
-    Returns ``dict(folder, result, report, output, killed_options, special_folder)``; ``output(name)`` is
-    ``(stdout, stderr)`` of step NAME."""
+    Returns ``dict(folder, result, report, outputs, killed_options, special_folder)``; ``outputs[NAME]`` is
+    ``(stdout, stderr)`` of step NAME. Made once per session (`once_per_session`; the session fixtures it uses are
+    asked for only by the process that makes it)."""
+    return once_per_session(tmp_path_factory, "fresh-interpreter", lambda folder: _fresh_interpreter_runs(
+        folder, model_dir=request.getfixturevalue("trained_with_checkpoints")[0],
+        reference_options=request.getfixturevalue("uninterrupted_ten_step_run")[0],
+        tiny_clip_dir=request.getfixturevalue("tiny_clip_dir")))
+
+
+def _fresh_interpreter_runs(folder, model_dir, reference_options, tiny_clip_dir):
     from hspnet.data import load_demo_dataset
     from tests.test_prediction_reliability import (
         save_model,
@@ -249,9 +283,6 @@ def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run,
     )
     from tests.test_training import as_argv, run_script, tiny_options
 
-    model_dir, _ = trained_with_checkpoints
-    reference_options, _ = uninterrupted_ten_step_run
-    folder = tmp_path_factory.mktemp("fresh-interpreter")
     limited = tiny_options(folder / "limited")
     load_demo_dataset(cache_dir=limited["cache_dir"], **limited["dataset_options"])  # the data cache, unlimited
     killed = dict(reference_options, output_dir=str(folder / "killed"), cache_dir=str(folder / "cache"))
@@ -266,9 +297,7 @@ def fresh_interpreter_runs(trained_with_checkpoints, uninterrupted_ten_step_run,
     report_path = folder / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else None
 
-    def output(name):
-        return tuple((folder / f"{name}.{stream}").read_text() if (folder / f"{name}.{stream}").exists() else ""
-                     for stream in ("out", "err"))
-
-    return dict(folder=Path(folder), result=result, report=report, output=output, killed_options=killed,
+    outputs = {path.stem: tuple(path.with_suffix(suffix).read_text() for suffix in (".out", ".err"))
+               for path in folder.glob("*.out")}
+    return dict(folder=Path(folder), result=result, report=report, outputs=outputs, killed_options=killed,
                 special_folder=special_folder)

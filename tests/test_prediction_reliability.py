@@ -416,8 +416,9 @@ def test_special_files_never_hang_the_command_line(fresh_interpreter_runs):
     its timeout instead of stopping the test session)."""
     report, folder = fresh_interpreter_runs["report"], fresh_interpreter_runs["special_folder"]
     assert report is not None, fresh_interpreter_runs["result"].stderr[-3000:]
-    (in_folder_out, in_folder_err), (named_out, named_err) = map(fresh_interpreter_runs["output"],
-                                                                 ("predict_0", "predict_1"))
+    outputs = fresh_interpreter_runs["outputs"]
+    (in_folder_out, in_folder_err), (_, named_err) = (outputs.get(name, ("", "")) for name in ("predict_0",
+                                                                                              "predict_1"))
     assert report["predict"][0] == 0, in_folder_err
     assert in_folder_out.splitlines()[2].startswith(str(folder / "a.png"))
     assert "summary: 1 of 1 image(s) predicted; 4 special file(s) in folders ignored" in in_folder_err

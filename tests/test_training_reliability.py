@@ -525,7 +525,8 @@ def test_a_failing_write_is_one_line_and_leaves_no_half_file(fresh_interpreter_r
     best model (~0.5 MB) after epoch 0. (/dev/full does not fail writes on every machine, so it is not used.) The
     run is step 2 of the session's `fresh_interpreter_runs` (train.py's `main`, tiny_options, in a fresh
     interpreter)."""
-    report, (_, stderr) = fresh_interpreter_runs["report"], fresh_interpreter_runs["output"]("file_size_limit")
+    report = fresh_interpreter_runs["report"]
+    _, stderr = fresh_interpreter_runs["outputs"].get("file_size_limit", ("", ""))
     assert report is not None, fresh_interpreter_runs["result"].stderr[-3000:]
     out = fresh_interpreter_runs["folder"] / "limited" / "out"
     assert report["file_size_limit"] == 1, stderr[-3000:]
