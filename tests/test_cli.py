@@ -1,8 +1,6 @@
 """The `hspnet` command: every subcommand is reachable, errors follow one convention."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,12 +28,21 @@ def test_each_command_has_help(name, capsys):
     assert f"hspnet {name}" in capsys.readouterr().out
 
 
-def test_bad_input_is_one_line_and_python_dash_m_works(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"not checked: the model is looked at first")
-    result = subprocess.run([sys.executable, "-m", "hspnet", "predict", "--model", str(tmp_path / "missing"),
-                             str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
+def python_dash_m_case(folder):
+    """For the shared fresh runs (`fresh_python_dash_m`): `python -m hspnet predict` with a missing model folder, on
+    a folder with one file that is not an image."""
+    (folder / "images").mkdir()
+    (folder / "images" / "a.png").write_bytes(b"not checked: the model is looked at first")
+    return {"args": ["-m", "hspnet", "predict", "--model", str(folder / "missing"), str(folder / "images")],
+            "folder": str(folder)}
+
+
+def test_bad_input_is_one_line_and_python_dash_m_works(fresh_python_dash_m):
+    """`python -m hspnet` in a fresh interpreter (started with the suite's other fresh runs): a bad input is one
+    line on stderr and exit status 1."""
+    assert fresh_python_dash_m["args"][:3] == ["-m", "hspnet", "predict"]
+    assert fresh_python_dash_m["returncode"] == 1, fresh_python_dash_m["stderr"][-3000:]
+    lines = fresh_python_dash_m["stderr"].strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hspnet predict: error:") and "missing" in lines[0], lines
 
 
