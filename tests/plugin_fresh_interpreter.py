@@ -25,7 +25,7 @@ CHECKS_SCRIPT = str(Path(__file__).resolve().with_name("fresh_interpreter_checks
 
 class FreshRun:
     """`python ARGS` started in a new interpreter, its output to files (so several can run at once); `finish()` waits
-    for it, `report()` also requires success and returns the JSON report it printed last."""
+    for it and returns its exit status and output."""
 
     def __init__(self, args, cwd, env=None):
         self.stdout, self.stderr = Path(cwd) / "stdout.txt", Path(cwd) / "stderr.txt"
@@ -42,10 +42,12 @@ class FreshRun:
         return {"returncode": self.process.returncode, "stdout": self.stdout.read_text(),
                 "stderr": self.stderr.read_text()}
 
-    def report(self):
-        done = self.finish()
-        assert done["returncode"] == 0, done["stderr"][-5000:]
-        return json.loads(done["stdout"].strip().splitlines()[-1])
+
+
+def json_report(finished):
+    """The JSON report a finished run of the checks script printed last (failing with its stderr if it failed)."""
+    assert finished["returncode"] == 0, finished["stderr"][-5000:]
+    return json.loads(finished["stdout"].strip().splitlines()[-1])
 
 
 def run_all(root, tiny_clip_dir, tiny_demo_model_dir):
@@ -85,7 +87,8 @@ def run_all(root, tiny_clip_dir, tiny_demo_model_dir):
                                   env={"HF_MODULES_CACHE": str(root / "modules"), "GRADIO_ANALYTICS_ENABLED": "False"})
         cases["python_dash_m"] = python_dash_m_case(root / "python-dash-m")
         runs["python_dash_m"] = FreshRun(cases["python_dash_m"]["args"], cwd=root / "python-dash-m")
-        return {"package": runs["package"].report(), "remote": runs["remote"].report(),
+        # each run's outcome, failed or not: a failed run fails the tests that use it, not the others
+        return {"package": runs["package"].finish(), "remote": runs["remote"].finish(),
                 "python_dash_m": runs["python_dash_m"].finish(timeout=120), "cases": cases}
     finally:
         for run in runs.values():
@@ -117,17 +120,18 @@ def fresh_runs(tiny_clip_dir, tiny_demo_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def fresh_package_report(fresh_runs):
     """The report of the "package" run of `run_all`."""
-    return fresh_runs["package"]
+    return json_report(fresh_runs["package"])
 
 
 @pytest.fixture(scope="session")
 def fresh_remote_run(fresh_runs):
     """The "remote" run of `run_all`: {"report": its whole report, and for each folder name and "space":
     the case its test module made ("job", "expected" or what was written) with "result": its part of the report}."""
-    run = {"report": fresh_runs["remote"]}
+    report = json_report(fresh_runs["remote"])
+    run = {"report": report}
     for name, case in fresh_runs["cases"].items():
         if name != "python_dash_m":
-            run[name] = dict(case, result=fresh_runs["remote"].get(name))
+            run[name] = dict(case, result=report.get(name))
     return run
 
 
