@@ -154,10 +154,17 @@ def settings_differences(saved: dict, current: dict) -> tuple[list[str], list[st
     saved_run, current_run = saved.get("run") or {}, current.get("run") or {}
     dataset, other, notes = [], [], []
     missing = object()
+    from hspnet.training_args import TrainingConfig
+
+    # an option newer than the checkpoint is at its default there: what the run that wrote it did
+    defaults = _json_value({f.name: f.default for f in dataclasses.fields(TrainingConfig)
+                            if f.default is not dataclasses.MISSING})
     for key in sorted(set(saved_options) | set(current_options)):
         if key in RESUME_SAFE_OPTIONS:
             continue
         before, after = saved_options.get(key, missing), current_options.get(key, missing)
+        if before is missing and key in defaults:
+            before = defaults[key]
         if before == after:
             continue
         if isinstance(before, dict) and isinstance(after, dict):  # name the entries that differ

@@ -411,7 +411,8 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                                                                    *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, prepared))
     unwrapped = accelerator.unwrap_model(model)
-    forward = torch.compile(model) if config.torch_compile else model  # shares the parameters of `model`
+    forward = (torch.compile(model, backend=config.torch_compile_backend or "inductor", mode=config.torch_compile_mode)
+               if config.torch_compile else model)  # shares the parameters of `model`
     loss_module.to(accelerator.device)
     steps_per_epoch = len(train_loader)
     scheduler = one_cycle_scheduler(optimizer, steps_per_epoch, config.schedule_epochs, config.pct_start)

@@ -105,8 +105,14 @@ class TrainingConfig:
         positives plus this many of the other labels, drawn uniformly, with the loss reweighted to an unbiased
         estimate (see HSPNetConfig.label_sample_size); evaluation always uses every label."""))
     torch_compile: bool = field(default=False, metadata=_help(
-        """Run the training and evaluation forward passes through torch.compile(model) (one graph break per forward,
-        for the text-side cache; results equal eager within float rounding; the first steps compile)."""))
+        """Run the training and model-selection forward passes through torch.compile(model) (one graph break per
+        forward, for the text-side cache; results equal eager within float rounding; the first steps compile)."""))
+    torch_compile_backend: str | None = field(default=None, metadata=_help(
+        """The torch.compile backend (default: torch's, inductor); setting it implies torch_compile, as in
+        transformers' TrainingArguments. E.g. aot_eager: traces and checks the graphs without generating kernels."""))
+    torch_compile_mode: str | None = field(default=None, metadata=_help(
+        """The torch.compile mode (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs); setting it
+        implies torch_compile."""))
 
     # outputs
     output_dir: str = field(default="outputs/hspnet", metadata=_help(
@@ -159,6 +165,17 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Raise a `ValueError` naming the option for a bad value or a bad combination of values."""
+        if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
+            self.torch_compile = True  # as transformers' TrainingArguments
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.torch_compile_backend is not None and self.torch_compile_backend not in backends:
+                raise ValueError(f"torch_compile_backend must be one of {sorted(backends)}, got "
+                                 f"{self.torch_compile_backend!r}")
+            modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+            if self.torch_compile_mode is not None and self.torch_compile_mode not in modes:
+                raise ValueError(f"torch_compile_mode must be one of {modes}, got {self.torch_compile_mode!r}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():

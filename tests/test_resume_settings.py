@@ -1,6 +1,7 @@
-"""`hspnet.resume.dataset_fingerprint`: what a checkpoint remembers of its data, so a resume on other data is refused.
+"""`hspnet.resume`: what a checkpoint remembers of its data and options, so a resume that would change the result is
+refused (`dataset_fingerprint`, `settings_differences`; more in `test_training_reliability.py`).
 
-The expected values are computed here from the rows as Python reads them (`dataset[i]`), not by the function."""
+The fingerprints expected are computed here from the rows as Python reads them (`dataset[i]`), not by the function."""
 
 import hashlib
 import json
@@ -48,3 +49,31 @@ def test_fingerprint_hashes_ids_and_labels_in_row_order_through_an_index_mapping
     assert other["splits"]["test"]["content"] != got["splits"]["test"]["content"]
     # the dataset passed in keeps its own format
     assert train.format["type"] is None
+
+
+def test_an_option_newer_than_the_checkpoint_counts_as_its_default():
+    from hspnet.resume import settings_differences
+
+    run = {"world_size": 1, "mixed_precision": "no", "device": "cpu", "versions": {}}
+    saved = {"seed": 0, "torch_compile": False, "run": run}  # written before torch_compile_backend / _mode existed
+    current = {"seed": 0, "torch_compile": False, "torch_compile_backend": None, "torch_compile_mode": None, "run": run}
+    assert settings_differences(saved, current) == ([], [], [])
+    changed = dict(current, torch_compile=True, torch_compile_backend="aot_eager")
+    assert settings_differences(saved, changed)[1] == ["torch_compile False -> True",
+                                                      "torch_compile_backend None -> 'aot_eager'"]
+    # an option the current version does not know stays a difference
+    assert settings_differences(dict(saved, retired=1), current)[1] == ["retired 1 -> (not set)"]
+
+
+def test_compile_backend_and_mode_imply_torch_compile_and_are_checked():
+    import pytest
+
+    from hspnet.training import TrainingConfig
+
+    assert TrainingConfig(torch_compile_backend="aot_eager").torch_compile is True
+    assert TrainingConfig(torch_compile_mode="max-autotune").torch_compile is True
+    assert TrainingConfig().torch_compile is False
+    with pytest.raises(ValueError, match="torch_compile_backend must be one of .* got 'inductr'"):
+        TrainingConfig(torch_compile_backend="inductr")
+    with pytest.raises(ValueError, match="torch_compile_mode must be one of .* got 'fast'"):
+        TrainingConfig(torch_compile_mode="fast")
