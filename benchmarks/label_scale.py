@@ -125,6 +125,36 @@ def sharing_ratio(num_labels: int, args) -> dict:
     return {key: sorted(t[1:])[len(t[1:]) // 2] for key, t in times.items()}
 
 
+def relation_times(num_labels: int, args) -> tuple[float, float]:
+    """Median seconds of the label adjacency from a `(C, C)` raw relation (cosine similarities of random unit
+    vectors): the released steps (`topk` + `scatter_` into zeros, then the row normalisation) and
+    `process_relation` (the same result, checked bit for bit), interleaved in this process."""
+    from hspnet.modeling_label_graph import process_relation
+
+    embeddings = torch.nn.functional.normalize(torch.randn(num_labels, 64, generator=torch.Generator().manual_seed(0)),
+                                               dim=1)
+    relation, k, p = embeddings @ embeddings.T, int(0.75 * num_labels), 0.2
+
+    def released() -> torch.Tensor:
+        kept = torch.zeros_like(relation)
+        values, indices = torch.topk(relation, k, dim=1)
+        kept.scatter_(1, indices, values).fill_diagonal_(0.0)
+        adjacency = kept / kept.sum(dim=1, keepdim=True) * p
+        return adjacency.fill_diagonal_(1.0 - p)
+
+    times: dict[str, list[float]] = {"released": [], "process_relation": []}
+    for _ in range(args.steps):
+        for name, run in (("released", released), ("process_relation", lambda: process_relation(relation, 0.75, p))):
+            start = time.perf_counter()
+            result = run()
+            times[name].append(time.perf_counter() - start)
+            if name == "released":
+                expected = result
+            elif not torch.equal(result, expected):
+                raise SystemExit("process_relation differs from the released steps")
+    return tuple(sorted(t)[len(t) // 2] for t in times.values())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", type=int, nargs="+", default=[80, 1000, 10000])
@@ -136,8 +166,17 @@ def main(argv=None):
     parser.add_argument("--skip_memory", action="store_true", help="only the interleaved step times")
     parser.add_argument("--skip_time", action="store_true", help="only the per-process peak memory")
     parser.add_argument("--sharing", action="store_true", help="only: text side with vs without shared prefixes")
+    parser.add_argument("--relation", action="store_true", help="only: the label adjacency from the raw relation "
+                        "(what every model load computes), released steps vs process_relation")
     parser.add_argument("--memory_worker", nargs=2, metavar=("C", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.relation:
+        print(f"threads={torch.get_num_threads()}\n| C | released steps (s) | process_relation (s) | speed-up |\n"
+              "|---:|---:|---:|---:|")
+        for c in args.labels:
+            before, after = relation_times(c, args)
+            print(f"| {c:,} | {before:.3f} | {after:.3f} | {before / after:.2f}x |", flush=True)
+        return
     if args.sharing:
         print("| C | shared prefixes, wall / CPU (s) | full prompts, wall / CPU (s) | shared / full (wall) | "
               "shared / full (CPU) |")
