@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TEST_WORKERS ?= 2
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-full demo bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(VENV)/.installed
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
+# + the checks skipped by default for their cost (inductor's kernels for a training step: ~1 min of C++ compilation)
+test-full: install
+	HF_HUB_OFFLINE=1 HSPNET_TEST_INDUCTOR_TRAINING=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
