@@ -8,14 +8,14 @@ each test asserts on its part, against values computed in the test process."""
 
 import json
 import os
-import pickle
-import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+
+from tests.session_once import once_per_session
 
 # what conftest.py star-imports
 __all__ = ["fresh_runs", "fresh_package_report", "fresh_remote_run", "fresh_python_dash_m"]
@@ -101,20 +101,8 @@ def fresh_runs(tiny_clip_dir, tiny_demo_model_dir, tmp_path_factory):
     """The reports of `run_all` and its cases, made once per test session: under pytest-xdist the first worker
     that needs them makes them in the session's shared temporary folder, the others wait for them and read them
     (the folders are read-only for the tests)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return run_all(tmp_path_factory.mktemp("fresh-runs"), tiny_clip_dir, tiny_demo_model_dir)
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp().parent / "fresh-runs"
-    with FileLock(str(shared) + ".lock"):
-        done = shared / "runs.pickle"
-        if not done.is_file():
-            if shared.exists():  # a worker that failed before: start again
-                shutil.rmtree(shared)
-            shared.mkdir()
-            runs = run_all(shared, tiny_clip_dir, tiny_demo_model_dir)
-            done.write_bytes(pickle.dumps(runs))
-        return pickle.loads(done.read_bytes())
+    return once_per_session(tmp_path_factory, "fresh-runs",
+                            lambda folder: run_all(folder, tiny_clip_dir, tiny_demo_model_dir))
 
 
 @pytest.fixture(scope="session")

@@ -3,34 +3,15 @@
 Each fixture is one expensive run that several tests assert on (copy its folder before changing it)."""
 
 import json
-import os
-import pickle
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.session_once import once_per_session
+
 # the fixtures conftest.py star-imports
-__all__ = ["fresh_interpreter_runs", "trained_with_checkpoints", "two_process_runs", "uninterrupted_ten_step_run"]
-
-def once_per_session(tmp_path_factory, name, make):
-    """``make(folder)`` once per test session, in a new folder: under pytest-xdist the first worker that needs it
-    makes it in the session's shared temporary folder, the others wait for it and read it (a picklable result; the
-    folder is read-only for the tests)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return make(tmp_path_factory.mktemp(name))
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp().parent / name
-    with FileLock(str(shared) + ".lock"):
-        done = shared / "made.pickle"
-        if not done.is_file():
-            if shared.exists():  # a worker that failed before: start again
-                shutil.rmtree(shared)
-            shared.mkdir()
-            done.write_bytes(pickle.dumps(make(shared)))
-        return pickle.loads(done.read_bytes())
+__all__ = ["fresh_training_runs", "trained_with_checkpoints", "two_process_runs", "uninterrupted_ten_step_run"]
 
 
 # The script every process of `two_process_runs` runs: argv = the report folder, then the train.py arguments of the
@@ -162,7 +143,7 @@ def trained_with_checkpoints(tmp_path_factory):
     return Path(config.output_dir), results
 
 
-# The script of `fresh_interpreter_runs`: argv = the report folder, the trained model folder, then the train.py
+# The script of `fresh_training_runs`: argv = the report folder, the trained model folder, then the train.py
 # arguments of the file-size-limited run, the predict.py command lines and the train.py arguments of the run to kill
 # (JSON lists).
 _FRESH_INTERPRETER_SCRIPT = """\
@@ -248,7 +229,7 @@ training.train(training.load_config(killed_argv))
 
 
 @pytest.fixture(scope="session")
-def fresh_interpreter_runs(request, tmp_path_factory):
+def fresh_training_runs(request, tmp_path_factory):
     """ONE fresh interpreter (`tests.test_training.run_script`: OMP_NUM_THREADS=1) for four checks that each need
     one, done one after the other (each step's stdout/stderr in its own files):
 
@@ -267,13 +248,13 @@ def fresh_interpreter_runs(request, tmp_path_factory):
     Returns ``dict(folder, result, report, outputs, killed_options, special_folder)``; ``outputs[NAME]`` is
     ``(stdout, stderr)`` of step NAME. Made once per session (`once_per_session`; the session fixtures it uses are
     asked for only by the process that makes it)."""
-    return once_per_session(tmp_path_factory, "fresh-interpreter", lambda folder: _fresh_interpreter_runs(
+    return once_per_session(tmp_path_factory, "fresh-interpreter", lambda folder: _fresh_training_runs(
         folder, model_dir=request.getfixturevalue("trained_with_checkpoints")[0],
         reference_options=request.getfixturevalue("uninterrupted_ten_step_run")[0],
         tiny_clip_dir=request.getfixturevalue("tiny_clip_dir")))
 
 
-def _fresh_interpreter_runs(folder, model_dir, reference_options, tiny_clip_dir):
+def _fresh_training_runs(folder, model_dir, reference_options, tiny_clip_dir):
     from hspnet.data import load_demo_dataset
     from tests.test_prediction_reliability import (
         save_model,

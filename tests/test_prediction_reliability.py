@@ -410,13 +410,13 @@ def test_special_files_in_a_folder_are_skipped_and_reported(special_folder):
     assert reasons[str(special_folder / "gone.png")].startswith("a broken symbolic link")
 
 
-def test_special_files_never_hang_the_command_line(fresh_interpreter_runs):
+def test_special_files_never_hang_the_command_line(fresh_training_runs):
     """`special_files_command_lines`, run as `python scripts/predict.py ...` in a fresh interpreter (step 3 of the
-    session's `fresh_interpreter_runs`, each command line with its own stdout and stderr; a hang would be caught by
+    session's `fresh_training_runs`, each command line with its own stdout and stderr; a hang would be caught by
     its timeout instead of stopping the test session)."""
-    report, folder = fresh_interpreter_runs["report"], fresh_interpreter_runs["special_folder"]
-    assert report is not None, fresh_interpreter_runs["result"].stderr[-3000:]
-    outputs = fresh_interpreter_runs["outputs"]
+    report, folder = fresh_training_runs["report"], fresh_training_runs["special_folder"]
+    assert report is not None, fresh_training_runs["result"].stderr[-3000:]
+    outputs = fresh_training_runs["outputs"]
     (in_folder_out, in_folder_err), (_, named_err) = (outputs.get(name, ("", "")) for name in ("predict_0",
                                                                                               "predict_1"))
     assert report["predict"][0] == 0, in_folder_err

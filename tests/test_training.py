@@ -312,17 +312,17 @@ def test_end_to_end_outputs(trained):
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["type"] == "mAP"
 
 
-def test_trained_folder_loads_with_auto_classes_and_remote_code(trained, fresh_interpreter_runs):
+def test_trained_folder_loads_with_auto_classes_and_remote_code(trained, fresh_training_runs):
     """In this process through the registered auto classes; in a fresh interpreter (step 1 of the session's
-    `fresh_interpreter_runs`) through the folder's remote code alone, `import hspnet` made to fail."""
+    `fresh_training_runs`) through the folder's remote code alone, `import hspnet` made to fail."""
     from transformers import AutoModelForImageClassification
 
     out, _ = trained
     model = AutoModelForImageClassification.from_pretrained(out)
     assert type(model).__name__ == "HSPNetForImageClassification" and model.config.num_labels == 12
-    report = fresh_interpreter_runs["report"]
-    stdout, stderr = fresh_interpreter_runs["outputs"].get("remote_code", ("", ""))
-    assert report is not None, fresh_interpreter_runs["result"].stderr[-2000:]
+    report = fresh_training_runs["report"]
+    stdout, stderr = fresh_training_runs["outputs"].get("remote_code", ("", ""))
+    assert report is not None, fresh_training_runs["result"].stderr[-2000:]
     assert report["hspnet_imported_before"] == [] and report["remote_code"] == "ok", stderr[-2000:]
     assert "torch.Size([1, 12]) transformers_modules" in stdout
 
@@ -361,9 +361,9 @@ def test_output_dir_is_never_overwritten_silently(trained):
     assert (out / "model.safetensors").read_bytes() == before
 
 
-def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run, fresh_interpreter_runs, tmp_path):
+def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run, fresh_training_runs, tmp_path):
     """Kill -9 during step 9, in the second epoch (6 steps per epoch; checkpoints at step 4, at the end of epoch 0 and
-    at step 8; step 3 of the session's `fresh_interpreter_runs`), resume a copy of its folder from 'latest' (step 8,
+    at step 8; step 3 of the session's `fresh_training_runs`), resume a copy of its folder from 'latest' (step 8,
     mid-epoch): the final weights equal those of an uninterrupted run (the session's `uninterrupted_ten_step_run`,
     same options), and so does all_results.json (also the metrics before training, which the resumed run does not
     recompute)."""
@@ -374,10 +374,10 @@ def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run,
     from hspnet.training import train
 
     full, full_out = uninterrupted_ten_step_run
-    result = fresh_interpreter_runs["result"]
+    result = fresh_training_runs["result"]
     assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
-    shutil.copytree(fresh_interpreter_runs["killed_options"]["output_dir"], tmp_path / "killed")
-    killed = dict(fresh_interpreter_runs["killed_options"], output_dir=str(tmp_path / "killed"),
+    shutil.copytree(fresh_training_runs["killed_options"]["output_dir"], tmp_path / "killed")
+    killed = dict(fresh_training_runs["killed_options"], output_dir=str(tmp_path / "killed"),
                   cache_dir=str(tmp_path / "cache"))
     saved = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert saved == ["epoch_0-step_6", "step_8"]  # checkpoints_total_limit 2 dropped step_4

@@ -520,15 +520,15 @@ def test_unwritable_output_dir_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
-def test_a_failing_write_is_one_line_and_leaves_no_half_file(fresh_interpreter_runs):
+def test_a_failing_write_is_one_line_and_leaves_no_half_file(fresh_training_runs):
     """The kernel refuses every write past 200 kB (RLIMIT_FSIZE), as a full disk would: the first large file is the
     best model (~0.5 MB) after epoch 0. (/dev/full does not fail writes on every machine, so it is not used.) The
-    run is step 2 of the session's `fresh_interpreter_runs` (train.py's `main`, tiny_options, in a fresh
+    run is step 2 of the session's `fresh_training_runs` (train.py's `main`, tiny_options, in a fresh
     interpreter)."""
-    report = fresh_interpreter_runs["report"]
-    _, stderr = fresh_interpreter_runs["outputs"].get("file_size_limit", ("", ""))
-    assert report is not None, fresh_interpreter_runs["result"].stderr[-3000:]
-    out = fresh_interpreter_runs["folder"] / "limited" / "out"
+    report = fresh_training_runs["report"]
+    _, stderr = fresh_training_runs["outputs"].get("file_size_limit", ("", ""))
+    assert report is not None, fresh_training_runs["result"].stderr[-3000:]
+    out = fresh_training_runs["folder"] / "limited" / "out"
     assert report["file_size_limit"] == 1, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("train.py: error:")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
