@@ -39,7 +39,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .configuration_hspnet import HSPNetConfig
-from .losses import build_loss, check_loss_spec
+from .losses import build_loss
 from .modeling_clip_resnet import HSPNetAttentionPool2d, HSPNetCLIPResNet
 from .modeling_from_clip import (
     default_image_processor,
@@ -689,7 +689,7 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         super().__init__(config)
         self.hspnet = HSPNetModel(config)
         self.post_init()
-        check_loss_spec(config.loss, config.loss_kwargs or {})  # fail early on an unknown loss name or parameter
+        config.check_loss()  # a config edited after it was made: fail now, naming the loss, not at the first step
 
     @property
     def loss_module(self) -> nn.Module:

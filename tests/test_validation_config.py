@@ -299,3 +299,14 @@ def test_placeholder_config_is_still_accepted():
     config = HSPNetConfig()
     assert config.logit_scale == 10.0 and math.isfinite(config.gcn_gamma_init)
     assert make().to_diff_dict()["label_to_group"] == [0, 0, 1]  # builds HSPNetConfig() inside
+
+
+def test_a_config_edited_after_it_was_made_is_checked_when_a_model_is_built():
+    config = make(loss="splc")
+    config.loss_kwargs = {"tau": 5.0}  # a dict set after the checks of __post_init__ ran
+    with pytest.raises(ValueError) as excinfo:
+        HSPNetForImageClassification(config)
+    message = one_line_error(excinfo)
+    assert "loss 'splc'" in message and "tau" in message, message
+    config.loss_kwargs = {"tau": 0.7}
+    assert HSPNetForImageClassification(config).loss_module.tau == 0.7
