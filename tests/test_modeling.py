@@ -243,6 +243,7 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         "modeling_hspnet.py",
         "modeling_label_graph.py",
         "modeling_prompt_encoder.py",
+        "modeling_text_cache.py",
         "preprocessor_config.json",
     ]
     assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "HSPNetConfig"
