@@ -9,6 +9,7 @@ evaluation of the selected model, saving and the Hub upload. The pieces live bes
 - :mod:`hspnet.training_args`: :class:`TrainingConfig`, every option (`transformers.HfArgumentParser`, YAML files);
 - :mod:`hspnet.engine`: datasets -> transforms -> loaders and the evaluation loop (shared with evaluation);
 - :mod:`hspnet.recipe`: Adam parameter groups, the one-cycle schedule, the weight EMA, the model selection;
+- :mod:`hspnet.run_log`: the run's log (console and `train.log`; a failed write stops the run);
 - :mod:`hspnet.run_folder`: the output-folder lock, `--overwrite_output_dir` through a staging folder, whole files;
 - :mod:`hspnet.resume`: `training_args.json`, the resume checks, the loop's checkpointed state;
 - :mod:`hspnet.distributed`: a failure on one process stops every process of the run;
@@ -44,6 +45,7 @@ from hspnet.cli_types import one_line
 from hspnet.distributed import on_all, on_main
 from hspnet.engine import add_index_column, collate, evaluate_model, load_datasets, make_transform  # noqa: F401
 from hspnet.files import write_json, write_text
+from hspnet.run_log import close_log_handlers, setup_run_logging
 from hspnet.hub import HubUploader, HubUploadError, model_card  # noqa: F401 - re-exported
 from hspnet.recipe import (  # noqa: F401 - the recipe's names, importable from here as before
     ModelEMA,
@@ -96,56 +98,6 @@ logger = logging.getLogger("hspnet.train")
 
 class TrainingDivergedError(ValueError):
     """The loss or its gradients became NaN or infinite; training stopped before applying that step."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Logging
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class _RaisingFileHandler(logging.FileHandler):
-    """A log file whose write errors stop the run with one line (logging would print a traceback and go on)."""
-
-    def handleError(self, record):  # noqa: N802 - logging's name
-        import sys
-
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError):
-            raise OSError(f"cannot write the log file {self.baseFilename}: {error.strerror or one_line(error)} "
-                          "(is the disk full or the folder not writable?)") from error
-        super().handleError(record)
-
-
-def _setup_logging(accelerator, output_dir: str) -> None:
-    import datasets
-    import transformers
-
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
-    _close_log_handlers()
-    logger.propagate = False
-    console = logging.StreamHandler()
-    console.setFormatter(fmt)
-    logger.addHandler(console)
-    if accelerator.is_main_process:
-        make_folder(output_dir, "output_dir")
-        path = os.path.join(output_dir, "train.log")
-        with writing(path, "the log file"):
-            handler = _RaisingFileHandler(path)
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
-        transformers.utils.logging.set_verbosity_warning()
-        datasets.utils.logging.set_verbosity_warning()
-    else:
-        transformers.utils.logging.set_verbosity_error()
-        datasets.utils.logging.set_verbosity_error()
-
-
-def _close_log_handlers() -> None:
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        if isinstance(handler, logging.FileHandler):
-            handler.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -311,7 +263,7 @@ def train(config: TrainingConfig) -> dict:
             uploader.close(wait=not interrupted)
         for lock in reversed(locks):
             lock.release()
-        _close_log_handlers()
+        close_log_handlers(logger)
 
 
 def _open_output_dir(config: TrainingConfig, accelerator, locks: list[OutputDirLock]) -> RunFolders:
@@ -331,7 +283,7 @@ def _open_output_dir(config: TrainingConfig, accelerator, locks: list[OutputDirL
     on_main(accelerator, prepare_working_folder)
     accelerator.project_configuration.project_dir = working
     accelerator.project_configuration.logging_dir = working
-    on_all(accelerator, lambda: _setup_logging(accelerator, working))
+    on_all(accelerator, lambda: setup_run_logging(logger, accelerator, working))
     logger.info("processes: %d (distributed: %s), device: %s, mixed precision: %s", accelerator.num_processes,
                 accelerator.distributed_type, accelerator.device, accelerator.mixed_precision)
     if folders.staging:

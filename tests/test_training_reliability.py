@@ -542,9 +542,9 @@ def test_a_log_file_that_cannot_be_written_stops_the_run(tmp_path):
     import errno
     import logging
 
-    from hspnet.training import _RaisingFileHandler
+    from hspnet.run_log import RaisingFileHandler
 
-    handler = _RaisingFileHandler(str(tmp_path / "train.log"))
+    handler = RaisingFileHandler(str(tmp_path / "train.log"))
 
     class FullDisk:
         def write(self, text):
