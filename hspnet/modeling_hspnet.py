@@ -277,6 +277,8 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
     # Buffers fixed when the model is built (prompts, relation): loaded, never trained or averaged (EMA).
     constant_buffers = ("relation", "group_prompt_embeds", "label_prompt_embeds", "group_eos_positions",
                         "label_eos_positions")
+    # Attributes derived from those buffers only (the processed adjacencies): a copy of the model may share them.
+    constant_derived = ("_adjacency",)
 
     def __init__(self, config: HSPNetConfig):
         super().__init__(config)
@@ -533,6 +535,8 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
 
     # the loss is per batch (not normalised by `num_items_in_batch`): transformers.Trainer must scale it itself
     accepts_loss_kwargs = False
+    # A training run's state, not the model's (the loss and its ROLE estimates): a copy of the model leaves it out.
+    run_state = ("_loss_cache",)
 
     def __init__(self, config: HSPNetConfig):
         super().__init__(config)

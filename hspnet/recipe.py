@@ -76,20 +76,22 @@ class ModelEMA:
     cost time and add rounding. Integer buffers are copied. `module` is a full model (eval mode) that can be evaluated
     and saved; `state_dict`/`load_state_dict` make it checkpointable with accelerate.
 
-    The copy shares with `model` what is fixed by construction (the buffers the model declares constant and what is
-    derived from them, e.g. HSPNet's processed adjacencies: ~0.8 GB at 10,000 labels) and leaves out the training
-    run's loss state (`_loss_cache`: ROLE's `(N, C)` label estimates), which the averaged model never uses."""
+    The copy shares with `model` what each submodule declares fixed by construction (`constant_buffers` and the
+    attributes derived from them only, `constant_derived`: for HSPNet the prompts, the relation and the processed
+    adjacencies, ~0.8 GB at 10,000 labels) and leaves out what it declares a training run's state (`run_state`:
+    HSPNet's loss with ROLE's `(N, C)` label estimates, rebuilt on first use should the copy need a loss)."""
 
     def __init__(self, model: torch.nn.Module, decay: float, constant: set[str] | None = None):
-        memo: dict[int, object] = {}
+        memo: dict[int, object] = {}  # copy.deepcopy's: an object found here is replaced by its value, not copied
         for module in model.modules():
-            for name in getattr(type(module), "constant_buffers", ()):
-                memo[id(getattr(module, name))] = getattr(module, name)
-            derived = module.__dict__.get("_adjacency")  # (key, label adjacency, group adjacency), never edited
-            if derived is not None:
-                memo[id(derived)] = derived
-            if module.__dict__.get("_loss_cache") is not None:
-                memo[id(module.__dict__["_loss_cache"])] = None  # rebuilt on first use, should the copy need a loss
+            declared = type(module)
+            for name in (*getattr(declared, "constant_buffers", ()), *getattr(declared, "constant_derived", ())):
+                value = getattr(module, name, None)
+                if value is not None:
+                    memo[id(value)] = value
+            for name in getattr(declared, "run_state", ()):
+                if module.__dict__.get(name) is not None:
+                    memo[id(module.__dict__[name])] = None
         self.module = copy.deepcopy(model, memo).eval()
         self.module.requires_grad_(False)
         self.decay = decay
