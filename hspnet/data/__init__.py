@@ -27,11 +27,10 @@ from .core import (
     BuildOptions,
     Record,
     get_build_report,
-    read_label_list,
-    read_observed_labels,
     select_single_positive,
     validation_image_ids,
 )
+from .text_files import read_label_list, read_observed_labels
 from .cub import load_cub
 from .custom import load_image_folder
 from .demo import demo_hierarchy, draw_demo_image, generate_demo_images, load_demo_dataset

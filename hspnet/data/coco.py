@@ -20,9 +20,8 @@ from .core import (
     Record,
     build_dataset_dict,
     hierarchy_option_key,
-    require_dir,
-    require_file,
 )
+from .text_files import require_dir, require_file
 from .errors import DatasetFormatError, read_json_file
 from .hierarchy import Hierarchy, builtin_hierarchy, resolve_hierarchy
 

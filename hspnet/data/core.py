@@ -32,8 +32,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..files import special_kind
-from .errors import DatasetFormatError, ImageError, MissingFileError, check_input_file, read_text_file
+from .errors import DatasetFormatError, ImageError, check_input_file
 from .hierarchy import Hierarchy, label_feature
+from .text_files import read_observed_labels
 
 logger = logging.getLogger(__name__)
 
@@ -259,111 +260,6 @@ def check_image_files(paths: Sequence[str], mode: str = "exists", num_proc: int 
         with ThreadPoolExecutor(max_workers=num_proc) as pool:
             return list(pool.map(lambda path: _image_problem(path, mode), paths, chunksize=64))
     return [_image_problem(path, mode) for path in paths]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Authors' list formats
-
-
-def normalise_key(name: str) -> str:
-    return name.strip().replace("\\", "/")
-
-
-def read_label_list(
-    path: str | os.PathLike, num_labels: int | None = None, *, allow_empty: bool = True
-) -> list[tuple[str, list[int], int]]:
-    """Read the authors' list format: ``file_name,idx idx ...`` per line (a space after the comma is allowed, as in
-    ``cub_train.txt``). Returns ``(file_name, label indices, line number)``; blank lines are skipped.
-
-    Raises :class:`DatasetFormatError` (with the file and line) for a line without a comma, a non-integer or
-    out-of-range index, or a file name listed twice.
-    """
-    path = check_input_file(os.fspath(path), "label list")
-    entries: list[tuple[str, list[int], int]] = []
-    first_line: dict[str, int] = {}
-    for number, line in iter_text_lines(path):
-        if "," not in line:
-            raise DatasetFormatError(f"expected 'file_name,label indices', got {line!r}", file=path, line=number)
-        name, _, rest = line.rpartition(",")
-        name = normalise_key(name)
-        if not name:
-            raise DatasetFormatError("empty file name", file=path, line=number)
-        labels = []
-        for token in rest.split():
-            labels.append(parse_label_index(token, num_labels, file=path, line=number))
-        if not labels and not allow_empty:
-            raise DatasetFormatError(f"no label index for {name!r}", file=path, line=number)
-        if name in first_line:
-            raise DatasetFormatError(
-                f"image {name!r} is listed twice (first on line {first_line[name]})", file=path, line=number
-            )
-        first_line[name] = number
-        entries.append((name, sorted(set(labels)), number))
-    return entries
-
-
-def read_observed_labels(path: str | os.PathLike, num_labels: int | None = None) -> dict[str, tuple[int, int]]:
-    """Read a single-positive list (``coco_train_singlelabel.txt``, ``voc_train.txt``, ``cub_train.txt`` formats):
-    ``{file_name: (label index, line number)}``; every line must carry exactly one label index."""
-    out: dict[str, tuple[int, int]] = {}
-    for name, labels, number in read_label_list(path, num_labels, allow_empty=False):
-        if len(labels) != 1:
-            raise DatasetFormatError(
-                f"a single-positive list needs exactly one label per image, {name!r} has {len(labels)}",
-                file=path,
-                line=number,
-            )
-        out[name] = (labels[0], number)
-    return out
-
-
-def parse_label_index(token: str, num_labels: int | None, *, file=None, line=None, field=None) -> int:
-    try:
-        value = int(token)
-    except ValueError:
-        raise DatasetFormatError(
-            f"label index {token!r} is not an integer", file=file, line=line, field=field
-        ) from None
-    if value < 0 or (num_labels is not None and value >= num_labels):
-        bound = f"0..{num_labels - 1}" if num_labels is not None else ">= 0"
-        raise DatasetFormatError(f"label index {value} is out of range ({bound})", file=file, line=line, field=field)
-    return value
-
-
-def iter_text_lines(path: str, what: str = "file") -> Iterable[tuple[int, str]]:
-    """``(line number, stripped line)`` for the non-blank lines of a UTF-8 text file (a byte-order mark is
-    dropped; ``\\n``, ``\\r\\n`` and ``\\r`` end lines). A FIFO or device is refused, never opened."""
-    import io
-
-    text = read_text_file(path, what)
-    for number, raw in enumerate(io.StringIO(text, newline=None), start=1):
-        line = raw.strip()
-        if line:
-            yield number, line
-
-
-def last_line_is_unterminated(path: str) -> bool:
-    """Whether the file's last line has no line end (the file may have been cut short)."""
-    with open(check_input_file(path), "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() == 0:
-            return False
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) not in (b"\n", b"\r")
-
-
-def require_file(path: str, what: str) -> str:
-    """``path`` if it is a regular file, else :class:`MissingFileError` / :class:`DatasetFormatError` naming it."""
-    return check_input_file(path, what)
-
-
-def require_dir(path: str | os.PathLike | None, what: str) -> str:
-    if path is None:
-        raise MissingFileError(f"no {what} given")
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise MissingFileError(f"{what} does not exist or is not a folder", file=path)
-    return path
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -58,11 +58,9 @@ from .core import (
     build_dataset_dict,
     hash_files,
     hierarchy_option_key,
-    iter_text_lines,
-    normalise_key,
-    require_dir,
     validation_image_ids,
 )
+from .text_files import iter_text_lines, normalise_key, require_dir
 from .errors import DatasetFormatError, MissingFileError, check_input_file, parse_json_text, read_text_file
 from .hierarchy import Hierarchy, resolve_hierarchy
 

@@ -42,12 +42,8 @@ from .core import (
     ParsedSource,
     Record,
     build_dataset_dict,
-    iter_text_lines,
-    normalise_key,
-    read_label_list,
-    require_dir,
-    require_file,
 )
+from .text_files import iter_text_lines, normalise_key, read_label_list, require_dir, require_file
 from .errors import DatasetFormatError, MissingFileError, check_input_file
 from .hierarchy import builtin_hierarchy, resolve_hierarchy
 
