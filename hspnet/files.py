@@ -89,3 +89,37 @@ def refuse_inputs_as_output(output: str | os.PathLike, inputs: Iterable[str | os
     for item in inputs:
         if same_file(output, item):
             raise ValueError(f"{os.fspath(output)}: {what} is one of the input files; choose another output path")
+
+
+def path_inside(root: str | os.PathLike, name: str, what: str, start: str | os.PathLike | None = None) -> str:
+    """``start/name`` (`start` defaults to `root`, and lies inside it) for a relative `name` read from a file (a file
+    list, a checkpoint's index), refusing a name that would lead outside `root`: an absolute path, a drive, a ``..``
+    that climbs above `root`, a NUL byte. Links are not followed (a folder of the user's may link elsewhere on
+    purpose); the check is on the name. Raises ``ValueError`` starting with `what` (which should name the file and
+    line the name was read from)."""
+    text = os.fspath(name)
+    root = os.fspath(root)
+    prefix = [] if start is None else os.path.relpath(os.fspath(start), root).replace(os.sep, "/").split("/")
+    parts = text.replace("\\", "/").split("/")
+    if (not text or "\0" in text or os.path.isabs(text) or text.startswith(("/", "\\"))
+            or (len(parts[0]) >= 2 and parts[0][1] == ":")):
+        raise ValueError(f"{what}: {name!r} is not a path relative to {root} (absolute paths and drives are refused)")
+    parts = [part for part in prefix if part != "."] + parts
+    depth = 0
+    for part in parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"{what}: {name!r} leads outside {root} ('..' climbs above it); refused")
+        elif part not in ("", "."):
+            depth += 1
+    return os.path.normpath(os.path.join(root, *[part for part in parts if part]))
+
+
+def plain_file_name(name: object, what: str) -> str:
+    """`name` if it is one file name (no folder part, not hidden, not ``.``/``..``), else ``ValueError`` starting
+    with `what`."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or "/" in name
+            or "\\" in name or "\0" in name or (len(name) >= 2 and name[1] == ":")):
+        raise ValueError(f"{what}: {name!r} is not a plain file name; refused")
+    return name

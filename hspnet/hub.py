@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from hspnet.cli_types import one_line, run_cli
+from hspnet.files import plain_file_name
 
 logger = logging.getLogger("hspnet.hub")
 
@@ -55,7 +56,7 @@ BEST_MODEL_FOLDER = "best-model"
 SNAPSHOT_PREFIX = ".hub-"
 """Temporary folders of this module inside an output folder (snapshots being uploaded, downloads)."""
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".py", ".bin")
-RUN_FILES = ("all_results.json", "training_settings.json")
+RUN_FILES = ("all_results.json",)
 """Top-level JSON files of a run that are not part of the model: never uploaded with it."""
 HSPNET_TAGS = ["hspnet", "clip", "multi-label-classification", "single-positive-multi-label", "image-classification"]
 _CHECKPOINT_NAME = re.compile(r"epoch_\d+-step_\d+|step_\d+")
@@ -65,10 +66,12 @@ class HubUploadError(OSError):
     """An upload to the Hub that the run needed (the final model) failed."""
 
 
-def redact(text: str, token: str | None) -> str:
-    """`text` with the token replaced by `***` (error messages of HTTP libraries may quote request headers)."""
-    text = str(text)
-    return text.replace(token, "***") if token and len(token) >= 4 else text
+def redact(text: str, token: str | None = None) -> str:
+    """`text` with `token` and every other token in effect (environment, stored login) replaced by `***` (error
+    messages of HTTP libraries may quote request headers); see :mod:`hspnet.redaction`."""
+    from hspnet.redaction import redact as redact_tokens
+
+    return redact_tokens(text, token)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -626,11 +629,18 @@ def download_checkpoint(repo_id: str, folder: str, *, path_in_repo: str = LAST_C
         if os.path.exists(target):
             raise FileExistsError(f"{target} exists already; resume from the Hub into an empty --output_dir")
         best = os.path.join(source, BEST_MODEL_FOLDER)
-        for file_name in info.get("best_model_files") or []:
-            path = os.path.join(best, file_name)
-            if not os.path.isfile(path):
+        best_files = info.get("best_model_files") or []
+        if not isinstance(best_files, list):
+            raise ValueError(f"{where}: {CHECKPOINT_INFO_NAME}: best_model_files is not a list; nothing was taken")
+        for file_name in best_files:  # every name checked before any file is moved
+            plain_file_name(file_name, f"{where}: {CHECKPOINT_INFO_NAME} lists in best_model_files")
+            if not is_model_file(file_name):
+                raise ValueError(f"{where}: {CHECKPOINT_INFO_NAME} lists {file_name!r} in best_model_files, which is "
+                                 "not a model file; refused, nothing was taken")
+            if not os.path.isfile(os.path.join(best, file_name)) or os.path.islink(os.path.join(best, file_name)):
                 raise FileNotFoundError(f"{where}: {BEST_MODEL_FOLDER}/{file_name} is missing")
-            os.replace(path, os.path.join(folder, file_name))
+        for file_name in best_files:
+            os.replace(os.path.join(best, file_name), os.path.join(folder, file_name))
         shutil.rmtree(best, ignore_errors=True)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(source, target)

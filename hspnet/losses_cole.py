@@ -146,8 +146,8 @@ class ROLELoss(MultiLabelLoss):
     every training image n; :math:`\theta` (``label_logits``, shape
     ``(num_train_images, C)``) is an ``nn.Parameter`` of this module, so put
     it in the optimizer (Cole et al. use 10x the classifier learning rate) and
-    checkpoint the module (``state_dict`` / accelerate's
-    ``register_for_checkpointing``). Under multi-process training, prepare the
+    checkpoint the module's ``state_dict`` (``hspnet train`` stores it as
+    safetensors). Under multi-process training, prepare the
     loss module too (it has parameters) so that its gradients are all-reduced.
 
     Per batch, with :math:`p = \sigma(x)` and :math:`q = \sigma(\theta[\text{indices}])`

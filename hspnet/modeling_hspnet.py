@@ -535,12 +535,16 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
 
     # the loss is per batch (not normalised by `num_items_in_batch`): transformers.Trainer must scale it itself
     accepts_loss_kwargs = False
-    # A training run's state, not the model's (the loss and its ROLE estimates): a copy of the model leaves it out.
-    run_state = ("_loss_cache",)
+    # A training run's state, not the model's (the loss and its ROLE estimates, the label-sampling generator): a copy
+    # of the model leaves it out.
+    run_state = ("_loss_cache", "label_generator")
 
     def __init__(self, config: HSPNetConfig):
         super().__init__(config)
         self.hspnet = HSPNetModel(config)
+        # label sampling's own random numbers (a CPU generator; a training loop seeds it and checkpoints its state);
+        # None: one seeded with `torch.initial_seed()` is made at the first sampled step
+        self.label_generator: torch.Generator | None = None
         self.post_init()
         config.check_loss()  # a config edited after it was made: fail now, naming the loss, not at the first step
 
@@ -550,7 +554,7 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
 
         It is deliberately kept OUT of the model's module tree: its state (the epoch of SPLC / LL-R, ROLE's label
         estimates) belongs to a training run, not to the saved weights. A training script that needs that state in its
-        checkpoints registers `model.loss_module` with `accelerator.register_for_checkpointing`.
+        checkpoints saves `model.loss_module.state_dict()` itself (`hspnet train` does, as safetensors).
         """
         spec = (self.config.loss, tuple(sorted((self.config.loss_kwargs or {}).items())))
         cached = self.__dict__.get("_loss_cache")
@@ -624,9 +628,10 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
 
         The labels observed positive in the batch (the only ones whose loss terms carry an observed positive; SPLC,
         AN & co. need nothing else) are always included with weight 1; `label_sample_size` of the others are drawn
-        uniformly (torch's RNG: seeded runs and resumes repeat the same draws), each with weight `others / sample`,
-        so the weighted loss is an unbiased estimate of the full one. `(None, None)` when the sample would hold every
-        label (then the step is exact).
+        uniformly from `self.label_generator` (a CPU `torch.Generator` of its own, so that nothing else that draws
+        random numbers, such as a new DataLoader iterator, changes the sample; a training loop seeds it and keeps its
+        state in its checkpoints), each with weight `others / sample`, so the weighted loss is an unbiased estimate of
+        the full one. `(None, None)` when the sample would hold every label (then the step is exact).
         """
         observed = labels.detach().bool().any(dim=0)  # (C,)
         always = observed.nonzero().squeeze(1)
@@ -634,7 +639,10 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         size = self.config.label_sample_size if size is None else size
         if size >= others.numel():
             return None, None
-        picked = others[torch.randperm(others.numel(), device=others.device)[:size]]
+        if self.label_generator is None:
+            self.label_generator = torch.Generator().manual_seed(torch.initial_seed())
+        order = torch.randperm(others.numel(), generator=self.label_generator)[:size]
+        picked = others[order.to(others.device)]
         weights = torch.cat([torch.ones(always.numel()), torch.full((size,), others.numel() / size)])
         return torch.cat([always, picked]), weights.to(labels.device)
 

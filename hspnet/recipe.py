@@ -74,7 +74,7 @@ class ModelEMA:
     that cannot change during training: the parameters that do not require grad (the frozen text tower), the buffers
     the model declares constant (:func:`constant_buffer_names`) and any names in `constant`; averaging them would only
     cost time and add rounding. Integer buffers are copied. `module` is a full model (eval mode) that can be evaluated
-    and saved; `state_dict`/`load_state_dict` make it checkpointable with accelerate.
+    and saved; :meth:`trained_state` / :meth:`load_trained_state` are what a checkpoint stores.
 
     The copy shares with `model` what each submodule declares fixed by construction (`constant_buffers` and the
     attributes derived from them only, `constant_derived`: for HSPNet the prompts, the relation and the processed
@@ -115,12 +115,25 @@ class ModelEMA:
             torch._foreach_mul_(averaged, self.decay)
             torch._foreach_add_(averaged, targets, alpha=1 - self.decay)
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "module": self.module.state_dict()}
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The averaged (and copied) tensors: every entry of the copy's `state_dict` that can change in training;
+        what a checkpoint stores (the constant ones are the model's own)."""
+        return {name: value for name, value in self.module.state_dict().items() if name not in self.constant}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        self.module.load_state_dict(state["module"])
+    def load_trained_state(self, tensors: dict[str, torch.Tensor], decay: float, source: str = "the EMA state") -> None:
+        """Restore :meth:`trained_state` and the decay; other names or shapes raise a `ValueError` naming `source`."""
+        expected = self.trained_state()
+        if set(tensors) != set(expected):
+            missing, unknown = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+            raise ValueError(f"{source}: other tensors than this run's EMA (missing {missing[:5]}, unknown "
+                             f"{unknown[:5]})")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                if value.shape != expected[name].shape:
+                    raise ValueError(f"{source}: {name} has shape {tuple(value.shape)}, this run's "
+                                     f"{tuple(expected[name].shape)}")
+                expected[name].copy_(value)
+        self.decay = float(decay)
 
 
 def select_source(scores: dict[str, dict]) -> str:

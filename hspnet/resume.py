@@ -5,9 +5,9 @@
   (:func:`run_settings`). Written into every checkpoint and beside the trained model.
 - :func:`check_resume_settings`: a resume with other result-changing settings or other data is refused, listing
   every difference (:func:`settings_differences`, :func:`dataset_differences`).
-- :func:`check_checkpoint_files`: a truncated or missing checkpoint file is named before anything is loaded;
-  :func:`check_best_model`: the output folder holds the best model the checkpoint's run saved.
-- :class:`TrainingState`: the loop's progress, checkpointed with accelerate's ``register_for_checkpointing``.
+- :func:`check_best_model`: the output folder holds the best model the checkpoint's run saved.
+- :class:`TrainingState`: the loop's progress, stored in the checkpoint's ``training_state.json``
+  (:mod:`hspnet.checkpoint` reads and writes the checkpoint files).
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ class ResumeMismatchError(ValueError):
 SETTINGS_NAME = "training_args.json"
 """The run's options (and facts about the run under "run"): in every checkpoint folder, compared on resume, and
 beside the trained model (where evaluation reads `clip_model` and `seed`)."""
-OLD_SETTINGS_NAME = "training_settings.json"
-"""What checkpoints of earlier versions call it (`{"options": {...}, "world_size": ..., ...}`); still read."""
 RESUME_SAFE_OPTIONS = (
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint",          # where and how it writes
     "with_tracking", "report_to", "logging_steps",                          # logging
@@ -52,7 +50,7 @@ DATASET_OPTIONS = ("dataset", "dataset_options", "protocol", "max_train_samples"
 
 @dataclass
 class TrainingState:
-    """Progress that must survive a restart (checkpointed with accelerate's `register_for_checkpointing`).
+    """Progress that must survive a restart (JSON in the checkpoint's `training_state.json`).
 
     `run_id` names the run (kept across resumes; the best model's marker file carries it), `test_before_training`
     keeps the metrics of the untrained model so that a resumed run reports them too."""
@@ -72,8 +70,19 @@ class TrainingState:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        """Set the fields from `state` (as :meth:`state_dict` gives it); an unknown field or a value of another type
+        raises a `ValueError` naming the field."""
+        for item in dataclasses.fields(self):
+            if item.name not in state:
+                continue
+            value, current = state[item.name], getattr(self, item.name)
+            kinds = (int, float) if isinstance(current, float) else (type(current),)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"training state: {item.name} must be {type(current).__name__}, got {value!r}")
+            setattr(self, item.name, float(value) if isinstance(current, float) else value)
+        unknown = sorted(set(state) - {item.name for item in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"training state: unknown fields {unknown}")
 
 
 
@@ -249,10 +258,8 @@ def label_mismatch(old: list[str], new: list[str], old_name: str = "model", new_
 
 
 def read_checkpoint_settings(checkpoint: str) -> dict:
-    """The `training_args.json` of a checkpoint (or the `training_settings.json` of an older one, converted)."""
+    """The `training_args.json` of a checkpoint."""
     path = os.path.join(checkpoint, SETTINGS_NAME)
-    old = not os.path.isfile(path) and os.path.isfile(os.path.join(checkpoint, OLD_SETTINGS_NAME))
-    path = os.path.join(checkpoint, OLD_SETTINGS_NAME) if old else path
     if not os.path.isfile(path):
         raise ResumeMismatchError(
             f"checkpoint {checkpoint} has no {SETTINGS_NAME} (not written by scripts/train.py, or incomplete): its "
@@ -263,8 +270,6 @@ def read_checkpoint_settings(checkpoint: str) -> dict:
             settings = json.load(handle)
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: truncated or corrupt ({one_line(error)})") from None
-    if old and isinstance(settings, dict) and isinstance(settings.get("options"), dict):  # format 1
-        settings = {**settings.pop("options"), "run": settings}
     if not isinstance(settings, dict) or not isinstance(settings.get("run"), dict):
         raise ValueError(f"{path}: truncated or corrupt (no 'run' mapping)")
     return settings
@@ -288,36 +293,6 @@ def check_resume_settings(checkpoint: str, saved: dict, current: dict, dataset: 
                 "--overwrite_output_dir true). Only these options may change on resume: "
                 + ", ".join(o for o in RESUME_SAFE_OPTIONS if o not in ("mixed_precision", "cpu")))
     raise ResumeMismatchError(message)
-
-
-def check_checkpoint_files(checkpoint: str, num_processes: int, num_objects: int) -> None:
-    """Every file `accelerator.load_state` reads must be present and whole: the model (safetensors header and
-    size), the optimizer, the registered objects and each process's random states (zip archives whose members pass
-    their CRC check). accelerate itself would ignore a broken random-state file and resume with other random
-    numbers; here the error names the file."""
-    import zipfile
-
-    names = (["model.safetensors", "optimizer.bin"] + [f"custom_checkpoint_{i}.pkl" for i in range(num_objects)]
-             + [f"random_states_{i}.pkl" for i in range(num_processes)])
-    for name in names:
-        path = os.path.join(checkpoint, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: missing from the checkpoint (incomplete or damaged); resume from "
-                                    "another checkpoint")
-        try:
-            if name.endswith(".safetensors"):
-                from safetensors import safe_open
-
-                with safe_open(path, "pt") as handle:
-                    handle.keys()
-            else:
-                with zipfile.ZipFile(path) as archive:
-                    bad = archive.testzip()
-                if bad is not None:
-                    raise ValueError(f"member {bad} fails its CRC check")
-        except Exception as error:  # noqa: BLE001 - any failure to read means a damaged file
-            raise ValueError(f"{path}: truncated or corrupt checkpoint file ({one_line(error)}); resume from "
-                             "another checkpoint") from None
 
 
 def check_best_model(folder: str, state: TrainingState, checkpoint: str) -> None:

@@ -17,7 +17,7 @@ evaluation of the selected model, saving and the Hub upload. The pieces live bes
 
 The loss is the model's: the loop calls `model(pixel_values=..., labels=..., epoch=..., indices=...)` and steps on
 `outputs.loss` (the model samples labels itself under `label_sample_size`); its state (ROLE's label estimates, the
-epoch of SPLC / LL-R) is checkpointed by registering `model.loss_module` with accelerate.
+epoch of SPLC / LL-R) is checkpointed with the run (:mod:`hspnet.checkpoint`).
 
 What protects a run's results: the output folder is locked; a folder holding an earlier run is only replaced by a
 complete new run; each checkpoint carries `training_args.json` and a resume with other result-changing settings or
@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from hspnet import hub
+from hspnet.checkpoint import apply_checkpoint, read_checkpoint, save_checkpoint
 from hspnet.cli_types import one_line
 from hspnet.distributed import on_all, on_main
 from hspnet.engine import add_index_column, collate, evaluate_model, load_datasets, make_transform  # noqa: F401
@@ -60,7 +61,6 @@ from hspnet.resume import (  # noqa: F401
     ResumeMismatchError,
     TrainingState,
     check_best_model,
-    check_checkpoint_files,
     check_resume_settings,
     dataset_fingerprint,
     label_mismatch,
@@ -283,7 +283,7 @@ def _open_output_dir(config: TrainingConfig, accelerator, locks: list[OutputDirL
     on_main(accelerator, prepare_working_folder)
     accelerator.project_configuration.project_dir = working
     accelerator.project_configuration.logging_dir = working
-    on_all(accelerator, lambda: setup_run_logging(logger, accelerator, working))
+    on_all(accelerator, lambda: setup_run_logging(logger, accelerator, working, config.hub_token))
     logger.info("processes: %d (distributed: %s), device: %s, mixed precision: %s", accelerator.num_processes,
                 accelerator.distributed_type, accelerator.device, accelerator.mixed_precision)
     if folders.staging:
@@ -370,9 +370,12 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
     scheduler = one_cycle_scheduler(optimizer, steps_per_epoch, config.schedule_epochs, config.pct_start)
     ema = ModelEMA(unwrapped, ema_decay(steps_per_epoch, config.ema_keep_per_epoch)) if config.ema else None
     state = TrainingState(run_id=uuid.uuid4().hex)
-    registered = (scheduler, state, loss_module) + ((ema,) if ema else ())  # loss_module: the model's, its state
-    for obj in registered:
-        accelerator.register_for_checkpointing(obj)
+    # label sampling draws from a generator of its own, seeded here and kept in the checkpoints (nothing else that
+    # draws random numbers, such as a new DataLoader iterator on resume, changes the samples)
+    label_generator = torch.Generator().manual_seed(config.seed) if config.label_sample_size is not None else None
+    unwrapped.label_generator = label_generator
+    run_state = dict(state=state, scheduler=scheduler, loss_module=loss_module, ema=ema,
+                     label_generator=label_generator)
     if config.with_tracking:
         on_all(accelerator, lambda: accelerator.init_trackers("runs", config=_scalar_config(config)))
 
@@ -388,11 +391,15 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
     results: dict[str, Any] = {"selection_split": selection_split, "protocol": config.protocol,
                                "world_size": accelerator.num_processes}
     if checkpoint:
-        check_checkpoint_files(checkpoint, accelerator.num_processes, len(registered))
+        # every file checked (pickles read without code execution) before anything is loaded
+        contents = read_checkpoint(checkpoint, num_processes=accelerator.num_processes,
+                                   process_index=accelerator.process_index, ema=ema is not None,
+                                   label_sampling=label_generator is not None, scaler=accelerator.scaler is not None)
         try:
-            accelerator.load_state(checkpoint)
+            accelerator.load_state(checkpoint)  # the weights and the optimizer, from the files checked above
         except Exception as error:  # noqa: BLE001 - a checkpoint that passed the file checks but does not load
             raise ValueError(f"checkpoint {checkpoint}: cannot be loaded ({one_line(error)})") from None
+        apply_checkpoint(contents, **run_state)
         check_best_model(working, state, checkpoint)
         logger.info("resumed from %s at step %d (epoch %d)", checkpoint, state.global_step,
                     state.global_step // steps_per_epoch)
@@ -448,7 +455,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
 
         def save():
             with writing(folder + ".partial", "the checkpoint"):
-                accelerator.save_state(folder + ".partial")
+                save_checkpoint(accelerator, folder + ".partial", **run_state)
 
         on_all(accelerator, save)
 
@@ -618,9 +625,7 @@ def _train(config: TrainingConfig, accelerator, locks: list[OutputDirLock], uplo
                 uploader.final(folders.output_dir, model_files(folders.output_dir))
             finally:  # all_results.json says how the uploads went, also when the final one failed
                 results["hub"] = uploader.report()
-                path = os.path.join(folders.output_dir, "all_results.json")
-                with writing(path):
-                    write_json(path, results)
+                _write_results(os.path.join(folders.output_dir, "all_results.json"), results, config.hub_token)
 
     on_main(accelerator, finish)
     return results
@@ -644,8 +649,15 @@ def _write_outputs(config: TrainingConfig, folder: str, best, test_metrics: dict
                       license=config.license)
     with writing(os.path.join(folder, "README.md")):
         write_text(os.path.join(folder, "README.md"), card)
-    with writing(os.path.join(folder, "all_results.json")):
-        write_json(os.path.join(folder, "all_results.json"), results)
+    _write_results(os.path.join(folder, "all_results.json"), results, config.hub_token)
+
+
+def _write_results(path: str, results: dict, hub_token: str | None) -> None:
+    """`all_results.json`, atomically, with every Hub token in effect masked (an upload error may quote one)."""
+    from hspnet.redaction import redact
+
+    with writing(path):
+        write_text(path, redact(json.dumps(results, indent=2, ensure_ascii=False), hub_token) + "\n")
 
 
 def push_folder_to_hub(folder: str, repo_id: str | None, token: str | None = None, private: bool = False) -> str:

@@ -30,7 +30,7 @@ from tests.test_training_reliability import error_line, run_main
 MODEL_FILES = {"config.json", "model.safetensors", "configuration_hspnet.py", "modeling_hspnet.py", "losses.py",
                "preprocessor_config.json"}  # at least these (save_pretrained writes every remote-code file)
 STATE_FILES = {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "training_args.json",
-               "hspnet_checkpoint.json"} | {f"custom_checkpoint_{i}.pkl" for i in range(4)}  # scheduler state loss EMA
+               "hspnet_checkpoint.json", "training_state.json", "loss_state.safetensors", "ema.safetensors"}
 TOKEN = "hf_SeCrEtToKeN1234567890"
 
 

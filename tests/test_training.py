@@ -150,10 +150,10 @@ def test_model_ema_update_by_hand():
     keep.update(frozen)
     torch.testing.assert_close(keep.module.weight, frozen.weight - 1.0)
     torch.testing.assert_close(keep.module.bias, frozen.bias - 1.0)
-    state = ema.state_dict()
+    state = ema.trained_state()
     other = ModelEMA(torch.nn.Linear(2, 1), decay=0.5)
     other.module.register_buffer("count", torch.tensor(0))
-    other.load_state_dict(state)
+    other.load_trained_state(state, ema.decay)
     assert other.decay == 0.9
     torch.testing.assert_close(other.module.weight, ema.module.weight)
 
@@ -520,8 +520,8 @@ def test_resume_restores_the_loss_state_kept_by_the_model(tmp_path):
     checkpoint = tmp_path / "resumed" / "checkpoints" / "epoch_0-step_6"
     train(TrainingConfig(**dict(options, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint=str(checkpoint))))
 
-    def estimates(folder):  # accelerate's registered objects, in order: scheduler, TrainingState, the loss, the EMA
-        return torch.load(folder / "custom_checkpoint_2.pkl", weights_only=False)["label_logits"]
+    def estimates(folder):  # the loss's state, stored beside the weights
+        return load_file(folder / "loss_state.safetensors")["label_logits"]
 
     start = estimates(checkpoint)
     assert start.shape == (45, 12)  # one estimate per training image and label

@@ -306,17 +306,6 @@ def test_settings_differences_by_hand():
     assert settings_differences(saved, saved) == ([], [], [])
 
 
-def test_an_older_checkpoints_training_settings_json_is_still_read(tmp_path):
-    from hspnet.resume import read_checkpoint_settings
-
-    old = {"format": 1, "options": {"seed": 3, "batch_size": 8}, "world_size": 1, "mixed_precision": "no",
-           "device": "cpu", "versions": {}, "dataset": {"labels": ["a"]}}
-    (tmp_path / "training_settings.json").write_text(json.dumps(old))
-    assert read_checkpoint_settings(str(tmp_path)) == {
-        "seed": 3, "batch_size": 8, "run": {"format": 1, "world_size": 1, "mixed_precision": "no", "device": "cpu",
-                                            "versions": {}, "dataset": {"labels": ["a"]}}}
-
-
 def test_resume_with_other_settings_is_refused_before_anything_changes(run_copy):
     out, options = run_copy
     before = digest_tree(out)
@@ -382,7 +371,9 @@ def _truncate(path):
     ("optimizer.bin", _truncate, "truncated or corrupt checkpoint file"),
     ("model.safetensors", _truncate, "truncated or corrupt checkpoint file"),
     ("random_states_0.pkl", lambda p: p.unlink(), "missing from the checkpoint"),
-    ("custom_checkpoint_1.pkl", _truncate, "truncated or corrupt checkpoint file"),
+    ("loss_state.safetensors", _truncate, "truncated or corrupt checkpoint file"),
+    ("ema.safetensors", lambda p: p.unlink(), "missing from the checkpoint"),
+    ("training_state.json", _truncate, "truncated or corrupt"),
     (SETTINGS_NAME, _truncate, "truncated or corrupt"),
     (SETTINGS_NAME, lambda p: p.unlink(), "has no training_args.json"),
 ])
