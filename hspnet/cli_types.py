@@ -123,6 +123,8 @@ def run_cli(parser: argparse.ArgumentParser, run, argv: list[str] | None = None)
     except user_error_types() as error:
         if getattr(args, "debug", False):
             raise
-        print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
+        from hspnet.redaction import redact
+
+        print(f"{parser.prog}: error: {redact(one_line(error), getattr(args, 'hub_token', None))}", file=sys.stderr)
         return 1
     return 0

@@ -22,11 +22,16 @@ class RaisingFileHandler(logging.FileHandler):
         super().handleError(record)
 
 
-def setup_run_logging(logger: logging.Logger, accelerator, output_dir: str) -> None:
+def setup_run_logging(logger: logging.Logger, accelerator, output_dir: str, hub_token: str | None = None) -> None:
     """`logger` at INFO on the main process (WARNING elsewhere) to the console and, on the main process,
-    `output_dir/train.log`; transformers and datasets at WARNING on the main process, ERROR elsewhere."""
+    `output_dir/train.log`; transformers and datasets at WARNING on the main process, ERROR elsewhere. Both handlers
+    mask every Hub token in effect (`hub_token`, the environment's, the stored login's)."""
     import datasets
     import transformers
+
+    from hspnet.redaction import RedactTokens
+
+    redaction = RedactTokens(hub_token)
 
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
@@ -34,6 +39,7 @@ def setup_run_logging(logger: logging.Logger, accelerator, output_dir: str) -> N
     logger.propagate = False
     console = logging.StreamHandler()
     console.setFormatter(fmt)
+    console.addFilter(redaction)
     logger.addHandler(console)
     if accelerator.is_main_process:
         make_folder(output_dir, "output_dir")
@@ -41,6 +47,7 @@ def setup_run_logging(logger: logging.Logger, accelerator, output_dir: str) -> N
         with writing(path, "the log file"):
             handler = RaisingFileHandler(path)
         handler.setFormatter(fmt)
+        handler.addFilter(redaction)
         logger.addHandler(handler)
         transformers.utils.logging.set_verbosity_warning()
         datasets.utils.logging.set_verbosity_warning()
