@@ -22,7 +22,7 @@ from .core import (
     hierarchy_option_key,
 )
 from .text_files import require_dir, require_file
-from .errors import DatasetFormatError, read_json_file
+from .errors import DatasetFormatError, listed_path, read_json_file
 from .hierarchy import Hierarchy, builtin_hierarchy, resolve_hierarchy
 
 
@@ -91,7 +91,10 @@ def coco_records(data: dict, path: str, image_dir: str, category_index: dict[int
             )
         file_names[file_name] = image_id
         records[image_id] = Record(
-            image_id=file_name, path=os.path.join(image_dir, file_name), labels=[], where=f"{path} ({where})"
+            image_id=file_name,
+            path=listed_path(image_dir, file_name, file=path, field=f"{where}.file_name"),
+            labels=[],
+            where=f"{path} ({where})",
         )
     positives: dict[int, set[int]] = {}
     for position, entry in enumerate(data["annotations"]):

@@ -25,7 +25,7 @@ from .core import (
     build_dataset_dict,
 )
 from .text_files import iter_text_lines, normalise_key, require_dir, require_file
-from .errors import DatasetFormatError, MissingFileError, check_input_file
+from .errors import DatasetFormatError, MissingFileError, check_input_file, listed_path
 from .hierarchy import builtin_hierarchy, resolve_hierarchy
 
 NUM_ATTRIBUTES = 312
@@ -60,6 +60,7 @@ def read_cub_images(path: str) -> dict[int, tuple[str, int]]:
             raise DatasetFormatError(f"expected '<image_id> <path>', got {line!r}", file=path, line=number)
         image_id = _int(fields[0], path, number, "image id")
         relative = normalise_key(fields[1])
+        listed_path("images", relative, file=path, line=number)  # inside the images folder, never outside
         if image_id in out:
             raise DatasetFormatError(
                 f"image id {image_id} is listed twice (first on line {out[image_id][1]})", file=path, line=number

@@ -61,7 +61,14 @@ from .core import (
     validation_image_ids,
 )
 from .text_files import iter_text_lines, normalise_key, require_dir
-from .errors import DatasetFormatError, MissingFileError, check_input_file, parse_json_text, read_text_file
+from .errors import (
+    DatasetFormatError,
+    MissingFileError,
+    check_input_file,
+    listed_path,
+    parse_json_text,
+    read_text_file,
+)
 from .hierarchy import Hierarchy, resolve_hierarchy
 
 logger = logging.getLogger(__name__)
@@ -464,7 +471,10 @@ def load_image_folder(
                             field=split_column,
                         )
                     split = SPLIT_NAMES[str(split_value).strip().lower()]
-                full = os.path.normpath(os.path.join(base, normalise_key(file_name)))
+                # relative to the metadata file's folder, and never outside the dataset's root
+                bound = root if not os.path.relpath(base, root).startswith("..") else base
+                full = listed_path(bound, normalise_key(file_name), start=base, file=path, line=where["line"],
+                                   field=file_name_column)
                 key = os.path.relpath(full, root).replace(os.sep, "/")
                 if key in first:
                     position, previous = first[key]

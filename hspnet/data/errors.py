@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from hspnet.files import special_kind
+from hspnet.files import path_inside, special_kind
 
 
 def _location(file, line=None, field=None) -> str:
@@ -70,6 +70,16 @@ def check_input_file(path, what: str = "file") -> str:
     return path
 
 
+
+
+def listed_path(root, name: str, *, file, line: int | None = None, field: str | None = None, start=None) -> str:
+    """The path of an image (or annotation) that a file lists as `name`, relative to `start` (default `root`); a name
+    that leads outside `root` (absolute, a drive, ``..`` above it) raises :class:`DatasetFormatError` naming the file
+    and line."""
+    try:
+        return path_inside(root, name, "listed name", start=start)
+    except ValueError as error:
+        raise DatasetFormatError(str(error).removeprefix("listed name: "), file=file, line=line, field=field) from None
 
 
 class _DuplicateKey(Exception):

@@ -44,7 +44,7 @@ from .core import (
     build_dataset_dict,
 )
 from .text_files import iter_text_lines, normalise_key, read_label_list, require_dir, require_file
-from .errors import DatasetFormatError, MissingFileError, check_input_file
+from .errors import DatasetFormatError, MissingFileError, check_input_file, listed_path
 from .hierarchy import builtin_hierarchy, resolve_hierarchy
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def _load_official(root, images, hierarchy, options):
             splits[split] = [
                 Record(
                     image_id=key,
-                    path=os.path.join(images, *key.split("/")),
+                    path=listed_path(images, key, file=list_path, line=number),
                     labels=labels[i],
                     where=f"{list_path}:{number}",
                 )
@@ -300,7 +300,10 @@ def _load_flat(root, images, train_list, test_list, hierarchy, options):
             single[split] = all(len(labels) <= 1 for _, labels, _ in entries)
             splits[split] = [
                 Record(
-                    image_id=name, path=os.path.join(images, *name.split("/")), labels=labels, where=f"{path}:{number}"
+                    image_id=name,
+                    path=listed_path(images, name, file=path, line=number),
+                    labels=labels,
+                    where=f"{path}:{number}",
                 )
                 for name, labels, number in entries
             ]

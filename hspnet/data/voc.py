@@ -25,7 +25,7 @@ from .core import (
     build_dataset_dict,
 )
 from .text_files import iter_text_lines, require_dir, require_file
-from .errors import DatasetFormatError, MissingFileError, check_input_file
+from .errors import DatasetFormatError, MissingFileError, check_input_file, listed_path
 from .hierarchy import builtin_hierarchy, resolve_hierarchy
 
 DIFFICULT_POLICIES = ("negative", "positive")
@@ -159,6 +159,9 @@ def load_voc(
         TEST: require_file(os.path.join(voc, "ImageSets", "Main", "val.txt"), "VOC val image list"),
     }
     ids = {split: read_id_list(path) for split, path in lists.items()}
+    for split, entries in ids.items():  # an id names files inside the VOC folder, never outside
+        for image_id, number in entries:
+            listed_path(os.path.join(voc, "JPEGImages"), f"{image_id}.jpg", file=lists[split], line=number)
     xml_files = [os.path.join(voc, "Annotations", f"{image_id}.xml") for split in ids for image_id, _ in ids[split]]
     class_files = {split: class_list_files(voc, word, labels) for split, word in ((TRAIN, "train"), (TEST, "val"))}
 
