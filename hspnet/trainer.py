@@ -136,6 +136,7 @@ class HSPNetTrainerDataset(Dataset):
                 raise ValueError(f"the split has no {column!r} column (columns: {columns}); expected a dataset of "
                                  "hspnet.data (image, labels, observed_labels)")
         self.split = split
+        self.permutation = list(permutation) if permutation is not None else None
         self.targets = targets
         self.with_indices = targets == "observed_labels" if with_indices is None else bool(with_indices)
         self.transform = make_transform(image_processor, int(num_labels),
@@ -264,11 +265,27 @@ and for the top 3 labels, in percent (`eval_mAP`, `eval_OF1`, ...)."""
 
 
 def setup_loss_for_training(model, train_split) -> torch.nn.Module:
-    """Prepare the model's loss for a run on `train_split` (a split of this project): a loss that keeps per-image
-    state (ROLE) gets the number of training images (`config.loss_kwargs["num_train_images"]`) and starts from the
-    observed labels (`initialize_observed`), as `scripts/train.py` does. Returns `model.loss_module`."""
-    from hspnet.data import to_multi_hot
+    """Prepare the model's loss for a run on `train_split` (a split of this project, or its
+    :class:`HSPNetTrainerDataset`): a loss that keeps per-image state (ROLE) gets the number of training images
+    (`config.loss_kwargs["num_train_images"]`) and starts from the observed labels (`initialize_observed`), as
+    `scripts/train.py` does. The estimates follow the MODEL's label order: a split whose labels (read from its
+    features) are in another order is permuted by name, as its targets are. Returns `model.loss_module`."""
+    from hspnet.data import get_hierarchy, to_multi_hot
     from hspnet.losses import LOSS_DEFAULTS, check_loss_spec
+
+    permutation = None
+    if isinstance(train_split, HSPNetTrainerDataset):
+        permutation, train_split = train_split.permutation, train_split.split
+    else:
+        model_labels = _model_labels(model)
+        try:
+            dataset_labels = list(get_hierarchy(train_split).labels)
+        except (ValueError, TypeError):  # a split without a hierarchy: its label indices are the model's
+            dataset_labels = None
+        if model_labels is not None and dataset_labels is not None and model_labels != dataset_labels:
+            from hspnet.engine import label_permutation
+
+            permutation = label_permutation(model_labels, dataset_labels)
 
     config = model.config
     kwargs = dict(config.loss_kwargs or {})
@@ -279,7 +296,10 @@ def setup_loss_for_training(model, train_split) -> torch.nn.Module:
     loss = model.loss_module
     if hasattr(loss, "initialize_observed"):
         num_labels = config.num_labels
-        loss.initialize_observed(torch.from_numpy(to_multi_hot(train_split["observed_labels"], num_labels)))
+        rows = train_split["observed_labels"]
+        if permutation is not None:
+            rows = [[permutation[index] for index in row] for row in rows]
+        loss.initialize_observed(torch.from_numpy(to_multi_hot(rows, num_labels)))
     return loss
 
 

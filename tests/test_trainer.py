@@ -169,3 +169,40 @@ def test_datasets_collator_and_label_order(tiny_clip_dir, demo):
         from hspnet.trainer import HSPNetTrainerDataset
 
         HSPNetTrainerDataset(demo["test"], model.image_processor, 12, targets="observed_labels")
+
+
+def test_role_estimates_follow_the_models_label_order(tiny_clip_dir, demo, tmp_path):
+    """A model whose labels are in another order than the dataset's: ROLE's estimates start from each image's
+    observed label in the MODEL's order (from the split, and from its Trainer dataset); the other estimates keep
+    their random start in (0.5 - init_width, 0.5 + init_width). Started from the same estimates (columns permuted), a
+    Trainer epoch gives the estimates of the model in the dataset's order, columns permuted (the same weights; the
+    label GCN adds in another order, hence the tolerance)."""
+    hierarchy = get_hierarchy(demo)
+    order = [3, 0, 11, 7, 1, 10, 2, 9, 4, 8, 5, 6]  # model label j is dataset label order[j]
+    kwargs = dict(loss="role", loss_kwargs={"expected_num_pos": 1.5})
+    ordered = build(tiny_clip_dir, demo, **kwargs)
+    torch.manual_seed(0)
+    permuted = HSPNetForImageClassification.from_clip(
+        tiny_clip_dir, labels=[hierarchy.labels[i] for i in order], groups=hierarchy.groups,
+        label_to_group=[hierarchy.label_to_group[i] for i in order], **kwargs)
+
+    observed = torch.from_numpy(to_multi_hot(demo["train"]["observed_labels"], 12)).bool()[:, order]  # model order
+    for source in (demo["train"], prepare_trainer_datasets(demo, permuted)["train"]):
+        estimates = setup_loss_for_training(permuted, source).estimated_labels
+        width = permuted.loss_module.init_width
+        assert bool((estimates[observed] > 0.99).all())
+        assert bool((estimates[~observed] < 0.5 + width + 1e-6).all())
+        assert bool((estimates[~observed] > 0.5 - width - 1e-6).all())
+
+    results = []
+    start = setup_loss_for_training(ordered, demo["train"]).label_logits.detach().clone()
+    for model in (ordered, permuted):
+        data = prepare_trainer_datasets(demo, model)
+        setup_loss_for_training(model, data["train"])
+        with torch.no_grad():
+            model.loss_module.label_logits.copy_(start if model is ordered else start[:, order])
+        trainer = HSPNetTrainer(model=model, args=arguments(tmp_path / f"run{len(results)}", num_train_epochs=1,
+                                                            eval_strategy="no"), train_dataset=data["train"])
+        trainer.train()
+        results.append(model.loss_module.estimated_labels.detach().clone())
+    torch.testing.assert_close(results[1], results[0][:, order], atol=1e-5, rtol=1e-5)
