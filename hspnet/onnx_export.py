@@ -364,12 +364,19 @@ class ONNXImageClassifier:
         from hspnet.images import open_image, to_rgb
 
         images = [open_image(item) if isinstance(item, (str, os.PathLike)) else to_rgb(item) for item in images]
+        if not images:  # an empty batch: no image to process, an empty array of the right shape
+            import numpy as np
+
+            size = self.image_processor.crop_size
+            return np.zeros((0, 3, size["height"], size["width"]), dtype=np.float32)
         return self.image_processor(images=images, return_tensors="np")["pixel_values"]
 
     def logits(self, pixel_values):
         """`(B, 3, H, W)` float32 array -> `(B, C)` logits."""
         import numpy as np
 
+        if len(pixel_values) == 0:  # the graph is exported for batches of 1 and more
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
         (logits,) = self.session.run(["logits"], {"pixel_values": np.ascontiguousarray(pixel_values, np.float32)})
         return logits
 

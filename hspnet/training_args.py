@@ -178,12 +178,16 @@ class TrainingConfig:
                 raise ValueError(f"torch_compile_mode must be one of {modes}, got {self.torch_compile_mode!r}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():
-            raise ValueError("checkpointing_steps must be 'epoch', an integer or null, got "
-                             f"{self.checkpointing_steps!r}")
-        for name in ("epochs", "schedule_epochs", "batch_size"):
+        if self.checkpointing_steps not in (None, "epoch") and (
+                not str(self.checkpointing_steps).isdigit() or int(self.checkpointing_steps) < 1):
+            raise ValueError("checkpointing_steps must be 'epoch', a number of steps >= 1 or null (no training state "
+                             f"saved), got {self.checkpointing_steps!r}")
+        for name in ("epochs", "schedule_epochs", "batch_size", "logging_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise ValueError(f"max_train_steps must be >= 1 (or null: no limit but the epochs), got "
+                             f"{self.max_train_steps}")
         if self.schedule_epochs < self.epochs:
             raise ValueError(f"schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs})")
         if self.push_to_hub and not self.hub_model_id:

@@ -131,6 +131,9 @@ def test_file_carries_labels_hierarchy_and_preprocessing(exported):
         expected = torch.sigmoid(model(pixel_values=pixel_values).logits).numpy()
     np.testing.assert_allclose(classifier(images), expected, rtol=0, atol=ATOL)
     assert classifier.labels == LABELS
+    # an empty batch gives an empty result of the right shape
+    assert classifier.preprocess([]).shape == (0, 3, size, size)
+    assert classifier([]).shape == (0, len(LABELS))
 
 
 def test_cli_torchscript_exporter_atomic_outputs_and_one_line_errors(tiny_clip_dir, tmp_path, capsys):
