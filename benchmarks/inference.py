@@ -9,7 +9,7 @@ Builds a real-size ViT-B/16 CLIP from its config (random weights, no download) a
 - `hspnet, speed-ups off`: the same model recomputing every prompt at full length on each call, as the released
   code does;
 - with `--compile`: `torch.compile(model)` of the same model (cache on), timed in the same rounds;
-- with `--onnx`: the model exported by `hspnet.onnx_export.export_onnx` (image tower + constant label embeddings,
+- with `--onnx`: the model exported by `hspnet.apps.onnx_export.export_onnx` (image tower + constant label embeddings,
   float32) run by onnxruntime on the CPU with as many threads as torch, timed in the same rounds (needs
   `pip install -e ".[onnx]"`; the export of ViT-B/16 takes about a minute on 2 cores).
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig
 
 from hspnet import HSPNetForImageClassification
-from hspnet.tiny_clip import BOS_TOKEN_ID, EOS_TOKEN_ID, byte_level_clip_tokenizer
+from hspnet.utils.tiny_clip import BOS_TOKEN_ID, EOS_TOKEN_ID, byte_level_clip_tokenizer
 
 
 def vit_b16_config() -> CLIPConfig:
@@ -104,7 +104,7 @@ def main():
         import os
         import tempfile
 
-        from hspnet.onnx_export import export_onnx, onnxruntime_session
+        from hspnet.apps.onnx_export import export_onnx, onnxruntime_session
 
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()

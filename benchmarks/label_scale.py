@@ -41,7 +41,7 @@ def build(num_labels: int, sample_size: int | None, device: str, seed: int = 0):
     from transformers import CLIPConfig, CLIPModel
 
     from hspnet import HSPNetForImageClassification
-    from hspnet.tiny_clip import BOS_TOKEN_ID, EOS_TOKEN_ID, byte_level_clip_tokenizer
+    from hspnet.utils.tiny_clip import BOS_TOKEN_ID, EOS_TOKEN_ID, byte_level_clip_tokenizer
 
     torch.manual_seed(seed)
     text = dict(bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID)
@@ -56,7 +56,7 @@ def build(num_labels: int, sample_size: int | None, device: str, seed: int = 0):
 
 
 def make_step(model, batch_size: int, device: str):
-    from hspnet.training import parameter_groups
+    from hspnet.training.optimization import parameter_groups
 
     optimizer = torch.optim.Adam(parameter_groups(model, 1e-4, 5e-4, 1e-4))
     generator = torch.Generator().manual_seed(0)
@@ -129,7 +129,7 @@ def relation_times(num_labels: int, args) -> tuple[float, float]:
     """Median seconds of the label adjacency from a `(C, C)` raw relation (cosine similarities of random unit
     vectors): the released steps (`topk` + `scatter_` into zeros, then the row normalisation) and
     `process_relation` (the same result, checked bit for bit), interleaved in this process."""
-    from hspnet.modeling_label_graph import process_relation
+    from hspnet.models.hspnet.modeling_label_graph import process_relation
 
     embeddings = torch.nn.functional.normalize(torch.randn(num_labels, 64, generator=torch.Generator().manual_seed(0)),
                                                dim=1)

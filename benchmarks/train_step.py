@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference import coco_like_hierarchy, vit_b16_config  # noqa: E402
 
 from hspnet import HSPNetForImageClassification  # noqa: E402
-from hspnet.tiny_clip import byte_level_clip_tokenizer  # noqa: E402
-from hspnet.training import parameter_groups  # noqa: E402
+from hspnet.utils.tiny_clip import byte_level_clip_tokenizer  # noqa: E402
+from hspnet.training.optimization import parameter_groups  # noqa: E402
 
 
 def main():

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from hspnet.cli_types import run_cli
+from hspnet.utils.errors import run_cli
 from hspnet.data import builtin_hierarchy, read_label_list
 
 FILES = {  # name: (labels file or None, groups file, label->group index file, relation matrix)

@@ -4,61 +4,72 @@ Importing the package registers the HSPNet classes with transformers' `AutoConfi
 `AutoModelForImageClassification` and `AutoImageProcessor` (and therefore with `pipeline("image-classification")`),
 the way transformers documents for models defined outside it. That is all it changes: no torch hooks, no patching.
 Saved folders carry the same classes as remote code (`trust_remote_code=True`) for environments without `hspnet`.
+
+The model classes are imported at once; everything else (training, evaluation, the applications) only when first
+used, so `import hspnet` does not load the training stack.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+import importlib
 
-from .configuration_hspnet import HSPNetConfig
-from .losses import LOSS_DEFAULTS, LOSSES, build_loss
-from .metrics import (
-    MultiLabelMetricAccumulator,
-    average_precision_ranked,
-    average_precision_tie_aware,
-    compute_all_metrics,
-    mean_average_precision,
-    threshold_metrics,
-    topk_metrics,
-)
-from .conversion.openai_clip import convert_openai_clip_state_dict, load_clip_checkpoint_file
-from .image_processing_hspnet import HSPNetImageProcessor
-from .modeling_clip_resnet import HSPNetModifiedResNet
-from .modeling_hspnet import (
+from hspnet.models import register_auto_classes
+from hspnet.models.hspnet import (
+    LOSS_DEFAULTS,
+    LOSSES,
+    HSPNetConfig,
     HSPNetForImageClassification,
+    HSPNetImageProcessor,
     HSPNetModel,
     HSPNetModelOutput,
+    HSPNetModifiedResNet,
     HSPNetPreTrainedModel,
+    build_loss,
 )
-from .modeling_label_graph import process_relation
-from .modeling_prompt_encoder import clip_text_embeddings, encode_prompt_embeddings, encode_shared_prefix_prompts
 
 __version__ = "0.1.0"
 
-AutoConfig.register(HSPNetConfig.model_type, HSPNetConfig, exist_ok=True)
-AutoModel.register(HSPNetConfig, HSPNetModel, exist_ok=True)
-AutoModelForImageClassification.register(HSPNetConfig, HSPNetForImageClassification, exist_ok=True)
-AutoImageProcessor.register(HSPNetConfig, image_processor_classes={"pil": HSPNetImageProcessor}, exist_ok=True)
+register_auto_classes()
+
+# name -> module that defines it, imported on first use
+_LAZY = {
+    **{name: "hspnet.evaluation.metrics" for name in (
+        "MultiLabelMetricAccumulator", "average_precision_ranked", "average_precision_tie_aware",
+        "compute_all_metrics", "mean_average_precision", "threshold_metrics", "topk_metrics")},
+    **{name: "hspnet.models.hspnet.modeling_prompts" for name in (
+        "clip_text_embeddings", "encode_prompt_embeddings", "encode_shared_prefix_prompts")},
+    "process_relation": "hspnet.models.hspnet.modeling_label_graph",
+    "load_model": "hspnet.models.loading",
+    "load_openai_clip_parts": "hspnet.models.openai_clip",
+    "convert_openai_clip_state_dict": "hspnet.models.openai_clip",
+    "load_clip_checkpoint_file": "hspnet.models.openai_clip",
+    "TrainingConfig": "hspnet.training.arguments",
+    "train": "hspnet.training.loop",
+    "predict_images": "hspnet.apps.predict",
+    "export_onnx": "hspnet.apps.onnx_export",
+    "ONNXImageClassifier": "hspnet.apps.onnx_export",
+    "HSPNetTrainer": "hspnet.apps.trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hspnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "LOSSES",
     "LOSS_DEFAULTS",
-    "build_loss",
-    "MultiLabelMetricAccumulator",
-    "average_precision_ranked",
-    "average_precision_tie_aware",
-    "compute_all_metrics",
-    "mean_average_precision",
-    "threshold_metrics",
-    "topk_metrics",
     "HSPNetConfig",
-    "HSPNetModel",
     "HSPNetForImageClassification",
     "HSPNetImageProcessor",
+    "HSPNetModel",
     "HSPNetModelOutput",
-    "HSPNetPreTrainedModel",
     "HSPNetModifiedResNet",
-    "convert_openai_clip_state_dict",
-    "load_clip_checkpoint_file",
-    "clip_text_embeddings",
-    "encode_prompt_embeddings",
-    "process_relation",
+    "HSPNetPreTrainedModel",
+    "build_loss",
+    *_LAZY,
 ]

@@ -18,13 +18,14 @@ import sys
 
 # subcommand -> ("module:function", one-line help); the function takes (argv, prog) and returns an exit status
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("hspnet.training:main", "train HSPNet (accelerate; YAML config + flags)"),
-    "evaluate": ("hspnet.evaluation:main", "metrics of a trained model on a dataset split"),
-    "predict": ("hspnet.prediction:main", "labels for image files or folders"),
+    "train": ("hspnet.training.loop:main", "train HSPNet (accelerate; YAML config + flags)"),
+    "evaluate": ("hspnet.apps.evaluate:main", "metrics of a trained model on a dataset split"),
+    "predict": ("hspnet.apps.predict:main", "labels for image files or folders"),
     "prepare": ("hspnet.data.cli:main", "build a dataset (COCO, VOC, NUS-WIDE, CUB, folders, demo)"),
     "convert": ("hspnet.conversion.cli:main", "convert the authors' released checkpoints"),
-    "export-onnx": ("hspnet.onnx_export:main", "export a trained model to ONNX (checked with onnxruntime)"),
-    "demo": ("hspnet.demo:main", "a demo page (Gradio) for a trained model, or a Hugging Face Space folder"),
+    "export-onnx": ("hspnet.apps.onnx_export:main", "export a trained model to ONNX (checked with onnxruntime)"),
+    "demo": ("hspnet.apps.demo.page:main", "a demo page (Gradio) for a trained model, or a Hugging Face Space folder"),
+    "push": ("hspnet.hub.transfer:main", "upload a trained or converted model folder to the Hub (one commit)"),
 }
 
 

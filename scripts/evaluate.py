@@ -11,7 +11,7 @@ an input) and prints a table. Bad input exits with status 1 and a one-line messa
 traceback). All options: `--help`; the logic lives in hspnet/evaluation.py.
 """
 
-from hspnet.evaluation import main
+from hspnet.apps.evaluate import main
 
 if __name__ == "__main__":
     raise SystemExit(main(prog="evaluate.py"))

@@ -12,7 +12,7 @@ status 1 and a one-line message naming the path (`--debug`: the traceback). All 
 hspnet/prediction.py.
 """
 
-from hspnet.prediction import main
+from hspnet.apps.predict import main
 
 if __name__ == "__main__":
     raise SystemExit(main(prog="predict.py"))

@@ -19,7 +19,7 @@ loss, a failed final upload to the Hub...) ends with one line `train.py: error: 
 shows the traceback instead.
 """
 
-from hspnet.training import main
+from hspnet.training.loop import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,7 +20,7 @@ LABEL_TO_GROUP = [0, 0, 1, 2, 2, 3]
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny random CLIP checkpoint folder laid out like a Hub repository."""
-    from hspnet.tiny_clip import save_tiny_clip
+    from hspnet.utils.tiny_clip import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), seed=0)
 
@@ -78,7 +78,8 @@ def tiny_demo_cache(tmp_path_factory):
 def trained_tiny_model(tiny_demo_cache, tmp_path_factory):
     """A tiny HSPNet on the tiny random CLIP, trained once per session by `hspnet.training.train` for one epoch on
     the demo data (`TINY_DEMO_OPTIONS`): the model folder exactly as training writes it. Copy it before changing it."""
-    from hspnet.training import TrainingConfig, train
+    from hspnet.training.arguments import TrainingConfig
+    from hspnet.training.loop import train
 
     output_dir = str(tmp_path_factory.mktemp("trained-tiny") / "model")
     train(TrainingConfig(

@@ -98,9 +98,9 @@ def package_run(clip_dir, out_dir):
 
     import hspnet  # noqa: F401
     import hspnet.cli  # noqa: F401
-    import hspnet.demo  # noqa: F401
-    import hspnet.onnx_export  # noqa: F401
-    import hspnet.prediction  # noqa: F401
+    import hspnet.apps.demo.page  # noqa: F401
+    import hspnet.apps.onnx_export  # noqa: F401
+    import hspnet.apps.predict  # noqa: F401
 
     report = {"core_modules": sorted(m for m in sys.modules if m.split(".")[0] == "hspnet"),
               "optional_before": optional_before,

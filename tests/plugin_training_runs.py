@@ -21,8 +21,8 @@ import json, os, sys, time
 import pytest
 import torch
 from accelerate import Accelerator
-import hspnet.training as training
-from hspnet.metrics import MultiLabelMetricAccumulator
+import hspnet.training.loop as training
+from hspnet.evaluation.metrics import MultiLabelMetricAccumulator
 from tests.test_hub import FakeHub
 
 folder, locked_argv, hub_argv = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
@@ -119,7 +119,8 @@ def uninterrupted_ten_step_run(tmp_path_factory):
 
     Returns ``(options, output folder)``; ``options`` without ``output_dir`` / ``cache_dir`` are the ones a resumed
     run must use to be comparable."""
-    from hspnet.training import TrainingConfig, train
+    from hspnet.training.arguments import TrainingConfig
+    from hspnet.training.loop import train
     from tests.test_training import one_thread, tiny_options
 
     folder = tmp_path_factory.mktemp("uninterrupted")
@@ -134,7 +135,8 @@ def uninterrupted_ten_step_run(tmp_path_factory):
 def trained_with_checkpoints(tmp_path_factory):
     """A tiny run of 2 epochs (6 steps each) with tracking, checkpoints every 4 steps and a validation split, trained
     in this process: ``(output folder, the results train returned)``."""
-    from hspnet.training import TrainingConfig, train
+    from hspnet.training.arguments import TrainingConfig
+    from hspnet.training.loop import train
     from tests.test_training import tiny_options
 
     folder = tmp_path_factory.mktemp("train")
@@ -211,9 +213,11 @@ with open(os.path.join(folder, "report.json"), "w") as file:
     json.dump(report, file)
 
 # 4. a run killed (SIGKILL, like a crashed node) once its optimizer step 9 is done and nothing of it is saved
-import hspnet.training as training
+import hspnet.training.ema as ema
+import hspnet.training.loop as training
+from hspnet.training.arguments import load_config
 calls = {"n": 0}
-original = training.ModelEMA.update
+original = ema.ModelEMA.update
 
 
 def update(self, model):
@@ -223,8 +227,8 @@ def update(self, model):
     return original(self, model)
 
 
-training.ModelEMA.update = update
-training.train(training.load_config(killed_argv))
+ema.ModelEMA.update = update
+training.train(load_config(killed_argv))
 """
 
 

@@ -106,7 +106,8 @@ def test_training_with_torch_compile_matches_eager(tmp_path, pixel_values):
     forward / backward graphs, without generating kernels (inductor's kernels for a training step are checked by
     `test_compiled_training_step_equals_eager`; compiling them again here cost ~90 s on a cold cache)."""
     from hspnet import HSPNetForImageClassification
-    from hspnet.training import TrainingConfig, train
+    from hspnet.training.arguments import TrainingConfig
+    from hspnet.training.loop import train
     from tests.test_training import tiny_options
 
     torch._dynamo.reset()
@@ -133,7 +134,7 @@ def test_predict_with_torch_compile_gives_the_eager_scores(make_model, tmp_path,
     import numpy as np
     from PIL import Image
 
-    from hspnet.prediction import main
+    from hspnet.apps.predict import main
 
     make_model().save_pretrained(tmp_path / "model")
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 import pytest
 
 from hspnet import HSPNetConfig
-from hspnet.tiny_clip import tiny_clip_config
+from hspnet.utils.tiny_clip import tiny_clip_config
 
 
 def make(**overrides):

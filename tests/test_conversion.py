@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 import hspnet  # noqa: E402
 from hspnet import HSPNetConfig, HSPNetForImageClassification  # noqa: E402
-from hspnet.conversion import (  # noqa: E402
-    ConversionError,
+from hspnet.conversion.folder import run_conversion  # noqa: E402
+from hspnet.conversion.official import (  # noqa: E402
     check_official_layout,
     convert_official_checkpoint,
     convert_official_state_dict,
@@ -31,11 +31,10 @@ from hspnet.conversion import (  # noqa: E402
     infer_official_architecture,
     load_official_checkpoint,
     official_checkpoint_layout,
-    read_torchscript_archive,
-    run_conversion,
-    verify_conversion,
 )
-from hspnet.conversion.openai_clip import map_openai_clip_weights  # noqa: E402
+from hspnet.conversion.verify import verify_conversion  # noqa: E402
+from hspnet.models.openai_clip import ConversionError, read_torchscript_archive  # noqa: E402
+from hspnet.models.openai_clip import map_openai_clip_weights  # noqa: E402
 from tests.official_reference import RefCLIP, RefHSPNet, build_official  # noqa: E402
 
 LABELS = ["cat", "dog", "traffic_light", "car", "bus", "person"]
@@ -116,7 +115,7 @@ def test_end_to_end_folder_loads_and_has_a_model_card(official, files, tmp_path)
                                                            "model.safetensors", "preprocessor_config.json"}
     code = {n for n in names if n.endswith(".py")}  # the remote code save_pretrained copies: modules of the package
     assert {"configuration_hspnet.py", "modeling_hspnet.py", "modeling_clip_resnet.py", "image_processing_hspnet.py",
-            "losses.py"} <= code and all((Path(hspnet.__file__).parent / n).is_file() for n in code)
+            "losses.py"} <= code and all((Path(hspnet.__file__).parent / "models" / "hspnet" / n).is_file() for n in code)
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     metadata = front_matter(card)  # no built-in dataset: no published result, so no model-index

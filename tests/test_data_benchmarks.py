@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import datasets  # noqa: E402
 import pytest  # noqa: E402
 
-from hspnet.data import (  # noqa: E402
+from hspnet.data import (
     builtin_hierarchy,
     get_build_report,
     get_hierarchy,

@@ -9,7 +9,7 @@ import datasets  # noqa: E402
 import pytest  # noqa: E402
 
 import hspnet.data.voc as voc_module  # noqa: E402
-from hspnet.data import (  # noqa: E402
+from hspnet.data import (
     BuildOptions,
     ImageError,
     get_build_report,

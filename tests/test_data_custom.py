@@ -10,7 +10,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Image, List, Value  # noq
 
 import pytest  # noqa: E402
 
-from hspnet.data import (  # noqa: E402
+from hspnet.data import (
     BuildOptions,
     Hierarchy,
     get_build_report,

@@ -9,7 +9,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hspnet.data import (  # noqa: E402
+from hspnet.data import (
     DatasetFormatError,
     Hierarchy,
     auto_hierarchy,
@@ -137,7 +137,7 @@ def test_cluster_label_embeddings_recovers_planted_groups():
 
 
 def test_auto_hierarchy_on_tiny_clip(tiny_clip_dir):
-    from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_model
+    from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_model
 
     labels = ["cat", "dog", "car", "bus", "red apple", "banana", "person"]
     first = auto_hierarchy(labels, clip_model=tiny_clip_dir, num_groups=3, seed=0)

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 from datasets import Dataset, Value  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from hspnet.data import (  # noqa: E402
+from hspnet.data import (
     DatasetFormatError,
     ImageError,
     MissingFileError,

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import datasets  # noqa: E402
 import pytest  # noqa: E402
 
-from hspnet.data import (  # noqa: E402
+from hspnet.data import (
     load_demo_dataset,
     load_voc,
     read_label_list,

@@ -1,4 +1,4 @@
-"""The demo page's logic without a browser (hspnet.demo): label groups, the highlight rule, the HTML, uploads scored
+"""The demo page's logic without a browser (hspnet.apps.demo.page): label groups, the highlight rule, the HTML, uploads scored
 by predict's code, bad uploads as messages, the model card summary, the Space folder and the command line. The page
 itself in a real browser: tests/test_demo_browser.py."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from hspnet.data.demo import demo_hierarchy, draw_demo_image
-from hspnet.demo import (
+from hspnet.apps.demo.page import (
     DemoModel,
     LabelGroups,
     grouped_scores,
@@ -23,9 +23,9 @@ from hspnet.demo import (
     status_message,
     summary_markdown,
 )
-from hspnet.demo_space import write_space
-from hspnet.engine import load_model
-from hspnet.prediction import predict_images, select_labels
+from hspnet.apps.demo.space import write_space
+from hspnet.models.loading import load_model
+from hspnet.apps.predict import predict_images, select_labels
 
 from tests.plugin_fresh_interpreter import check_result
 
@@ -194,7 +194,7 @@ def test_model_failure_is_a_note(demo_model, tmp_path):
 
 
 def test_summary_from_model_card(model_dir, demo_model, tmp_path):
-    from hspnet.training import model_card
+    from hspnet.hub.cards import model_card
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -230,10 +230,10 @@ def test_summary_from_all_results_and_bad_files(demo_model, tmp_path):
 
 
 def test_core_does_not_import_gradio(fresh_package_report):
-    """A fresh interpreter (the shared run of `fresh_package_report`) imports hspnet, hspnet.prediction, hspnet.cli
-    and hspnet.demo (with hspnet.onnx_export) without gradio."""
+    """A fresh interpreter (the shared run of `fresh_package_report`) imports hspnet, hspnet.apps.predict, hspnet.cli
+    and hspnet.apps.demo.page (with hspnet.apps.onnx_export) without gradio."""
     assert not [m for m in fresh_package_report["optional_after_core"] if m.split(".")[0] == "gradio"]
-    assert "hspnet.demo" in fresh_package_report["core_modules"]
+    assert "hspnet.apps.demo.page" in fresh_package_report["core_modules"]
 
 
 def test_missing_gradio_is_a_one_line_error(model_dir, monkeypatch, capsys):
@@ -294,7 +294,7 @@ def test_write_space_copies_model_examples_and_package(model_dir, fresh_remote_r
     names = set(os.listdir(space))
     assert {"app.py", "requirements.txt", "README.md", "examples", "hspnet", "model", ".hspnet-space"} <= names
     assert sorted(os.listdir(space / "examples")) == [f"demo-test-{i:05d}.png" for i in range(6)]
-    assert os.path.isfile(space / "model" / "model.safetensors") and os.path.isfile(space / "hspnet" / "demo.py")
+    assert os.path.isfile(space / "model" / "model.safetensors") and os.path.isfile(space / "hspnet" / "apps" / "demo" / "page.py")
     assert written["pycache"] == []
     requirements = (space / "requirements.txt").read_text().split()
     assert any(r.startswith("gradio") for r in requirements) and any(r.startswith("transformers") for r in requirements)

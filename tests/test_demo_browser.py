@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 class DemoServer:
-    """`python -m hspnet.demo --model MODEL --host 127.0.0.1 --port P`, started (not yet serving: importing torch
+    """`python -m hspnet.apps.demo.page --model MODEL --host 127.0.0.1 --port P`, started (not yet serving: importing torch
     and gradio takes seconds, which a caller can spend starting the browser)."""
 
     def __init__(self, model_dir: str, workdir: str, extra: tuple[str, ...] = ()):
@@ -56,7 +56,7 @@ class DemoServer:
         self.url = f"http://127.0.0.1:{port}/"
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hspnet.demo", "--model", model_dir, "--host", "127.0.0.1", "--port",
+                [sys.executable, "-m", "hspnet.apps.demo.page", "--model", model_dir, "--host", "127.0.0.1", "--port",
                  str(port), *extra],
                 cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
@@ -181,8 +181,8 @@ def test_page_shows_predicts_scores_and_the_controls_work(browser, server, demo_
     from selenium.webdriver.support.ui import WebDriverWait
 
     from hspnet.data.demo import demo_hierarchy, draw_demo_image
-    from hspnet.engine import load_model
-    from hspnet.prediction import predict_images, select_labels
+    from hspnet.models.loading import load_model
+    from hspnet.apps.predict import predict_images, select_labels
 
     image, _ = draw_demo_image(0, "test", 7)
     path = str(tmp_path / "shapes.png")

@@ -1,4 +1,4 @@
-"""scripts/evaluate.py and scripts/predict.py (hspnet.evaluation, hspnet.prediction) on a tiny trained demo model."""
+"""scripts/evaluate.py and scripts/predict.py (hspnet.apps.evaluate, hspnet.apps.predict) on a tiny trained demo model."""
 
 import os
 
@@ -14,8 +14,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hspnet import evaluation, prediction  # noqa: E402
-from hspnet.metrics import average_precision_ranked, compute_all_metrics  # noqa: E402
+from hspnet.apps import evaluate as evaluation  # noqa: E402
+from hspnet.apps import predict as prediction  # noqa: E402
+from hspnet.data.batches import label_permutation  # noqa: E402
+from hspnet.evaluation import report, zero_shot  # noqa: E402
+from hspnet.models import loading  # noqa: E402
+from hspnet.utils.images import ImageReadError  # noqa: E402
+from hspnet.evaluation.metrics import average_precision_ranked, compute_all_metrics  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from tests.conftest import TINY_DEMO_OPTIONS as DEMO_OPTIONS  # noqa: E402
@@ -98,7 +103,7 @@ def _direct_scores(model_dir, paths):
     images = [Image.open(p).convert("RGB") for p in paths]
     with torch.no_grad():
         logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits
-    return torch.sigmoid(logits).numpy(), prediction.label_names(model)
+    return torch.sigmoid(logits).numpy(), loading.label_names(model)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -134,7 +139,7 @@ def test_evaluate_metrics_equal_independent_computation(evaluated, trained_model
     data, hierarchy = test_split
     model = AutoModelForImageClassification.from_pretrained(trained_model).eval()
     processor = AutoImageProcessor.from_pretrained(trained_model)
-    assert prediction.label_names(model) == list(hierarchy.labels)
+    assert loading.label_names(model) == list(hierarchy.labels)
     images = [row["image"].convert("RGB") for row in data]
     targets = to_multi_hot(data["labels"], len(hierarchy.labels))
     with torch.no_grad():
@@ -146,8 +151,8 @@ def test_evaluate_metrics_equal_independent_computation(evaluated, trained_model
     assert [results["per_class_AP"][name] for name in hierarchy.labels] == pytest.approx(per_class.tolist(), abs=1e-4)
 
     # the zero-shot numbers: plain tiny CLIP (seed 0 as in the recipe), "a photo of a {label}.", CLIP's logit scale
-    from hspnet.modeling_prompt_encoder import clip_text_embeddings
-    from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_image_processor, tiny_clip_model
+    from hspnet.models.hspnet.modeling_prompts import clip_text_embeddings
+    from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_image_processor, tiny_clip_model
 
     clip = tiny_clip_model(seed=0)
     with torch.no_grad():
@@ -201,12 +206,12 @@ def test_evaluate_untrained_model_with_other_label_order_and_clip_folder(tiny_cl
 
 
 def test_zero_shot_classifier_formula_and_prompts():
-    from hspnet.modeling_prompt_encoder import clip_text_embeddings
-    from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_model
+    from hspnet.models.hspnet.modeling_prompts import clip_text_embeddings
+    from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_model
 
     clip, tokenizer = tiny_clip_model(seed=1), byte_level_clip_tokenizer()
     labels = ["traffic_light", "cat"]
-    classifier = evaluation.ZeroShotCLIPClassifier(clip, tokenizer, labels)
+    classifier = zero_shot.ZeroShotCLIPClassifier(clip, tokenizer, labels)
     assert classifier.prompts == ["a photo of a traffic light.", "a photo of a cat."]
     assert not hasattr(classifier, "text_model")  # text embeddings are computed once, the text tower is dropped
     assert classifier.logit_scale == pytest.approx(float(clip.logit_scale.detach().exp()))
@@ -216,72 +221,72 @@ def test_zero_shot_classifier_formula_and_prompts():
         text = clip_text_embeddings(clip, tokenizer, classifier.prompts)
         image = clip.get_image_features(pixel_values=pixels).pooler_output
     assert logits.shape == (3, 2)
-    torch.testing.assert_close(logits, evaluation.zero_shot_logits(image, text, classifier.logit_scale))
+    torch.testing.assert_close(logits, zero_shot.zero_shot_logits(image, text, classifier.logit_scale))
     cosine = torch.nn.functional.cosine_similarity(image[:, None], text[None], dim=-1)
     torch.testing.assert_close(logits, classifier.logit_scale * cosine, atol=1e-5, rtol=1e-5)
-    fixed = evaluation.ZeroShotCLIPClassifier(clip, tokenizer, labels, logit_scale=100.0)
+    fixed = zero_shot.ZeroShotCLIPClassifier(clip, tokenizer, labels, logit_scale=100.0)
     assert fixed.logit_scale == 100.0
 
 
 def test_training_records_the_clip_evaluation_uses(trained_model):
-    recorded = evaluation.read_training_args(trained_model)  # training_args.json, written by training
+    recorded = zero_shot.read_training_args(trained_model)  # training_args.json, written by training
     assert recorded["clip_model"] == "tiny-random" and recorded["seed"] == 0 and not recorded["model_name_or_path"]
-    assert evaluation.resolve_zero_shot_clip(trained_model, "auto")[:2] == ("tiny-random", 0)
+    assert zero_shot.resolve_zero_shot_clip(trained_model, "auto")[:2] == ("tiny-random", 0)
 
 
 def test_resolve_zero_shot_clip(make_model, tiny_clip_dir, tmp_path):
     untrained = tmp_path / "untrained"
     make_model().save_pretrained(untrained)  # from_clip + save_pretrained: no training_args.json, nothing recorded
-    clip, seed, message = evaluation.resolve_zero_shot_clip(str(untrained), "auto")
+    clip, seed, message = zero_shot.resolve_zero_shot_clip(str(untrained), "auto")
     assert clip is None and seed == 0 and "--zero_shot_clip" in message and "training_args.json" in message
     # what training records beside the model: the base CLIP and the seed the tiny random CLIP is rebuilt with
     args = untrained / "training_args.json"
     args.write_text(json.dumps({"clip_model": "tiny-random", "seed": 3, "model_name_or_path": None, "epochs": 1}))
-    assert evaluation.read_training_args(str(untrained))["seed"] == 3
-    assert evaluation.resolve_zero_shot_clip(str(untrained), "auto")[:2] == ("tiny-random", 3)
-    assert evaluation.resolve_zero_shot_clip(str(untrained), "tiny-random")[:2] == ("tiny-random", 3)
-    clip, _, message = evaluation.resolve_zero_shot_clip(str(untrained), "none")
+    assert zero_shot.read_training_args(str(untrained))["seed"] == 3
+    assert zero_shot.resolve_zero_shot_clip(str(untrained), "auto")[:2] == ("tiny-random", 3)
+    assert zero_shot.resolve_zero_shot_clip(str(untrained), "tiny-random")[:2] == ("tiny-random", 3)
+    clip, _, message = zero_shot.resolve_zero_shot_clip(str(untrained), "none")
     assert clip is None and "skipped" in message
     args.write_text(json.dumps({"clip_model": tiny_clip_dir, "seed": 0}))
-    assert evaluation.resolve_zero_shot_clip(str(untrained), "auto")[0] == tiny_clip_dir
+    assert zero_shot.resolve_zero_shot_clip(str(untrained), "auto")[0] == tiny_clip_dir
     args.write_text(json.dumps({"clip_model": str(tmp_path / "gone"), "seed": 0}))  # neither a folder nor cached
-    clip, _, message = evaluation.resolve_zero_shot_clip(str(untrained), "auto")
+    clip, _, message = zero_shot.resolve_zero_shot_clip(str(untrained), "auto")
     assert clip is None and "neither a local folder nor in the Hugging Face cache" in message
     # fine-tuned from another HSPNet: its clip_model is not the CLIP the weights came from
     args.write_text(json.dumps({"clip_model": "tiny-random", "model_name_or_path": "outputs/demo", "seed": 0}))
-    assert evaluation.resolve_zero_shot_clip(str(untrained), "auto")[0] is None
+    assert zero_shot.resolve_zero_shot_clip(str(untrained), "auto")[0] is None
     for text, field in (('["tiny-random"]', "JSON object"), ('{"clip_model": 3}', "clip_model"),
                         ('{"seed": "0"}', "seed"), ('{"seed": true}', "seed")):
         args.write_text(text)
         with pytest.raises(ValueError, match=f"training_args.json.*{field}"):
-            evaluation.resolve_zero_shot_clip(str(untrained), "auto")
+            zero_shot.resolve_zero_shot_clip(str(untrained), "auto")
     args.write_text("{not json")
     with pytest.raises(OSError, match="training_args.json: the training arguments file is not valid JSON"):
-        evaluation.read_training_args(str(untrained))
-    assert evaluation.resolve_zero_shot_clip(str(untrained), "none")[0] is None  # not read when not needed
-    assert evaluation.resolve_zero_shot_clip(str(untrained), "some/clip")[0] == "some/clip"
+        zero_shot.read_training_args(str(untrained))
+    assert zero_shot.resolve_zero_shot_clip(str(untrained), "none")[0] is None  # not read when not needed
+    assert zero_shot.resolve_zero_shot_clip(str(untrained), "some/clip")[0] == "some/clip"
     with pytest.raises(FileNotFoundError, match="no/such/clip-folder"):
-        evaluation.load_zero_shot_clip("./no/such/clip-folder")
+        zero_shot.load_zero_shot_clip("./no/such/clip-folder")
 
 
 def test_per_class_table_plot_and_pr_curve(tmp_path, monkeypatch):
     scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.3, 0.7], [0.2, 0.05]])
     targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]])
-    rows = evaluation.per_class_table(scores, targets, ["a", "b"], ["g", "g"], zero_shot_scores=scores[:, ::-1])
+    rows = report.per_class_table(scores, targets, ["a", "b"], ["g", "g"], zero_shot_scores=scores[:, ::-1])
     assert [r["positives"] for r in rows] == [2, 1]
     assert rows[0]["AP"] == pytest.approx(100 * (1 + 2 / 3) / 2)
     assert rows[1]["AP"] == pytest.approx(100.0) and rows[1]["AP_tie_aware"] == pytest.approx(50.0)  # tie at 0.7
     assert rows[0]["AP_gain"] == pytest.approx(rows[0]["AP"] - rows[0]["zero_shot_AP"])
-    precision, recall = evaluation.precision_recall_curve(scores[:, 1], targets[:, 1])
+    precision, recall = report.precision_recall_curve(scores[:, 1], targets[:, 1])
     assert precision.tolist() == [0.5, 1 / 3, 0.25] and recall.tolist() == [1.0, 1.0, 1.0]
-    assert evaluation.precision_recall_curve(scores[:, 0], np.zeros(4))[0].size == 0
+    assert report.precision_recall_curve(scores[:, 0], np.zeros(4))[0].size == 0
     with pytest.raises(ValueError, match="csv or .md"):
-        evaluation.write_per_class_table(rows, str(tmp_path / "table.txt"))
-    path = evaluation.plot_report(scores, targets, ["a", "b"], str(tmp_path / "r.png"), zero_shot_scores=scores)
+        report.write_per_class_table(rows, str(tmp_path / "table.txt"))
+    path = report.plot_report(scores, targets, ["a", "b"], str(tmp_path / "r.png"), zero_shot_scores=scores)
     assert open(path, "rb").read(8) == PNG_SIGNATURE
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with pytest.raises(ImportError, match="needs matplotlib.*--no_plot"):
-        evaluation.plot_report(scores, targets, ["a", "b"], str(tmp_path / "r2.png"))
+        report.plot_report(scores, targets, ["a", "b"], str(tmp_path / "r2.png"))
 
 
 def test_evaluate_unknown_split_exits_with_one_line_message(trained_model, workspace, run_script):
@@ -304,8 +309,8 @@ def test_evaluate_bad_inputs_give_clear_errors(trained_model, workspace, tmp_pat
     with pytest.raises(FileNotFoundError, match="no_such_prepared"):
         evaluation.load_eval_split(str(tmp_path / "no_such_prepared"))
     with pytest.raises(ValueError, match=r"only in the model \['c'\], only in the dataset \['d'\]"):
-        evaluation.label_permutation(["a", "b", "c"], ["b", "a", "d"])
-    assert evaluation.label_permutation(["a", "b", "c"], ["c", "a", "b"]) == [2, 0, 1]
+        label_permutation(["a", "b", "c"], ["b", "a", "d"])
+    assert label_permutation(["a", "b", "c"], ["c", "a", "b"]) == [2, 0, 1]
     missing = str(tmp_path / "no_model_here")
     code = evaluation.main(["--model", missing, "--dataset", "demo", "--cache_dir", cache])
     err = capsys.readouterr().err.strip().splitlines()
@@ -337,7 +342,7 @@ def test_collect_image_paths(image_dir, tmp_path):
 
 def test_predict_scores_equal_model_forward(trained_model, image_dir):
     _, paths = image_dir
-    model, processor = prediction.load_model(trained_model)
+    model, processor = loading.load_model(trained_model)
     results = prediction.predict_images(model, processor, paths, batch_size=2, top_k=12, threshold=None,
                                         all_scores=True, progress=False)
     expected, names = _direct_scores(trained_model, paths)
@@ -410,9 +415,9 @@ def test_predict_bad_inputs(trained_model, image_dir, tmp_path, capsys):
     fake.write_text("text")
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(open(paths[0], "rb").read()[:60])
-    model, processor = prediction.load_model(trained_model)
+    model, processor = loading.load_model(trained_model)
     for bad in (fake, truncated):
-        with pytest.raises(prediction.ImageReadError, match=str(bad.name)):
+        with pytest.raises(ImageReadError, match=str(bad.name)):
             prediction.predict_images(model, processor, [paths[0], str(bad)], progress=False)
     results = prediction.predict_images(model, processor, [str(fake), paths[0], str(truncated), paths[1]],
                                         batch_size=3, on_error="skip", progress=False)
@@ -425,11 +430,11 @@ def test_predict_bad_inputs(trained_model, image_dir, tmp_path, capsys):
     assert "none of the 1 image(s) could be read" in capsys.readouterr().err
 
     missing = str(tmp_path / "no_model")
-    with pytest.raises(prediction.ModelLoadError, match="no_model: model folder does not exist"):
-        prediction.load_model(missing)
+    with pytest.raises(loading.ModelLoadError, match="no_model: model folder does not exist"):
+        loading.load_model(missing)
     (tmp_path / "not_a_model").mkdir()
-    with pytest.raises(prediction.ModelLoadError, match="no config.json"):
-        prediction.load_model(str(tmp_path / "not_a_model"))
+    with pytest.raises(loading.ModelLoadError, match="no config.json"):
+        loading.load_model(str(tmp_path / "not_a_model"))
     assert prediction.main([paths[0], "--model", missing, "--no_progress"]) == 1
     assert capsys.readouterr().err.strip() == f"predict.py: error: {missing}: model folder does not exist"
     for argv in ([str(tmp_path / "nope.png")], ["https://example.com/a.jpg"], [str(tmp_path / "not_a_model")]):

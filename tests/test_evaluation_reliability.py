@@ -1,7 +1,7 @@
 """evaluate: images read as predict reads them, nothing overwritten, every bad input named in one line (issue 10).
 
 Expected values come from first principles (numpy arrays, the EXIF specification, the model's own forward on the
-equivalent 8-bit images and hspnet.metrics on those logits), never from the code under test.
+equivalent 8-bit images and hspnet.evaluation.metrics on those logits), never from the code under test.
 """
 
 import os
@@ -17,8 +17,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hspnet import engine, evaluation, prediction  # noqa: E402
-from hspnet.metrics import average_precision_ranked, compute_all_metrics  # noqa: E402
+from hspnet.apps import evaluate as evaluation  # noqa: E402
+from hspnet.data import batches  # noqa: E402
+from hspnet.evaluation import report, zero_shot  # noqa: E402
+from hspnet.models import loading  # noqa: E402
+from hspnet.apps.predict import load_image  # noqa: E402
+from hspnet.utils.images import ImageReadError  # noqa: E402
+from hspnet.evaluation.metrics import average_precision_ranked, compute_all_metrics  # noqa: E402
 from tests.test_prediction_reliability import (  # noqa: E402
     LABELS,
     digest_tree,
@@ -93,12 +98,12 @@ def test_eval_transform_reads_images_like_predict(folder):
     names = ["img/deep.png", "img/tagged.jpg", "img/float.tif", "img/plain.png"]
     paths = [str(folder.root / name) for name in names]
     expected = processor(images=[folder.expected[n] for n in names], return_tensors="pt")["pixel_values"]
-    from_predict = processor(images=[prediction.load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+    from_predict = processor(images=[load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(from_predict, expected, rtol=0, atol=0)
 
     table = datasets.Dataset.from_dict({"image": paths, "labels": [[0], [1, 2], [2], [0, 3]]})
     table = table.cast_column("image", datasets.Image())
-    transform = engine.make_transform(processor, len(LABELS), permutation=[3, 2, 1, 0])
+    transform = batches.make_transform(processor, len(LABELS), permutation=[3, 2, 1, 0])
     for data in (table.cast_column("image", datasets.Image(decode=False)), table):  # files, or datasets' decoding
         batch = data.with_transform(transform)[:]
         torch.testing.assert_close(batch["pixel_values"], expected, rtol=0, atol=0)
@@ -160,8 +165,8 @@ def test_unreadable_dataset_images_are_named(folder, tmp_path, capsys):
 
     bomb = write_png_bomb(tmp_path / "bomb.png")
     table = datasets.Dataset.from_dict({"image": [bomb], "labels": [[0]]})
-    transform = engine.make_transform(lambda images, return_tensors: None, 4)
-    with pytest.raises(prediction.ImageReadError, match="bomb.png.*decompression bomb"):
+    transform = batches.make_transform(lambda images, return_tensors: None, 4)
+    with pytest.raises(ImageReadError, match="bomb.png.*decompression bomb"):
         table.cast_column("image", datasets.Image(decode=False)).with_transform(transform)[:]
 
 
@@ -195,9 +200,9 @@ def test_failed_writes_leave_previous_outputs_intact(folder, tmp_path, capsys, m
 
     scores, targets = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [0, 1]])
     with pytest.raises(OSError, match="report.png: cannot write it"):
-        evaluation.plot_report(scores, targets, ["a", "b"], str(out / "report.png"))
+        report.plot_report(scores, targets, ["a", "b"], str(out / "report.png"))
     with pytest.raises(OSError, match="per_class_ap.csv: cannot write it"):
-        evaluation.write_per_class_table(evaluation.per_class_table(scores, targets, ["a", "b"]),
+        report.write_per_class_table(report.per_class_table(scores, targets, ["a", "b"]),
                                          str(out / "per_class_ap.csv"))
     assert {name: (out / name).read_text() for name in previous} == previous
 
@@ -255,7 +260,7 @@ def test_broken_model_in_evaluate_is_one_line_and_debug_raises(folder, tmp_path,
     assert evaluation.main(args) == 1
     assert _one_error_line(capsys).startswith(f"evaluate.py: error: {broken / 'model.safetensors'}: not a complete "
                                               "safetensors file (0 bytes")
-    with pytest.raises(prediction.ModelLoadError, match="model.safetensors: not a complete"):
+    with pytest.raises(loading.ModelLoadError, match="model.safetensors: not a complete"):
         evaluation.main(args + ["--debug"])  # the exception propagates: Python prints the traceback
 
 
@@ -280,47 +285,47 @@ def test_run_evaluation_checks_options_before_any_work(folder, tmp_path, option,
 
 
 def test_evaluation_library_functions_check_their_arguments():
-    from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_model
+    from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_model
 
     scores, targets = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [0, 1]])
     with pytest.raises(ValueError, match=r"C = 3 labels"):
-        evaluation.per_class_table(scores, targets, ["a", "b", "c"])
+        report.per_class_table(scores, targets, ["a", "b", "c"])
     with pytest.raises(ValueError, match="NaN"):
-        evaluation.per_class_table(np.array([[np.nan, 0.1], [0.2, 0.8]]), targets, ["a", "b"])
+        report.per_class_table(np.array([[np.nan, 0.1], [0.2, 0.8]]), targets, ["a", "b"])
     with pytest.raises(ValueError, match="0/1"):
-        evaluation.per_class_table(scores, targets * 2, ["a", "b"])
+        report.per_class_table(scores, targets * 2, ["a", "b"])
     with pytest.raises(ValueError, match="1 groups for 2 labels"):
-        evaluation.per_class_table(scores, targets, ["a", "b"], groups=["g"])
+        report.per_class_table(scores, targets, ["a", "b"], groups=["g"])
     with pytest.raises(ValueError, match="zero_shot_scores"):
-        evaluation.per_class_table(scores, targets, ["a", "b"], zero_shot_scores=scores[:1])
+        report.per_class_table(scores, targets, ["a", "b"], zero_shot_scores=scores[:1])
     with pytest.raises(ValueError, match="3 scores for 2 targets"):
-        evaluation.precision_recall_curve([0.1, 0.2, 0.3], [0, 1])
+        report.precision_recall_curve([0.1, 0.2, 0.3], [0, 1])
     with pytest.raises(ValueError, match="num_curves"):
-        evaluation.report_png(scores, targets, ["a", "b"], num_curves=0)
+        report.report_png(scores, targets, ["a", "b"], num_curves=0)
     with pytest.raises(ValueError, match=r"\(B, D\) image and \(C, D\) text"):
-        evaluation.zero_shot_logits(torch.ones(2, 4), torch.ones(3, 5), 10.0)
+        zero_shot.zero_shot_logits(torch.ones(2, 4), torch.ones(3, 5), 10.0)
     with pytest.raises(ValueError, match="logit_scale"):
-        evaluation.zero_shot_logits(torch.ones(2, 4), torch.ones(3, 4), float("nan"))
+        zero_shot.zero_shot_logits(torch.ones(2, 4), torch.ones(3, 4), float("nan"))
     clip, tokenizer = tiny_clip_model(seed=0), byte_level_clip_tokenizer()
     with pytest.raises(ValueError, match="logit_scale"):
-        evaluation.ZeroShotCLIPClassifier(clip, tokenizer, ["cat"], logit_scale=-1.0)
+        zero_shot.ZeroShotCLIPClassifier(clip, tokenizer, ["cat"], logit_scale=-1.0)
     with pytest.raises(ValueError, match="at least one label"):
-        evaluation.ZeroShotCLIPClassifier(clip, tokenizer, [])
+        zero_shot.ZeroShotCLIPClassifier(clip, tokenizer, [])
     with pytest.raises(ValueError, match="exactly one"):
-        evaluation.ZeroShotCLIPClassifier(clip, tokenizer, ["cat"], template="a {name}")
-    assert evaluation.check_zero_shot_template("a {{literal}} {}") == "a {{literal}} {}"
-    assert evaluation.zero_shot_prompt("traffic_light", "a {{x}} {}.") == "a {x} traffic light."
+        zero_shot.ZeroShotCLIPClassifier(clip, tokenizer, ["cat"], template="a {name}")
+    assert zero_shot.check_zero_shot_template("a {{literal}} {}") == "a {{literal}} {}"
+    assert zero_shot.zero_shot_prompt("traffic_light", "a {{x}} {}.") == "a {x} traffic light."
     with pytest.raises(ValueError, match="max_samples"):
         evaluation.load_eval_split("demo", max_samples=0, dataset_options={"num_train": 4, "num_test": 4})
     with pytest.raises(ValueError, match="num_labels"):
-        engine.make_transform(None, 0)
+        batches.make_transform(None, 0)
 
 
 def test_training_args_and_model_card_never_block_on_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "training_args.json")
-    with pytest.raises(prediction.ModelLoadError, match="training_args.json: the training arguments file is a FIFO"):
-        evaluation.read_training_args(str(tmp_path))
+    with pytest.raises(loading.ModelLoadError, match="training_args.json: the training arguments file is a FIFO"):
+        zero_shot.read_training_args(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
     os.mkfifo(tmp_path / "README.md")
-    with pytest.raises(prediction.ModelLoadError, match="README.md: the model card file is a FIFO"):
-        prediction.check_model_folder(str(tmp_path))
+    with pytest.raises(loading.ModelLoadError, match="README.md: the model card file is a FIFO"):
+        loading.check_model_folder(str(tmp_path))

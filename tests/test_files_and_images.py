@@ -1,4 +1,4 @@
-"""The shared writers (`hspnet.files`) and image reader (`hspnet.images`) used by every front end."""
+"""The shared writers (`hspnet.utils.files`) and image reader (`hspnet.utils.images`) used by every front end."""
 
 import io
 import os
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hspnet.files import atomic_write, refuse_inputs_as_output, write_json, write_text
-from hspnet.images import ImageReadError, open_image, to_rgb
+from hspnet.utils.files import atomic_write, refuse_inputs_as_output, write_json, write_text
+from hspnet.utils.images import ImageReadError, open_image, to_rgb
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):

@@ -21,9 +21,12 @@ import pytest
 import torch
 import yaml
 
-from hspnet import hub
-from hspnet.hub import HubUploader
-from hspnet.training import BEST_MARKER_NAME, TrainingConfig, model_files, train
+from hspnet.hub import cards, transfer
+from hspnet.hub.transfer import HubUploader
+from hspnet.training.run_folder import BEST_MARKER_NAME, model_files
+from hspnet.training.arguments import TrainingConfig
+from hspnet.training.ema import ModelEMA
+from hspnet.training.loop import train
 from tests.test_training import as_argv, one_thread, tiny_options
 from tests.test_training_reliability import error_line, run_main
 
@@ -152,13 +155,13 @@ def no_leftovers(folder: Path):
 
 
 def test_card_yaml_is_safe_and_the_model_index_is_complete(make_model):
-    metadata = hub.card_metadata(
+    metadata = cards.card_metadata(
         tags=["hspnet", "custom_code"], license="apache-2.0", datasets=["user/data: with colon"],
         base_model="openai/clip-vit-base-patch16",
-        model_index=hub.model_index("HSPNet (COCO-2014, 'RN50')", dataset_type="coco", dataset_name="yes",
+        model_index=cards.model_index("HSPNet (COCO-2014, 'RN50')", dataset_type="coco", dataset_name="yes",
                                     dataset_split="test",
                                     metrics=[{"type": "mAP", "value": 75.7, "name": "mAP: published # not measured"}]))
-    card = hub.render_card(metadata, "\n# Title\n")
+    card = cards.render_card(metadata, "\n# Title\n")
     assert card.endswith("---\n\n# Title\n")
     loaded = card_metadata(card)
     assert loaded == metadata  # quotes, colons, '#', 'yes' all survive
@@ -167,28 +170,22 @@ def test_card_yaml_is_safe_and_the_model_index_is_complete(make_model):
     assert result["metrics"][0]["value"] == 75.7 and result["task"]["type"] == "image-classification"
     assert list(loaded)[:3] == ["library_name", "pipeline_tag", "tags"]
     with pytest.raises(ValueError, match="YAML round trip"):
-        hub.render_card({"x": float("nan")}, "")
+        cards.render_card({"x": float("nan")}, "")
 
     config = make_model().config
-    final = hub.model_card(config, dataset="demo", metrics={"mAP": 88.25, "CF1": 70.0, "num_samples": 9},
+    final = cards.model_card(config, dataset="demo", metrics={"mAP": 88.25, "CF1": 70.0, "num_samples": 9},
                            recipe={"seed": 0}, repo_id="me/m", base_model="tiny-random", license="mit")
     meta = card_metadata(final)
     assert meta["license"] == "mit" and meta["datasets"] == ["demo"] and meta["base_model"] == "tiny-random"
     assert [m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]] == ["mAP", "CF1"]
     assert "Training in progress" not in final and "| mAP | 88.25 |" in final
-    progress = hub.model_card(config, dataset="demo", metrics=None, recipe={"seed": 0}, repo_id="me/m",
+    progress = cards.model_card(config, dataset="demo", metrics=None, recipe={"seed": 0}, repo_id="me/m",
                               progress={"epoch": 3, "epochs": 60, "step": 1234, "total_steps": 38460,
                                         "best_metric": 71.234, "best_epoch": 2, "selection_split": "validation"})
     assert "model-index" not in card_metadata(progress)  # test metrics exist only at the end
     assert ("**Training in progress**: epoch 3 of 60, step 1234 of 38460; best validation mAP so far **71.23** "
             "(epoch 2)") in progress
     assert "replaced by the final one" in progress
-
-
-def test_training_reexports_the_card_builder():
-    import hspnet.training as training
-
-    assert training.model_card is hub.model_card
 
 
 # --- what each strategy pushes, and when ------------------------------------------------------------------------------
@@ -255,7 +252,7 @@ def test_each_strategy_pushes_its_files_at_each_save(strategy, tmp_path, fake_hu
 def test_the_card_pushed_during_training_says_it_is_in_progress(tmp_path, fake_hub, monkeypatch):
     synchronous_uploads(monkeypatch)
     cards = {}
-    original_commit = hub._commit
+    original_commit = transfer._commit
 
     def commit(api, repo_id, files, message):
         for path_in_repo, local in files:
@@ -263,7 +260,7 @@ def test_the_card_pushed_during_training_says_it_is_in_progress(tmp_path, fake_h
                 cards[message] = Path(local).read_text()
         return original_commit(api, repo_id, files, message)
 
-    monkeypatch.setattr(hub, "_commit", commit)
+    monkeypatch.setattr(transfer, "_commit", commit)
     train(TrainingConfig(**hub_options(tmp_path, hub_strategy="every_save", epochs=2)))
     in_progress = cards["Training in progress, epoch 0, step 6"]
     assert "**Training in progress**: epoch 0 of 2, step 6 of 12; best validation mAP so far" in in_progress
@@ -428,7 +425,7 @@ def test_a_failed_final_upload_exits_1_with_one_line(tmp_path, fake_hub, monkeyp
 
     # the command the message gives uploads the folder (model files and card only, one commit)
     fake_hub.fail_commit = lambda record: None
-    assert hub.main(["push", out, "me/hspnet-demo"]) == 0
+    assert transfer.main(["push", out, "me/hspnet-demo"]) == 0
     assert set(fake_hub.commits[-1]["files"]) == set(model_files(out))
 
 
@@ -449,7 +446,6 @@ def test_resume_from_the_hub_in_a_fresh_folder_matches_an_uninterrupted_run(unin
     mid-epoch 1, with the best model of epoch 0). Run C, on "another machine" (a fresh output folder, no local
     checkpoint), resumes from the Hub and ends bit-identical to A; so does run D, resumed from the older pushed state
     `hub:checkpoints/epoch_0-step_6`."""
-    import hspnet.training as training
     from safetensors.torch import load_file
 
     full, out_a = uninterrupted_ten_step_run
@@ -458,7 +454,7 @@ def test_resume_from_the_hub_in_a_fresh_folder_matches_an_uninterrupted_run(unin
     pushed = dict(full, output_dir=str(tmp_path / "died"), cache_dir=str(tmp_path / "cache"), push_to_hub=True,
                   hub_model_id="me/hspnet-demo", hub_strategy="all_checkpoints")
     calls = {"n": 0}
-    original = training.ModelEMA.update
+    original = ModelEMA.update
 
     def update(self, model):
         calls["n"] += 1
@@ -466,10 +462,10 @@ def test_resume_from_the_hub_in_a_fresh_folder_matches_an_uninterrupted_run(unin
             raise RuntimeError("the machine went away")
         return original(self, model)
 
-    monkeypatch.setattr(training.ModelEMA, "update", update)
+    monkeypatch.setattr(ModelEMA, "update", update)
     with pytest.raises(RuntimeError, match="went away"):
         train(TrainingConfig(**pushed))
-    monkeypatch.setattr(training.ModelEMA, "update", original)
+    monkeypatch.setattr(ModelEMA, "update", original)
     assert [c["step"] for c in fake_hub.commits] == [4, 6, 8]
     info = json.loads((fake_hub.folder("me/hspnet-demo") / "last-checkpoint" / "hspnet_checkpoint.json").read_text())
     assert (info["name"], info["step"], info["best_model"]["epoch"]) == ("step_8", 8, 0)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.plugin_fresh_interpreter import check_result
 
-FILE = Path(__file__).resolve().parents[1] / "hspnet" / "image_processing_hspnet.py"
+FILE = Path(__file__).resolve().parents[1] / "hspnet" / "models" / "hspnet" / "image_processing_hspnet.py"
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 # (width, height) as PIL reports them: common COCO shapes (odd crop margins), square, and small/odd ones.

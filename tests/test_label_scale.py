@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from hspnet.modeling_label_graph import process_relation
-from hspnet.modeling_prompt_encoder import (
+from hspnet.models.hspnet.modeling_label_graph import process_relation
+from hspnet.models.hspnet.modeling_prompts import (
     LabelChunk,
     encode_prompt_embeddings,
     encode_shared_prefix_prompts,
@@ -189,7 +189,7 @@ def test_adjacency_is_computed_once_not_per_step(make_model, pixel_values, label
 def test_weighted_label_sample_is_an_unbiased_estimate_of_the_loss():
     import itertools
 
-    from hspnet.losses import build_loss
+    from hspnet.models.hspnet.losses import build_loss
 
     torch.manual_seed(0)
     logits, targets = torch.randn(4, 6), torch.zeros(4, 6)
@@ -212,7 +212,7 @@ def test_weighted_label_sample_is_an_unbiased_estimate_of_the_loss():
 
 def test_losses_that_couple_labels_refuse_sampling():
     from hspnet import HSPNetConfig
-    from hspnet.losses import build_loss
+    from hspnet.models.hspnet.losses import build_loss
 
     with pytest.raises(ValueError, match="couples the labels"):
         build_loss("epr", 6, expected_num_pos=1.5)(torch.zeros(2, 3), torch.zeros(2, 3), label_weights=torch.ones(3))
@@ -222,7 +222,7 @@ def test_losses_that_couple_labels_refuse_sampling():
 
 
 def test_induced_adjacency_by_hand():
-    from hspnet.modeling_label_graph import _induced_adjacency
+    from hspnet.models.hspnet.modeling_label_graph import _induced_adjacency
 
     # a 4-label adjacency with p = 0.2: row 0 has neighbours 1 (0.15) and 2 (0.05); row 2 only neighbour 3
     adjacency = torch.tensor([[0.8, 0.15, 0.05, 0.0],
@@ -264,7 +264,8 @@ def test_sampled_training_step(make_model, pixel_values, labels6):
 
 def test_training_script_samples_labels(tmp_path, monkeypatch):
     from hspnet import HSPNetForImageClassification
-    from hspnet.training import TrainingConfig, train
+    from hspnet.training.arguments import TrainingConfig
+    from hspnet.training.loop import train
     from tests.test_training import tiny_options
 
     calls = []

@@ -1,4 +1,4 @@
-"""Everything around the model at C = 10,000 labels, with the tiny random CLIP (`hspnet.tiny_clip`).
+"""Everything around the model at C = 10,000 labels, with the tiny random CLIP (`hspnet.utils.tiny_clip`).
 
 `test_everything_at_10000_labels` goes through the public entry points, as a user would, at C = 10,000:
 
@@ -6,10 +6,10 @@
    automatic hierarchy (CLIP text embeddings of the names, spherical k-means, the default round(sqrt(C)) = 100
    groups), checked against a hierarchy recomputed from scratch (deterministic);
 2. `hspnet.training.train` for two steps on the tiny CLIP;
-3. `hspnet.evaluation.main` (metrics, 10,000-row per-class tables, a report.png with a capped bar chart), checked
-   against `hspnet.metrics.compute_all_metrics` on logits computed directly;
+3. `hspnet.apps.evaluate.main` (metrics, 10,000-row per-class tables, a report.png with a capped bar chart), checked
+   against `hspnet.evaluation.metrics.compute_all_metrics` on logits computed directly;
 4. `save_pretrained` / `from_pretrained` (same logits), and the folder size;
-5. `hspnet.prediction.main --top_k` (JSONL and table) and `pipeline("image-classification")(image, top_k=...)`,
+5. `hspnet.apps.predict.main --top_k` (JSONL and table) and `pipeline("image-classification")(image, top_k=...)`,
    checked against the top-k of the model's own logits.
 
 Each stage's time and the process's peak RSS are printed (`pytest -s`). The small tests below check the pieces
@@ -96,7 +96,7 @@ def _write_image_folder(root: str, names: list[str]) -> dict:
 
 def _logits(model, processor, paths: list[str]) -> torch.Tensor:
     """The model's logits for ``paths`` in ONE batch, images read as evaluate / predict read them."""
-    from hspnet.images import open_image
+    from hspnet.utils.images import open_image
 
     pixels = processor(images=[open_image(path) for path in paths], return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
@@ -120,12 +120,15 @@ def test_everything_at_10000_labels(workdir, capsys):
 
     import hspnet  # noqa: F401  (registers HSPNet with the Auto classes, for the pipeline)
     from hspnet import HSPNetForImageClassification
-    from hspnet import evaluation, prediction
+    from hspnet.apps import evaluate as evaluation
+    from hspnet.apps import predict as prediction
+    from hspnet.evaluation import report
     from hspnet.data import get_hierarchy, load_image_folder
     from hspnet.data.clustering import cluster_label_embeddings, default_num_groups, label_text_embeddings
-    from hspnet.metrics import average_precision_ranked, compute_all_metrics
-    from hspnet.tiny_clip import save_tiny_clip
-    from hspnet.training import TrainingConfig, train
+    from hspnet.evaluation.metrics import average_precision_ranked, compute_all_metrics
+    from hspnet.utils.tiny_clip import save_tiny_clip
+    from hspnet.training.arguments import TrainingConfig
+    from hspnet.training.loop import train
 
     clock = _Clock()
     # the tiny CLIP made smaller still (width 16, one layer): the text tower runs over 10,000 prompts many times
@@ -208,9 +211,9 @@ def test_everything_at_10000_labels(workdir, capsys):
     assert (open(os.path.join(eval_dir, "per_class_ap.md"), encoding="utf-8").read().count("\n") == C + 2)
     png = open(os.path.join(eval_dir, "report.png"), "rb").read()
     assert png.startswith(b"\x89PNG")
-    first, second, note = evaluation.bar_classes(ap, targets.sum(axis=0))
+    first, second, note = report.bar_classes(ap, targets.sum(axis=0))
     drawn = first + second
-    assert len(drawn) == min(evaluation.MAX_BARS, int((targets.sum(axis=0) > 0).sum())) and "not drawn" in note
+    assert len(drawn) == min(report.MAX_BARS, int((targets.sum(axis=0) > 0).sum())) and "not drawn" in note
     assert all(targets[:, i].sum() > 0 for i in drawn)
     stdout = capsys.readouterr().out
     assert f"... ({C - 40} more, see per_class_ap.csv) ..." in stdout  # the printed table is cut too
@@ -339,7 +342,7 @@ def test_clustering_equals_the_reference_implementations():
 
 
 def test_blocked_metrics_are_bit_identical(monkeypatch):
-    import hspnet.metrics as metrics
+    import hspnet.evaluation.metrics as metrics
 
     rng = np.random.default_rng(0)
     cases = []
@@ -364,7 +367,7 @@ def test_blocked_metrics_are_bit_identical(monkeypatch):
 
 
 def test_bar_chart_is_capped():
-    from hspnet.evaluation import bar_classes
+    from hspnet.apps.evaluate import bar_classes
 
     ap = np.array([50.0, 10.0, 0.0, 90.0, 0.0, 30.0])
     positives = np.array([2, 1, 0, 3, 1, 1])
@@ -376,7 +379,7 @@ def test_bar_chart_is_capped():
 
 
 def test_batched_label_selection_equals_select_labels():
-    from hspnet.prediction import select_label_rows, select_labels
+    from hspnet.apps.predict import select_label_rows, select_labels
 
     generator = torch.Generator().manual_seed(0)
     names = [f"label {i}" for i in range(30)]

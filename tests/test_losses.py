@@ -1,4 +1,4 @@
-"""Hand-checked tests of hspnet.losses.
+"""Hand-checked tests of hspnet.models.hspnet.losses.
 
 Every expected value is written out with math.log / math.exp from the
 paper's formula, never captured from the implementation.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hspnet import losses as L
-from hspnet.losses import LOSS_DEFAULTS, LOSSES, build_loss
+from hspnet.models.hspnet import losses as L
+from hspnet.models.hspnet.losses import LOSS_DEFAULTS, LOSSES, build_loss
 
 
 def sig(x):

@@ -1,4 +1,4 @@
-"""Hand-checked tests of hspnet.metrics and the evaluate module."""
+"""Hand-checked tests of hspnet.evaluation.metrics and the evaluate module."""
 
 import os
 
@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 
-from hspnet import metrics as M  # noqa: E402
-from hspnet.metrics import (  # noqa: E402
+from hspnet.evaluation import metrics as M  # noqa: E402
+from hspnet.evaluation.metrics import (
     MultiLabelMetricAccumulator,
     average_precision_ranked,
     average_precision_tie_aware,

@@ -3,7 +3,7 @@ the training run's loss state out (the averaging itself is checked by hand in `t
 
 import torch
 
-from hspnet.recipe import ModelEMA
+from hspnet.training.ema import ModelEMA
 
 
 def test_the_copy_shares_constant_buffers_and_adjacencies_and_not_the_loss_state(make_model, pixel_values):

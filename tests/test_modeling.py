@@ -5,7 +5,7 @@ import torch
 from transformers import CLIPModel
 
 from hspnet import HSPNetForImageClassification, HSPNetModel, encode_prompt_embeddings
-from hspnet.tiny_clip import byte_level_clip_tokenizer
+from hspnet.utils.tiny_clip import byte_level_clip_tokenizer
 from tests.reference_hspnet import plain_hspnet_logits
 
 
@@ -242,7 +242,7 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         "modeling_from_clip.py",
         "modeling_hspnet.py",
         "modeling_label_graph.py",
-        "modeling_prompt_encoder.py",
+        "modeling_prompts.py",
         "modeling_text_cache.py",
         "preprocessor_config.json",
     ]

@@ -32,7 +32,7 @@ def test_load_in_bfloat16_runs_and_keeps_the_relation_exact(make_model, pixel_va
 def test_half_precision_cast_keeps_the_graph():
     """Casting the model must not round the raw similarities: top-k on rounded values would pick other neighbours."""
     from hspnet import HSPNetConfig, HSPNetModel
-    from hspnet.tiny_clip import tiny_clip_config
+    from hspnet.utils.tiny_clip import tiny_clip_config
 
     rng = np.random.default_rng(0)
     n_labels = 12

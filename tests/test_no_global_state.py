@@ -12,7 +12,7 @@ def test_import_training_and_inference_leave_torch_untouched(fresh_package_repor
     """Importing hspnet's core, two training steps and inference, save_pretrained, AutoModel...from_pretrained (the
     registered HSPNet class) and two more training steps and inference: nothing changed."""
     loaded = check_result(fresh_package_report["train_save_load"])["loaded"]
-    assert loaded == "hspnet.modeling_hspnet.HSPNetForImageClassification"
+    assert loaded == "hspnet.models.hspnet.modeling_hspnet.HSPNetForImageClassification"
     assert fresh_package_report["changed"] == [], fresh_package_report
 
 

@@ -1,4 +1,4 @@
-"""ONNX export (`hspnet export-onnx`, `hspnet.onnx_export`): onnxruntime's logits equal the PyTorch model's for the ViT
+"""ONNX export (`hspnet export-onnx`, `hspnet.apps.onnx_export`): onnxruntime's logits equal the PyTorch model's for the ViT
 and the ResNet towers, at batch 1 and 8, on random and on real (demo) images; the file carries its labels and
 preprocessing; errors are one line; outputs are written atomically; the core never imports onnx."""
 
@@ -19,7 +19,7 @@ import onnxruntime as ort  # noqa: E402
 
 from hspnet import HSPNetConfig, HSPNetForImageClassification  # noqa: E402
 from hspnet.data import draw_demo_image  # noqa: E402
-from hspnet.onnx_export import (  # noqa: E402
+from hspnet.apps.onnx_export import (
     DEFAULT_OPSET,
     METADATA_KEY,
     ONNXImageClassifier,
@@ -27,7 +27,7 @@ from hspnet.onnx_export import (  # noqa: E402
     main,
     read_onnx_metadata,
 )
-from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
+from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
 
 LABELS = ["cat", "dog", "traffic_light", "car", "bus", "person"]
 GROUPS = ["animal", "outdoor", "vehicle", "person"]
@@ -72,7 +72,7 @@ def exported(request, tiny_clip_dir, tmp_path_factory):
 
 
 def reference(folder):
-    from hspnet.engine import load_model
+    from hspnet.models.loading import load_model
 
     model, processor = load_model(folder, device="cpu")
     return model, processor
@@ -175,8 +175,8 @@ def test_missing_onnx_gives_one_line_naming_the_extra(tmp_path, monkeypatch, cap
 
 
 def test_core_does_not_import_onnx(fresh_package_report):
-    """A fresh interpreter (the shared run of `fresh_package_report`) imports hspnet.onnx_export and
-    hspnet.prediction (with the rest of the core) without onnx, onnxruntime or onnxscript."""
-    assert "hspnet.onnx_export" in fresh_package_report["core_modules"]
+    """A fresh interpreter (the shared run of `fresh_package_report`) imports hspnet.apps.onnx_export and
+    hspnet.apps.predict (with the rest of the core) without onnx, onnxruntime or onnxscript."""
+    assert "hspnet.apps.onnx_export" in fresh_package_report["core_modules"]
     onnx_modules = ("onnx", "onnxruntime", "onnxscript")
     assert [m for m in fresh_package_report["optional_after_core"] if m.split(".")[0] in onnx_modules] == []

@@ -22,7 +22,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hspnet import prediction  # noqa: E402
+from hspnet.apps import predict as prediction  # noqa: E402
+from hspnet.models import loading  # noqa: E402
+from hspnet.utils.images import ImageReadError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["cat", "dog", "car", "bus"]
@@ -61,7 +63,7 @@ def direct_scores(model_dir, images):
 
 
 def predicted_scores(model_dir, paths):
-    model, processor = prediction.load_model(model_dir)
+    model, processor = loading.load_model(model_dir)
     results = prediction.predict_images(model, processor, [str(p) for p in paths], threshold=None,
                                         top_k=len(LABELS), all_scores=True, progress=False)
     assert all(r.error is None for r in results), [r.error for r in results]
@@ -315,8 +317,8 @@ def test_write_output_replaces_atomically_and_keeps_permissions(tmp_path):
 @pytest.mark.parametrize("side", [10_000, 20_000])  # above our limit only / above PIL's own hard limit too
 def test_decompression_bomb_is_named_or_counted_as_skipped(model_dir, images, tmp_path, side, capsys):
     bomb = write_png_bomb(tmp_path / "bomb.png", side, side)
-    model, processor = prediction.load_model(model_dir)
-    with pytest.raises(prediction.ImageReadError, match="bomb.png.*decompression bomb"):
+    model, processor = loading.load_model(model_dir)
+    with pytest.raises(ImageReadError, match="bomb.png.*decompression bomb"):
         prediction.predict_images(model, processor, [images["plain"], bomb], progress=False)
 
     code = prediction.main([images["plain"], bomb, "--model", model_dir, "--no_progress"])
@@ -354,8 +356,8 @@ def test_truncated_jpeg_is_caught(model_dir, tmp_path, capsys):
     cut.write_bytes(whole.read_bytes()[: os.path.getsize(whole) * 2 // 3])
     with Image.open(cut) as header_only:  # the header alone looks fine: only a full decode finds the problem
         assert header_only.size == (64, 64)
-    model, processor = prediction.load_model(model_dir)
-    with pytest.raises(prediction.ImageReadError, match="cut.jpg: cannot read this file as an image"):
+    model, processor = loading.load_model(model_dir)
+    with pytest.raises(ImageReadError, match="cut.jpg: cannot read this file as an image"):
         prediction.predict_images(model, processor, [str(whole), str(cut)], progress=False)
     results = prediction.predict_images(model, processor, [str(whole), str(cut)], on_error="skip", progress=False)
     assert results[0].error is None and "cut.jpg" in results[1].error
@@ -507,8 +509,8 @@ def test_broken_model_folder_is_one_line_naming_the_file(model_dir, images, tmp_
     folder = tmp_path / case
     shutil.copytree(model_dir, folder)
     breaker(str(folder))
-    with pytest.raises(prediction.ModelLoadError) as caught:
-        prediction.load_model(str(folder))
+    with pytest.raises(loading.ModelLoadError) as caught:
+        loading.load_model(str(folder))
     assert str(folder / culprit) in str(caught.value) and message in str(caught.value)
     assert prediction.main([images["plain"], "--model", str(folder), "--no_progress"]) == 1
     line = _one_error_line(capsys)
@@ -534,7 +536,7 @@ def test_debug_shows_the_traceback_and_plain_errors_are_one_line(images, tmp_pat
     assert prediction.main([images["plain"], "--model", str(missing), "--no_progress"]) == 1
     plain = capsys.readouterr()
     assert plain.out == "" and plain.err.splitlines() == [f"predict.py: error: {missing}: model folder does not exist"]
-    with pytest.raises(prediction.ModelLoadError, match="model folder does not exist") as raised:
+    with pytest.raises(loading.ModelLoadError, match="model folder does not exist") as raised:
         prediction.main([images["plain"], "--model", str(missing), "--no_progress", "--debug"])  # the traceback
     assert str(raised.value) == f"{missing}: model folder does not exist"
 
@@ -553,13 +555,13 @@ def test_debug_shows_the_traceback_and_plain_errors_are_one_line(images, tmp_pat
     ({"on_error": "ignore"}, "on_error"), ({"max_pixels": 0}, "max_pixels"),
 ])
 def test_predict_images_checks_its_arguments(model_dir, images, kwargs, name):
-    model, processor = prediction.load_model(model_dir)
+    model, processor = loading.load_model(model_dir)
     with pytest.raises(ValueError, match=name):
         prediction.predict_images(model, processor, [images["plain"]], progress=False, **kwargs)
 
 
 def test_other_library_arguments_are_checked(model_dir, images, tmp_path):
-    model, processor = prediction.load_model(model_dir)
+    model, processor = loading.load_model(model_dir)
     # a single path is one image, not a sequence of characters
     single = prediction.predict_images(model, processor, images["plain"], progress=False)
     assert [r.path for r in single] == [images["plain"]]
@@ -580,7 +582,7 @@ def test_other_library_arguments_are_checked(model_dir, images, tmp_path):
     for kwargs, name in (({"digits": -1}, "digits"), ({"threshold": -1}, "threshold"), ({"top_k": 0}, "top_k")):
         with pytest.raises(ValueError, match=name):
             prediction.format_table([], **kwargs)
-    from hspnet.cli_types import check_positive_int, check_probability
+    from hspnet.utils.validation import check_positive_int, check_probability
 
     for bad in ("0", 0.5, -1, None, True):
         with pytest.raises(ValueError, match="probe"):
@@ -624,5 +626,5 @@ def test_loading_a_model_runs_none_of_its_code(model_dir, images, tmp_path, caps
         if name.endswith(".py"):
             with open(remote / name, "a") as handle:
                 handle.write(f"\nopen({str(marker)!r}, 'w').close()\n")
-    model, _ = prediction.load_model(str(remote))
-    assert type(model).__module__ == "hspnet.modeling_hspnet" and not marker.exists()
+    model, _ = loading.load_model(str(remote))
+    assert type(model).__module__ == "hspnet.models.hspnet.modeling_hspnet" and not marker.exists()

@@ -125,7 +125,7 @@ def _relation_cases():
 @pytest.mark.parametrize("case", sorted(_relation_cases()))
 @pytest.mark.parametrize("keep_ratio", [0.0, 0.1, 0.5, 0.75, 1.0])
 def test_selection_keeps_exactly_what_topk_keeps(case, keep_ratio):
-    from hspnet.modeling_label_graph import _keep_top_k
+    from hspnet.models.hspnet.modeling_label_graph import _keep_top_k
 
     rows = _relation_cases()[case]
     k = int(keep_ratio * rows.shape[1])

@@ -1,4 +1,4 @@
-"""`hspnet.resume`: what a checkpoint remembers of its data and options, so a resume that would change the result is
+"""`hspnet.training.resume`: what a checkpoint remembers of its data and options, so a resume that would change the result is
 refused (`dataset_fingerprint`, `settings_differences`; more in `test_training_reliability.py`).
 
 The fingerprints expected are computed here from the rows as Python reads them (`dataset[i]`), not by the function."""
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from datasets import ClassLabel, Dataset, Features, List, Value
 
-from hspnet.resume import dataset_differences, dataset_fingerprint
+from hspnet.training.resume import dataset_differences, dataset_fingerprint
 
 NAMES = [f"label {i}" for i in range(50)]
 HIERARCHY = SimpleNamespace(labels=NAMES, groups=["a", "b"], label_to_group=[i % 2 for i in range(50)])
@@ -52,7 +52,7 @@ def test_fingerprint_hashes_ids_and_labels_in_row_order_through_an_index_mapping
 
 
 def test_an_option_newer_than_the_checkpoint_counts_as_its_default():
-    from hspnet.resume import settings_differences
+    from hspnet.training.resume import settings_differences
 
     run = {"world_size": 1, "mixed_precision": "no", "device": "cpu", "versions": {}}
     saved = {"seed": 0, "torch_compile": False, "run": run}  # written before torch_compile_backend / _mode existed
@@ -68,7 +68,7 @@ def test_an_option_newer_than_the_checkpoint_counts_as_its_default():
 def test_compile_backend_and_mode_imply_torch_compile_and_are_checked():
     import pytest
 
-    from hspnet.training import TrainingConfig
+    from hspnet.training.arguments import TrainingConfig
 
     assert TrainingConfig(torch_compile_backend="aot_eager").torch_compile is True
     assert TrainingConfig(torch_compile_mode="max-autotune").torch_compile is True

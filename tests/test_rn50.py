@@ -13,10 +13,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import hspnet.conversion  # noqa: E402,F401
+from hspnet.models.openai_clip import load_openai_clip_parts
 from hspnet import HSPNetConfig, HSPNetForImageClassification  # noqa: E402
-from hspnet.conversion.openai_clip import convert_openai_clip_state_dict  # noqa: E402
-from hspnet.modeling_clip_resnet import HSPNetModifiedResNet  # noqa: E402
-from hspnet.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
+from hspnet.models.openai_clip import convert_openai_clip_state_dict  # noqa: E402
+from hspnet.models.hspnet.modeling_clip_resnet import HSPNetModifiedResNet  # noqa: E402
+from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
 from tests.official_reference import RefCLIP, randomize  # noqa: E402
 from tests.plugin_fresh_interpreter import check_result  # noqa: E402
 
@@ -71,7 +72,7 @@ def test_from_clip_accepts_openai_resnet_weights(source, hierarchy, tmp_path):
         weights = str(tmp_path / "RN-jit.pt")
         torch.jit.trace(clip, torch.ones(1)).save(weights)
     tokenizer = byte_level_clip_tokenizer()
-    model = HSPNetForImageClassification.from_clip(weights, tokenizer=tokenizer, **hierarchy)
+    model = HSPNetForImageClassification.from_clip(load_openai_clip_parts(weights), tokenizer=tokenizer, **hierarchy)
     config = model.config
     assert config.vision_backbone == "clip_resnet"
     assert (config.resnet_layers, config.resnet_width, config.resnet_heads, config.resnet_image_size) == (
@@ -91,7 +92,8 @@ def test_from_clip_accepts_openai_resnet_weights(source, hierarchy, tmp_path):
 
 def test_from_clip_accepts_openai_vit_weights(hierarchy):
     clip = openai_clip(vision="vit")
-    model = HSPNetForImageClassification.from_clip(clip.state_dict(), tokenizer=byte_level_clip_tokenizer(),
+    model = HSPNetForImageClassification.from_clip(load_openai_clip_parts(clip.state_dict()),
+                                                   tokenizer=byte_level_clip_tokenizer(),
                                                    **hierarchy)
     assert model.config.vision_backbone == "clip_vit"
     vision = model.config.clip_config.vision_config
@@ -191,7 +193,8 @@ def test_converted_model_without_token_table_explains_how_to_rename(hierarchy):
     state = openai_clip().state_dict()
     state.pop("token_embedding.weight")  # like the HSPNet checkpoints: prompts are stored as embeddings
     with pytest.raises(ValueError, match="no token embedding table"):
-        HSPNetForImageClassification.from_clip(state, tokenizer=byte_level_clip_tokenizer(), **hierarchy)
+        HSPNetForImageClassification.from_clip(load_openai_clip_parts(state), tokenizer=byte_level_clip_tokenizer(),
+                                               **hierarchy)
 
 
 # --- the paper configs: configs/hspnet-{coco,voc,nuswide,cub}-rn50.yaml ------------------------------------------------
@@ -208,7 +211,7 @@ PAPER_RECIPE = {
 
 
 def paper_config(name, *overrides):
-    from hspnet.training_args import parse_training_args
+    from hspnet.training.arguments import parse_training_args
 
     return parse_training_args(["--config", os.path.join(REPO, "configs", f"hspnet-{name}-rn50.yaml"), *overrides])
 
@@ -246,7 +249,7 @@ def test_paper_architecture_is_the_model_default():
 def test_paper_config_trains_on_an_openai_weights_file(tmp_path):
     """`clip_model: RN50.pt` through the real training entry point, with a tiny OpenAI-layout ResNet CLIP saved as
     RN50.pt and the offline tokenizer standing in for openai/clip-vit-base-patch32 (the recipe is cut to one step)."""
-    from hspnet.training import train
+    from hspnet.training.loop import train
 
     torch.save(openai_clip().state_dict(), tmp_path / "RN50.pt")
     byte_level_clip_tokenizer().save_pretrained(tmp_path / "tokenizer")

@@ -19,15 +19,15 @@ from transformers import (
 import hspnet  # noqa: F401  (registers HSPNet with the Auto classes)
 from hspnet import HSPNetForImageClassification
 from hspnet.data import get_hierarchy, load_demo_dataset, to_multi_hot
-from hspnet.trainer import (
+from hspnet.apps.trainer import (
     HSPNetDataCollator,
     HSPNetEpochCallback,
     HSPNetTrainer,
     compute_metrics,
     prepare_trainer_datasets,
-    setup_loss_for_training,
     trainer_epoch,
 )
+from hspnet.training.data_and_model import setup_loss_for_training
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,8 @@ def test_epoch_callback_moves_splc_pseudo_labelling_to_change_epoch(tiny_clip_di
 def test_hspnet_trainer_trains_role_estimates_and_evaluates_without_indices(tiny_clip_dir, demo, tmp_path):
     model = build(tiny_clip_dir, demo, loss="role", loss_kwargs={"expected_num_pos": 1.5})
     loss = setup_loss_for_training(model, demo["train"])
-    assert model.config.loss_kwargs["num_train_images"] == len(demo["train"]) == 16
+    assert loss.num_train_images == len(demo["train"]) == 16 and loss is model.loss_module
+    assert "num_train_images" not in model.config.loss_kwargs  # run state, not the model's config
     start = loss.estimated_labels.clone()
     observed = torch.from_numpy(to_multi_hot(demo["train"]["observed_labels"], model.config.num_labels)).bool()
     assert bool((start[observed] > 0.99).all())  # starts from the observed labels
@@ -166,7 +167,7 @@ def test_datasets_collator_and_label_order(tiny_clip_dir, demo):
     flipped = prepare_trainer_datasets(demo, reversed_model)
     np.testing.assert_array_equal(flipped["test"][5]["labels"].numpy(), data["test"][5]["labels"].numpy()[order])
     with pytest.raises(ValueError, match="observed_labels"):
-        from hspnet.trainer import HSPNetTrainerDataset
+        from hspnet.apps.trainer import HSPNetTrainerDataset
 
         HSPNetTrainerDataset(demo["test"], model.image_processor, 12, targets="observed_labels")
 

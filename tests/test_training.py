@@ -11,18 +11,12 @@ import pytest
 import torch
 import yaml
 
-from hspnet.training import (
-    ModelEMA,
-    TrainingConfig,
-    build_model,
-    ema_decay,
-    load_config,
-    one_cycle_scheduler,
-    parameter_groups,
-    push_folder_to_hub,
-    resolve_checkpoint,
-    select_source,
-)
+from hspnet.training.ema import ModelEMA, ema_decay, select_source
+from hspnet.training.arguments import TrainingConfig, load_config
+from hspnet.training.data_and_model import build_model
+from hspnet.training.optimization import one_cycle_scheduler, parameter_groups
+from hspnet.hub.transfer import push_folder_to_hub
+from hspnet.training.resume import resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "scripts" / "train.py")
@@ -211,7 +205,7 @@ def test_yaml_values_are_typed_like_flags(tmp_path):
 def test_help_describes_every_option():
     import dataclasses
 
-    from hspnet.training import build_argument_parser
+    from hspnet.training.arguments import build_argument_parser
 
     parser = build_argument_parser()
     text = parser.format_help()
@@ -246,7 +240,7 @@ def test_the_model_owns_the_loss_and_role_starts_from_the_observed_labels():
 
     from datasets import ClassLabel, Dataset, Features, List
 
-    from hspnet.trainer import setup_loss_for_training
+    from hspnet.training.data_and_model import setup_loss_for_training
 
     names = ["a", "b", "c"]
     hierarchy = SimpleNamespace(labels=names, groups=["g", "h"], label_to_group=[0, 0, 1])
@@ -265,7 +259,7 @@ def test_the_model_owns_the_loss_and_role_starts_from_the_observed_labels():
     # the run's label sampling reaches the model, which samples in its own forward pass
     sampled = build_model(TrainingConfig(clip_model="tiny-random", label_sample_size=2), hierarchy)
     assert sampled.config.label_sample_size == 2 and sampled.loss_module.change_epoch == 1  # SPLC's default
-    with pytest.raises(ValueError, match="label_sample_size: the loss 'role' couples the labels"):
+    with pytest.raises(ValueError, match="label_sample_size is set but the loss 'role' couples the labels"):
         TrainingConfig(loss="role", label_sample_size=2)  # checked once, with the options
 
 
@@ -352,7 +346,7 @@ def test_selection_metrics_equal_a_fresh_evaluation(trained):
 
 
 def test_output_dir_is_never_overwritten_silently(trained):
-    from hspnet.training import train
+    from hspnet.training.loop import train
 
     out, _ = trained
     before = (out / "model.safetensors").read_bytes()
@@ -371,7 +365,7 @@ def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run,
 
     from safetensors.torch import load_file
 
-    from hspnet.training import train
+    from hspnet.training.loop import train
 
     full, full_out = uninterrupted_ten_step_run
     result = fresh_training_runs["result"]
@@ -484,7 +478,7 @@ def test_stateful_losses_train_end_to_end_and_push(loss, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoUrl
 
-    from hspnet.training import train
+    from hspnet.training.loop import train
 
     committed = {}
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
@@ -508,7 +502,7 @@ def test_resume_restores_the_loss_state_kept_by_the_model(tmp_path):
 
     from safetensors.torch import load_file
 
-    from hspnet.training import train
+    from hspnet.training.loop import train
 
     options = tiny_options(tmp_path, loss="role", loss_kwargs={}, epochs=2, max_train_steps=8,
                            checkpointing_steps="4", checkpoints_total_limit=None, evaluate_before_training=False)

@@ -19,18 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from hspnet.training import (
-    BEST_MARKER_NAME,
-    LOCK_NAME,
-    SETTINGS_NAME,
-    OutputDirInUseError,
-    OutputDirLock,
-    ResumeMismatchError,
-    TrainingConfig,
-    TrainingDivergedError,
-    settings_differences,
-    train,
-)
+from hspnet.training.run_folder import BEST_MARKER_NAME, LOCK_NAME, OutputDirInUseError, OutputDirLock
+from hspnet.training.resume import SETTINGS_NAME, ResumeMismatchError, settings_differences
+from hspnet.training.arguments import TrainingConfig
+from hspnet.training.loop import TrainingDivergedError, train
 from tests.test_training import REPO, as_argv, tiny_options
 
 STEPS_PER_EPOCH = 6  # tiny_options: 60 demo images, 25 % held out -> 45 training images, batch 8 -> 6 steps
@@ -66,7 +58,7 @@ def digest_tree(folder: Path) -> dict[str, str]:
 def poison(monkeypatch, at: int, mode: str):
     """The model's loss (SPLC) made NaN / inf (or given NaN gradients) at its `at`-th call, i.e. optimizer step `at`
     (evaluation computes no loss)."""
-    from hspnet.losses import SPLCLoss
+    from hspnet.models.hspnet.losses import SPLCLoss
 
     original, calls = SPLCLoss.forward, []
 
@@ -105,7 +97,7 @@ def test_training_transform_scales_16_bit_and_float_images_and_applies_exif(tmp_
     from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, List
     from PIL import Image
 
-    from hspnet.engine import make_transform
+    from hspnet.data.batches import make_transform
 
     # 16-bit grey 25700 = 100 * 257 -> 100 in 8 bits; float 0.2 -> 0.2 * 255 = 51; convert("RGB") alone gives 255 / 0
     Image.fromarray(np.full((4, 5), 25700, dtype=np.uint16)).save(tmp_path / "grey16.png")
@@ -271,7 +263,7 @@ def test_overwrite_refuses_a_folder_with_files_no_run_wrote(tmp_path):
 
 
 def test_resuming_an_interrupted_overwrite_run_needs_the_overwrite_flag(tmp_path, monkeypatch):
-    from hspnet.training import plan_folders
+    from hspnet.training.run_folder import plan_folders
 
     checkpoint = tmp_path / "out.partial" / "checkpoints" / "epoch_0-step_6"
     checkpoint.mkdir(parents=True)
@@ -327,7 +319,7 @@ def test_resume_with_other_settings_is_refused_before_anything_changes(run_copy)
 
 
 def test_resume_on_data_with_other_content_is_refused(run_copy, monkeypatch):
-    import hspnet.training as training
+    import hspnet.training.loop as training
 
     out, options = run_copy
     original = training.load_datasets
@@ -533,7 +525,7 @@ def test_a_log_file_that_cannot_be_written_stops_the_run(tmp_path):
     import errno
     import logging
 
-    from hspnet.run_log import RaisingFileHandler
+    from hspnet.training.run_log import RaisingFileHandler
 
     handler = RaisingFileHandler(str(tmp_path / "train.log"))
 

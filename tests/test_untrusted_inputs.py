@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hspnet.training import TrainingConfig, train
+from hspnet.training.arguments import TrainingConfig
+from hspnet.training.loop import train
 from tests.test_hub import FakeHub, hub_options, synchronous_uploads
 from tests.test_training import as_argv, tiny_options
 from tests.test_training_reliability import error_line, run_main
@@ -251,7 +252,7 @@ def test_official_file_lists_that_lead_outside_their_folder_are_refused(tmp_path
 
 
 def test_path_inside_by_hand(tmp_path):
-    from hspnet.files import path_inside, plain_file_name
+    from hspnet.utils.files import path_inside, plain_file_name
 
     root = str(tmp_path)
     assert path_inside(root, "a/b.png", "x") == os.path.join(root, "a", "b.png")
@@ -300,7 +301,7 @@ def test_a_token_from_the_environment_is_written_nowhere(tmp_path, monkeypatch, 
 def test_redaction_masks_every_token_in_effect(monkeypatch, tmp_path):
     import logging
 
-    from hspnet.redaction import RedactTokens, redact
+    from hspnet.utils.redaction import RedactTokens, redact
 
     import huggingface_hub.constants
 

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from hspnet import losses as L
-from hspnet.losses import LOSSES, build_loss, check_loss_spec
+from hspnet.models.hspnet import losses as L
+from hspnet.models.hspnet.losses import LOSSES, build_loss, check_loss_spec
 
 NAN, INF = float("nan"), float("inf")
 LOGITS = torch.tensor([[0.3, -0.4, 0.8, -1.2], [-0.5, 0.9, 0.1, -0.2]])

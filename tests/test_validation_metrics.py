@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hspnet.metrics import (  # noqa: E402
+from hspnet.evaluation.metrics import (
     MultiLabelMetricAccumulator,
     average_precision_ranked,
     average_precision_tie_aware,

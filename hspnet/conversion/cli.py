@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..cli_types import run_cli
+from hspnet.utils.errors import run_cli
 
 DESCRIPTION = """Convert an HSPNet checkpoint released by the authors (jameslahm/HSPNet: hspnet+coco.ckpt,
 hspnet+voc.ckpt, hspnet+nuswide.ckpt) into a Hugging Face model folder.
@@ -42,13 +42,13 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .folder import run_conversion
+    from hspnet.conversion.folder import run_conversion
 
     run_conversion(args.checkpoint, args.output_dir, dataset=args.dataset, relation=args.relation,
                    hierarchy=args.hierarchy, clip_weights=args.clip_weights, verify=args.verify,
                    verify_images=args.verify_images, overwrite=args.overwrite)
     if args.push_to_hub:
-        from ..hub import push_folder_to_hub
+        from hspnet.hub.transfer import push_folder_to_hub
 
         repo_id = push_folder_to_hub(args.output_dir, args.push_to_hub, private=args.private,
                                      commit_message=f"Upload HSPNet converted from {os.path.basename(args.checkpoint)}")

@@ -13,10 +13,10 @@ import json
 import os
 from typing import Any
 
-from ..configuration_hspnet import HSPNetConfig
-from ..files import write_json, write_text
-from ..modeling_hspnet import HSPNetForImageClassification
-from .official import (
+from hspnet.models.hspnet.configuration_hspnet import HSPNetConfig
+from hspnet.utils.files import write_json, write_text
+from hspnet.models.hspnet.modeling_hspnet import HSPNetForImageClassification
+from hspnet.conversion.official import (
     AUTHORS_REPO,
     PAPER_URL,
     PUBLISHED_CHECKPOINTS,
@@ -28,7 +28,7 @@ from .official import (
     load_official_checkpoint,
     resolve_hierarchy,
 )
-from .verify import verify_conversion
+from hspnet.conversion.verify import verify_conversion
 
 __all__ = ["converted_model_card", "find_relation_file", "run_conversion", "save_converted_model", "sha256_of"]
 
@@ -55,7 +55,7 @@ def converted_model_card(
     ``model-index`` with the authors' published mAP), credit to the authors, source checkpoint and its published mAP,
     how it was converted and how to use it."""
     # imported here: `import hspnet` imports this package (for OpenAI CLIP files), and the Hub module is not needed then
-    from ..hub import card_metadata, model_index, render_card
+    from hspnet.hub.cards import card_metadata, model_index, render_card
 
     info = PUBLISHED_CHECKPOINTS.get(dataset or "", {})
     published = info.get("map")

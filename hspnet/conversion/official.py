@@ -13,7 +13,7 @@ Key mapping (official -> this package, all under ``hspnet.``)::
 
     image_encoder.*, text_encoder.*, logit_scale      -> clip.*: OpenAI's CLIP layout with the prefixes
                                                          "image_encoder." / "text_encoder." (the table in
-                                                         `hspnet.conversion.openai_clip`, which does the mapping)
+                                                         `hspnet.models.openai_clip`, which does the mapping)
     (no token table in the checkpoint)                -> clip.text_model.embeddings.token_embedding.weight: empty, or
                                                          OpenAI RN50's table when CLIP weights are given
     gcn.gc{1,2,3}.weight, gcn.gamma                   -> gcn.gc{1,2,3}.weight, gcn.gamma
@@ -44,11 +44,16 @@ from typing import Any
 
 import torch
 
-from ..configuration_hspnet import HSPNetConfig
-from ..modeling_clip_resnet import HSPNetModifiedResNet
-from ..modeling_from_clip import default_image_processor
-from ..modeling_hspnet import HSPNetForImageClassification
-from .openai_clip import ConversionError, count_indexed_keys, load_clip_checkpoint_file, map_openai_clip_weights
+from hspnet.models.hspnet.configuration_hspnet import HSPNetConfig
+from hspnet.models.hspnet.modeling_clip_resnet import HSPNetModifiedResNet
+from hspnet.models.hspnet.modeling_from_clip import default_image_processor
+from hspnet.models.hspnet.modeling_hspnet import HSPNetForImageClassification
+from hspnet.models.openai_clip import (
+    ConversionError,
+    count_indexed_keys,
+    load_clip_checkpoint_file,
+    map_openai_clip_weights,
+)
 
 __all__ = [
     "ConversionError",
@@ -340,7 +345,7 @@ def resolve_hierarchy(dataset: str | None, hierarchy: Any, num_labels: int) -> t
                     f"({', '.join(PUBLISHED_CHECKPOINTS)}) or the labels and groups."
                 )
             dataset = found[0]
-        from ..data import builtin_hierarchy
+        from hspnet.data import builtin_hierarchy
 
         hierarchy = builtin_hierarchy(dataset)
     if isinstance(hierarchy, dict):

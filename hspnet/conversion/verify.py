@@ -2,7 +2,7 @@
 """The official HSPNet forward re-implemented directly on the checkpoint's own tensors, for ``hspnet convert --verify``.
 
 This is the only re-implementation of the authors' forward in the package: torch functional ops over the official
-state dict (nothing of :mod:`hspnet.modeling_hspnet` is reused), so that agreeing logits check the key mapping of
+state dict (nothing of :mod:`hspnet.models.hspnet.modeling_hspnet` is reused), so that agreeing logits check the key mapping of
 :mod:`hspnet.conversion.official`. The tests keep their own, independent reference (``tests/official_reference.py``).
 """
 
@@ -14,8 +14,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..modeling_hspnet import HSPNetForImageClassification
-from .official import CHILD_PREFIX, PARENT_PREFIX, ConversionReport, infer_official_architecture, load_relation
+from hspnet.models.hspnet.modeling_hspnet import HSPNetForImageClassification
+from hspnet.conversion.official import (
+    CHILD_PREFIX,
+    PARENT_PREFIX,
+    ConversionReport,
+    infer_official_architecture,
+    load_relation,
+)
 
 __all__ = ["official_logits", "verify_conversion"]
 

@@ -14,7 +14,7 @@ the image folder), ``labels`` (``List(ClassLabel)``: all positives) and, in ``tr
 hierarchy travels with the features; read it with :func:`get_hierarchy`.
 """
 
-from .clustering import (
+from hspnet.data.clustering import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_PROMPT_TEMPLATE,
     auto_hierarchy,
@@ -22,25 +22,25 @@ from .clustering import (
     default_num_groups,
     label_text_embeddings,
 )
-from .coco import load_coco
-from .core import (
-    BuildOptions,
-    Record,
-    get_build_report,
-    select_single_positive,
-    validation_image_ids,
+from hspnet.data.coco import load_coco
+from hspnet.data.core import BuildOptions, Record, get_build_report, select_single_positive, validation_image_ids
+from hspnet.data.text_files import read_label_list, read_observed_labels
+from hspnet.data.cub import load_cub
+from hspnet.data.custom import load_image_folder
+from hspnet.data.demo import demo_hierarchy, draw_demo_image, generate_demo_images, load_demo_dataset
+from hspnet.data.errors import DatasetFormatError, ImageError, MissingFileError
+from hspnet.data.export import load_prepared_dataset, save_prepared_dataset
+from hspnet.data.hf_dataset import load_custom_dataset
+from hspnet.data.hierarchy import (
+    BUILTIN_HIERARCHIES,
+    Hierarchy,
+    builtin_hierarchy,
+    get_hierarchy,
+    load_hierarchy_file,
 )
-from .text_files import read_label_list, read_observed_labels
-from .cub import load_cub
-from .custom import load_image_folder
-from .demo import demo_hierarchy, draw_demo_image, generate_demo_images, load_demo_dataset
-from .errors import DatasetFormatError, ImageError, MissingFileError
-from .export import load_prepared_dataset, save_prepared_dataset
-from .hf_dataset import load_custom_dataset
-from .hierarchy import BUILTIN_HIERARCHIES, Hierarchy, builtin_hierarchy, get_hierarchy, load_hierarchy_file
-from .nuswide import load_nuswide
-from .stats import dataset_statistics, format_statistics
-from .voc import load_voc
+from hspnet.data.nuswide import load_nuswide
+from hspnet.data.stats import dataset_statistics, format_statistics
+from hspnet.data.voc import load_voc
 
 BENCHMARK_LOADERS = {"coco": load_coco, "voc": load_voc, "nuswide": load_nuswide, "cub": load_cub}
 

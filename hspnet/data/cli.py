@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from ..cli_types import run_cli
+from hspnet.utils.errors import run_cli
 
 DATASETS = ("coco", "voc", "nuswide", "cub", "folder", "hf", "demo")
 
@@ -183,7 +183,7 @@ def build_parser(prog: str = "prepare") -> argparse.ArgumentParser:
 
 def _build_options(args):
     """The one :class:`~hspnet.data.core.BuildOptions` of a command (options a subcommand lacks keep their defaults)."""
-    from .core import BuildOptions
+    from hspnet.data.core import BuildOptions
 
     given = {
         "seed": args.seed,
@@ -199,8 +199,16 @@ def _build_options(args):
 
 
 def _load(args):
-    from . import load_coco, load_cub, load_custom_dataset, load_demo_dataset, load_image_folder, load_nuswide, load_voc
-    from .clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
+    from hspnet.data import (
+        load_coco,
+        load_cub,
+        load_custom_dataset,
+        load_demo_dataset,
+        load_image_folder,
+        load_nuswide,
+        load_voc,
+    )
+    from hspnet.data.clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
 
     options = _build_options(args)
     if args.dataset == "demo":
@@ -243,7 +251,7 @@ def _load(args):
 
 def _inputs(args) -> list[str]:
     """The paths the command reads: an --output folder may not be, or contain, any of them."""
-    from .core import cache_root
+    from hspnet.data.core import cache_root
 
     names = ("root", "observed_labels", "hierarchy", "label_names", "metadata")
     found = [getattr(args, name, None) for name in names] + [cache_root(args.cache_dir)]
@@ -257,8 +265,8 @@ def _inputs(args) -> list[str]:
 
 def run(args) -> None:
     """Build the dataset named by ``args``, print its statistics, then write (``--output``) and push it."""
-    from .export import check_image_paths, check_output_folder, save_prepared_dataset
-    from .stats import dataset_statistics, format_statistics
+    from hspnet.data.export import check_image_paths, check_output_folder, save_prepared_dataset
+    from hspnet.data.stats import dataset_statistics, format_statistics
 
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

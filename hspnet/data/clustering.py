@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .hierarchy import Hierarchy
+from hspnet.data.hierarchy import Hierarchy
 
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {}."
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch16"
@@ -189,7 +189,7 @@ def label_text_embeddings(
     import torch
     from transformers import AutoTokenizer, CLIPModel
 
-    from ..modeling_prompt_encoder import clip_text_embeddings
+    from hspnet.models.hspnet.modeling_prompts import clip_text_embeddings
 
     if "{}" not in template:
         raise ValueError(f"The prompt template {template!r} has no '{{}}' for the label name.")

@@ -12,18 +12,10 @@ from __future__ import annotations
 
 import os
 
-from .core import (
-    TEST,
-    TRAIN,
-    BuildOptions,
-    ParsedSource,
-    Record,
-    build_dataset_dict,
-    hierarchy_option_key,
-)
-from .text_files import require_dir, require_file
-from .errors import DatasetFormatError, listed_path, read_json_file
-from .hierarchy import Hierarchy, builtin_hierarchy, resolve_hierarchy
+from hspnet.data.core import TEST, TRAIN, BuildOptions, ParsedSource, Record, build_dataset_dict, hierarchy_option_key
+from hspnet.data.text_files import require_dir, require_file
+from hspnet.data.errors import DatasetFormatError, listed_path, read_json_file
+from hspnet.data.hierarchy import Hierarchy, builtin_hierarchy, resolve_hierarchy
 
 
 def read_coco_json(path: str) -> dict:

@@ -31,10 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..files import special_kind
-from .errors import DatasetFormatError, ImageError, check_input_file
-from .hierarchy import Hierarchy, label_feature
-from .text_files import read_observed_labels
+from hspnet.utils.files import special_kind
+from hspnet.data.errors import DatasetFormatError, ImageError, check_input_file
+from hspnet.data.hierarchy import Hierarchy, label_feature
+from hspnet.data.text_files import read_observed_labels
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _image_problem(path: str, mode: str) -> str | None:
     """None if the image is fine; ``"missing"`` or a reason it cannot be read.
 
     ``"exists"``: the path must be a regular file (a FIFO, device or folder is a problem, and is never opened, so
-    it cannot block the build). ``"open"``: also decodes the WHOLE image with :func:`hspnet.images.open_image`
+    it cannot block the build). ``"open"``: also decodes the WHOLE image with :func:`hspnet.utils.images.open_image`
     (truncated files, files that are not images and decompression bombs are problems). The file is only read.
     """
     try:
@@ -238,7 +238,7 @@ def _image_problem(path: str, mode: str) -> str | None:
         return f"{kind}, not a regular file"
     if mode != "open":
         return None
-    from ..images import ImageReadError, open_image
+    from hspnet.utils.images import ImageReadError, open_image
 
     try:
         open_image(path)

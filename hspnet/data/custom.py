@@ -47,9 +47,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
-from .clustering import auto_hierarchy as build_auto_hierarchy
-from .core import (
+from hspnet.data.clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
+from hspnet.data.clustering import auto_hierarchy as build_auto_hierarchy
+from hspnet.data.core import (
     TEST,
     TRAIN,
     BuildOptions,
@@ -60,8 +60,8 @@ from .core import (
     hierarchy_option_key,
     validation_image_ids,
 )
-from .text_files import iter_text_lines, normalise_key, require_dir
-from .errors import (
+from hspnet.data.text_files import iter_text_lines, normalise_key, require_dir
+from hspnet.data.errors import (
     DatasetFormatError,
     MissingFileError,
     check_input_file,
@@ -69,7 +69,7 @@ from .errors import (
     parse_json_text,
     read_text_file,
 )
-from .hierarchy import Hierarchy, resolve_hierarchy
+from hspnet.data.hierarchy import Hierarchy, resolve_hierarchy
 
 logger = logging.getLogger(__name__)
 

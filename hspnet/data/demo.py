@@ -23,8 +23,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from .core import TEST, TRAIN, BuildOptions, ParsedSource, Record, build_dataset_dict, cache_root
-from .hierarchy import Hierarchy
+from hspnet.data.core import TEST, TRAIN, BuildOptions, ParsedSource, Record, build_dataset_dict, cache_root
+from hspnet.data.hierarchy import Hierarchy
 
 DEMO_VERSION = 1
 DEMO_OBJECTS = [  # (label, group, RGB colour, shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from hspnet.files import path_inside, special_kind
+from hspnet.utils.files import path_inside, special_kind
 
 
 def _location(file, line=None, field=None) -> str:

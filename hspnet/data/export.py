@@ -18,9 +18,9 @@ import stat
 import tempfile
 from collections.abc import Iterable
 
-from .core import get_build_report
-from .errors import DatasetFormatError, ImageError, read_json_file
-from .hierarchy import get_hierarchy
+from hspnet.data.core import get_build_report
+from hspnet.data.errors import DatasetFormatError, ImageError, read_json_file
+from hspnet.data.hierarchy import get_hierarchy
 
 BUILD_MARKER = "hspnet_build.json"
 _BUILD_FILES = ("hierarchy.json", "report.json", "dataset_dict.json", BUILD_MARKER)
@@ -252,7 +252,7 @@ def load_prepared_dataset(path: str | os.PathLike, cache_dir: str | os.PathLike 
     form is converted to Arrow (default: the Hugging Face datasets cache)."""
     import datasets
 
-    from .core import attach_metadata
+    from hspnet.data.core import attach_metadata
 
     path = os.fspath(path)
     if os.path.isfile(os.path.join(path, "dataset_dict.json")):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from .clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
-from .core import TEST, TRAIN, BuildOptions, ParsedSource, Record, attach_metadata, finalize
-from .custom import (
+from hspnet.data.clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
+from hspnet.data.core import TEST, TRAIN, BuildOptions, ParsedSource, Record, attach_metadata, finalize
+from hspnet.data.custom import (
     auto_options,
     check_default_separator,
     check_seed,
@@ -26,8 +26,8 @@ from .custom import (
     split_label_string,
     test_split_note,
 )
-from .errors import DatasetFormatError
-from .hierarchy import get_hierarchy, label_feature
+from hspnet.data.errors import DatasetFormatError
+from hspnet.data.hierarchy import get_hierarchy, label_feature
 
 IN_MEMORY_OPTIONS = frozenset({"seed", "validation_fraction", "observed_labels_file"})  # the BuildOptions that apply
 

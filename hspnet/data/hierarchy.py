@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DatasetFormatError, check_input_file, read_json_file, read_text_file
+from hspnet.data.errors import DatasetFormatError, check_input_file, read_json_file, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Hierarchy:
     def save(self, path: str | os.PathLike) -> str:
         """Write the hierarchy as JSON (``{"labels", "groups", "label_to_group"}``) atomically (a file that was there
         is replaced only by the complete new one); returns the path."""
-        from ..files import write_text
+        from hspnet.utils.files import write_text
 
         path = os.fspath(path)
         write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -190,7 +190,7 @@ def builtin_hierarchy(name: str) -> Hierarchy:
     ``"nuswide"`` (81 / 6), ``"cub"`` (312 / 20), all equal to the HSPNet authors' files, or ``"demo"``."""
     canonical = builtin_hierarchy_name(name)
     if canonical == "demo":
-        from .demo import demo_hierarchy
+        from hspnet.data.demo import demo_hierarchy
 
         return demo_hierarchy()
     return Hierarchy.from_dict(_builtin_json(canonical))
@@ -487,7 +487,7 @@ def resolve_hierarchy(
         if candidate.labels == names:
             return candidate
     if auto is not None:
-        from .clustering import auto_hierarchy
+        from hspnet.data.clustering import auto_hierarchy
 
         return auto_hierarchy(names, **auto)
     raise DatasetFormatError(

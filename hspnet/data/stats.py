@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .core import get_build_report
-from .hierarchy import get_hierarchy
+from hspnet.data.core import get_build_report
+from hspnet.data.hierarchy import get_hierarchy
 
 
 def _label_counts(dataset, name: str, num_labels: int) -> tuple[np.ndarray, np.ndarray]:

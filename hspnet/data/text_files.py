@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from .errors import DatasetFormatError, MissingFileError, check_input_file, read_text_file
+from hspnet.data.errors import DatasetFormatError, MissingFileError, check_input_file, read_text_file
 
 
 def normalise_key(name: str) -> str:

@@ -1,0 +1,602 @@
+"""A demo page for a trained model (Gradio; ready for a Hugging Face Space): ``hspnet demo --model FOLDER_OR_HUB_ID``.
+
+On the page: upload or drop one or more images; every label's score is shown as a bar, grouped by the model's
+hierarchy (``config.group_names`` / ``config.label_to_group``, one section per group); a threshold slider and a top-k
+control decide which labels are highlighted (the rule of ``hspnet predict``: with both, at most k labels, each above
+the threshold); example images (for a model with the labels of the built-in demo data: a few demo test images); and a
+summary of the model card (labels, groups, base CLIP, dataset, test metrics).
+
+Inference goes through the same code as ``hspnet predict`` (:func:`hspnet.engine.load_model` and
+:func:`hspnet.apps.predict.predict_images`: images read by :func:`hspnet.utils.images.open_image`, EXIF orientation, 16-bit
+images, decompression bombs refused; an HSPNet model in eval mode computes its label embeddings once). A file that
+cannot be used (not an image, truncated, too many pixels, too many bytes) gets a message on the page, never a
+traceback. Moving the threshold or top-k re-draws the page from the stored scores without running the model again.
+
+Everything but :func:`build_demo` / :func:`launch_demo` / :func:`main` works without gradio (the data and HTML
+functions are tested without a browser); gradio is imported only there, and a missing gradio is a one-line error
+naming ``pip install -e ".[demo]"``. ``import hspnet`` never imports this module.
+
+``hspnet demo --model M --write_space DIR`` writes a folder a Hugging Face Space runs as is
+(:func:`hspnet.apps.demo.space.write_space`). The model's label groups and card summary are :mod:`hspnet.apps.demo.summary`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from hspnet.utils.validation import number_type, positive_int, probability
+from hspnet.utils.errors import one_line, run_cli
+from hspnet.apps.demo.summary import LabelGroups, read_model_summary, summary_markdown
+from hspnet.utils.images import MAX_IMAGE_PIXELS
+
+GRADIO_INSTALL_HINT = 'pip install -e ".[demo]"'
+DIGITS = 3
+"""Scores are shown with this many decimals."""
+DEFAULT_THRESHOLD = 0.5
+MAX_UPLOAD_MB = 20
+"""Uploads larger than this (per file, in MB) are refused with a message, before they are read."""
+MAX_IMAGES = 16
+"""At most this many images are scored per upload; the rest get a message."""
+NUM_DEMO_EXAMPLES = 6
+MAX_EXAMPLES = 12
+THUMBNAIL_SIZE = 96
+SPACE_MARKER = ".hspnet-space"
+"""A file ``--write_space`` puts in the folders it writes; ``--overwrite`` replaces only folders that have it."""
+
+
+class GradioMissingError(ImportError):
+    """gradio (the ``demo`` extra) is not installed."""
+
+
+def gradio_available() -> bool:
+    """Whether gradio can be imported, without importing it (that takes seconds)."""
+    import importlib.util
+
+    if "gradio" in sys.modules:
+        return sys.modules["gradio"] is not None
+    try:
+        return importlib.util.find_spec("gradio") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_gradio():
+    """The ``gradio`` module, or :class:`GradioMissingError` with a one-line message saying how to install it."""
+    try:
+        import gradio
+    except ImportError as error:
+        raise GradioMissingError(
+            f"the demo needs gradio, which is not installed ({one_line(error)}): {GRADIO_INSTALL_HINT}"
+        ) from error
+    return gradio
+
+
+def _top_k_or_none(top_k: Any) -> int | None:
+    """The top-k control's value as :func:`select_labels` takes it: 0 / None / empty = no limit."""
+    if top_k in (None, ""):
+        return None
+    number = float(top_k)
+    if not math.isfinite(number) or number < 0 or number != int(number):
+        raise ValueError(f"top-k must be a whole number >= 0 (0: no limit), got {top_k!r}")
+    return int(number) or None
+
+
+def selected_labels(scores: Sequence[float], names: Sequence[str], threshold: float | None,
+                    top_k: int | None) -> list[int]:
+    """Indices of the highlighted labels, by decreasing score: :func:`hspnet.apps.predict.select_labels` (``score >
+    threshold``, at most ``top_k``; ``top_k`` 0 or None: no limit; neither: none)."""
+    from hspnet.apps.predict import select_labels
+
+    top_k = _top_k_or_none(top_k)
+    if top_k is not None:
+        top_k = min(top_k, len(names))
+    if threshold is None and top_k is None:
+        return []
+    chosen = select_labels(scores, [str(i) for i in range(len(names))], threshold, top_k)
+    return [int(index) for index, _ in chosen]
+
+
+def grouped_scores(scores: Sequence[float], label_groups: LabelGroups, threshold: float | None = DEFAULT_THRESHOLD,
+                   top_k: int | None = None) -> list[dict]:
+    """The page's data for one image: ``[{"group", "labels": [{"index", "label", "score", "selected"}, ...],
+    "num_selected", "best"}, ...]``, one entry per group in the model's order, each group's labels by decreasing
+    score (ties: label order)."""
+    if len(scores) != label_groups.num_labels:
+        raise ValueError(f"{len(scores)} scores for {label_groups.num_labels} labels")
+    chosen = set(selected_labels(scores, label_groups.names, threshold, top_k))
+    out = []
+    for group, members in label_groups.groups:
+        ordered = sorted(members, key=lambda i: (-float(scores[i]), i))
+        labels = [{"index": i, "label": label_groups.names[i], "score": float(scores[i]), "selected": i in chosen}
+                  for i in ordered]
+        out.append({"group": group, "labels": labels, "num_selected": sum(item["selected"] for item in labels),
+                    "best": max(item["score"] for item in labels)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------------------
+
+CSS = """
+.hsp-results { display: flex; flex-direction: column; gap: 14px; }
+.hsp-image { border: 1px solid var(--border-color-primary, #ddd); border-radius: 8px; padding: 10px 12px; }
+.hsp-head { display: flex; gap: 12px; align-items: center; margin-bottom: 8px; }
+.hsp-head img { width: 72px; height: 72px; object-fit: contain; border-radius: 4px; background: #222;
+                image-rendering: pixelated; }
+.hsp-file { font-weight: 600; word-break: break-all; }
+.hsp-chosen { font-size: 0.92em; }
+.hsp-groups { display: grid; grid-template-columns: repeat(auto-fill, minmax(270px, 1fr)); gap: 6px 18px; }
+.hsp-group summary { font-weight: 600; cursor: pointer; margin: 4px 0; }
+.hsp-row { display: grid; grid-template-columns: minmax(90px, 42%) 1fr 3.6em; gap: 6px; align-items: center;
+           font-size: 0.9em; padding: 1px 0; }
+.hsp-name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.hsp-bar { position: relative; height: 12px; background: var(--background-fill-secondary, #eee); border-radius: 3px; }
+.hsp-fill { position: absolute; left: 0; top: 0; bottom: 0; background: #9aa4b1; border-radius: 3px; }
+.hsp-mark { position: absolute; top: -2px; bottom: -2px; width: 2px; background: #e8590c; }
+.hsp-score { text-align: right; font-variant-numeric: tabular-nums; }
+.hsp-on .hsp-name, .hsp-on .hsp-score { font-weight: 700; }
+.hsp-on .hsp-fill { background: #2f9e44; }
+.hsp-error { border-color: #e03131; background: rgba(224, 49, 49, 0.07); }
+.hsp-message { color: #c92a2a; }
+.hsp-empty { opacity: 0.75; }
+"""
+
+
+def format_score(score: float, digits: int = DIGITS) -> str:
+    return f"{float(score):.{digits}f}"
+
+
+def render_image_result(result: dict, label_groups: LabelGroups, threshold: float | None = DEFAULT_THRESHOLD,
+                        top_k: int | None = None, digits: int = DIGITS) -> str:
+    """One image's card (HTML): its thumbnail and name, the highlighted labels, then one section per group with a bar
+    per label (the threshold marked on each bar). A result with ``error`` is a card with the message."""
+    name = html.escape(str(result.get("name", "")))
+    if result.get("error") is not None:
+        message = html.escape(str(result["error"]))
+        return (f'<div class="hsp-image hsp-error" data-file="{name}"><div class="hsp-head">'
+                f'<span class="hsp-file">{name}</span></div><div class="hsp-message">{message}</div></div>')
+    scores = result["scores"]
+    groups = grouped_scores(scores, label_groups, threshold, top_k)
+    chosen = selected_labels(scores, label_groups.names, threshold, top_k)
+    if chosen:
+        chosen_text = ", ".join(f"{html.escape(label_groups.names[i])} ({format_score(scores[i], digits)})"
+                                for i in chosen)
+    else:
+        chosen_text = '<span class="hsp-empty">no label above the threshold</span>'
+    thumb = result.get("thumbnail")
+    head = f'<img src="{html.escape(thumb)}" alt="">' if thumb else ""
+    parts = [f'<div class="hsp-image" data-file="{name}"><div class="hsp-head">{head}<div>'
+             f'<div class="hsp-file">{name}</div><div class="hsp-chosen">{chosen_text}</div></div></div>'
+             '<div class="hsp-groups">']
+    mark = "" if threshold is None else f'<span class="hsp-mark" style="left:{100 * float(threshold):.1f}%"></span>'
+    for group in groups:
+        count = f" ({group['num_selected']})" if group["num_selected"] else ""
+        parts.append(f'<details class="hsp-group" open data-group="{html.escape(group["group"])}">'
+                     f'<summary>{html.escape(group["group"])}{count}</summary>')
+        for item in group["labels"]:
+            label = html.escape(item["label"])
+            score = item["score"]
+            width = min(max(score, 0.0), 1.0) * 100
+            parts.append(
+                f'<div class="hsp-row{" hsp-on" if item["selected"] else ""}" data-label="{label}" '
+                f'data-score="{score!r}" title="{label}: {score:.6f}"><span class="hsp-name">{label}</span>'
+                f'<span class="hsp-bar"><span class="hsp-fill" style="width:{width:.1f}%"></span>{mark}</span>'
+                f'<span class="hsp-score">{format_score(score, digits)}</span></div>'
+            )
+        parts.append("</details>")
+    parts.append("</div></div>")
+    return "".join(parts)
+
+
+def render_results(results: Sequence[dict] | None, label_groups: LabelGroups, threshold: float | None =
+                   DEFAULT_THRESHOLD, top_k: int | None = None, digits: int = DIGITS) -> str:
+    """All images' cards (HTML), or a hint when nothing was uploaded."""
+    if not results:
+        return '<div class="hsp-results hsp-empty">Upload or drop images, or click an example.</div>'
+    cards = "".join(render_image_result(r, label_groups, threshold, top_k, digits) for r in results)
+    return f'<div class="hsp-results">{cards}</div>'
+
+
+def status_message(results: Sequence[dict] | None, extra: Sequence[str] = ()) -> str:
+    """One line (markdown) for the page: how many images were scored and how many files could not be used."""
+    if not results:
+        return " ".join(extra)
+    failed = sum(1 for r in results if r.get("error") is not None)
+    scored = len(results) - failed
+    text = f"{scored} image{'s' if scored != 1 else ''} scored"
+    if failed:
+        text += f"; **{failed} file{'s' if failed != 1 else ''} could not be used** (see below)"
+    return " ".join([text + "."] + list(extra))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Examples
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_demo_model(label_groups: LabelGroups) -> bool:
+    """Whether the model has the labels of the built-in demo data (then its images make good examples)."""
+    from hspnet.data.demo import demo_hierarchy
+
+    return list(label_groups.names) == list(demo_hierarchy().labels)
+
+
+def write_demo_examples(folder: str | os.PathLike, count: int = NUM_DEMO_EXAMPLES, seed: int = 0) -> list[str]:
+    """Draw ``count`` images of the demo data's test split (``draw_demo_image(seed, "test", i)``) into ``folder`` as
+    ``demo-test-NNNNN.png``; returns the paths."""
+    from hspnet.data.demo import draw_demo_image
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image, _ = draw_demo_image(seed, "test", index)
+        path = os.path.join(folder, f"demo-test-{index:05d}.png")
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def collect_examples(inputs: Sequence[str | os.PathLike], limit: int = MAX_EXAMPLES) -> list[str]:
+    """Image files named or found in folders (:func:`hspnet.apps.predict.collect_image_paths`), the first ``limit``."""
+    from hspnet.apps.predict import collect_image_paths
+
+    return collect_image_paths(list(inputs))[:limit]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inference on uploads
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _thumbnail(path: str, max_pixels: int | None) -> str | None:
+    """A small JPEG data URI of an image that was read successfully (None if it cannot be made)."""
+    from hspnet.apps.predict import load_image
+
+    try:
+        image = load_image(path, max_pixels=max_pixels)
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+    except (OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _size(size: int) -> str:
+    """``"2.5 MB"``, ``"300 KB"``, ``"12 bytes"``."""
+    if size >= 2**20:
+        return f"{size / 2**20:.1f} MB"
+    return f"{size / 2**10:.0f} KB" if size >= 2**10 else f"{size} bytes"
+
+
+def _upload_path(item: Any) -> str:
+    """The path of one upload as gradio hands it over (a path string, or an object / dict with a path)."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, dict) and isinstance(item.get("path"), str):
+        return item["path"]
+    path = getattr(item, "path", None) or getattr(item, "name", None)
+    if isinstance(path, str):
+        return path
+    raise ValueError(f"not an uploaded file: {item!r}"[:200])
+
+
+@dataclass
+class DemoModel:
+    """A loaded model with what the page needs: its label groups, its summary and the upload limits."""
+
+    model: Any
+    processor: Any
+    label_groups: LabelGroups
+    summary: dict = field(default_factory=dict)
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS
+    max_upload_bytes: int = MAX_UPLOAD_MB * 1024 * 1024
+    max_images: int = MAX_IMAGES
+    batch_size: int = 8
+
+    @classmethod
+    def load(cls, model_name_or_path: str | os.PathLike, device: Any = None, trust_remote_code: bool = False,
+             **limits) -> "DemoModel":
+        """:func:`hspnet.engine.load_model` (``ModelLoadError`` naming the model when it cannot be loaded), the
+        label groups of its config and the summary of its model card."""
+        from hspnet.models.loading import load_model
+        from hspnet.apps.predict import resolve_device
+
+        name = os.fspath(model_name_or_path)
+        if device is None or isinstance(device, str):
+            device = resolve_device(device)
+        model, processor = load_model(name, device=device, trust_remote_code=trust_remote_code)
+        return cls(model, processor, LabelGroups.from_config(model.config),
+                   read_model_summary(name, model.config), **limits)
+
+    def predict_files(self, files: Sequence[Any] | None) -> tuple[list[dict], list[str]]:
+        """Score uploaded files: ``([{"name", "scores": [...]} or {"name", "error"}, ...], [notes])``, one result per
+        file in upload order (at most ``max_images``; a note says how many were left out). Never raises for a bad
+        file: a file too large, not an image, truncated or with too many pixels gets an ``error`` naming it; a model
+        failure (e.g. NaN scores) is a note."""
+        from hspnet.apps.predict import predict_images
+
+        items = list(files or [])
+        notes = []
+        if len(items) > self.max_images:
+            notes.append(f"Only the first {self.max_images} of {len(items)} files were scored.")
+            items = items[: self.max_images]
+        results: list[dict] = []
+        readable: list[tuple[int, str]] = []
+        for item in items:
+            try:
+                path = _upload_path(item)
+            except ValueError as error:
+                results.append({"name": "?", "error": one_line(error)})
+                continue
+            name = os.path.basename(path)
+            results.append({"name": name})
+            try:
+                size = os.stat(path).st_size
+            except OSError as error:
+                results[-1]["error"] = f"{name}: cannot read the upload ({error.strerror or one_line(error)})"
+                continue
+            if size > self.max_upload_bytes:
+                results[-1]["error"] = (f"{name}: {_size(size)}, more than the {_size(self.max_upload_bytes)} allowed "
+                                        "per file")
+                continue
+            readable.append((len(results) - 1, path))
+        if readable:
+            try:
+                predictions = predict_images(
+                    self.model, self.processor, [path for _, path in readable], batch_size=self.batch_size,
+                    threshold=None, top_k=self.label_groups.num_labels, on_error="skip", all_scores=True,
+                    progress=False, max_pixels=self.max_image_pixels,
+                )
+            except (OSError, ValueError, RuntimeError) as error:  # e.g. NaN scores, out of memory
+                message = one_line(error)
+                for slot, path in readable:
+                    message = message.replace(path, os.path.basename(path))
+                notes.append(f"The model could not score these images: {message}")
+                for slot, _ in readable:
+                    results[slot]["error"] = "not scored (see the message above)"
+                return results, notes
+            for (slot, path), prediction in zip(readable, predictions):
+                if prediction.error is not None:
+                    results[slot]["error"] = prediction.error.replace(path, results[slot]["name"])
+                else:
+                    results[slot]["scores"] = [float(prediction.scores[n]) for n in self.label_groups.names]
+                    results[slot]["thumbnail"] = _thumbnail(path, self.max_image_pixels)
+        return results, notes
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The page (gradio)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _example_folder() -> str:
+    """A fresh folder under the system's temp folder (gradio serves files from there whatever the working
+    directory), removed when the process exits normally."""
+    import atexit
+
+    folder = tempfile.mkdtemp(prefix="hspnet-demo-examples-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _copy_examples(paths: Sequence[str]) -> list[str]:
+    """Copies of the example images in an :func:`_example_folder` (names made unique)."""
+    if not paths:
+        return []
+    folder = _example_folder()
+    copies, used = [], set()
+    for index, path in enumerate(paths):
+        name = os.path.basename(path)
+        if name in used or name.startswith("."):
+            name = f"{index:02d}-{name.lstrip('.')}"
+        used.add(name)
+        target = os.path.join(folder, name)
+        shutil.copyfile(path, target)
+        copies.append(target)
+    return copies
+
+
+def build_demo(model: "DemoModel | str | os.PathLike", examples: Sequence[str | os.PathLike] | None = None, *,
+               title: str | None = None, threshold: float = DEFAULT_THRESHOLD, top_k: int | None = None,
+               device: Any = None, trust_remote_code: bool = False, demo_examples: bool = True,
+               model_name: str | None = None):
+    """The Gradio page (a ``gradio.Blocks``, not launched) for ``model`` (a :class:`DemoModel`, a model folder or a
+    Hub id). ``examples``: image files / folders shown as examples; ``None``: for a model with the demo data's labels
+    (and ``demo_examples``), a few demo test images, else none. ``model_name``: the name shown in the summary
+    (default: the folder's name or the Hub id). Start it with :func:`launch_demo`."""
+    gr = import_gradio()
+    if not isinstance(model, DemoModel):
+        model = DemoModel.load(model, device=device, trust_remote_code=trust_remote_code)
+    groups = model.label_groups
+    if model_name:
+        model.summary = dict(model.summary, name=str(model_name))
+    if examples is None:
+        example_paths = (write_demo_examples(_example_folder())
+                         if demo_examples and is_demo_model(groups) else [])
+    else:
+        example_paths = _copy_examples(collect_examples(examples)) if examples else []
+    if top_k is not None and not 0 <= int(top_k) <= groups.num_labels:
+        raise ValueError(f"top_k must be in [0, {groups.num_labels}] (0: no limit), got {top_k}")
+    heading = title or f"HSPNet: multi-label classification ({groups.num_labels} labels)"
+
+    def score_uploads(files, threshold_value, top_k_value):
+        results, notes = model.predict_files(files)
+        page = render_results(results, groups, threshold_value, top_k_value)
+        return results, page, status_message(results, notes)
+
+    def redraw(results, threshold_value, top_k_value):
+        return render_results(results, groups, threshold_value, top_k_value)
+
+    with gr.Blocks(title=heading, analytics_enabled=False) as blocks:
+        gr.Markdown(f"# {html.escape(heading)}")
+        with gr.Accordion("About this model", open=True):
+            gr.Markdown(summary_markdown(model.summary), elem_id="hsp-summary")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                files = gr.File(label="Images: drop or click to upload (several at once)", file_count="multiple",
+                                elem_id="hsp-upload")
+                threshold_slider = gr.Slider(0.0, 1.0, value=threshold, step=0.01, label="Threshold",
+                                             info="labels with a score above it are highlighted",
+                                             elem_id="hsp-threshold")
+                top_k_slider = gr.Slider(0, groups.num_labels, value=int(top_k or 0), step=1, label="Top-k",
+                                         info="at most this many highlighted labels per image (0: no limit)",
+                                         elem_id="hsp-topk")
+                if example_paths:
+                    gallery = gr.Gallery(example_paths, label="Examples: click one", columns=3,
+                                         allow_preview=False, interactive=False, object_fit="contain", height=270,
+                                         buttons=[],
+                                         elem_id="hsp-examples")
+
+                    def pick(event):
+                        return [example_paths[event.index]]
+
+                    pick.__annotations__ = {"event": gr.SelectData}  # gradio passes the selection by this type
+                    gallery.select(pick, None, files)
+            with gr.Column(scale=2):
+                status = gr.Markdown(elem_id="hsp-status")
+                results_html = gr.HTML(render_results([], groups), css_template=CSS, elem_id="hsp-results")
+        state = gr.State([])
+        files.change(score_uploads, [files, threshold_slider, top_k_slider], [state, results_html, status])
+        for control in (threshold_slider, top_k_slider):
+            control.change(redraw, [state, threshold_slider, top_k_slider], results_html, show_progress="hidden")
+    blocks.hspnet_max_upload_bytes = model.max_upload_bytes
+    return blocks
+
+
+def launch_demo(blocks, host: str | None = None, port: int | None = None, share: bool = False, **kwargs):
+    """Start the page: ``host`` None = gradio's default (``GRADIO_SERVER_NAME``, else 127.0.0.1; a Space sets
+    0.0.0.0), ``port`` None = ``GRADIO_SERVER_PORT`` or the first free port from 7860. Uploads larger than the
+    model's limit are refused by the server too. Other keywords go to ``Blocks.launch``."""
+    limit = getattr(blocks, "hspnet_max_upload_bytes", MAX_UPLOAD_MB * 1024 * 1024)
+    kwargs.setdefault("max_file_size", limit)
+    return blocks.launch(server_name=host, server_port=port, share=share, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+_port = number_type(int, "a port number 1-65535", 1, 65535)
+_megabytes = number_type(float, "a size in MB > 0", 0.0, low_open=True)
+
+
+def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from hspnet.apps.predict import _pixel_limit
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="A demo page (Gradio) for a trained model: upload images, see every label's score grouped by the "
+        "model's hierarchy. With --write_space DIR: write a Hugging Face Space folder instead of starting the page. "
+        f"Needs gradio: {GRADIO_INSTALL_HINT}",
+    )
+    parser.add_argument("--model", required=True, help="model folder (e.g. outputs/demo) or Hub id")
+    parser.add_argument("--examples", nargs="+", default=None, metavar="PATH",
+                        help=f"example image files or folders (at most {MAX_EXAMPLES} shown; default: demo test "
+                        "images for a model with the demo data's labels, else none)")
+    parser.add_argument("--no_examples", "--no-examples", action="store_true", help="show no example images")
+    parser.add_argument("--title", default=None, help="the page's title")
+    parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD,
+                        help=f"initial threshold (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--top_k", type=int, default=0, help="initial top-k (default 0: no limit)")
+    parser.add_argument("--host", default=None,
+                        help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1 = this machine only; "
+                        "0.0.0.0 makes the page reachable from the network)")
+    parser.add_argument("--port", type=_port, default=None,
+                        help="port (default: GRADIO_SERVER_PORT, else the first free port from 7860)")
+    parser.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--max_image_pixels", type=_pixel_limit, default=MAX_IMAGE_PIXELS, metavar="N",
+                        help=f"refuse images with more pixels than N (default {MAX_IMAGE_PIXELS:,}; 0: PIL's limit)")
+    parser.add_argument("--max_file_size", type=_megabytes, default=MAX_UPLOAD_MB, metavar="MB",
+                        help=f"refuse uploads larger than this many MB (default {MAX_UPLOAD_MB})")
+    parser.add_argument("--max_images", type=positive_int, default=MAX_IMAGES,
+                        help=f"score at most this many images per upload (default {MAX_IMAGES})")
+    parser.add_argument("--trust_remote_code", action="store_true", help="for Hub models that need their own code")
+    space = parser.add_argument_group("writing a Hugging Face Space")
+    space.add_argument("--write_space", "--write-space", default=None, metavar="DIR",
+                       help="write app.py, requirements.txt, README.md, examples/, the hspnet package and the model "
+                       "(a local folder is copied into DIR/model; a Hub id is referenced) into DIR, then exit")
+    space.add_argument("--space_model_id", default=None, metavar="HUB_ID",
+                       help="with --write_space: the Space loads the model from this Hub id instead of a copy")
+    space.add_argument("--overwrite", action="store_true",
+                       help="with --write_space: replace a Space folder written earlier")
+    return parser
+
+
+def run_demo(args: argparse.Namespace):
+    """The command line's work: write a Space folder, or build and launch the page (blocks until Ctrl-C)."""
+    if args.no_examples and args.examples:
+        raise ValueError("--examples and --no_examples contradict each other")
+    if args.top_k < 0:
+        raise ValueError(f"--top_k must be >= 0 (0: no limit), got {args.top_k}")
+    examples = [] if args.no_examples else args.examples
+    if args.write_space is not None:
+        from hspnet.apps.demo.space import write_space
+
+        folder = write_space(args.model, args.write_space, examples, title=args.title,
+                             space_model_id=args.space_model_id, overwrite=args.overwrite,
+                             threshold=args.threshold, top_k=args.top_k)
+        print(f"wrote a Space to {folder}: run it with `python {os.path.join(folder, 'app.py')}`, or upload it with "
+              f"`hf upload --repo-type space USER/SPACE_NAME {folder} .`")
+        return folder
+    if args.space_model_id is not None or args.overwrite:
+        raise ValueError("--space_model_id and --overwrite only apply with --write_space DIR")
+    if not gradio_available():  # reported before the model is loaded
+        import_gradio()
+    model = DemoModel.load(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
+                           max_image_pixels=args.max_image_pixels,
+                           max_upload_bytes=int(args.max_file_size * 1024 * 1024), max_images=args.max_images)
+    if args.top_k > model.label_groups.num_labels:
+        raise ValueError(f"--top_k must be in [0, {model.label_groups.num_labels}] (the model has "
+                         f"{model.label_groups.num_labels} labels), got {args.top_k}")
+    blocks = build_demo(model, examples, title=args.title, threshold=args.threshold, top_k=args.top_k)
+    launch_demo(blocks, host=args.host, port=args.port, share=args.share)
+    return blocks
+
+
+def main(argv: list[str] | None = None, prog: str | None = "hspnet demo") -> int:
+    """Entry point of ``hspnet demo`` / ``python -m hspnet.apps.demo.page``: 0 on success, 1 with a one-line ``error:`` on bad
+    input (``--debug``: the traceback), 130 on Ctrl-C."""
+    return run_cli(build_argument_parser(prog), run_demo, argv)
+
+
+__all__ = [
+    "CSS",
+    "DemoModel",
+    "GradioMissingError",
+    "LabelGroups",
+    "build_argument_parser",
+    "build_demo",
+    "grouped_scores",
+    "gradio_available",
+    "import_gradio",
+    "is_demo_model",
+    "launch_demo",
+    "main",
+    "read_model_summary",
+    "render_image_result",
+    "render_results",
+    "run_demo",
+    "selected_labels",
+    "status_message",
+    "summary_markdown",
+    "write_demo_examples",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The evaluation loop: a model over a dataloader -> every metric of :mod:`hspnet.evaluation.metrics`, streaming (the
+scores are accumulated, never a list of batches) and distributed-safe (gathered across processes without duplicated
+samples).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+import torch
+
+
+@torch.no_grad()
+def evaluate_model(model, dataloader, accelerator, num_labels: int, description: str = "eval",
+                   threshold: float = 0.5, k: int = 3) -> tuple[dict, Any]:
+    """Every metric of :func:`hspnet.evaluation.metrics.compute_all_metrics` over a (prepared) dataloader, gathered across
+    processes without duplicated samples. Returns `(metrics, accumulator)`; the accumulator holds the scores
+    (`accumulator.scores` / `.targets`, `(N, C)`). `model(pixel_values=...)` must return `.logits` `(B, C)` (HSPNet,
+    the zero-shot CLIP classifier). An image that cannot be read in a DataLoader worker is a `ValueError` naming it."""
+    from tqdm.auto import tqdm
+
+    from hspnet.evaluation.metrics import MultiLabelMetricAccumulator
+
+    was_training = model.training
+    model.eval()
+    try:
+        capacity = len(dataloader.dataset)  # gather_for_metrics yields exactly this many samples on every process
+    except (AttributeError, TypeError):
+        capacity = None
+    accumulator = MultiLabelMetricAccumulator(num_labels, from_logits=True, threshold=threshold, k=k,
+                                              capacity=capacity)
+    try:
+        for batch in tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
+            with accelerator.autocast():
+                logits = model(pixel_values=batch["pixel_values"]).logits
+            accumulator.add_from_accelerator(accelerator, logits.float(), batch["labels"])
+    except RuntimeError as error:  # an ImageReadError raised in a DataLoader worker comes back as a RuntimeError
+        found = re.findall(r"ImageReadError: (.+)", str(error))
+        if found:
+            raise ValueError(found[-1].strip()) from error
+        raise
+    finally:
+        model.train(was_training)
+    return accumulator.compute(), accumulator

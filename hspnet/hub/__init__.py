@@ -1,0 +1,2 @@
+"""The Hugging Face Hub side of hspnet: model cards (`cards.py`) and moving model folders and training states to and
+from the Hub (`transfer.py`)."""

@@ -1,0 +1,662 @@
+# Copyright 2026 The hspnet authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch HSPNet: hierarchical prompt learning on CLIP for single positive multi-label classification.
+
+Wang et al., "Hierarchical Prompt Learning Using CLIP for Multi-label Classification with Single Positive Labels",
+ACM MM 2023. This file computes exactly what the authors' released code computes (see the project's specification)
+and is also the remote code saved next to the weights, so it imports only its siblings, torch and transformers.
+
+Reading order, top to bottom (the label graph is in `modeling_label_graph.py`: `process_relation`, `HSPNetGCN`; the
+text tower on prompt embeddings in `modeling_prompt_encoder.py`: `encode_prompt_embeddings`,
+`encode_shared_prefix_prompts`, `plan_label_chunks`; what a model is built from (CLIP parts, tokenized prompts, the
+raw relation, `default_image_processor`) in `modeling_from_clip.py`; the text-side state and cache bookkeeping in
+`modeling_text_cache.py`; the ResNet image tower in `modeling_clip_resnet.py`):
+
+1. Outputs (`HSPNetClassifierOutput`, `HSPNetModelOutput`).
+2. `HSPNetPreTrainedModel`: init, freezing, saving (remote code, image processor), `from_clip`.
+3. `HSPNetModel`: setup (prompts, relation), the text side (group features -> GCN -> meta-net -> label prompts ->
+   GCN; cached by the rule in its docstring, `HSPNetTextCacheMixin`), image embeddings, logits.
+4. `HSPNetForImageClassification`: adds the loss (and label sampling in training) and returns the outputs.
+
+Shapes: `B` images, `C` labels, `G` groups, `D` joint embedding size (`projection_dim`), `W` text width,
+`L` prompt length (77), `n_ctx` context vectors per label prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import ModelOutput, logging
+
+from .configuration_hspnet import HSPNetConfig
+from .losses import build_loss
+from .modeling_clip_resnet import HSPNetAttentionPool2d, HSPNetCLIPResNet
+from .modeling_from_clip import (
+    ClipParts,
+    default_image_processor,
+    load_clip_parts,
+    read_relation,
+    text_relation,
+    tokenize_hierarchy_prompts,
+)
+from .modeling_label_graph import HSPNetGCN, HSPNetGraphConvolution, _induced_adjacency, process_relation
+from .modeling_prompts import (
+    LabelPlan,
+    encode_prompt_embeddings,
+    encode_shared_prefix_prompts,
+    label_activation_bytes,
+    plan_label_chunks,
+)
+from .modeling_text_cache import HSPNetTextCacheMixin
+
+logger = logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HSPNetClassifierOutput(ImageClassifierOutput):
+    """
+    `ImageClassifierOutput` (`loss`, `logits` `(B, C)`, `hidden_states`, `attentions`) plus:
+
+    Args:
+        label_indices (`torch.LongTensor` of shape `(C',)`, *optional*):
+            With label sampling in training (`config.label_sample_size`): the labels the `C'` columns of `logits`
+            are; None otherwise (all labels, in order).
+    """
+
+    label_indices: torch.LongTensor | None = None
+
+
+@dataclass
+class HSPNetModelOutput(ModelOutput):
+    """
+    Args:
+        logits (`torch.FloatTensor` of shape `(B, C)`):
+            `logit_scale * image_embeds @ label_embeds.T`, at least float32 (computed outside autocast);
+            `sigmoid(logits)` are the per-label probabilities.
+        image_embeds (`torch.FloatTensor` of shape `(B, D)`):
+            L2-normalised projected CLIP image embeddings.
+        label_embeds (`torch.FloatTensor` of shape `(C, D)`):
+            L2-normalised label embeddings (label-level GCN output over the hierarchical prompts).
+        hidden_states, attentions: of the vision tower, when requested.
+    """
+
+    logits: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    label_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pre-trained model base
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+# The one table of the Auto classes a saved folder names (`config.auto_map`), so that it loads with
+# `trust_remote_code=True` where `hspnet` is not installed. `save_pretrained` copies this file and its sibling imports.
+AUTO_MAP = {
+    "AutoConfig": "configuration_hspnet.HSPNetConfig",
+    "AutoModel": "modeling_hspnet.HSPNetModel",
+    "AutoModelForImageClassification": "modeling_hspnet.HSPNetForImageClassification",
+}
+
+
+class HSPNetPreTrainedModel(PreTrainedModel):
+    config_class = HSPNetConfig
+    config: HSPNetConfig
+    base_model_prefix = "hspnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings", "HSPNetResNetBottleneck"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # makes `save_pretrained` copy the remote code (this file and its sibling imports); the folder's `auto_map` is
+    # AUTO_MAP, written by `save_pretrained` below
+    _auto_class = "AutoModelForImageClassification"
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, HSPNetGraphConvolution):
+            bound = 1.0 / math.sqrt(module.out_features)
+            init.uniform_(module.weight, -bound, bound)
+        elif isinstance(module, HSPNetGCN):
+            init.constant_(module.gamma, self.config.gcn_gamma_init)
+        elif isinstance(module, nn.Linear) and getattr(module, "_hspnet_torch_default_init", False):
+            # the meta-net keeps PyTorch's default nn.Linear initialisation, as in the released code
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, HSPNetAttentionPool2d):
+            init.normal_(module.positional_embedding, std=module.positional_embedding.shape[1] ** -0.5)
+        elif isinstance(module, HSPNetCLIPResNet):
+            init.constant_(module.logit_scale, self.config.clip_config.logit_scale_init_value)
+        elif isinstance(module, HSPNetModel):  # filled by `from_clip` / loading; zeros until then
+            for name in module.constant_buffers:
+                init.zeros_(getattr(module, name))
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then re-applies `config.freeze_text_encoder` (loading re-creates
+        parameters with `requires_grad=True`)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives (model, info)
+        model.base_model.apply_freezing()
+        model.base_model.clear_text_cache()
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus: the config's `auto_map` lists AutoConfig, AutoModel and
+        AutoModelForImageClassification (so the folder loads with `trust_remote_code=True` where `hspnet` is not
+        installed), and an image processor is saved beside the weights (the one attached as `image_processor`, or
+        CLIP preprocessing at the tower's resolution), so `pipeline("image-classification", model=folder)` works."""
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "revision",
+                                                         "create_pr") if key in kwargs}
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            processor = getattr(self, "image_processor", None) or default_image_processor(self.config)
+            processor.save_pretrained(save_directory)
+        if push_to_hub:  # push_to_hub saves again into a temporary folder through this method, processor included
+            repo_id = hub_options.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+            self.push_to_hub(repo_id, **hub_options)
+
+    @classmethod
+    def from_clip(
+        cls,
+        clip: str | os.PathLike | CLIPModel | ClipParts,
+        labels: list[str],
+        groups: list[str],
+        label_to_group: list[int],
+        relation: Any = None,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+        relation_template: str = "{}",
+        clip_kwargs: dict | None = None,
+        **config_kwargs,
+    ):
+        """Build an HSPNet model on a CLIP checkpoint.
+
+        Args:
+            clip: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local CLIP folder, a `CLIPModel`, or
+                `ClipParts`: what the package reads from OpenAI-format CLIP weights (RN50 & co. or ViT) with
+                `hspnet.models.openai_clip.load_openai_clip_parts("RN50.pt")` (without running any of the file's
+                code). A ResNet checkpoint gives `vision_backbone="clip_resnet"`. OpenAI files hold no tokenizer:
+                pass `tokenizer=` (all OpenAI CLIP models share one, e.g. that of `openai/clip-vit-base-patch32`).
+            labels: the `C` label names, in index order.
+            groups: the `G` group names.
+            label_to_group: for each label, the index of its group.
+            relation: the raw `(C + G, C + G)` similarity matrix (labels first, then groups): an array, a tensor or
+                the path of a `.npy` file such as the authors' `relation+voc+super.npy`. By default it is computed from
+                the frozen text tower: cosine similarity of the CLIP text embeddings of
+                `relation_template.format(name)` for the label names followed by the group names.
+            tokenizer: the CLIP tokenizer; loaded from `clip` when it is a Hub id or folder.
+            image_processor: saved beside the model; loaded from `clip` when possible, else CLIP preprocessing at the
+                tower's resolution.
+            clip_kwargs: passed to `CLIPModel.from_pretrained` (e.g. `revision`); the HSPNet model is built in float32, cast
+                it afterwards (`model.to(torch.bfloat16)`) or save and reload it with `dtype=`.
+            **config_kwargs: any other `HSPNetConfig` field (e.g. `n_ctx`, `loss`, `relation_keep_ratio`).
+
+        The prompts are tokenized once and stored as persistent buffers (token embeddings and EOS positions) together
+        with the raw relation, so `from_pretrained` restores the model without a tokenizer.
+        """
+        parts = load_clip_parts(clip, tokenizer, image_processor, clip_kwargs)
+        labels = list(labels)
+        # the prompt buffers are sized by `set_prompts` below (up to the longest prompt): no (C, 77, W) placeholder
+        config_kwargs.setdefault("prompt_length", 1)
+        config = HSPNetConfig(
+            clip_config=parts.clip_config,
+            id2label=dict(enumerate(labels)),
+            label2id={name: index for index, name in enumerate(labels)},
+            group_names=list(groups),
+            label_to_group=[int(g) for g in label_to_group],
+            **{**parts.config_kwargs, **config_kwargs},
+        )
+        model = cls(config)
+        base = model.base_model
+        base.clip.load_state_dict(parts.clip_weights)
+        base.set_prompts(parts.tokenizer)
+        if relation is None:
+            relation = text_relation(base.clip, parts.tokenizer, labels + list(groups), relation_template)
+        base.set_relation(relation)
+        model.image_processor = image_processor or default_image_processor(config, **parts.normalisation)
+        base.apply_freezing()
+        return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HSPNet
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
+    """HSPNet without a loss: CLIP image tower + hierarchical prompts + shared GCN -> `(B, C)` logits.
+
+    Persistent buffers (saved with the weights): `relation` `(C + G, C + G)` raw similarities, `group_prompt_embeds`
+    `(G, L, W)`, `label_prompt_embeds` `(C, L, W)` (its `n_ctx` placeholder slots after SOS are replaced by the
+    meta-net output), `group_eos_positions` `(G,)`, `label_eos_positions` `(C,)`. The label -> group map is the
+    config's `label_to_group`.
+
+    Exact speed-ups, each switchable through the attributes of the same name (all on by default):
+
+    - `cache_label_embeddings`: in eval mode, when no gradient is needed, the `(C, D)` label embeddings are computed
+      once and reused;
+    - `cache_group_features`: the group text features before the GCN (fixed prompts, frozen tower) are computed once,
+      also during training;
+    - `truncate_prompts`: prompts are cut to the longest EOS position + 1 tokens (the text tower is causal).
+
+    The cache rule: a cached value is reused while every parameter and buffer of this model it was computed from, and
+    the cached tensor itself, keeps its storage and in-place version counter (optimizer steps, `load_state_dict`,
+    `copy_`, EMA updates, in-place edits all bump it) and the autocast / inference-mode state and relation settings are
+    the same. `train()`/`eval()`, `.to()`/casts, `load_state_dict`, `set_prompts`, `set_relation` and
+    `clear_text_cache()` drop it. Not seen (the model installs no process-wide hooks): a parameter or sub-module of the
+    CLIP text tower replaced by a new object (replacements in `gcn` and `meta_net` are seen), writes through `.data`, and fused optimizers (`Adam(fused=True)`), which do not bump
+    version counters, stepping while the model stays in eval mode; call `clear_text_cache()` after those.
+
+    Under `torch.compile` the cache bookkeeping runs outside the compiled graph (one graph break per forward pass).
+    """
+
+    # Buffers fixed when the model is built (prompts, relation): loaded, never trained or averaged (EMA).
+    constant_buffers = ("relation", "group_prompt_embeds", "label_prompt_embeds", "group_eos_positions",
+                        "label_eos_positions")
+    # Attributes derived from those buffers only (the processed adjacencies): a copy of the model may share them.
+    constant_derived = ("_adjacency",)
+
+    def __init__(self, config: HSPNetConfig):
+        super().__init__(config)
+        clip_config = config.clip_config
+        num_labels, num_groups = config.num_labels, config.num_groups
+        length = config.prompt_length or clip_config.text_config.max_position_embeddings
+        width, dim, n_ctx = config.text_width, config.projection_dim, config.n_ctx
+
+        # the towers follow the dtype the model is built in (e.g. `from_pretrained(..., dtype=torch.bfloat16)`), not
+        # the "float32" that the nested CLIP sub-configs were saved with
+        clip_config.text_config.dtype = clip_config.vision_config.dtype = None
+        if config.vision_backbone == "clip_resnet":  # no ViT tower is built (unused parameters would break DDP)
+            self.clip = HSPNetCLIPResNet(config)
+        else:
+            self.clip = CLIPModel(clip_config)
+        self.gcn = HSPNetGCN(config)
+        self.meta_net = nn.Sequential(
+            OrderedDict(
+                [
+                    ("linear1", nn.Linear(dim, n_ctx * width)),
+                    ("relu", nn.ReLU()),
+                    ("linear2", nn.Linear(n_ctx * width, n_ctx * width)),
+                ]
+            )
+        )
+        self.meta_net.linear1._hspnet_torch_default_init = True
+        self.meta_net.linear2._hspnet_torch_default_init = True
+
+        size = num_labels + num_groups
+        # raw similarities stay float32 whatever the model is cast to: top-k on rounded values would change the graph
+        self.register_buffer("relation", torch.zeros(size, size, dtype=torch.float32))
+        self.register_buffer("group_prompt_embeds", torch.zeros(num_groups, length, width))
+        self.register_buffer("label_prompt_embeds", torch.zeros(num_labels, length, width))
+        self.register_buffer("group_eos_positions", torch.zeros(num_groups, dtype=torch.long))
+        self.register_buffer("label_eos_positions", torch.zeros(num_labels, dtype=torch.long))
+
+        self.cache_label_embeddings = True
+        self.cache_group_features = True
+        self.truncate_prompts = True
+        # labels of a group share the prompt prefix [SOS] ctx_1..ctx_n: run it once per group (exact; see
+        # `encode_shared_prefix_prompts`); labels run in chunks sorted by name length: everything at once while the
+        # activations fit in `text_memory_budget_mb`, else half-budget chunks, those past the first half budget under
+        # activation checkpointing (`plan_label_chunks`); `label_chunk_size` fixes the chunk size instead;
+        # `release_memory_between_chunks` gives freed heap pages back between CPU chunks (`release_freed_memory`)
+        self.share_prompt_prefix = True
+        self.label_chunk_size: int | None = None
+        self.text_memory_budget_mb = 2048
+        self.release_memory_between_chunks = True
+        self.clear_text_cache()
+
+        self.post_init()
+        self.apply_freezing()
+
+    # ----- setup -----------------------------------------------------------------------------------------------------
+
+    def apply_freezing(self) -> None:
+        """Freeze what must not train: the text tower when `config.freeze_text_encoder` (token embeddings, transformer,
+        final norm, text projection), and always the token embedding table (prompts are stored as embeddings) and CLIP's
+        unused `logit_scale` (an unused trainable parameter would also break DDP)."""
+        trainable = not self.config.freeze_text_encoder
+        for module in (self.clip.text_model, self.clip.text_projection):
+            module.requires_grad_(trainable)
+        self.clip.text_model.embeddings.token_embedding.requires_grad_(False)
+        self.clip.logit_scale.requires_grad_(False)
+
+    @torch.no_grad()
+    def set_prompts(self, tokenizer) -> None:
+        """Tokenize the group prompts (`group_prompt_template`) and the label prompts (`ctx_init + " " + label + "."`)
+        with `tokenizer` and store their token embeddings and EOS positions in the buffers."""
+        embed = self.clip.text_model.embeddings.token_embedding
+        if embed.num_embeddings == 0:
+            raise ValueError(
+                "This model has no token embedding table (it was converted from a checkpoint that stores its prompts "
+                "as embeddings), so new prompts cannot be embedded. Re-convert it with the original CLIP weights "
+                "(scripts/convert_official_checkpoint.py --clip-weights RN50.pt) to change label or group names."
+            )
+        group_ids, group_eos, label_ids, label_eos = tokenize_hierarchy_prompts(self.config, tokenizer)
+
+        # the tower is causal: nothing after the last EOS can change a prompt's feature, so only that much is kept
+        # (a few tokens instead of 77: the (C, L, W) label prompts are the largest buffer at large C)
+        kept = max([int(t.max()) for t in (group_eos, label_eos) if t.numel()] + [0]) + 1
+        device, dtype = embed.weight.device, self.label_prompt_embeds.dtype
+        self.register_buffer("group_prompt_embeds", embed(group_ids[:, :kept].to(device)).to(dtype))
+        self.register_buffer("label_prompt_embeds", embed(label_ids[:, :kept].to(device)).to(dtype))
+        self.config.prompt_length = kept
+        self.group_eos_positions.copy_(group_eos)
+        self.label_eos_positions.copy_(label_eos)
+        self.clear_text_cache()
+
+    @torch.no_grad()
+    def set_relation(self, relation: Any) -> None:
+        """Store the raw `(C + G, C + G)` similarity matrix (array, tensor or `.npy` path; labels first)."""
+        self.relation.copy_(read_relation(relation, self.config.num_labels, self.config.num_groups))
+        self.clear_text_cache()
+
+    # ----- text side -----------------------------------------------------------------------------------------------
+
+    def _encode_groups(self) -> torch.Tensor:
+        length = self._prompt_lengths[1] if self.truncate_prompts else None
+        return encode_prompt_embeddings(
+            self.clip, self.group_prompt_embeds, self.group_eos_positions, truncate=length is not None, length=length
+        )
+
+    def get_group_features(self) -> torch.Tensor:
+        """`t_parent`: text features of the fixed group prompts before the GCN, `(G, D)` (not normalised).
+
+        Constant while the text tower is frozen, so computed once (without a graph) and reused, in training too."""
+        cached = self._cached_text("group")
+        return cached if cached is not None else self._encode_groups()
+
+    def compute_label_embeddings(
+        self, group_features: torch.Tensor | None = None, label_indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The full text side, `(C, D)` L2-normalised label embeddings:
+
+        group features -> GCN (group adjacency) -> meta-net -> `n_ctx` context vectors per group -> each label takes
+        its group's context -> label prompts through the text tower -> the SAME GCN (label adjacency) -> normalise.
+
+        Args:
+            group_features (`torch.Tensor` of shape `(G, D)`, *optional*): from `get_group_features()` if not given.
+            label_indices (`torch.LongTensor` of shape `(C',)`, *optional*): compute only these labels (label
+                sampling, `config.label_sample_size`): their prompts, and the label GCN on the graph they induce with
+                each row's neighbour weights rescaled to the same total `relation_reweight_p` (a row left without
+                neighbours keeps only itself). An approximation: the full graph mixes in every label.
+        Returns:
+            `torch.Tensor` of shape `(C, D)` (or `(C', D)`).
+        """
+        config = self.config
+        if group_features is None:
+            group_features = self.get_group_features()  # also refreshes the derived state read below
+        _, label_adjacency, group_adjacency = self._adjacency
+        group_features = self.gcn(group_features, group_adjacency)
+        context = self.meta_net(group_features).reshape(config.num_groups, config.n_ctx, config.text_width)
+        label_features = self._encode_label_prompts(context, label_indices)  # (C, D)
+        if label_indices is not None:
+            label_adjacency = _induced_adjacency(label_adjacency, label_indices, config.relation_reweight_p)
+        label_features = self.gcn(label_features, label_adjacency)  # (C, D)
+        return F.normalize(label_features, dim=-1)
+
+    def _plan(self, suffix_lengths: list[int], needs_grad: bool) -> LabelPlan:
+        """How the label prompts run through the text tower (`plan_label_chunks`): `label_chunk_size` labels per
+        chunk, or by `text_memory_budget_mb` with `label_activation_bytes` per label."""
+        text_config, prefix_length = self.config.clip_config.text_config, 1 + self.config.n_ctx
+        return plan_label_chunks(
+            suffix_lengths,
+            lambda length: label_activation_bytes(text_config, prefix_length, length),
+            int(self.text_memory_budget_mb * 2**20),
+            max_labels=self.label_chunk_size,
+            needs_grad=needs_grad,
+            device=self.label_eos_positions.device,
+        )
+
+    def _encode_label_prompts(self, context: torch.Tensor, label_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Label prompts `[SOS] ctx(group) {label} . [EOS]` through the frozen text tower -> `(C, D)` features (or
+        `(C', D)` for `label_indices`).
+
+        `context` `(G, n_ctx, W)`: each group's context vectors (the meta-net output)."""
+        prompts, n_ctx = self.label_prompt_embeds, self.config.n_ctx
+        length = self._prompt_lengths[2] if self.truncate_prompts else prompts.shape[1]
+        label_group, eos = self._label_group_index, self.label_eos_positions
+        if label_indices is not None:
+            prompts, label_group, eos = prompts[label_indices], label_group[label_indices], eos[label_indices]
+        context = context.to(prompts.dtype)
+        if self.share_prompt_prefix and self._prefix_shared[1] and self._prompt_lengths[3] > n_ctx:
+            prefix = torch.cat([prompts[:1, :1].expand(context.shape[0], -1, -1), context], dim=1)  # (G, 1 + n_ctx, W)
+            suffix = prompts[:, 1 + n_ctx : length]
+            if label_indices is None:
+                plan = self._label_plans[2][torch.is_grad_enabled()]
+            else:  # a new sample each step
+                suffix_lengths = self._label_plans[1]
+                plan = self._plan([suffix_lengths[i] for i in label_indices.tolist()], torch.is_grad_enabled())
+            return encode_shared_prefix_prompts(
+                self.clip, prefix, suffix, label_group, eos - (1 + n_ctx), plan=plan,
+                release_memory=self.release_memory_between_chunks,
+            )
+        prompts = torch.cat([prompts[:, :1], context[label_group], prompts[:, 1 + n_ctx : length]], dim=1)
+        return encode_prompt_embeddings(self.clip, prompts, eos, truncate=False)
+
+    def get_label_embeddings(self) -> torch.Tensor:
+        """`(C, D)` normalised label embeddings; cached in eval mode when no gradient is needed (see the class
+        docstring)."""
+        label_embeds, group_features = self._text_from_cache()
+        return label_embeds if label_embeds is not None else self.compute_label_embeddings(group_features)
+
+    # ----- image side and forward ------------------------------------------------------------------------------
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, Any]:
+        """L2-normalised projected image embeddings `(B, D)` and the vision tower's output.
+
+        For the ViT tower the output's `pooler_output` is the pooled feature before `visual_projection`; for the
+        ResNet tower it is already the projected embedding (CLIP's attention pool projects) and `attentions` is None.
+        """
+        if self.config.vision_backbone == "clip_resnet":
+            kwargs.pop("output_attentions", None)
+            vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
+            image_embeds = vision_outputs.pooler_output
+        else:
+            vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
+            image_embeds = self.clip.visual_projection(vision_outputs.pooler_output)
+        return F.normalize(image_embeds, dim=-1), vision_outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        score_indices: torch.Tensor | None = None,
+        **kwargs,
+    ) -> HSPNetModelOutput | tuple:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
+            score_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels, computing the
+                text side for them alone (label sampling; see `compute_label_embeddings`). Not named `label*`:
+                transformers' Trainer treats every forward argument with "label" in its name as a target.
+            **kwargs: passed to the vision tower (e.g. `interpolate_pos_encoding=True` for the ViT tower).
+        Returns:
+            `HSPNetModelOutput` with `logits` `(B, C)`, `image_embeds` `(B, D)`, `label_embeds` `(C, D)` (`C'`
+            columns / rows with `score_indices`).
+        """
+        if pixel_values is None:
+            raise ValueError("HSPNetModel.forward needs pixel_values.")
+        vision_kwargs = dict(kwargs)
+        if output_hidden_states:
+            vision_kwargs["output_hidden_states"] = True
+        if output_attentions:
+            vision_kwargs["output_attentions"] = True
+        if score_indices is None:
+            label_embeds = self.get_label_embeddings()  # first: the cache lookup is the one graph break under compile
+        else:
+            label_embeds = self.compute_label_embeddings(label_indices=score_indices)
+        image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
+        # at least float32 and outside autocast: bf16 logits keep ~3 significant digits, ties that change mAP
+        dtype = torch.promote_types(image_embeds.dtype, torch.float32)
+        with torch.autocast(device_type=image_embeds.device.type, enabled=False):
+            logits = self.config.logit_scale * image_embeds.to(dtype) @ label_embeds.to(dtype).T
+        output = HSPNetModelOutput(
+            logits=logits,
+            image_embeds=image_embeds,
+            label_embeds=label_embeds,
+            hidden_states=getattr(vision_outputs, "hidden_states", None),
+            attentions=getattr(vision_outputs, "attentions", None),
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class HSPNetForImageClassification(HSPNetPreTrainedModel):
+    """HSPNet with its training loss, for `AutoModelForImageClassification` and `pipeline("image-classification")`.
+
+    `labels` are the observed targets, `(B, C)` with 1 for the observed positive(s) and 0 for unobserved labels. The
+    loss is `config.loss` with `config.loss_kwargs` (default: SPLC with the reference values, summed over the batch).
+    """
+
+    # the loss is per batch (not normalised by `num_items_in_batch`): transformers.Trainer must scale it itself
+    accepts_loss_kwargs = False
+    # A training run's state, not the model's (the loss and its ROLE estimates, the label-sampling generator): a copy
+    # of the model leaves it out.
+    run_state = ("_loss_cache", "label_generator")
+
+    def __init__(self, config: HSPNetConfig):
+        super().__init__(config)
+        self.hspnet = HSPNetModel(config)
+        # label sampling's own random numbers (a CPU generator; a training loop seeds it and checkpoints its state);
+        # None: one seeded with `torch.initial_seed()` is made at the first sampled step
+        self.label_generator: torch.Generator | None = None
+        self.post_init()
+        config.check_loss()  # a config edited after it was made: fail now, naming the loss, not at the first step
+
+    @property
+    def loss_module(self) -> nn.Module:
+        """The loss named by `config.loss` with `config.loss_kwargs` (built on first use, rebuilt if the config changes).
+
+        It is deliberately kept OUT of the model's module tree: its state (the epoch of SPLC / LL-R, ROLE's label
+        estimates) belongs to a training run, not to the saved weights. A training script that needs that state in its
+        checkpoints saves `model.loss_module.state_dict()` itself (`hspnet train` does, as safetensors).
+        """
+        spec = (self.config.loss, tuple(sorted((self.config.loss_kwargs or {}).items())))
+        cached = self.__dict__.get("_loss_cache")
+        if cached is None or cached[0] != spec:
+            cached = (spec, build_loss(self.config.loss, self.config.num_labels, **(self.config.loss_kwargs or {})))
+            self.__dict__["_loss_cache"] = cached
+        return cached[1]
+
+    def use_loss(self, loss: nn.Module) -> None:
+        """Make `loss` (built for `config.loss`, e.g. ROLE with its number of training images) the model's loss until
+        the config's loss choice changes; like the loss built from the config, it stays out of the module tree."""
+        spec = (self.config.loss, tuple(sorted((self.config.loss_kwargs or {}).items())))
+        self.__dict__["_loss_cache"] = (spec, loss)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell an epoch-dependent loss (SPLC, LL-R) the current 0-based epoch, for calls that omit `epoch=`."""
+        if hasattr(self.loss_module, "set_epoch"):
+            self.loss_module.set_epoch(epoch)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        epoch: int | None = None,
+        indices: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        score_indices: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
+            labels (`torch.FloatTensor` of shape `(B, C)`, *optional*): observed targets (1 = observed positive).
+            epoch (`int`, *optional*): the current 0-based epoch, for losses that change with it (SPLC, LL-R);
+                otherwise the one given to `set_epoch`.
+            indices (`torch.LongTensor` of shape `(B,)`, *optional*): training-set indices, for ROLE.
+            score_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels (e.g. a sample
+                from `sample_labels`, for a loss computed by the caller with its `label_weights`); not together with
+                `labels`, which sample by themselves in training when `config.label_sample_size` is set.
+            **kwargs: passed to the vision tower.
+        Returns:
+            `ImageClassifierOutput` with `logits` `(B, C)` and `loss` when `labels` are given.
+        """
+        label_indices, label_weights = score_indices, None
+        if label_indices is not None and labels is not None:
+            raise ValueError("HSPNetForImageClassification.forward: pass labels (the model computes the loss and "
+                             "samples labels itself) or score_indices (and compute the loss), not both")
+        if labels is not None and self.training and self.config.label_sample_size is not None:
+            label_indices, label_weights = self.sample_labels(labels)
+        outputs = self.hspnet(
+            pixel_values=pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            score_indices=label_indices,
+            **kwargs,
+        )
+        logits = outputs.logits
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if label_indices is not None:
+                labels = labels[:, label_indices]
+            loss = self.loss_module(logits, labels, epoch=epoch, indices=indices, label_weights=label_weights)
+        output = HSPNetClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            label_indices=label_indices,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def sample_labels(
+        self, labels: torch.Tensor, size: int | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Label sampling for one training step (`size`, default `config.label_sample_size`): `(label_indices,
+        label_weights)`.
+
+        The labels observed positive in the batch (the only ones whose loss terms carry an observed positive; SPLC,
+        AN & co. need nothing else) are always included with weight 1; `label_sample_size` of the others are drawn
+        uniformly from `self.label_generator` (a CPU `torch.Generator` of its own, so that nothing else that draws
+        random numbers, such as a new DataLoader iterator, changes the sample; a training loop seeds it and keeps its
+        state in its checkpoints), each with weight `others / sample`, so the weighted loss is an unbiased estimate of
+        the full one. `(None, None)` when the sample would hold every label (then the step is exact).
+        """
+        observed = labels.detach().bool().any(dim=0)  # (C,)
+        always = observed.nonzero().squeeze(1)
+        others = (~observed).nonzero().squeeze(1)
+        size = self.config.label_sample_size if size is None else size
+        if size >= others.numel():
+            return None, None
+        if self.label_generator is None:
+            self.label_generator = torch.Generator().manual_seed(torch.initial_seed())
+        order = torch.randperm(others.numel(), generator=self.label_generator)[:size]
+        picked = others[order.to(others.device)]
+        weights = torch.cat([torch.ones(always.numel()), torch.full((size,), others.numel() / size)])
+        return torch.cat([always, picked]), weights.to(labels.device)
+
+
+__all__ = [
+    "HSPNetModel",
+    "HSPNetForImageClassification",
+    "HSPNetPreTrainedModel",
+    "HSPNetModelOutput",
+    "HSPNetClassifierOutput",
+    "process_relation",
+]
