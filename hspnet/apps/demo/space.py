@@ -95,7 +95,9 @@ def _space_card(title: str) -> str:
 
 def _copy_package(target: str) -> None:
     """Copy the installed ``hspnet`` package (Python files and package data, no caches) to ``target``."""
-    source = os.path.dirname(os.path.abspath(__file__))  # this module is in the package folder
+    from importlib.resources import files
+
+    source = str(files("hspnet"))
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
 
 
