@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -89,14 +90,17 @@ def main():
         output = base.clip.vision_model(pixel_values=x)
         return F.normalize(base.clip.visual_projection(output.pooler_output), dim=-1)
 
+    fast = base.text_options
+    plain = replace(fast, cache_label_embeddings=False, cache_group_features=False, truncate_prompts=False)
+
     def hspnet(x):
-        base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = True
+        base.text_options = fast
         return model(pixel_values=x).logits
 
     compiled = torch.compile(model) if args.compile else None
 
     def hspnet_compiled(x):
-        base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = True
+        base.text_options = fast
         return compiled(pixel_values=x).logits
 
     session = None
@@ -117,7 +121,7 @@ def main():
         return session.run(["logits"], {"pixel_values": x})[0]
 
     def hspnet_plain(x):
-        base.cache_label_embeddings = base.cache_group_features = base.truncate_prompts = False
+        base.text_options = plain
         return model(pixel_values=x).logits
 
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "

@@ -26,6 +26,7 @@ import string
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -52,6 +53,11 @@ def build(num_labels: int, sample_size: int | None, device: str, seed: int = 0):
         label_to_group=[i % groups for i in range(num_labels)], tokenizer=byte_level_clip_tokenizer(),
         label_sample_size=sample_size,
     )
+    if device == "cpu":  # as `hspnet train` does (--release_memory_between_chunks, on by default)
+        from hspnet.training.memory import release_freed_memory
+
+        base = model.hspnet
+        base.text_options = replace(base.text_options, before_recomputed_chunk=release_freed_memory)
     return model.to(device).train()
 
 
@@ -117,7 +123,7 @@ def sharing_ratio(num_labels: int, args) -> dict:
     times = {(share, kind): [] for share in (True, False) for kind in ("wall", "cpu")}
     for _ in range(args.steps + 1):
         for share in (True, False):
-            base.share_prompt_prefix = share
+            base.text_options = replace(base.text_options, share_prompt_prefix=share)
             wall, cpu = time.perf_counter(), time.process_time()
             base.compute_label_embeddings().square().sum().backward()
             times[(share, "wall")].append(time.perf_counter() - wall)

@@ -2,6 +2,7 @@
 checkpointing, adjacency computed once, in row blocks) give the same logits and gradients as the plain path."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,8 +14,8 @@ from hspnet.models.hspnet.modeling_prompts import (
     encode_shared_prefix_prompts,
     label_activation_bytes,
     plan_label_chunks,
-    release_freed_memory,
 )
+from hspnet.training.memory import release_freed_memory
 
 
 def _grads(model):
@@ -52,13 +53,17 @@ def test_shared_prefix_encoder_equals_full_prompts(tiny_clip_dir):
     lengths = (eos + 1).tolist()
     plans = [None] + [plan_label_chunks(lengths, lambda n: n, budget, needs_grad=True) for budget in (100, 12, 6, 0)]
     assert {chunk.checkpoint for chunk in plans[2].chunks} == {True, False}  # some kept, some recomputed
-    for chunk, plan, release in [(None, None, False), (1, None, True), (3, None, False), (100, None, False),
-                                 *((None, plan, True) for plan in plans[1:])]:
+    calls = []
+    for chunk, plan, before in [(None, None, None), (1, None, release_freed_memory), (3, None, None),
+                                (100, None, None), *((None, plan, lambda: calls.append(1)) for plan in plans[1:])]:
         got = encode_shared_prefix_prompts(clip, prefix, suffix, label_group, eos, chunk_size=chunk, plan=plan,
-                                           release_memory=release)
+                                           before_recomputed_chunk=before)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         (grad_got,) = torch.autograd.grad(got.square().sum(), prefix)
         torch.testing.assert_close(grad_got, grad_want, atol=1e-5, rtol=1e-5)
+    # the hook runs before each recomputed chunk, in the forward pass and again in the backward pass
+    recomputed = sum(chunk.checkpoint for plan in plans[1:] for chunk in plan.chunks)
+    assert len(calls) == 2 * recomputed > 0
     with torch.no_grad():  # inference: chunks by the budget, nothing recomputed
         plan = plan_label_chunks(lengths, lambda n: n, 6, needs_grad=False)
         torch.testing.assert_close(encode_shared_prefix_prompts(clip, prefix, suffix, label_group, eos, plan=plan),
@@ -68,13 +73,15 @@ def test_shared_prefix_encoder_equals_full_prompts(tiny_clip_dir):
 def test_model_paths_give_the_same_logits_and_gradients(make_model, pixel_values, labels6):
     reference = make_model(seed=3).train()
     base = reference.hspnet
-    base.share_prompt_prefix, base.label_chunk_size = False, None
+    base.text_options = replace(base.text_options, share_prompt_prefix=False, label_chunk_size=None)
     want_logits, want_grads = _step(reference, pixel_values, labels6)
     assert "hspnet.meta_net.linear1.weight" in want_grads
-    assert base._prefix_shared[1] and base._prompt_lengths[3] > base.config.n_ctx  # the shared path applies
+    layout = base.prompt_layout()
+    assert layout.shared_prefix and layout.first_label_eos > base.config.n_ctx  # the shared path applies
     for share, chunk in [(True, None), (True, 2), (False, 4), (True, 1)]:
         model = copy.deepcopy(reference)
-        model.hspnet.share_prompt_prefix, model.hspnet.label_chunk_size = share, chunk
+        model.hspnet.text_options = replace(model.hspnet.text_options, share_prompt_prefix=share,
+                                            label_chunk_size=chunk)
         logits, grads = _step(model, pixel_values, labels6)
         torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
         assert grads.keys() == want_grads.keys()
@@ -116,9 +123,8 @@ def test_activation_estimate_matches_what_autograd_saves(make_model):
     tiny CLIP: the memory budget relies on it."""
     model = make_model().train()
     base = model.hspnet
-    base.label_chunk_size = 10**6  # one chunk, nothing recomputed
-    model(pixel_values=torch.zeros(1, 3, 32, 32))  # builds the derived state
-    suffix_lengths = base._label_plans[1]
+    base.text_options = replace(base.text_options, label_chunk_size=10**6)  # one chunk, nothing recomputed
+    suffix_lengths = base.prompt_layout().suffix_lengths
     length = max(set(suffix_lengths), key=suffix_lengths.count)
     same = [i for i, n in enumerate(suffix_lengths) if n == length]
     assert len(same) >= 4, suffix_lengths
@@ -173,12 +179,12 @@ def test_relation_processed_in_row_blocks_is_exact():
 def test_adjacency_is_computed_once_not_per_step(make_model, pixel_values, labels6):
     model = make_model().train()
     _step(model, pixel_values, labels6)
-    first = model.hspnet._adjacency
+    first = model.hspnet.label_graph()
     _step(model, pixel_values, labels6)
-    assert model.hspnet._adjacency is first
+    assert model.hspnet.label_graph() is first
     model.hspnet.set_relation(model.hspnet.relation * 0.5 + 0.5)  # a new relation: recomputed
     _step(model, pixel_values, labels6)
-    assert model.hspnet._adjacency is not first
+    assert model.hspnet.label_graph() is not first
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -222,19 +228,19 @@ def test_losses_that_couple_labels_refuse_sampling():
 
 
 def test_induced_adjacency_by_hand():
-    from hspnet.models.hspnet.modeling_label_graph import _induced_adjacency
+    from hspnet.models.hspnet.modeling_label_graph import induced_adjacency
 
     # a 4-label adjacency with p = 0.2: row 0 has neighbours 1 (0.15) and 2 (0.05); row 2 only neighbour 3
     adjacency = torch.tensor([[0.8, 0.15, 0.05, 0.0],
                               [0.1, 0.8, 0.0, 0.1],
                               [0.0, 0.0, 0.8, 0.2],
                               [0.2, 0.0, 0.0, 0.8]])
-    got = _induced_adjacency(adjacency, torch.tensor([0, 2, 3]), 0.2)
+    got = induced_adjacency(adjacency, torch.tensor([0, 2, 3]), 0.2)
     want = torch.tensor([[0.8, 0.2, 0.0],   # only neighbour 2 sampled: it gets the whole 0.2
                          [0.0, 0.8, 0.2],
                          [0.2, 0.0, 0.8]])
     torch.testing.assert_close(got, want)
-    got = _induced_adjacency(adjacency, torch.tensor([1, 2]), 0.2)
+    got = induced_adjacency(adjacency, torch.tensor([1, 2]), 0.2)
     torch.testing.assert_close(got, torch.eye(2))  # no sampled neighbours: each keeps only itself
 
 

@@ -1,4 +1,5 @@
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -90,8 +91,8 @@ def test_speedups_equal_plain_path(make_model, pixel_values):
     base = model.hspnet
 
     def logits(cache, truncate):
-        base.cache_label_embeddings = base.cache_group_features = cache
-        base.truncate_prompts = truncate
+        base.text_options = replace(base.text_options, cache_label_embeddings=cache, cache_group_features=cache,
+                                    truncate_prompts=truncate)
         with torch.no_grad():
             return model(pixel_values=pixel_values).logits
 
@@ -99,14 +100,15 @@ def test_speedups_equal_plain_path(make_model, pixel_values):
     for cache, truncate in [(True, False), (False, True), (True, True)]:
         torch.testing.assert_close(logits(cache, truncate), plain, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(logits(cache, truncate), plain, atol=1e-5, rtol=1e-5)  # served from the cache
-    assert set(base._text_cache) == {"group", "label"}
+    assert base._text_cache.kinds() == {"group", "label"}
 
 
 def test_caches_never_go_stale(make_model, pixel_values):
     model = make_model()
     base = model.hspnet
     fresh = copy.deepcopy(model)
-    fresh.hspnet.cache_label_embeddings = fresh.hspnet.cache_group_features = False
+    fresh.hspnet.text_options = replace(fresh.hspnet.text_options, cache_label_embeddings=False,
+                                        cache_group_features=False)
 
     def check(message):
         with torch.no_grad():
@@ -153,18 +155,13 @@ def test_caches_never_go_stale(make_model, pixel_values):
         torch.manual_seed(6)
         layer = m.hspnet.clip.text_model.encoder.layers[1]
         layer.mlp.fc2 = torch.nn.Linear(layer.mlp.fc2.in_features, layer.mlp.fc2.out_features).requires_grad_(False)
-    # a layer replaced deep inside the text tower is not seen without process-wide hooks (documented): the cache
-    # still serves the old value until clear_text_cache()
-    with torch.no_grad():
-        assert not torch.allclose(model(pixel_values=pixel_values).logits, fresh(pixel_values=pixel_values).logits)
-    base.clear_text_cache()
-    check("after replacing a layer of the frozen text tower and clear_text_cache()")
+    # a layer replaced deep inside the frozen text tower: new tensor objects, seen without any hook
+    check("after replacing a layer of the frozen text tower")
     # 4. load_state_dict with other weights
     other = model.state_dict()
     other = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in other.items()}
     for m in (model, fresh):
         m.load_state_dict(other)
-    assert base._text_cache == {}
     check("after load_state_dict")
     # 5. relation settings and dtype changes
     for m in (model, fresh):
@@ -185,12 +182,11 @@ def test_cache_is_not_used_in_training_or_with_trainable_grad(make_model, pixel_
     model.train()
     with torch.no_grad():
         model(pixel_values=pixel_values)
-    assert "label" not in base._text_cache
-    assert "group" in base._text_cache  # group features are constant: cached in training too
+    assert base._text_cache.kinds() == {"group"}  # group features are constant: cached in training too
     model.eval()
-    assert "group" not in base._text_cache  # dropped on train()/eval()
+    assert base._text_cache.kinds() == set()  # dropped on train()/eval()
     model(pixel_values=pixel_values).logits.sum().backward()  # grad enabled, trainable text side: no cache
-    assert "label" not in base._text_cache
+    assert "label" not in base._text_cache.kinds()
     assert base.meta_net.linear1.weight.grad is not None
 
 
@@ -243,7 +239,7 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         "modeling_hspnet.py",
         "modeling_label_graph.py",
         "modeling_prompts.py",
-        "modeling_text_cache.py",
+        "modeling_text_state.py",
         "preprocessor_config.json",
     ]
     assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "HSPNetConfig"

@@ -1,5 +1,6 @@
 """Precision, optimizer, inference-mode and HF-integration paths of the model (found in review)."""
 
+from dataclasses import replace
 import math
 import pickle
 
@@ -67,7 +68,7 @@ def test_cache_not_stale_after_a_fused_optimizer_step(make_model, pixel_values):
         stale = model(pixel_values=pixel_values).logits  # not seen without process-wide hooks (documented)
         model.hspnet.clear_text_cache()
         cached = model(pixel_values=pixel_values).logits
-        model.hspnet.cache_label_embeddings = False
+        model.hspnet.text_options = replace(model.hspnet.text_options, cache_label_embeddings=False)
         fresh = model(pixel_values=pixel_values).logits
     assert not torch.allclose(stale, fresh)
     torch.testing.assert_close(cached, fresh)
@@ -87,7 +88,7 @@ def test_fused_optimizer_training_then_eval_is_exact(make_model, pixel_values):
     model.eval()
     with torch.no_grad():
         cached = model(pixel_values=pixel_values).logits
-        model.hspnet.cache_label_embeddings = False
+        model.hspnet.text_options = replace(model.hspnet.text_options, cache_label_embeddings=False)
         fresh = model(pixel_values=pixel_values).logits
     torch.testing.assert_close(cached, fresh)
 

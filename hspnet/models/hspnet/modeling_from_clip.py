@@ -101,6 +101,68 @@ def load_clip_parts(
     return ClipParts(parts.clip_config, parts.clip_weights, tokenizer, dict(parts.config_kwargs), normalisation)
 
 
+def build_from_clip(
+    cls,
+    clip: str | os.PathLike | CLIPModel | ClipParts,
+    labels: list[str],
+    groups: list[str],
+    label_to_group: list[int],
+    relation: Any = None,
+    tokenizer: Any = None,
+    image_processor: Any = None,
+    relation_template: str = "{}",
+    clip_kwargs: dict | None = None,
+    **config_kwargs,
+):
+    """`cls.from_clip(...)`: build an HSPNet model (`cls`) on a CLIP checkpoint.
+
+    Args:
+        clip: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local CLIP folder, a `CLIPModel`, or `ClipParts`:
+            what the package reads from OpenAI-format CLIP weights (RN50 & co. or ViT) with
+            `hspnet.models.openai_clip.load_openai_clip_parts("RN50.pt")`, without running any of the file's code.
+            A ResNet checkpoint gives `vision_backbone="clip_resnet"`. OpenAI files hold no tokenizer: pass
+            `tokenizer=` (all OpenAI CLIP models share one, e.g. that of `openai/clip-vit-base-patch32`).
+        labels: the `C` label names, in index order.
+        groups: the `G` group names.
+        label_to_group: for each label, the index of its group.
+        relation: the raw `(C + G, C + G)` similarity matrix (labels first, then groups): an array, a tensor or the
+            path of a `.npy` file such as the authors' `relation+voc+super.npy`. By default it is computed from the
+            frozen text tower: cosine similarity of the CLIP text embeddings of `relation_template.format(name)` for
+            the label names followed by the group names.
+        tokenizer: the CLIP tokenizer; loaded from `clip` when it is a Hub id or folder.
+        image_processor: saved beside the model; loaded from `clip` when possible, else CLIP preprocessing at the
+            tower's resolution.
+        clip_kwargs: passed to `CLIPModel.from_pretrained` (e.g. `revision`); the HSPNet model is built in float32,
+            cast it afterwards (`model.to(torch.bfloat16)`) or save and reload it with `dtype=`.
+        **config_kwargs: any other `HSPNetConfig` field (e.g. `n_ctx`, `loss`, `relation_keep_ratio`).
+
+    The prompts are tokenized once and stored as persistent buffers (token embeddings and EOS positions) together
+    with the raw relation, so `from_pretrained` restores the model without a tokenizer.
+    """
+    parts = load_clip_parts(clip, tokenizer, image_processor, clip_kwargs)
+    labels = list(labels)
+    # the prompt buffers are sized by `set_prompts` below (up to the longest prompt): no (C, 77, W) placeholder
+    config_kwargs.setdefault("prompt_length", 1)
+    config = HSPNetConfig(
+        clip_config=parts.clip_config,
+        id2label=dict(enumerate(labels)),
+        label2id={name: index for index, name in enumerate(labels)},
+        group_names=list(groups),
+        label_to_group=[int(g) for g in label_to_group],
+        **{**parts.config_kwargs, **config_kwargs},
+    )
+    model = cls(config)
+    base = model.base_model
+    base.clip.load_state_dict(parts.clip_weights)
+    base.set_prompts(parts.tokenizer)
+    if relation is None:
+        relation = text_relation(base.clip, parts.tokenizer, labels + list(groups), relation_template)
+    base.set_relation(relation)
+    model.image_processor = image_processor or default_image_processor(config, **parts.normalisation)
+    base.apply_freezing()
+    return model.eval()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Prompts
 # ---------------------------------------------------------------------------------------------------------------------
@@ -154,6 +216,35 @@ def tokenize_hierarchy_prompts(config: HSPNetConfig, tokenizer) -> tuple[torch.T
     return group_ids, group_eos, label_ids, label_eos
 
 
+@dataclass
+class PromptEmbeddings:
+    """The prompt buffers of a model: token embeddings cut after the last EOS (the tower is causal: nothing after it
+    can change a prompt's feature; a few tokens instead of 77, and the `(C, L, W)` label prompts are the largest
+    buffer at large C) and each prompt's EOS position."""
+
+    group_embeds: torch.Tensor
+    group_eos: torch.Tensor
+    label_embeds: torch.Tensor
+    label_eos: torch.Tensor
+
+
+def prompt_embeddings(config: HSPNetConfig, tokenizer, token_embedding: torch.nn.Embedding,
+                      dtype: torch.dtype) -> PromptEmbeddings:
+    """`tokenize_hierarchy_prompts`, embedded with the tower's `token_embedding`."""
+    if token_embedding.num_embeddings == 0:
+        raise ValueError(
+            "This model has no token embedding table (it was converted from a checkpoint that stores its prompts "
+            "as embeddings), so new prompts cannot be embedded. Re-convert it with the original CLIP weights "
+            "(scripts/convert_official_checkpoint.py --clip-weights RN50.pt) to change label or group names."
+        )
+    group_ids, group_eos, label_ids, label_eos = tokenize_hierarchy_prompts(config, tokenizer)
+    kept = max([int(t.max()) for t in (group_eos, label_eos) if t.numel()] + [0]) + 1
+    device = token_embedding.weight.device
+    with torch.no_grad():
+        return PromptEmbeddings(token_embedding(group_ids[:, :kept].to(device)).to(dtype), group_eos,
+                                token_embedding(label_ids[:, :kept].to(device)).to(dtype), label_eos)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Relation
 # ---------------------------------------------------------------------------------------------------------------------
@@ -198,7 +289,9 @@ def read_relation(relation: Any, num_labels: int, num_groups: int) -> torch.Tens
 
 __all__ = [
     "ClipParts",
+    "build_from_clip",
     "default_image_processor",
+    "prompt_embeddings",
     "load_clip_parts",
     "prompt_name",
     "read_relation",

@@ -5,17 +5,18 @@ Wang et al., "Hierarchical Prompt Learning Using CLIP for Multi-label Classifica
 ACM MM 2023. This file computes exactly what the authors' released code computes (see the project's specification)
 and is also the remote code saved next to the weights, so it imports only its siblings, torch and transformers.
 
-Reading order, top to bottom (the label graph is in `modeling_label_graph.py`: `process_relation`, `HSPNetGCN`; the
-text tower on prompt embeddings in `modeling_prompt_encoder.py`: `encode_prompt_embeddings`,
-`encode_shared_prefix_prompts`, `plan_label_chunks`; what a model is built from (CLIP parts, tokenized prompts, the
-raw relation, `default_image_processor`) in `modeling_from_clip.py`; the text-side state and cache bookkeeping in
-`modeling_text_cache.py`; the ResNet image tower in `modeling_clip_resnet.py`):
+Reading order, top to bottom:
 
 1. Outputs (`HSPNetClassifierOutput`, `HSPNetModelOutput`).
-2. `HSPNetPreTrainedModel`: init, freezing, saving (remote code, image processor), `from_clip`.
-3. `HSPNetModel`: setup (prompts, relation), the text side (group features -> GCN -> meta-net -> label prompts ->
-   GCN; cached by the rule in its docstring, `HSPNetTextCacheMixin`), image embeddings, logits.
+2. `HSPNetPreTrainedModel`: weight init, freezing, loading and saving (remote code, image processor), `from_clip`.
+3. `HSPNetModel`: setup (prompts, relation); what the buffers imply (`prompt_layout`, `label_graph`); the text side
+   (group features -> GCN -> meta-net -> label prompts -> GCN, computed once and reused: `_text_from_cache`); image
+   embeddings; logits.
 4. `HSPNetForImageClassification`: adds the loss (and label sampling in training) and returns the outputs.
+
+Beside it: the label graph (`modeling_label_graph.py`: `process_relation`, `HSPNetGCN`), the text tower on prompt
+embeddings (`modeling_prompts.py`), what a model is built from (`modeling_from_clip.py`), the derived state and its
+one reuse rule (`modeling_text_state.py`), the ResNet image tower (`modeling_clip_resnet.py`), the losses.
 
 Shapes: `B` images, `C` labels, `G` groups, `D` joint embedding size (`projection_dim`), `W` text width,
 `L` prompt length (77), `n_ctx` context vectors per label prompt.
@@ -27,6 +28,7 @@ import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,15 +42,8 @@ from transformers.utils import ModelOutput, logging
 from .configuration_hspnet import HSPNetConfig
 from .losses import build_loss
 from .modeling_clip_resnet import HSPNetAttentionPool2d, HSPNetCLIPResNet
-from .modeling_from_clip import (
-    ClipParts,
-    default_image_processor,
-    load_clip_parts,
-    read_relation,
-    text_relation,
-    tokenize_hierarchy_prompts,
-)
-from .modeling_label_graph import HSPNetGCN, HSPNetGraphConvolution, _induced_adjacency, process_relation
+from .modeling_from_clip import build_from_clip, default_image_processor, prompt_embeddings, read_relation
+from .modeling_label_graph import HSPNetGCN, HSPNetGraphConvolution, induced_adjacency, sample_labels
 from .modeling_prompts import (
     LabelPlan,
     encode_prompt_embeddings,
@@ -56,14 +51,17 @@ from .modeling_prompts import (
     label_activation_bytes,
     plan_label_chunks,
 )
-from .modeling_text_cache import HSPNetTextCacheMixin
+from .modeling_text_state import (
+    HSPNetTextOptions,
+    LabelGraph,
+    PromptLayout,
+    Sources,
+    TextCache,
+    build_label_graph,
+    build_prompt_layout,
+)
 
 logger = logging.get_logger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -99,11 +97,6 @@ class HSPNetModelOutput(ModelOutput):
     label_embeds: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Pre-trained model base
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 # The one table of the Auto classes a saved folder names (`config.auto_map`), so that it loads with
@@ -158,7 +151,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives (model, info)
         model.base_model.apply_freezing()
-        model.base_model.clear_text_cache()
+        model.base_model.prepare_text_state()
         return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
@@ -179,74 +172,13 @@ class HSPNetPreTrainedModel(PreTrainedModel):
             self.push_to_hub(repo_id, **hub_options)
 
     @classmethod
-    def from_clip(
-        cls,
-        clip: str | os.PathLike | CLIPModel | ClipParts,
-        labels: list[str],
-        groups: list[str],
-        label_to_group: list[int],
-        relation: Any = None,
-        tokenizer: Any = None,
-        image_processor: Any = None,
-        relation_template: str = "{}",
-        clip_kwargs: dict | None = None,
-        **config_kwargs,
-    ):
-        """Build an HSPNet model on a CLIP checkpoint.
-
-        Args:
-            clip: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local CLIP folder, a `CLIPModel`, or
-                `ClipParts`: what the package reads from OpenAI-format CLIP weights (RN50 & co. or ViT) with
-                `hspnet.models.openai_clip.load_openai_clip_parts("RN50.pt")` (without running any of the file's
-                code). A ResNet checkpoint gives `vision_backbone="clip_resnet"`. OpenAI files hold no tokenizer:
-                pass `tokenizer=` (all OpenAI CLIP models share one, e.g. that of `openai/clip-vit-base-patch32`).
-            labels: the `C` label names, in index order.
-            groups: the `G` group names.
-            label_to_group: for each label, the index of its group.
-            relation: the raw `(C + G, C + G)` similarity matrix (labels first, then groups): an array, a tensor or
-                the path of a `.npy` file such as the authors' `relation+voc+super.npy`. By default it is computed from
-                the frozen text tower: cosine similarity of the CLIP text embeddings of
-                `relation_template.format(name)` for the label names followed by the group names.
-            tokenizer: the CLIP tokenizer; loaded from `clip` when it is a Hub id or folder.
-            image_processor: saved beside the model; loaded from `clip` when possible, else CLIP preprocessing at the
-                tower's resolution.
-            clip_kwargs: passed to `CLIPModel.from_pretrained` (e.g. `revision`); the HSPNet model is built in float32, cast
-                it afterwards (`model.to(torch.bfloat16)`) or save and reload it with `dtype=`.
-            **config_kwargs: any other `HSPNetConfig` field (e.g. `n_ctx`, `loss`, `relation_keep_ratio`).
-
-        The prompts are tokenized once and stored as persistent buffers (token embeddings and EOS positions) together
-        with the raw relation, so `from_pretrained` restores the model without a tokenizer.
-        """
-        parts = load_clip_parts(clip, tokenizer, image_processor, clip_kwargs)
-        labels = list(labels)
-        # the prompt buffers are sized by `set_prompts` below (up to the longest prompt): no (C, 77, W) placeholder
-        config_kwargs.setdefault("prompt_length", 1)
-        config = HSPNetConfig(
-            clip_config=parts.clip_config,
-            id2label=dict(enumerate(labels)),
-            label2id={name: index for index, name in enumerate(labels)},
-            group_names=list(groups),
-            label_to_group=[int(g) for g in label_to_group],
-            **{**parts.config_kwargs, **config_kwargs},
-        )
-        model = cls(config)
-        base = model.base_model
-        base.clip.load_state_dict(parts.clip_weights)
-        base.set_prompts(parts.tokenizer)
-        if relation is None:
-            relation = text_relation(base.clip, parts.tokenizer, labels + list(groups), relation_template)
-        base.set_relation(relation)
-        model.image_processor = image_processor or default_image_processor(config, **parts.normalisation)
-        base.apply_freezing()
-        return model.eval()
+    def from_clip(cls, clip, labels: list[str], groups: list[str], label_to_group: list[int], **kwargs):
+        """Build an HSPNet model on a CLIP checkpoint (a Hub id, a local CLIP folder, a `CLIPModel` or `ClipParts`)
+        for these labels and groups: see `modeling_from_clip.build_from_clip` for every argument."""
+        return build_from_clip(cls, clip, labels, groups, label_to_group, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# HSPNet
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
+class HSPNetModel(HSPNetPreTrainedModel):
     """HSPNet without a loss: CLIP image tower + hierarchical prompts + shared GCN -> `(B, C)` logits.
 
     Persistent buffers (saved with the weights): `relation` `(C + G, C + G)` raw similarities, `group_prompt_embeds`
@@ -254,30 +186,19 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
     meta-net output), `group_eos_positions` `(G,)`, `label_eos_positions` `(C,)`. The label -> group map is the
     config's `label_to_group`.
 
-    Exact speed-ups, each switchable through the attributes of the same name (all on by default):
-
-    - `cache_label_embeddings`: in eval mode, when no gradient is needed, the `(C, D)` label embeddings are computed
-      once and reused;
-    - `cache_group_features`: the group text features before the GCN (fixed prompts, frozen tower) are computed once,
-      also during training;
-    - `truncate_prompts`: prompts are cut to the longest EOS position + 1 tokens (the text tower is causal).
-
-    The cache rule: a cached value is reused while every parameter and buffer of this model it was computed from, and
-    the cached tensor itself, keeps its storage and in-place version counter (optimizer steps, `load_state_dict`,
-    `copy_`, EMA updates, in-place edits all bump it) and the autocast / inference-mode state and relation settings are
-    the same. `train()`/`eval()`, `.to()`/casts, `load_state_dict`, `set_prompts`, `set_relation` and
-    `clear_text_cache()` drop it. Not seen (the model installs no process-wide hooks): a parameter or sub-module of the
-    CLIP text tower replaced by a new object (replacements in `gcn` and `meta_net` are seen), writes through `.data`, and fused optimizers (`Adam(fused=True)`), which do not bump
-    version counters, stepping while the model stays in eval mode; call `clear_text_cache()` after those.
-
-    Under `torch.compile` the cache bookkeeping runs outside the compiled graph (one graph break per forward pass).
+    The text side is constant at inference, so it is computed once and reused: the group features before the GCN
+    always (fixed prompts, frozen tower), the `(C, D)` label embeddings in eval mode when no gradient is needed, and
+    what the buffers imply (`prompt_layout()`, `label_graph()`). When a value is reused is one rule, written in
+    `modeling_text_state.py`; `text_options` (`HSPNetTextOptions`) switches each speed-up off for comparison and sets
+    the memory budget of the label prompts. Under `torch.compile` the cache lookup runs outside the compiled graph
+    (one graph break per forward pass); under `torch.export` nothing is cached: the text side is traced.
     """
 
     # Buffers fixed when the model is built (prompts, relation): loaded, never trained or averaged (EMA).
     constant_buffers = ("relation", "group_prompt_embeds", "label_prompt_embeds", "group_eos_positions",
                         "label_eos_positions")
-    # Attributes derived from those buffers only (the processed adjacencies): a copy of the model may share them.
-    constant_derived = ("_adjacency",)
+    # Attributes derived from those buffers only (layout, adjacencies): a copy of the model may share them.
+    constant_derived = ("_prompt_layout", "_label_graph")
 
     def __init__(self, config: HSPNetConfig):
         super().__init__(config)
@@ -314,22 +235,10 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
         self.register_buffer("group_eos_positions", torch.zeros(num_groups, dtype=torch.long))
         self.register_buffer("label_eos_positions", torch.zeros(num_labels, dtype=torch.long))
 
-        self.cache_label_embeddings = True
-        self.cache_group_features = True
-        self.truncate_prompts = True
-        # labels of a group share the prompt prefix [SOS] ctx_1..ctx_n: run it once per group (exact; see
-        # `encode_shared_prefix_prompts`); labels run in chunks sorted by name length: everything at once while the
-        # activations fit in `text_memory_budget_mb`, else half-budget chunks, those past the first half budget under
-        # activation checkpointing (`plan_label_chunks`); `label_chunk_size` fixes the chunk size instead;
-        # `release_memory_between_chunks` gives freed heap pages back between CPU chunks (`release_freed_memory`)
-        self.share_prompt_prefix = True
-        self.label_chunk_size: int | None = None
-        self.text_memory_budget_mb = 2048
-        self.release_memory_between_chunks = True
-        self.clear_text_cache()
-
+        self.text_options = HSPNetTextOptions()
         self.post_init()
         self.apply_freezing()
+        self.prepare_text_state()
 
     # ----- setup -----------------------------------------------------------------------------------------------------
 
@@ -347,46 +256,95 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
     def set_prompts(self, tokenizer) -> None:
         """Tokenize the group prompts (`group_prompt_template`) and the label prompts (`ctx_init + " " + label + "."`)
         with `tokenizer` and store their token embeddings and EOS positions in the buffers."""
-        embed = self.clip.text_model.embeddings.token_embedding
-        if embed.num_embeddings == 0:
-            raise ValueError(
-                "This model has no token embedding table (it was converted from a checkpoint that stores its prompts "
-                "as embeddings), so new prompts cannot be embedded. Re-convert it with the original CLIP weights "
-                "(scripts/convert_official_checkpoint.py --clip-weights RN50.pt) to change label or group names."
-            )
-        group_ids, group_eos, label_ids, label_eos = tokenize_hierarchy_prompts(self.config, tokenizer)
-
-        # the tower is causal: nothing after the last EOS can change a prompt's feature, so only that much is kept
-        # (a few tokens instead of 77: the (C, L, W) label prompts are the largest buffer at large C)
-        kept = max([int(t.max()) for t in (group_eos, label_eos) if t.numel()] + [0]) + 1
-        device, dtype = embed.weight.device, self.label_prompt_embeds.dtype
-        self.register_buffer("group_prompt_embeds", embed(group_ids[:, :kept].to(device)).to(dtype))
-        self.register_buffer("label_prompt_embeds", embed(label_ids[:, :kept].to(device)).to(dtype))
-        self.config.prompt_length = kept
-        self.group_eos_positions.copy_(group_eos)
-        self.label_eos_positions.copy_(label_eos)
-        self.clear_text_cache()
+        embeddings = prompt_embeddings(self.config, tokenizer, self.clip.text_model.embeddings.token_embedding,
+                                       self.label_prompt_embeds.dtype)
+        self.register_buffer("group_prompt_embeds", embeddings.group_embeds)
+        self.register_buffer("label_prompt_embeds", embeddings.label_embeds)
+        self.config.prompt_length = embeddings.label_embeds.shape[1]
+        self.group_eos_positions.copy_(embeddings.group_eos)
+        self.label_eos_positions.copy_(embeddings.label_eos)
+        self.prompt_layout()  # derived now, not at the first forward pass: an exported model needs it
 
     @torch.no_grad()
     def set_relation(self, relation: Any) -> None:
         """Store the raw `(C + G, C + G)` similarity matrix (array, tensor or `.npy` path; labels first)."""
         self.relation.copy_(read_relation(relation, self.config.num_labels, self.config.num_groups))
+        self.label_graph()
+
+    # ----- what the buffers imply (one rule for reuse: `modeling_text_state.py`) -----------------------------------
+
+    def prompt_layout(self) -> PromptLayout:
+        """The prompt lengths, the label chunk plans and the label -> group index, from the prompt buffers (computed
+        again only when they or the options that shape the plans change)."""
+        tensors = [self.group_eos_positions, self.label_eos_positions, self.label_prompt_embeds]
+        settings = (self.config.n_ctx, tuple(self.config.label_to_group), self.text_options.memory_budget_mb,
+                    self.text_options.label_chunk_size)
+        layout = self._prompt_layout
+        # checked once per forward pass, outside compiled graphs (`_text_from_cache`); under torch.export the buffers
+        # are traced, so the layout of the real ones is used
+        if layout is None or not (torch.compiler.is_compiling() or layout.sources.hold(tensors, settings)):
+            self._prompt_layout = build_prompt_layout(*tensors, self.config.n_ctx, self.config.label_to_group,
+                                                      self._plan, Sources.of(tensors, settings))
+        return self._prompt_layout
+
+    def label_graph(self) -> LabelGraph:
+        """The fixed label and group adjacencies, processed from `relation` (computed again only when it or the
+        relation settings change, not at every training step)."""
+        settings = (self.config.num_labels, self.config.relation_keep_ratio, self.config.relation_reweight_p)
+        graph = self._label_graph
+        if graph is None or not (torch.compiler.is_compiling() or graph.sources.hold([self.relation], settings)):
+            self._label_graph = build_label_graph(self.relation, *settings, Sources.of([self.relation], settings))
+        return self._label_graph
+
+    def adjacency(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `(C, C)` label adjacency and the `(G, G)` group adjacency."""
+        graph = self.label_graph()
+        return graph.label_adjacency, graph.group_adjacency
+
+    def clear_text_cache(self) -> None:
+        """Forget the cached text side and what was derived from the buffers."""
+        self._text_cache = TextCache()
+        self._prompt_layout: PromptLayout | None = None
+        self._label_graph: LabelGraph | None = None
+
+    def prepare_text_state(self) -> None:
+        """Derive the layout and the graph from the buffers now (the first forward pass would), so that an exported
+        model finds them: under `torch.export` the buffers cannot be read."""
         self.clear_text_cache()
+        if self.relation.device.type != "meta":  # from_pretrained builds on the meta device, then loads
+            self.prompt_layout()
+            self.label_graph()
 
-    # ----- text side -----------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        # an optimizer may change the weights without bumping version counters (fused Adam): the embeddings cached
+        # before training are not reused after it
+        self._text_cache.drop()
+        return super().train(mode)
 
-    def _encode_groups(self) -> torch.Tensor:
-        length = self._prompt_lengths[1] if self.truncate_prompts else None
-        return encode_prompt_embeddings(
-            self.clip, self.group_prompt_embeds, self.group_eos_positions, truncate=length is not None, length=length
-        )
+    def _apply(self, fn, *args, **kwargs):
+        # moved to a device: yes; cast to half precision: no (top-k on rounded similarities would change the graph)
+        relation = self.relation
+        result = super()._apply(fn, *args, **kwargs)
+        if self.relation.dtype != torch.float32:
+            self._buffers["relation"] = relation.to(device=self.relation.device, dtype=torch.float32)
+        return result
 
-    def get_group_features(self) -> torch.Tensor:
-        """`t_parent`: text features of the fixed group prompts before the GCN, `(G, D)` (not normalised).
+    # ----- text side -------------------------------------------------------------------------------------------------
 
-        Constant while the text tower is frozen, so computed once (without a graph) and reused, in training too."""
-        cached = self._cached_text("group")
-        return cached if cached is not None else self._encode_groups()
+    def _plan(self, suffix_lengths: list[int], needs_grad: bool) -> LabelPlan:
+        """How the label prompts run through the text tower: `label_chunk_size` labels per chunk, or chunks for
+        `memory_budget_mb` (`plan_label_chunks`)."""
+        bytes_per_label = partial(label_activation_bytes, self.config.clip_config.text_config, 1 + self.config.n_ctx)
+        return plan_label_chunks(suffix_lengths, bytes_per_label, int(self.text_options.memory_budget_mb * 2**20),
+                                 max_labels=self.text_options.label_chunk_size, needs_grad=needs_grad,
+                                 device=self.label_eos_positions.device)
+
+    def encode_groups(self) -> torch.Tensor:
+        """`t_parent`: the text features of the fixed group prompts before the GCN, `(G, D)` (not normalised)."""
+        truncate = self.text_options.truncate_prompts
+        return encode_prompt_embeddings(self.clip, self.group_prompt_embeds, self.group_eos_positions,
+                                        truncate=truncate, length=self.prompt_layout().group_length if truncate
+                                        else None)
 
     def compute_label_embeddings(
         self, group_features: torch.Tensor | None = None, label_indices: torch.Tensor | None = None
@@ -397,7 +355,7 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
         its group's context -> label prompts through the text tower -> the SAME GCN (label adjacency) -> normalise.
 
         Args:
-            group_features (`torch.Tensor` of shape `(G, D)`, *optional*): from `get_group_features()` if not given.
+            group_features (`torch.Tensor` of shape `(G, D)`, *optional*): `encode_groups()` if not given.
             label_indices (`torch.LongTensor` of shape `(C',)`, *optional*): compute only these labels (label
                 sampling, `config.label_sample_size`): their prompts, and the label GCN on the graph they induce with
                 each row's neighbour weights rescaled to the same total `relation_reweight_p` (a row left without
@@ -405,62 +363,65 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
         Returns:
             `torch.Tensor` of shape `(C, D)` (or `(C', D)`).
         """
-        config = self.config
+        config, graph = self.config, self.label_graph()
         if group_features is None:
-            group_features = self.get_group_features()  # also refreshes the derived state read below
-        _, label_adjacency, group_adjacency = self._adjacency
-        group_features = self.gcn(group_features, group_adjacency)
+            group_features = self.encode_groups()
+        group_features = self.gcn(group_features, graph.group_adjacency)
         context = self.meta_net(group_features).reshape(config.num_groups, config.n_ctx, config.text_width)
-        label_features = self._encode_label_prompts(context, label_indices)  # (C, D)
+        label_features = self.encode_label_prompts(context, label_indices)  # (C, D)
+        label_adjacency = graph.label_adjacency
         if label_indices is not None:
-            label_adjacency = _induced_adjacency(label_adjacency, label_indices, config.relation_reweight_p)
+            label_adjacency = induced_adjacency(label_adjacency, label_indices, config.relation_reweight_p)
         label_features = self.gcn(label_features, label_adjacency)  # (C, D)
         return F.normalize(label_features, dim=-1)
 
-    def _plan(self, suffix_lengths: list[int], needs_grad: bool) -> LabelPlan:
-        """How the label prompts run through the text tower (`plan_label_chunks`): `label_chunk_size` labels per
-        chunk, or by `text_memory_budget_mb` with `label_activation_bytes` per label."""
-        text_config, prefix_length = self.config.clip_config.text_config, 1 + self.config.n_ctx
-        return plan_label_chunks(
-            suffix_lengths,
-            lambda length: label_activation_bytes(text_config, prefix_length, length),
-            int(self.text_memory_budget_mb * 2**20),
-            max_labels=self.label_chunk_size,
-            needs_grad=needs_grad,
-            device=self.label_eos_positions.device,
-        )
-
-    def _encode_label_prompts(self, context: torch.Tensor, label_indices: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_label_prompts(self, context: torch.Tensor, label_indices: torch.Tensor | None = None) -> torch.Tensor:
         """Label prompts `[SOS] ctx(group) {label} . [EOS]` through the frozen text tower -> `(C, D)` features (or
         `(C', D)` for `label_indices`).
 
         `context` `(G, n_ctx, W)`: each group's context vectors (the meta-net output)."""
-        prompts, n_ctx = self.label_prompt_embeds, self.config.n_ctx
-        length = self._prompt_lengths[2] if self.truncate_prompts else prompts.shape[1]
-        label_group, eos = self._label_group_index, self.label_eos_positions
+        layout, options, n_ctx = self.prompt_layout(), self.text_options, self.config.n_ctx
+        prompts, label_group, eos = self.label_prompt_embeds, layout.label_group, self.label_eos_positions
+        length = layout.label_length if options.truncate_prompts else prompts.shape[1]
         if label_indices is not None:
             prompts, label_group, eos = prompts[label_indices], label_group[label_indices], eos[label_indices]
         context = context.to(prompts.dtype)
-        if self.share_prompt_prefix and self._prefix_shared[1] and self._prompt_lengths[3] > n_ctx:
+        needs_grad = torch.is_grad_enabled()
+        if options.share_prompt_prefix and layout.shared_prefix and layout.first_label_eos > n_ctx:
             prefix = torch.cat([prompts[:1, :1].expand(context.shape[0], -1, -1), context], dim=1)  # (G, 1 + n_ctx, W)
             suffix = prompts[:, 1 + n_ctx : length]
             if label_indices is None:
-                plan = self._label_plans[2][torch.is_grad_enabled()]
+                plan = layout.plan(needs_grad)
             else:  # a new sample each step
-                suffix_lengths = self._label_plans[1]
-                plan = self._plan([suffix_lengths[i] for i in label_indices.tolist()], torch.is_grad_enabled())
-            return encode_shared_prefix_prompts(
-                self.clip, prefix, suffix, label_group, eos - (1 + n_ctx), plan=plan,
-                release_memory=self.release_memory_between_chunks,
-            )
+                plan = self._plan([layout.suffix_lengths[i] for i in label_indices.tolist()], needs_grad)
+            return encode_shared_prefix_prompts(self.clip, prefix, suffix, label_group, eos - (1 + n_ctx), plan=plan,
+                                                before_recomputed_chunk=options.before_recomputed_chunk)
         prompts = torch.cat([prompts[:, :1], context[label_group], prompts[:, 1 + n_ctx : length]], dim=1)
         return encode_prompt_embeddings(self.clip, prompts, eos, truncate=False)
 
+    @torch.compiler.disable
+    def _text_from_cache(self, all_labels: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`(label_embeds, group_features)` from the cache, each None where it must be computed in the graph (see
+        `TextCache.lookup`); it also checks the derived layout and graph. One call, kept out of compiled graphs, so
+        a compiled forward pass has a single graph break."""
+        self.prompt_layout()
+        self.label_graph()
+        return self._text_cache.lookup(self, all_labels)
+
     def get_label_embeddings(self) -> torch.Tensor:
-        """`(C, D)` normalised label embeddings; cached in eval mode when no gradient is needed (see the class
+        """`(C, D)` normalised label embeddings: cached in eval mode when no gradient is needed (see the class
         docstring)."""
+        if torch.compiler.is_exporting():
+            return self.compute_label_embeddings()
         label_embeds, group_features = self._text_from_cache()
         return label_embeds if label_embeds is not None else self.compute_label_embeddings(group_features)
+
+    def get_group_features(self) -> torch.Tensor:
+        """The `(G, D)` group features before the GCN (`encode_groups`), from the cache when it may be used."""
+        if torch.compiler.is_exporting():
+            return self.encode_groups()
+        group_features = self._text_from_cache()[1]
+        return group_features if group_features is not None else self.encode_groups()
 
     # ----- image side and forward ------------------------------------------------------------------------------
 
@@ -486,6 +447,7 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         score_indices: torch.Tensor | None = None,
+        label_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> HSPNetModelOutput | tuple:
         """
@@ -494,10 +456,13 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
             score_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels, computing the
                 text side for them alone (label sampling; see `compute_label_embeddings`). Not named `label*`:
                 transformers' Trainer treats every forward argument with "label" in its name as a target.
+            label_embeds (`torch.FloatTensor` of shape `(C', D)`, *optional*): score against these normalised label
+                embeddings (e.g. `get_label_embeddings()` computed once, as the ONNX export does) instead of the
+                model's own.
             **kwargs: passed to the vision tower (e.g. `interpolate_pos_encoding=True` for the ViT tower).
         Returns:
             `HSPNetModelOutput` with `logits` `(B, C)`, `image_embeds` `(B, D)`, `label_embeds` `(C, D)` (`C'`
-            columns / rows with `score_indices`).
+            columns / rows with `score_indices` or `label_embeds`).
         """
         if pixel_values is None:
             raise ValueError("HSPNetModel.forward needs pixel_values.")
@@ -506,10 +471,11 @@ class HSPNetModel(HSPNetTextCacheMixin, HSPNetPreTrainedModel):
             vision_kwargs["output_hidden_states"] = True
         if output_attentions:
             vision_kwargs["output_attentions"] = True
-        if score_indices is None:
-            label_embeds = self.get_label_embeddings()  # first: the cache lookup is the one graph break under compile
-        else:
-            label_embeds = self.compute_label_embeddings(label_indices=score_indices)
+        if label_embeds is None:  # first: the cache lookup is the one graph break under torch.compile
+            label_embeds, group_features = (None, None) if torch.compiler.is_exporting() else \
+                self._text_from_cache(all_labels=score_indices is None)
+            if label_embeds is None:
+                label_embeds = self.compute_label_embeddings(group_features, label_indices=score_indices)
         image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
         # at least float32 and outside autocast: bf16 logits keep ~3 significant digits, ties that change mAP
         dtype = torch.promote_types(image_embeds.dtype, torch.float32)
@@ -555,18 +521,20 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         estimates) belongs to a training run, not to the saved weights. A training script that needs that state in its
         checkpoints saves `model.loss_module.state_dict()` itself (`hspnet train` does, as safetensors).
         """
-        spec = (self.config.loss, tuple(sorted((self.config.loss_kwargs or {}).items())))
         cached = self.__dict__.get("_loss_cache")
-        if cached is None or cached[0] != spec:
-            cached = (spec, build_loss(self.config.loss, self.config.num_labels, **(self.config.loss_kwargs or {})))
-            self.__dict__["_loss_cache"] = cached
+        if cached is None or cached[0] != self._loss_choice():
+            loss = build_loss(self.config.loss, self.config.num_labels, **(self.config.loss_kwargs or {}))
+            self.use_loss(loss)
+            return loss
         return cached[1]
 
     def use_loss(self, loss: nn.Module) -> None:
         """Make `loss` (built for `config.loss`, e.g. ROLE with its number of training images) the model's loss until
         the config's loss choice changes; like the loss built from the config, it stays out of the module tree."""
-        spec = (self.config.loss, tuple(sorted((self.config.loss_kwargs or {}).items())))
-        self.__dict__["_loss_cache"] = (spec, loss)
+        self.__dict__["_loss_cache"] = (self._loss_choice(), loss)
+
+    def _loss_choice(self) -> tuple:
+        return self.config.loss, tuple(sorted((self.config.loss_kwargs or {}).items()))
 
     def set_epoch(self, epoch: int) -> None:
         """Tell an epoch-dependent loss (SPLC, LL-R) the current 0-based epoch, for calls that omit `epoch=`."""
@@ -629,27 +597,13 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         self, labels: torch.Tensor, size: int | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Label sampling for one training step (`size`, default `config.label_sample_size`): `(label_indices,
-        label_weights)`.
-
-        The labels observed positive in the batch (the only ones whose loss terms carry an observed positive; SPLC,
-        AN & co. need nothing else) are always included with weight 1; `label_sample_size` of the others are drawn
-        uniformly from `self.label_generator` (a CPU `torch.Generator` of its own, so that nothing else that draws
-        random numbers, such as a new DataLoader iterator, changes the sample; a training loop seeds it and keeps its
-        state in its checkpoints), each with weight `others / sample`, so the weighted loss is an unbiased estimate of
-        the full one. `(None, None)` when the sample would hold every label (then the step is exact).
-        """
-        observed = labels.detach().bool().any(dim=0)  # (C,)
-        always = observed.nonzero().squeeze(1)
-        others = (~observed).nonzero().squeeze(1)
-        size = self.config.label_sample_size if size is None else size
-        if size >= others.numel():
-            return None, None
+        label_weights)`, drawn from `self.label_generator` (see `modeling_label_graph.sample_labels`), a CPU
+        generator of its own that a training loop seeds and keeps in its checkpoints (nothing else that draws random
+        numbers, such as a new DataLoader iterator, changes the sample)."""
         if self.label_generator is None:
             self.label_generator = torch.Generator().manual_seed(torch.initial_seed())
-        order = torch.randperm(others.numel(), generator=self.label_generator)[:size]
-        picked = others[order.to(others.device)]
-        weights = torch.cat([torch.ones(always.numel()), torch.full((size,), others.numel() / size)])
-        return torch.cat([always, picked]), weights.to(labels.device)
+        size = self.config.label_sample_size if size is None else size
+        return sample_labels(labels, size, self.label_generator)
 
 
 __all__ = [
@@ -658,5 +612,4 @@ __all__ = [
     "HSPNetPreTrainedModel",
     "HSPNetModelOutput",
     "HSPNetClassifierOutput",
-    "process_relation",
 ]

@@ -2,7 +2,7 @@
 """HSPNet's label graph (remote code beside `modeling_hspnet.py`: imports only torch and its siblings).
 
 1. `process_relation`: raw label/group similarity block -> the fixed GCN adjacency (in row blocks: nothing larger
-   than the `(n, n)` result), and `_induced_adjacency` for label sampling.
+   than the `(n, n)` result), and `induced_adjacency` for label sampling.
 2. `HSPNetGraphConvolution`, `HSPNetGCN`: the 3-layer GCN with a residual mix, shared by the group and label levels.
 """
 
@@ -87,7 +87,7 @@ def process_relation(
     return adjacency
 
 
-def _induced_adjacency(adjacency: torch.Tensor, indices: torch.Tensor, reweight_p: float) -> torch.Tensor:
+def induced_adjacency(adjacency: torch.Tensor, indices: torch.Tensor, reweight_p: float) -> torch.Tensor:
     """The adjacency among the labels `indices` `(C',)` only, for label sampling: each row keeps its diagonal
     `1 - p` and its weights to the sampled neighbours, rescaled to the total `p` they have in the full graph; a row
     with no sampled neighbour keeps only itself (weight 1), as `process_relation` does for isolated rows."""
@@ -143,3 +143,23 @@ class HSPNetGCN(nn.Module):
         hidden = self.gc3(hidden, adjacency)
         gamma = self.gamma.to(hidden.dtype)
         return gamma * hidden + (1 - gamma) * features
+
+
+def sample_labels(labels: torch.Tensor, size: int, generator: torch.Generator) -> tuple[torch.Tensor | None,
+                                                                                       torch.Tensor | None]:
+    """Label sampling for one training step: `(label_indices, label_weights)` for the `(B, C)` observed targets.
+
+    The labels observed positive in the batch (the only ones whose loss terms carry an observed positive; SPLC, AN &
+    co. need nothing else) are always included with weight 1; `size` of the others are drawn uniformly with the CPU
+    `generator`, each with weight `others / size`, so the weighted loss is an unbiased estimate of the full one
+    (with the label GCN run on the graph they induce, `induced_adjacency`). `(None, None)` when the sample would hold
+    every label (then the step is exact)."""
+    observed = labels.detach().bool().any(dim=0)  # (C,)
+    always = observed.nonzero().squeeze(1)
+    others = (~observed).nonzero().squeeze(1)
+    if size >= others.numel():
+        return None, None
+    order = torch.randperm(others.numel(), generator=generator)[:size]
+    picked = others[order.to(others.device)]
+    weights = torch.cat([torch.ones(always.numel()), torch.full((size,), others.numel() / size)])
+    return torch.cat([always, picked]), weights.to(labels.device)

@@ -14,8 +14,6 @@ Reading order:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -220,33 +218,16 @@ def plan_label_chunks(
     return LabelPlan(tuple(chunks), order_tensor, inverse)
 
 
-_MALLOC_TRIM: list = []  # [function or None], looked up on first use
+class _CallThenEncode:
+    """`_encode_suffixes` of a recomputed chunk, after `before()` (e.g. a memory release): it runs once in the forward
+    pass and once more when the backward pass recomputes the chunk."""
 
+    def __init__(self, before: Callable[[], None]):
+        self.before = before
 
-def release_freed_memory() -> None:
-    """Give the C heap's free pages back to the operating system (glibc's `malloc_trim(0)`; nothing elsewhere).
-
-    With glibc's dynamic mmap threshold, the activations each chunk frees stay in the heap, fragmented, and the
-    resident memory of a chunked pass grows with the number of chunks (+0.5 MB per label with a ViT-B text tower)
-    although the live tensors do not. Trimming between chunks keeps it flat. It changes no allocator setting and
-    frees only memory nobody holds."""
-    if not _MALLOC_TRIM:
-        function = None
-        try:
-            library = ctypes.util.find_library("c")
-            function = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
-        except OSError:
-            function = None
-        _MALLOC_TRIM.append(function)
-    if _MALLOC_TRIM[0] is not None:
-        _MALLOC_TRIM[0](0)
-
-
-def _release_then_encode_suffixes(*args) -> torch.Tensor:
-    """`_encode_suffixes` of a recomputed chunk, after giving the heap pages freed by the chunk before back to the
-    system: it runs once in the forward pass and once more when the backward pass recomputes the chunk."""
-    release_freed_memory()
-    return _encode_suffixes(*args)
+    def __call__(self, *args) -> torch.Tensor:
+        self.before()
+        return _encode_suffixes(*args)
 
 
 def encode_shared_prefix_prompts(
@@ -257,7 +238,7 @@ def encode_shared_prefix_prompts(
     eos_in_suffix: torch.Tensor,
     chunk_size: int | None = None,
     plan: LabelPlan | None = None,
-    release_memory: bool = False,
+    before_recomputed_chunk: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """The text tower on label prompts `[prefix of the label's group] + [the label's suffix]`, running each group's
     prefix only once. Equal (up to float rounding) to `encode_prompt_embeddings` on the concatenated prompts.
@@ -267,8 +248,9 @@ def encode_shared_prefix_prompts(
     (name, ".", EOS) attends to its group's cached keys and values. Labels run in the chunks of `plan` (see
     `plan_label_chunks`; default: sorted by suffix length, at most `chunk_size` per chunk, all under activation
     checkpointing when gradients are needed and there is more than one chunk), so training memory holds the `(C, D)`
-    outputs, the prefix states and the activations the plan keeps, whatever `C`. `release_memory` trims the C heap
-    before each recomputed chunk (forward and backward) on the CPU, outside `torch.compile` (`release_freed_memory`).
+    outputs, the prefix states and the activations the plan keeps, whatever `C`. `before_recomputed_chunk` (e.g. the
+    training path's release of freed heap memory) is called before each chunk that runs under activation
+    checkpointing, in the forward pass and again when the backward pass recomputes it (not under `torch.compile`).
 
     Args:
         prefix_embeds (`torch.Tensor` of shape `(G, P, W)`): token embeddings of each group's prefix.
@@ -299,8 +281,8 @@ def encode_shared_prefix_prompts(
     if plan.order is not None:
         suffix_hidden, label_group, eos_in_suffix = (
             suffix_hidden[plan.order], label_group[plan.order], eos_in_suffix[plan.order])
-    release = (release_memory and suffix_embeds.device.type == "cpu" and torch.is_grad_enabled()
-               and any(chunk.checkpoint for chunk in plan.chunks) and not torch.compiler.is_compiling())
+    call_before = (before_recomputed_chunk is not None and torch.is_grad_enabled()
+                   and not torch.compiler.is_compiling())
     outputs = []
     for chunk in plan.chunks:
         part = slice(chunk.start, chunk.stop)
@@ -308,7 +290,7 @@ def encode_shared_prefix_prompts(
         args = (text_model, clip.text_projection, prefix_keys, prefix_values,
                 suffix_hidden[part, : chunk.length].contiguous(), label_group[part], eos_in_suffix[part])
         if chunk.checkpoint and torch.is_grad_enabled():
-            function = _release_then_encode_suffixes if release else _encode_suffixes
+            function = _CallThenEncode(before_recomputed_chunk) if call_before else _encode_suffixes
             outputs.append(torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False))
         else:
             outputs.append(_encode_suffixes(*args))
