@@ -8,7 +8,7 @@ REFERENCE_DIR holds the authors' files (as in their repository): ``super_labels.
 ``{voc,nuswide,cub}_super_labels_index.npy`` and the ``relation+*.npy`` matrices; optionally a ``splits/`` folder
 (or ``--splits DIR``) with ``coco_train_singlelabel.txt``, ``voc_{train,val}.txt``, ``nus_val.txt``,
 ``cub_{train,val}.txt``, whose label indices are checked against the label counts. A mismatch ends with one line `error: ...` and
-exit status 1 (`hspnet.cli_types.run_cli`, as every command of the package).
+exit status 1 (`hspnet.utils.errors.run_cli`, as every command of the package).
 Never used by the tests or at run time.
 """
 

@@ -31,9 +31,10 @@ register_auto_classes()
 
 # name -> module that defines it, imported on first use
 _LAZY = {
+    **{name: "hspnet.evaluation.average_precision" for name in (
+        "average_precision_ranked", "average_precision_tie_aware", "mean_average_precision")},
     **{name: "hspnet.evaluation.metrics" for name in (
-        "MultiLabelMetricAccumulator", "average_precision_ranked", "average_precision_tie_aware",
-        "compute_all_metrics", "mean_average_precision", "threshold_metrics", "topk_metrics")},
+        "MultiLabelMetricAccumulator", "compute_all_metrics", "threshold_metrics", "topk_metrics")},
     **{name: "hspnet.models.hspnet.modeling_prompts" for name in (
         "clip_text_embeddings", "encode_prompt_embeddings", "encode_shared_prefix_prompts")},
     "process_relation": "hspnet.models.hspnet.modeling_label_graph",

@@ -6,7 +6,7 @@
     hspnet prepare demo --output data/demo
     hspnet convert hspnet+coco.ckpt hspnet-coco --relation relation+super+rn50.npy
 
-Every subcommand follows one convention (`hspnet.cli_types.run_cli`): bad input ends with one line
+Every subcommand follows one convention (`hspnet.utils.errors.run_cli`): bad input ends with one line
 `hspnet <command>: error: ...` and exit status 1; `--debug` shows the traceback instead. Subcommands are imported
 only when used, so `hspnet --help` is instant.
 """
@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("hspnet.data.cli:main", "build a dataset (COCO, VOC, NUS-WIDE, CUB, folders, demo)"),
     "convert": ("hspnet.conversion.cli:main", "convert the authors' released checkpoints"),
     "export-onnx": ("hspnet.apps.onnx_export:main", "export a trained model to ONNX (checked with onnxruntime)"),
-    "demo": ("hspnet.apps.demo.page:main", "a demo page (Gradio) for a trained model, or a Hugging Face Space folder"),
+    "demo": ("hspnet.apps.demo.command:main", "a demo page (Gradio) for a trained model, or a Hugging Face Space folder"),
     "push": ("hspnet.hub.transfer:main", "upload a trained or converted model folder to the Hub (one commit)"),
 }
 

@@ -31,6 +31,17 @@ def test_demo_schema_and_contents(tmp_path):
     assert list(data["test"].features) == ["image", "image_id", "labels"]
 
 
+def test_builtin_demo_hierarchy_is_what_the_demo_draws():
+    """hspnet/data/hierarchies/demo.json names, in order, the objects hspnet.data.demo draws, in their groups."""
+    from hspnet.data.demo import DEMO_OBJECTS
+    from hspnet.data.hierarchy import builtin_hierarchy
+
+    hierarchy = builtin_hierarchy("demo")
+    assert hierarchy.labels == [label for label, _, _, _ in DEMO_OBJECTS]
+    assert [hierarchy.groups[g] for g in hierarchy.label_to_group] == [group for _, group, _, _ in DEMO_OBJECTS]
+    assert hierarchy.groups == list(dict.fromkeys(group for _, group, _, _ in DEMO_OBJECTS))
+
+
 def test_demo_is_deterministic(tmp_path):
     a = load_demo_dataset(cache_dir=tmp_path / "a", num_train=30, num_test=10, image_size=32)
     b = load_demo_dataset(cache_dir=tmp_path / "b", num_train=30, num_test=10, image_size=32, num_proc=2)

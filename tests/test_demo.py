@@ -10,20 +10,18 @@ import sys
 import pytest
 
 from hspnet.data.demo import demo_hierarchy, draw_demo_image
+from hspnet.apps.demo.command import main
 from hspnet.apps.demo.page import (
     DemoModel,
-    LabelGroups,
     grouped_scores,
     is_demo_model,
-    main,
-    read_model_summary,
     render_image_result,
     render_results,
     selected_labels,
     status_message,
-    summary_markdown,
 )
 from hspnet.apps.demo.space import write_space
+from hspnet.apps.demo.summary import LabelGroups, read_model_summary, summary_markdown
 from hspnet.models.loading import load_model
 from hspnet.apps.predict import predict_images, select_labels
 

@@ -20,7 +20,8 @@ from hspnet.data.batches import label_permutation  # noqa: E402
 from hspnet.evaluation import report, zero_shot  # noqa: E402
 from hspnet.models import loading  # noqa: E402
 from hspnet.utils.images import ImageReadError  # noqa: E402
-from hspnet.evaluation.metrics import average_precision_ranked, compute_all_metrics  # noqa: E402
+from hspnet.evaluation.average_precision import average_precision_ranked  # noqa: E402
+from hspnet.evaluation.metrics import compute_all_metrics  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from tests.conftest import TINY_DEMO_OPTIONS as DEMO_OPTIONS  # noqa: E402
@@ -261,7 +262,7 @@ def test_resolve_zero_shot_clip(make_model, tiny_clip_dir, tmp_path):
         with pytest.raises(ValueError, match=f"training_args.json.*{field}"):
             zero_shot.resolve_zero_shot_clip(str(untrained), "auto")
     args.write_text("{not json")
-    with pytest.raises(OSError, match="training_args.json: the training arguments file is not valid JSON"):
+    with pytest.raises(OSError, match="training_args.json, line 1: invalid JSON"):
         zero_shot.read_training_args(str(untrained))
     assert zero_shot.resolve_zero_shot_clip(str(untrained), "none")[0] is None  # not read when not needed
     assert zero_shot.resolve_zero_shot_clip(str(untrained), "some/clip")[0] == "some/clip"

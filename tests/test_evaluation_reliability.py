@@ -23,7 +23,8 @@ from hspnet.evaluation import report, zero_shot  # noqa: E402
 from hspnet.models import loading  # noqa: E402
 from hspnet.apps.predict import load_image  # noqa: E402
 from hspnet.utils.images import ImageReadError  # noqa: E402
-from hspnet.evaluation.metrics import average_precision_ranked, compute_all_metrics  # noqa: E402
+from hspnet.evaluation.average_precision import average_precision_ranked  # noqa: E402
+from hspnet.evaluation.metrics import compute_all_metrics  # noqa: E402
 from tests.test_prediction_reliability import (  # noqa: E402
     LABELS,
     digest_tree,
@@ -240,7 +241,7 @@ def test_zero_shot_clip_problems_are_one_line(folder, tiny_clip_dir, tmp_path, c
         (tmp_path / "no" / "such_clip", f"{tmp_path / 'no' / 'such_clip'}: zero-shot CLIP folder does not exist"),
         ("missing_clip_name", "missing_clip_name: zero-shot CLIP folder does not exist"),
         (truncated, f"{truncated / 'model.safetensors'}: not a complete safetensors file"),
-        (malformed, f"{malformed / 'config.json'}: the config file is not valid JSON"),
+        (malformed, f"{malformed / 'config.json'}, line 1: invalid JSON"),
         (folder.model, f"{folder.model}: a 'hspnet' model, not a CLIP model"),
     ]
     for clip, message in cases:

@@ -21,9 +21,10 @@ import pytest
 import torch
 import yaml
 
+from hspnet import cli
 from hspnet.hub import cards, transfer
-from hspnet.hub.transfer import HubUploader
-from hspnet.training.run_folder import BEST_MARKER_NAME, model_files
+from hspnet.hub.transfer import HubUploader, model_files
+from hspnet.training.run_folder import BEST_MARKER_NAME
 from hspnet.training.arguments import TrainingConfig
 from hspnet.training.ema import ModelEMA
 from hspnet.training.loop import train
@@ -415,8 +416,8 @@ def test_a_failed_final_upload_exits_1_with_one_line(tmp_path, fake_hub, monkeyp
     out = os.path.abspath(options["output_dir"])
     line = error_line(lines)
     assert line == (f"train.py: error: the final upload to the Hub repository me/hspnet-demo failed (OSError: 502 Bad "
-                    f"Gateway); the trained model is intact in {out} (upload it later with: python -m hspnet.hub "
-                    f"push {out} me/hspnet-demo)")
+                    f"Gateway); the trained model is intact in {out} (upload it later with: hspnet push "
+                    f"{out} me/hspnet-demo)")
     assert {"model.safetensors", "config.json", "README.md"} <= set(os.listdir(out))
     report = json.loads(Path(out, "all_results.json").read_text())["hub"]
     assert report["final_upload"] == "failed" and "502 Bad Gateway" in report["last_error"]
@@ -425,7 +426,7 @@ def test_a_failed_final_upload_exits_1_with_one_line(tmp_path, fake_hub, monkeyp
 
     # the command the message gives uploads the folder (model files and card only, one commit)
     fake_hub.fail_commit = lambda record: None
-    assert transfer.main(["push", out, "me/hspnet-demo"]) == 0
+    assert cli.main(["push", out, "me/hspnet-demo"]) == 0
     assert set(fake_hub.commits[-1]["files"]) == set(model_files(out))
 
 

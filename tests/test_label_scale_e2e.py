@@ -125,7 +125,8 @@ def test_everything_at_10000_labels(workdir, capsys):
     from hspnet.evaluation import report
     from hspnet.data import get_hierarchy, load_image_folder
     from hspnet.data.clustering import cluster_label_embeddings, default_num_groups, label_text_embeddings
-    from hspnet.evaluation.metrics import average_precision_ranked, compute_all_metrics
+    from hspnet.evaluation.average_precision import average_precision_ranked
+    from hspnet.evaluation.metrics import compute_all_metrics
     from hspnet.utils.tiny_clip import save_tiny_clip
     from hspnet.training.arguments import TrainingConfig
     from hspnet.training.loop import train
@@ -342,6 +343,7 @@ def test_clustering_equals_the_reference_implementations():
 
 
 def test_blocked_metrics_are_bit_identical(monkeypatch):
+    import hspnet.evaluation.average_precision as average_precision
     import hspnet.evaluation.metrics as metrics
 
     rng = np.random.default_rng(0)
@@ -352,13 +354,14 @@ def test_blocked_metrics_are_bit_identical(monkeypatch):
         cases.append((scores, (rng.random((n, c)) < 0.2).astype(np.uint8)))
     want = [(metrics.compute_all_metrics(s, t, from_logits=True, k=3),
              metrics.compute_all_metrics(s, t, from_logits=True, k=2, topk_min_score=0.0),
-             metrics.average_precision_tie_aware(s, t), metrics.average_precision_ranked(s, t)) for s, t in cases]
+             average_precision.average_precision_tie_aware(s, t), average_precision.average_precision_ranked(s, t))
+            for s, t in cases]
     for block in (1, 997, 20000):  # one column / row at a time, and a few
-        monkeypatch.setattr(metrics, "BLOCK_BYTES", block)
+        monkeypatch.setattr(average_precision, "BLOCK_BYTES", block)
         for (s, t), expected in zip(cases, want):
             got = (metrics.compute_all_metrics(s, t, from_logits=True, k=3),
                    metrics.compute_all_metrics(s, t, from_logits=True, k=2, topk_min_score=0.0),
-                   metrics.average_precision_tie_aware(s, t), metrics.average_precision_ranked(s, t))
+                   average_precision.average_precision_tie_aware(s, t), average_precision.average_precision_ranked(s, t))
             assert got[:2] == expected[:2]
             assert np.array_equal(got[2], expected[2]) and np.array_equal(got[3], expected[3])
     # top-k by partition: ties go to the lower label index, as a stable sort
@@ -367,7 +370,7 @@ def test_blocked_metrics_are_bit_identical(monkeypatch):
 
 
 def test_bar_chart_is_capped():
-    from hspnet.apps.evaluate import bar_classes
+    from hspnet.evaluation.report import bar_classes
 
     ap = np.array([50.0, 10.0, 0.0, 90.0, 0.0, 30.0])
     positives = np.array([2, 1, 0, 3, 1, 1])

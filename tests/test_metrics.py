@@ -15,12 +15,14 @@ import torch  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 
 from hspnet.evaluation import metrics as M  # noqa: E402
-from hspnet.evaluation.metrics import (
-    MultiLabelMetricAccumulator,
+from hspnet.evaluation.average_precision import (
     average_precision_ranked,
     average_precision_tie_aware,
-    compute_all_metrics,
     mean_average_precision,
+)
+from hspnet.evaluation.metrics import (
+    MultiLabelMetricAccumulator,
+    compute_all_metrics,
     threshold_metrics,
     topk_metrics,
 )
@@ -306,7 +308,7 @@ def test_evaluate_module_with_two_labels():
 def test_accumulator_equals_one_shot():
     scores, targets = random_case(n=203, c=7, seed=5, ties=True)
     scores = scores.astype(np.float32)
-    acc = MultiLabelMetricAccumulator(7, from_logits=True, initial_capacity=8)
+    acc = MultiLabelMetricAccumulator(7, from_logits=True)
     start = 0
     for size in [1, 5, 17, 64, 100, 16]:
         chunk = slice(start, start + size)

@@ -298,15 +298,17 @@ def test_output_below_a_file_fails_before_the_work(model_dir, images, tmp_path, 
 
 
 def test_write_output_replaces_atomically_and_keeps_permissions(tmp_path):
+    from hspnet.utils.files import write_output
+
     path = tmp_path / "out.txt"
     path.write_text("old")
     os.chmod(path, 0o640)
-    prediction.write_output(str(path), "new")
+    write_output(str(path), "new")
     assert path.read_text() == "new" and (os.stat(path).st_mode & 0o777) == 0o640
-    prediction.write_output(str(path), b"\x00\x01")
+    write_output(str(path), b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
     with pytest.raises(IsADirectoryError, match="is a folder"):
-        prediction.write_output(str(tmp_path), "x")
+        write_output(str(tmp_path), "x")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -491,11 +493,11 @@ BROKEN_MODELS = {
                                label_to_group=LABEL_TO_GROUP + [1]),
         "", "config.json lists 5 labels (id2label) but the weights were saved for 4"),
     "malformed_config": (lambda d: open(os.path.join(d, "config.json"), "w").write('{"model_type": "hspnet",'),
-                         "config.json", "not valid JSON"),
+                         "config.json", "invalid JSON"),
     "config_not_an_object": (lambda d: open(os.path.join(d, "config.json"), "w").write("[1, 2]"), "config.json",
                              "must hold a JSON object"),
     "malformed_preprocessor": (lambda d: open(os.path.join(d, "preprocessor_config.json"), "w").write("{,}"),
-                               "preprocessor_config.json", "not valid JSON"),
+                               "preprocessor_config.json", "invalid JSON"),
     "missing_tensor": (_drop_tensor, "", "the weights lack 1 tensor(s) the model needs (hspnet.gcn.gamma)"),
     "nan_weights": (_nan_tensor, "", "NaN or infinite values in 1 tensor(s) (hspnet.gcn.gamma)"),
     "no_weights": (lambda d: os.remove(os.path.join(d, "model.safetensors")), "", "could not be loaded"),

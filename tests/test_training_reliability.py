@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from hspnet.training.run_folder import BEST_MARKER_NAME, LOCK_NAME, OutputDirInUseError, OutputDirLock
-from hspnet.training.resume import SETTINGS_NAME, ResumeMismatchError, settings_differences
+from hspnet.hub.transfer import TRAINING_ARGS_NAME
+from hspnet.training.resume import ResumeMismatchError, settings_differences
 from hspnet.training.arguments import TrainingConfig
 from hspnet.training.loop import TrainingDivergedError, train
 from tests.test_training import REPO, as_argv, tiny_options
@@ -234,7 +235,7 @@ def test_overwrite_replaces_the_folder_only_when_the_new_run_is_complete(run_cop
     checkpoints = sorted((out / "checkpoints").iterdir())
     assert [p.name for p in checkpoints] == ["epoch_0-step_6", "epoch_1-step_12"]
     for checkpoint in checkpoints:
-        assert json.loads((checkpoint / SETTINGS_NAME).read_text())["seed"] == 1
+        assert json.loads((checkpoint / TRAINING_ARGS_NAME).read_text())["seed"] == 1
     results = json.loads((out / "all_results.json").read_text())
     assert [h["step"] for h in results["history"]] == [6, 12] and results["resumed_from"].endswith("epoch_0-step_6")
     assert "test_before_training" in results
@@ -345,7 +346,7 @@ def test_resume_with_only_safe_changes_runs(run_copy):
 
 def test_settings_file_holds_no_secret(run_copy):
     out, options = run_copy
-    settings = json.loads((out / "checkpoints" / "epoch_0-step_6" / SETTINGS_NAME).read_text())
+    settings = json.loads((out / "checkpoints" / "epoch_0-step_6" / TRAINING_ARGS_NAME).read_text())
     assert "hub_token" not in settings and settings["batch_size"] == 8
     assert settings["run"]["world_size"] == 1 and settings["run"]["dataset"]["splits"]["train"]["num_images"] == 45
     assert BEST_MARKER_NAME in os.listdir(out)
@@ -366,8 +367,8 @@ def _truncate(path):
     ("loss_state.safetensors", _truncate, "truncated or corrupt checkpoint file"),
     ("ema.safetensors", lambda p: p.unlink(), "missing from the checkpoint"),
     ("training_state.json", _truncate, "truncated or corrupt"),
-    (SETTINGS_NAME, _truncate, "truncated or corrupt"),
-    (SETTINGS_NAME, lambda p: p.unlink(), "has no training_args.json"),
+    (TRAINING_ARGS_NAME, _truncate, "truncated or corrupt"),
+    (TRAINING_ARGS_NAME, lambda p: p.unlink(), "has no training_args.json"),
 ])
 def test_damaged_checkpoint_is_named(run_copy, capsys, name, damage, expected):
     out, options = run_copy
@@ -377,7 +378,7 @@ def test_damaged_checkpoint_is_named(run_copy, capsys, name, damage, expected):
     assert status == 1
     line = error_line(lines)
     assert expected in line
-    assert str(checkpoint / name) in line or (name == SETTINGS_NAME and str(checkpoint) in line)
+    assert str(checkpoint / name) in line or (name == TRAINING_ARGS_NAME and str(checkpoint) in line)
 
 
 def test_resume_into_a_folder_without_the_runs_best_model_is_refused(run_copy, tmp_path):

@@ -15,12 +15,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hspnet.evaluation.metrics import (
-    MultiLabelMetricAccumulator,
+from hspnet.evaluation.average_precision import (
     average_precision_ranked,
     average_precision_tie_aware,
-    compute_all_metrics,
     mean_average_precision,
+)
+from hspnet.evaluation.metrics import (
+    MultiLabelMetricAccumulator,
+    compute_all_metrics,
     threshold_metrics,
     topk_metrics,
 )

@@ -3,10 +3,11 @@ functions behind `hspnet evaluate` / `scripts/evaluate.py`.
 
 - :func:`load_eval_split`: any dataset the package prepares (demo, coco, voc, nuswide, cub, folder, or a folder
   written by ``save_prepared_dataset`` / ``datasets_scripts``), one split, optionally truncated;
-- the model is loaded by :func:`hspnet.engine.load_model` and evaluated by :func:`hspnet.engine.eval_dataloader` +
-  :func:`hspnet.engine.evaluate_model`, the loader and loop of training: images are read as ``hspnet predict`` reads
-  them (:func:`hspnet.engine.read_dataset_image`: EXIF orientation, 16-bit and float images scaled to 8 bits, full
-  decode, decompression bombs refused), so an image gets the same scores from both, and an unreadable one is named;
+- the model is loaded by :func:`hspnet.models.loading.load_model` and evaluated by
+  :func:`hspnet.data.batches.eval_dataloader` + :func:`hspnet.evaluation.loop.evaluate_model`, the loader and loop of
+  training: images are read as ``hspnet predict`` reads them (:func:`hspnet.data.batches.read_dataset_image`: EXIF
+  orientation, 16-bit and float images scaled to 8 bits, full decode, decompression bombs refused), so an image gets
+  the same scores from both, and an unreadable one is named;
 - the zero-shot CLIP baseline (:mod:`hspnet.evaluation.zero_shot`): by default the ``clip_model`` recorded in the
   ``training_args.json`` that training writes beside the model;
 - the report (:mod:`hspnet.evaluation.report`): ``per_class_ap.csv`` / ``.md``, the metrics table, ``report.png``;
@@ -29,28 +30,16 @@ from typing import Any
 
 import torch
 
-from hspnet.utils.validation import check_positive_int, check_probability, json_object, positive_int, probability
-from hspnet.utils.errors import one_line, run_cli
 from hspnet.data.batches import eval_dataloader, label_permutation
 from hspnet.evaluation.loop import evaluate_model
-from hspnet.models.loading import label_names, load_model
-from hspnet.utils.files import refuse_inputs_as_output
-from hspnet.apps.predict import write_output
 from hspnet.evaluation.report import (
-    MAX_BARS,
-    METRIC_ORDER,
     _import_pyplot,
     _per_class_text,
-    bar_classes,
     format_metrics_table,
     per_class_table,
     per_class_table_text,
-    plot_report,
-    precision_recall_curve,
     report_png,
-    write_per_class_table,
 )
-from hspnet.utils.tiny_clip import TINY_RANDOM
 from hspnet.evaluation.zero_shot import (
     ZERO_SHOT_NOTE,
     ZERO_SHOT_TEMPLATE,
@@ -58,11 +47,13 @@ from hspnet.evaluation.zero_shot import (
     _text_tower_matches,
     check_zero_shot_template,
     load_zero_shot_clip,
-    read_training_args,
     resolve_zero_shot_clip,
-    zero_shot_logits,
-    zero_shot_prompt,
 )
+from hspnet.models.loading import label_names, load_model
+from hspnet.utils.errors import one_line, run_cli
+from hspnet.utils.files import refuse_inputs_as_output, write_output
+from hspnet.utils.tiny_clip import TINY_RANDOM
+from hspnet.utils.validation import check_positive_int, check_probability, json_object, positive_int, probability
 
 logger = logging.getLogger("hspnet.evaluate")
 
@@ -122,8 +113,8 @@ def _open_eval_split(dataset, split, dataset_root, dataset_options, cache_dir, m
 
 def _evaluate(model, data, image_processor, permutation, num_labels, accelerator, batch_size, num_workers,
               description, threshold, top_k):
-    """``(metrics, scores, targets)`` of ``model`` on ``data``: :func:`hspnet.engine.eval_dataloader` and
-    :func:`hspnet.engine.evaluate_model`, as training evaluates."""
+    """``(metrics, scores, targets)`` of ``model`` on ``data``: :func:`hspnet.data.batches.eval_dataloader` and
+    :func:`hspnet.evaluation.loop.evaluate_model`, as training evaluates."""
     loader = accelerator.prepare(eval_dataloader(data, image_processor, num_labels, batch_size, permutation,
                                                  num_workers))
     model.to(accelerator.device)
@@ -270,7 +261,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     }
     if accelerator.is_main_process:
         # everything is rendered first, then each file is written atomically: a failure names the file and leaves
-        # the earlier version of every file not yet written intact
+        # every file not yet written as it was
         contents: dict[str, str | bytes] = {
             "metrics.json": json.dumps(results, indent=2) + "\n",
             "per_class_ap.csv": per_class_table_text(rows, "csv"),
@@ -362,24 +353,4 @@ __all__ = [
     "main",
     "parse_args",
     "run_evaluation",
-    # the zero-shot baseline (hspnet.evaluation.zero_shot) and the report (hspnet.evaluation.report), re-exported
-    "MAX_BARS",
-    "METRIC_ORDER",
-    "ZERO_SHOT_NOTE",
-    "ZERO_SHOT_TEMPLATE",
-    "ZeroShotCLIPClassifier",
-    "bar_classes",
-    "check_zero_shot_template",
-    "format_metrics_table",
-    "load_zero_shot_clip",
-    "per_class_table",
-    "per_class_table_text",
-    "plot_report",
-    "precision_recall_curve",
-    "read_training_args",
-    "report_png",
-    "resolve_zero_shot_clip",
-    "write_per_class_table",
-    "zero_shot_logits",
-    "zero_shot_prompt",
 ]

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hspnet.models.loading import hspnet_base_model, label_names
 from hspnet.utils.errors import run_cli
 from hspnet.utils.files import atomic_write, refuse_inputs_as_output, write_json
 
@@ -77,10 +78,10 @@ def require_onnx(*modules: str) -> None:
 
 
 def _hspnet_base(model: nn.Module):
-    from hspnet.models.hspnet.modeling_hspnet import HSPNetModel
-
-    base = getattr(model, "base_model", model)
-    if not isinstance(base, HSPNetModel):
+    """The HSPNet base model of `model` (:func:`hspnet.models.loading.hspnet_base_model`); `ValueError` if there is
+    none."""
+    base = hspnet_base_model(model)
+    if base is None:
         raise ValueError(f"export_onnx needs an HSPNet model (HSPNetForImageClassification or HSPNetModel), got "
                          f"{type(model).__name__}")
     return base
@@ -131,7 +132,7 @@ def onnx_metadata(model: nn.Module, image_processor: Any = None, source: str | N
     processor = image_processor.to_dict()
     processor.pop("auto_map", None)
     size = int(config.image_size)
-    labels = list(config.label_names)
+    labels = label_names(config)
     import hspnet
 
     return {

@@ -1,20 +1,17 @@
-"""Multi-label prediction on image files with a trained model: importable, tested functions behind
-`scripts/predict.py`.
+"""Multi-label prediction on image files with a trained model (`hspnet predict`, `scripts/predict.py`).
 
 - :func:`collect_image_paths`: files, folders (searched recursively for :data:`IMAGE_EXTENSIONS`), never URLs;
   FIFOs, devices, sockets and broken links inside a folder are skipped with a warning (never opened, so never a hang);
-- :func:`load_model` (from :mod:`hspnet.engine`, the one model loader of the package): a model folder or Hub id ->
-  ``(model, image_processor)`` (the image processor saved with the model, loaded with ``AutoImageProcessor``;
-  importing :mod:`hspnet` registers HSPNet with the ``Auto`` classes). The folder is checked first
-  (:func:`check_model_folder`: JSON files parse, weights files are complete safetensors), and weights that do not fit
-  ``config.json`` (missing tensors, other shapes, e.g. another number of labels) or hold NaN / inf are refused instead
-  of being silently re-initialised;
+- the model comes from :func:`hspnet.models.loading.load_model`, the one model loader of the package: a model folder
+  or Hub id -> ``(model, image_processor)``, the folder checked file by file first, weights that do not fit
+  ``config.json`` or hold NaN / inf refused instead of being silently re-initialised;
 - :func:`predict_images`: batched inference (``torch.inference_mode``; an HSPNet model in eval mode caches its label
   embeddings, so each batch costs only the image tower) -> one :class:`Prediction` per image, with the labels whose
   sigmoid score is above a threshold and/or the top-k labels. Images are read by :func:`hspnet.utils.images.open_image`,
   as in training and evaluation: EXIF orientation applied, 16-bit and float images scaled to 8 bits, fully decoded
   (a truncated file fails here), decompression bombs refused;
-- :func:`format_table` / :func:`format_jsonl`: the two output formats; :func:`write_output`: atomic file writes;
+- :func:`format_table` / :func:`format_jsonl`: the two output formats, written atomically
+  (:func:`hspnet.utils.files.write_output`);
 - :func:`main`: the command line.
 
 Errors a user can cause (missing path, URL, folder without images, unreadable or non-image file, missing or broken
@@ -34,18 +31,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from hspnet.utils.validation import check_positive_int, check_probability, number_type, positive_int, probability
+from hspnet.hub.transfer import model_files
+from hspnet.models.loading import label_names, load_model, scores_from_logits
 from hspnet.utils.errors import one_line, run_cli
-from hspnet.models.loading import (
-    ModelLoadError,
-    check_model_folder,
-    label_names,
-    load_model,
-    read_json_file,
-    scores_from_logits,
-)
-from hspnet.utils.files import atomic_write, refuse_inputs_as_output, special_kind
+from hspnet.utils.files import refuse_inputs_as_output, special_kind, write_output
 from hspnet.utils.images import MAX_IMAGE_PIXELS, ImageReadError, open_image
+from hspnet.utils.validation import check_positive_int, check_probability, pixel_limit, positive_int, probability
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
 """Extensions (case-insensitive) picked up when a FOLDER is searched; a file named explicitly is always tried."""
@@ -377,38 +368,6 @@ def format_table(predictions: Sequence[Prediction], threshold: float | None = No
     return "\n".join(lines) + "\n"
 
 
-def write_output(path: str | os.PathLike, data: str | bytes) -> str:
-    """Write ``data`` (text as UTF-8, or bytes) to the file ``path``: atomically (a temporary file in the same
-    folder renamed over it, so an existing file is replaced whole or left intact), creating missing parent folders.
-    An existing FIFO or device (``/dev/stdout``, a pipe from ``>(...)``) is written directly. Any failure (full disk,
-    unwritable folder, a parent that is a file) raises ``OSError`` whose one-line message names ``path``."""
-    path = os.fspath(path)
-    binary = isinstance(data, bytes)
-    try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"{path}: is a folder; give a file name")
-        target = os.path.realpath(path) if os.path.islink(path) else path  # write through a link, keep the link
-        special = os.path.exists(target) and special_kind(os.stat(target).st_mode) is not None
-        if special:
-            with open(target, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
-                stream.write(data)
-        else:
-            parent = os.path.dirname(os.path.abspath(target))
-            if os.path.lexists(parent) and not os.path.isdir(parent):
-                raise NotADirectoryError(f"{path}: cannot write it, {parent} is not a folder")
-            os.makedirs(parent, exist_ok=True)
-            with atomic_write(target, "wb" if binary else "w") as stream:
-                stream.write(data)
-    except IsADirectoryError:
-        raise
-    except OSError as error:
-        if path in str(error) and not getattr(error, "filename", None):
-            raise
-        reason = error.strerror or one_line(error)
-        raise OSError(f"{path}: cannot write it ({reason})") from error
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
@@ -436,7 +395,7 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--on_error", choices=ON_ERROR, default="fail",
                         help="an unreadable / non-image file: fail (default; exit 1 naming it) or skip (warn, report "
                         "it as skipped, go on)")
-    parser.add_argument("--max_image_pixels", type=_pixel_limit, default=MAX_IMAGE_PIXELS, metavar="N",
+    parser.add_argument("--max_image_pixels", type=pixel_limit, default=MAX_IMAGE_PIXELS, metavar="N",
                         help="refuse images with more pixels than N as decompression bombs (default "
                         f"{MAX_IMAGE_PIXELS:,}; 0: only PIL's own limit, twice that)")
     parser.add_argument("--all_scores", action="store_true", help="jsonl: also write every label's score")
@@ -445,11 +404,6 @@ def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "scores within float rounding; pays off for many images, the first batch compiles)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser
-
-
-def _pixel_limit(value: str) -> int | None:
-    """`--max_image_pixels`: a number of pixels, 0 for no limit of ours (None)."""
-    return number_type(int, "a number of pixels (0: no limit of ours)", 0)(value) or None
 
 
 def resolve_device(device: str | None):
@@ -466,11 +420,12 @@ def resolve_device(device: str | None):
     return resolved
 
 
-def _model_files(model: str) -> list[str]:
-    """The files of a local model folder (inputs that --output must not replace)."""
+def _model_inputs(model: str) -> list[str]:
+    """The files of a local model folder that ``--output`` must not replace: its model files
+    (:func:`hspnet.hub.transfer.model_files`) and the run's results beside them."""
     if not os.path.isdir(model):
         return []
-    return [os.path.join(model, name) for name in os.listdir(model)]
+    return [os.path.join(model, name) for name in model_files(model, exclude=())]
 
 
 def _check_output_path(output: str) -> None:
@@ -521,7 +476,7 @@ def run_prediction(args: argparse.Namespace) -> list[Prediction]:
     if output:
         _check_output_path(output)
         refuse_inputs_as_output(output, paths, "--output")
-        refuse_inputs_as_output(output, _model_files(args.model), "--output (a file of the model)")
+        refuse_inputs_as_output(output, _model_inputs(args.model), "--output (a file of the model)")
     model, processor = load_model(args.model, device=device, trust_remote_code=args.trust_remote_code)
     if args.torch_compile:
         import torch
@@ -555,31 +510,20 @@ def main(argv: list[str] | None = None, prog: str | None = "predict.py") -> int:
 __all__ = [
     "FORMATS",
     "IMAGE_EXTENSIONS",
-    "ImageReadError",
-    "MAX_IMAGE_PIXELS",
-    "ModelLoadError",
     "ON_ERROR",
     "Prediction",
     "build_argument_parser",
-    "check_model_folder",
-    "check_positive_int",
-    "check_probability",
     "collect_image_paths",
     "format_jsonl",
     "format_table",
     "is_url",
-    "label_names",
     "load_image",
-    "load_model",
     "main",
     "predict_images",
-    "read_json_file",
     "resolve_device",
     "run_prediction",
-    "scores_from_logits",
     "select_label_rows",
     "select_labels",
     "skip_reason",
     "summarize_skipped",
-    "write_output",
 ]

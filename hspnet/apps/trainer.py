@@ -48,13 +48,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback
 
+from hspnet.models.loading import label_names, unwrap_model
 from hspnet.training.data_and_model import setup_loss_for_training
-
 
 __all__ = [
     "HSPNetDataCollator",
@@ -77,12 +78,6 @@ def trainer_epoch(state) -> int:
     return max(0, int(math.floor(float(value) + 1e-6)))
 
 
-def _unwrap(model):
-    while hasattr(model, "module") and not hasattr(model, "set_epoch"):  # DDP / DataParallel wrappers
-        model = model.module
-    return model
-
-
 class HSPNetEpochCallback(TrainerCallback):
     """Tell the model's loss the current 0-based epoch (`model.set_epoch`), for SPLC and LL-R.
 
@@ -91,7 +86,7 @@ class HSPNetEpochCallback(TrainerCallback):
     epoch ignore it."""
 
     def _set(self, state, model) -> None:
-        model = _unwrap(model) if model is not None else None
+        model = unwrap_model(model) if model is not None else None
         if model is not None and hasattr(model, "set_epoch"):
             model.set_epoch(trainer_epoch(state))
 
@@ -152,16 +147,6 @@ class HSPNetTrainerDataset(Dataset):
         return example
 
 
-def _model_labels(model) -> list[str] | None:
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    names = getattr(config, "label_names", None)
-    if names is None and getattr(config, "id2label", None):
-        names = [config.id2label[i] for i in range(len(config.id2label))]
-    return list(names) if names is not None else None
-
-
 def prepare_trainer_datasets(datasets: Mapping, model=None, image_processor=None, train_split: str = "train",
                              num_labels: int | None = None) -> dict[str, HSPNetTrainerDataset]:
     """Trainer datasets for every split of a `DatasetDict` of this project (e.g. `hspnet.data.load_demo_dataset()`).
@@ -175,7 +160,7 @@ def prepare_trainer_datasets(datasets: Mapping, model=None, image_processor=None
     dataset_labels = list(get_hierarchy(datasets).labels)
     permutation = None
     if model is not None:
-        model_labels = _model_labels(model)
+        model_labels = label_names(model) if getattr(model, "config", None) is not None else None
         if model_labels is not None and model_labels != dataset_labels:
             from hspnet.data.batches import label_permutation
 
@@ -269,7 +254,7 @@ class HSPNetTrainer(Trainer):
             loss.to(self.args.device)
 
     def _loss_module(self):
-        model = _unwrap(self.model)
+        model = unwrap_model(self.model)
         return getattr(model, "loss_module", None)
 
     def _loss_parameters(self) -> list[torch.nn.Parameter]:

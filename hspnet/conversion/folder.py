@@ -9,19 +9,14 @@ written by a YAML library, with a ``model-index`` holding the authors' published
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from typing import Any
 
-from hspnet.models.hspnet.configuration_hspnet import HSPNetConfig
-from hspnet.utils.files import write_json, write_text
-from hspnet.models.hspnet.modeling_hspnet import HSPNetForImageClassification
 from hspnet.conversion.official import (
     AUTHORS_REPO,
     PAPER_URL,
     PUBLISHED_CHECKPOINTS,
     RELEASE_URL,
-    ConversionError,
     ConversionReport,
     convert_official_state_dict,
     infer_official_architecture,
@@ -29,6 +24,10 @@ from hspnet.conversion.official import (
     resolve_hierarchy,
 )
 from hspnet.conversion.verify import verify_conversion
+from hspnet.models.hspnet.configuration_hspnet import HSPNetConfig
+from hspnet.models.hspnet.modeling_hspnet import HSPNetForImageClassification
+from hspnet.models.openai_clip import ConversionError
+from hspnet.utils.files import read_json_file, write_json, write_text
 
 __all__ = ["converted_model_card", "find_relation_file", "run_conversion", "save_converted_model", "sha256_of"]
 
@@ -197,8 +196,7 @@ def run_conversion(
     state = load_official_checkpoint(checkpoint)
     arch = infer_official_architecture(state)
     if isinstance(hierarchy, (str, os.PathLike)):
-        with open(hierarchy, encoding="utf-8") as handle:
-            hierarchy = json.load(handle)
+        hierarchy = read_json_file(hierarchy, "hierarchy file")
     if hierarchy is None and dataset is None:
         dataset = resolve_hierarchy(None, None, arch["num_labels"])[0]
         log(f"Dataset inferred from the {arch['num_labels']} label prompts: {dataset}")

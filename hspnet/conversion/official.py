@@ -56,7 +56,6 @@ from hspnet.models.openai_clip import (
 )
 
 __all__ = [
-    "ConversionError",
     "ConversionReport",
     "PUBLISHED_CHECKPOINTS",
     "check_official_layout",

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hspnet.models.hspnet.modeling_hspnet import HSPNetForImageClassification
 from hspnet.conversion.official import (
     CHILD_PREFIX,
     PARENT_PREFIX,
@@ -22,6 +21,7 @@ from hspnet.conversion.official import (
     infer_official_architecture,
     load_relation,
 )
+from hspnet.models.hspnet.modeling_hspnet import HSPNetForImageClassification
 
 __all__ = ["official_logits", "verify_conversion"]
 

@@ -24,7 +24,6 @@ from hspnet.data.clustering import (
 )
 from hspnet.data.coco import load_coco
 from hspnet.data.core import BuildOptions, Record, get_build_report, select_single_positive, validation_image_ids
-from hspnet.data.text_files import read_label_list, read_observed_labels
 from hspnet.data.cub import load_cub
 from hspnet.data.custom import load_image_folder
 from hspnet.data.demo import demo_hierarchy, draw_demo_image, generate_demo_images, load_demo_dataset
@@ -40,6 +39,7 @@ from hspnet.data.hierarchy import (
 )
 from hspnet.data.nuswide import load_nuswide
 from hspnet.data.stats import dataset_statistics, format_statistics
+from hspnet.data.text_files import read_label_list, read_observed_labels
 from hspnet.data.voc import load_voc
 
 BENCHMARK_LOADERS = {"coco": load_coco, "voc": load_voc, "nuswide": load_nuswide, "cub": load_cub}

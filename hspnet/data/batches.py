@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 from typing import Any, Sequence
+
 import torch
-from hspnet.utils.validation import check_positive_int
+
 from hspnet.utils.images import MAX_IMAGE_PIXELS, open_image, to_rgb
+from hspnet.utils.validation import check_positive_int
 
 
 def add_index_column(dataset):

@@ -5,7 +5,7 @@ python -m hspnet.data demo
 
 Bad input (a missing or malformed file, a bad option value, an output folder that may not be replaced) ends with
 ONE line ``prepare: error: <file>, line <n>, field <f>: <what>`` on stderr and exit status 1; ``--debug`` shows the
-traceback instead (see :func:`hspnet.cli_types.run_cli`).
+traceback instead (see :func:`hspnet.utils.errors.run_cli`).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def _custom_options(parser: argparse.ArgumentParser) -> None:
         metavar="SEP",
         help="what separates labels in a label string: ';' (the default), '|', ',' or 'space'; label names may "
         "contain spaces. Without this option a file that never uses ';' but has '|', ',' or spaces in a label "
-        "field is refused (earlier versions split it on that character): choose one explicitly",
+        "field is refused (its reading would be a guess): choose one explicitly",
     )
     parser.add_argument("--hierarchy", metavar="FILE", help="label -> group file (JSON or label,group CSV)")
     parser.add_argument("--no-auto-hierarchy", action="store_true", help="fail instead of building a hierarchy")

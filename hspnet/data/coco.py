@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 
 from hspnet.data.core import TEST, TRAIN, BuildOptions, ParsedSource, Record, build_dataset_dict, hierarchy_option_key
-from hspnet.data.text_files import require_dir, require_file
-from hspnet.data.errors import DatasetFormatError, listed_path, read_json_file
+from hspnet.data.errors import DatasetFormatError, listed_path
 from hspnet.data.hierarchy import Hierarchy, builtin_hierarchy, resolve_hierarchy
+from hspnet.data.text_files import require_dir, require_file
+from hspnet.utils.files import read_json_file
 
 
 def read_coco_json(path: str) -> dict:
-    data = read_json_file(path)
+    data = read_json_file(path, "COCO annotation file", error=DatasetFormatError)
     if not isinstance(data, dict):
         raise DatasetFormatError("expected a JSON object with 'images', 'annotations' and 'categories'", file=path)
     for key in ("images", "annotations", "categories"):

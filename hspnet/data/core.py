@@ -31,10 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from hspnet.utils.files import special_kind
 from hspnet.data.errors import DatasetFormatError, ImageError, check_input_file
 from hspnet.data.hierarchy import Hierarchy, label_feature
 from hspnet.data.text_files import read_observed_labels
+from hspnet.utils.files import read_json_file, special_kind
 
 logger = logging.getLogger(__name__)
 
@@ -534,8 +534,7 @@ def build_dataset_dict(
     manifest = None
     if os.path.isfile(manifest_path):
         try:
-            with open(manifest_path, encoding="utf-8") as handle:
-                manifest = json.load(handle)
+            manifest = read_json_file(manifest_path, "dataset manifest")
             hierarchy = Hierarchy.from_dict(manifest["hierarchy"])
             split_names = list(manifest["splits"])
             report = manifest["report"]

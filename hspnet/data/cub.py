@@ -17,9 +17,9 @@ import os
 import numpy as np
 
 from hspnet.data.core import TEST, TRAIN, BuildOptions, ParsedSource, Record, build_dataset_dict
-from hspnet.data.text_files import iter_text_lines, normalise_key, require_dir, require_file
 from hspnet.data.errors import DatasetFormatError, MissingFileError, check_input_file, listed_path
 from hspnet.data.hierarchy import builtin_hierarchy, resolve_hierarchy
+from hspnet.data.text_files import iter_text_lines, normalise_key, require_dir, require_file
 
 NUM_ATTRIBUTES = 312
 

@@ -15,10 +15,9 @@ whatever the other rows hold:
 * a label name may contain spaces (``"tabby cat;dog"`` is ``tabby cat`` and ``dog``); spaces around a name are
   dropped and runs of spaces inside it count as one; ``|`` and ``,`` are part of the name unless chosen;
 * with the default (no ``label_separator`` given), a file in which NO label field contains ``;`` but some field
-  contains ``|``, ``,`` or a space is refused with an error naming the file, line and field: earlier versions
-  guessed the separator from the other rows and split such a file on that character, so reading it differently
-  without a word is not an option. Choose the separator explicitly (``";"`` reads such a file as one label per
-  field). A JSONL list is always a list of labels.
+  contains ``|``, ``,`` or a space is refused with an error naming the file, line and field: such a file may mean
+  either reading, and a guess would split it silently one way or the other. Choose the separator explicitly
+  (``";"`` reads such a file as one label per field). A JSONL list is always a list of labels.
 
 A CSV file whose last line has no line end, when its last field is the labels and its last label is used by no
 other row, looks cut short and is refused (add the line end if the file is complete); a quoted field that is
@@ -60,16 +59,15 @@ from hspnet.data.core import (
     hierarchy_option_key,
     validation_image_ids,
 )
-from hspnet.data.text_files import iter_text_lines, normalise_key, require_dir
 from hspnet.data.errors import (
     DatasetFormatError,
     MissingFileError,
     check_input_file,
     listed_path,
-    parse_json_text,
-    read_text_file,
 )
 from hspnet.data.hierarchy import Hierarchy, resolve_hierarchy
+from hspnet.data.text_files import iter_text_lines, normalise_key, require_dir
+from hspnet.utils.files import parse_json_text, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +125,8 @@ def split_label_string(value: str, separator: str = DEFAULT_SEPARATOR) -> list[s
 
 def check_default_separator(values: Sequence[tuple[str, dict]]) -> None:
     """With the default separator (none chosen): refuse a file (``values`` = its label strings with their
-    ``where``) that never uses ``;`` but has a field with ``|``, ``,`` or a space, which earlier versions split on
-    that character (see the module docstring)."""
+    ``where``) that never uses ``;`` but has a field with ``|``, ``,`` or a space, whose reading would be a guess
+    (see the module docstring)."""
     if any(DEFAULT_SEPARATOR in value for value, _ in values):
         return
     for value, where in values:
@@ -136,17 +134,17 @@ def check_default_separator(values: Sequence[tuple[str, dict]]) -> None:
             if char in value:
                 raise DatasetFormatError(
                     f"the labels {value!r} contain {char!r} and no label field of this file contains ';'. Labels are "
-                    f"separated by ';' unless you choose the separator (earlier versions split this file on "
-                    f"{char!r}): pass label_separator={char!r} (CLI: --label-separator '{char}') if {char!r} "
-                    f"separates labels, or label_separator=';' if it is part of a label name",
+                    f"separated by ';' unless you choose the separator: pass label_separator={char!r} (CLI: "
+                    f"--label-separator '{char}') if {char!r} separates labels, or label_separator=';' if it is part "
+                    "of a label name",
                     **where,
                 )
         if len(value.split()) > 1:
             raise DatasetFormatError(
                 f"the labels {value!r} contain a space and no label field of this file contains ';'. A label name "
-                "may contain spaces and labels are separated by ';' unless you choose the separator (earlier "
-                f"versions split this file on spaces): pass label_separator=';' (CLI: --label-separator ';') if "
-                f"{value.strip()!r} is one label, or label_separator='space' if spaces separate labels",
+                "may contain spaces and labels are separated by ';' unless you choose the separator: pass "
+                f"label_separator=';' (CLI: --label-separator ';') if {value.strip()!r} is one label, or "
+                "label_separator='space' if spaces separate labels",
                 **where,
             )
 
@@ -277,7 +275,7 @@ def _read_metadata(path: str, file_column: str, labels_column: str, split_column
     if path.endswith(".jsonl"):
         raw_rows = []
         for number, line in iter_text_lines(path, "metadata file"):
-            entry = parse_json_text(line, path, line=number)
+            entry = parse_json_text(line, path, line=number, error=DatasetFormatError)
             if not isinstance(entry, dict):
                 raise DatasetFormatError("expected a JSON object per line", file=path, line=number)
             raw_rows.append((number, entry))
@@ -305,7 +303,7 @@ def _read_metadata(path: str, file_column: str, labels_column: str, split_column
                 raise DatasetFormatError(f"labels must be a list or a string, got {value!r}", **where)
             rows.append((entry[file_column], entry.get(split_column), tokens, where))
         return rows
-    text = read_text_file(path, "metadata file")
+    text = read_text_file(path, "metadata file", error=DatasetFormatError, missing=MissingFileError)
     reader = None
     try:  # one CSV document read from memory (BOM dropped); strict: a quoted field never closed is an error
         reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)

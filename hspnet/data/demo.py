@@ -24,10 +24,11 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from hspnet.data.core import TEST, TRAIN, BuildOptions, ParsedSource, Record, build_dataset_dict, cache_root
-from hspnet.data.hierarchy import Hierarchy
+from hspnet.data.hierarchy import Hierarchy, builtin_hierarchy
+from hspnet.utils.files import read_json_file
 
 DEMO_VERSION = 1
-DEMO_OBJECTS = [  # (label, group, RGB colour, shape)
+DEMO_OBJECTS = [  # (label, group, RGB colour, shape); labels and groups as in hspnet/data/hierarchies/demo.json
     ("red circle", "round shape", (220, 30, 30), "circle"),
     ("orange ring", "round shape", (255, 140, 0), "ring"),
     ("pink ellipse", "round shape", (255, 150, 200), "ellipse"),
@@ -45,13 +46,9 @@ _SPLIT_CODES = {TRAIN: 0, TEST: 1}
 
 
 def demo_hierarchy() -> Hierarchy:
-    """12 labels in 3 groups (round shape, polygon, line)."""
-    groups = list(dict.fromkeys(group for _, group, _, _ in DEMO_OBJECTS))
-    return Hierarchy(
-        labels=[label for label, _, _, _ in DEMO_OBJECTS],
-        groups=groups,
-        label_to_group=[groups.index(group) for _, group, _, _ in DEMO_OBJECTS],
-    )
+    """12 labels in 3 groups (round shape, polygon, line): the built-in hierarchy ``"demo"``, label ``i`` being
+    ``DEMO_OBJECTS[i]``."""
+    return builtin_hierarchy("demo")
 
 
 def _draw(draw, shape: str, colour, x0: float, y0: float, size: float) -> None:
@@ -154,10 +151,9 @@ def generate_demo_images(
     }
     if os.path.isfile(manifest):
         try:
-            with open(manifest, encoding="utf-8") as handle:
-                if json.load(handle).get("params") == params:
-                    return manifest
-        except (OSError, ValueError):
+            if read_json_file(manifest, "demo manifest").get("params") == params:
+                return manifest
+        except (OSError, ValueError, AttributeError):
             pass
     labels: dict[str, list[list[int]]] = {}
     for split, count in ((TRAIN, num_train), (TEST, num_test)):
@@ -204,8 +200,7 @@ def load_demo_dataset(
     manifest = generate_demo_images(folder, seed, num_train, num_test, image_size, options.num_proc)
 
     def parse() -> ParsedSource:
-        with open(manifest, encoding="utf-8") as handle:
-            labels = json.load(handle)["labels"]
+        labels = read_json_file(manifest, "demo manifest")["labels"]
         splits = {
             split: [
                 Record(

@@ -19,8 +19,9 @@ import tempfile
 from collections.abc import Iterable
 
 from hspnet.data.core import get_build_report
-from hspnet.data.errors import DatasetFormatError, ImageError, read_json_file
+from hspnet.data.errors import DatasetFormatError, ImageError
 from hspnet.data.hierarchy import get_hierarchy
+from hspnet.utils.files import read_json_file
 
 BUILD_MARKER = "hspnet_build.json"
 _BUILD_FILES = ("hierarchy.json", "report.json", "dataset_dict.json", BUILD_MARKER)
@@ -33,13 +34,12 @@ def _split_folder_file(name: str) -> bool:
 
 
 def _listed_entries(path: str, entries: list[str]) -> set[str] | None:
-    """The top-level names an earlier build wrote: from its ``hspnet_build.json``, or, for a build of an earlier
-    version (no marker), all entries if the folder looks like one (hierarchy.json, report.json and the splits)."""
+    """The top-level names the build in ``path`` wrote: from its ``hspnet_build.json``, or, for a folder without that
+    marker, all entries if the folder looks like a build (hierarchy.json, report.json and the splits)."""
     marker = os.path.join(path, BUILD_MARKER)
     if os.path.isfile(marker) and not os.path.islink(marker):
         try:
-            with open(marker, encoding="utf-8") as handle:
-                listed = json.load(handle).get("entries")
+            listed = read_json_file(marker, BUILD_MARKER).get("entries")
         except (OSError, ValueError, AttributeError):
             listed = None
         if isinstance(listed, list):
@@ -272,5 +272,5 @@ def load_prepared_dataset(path: str | os.PathLike, cache_dir: str | os.PathLike 
     )
     report = {}
     if os.path.lexists(os.path.join(path, "report.json")):
-        report = read_json_file(os.path.join(path, "report.json"), "build report")
+        report = read_json_file(os.path.join(path, "report.json"), "build report", error=DatasetFormatError)
     return attach_metadata(loaded, report.get("dataset", "custom"), get_hierarchy(loaded), report)

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from hspnet.data.errors import DatasetFormatError, check_input_file, read_json_file, read_text_file
+from hspnet.data.errors import DatasetFormatError, check_input_file
+from hspnet.utils.files import read_json_file, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -187,13 +188,9 @@ def _builtin_json(name: str) -> dict[str, Any]:
 
 def builtin_hierarchy(name: str) -> Hierarchy:
     """The hierarchy of a benchmark: ``"coco"`` (80 labels / 12 COCO supercategories), ``"voc"`` (20 / 4),
-    ``"nuswide"`` (81 / 6), ``"cub"`` (312 / 20), all equal to the HSPNet authors' files, or ``"demo"``."""
-    canonical = builtin_hierarchy_name(name)
-    if canonical == "demo":
-        from hspnet.data.demo import demo_hierarchy
-
-        return demo_hierarchy()
-    return Hierarchy.from_dict(_builtin_json(canonical))
+    ``"nuswide"`` (81 / 6), ``"cub"`` (312 / 20), all equal to the HSPNet authors' files, or ``"demo"`` (12 / 3, the
+    shapes :mod:`hspnet.data.demo` draws). Each is a JSON file under ``hspnet/data/hierarchies/``."""
+    return Hierarchy.from_dict(_builtin_json(builtin_hierarchy_name(name)))
 
 
 def coco_category_ids() -> list[int]:
@@ -355,7 +352,7 @@ def load_hierarchy_file(path: str | os.PathLike, label_names: Sequence[str] | No
 
 
 def _read_hierarchy_json(path: str):
-    data = read_json_file(path)
+    data = read_json_file(path, "hierarchy file", error=DatasetFormatError)
     if not isinstance(data, dict) or not data:
         raise DatasetFormatError("expected a non-empty JSON object", file=path)
     if "labels" in data and "label_to_group" in data:
@@ -421,7 +418,7 @@ def _read_hierarchy_table(path: str) -> dict[str, str]:
     mapping: dict[str, str] = {}
     lines: dict[str, int] = {}
     groups: list[tuple[str, int]] = []
-    text = read_text_file(path, "hierarchy file")
+    text = read_text_file(path, "hierarchy file", error=DatasetFormatError)
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -450,16 +447,10 @@ def _read_hierarchy_table(path: str) -> dict[str, str]:
     return mapping
 
 
-def resolve_hierarchy(
-    label_names: Sequence[str],
-    hierarchy: Any = None,
-    *,
-    builtin: str | None = None,
-    auto: dict | None = None,
-) -> Hierarchy:
+def resolve_hierarchy(label_names: Sequence[str], hierarchy: Any = None, *, builtin: str | None = None) -> Hierarchy:
     """The hierarchy for ``label_names``: ``hierarchy`` if given (a :class:`Hierarchy`, mapping or file path),
-    else the built-in one when its labels are exactly ``label_names``, else
-    :func:`~hspnet.data.clustering.auto_hierarchy` with ``auto`` options (when ``auto`` is not None), else an error."""
+    else the built-in one ``builtin`` when its labels are exactly ``label_names``, else an error. (An automatic
+    hierarchy from CLIP is :func:`hspnet.data.clustering.auto_hierarchy`, chosen by the loaders that offer it.)"""
     names = list(label_names)
     if hierarchy is not None:
         if isinstance(hierarchy, (str, os.PathLike)):
@@ -486,11 +477,6 @@ def resolve_hierarchy(
         candidate = builtin_hierarchy(builtin)
         if candidate.labels == names:
             return candidate
-    if auto is not None:
-        from hspnet.data.clustering import auto_hierarchy
-
-        return auto_hierarchy(names, **auto)
     raise DatasetFormatError(
-        "the labels do not match a built-in hierarchy; pass hierarchy=<file or mapping> or enable the automatic "
-        "hierarchy (auto_hierarchy=True / a CLIP model)"
+        "the labels do not match the built-in hierarchy; pass hierarchy=<a Hierarchy, a mapping or a hierarchy file>"
     )

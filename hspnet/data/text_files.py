@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from hspnet.data.errors import DatasetFormatError, MissingFileError, check_input_file, read_text_file
+from hspnet.data.errors import DatasetFormatError, MissingFileError, check_input_file
+from hspnet.utils.files import read_text_file
 
 
 def normalise_key(name: str) -> str:
@@ -80,7 +81,7 @@ def iter_text_lines(path: str, what: str = "file") -> Iterable[tuple[int, str]]:
     dropped; ``\\n``, ``\\r\\n`` and ``\\r`` end lines). A FIFO or device is refused, never opened."""
     import io
 
-    text = read_text_file(path, what)
+    text = read_text_file(path, what, error=DatasetFormatError, missing=MissingFileError)
     for number, raw in enumerate(io.StringIO(text, newline=None), start=1):
         line = raw.strip()
         if line:

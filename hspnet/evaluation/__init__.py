@@ -1,2 +1,3 @@
-"""Evaluation: the metrics (`metrics.py`: ranked and tie-aware mAP, the F1 family), the evaluation loop (`loop.py`),
+"""Evaluation: the metrics (`average_precision.py`: ranked and tie-aware mAP and the input checks; `metrics.py`: the
+threshold / top-k F1 family, every metric at once and the streaming accumulator), the evaluation loop (`loop.py`),
 the per-class report (`report.py`) and the zero-shot CLIP baseline (`zero_shot.py`)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+
 import torch
 
 

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from hspnet.utils.files import write_output
 from hspnet.utils.validation import check_positive_int
-from hspnet.apps.predict import write_output
 
 METRIC_ORDER = ("mAP", "mAP_tie_aware", "CP", "CR", "CF1", "mean_class_F1", "OP", "OR", "OF1")
 
@@ -44,7 +44,7 @@ def per_class_table(scores: Any, targets: Any, labels: Sequence[str], groups: Se
                     zero_shot_scores: Any = None) -> list[dict]:
     """One row per class, in label order: ``label``, ``group``, ``positives`` (count), ``AP`` (ranked, percent),
     ``AP_tie_aware`` and, with ``zero_shot_scores``, ``zero_shot_AP`` and ``AP_gain`` (= AP - zero_shot_AP)."""
-    from hspnet.evaluation.metrics import average_precision_ranked, average_precision_tie_aware
+    from hspnet.evaluation.average_precision import average_precision_ranked, average_precision_tie_aware
 
     scores, targets = _check_score_matrix(scores, targets, labels, "scores")
     if groups is not None and len(groups) != len(labels):
@@ -188,7 +188,7 @@ def report_png(scores: Any, targets: Any, labels: Sequence[str], zero_shot_score
     At most ``max_bars`` bars: with more classes, the best and worst classes with positives (see
     :func:`bar_classes`; the chart's title says so), so that the report stays readable and fast for 10,000 labels.
     Needs matplotlib (imported lazily, Agg backend)."""
-    from hspnet.evaluation.metrics import average_precision_ranked, mean_average_precision
+    from hspnet.evaluation.average_precision import average_precision_ranked, mean_average_precision
 
     num_curves = check_positive_int(num_curves, "num_curves")
     max_bars = check_positive_int(max_bars, "max_bars")

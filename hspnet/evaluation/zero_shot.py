@@ -2,10 +2,10 @@
 
 - :class:`ZeroShotCLIPClassifier`: ``logit_scale * norm(image) @ norm(text).T`` with the prompts ``"a photo of a
   {label}."`` (text embeddings computed once), whose ``forward(pixel_values=...)`` returns ``.logits`` like the HSPNet
-  model, so :func:`hspnet.engine.evaluate_model` runs both; :func:`zero_shot_logits` is the formula;
+  model, so :func:`hspnet.evaluation.loop.evaluate_model` runs both; :func:`zero_shot_logits` is the formula;
 - :func:`resolve_zero_shot_clip` / :func:`load_zero_shot_clip`: which CLIP to use (by default the ``clip_model``
   recorded in the ``training_args.json`` that training writes beside the model, :func:`read_training_args`) and
-  loading it with the checks of :func:`hspnet.engine.load_model`.
+  loading it with the checks of :func:`hspnet.models.loading.load_model`.
 """
 
 from __future__ import annotations
@@ -18,20 +18,20 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from hspnet.utils.errors import one_line
+from hspnet.hub.transfer import TRAINING_ARGS_NAME
 from hspnet.models.loading import (
     check_finite_parameters,
     check_loading_info,
     check_model_folder,
+    hspnet_base_model,
     load_errors,
-    looks_like_path,
+    model_file_error,
     quiet_transformers,
-    read_json_file,
 )
+from hspnet.utils.errors import one_line
+from hspnet.utils.files import is_hub_id, read_json_file
 from hspnet.utils.tiny_clip import TINY_RANDOM
 
-TRAINING_ARGS_NAME = "training_args.json"
-"""The file training writes beside the model with every option of the run (see :func:`read_training_args`)."""
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
 ZERO_SHOT_NOTE = (
     "zero-shot CLIP threshold metrics use sigmoid(logit_scale * cosine) > threshold, like the model's, but CLIP's "
@@ -146,16 +146,16 @@ def read_training_args(model_name_or_path: str) -> dict:
     if os.path.isdir(name):
         if not os.path.lexists(path):
             return {}
-    elif os.path.exists(name):
+    elif not is_hub_id(name):
         return {}
     else:
-        try:  # a Hub id: the file if it is cached or can be downloaded
+        try:  # the file if it is cached or can be downloaded
             from huggingface_hub import hf_hub_download
 
             path = hf_hub_download(name, TRAINING_ARGS_NAME)
         except Exception:  # noqa: BLE001 (offline, no such file, not a repo: no record)
             return {}
-    args = read_json_file(path, "training arguments")  # a FIFO or a device is refused, never opened
+    args = read_json_file(path, "training arguments file", error=model_file_error)  # a FIFO is refused, never opened
     if not isinstance(args, dict):
         raise ValueError(f"{path}: expected a JSON object of training options, got {type(args).__name__}")
     for field, kinds in (("clip_model", str), ("model_name_or_path", str), ("seed", int)):
@@ -215,7 +215,7 @@ def load_zero_shot_clip(name: str, seed: int = 0):
         check_model_folder(name, "CLIP")
     elif os.path.exists(name):
         raise ValueError(f"{name}: the zero-shot CLIP must be a folder (or a Hub id), not a file")
-    elif looks_like_path(name):
+    elif not is_hub_id(name):
         raise FileNotFoundError(f"{name}: zero-shot CLIP folder does not exist")
     where = "CLIP folder" if local else "no such local folder, and the Hub model"
     errors = load_errors()
@@ -254,7 +254,7 @@ def load_zero_shot_clip(name: str, seed: int = 0):
 
 def _text_tower_matches(model, clip) -> bool | None:
     """Whether an HSPNet model's frozen text projection equals ``clip``'s (None when it cannot be told)."""
-    base = getattr(model, "hspnet", None)
+    base = hspnet_base_model(model)
     if base is None or not getattr(model.config, "freeze_text_encoder", False):
         return None
     mine, theirs = base.clip.text_projection.weight, clip.text_projection.weight

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, Iterable
 
+from hspnet.models.loading import label_names
 
 HSPNET_TAGS = ["hspnet", "clip", "multi-label-classification", "single-positive-multi-label", "image-classification"]
 
@@ -76,8 +77,8 @@ def model_card(config, *, dataset: str, metrics: dict | None, recipe: dict, repo
         model_index=index,
     )
     groups: dict[str, list[str]] = {g: [] for g in config.group_names}
-    for index_, group in enumerate(config.label_to_group):
-        groups[config.group_names[group]].append(config.id2label[index_])
+    for label, group in zip(label_names(config), config.label_to_group):
+        groups[config.group_names[group]].append(label)
     hierarchy = "\n".join(f"- **{group}**: {', '.join(labels)}" for group, labels in groups.items())
     recipe_lines = "\n".join(f"| {key} | {value} |" for key, value in recipe.items())
     status = ""

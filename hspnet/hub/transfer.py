@@ -1,12 +1,14 @@
 """Moving model folders and training states to and from the Hugging Face Hub.
 
-- :func:`model_files` / :func:`push_folder_to_hub`: the model files of a folder (what ``save_pretrained`` wrote, the
-  card, other top-level JSON such as ``conversion.json``; never hidden files, logs, checkpoints or
-  ``all_results.json``), uploaded in ONE commit (all files appear together on the Hub, or none);
+- :func:`model_files`: which files of a folder make up the model (what ``save_pretrained`` wrote, the card, other
+  top-level JSON such as ``conversion.json`` and :data:`TRAINING_ARGS_NAME`; never hidden files or what a training
+  run writes beside the model, :data:`RUN_FILES`): the one answer, for uploads, resumes, Space copies and outputs;
+- :func:`push_folder_to_hub`: those files uploaded in ONE commit (all files appear together on the Hub, or none);
 - :class:`HubUploader`: what `--hub_strategy` pushes while training runs (Trainer's ``hub_strategy`` meanings), in a
   background thread, from snapshots taken at save time, never blocking or breaking training;
 - :func:`download_checkpoint`: `--resume_from_checkpoint hub`: the last pushed training state, with the best model
   of that moment, downloaded into a fresh output folder (every name it lists checked first).
+- :func:`main`: ``hspnet push FOLDER REPO_ID``.
 
 Repository layout written during training (`hub_strategy` checkpoint / all_checkpoints)::
 
@@ -30,9 +32,9 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable
-from hspnet.utils.errors import one_line, run_cli
-from hspnet.utils.files import plain_file_name
 
+from hspnet.utils.errors import one_line, run_cli
+from hspnet.utils.files import plain_file_name, read_json_file
 
 logger = logging.getLogger("hspnet.hub")
 
@@ -62,10 +64,20 @@ SNAPSHOT_PREFIX = ".hub-"
 
 
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".py", ".bin")
+"""A top-level file with one of these endings (or the card ``README.md``) is part of the model, unless hidden or one
+of :data:`RUN_FILES`."""
 
 
-RUN_FILES = ("all_results.json",)
-"""Top-level JSON files of a run that are not part of the model: never uploaded with it."""
+TRAINING_ARGS_NAME = "training_args.json"
+"""Every option of a training run (and facts about the run under ``"run"``), written by training into each checkpoint
+(compared on resume) and beside the trained model, where it is part of the model folder (evaluation and the demo
+read the base CLIP, the seed and the dataset from it)."""
+
+
+RUN_FILES = ("all_results.json", "train.log", "runs", "checkpoints")
+"""What a training run writes beside its model (results, log, TensorBoard logs, training states): not part of the
+model, never uploaded or copied with it. (The run's lock and best-model marker are hidden files, never model files
+either.)"""
 
 
 _CHECKPOINT_NAME = re.compile(r"epoch_\d+-step_\d+|step_\d+")
@@ -88,9 +100,10 @@ def is_model_file(name: str) -> bool:
 
 
 def model_files(folder: str, exclude: Iterable[str] = RUN_FILES) -> list[str]:
-    """The top-level files of `folder` that make up a model: what ``save_pretrained`` writes (config, weights, remote
-    code, image processor), the card ``README.md``, other JSON beside them (e.g. ``conversion.json``). Never hidden
-    files, folders, logs or the names in `exclude`."""
+    """The top-level files of `folder` that make up a model, sorted: what ``save_pretrained`` writes (config,
+    weights, remote code, image processor), the card ``README.md``, other JSON beside them (``training_args.json``,
+    ``conversion.json``). Never hidden files, folders, special files, or the names in `exclude` (by default what a
+    training run writes beside the model)."""
     excluded = set(exclude)
     return sorted(name for name in os.listdir(folder)
                   if os.path.isfile(os.path.join(folder, name)) and name not in excluded and is_model_file(name))
@@ -422,8 +435,8 @@ class HubUploader:
                                      self._token)
             raise HubUploadError(redact(
                 f"the final upload to the Hub repository {self.repo_id} failed ({type(error).__name__}: "
-                f"{one_line(error)}); the trained model is intact in {model_folder} (upload it later with: python -m "
-                f"hspnet.hub push {model_folder} {self.repo_id})", self._token)) from None
+                f"{one_line(error)}); the trained model is intact in {model_folder} (upload it later with: hspnet push "
+                f"{model_folder} {self.repo_id})", self._token)) from None
         self.final_upload = "done"
         shutil.rmtree(self._carry, ignore_errors=True)
         self._log(logging.INFO, "pushed the final model to the Hub: %s", self.repo_id)
@@ -491,11 +504,11 @@ def download_checkpoint(repo_id: str, folder: str, *, path_in_repo: str = LAST_C
                 f"{where} holds no training state pushed by hspnet (no {CHECKPOINT_INFO_NAME}); push one with "
                 "--push_to_hub true --hub_strategy checkpoint")
         try:
-            with open(info_path, encoding="utf-8") as handle:
-                info = json.load(handle)
+            info = read_json_file(info_path, CHECKPOINT_INFO_NAME)
             name = info["name"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{where}: {CHECKPOINT_INFO_NAME} is corrupt ({one_line(error)})") from None
+        except (ValueError, KeyError, TypeError) as error:  # the reason without the temporary download path
+            reason = getattr(error, "reason", None) or one_line(error)
+            raise ValueError(f"{where}: {CHECKPOINT_INFO_NAME} is corrupt ({reason})") from None
         if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
             raise ValueError(f"{where}: {CHECKPOINT_INFO_NAME} names no checkpoint folder (name {name!r})")
         target = os.path.join(folder, "checkpoints", name)
@@ -523,16 +536,15 @@ def download_checkpoint(repo_id: str, folder: str, *, path_in_repo: str = LAST_C
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m hspnet.hub") -> int:
+def main(argv: list[str] | None = None, prog: str = "hspnet push") -> int:
+    """`hspnet push FOLDER REPO_ID`: upload a model folder (:func:`push_folder_to_hub`)."""
     parser = argparse.ArgumentParser(prog=prog, description="Upload a trained or converted HSPNet folder to the Hub "
                                      "(its model files and card, in one commit; never checkpoints or logs). The "
                                      "token comes from `hf auth login` or HF_TOKEN.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    push = commands.add_parser("push", help="upload a model folder")
-    push.add_argument("folder")
-    push.add_argument("repo_id")
-    push.add_argument("--private", action="store_true", help="create the repository private (if it is new)")
-    push.add_argument("--commit_message", default="Upload HSPNet model")
+    parser.add_argument("folder", help="the model folder (e.g. outputs/demo)")
+    parser.add_argument("repo_id", help="the Hub repository (e.g. your-name/hspnet-coco), created if needed")
+    parser.add_argument("--private", action="store_true", help="create the repository private (if it is new)")
+    parser.add_argument("--commit_message", default="Upload HSPNet model")
 
     def run(args):
         start = time.time()

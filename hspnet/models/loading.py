@@ -1,21 +1,23 @@
-"""Loading a saved model for inference: :func:`load_model` (a folder or Hub id -> `(model, image_processor)`, checked
-file by file, never running code from the folder unless asked), :func:`label_names`, :func:`scores_from_logits`.
+"""A saved model, for inference: :func:`load_model` (a folder or Hub id -> `(model, image_processor)`, checked file by
+file, never running code from the folder unless asked) and what every user of a loaded model asks of it:
+:func:`label_names`, :func:`scores_from_logits`, and :func:`unwrap_model` / :func:`hspnet_base_model` (the model
+inside its training wrappers, the HSPNet base model inside its classification head).
 
-The checks it is made of (:func:`check_model_folder`, :func:`check_loading_info`, :func:`check_finite_parameters`)
-also guard the zero-shot CLIP of :mod:`hspnet.evaluation.zero_shot`. Errors a user can cause are `OSError` /
-`ValueError` subclasses naming the file.
+The checks :func:`load_model` is made of (:func:`check_model_folder`, :func:`check_loading_info`,
+:func:`check_finite_parameters`) also guard the zero-shot CLIP of :mod:`hspnet.evaluation.zero_shot`. Errors a user
+can cause are :class:`ModelLoadError` (an `OSError`) or `ValueError`, naming the model or the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from typing import Any
-import torch
-from hspnet.utils.errors import one_line
-from hspnet.utils.files import special_kind
 
+import torch
+
+from hspnet.utils.errors import located, one_line
+from hspnet.utils.files import check_regular_file, is_hub_id, read_json_file
 
 _JSON_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json",
                "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "vocab.json",
@@ -29,14 +31,11 @@ class ModelLoadError(OSError):
     """The model folder or Hub id cannot be loaded (or its weights do not fit its configuration)."""
 
 
-def looks_like_path(name: str) -> bool:
-    """Whether a model name is meant as a local path rather than a Hub id ("org/name")."""
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.count("/") != 1
-        or os.sep != "/" and os.sep in name
-    )
+def model_file_error(reason: str, *, file=None, line: int | None = None, field: str | None = None) -> ModelLoadError:
+    """A :class:`ModelLoadError` about one file of a model, worded as every error about a file
+    (:func:`hspnet.utils.errors.located`): the ``error`` that reads a model's files with
+    :func:`hspnet.utils.files.read_json_file` / ``check_regular_file``."""
+    return ModelLoadError(located(reason, file, line, field))
 
 
 def load_errors() -> tuple[type[BaseException], ...]:
@@ -66,29 +65,11 @@ def quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-def _check_regular(path: str, what: str) -> None:
-    kind = special_kind(os.stat(path).st_mode)
-    if kind is not None:
-        raise ModelLoadError(f"{path}: the {what} file is {kind}, not a regular file")
-
-
-def read_json_file(path: str, what: str = "JSON") -> Any:
-    """The JSON document in ``path`` (a regular file, UTF-8); :class:`ModelLoadError` naming it otherwise."""
-    _check_regular(path, what)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except UnicodeDecodeError as error:
-        raise ModelLoadError(f"{path}: the {what} file is not UTF-8 text ({one_line(error)})") from None
-    except json.JSONDecodeError as error:
-        raise ModelLoadError(f"{path}: the {what} file is not valid JSON ({one_line(error)})") from None
-
-
 def _check_safetensors(path: str) -> None:
     """Read the header of a safetensors file: a truncated, empty or partly downloaded file fails here, by name."""
     from safetensors import SafetensorError, safe_open
 
-    _check_regular(path, "weights")
+    check_regular_file(path, "weights file", error=model_file_error)
     try:
         with safe_open(path, framework="pt") as handle:
             handle.keys()
@@ -108,17 +89,18 @@ def check_model_folder(folder: str, what: str = "model") -> None:
     config = os.path.join(folder, "config.json")
     if not os.path.lexists(config):
         raise ModelLoadError(f"{folder}: not a {what} folder (no config.json)")
-    if not isinstance(read_json_file(config, "config"), dict):
+    if not isinstance(read_json_file(config, "config file", error=model_file_error), dict):
         raise ModelLoadError(f"{config}: the config file must hold a JSON object")
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if name in _JSON_FILES[1:] or name.endswith(".index.json"):
             if os.path.exists(path):
-                read_json_file(path, name)
+                read_json_file(path, f"{name} file", error=model_file_error)
         elif name.endswith(_WEIGHT_SUFFIXES) or name == "README.md":
             if not os.path.exists(path):
                 raise ModelLoadError(f"{path}: a broken symbolic link (its target does not exist)")
-            _check_regular(path, "weights" if name != "README.md" else "model card")
+            check_regular_file(path, "model card file" if name == "README.md" else "weights file",
+                               error=model_file_error)
             if name.endswith(".safetensors"):
                 _check_safetensors(path)
 
@@ -160,7 +142,7 @@ def check_loading_info(name: str, model, info: dict) -> None:
 
 
 def check_finite_parameters(name: str, model) -> None:
-
+    """Refuse weights that hold NaN or infinite values (a corrupted or diverged checkpoint), naming the tensors."""
     bad = [key for key, value in model.named_parameters()
            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
     if bad:
@@ -169,10 +151,11 @@ def check_finite_parameters(name: str, model) -> None:
                              "a corrupted or diverged checkpoint")
 
 
-def label_names(model) -> list[str]:
-    """The model's label names in index order; ``ValueError`` when ``config.id2label`` is not indexed 0..C-1 or
-    disagrees with ``config.num_labels``."""
-    id2label = getattr(model.config, "id2label", None) or {}
+def label_names(model_or_config) -> list[str]:
+    """The label names of a model (or of its config) in index order, from ``config.id2label``: the one reading of a
+    model's labels. ``ValueError`` when ``id2label`` is not indexed 0..C-1 or disagrees with ``config.num_labels``."""
+    config = getattr(model_or_config, "config", model_or_config)
+    id2label = getattr(config, "id2label", None) or {}
     try:
         keys = sorted(int(key) for key in id2label)
     except (TypeError, ValueError):
@@ -180,7 +163,7 @@ def label_names(model) -> list[str]:
     if keys != list(range(len(id2label))) or not id2label:
         raise ValueError(f"the model's config.json must name its labels in id2label with keys 0..C-1, got "
                          f"{sorted(map(str, id2label))[:10]}")
-    num_labels = getattr(model.config, "num_labels", len(id2label))
+    num_labels = getattr(config, "num_labels", len(id2label))
     if num_labels != len(id2label):
         raise ValueError(f"the model's config.json has num_labels {num_labels} but names {len(id2label)} labels in "
                          "id2label")
@@ -210,7 +193,7 @@ def load_model(model_name_or_path: str | os.PathLike, device: Any = None, trust_
         check_model_folder(name)
     elif os.path.exists(name):
         raise ModelLoadError(f"{name}: the model must be a folder (or a Hub id), not a file")
-    elif looks_like_path(name):
+    elif not is_hub_id(name):
         raise ModelLoadError(f"{name}: model folder does not exist")
     errors = load_errors()
     with quiet_transformers():
@@ -249,7 +232,25 @@ def load_model(model_name_or_path: str | os.PathLike, device: Any = None, trust_
 
 def scores_from_logits(model, logits):
     """Per-label probabilities: sigmoid for multi-label models (HSPNet), softmax for single-label classifiers."""
-
     if getattr(model.config, "problem_type", None) == "single_label_classification":
         return torch.softmax(logits.float(), dim=-1)
     return torch.sigmoid(logits.float())
+
+
+def unwrap_model(model):
+    """The model inside the wrappers that hold it as ``.module`` (``DistributedDataParallel``, ``DataParallel``,
+    DeepSpeed's engine); a model that is not wrapped is returned as it is."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module) and not hasattr(model, "config"):
+        model = model.module
+    return model
+
+
+def hspnet_base_model(model):
+    """The :class:`~hspnet.models.hspnet.modeling_hspnet.HSPNetModel` of ``model`` (an
+    ``HSPNetForImageClassification``, an ``HSPNetModel``, either in a :func:`unwrap_model` wrapper), or None when
+    ``model`` is not an HSPNet model."""
+    from hspnet.models.hspnet.modeling_hspnet import HSPNetModel
+
+    model = unwrap_model(model)
+    base = getattr(model, "base_model", model)
+    return base if isinstance(base, HSPNetModel) else None

@@ -6,7 +6,8 @@
   `torch.load(weights_only=True)`;
 - :func:`map_openai_clip_weights` / :func:`convert_openai_clip_state_dict`: rename (and split / transpose) the
   OpenAI keys and infer the architecture (the table below);
-- :func:`load_openai_clip`: both, for `HSPNetPreTrainedModel.from_clip("RN50.pt", ...)`.
+- :func:`load_openai_clip_parts`: both, as the `ClipParts` that `HSPNetForImageClassification.from_clip` builds a
+  model on (`hspnet train --clip_model RN50.pt`).
 """
 
 from __future__ import annotations
@@ -380,18 +381,12 @@ def load_clip_checkpoint_file(path: str | os.PathLike) -> dict:
     return state
 
 
-def load_openai_clip(source: str | os.PathLike | Mapping) -> tuple[dict, dict, dict]:
-    """`(clip_config, backbone, weights)` from an OpenAI CLIP `.pt` file or state dict (see
-    :func:`convert_openai_clip_state_dict`)."""
-    state = source if isinstance(source, Mapping) else load_clip_checkpoint_file(source)
-    return convert_openai_clip_state_dict(state)
-
-
 def load_openai_clip_parts(source: str | os.PathLike | Mapping) -> ClipParts:
     """What `HSPNetForImageClassification.from_clip` builds a model on, from an OpenAI CLIP `.pt` file (`RN50.pt`,
     `ViT-B-16.pt`, ...; read without running any of its code) or such a state dict. OpenAI files hold no tokenizer:
     pass `tokenizer=` to `from_clip` (all OpenAI CLIP models share one, e.g. that of `openai/clip-vit-base-patch32`)."""
-    clip_config, config_kwargs, weights = load_openai_clip(source)
+    state = source if isinstance(source, Mapping) else load_clip_checkpoint_file(source)
+    clip_config, config_kwargs, weights = convert_openai_clip_state_dict(state)
     return ClipParts(clip_config=clip_config, clip_weights=weights, tokenizer=None, config_kwargs=dict(config_kwargs))
 
 
@@ -400,7 +395,6 @@ __all__ = [
     "convert_openai_clip_state_dict",
     "count_indexed_keys",
     "load_clip_checkpoint_file",
-    "load_openai_clip",
     "load_openai_clip_parts",
     "map_openai_clip_weights",
     "read_torchscript_archive",

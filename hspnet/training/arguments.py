@@ -104,6 +104,9 @@ class TrainingConfig:
         """Large label sets, an approximation (off by default): each step runs the text side for the batch's observed
         positives plus this many of the other labels, drawn uniformly, with the loss reweighted to an unbiased
         estimate (see HSPNetConfig.label_sample_size); evaluation always uses every label."""))
+    release_memory_between_chunks: bool = field(default=True, metadata=_help(
+        """On the CPU, give the heap memory freed by each recomputed chunk of label prompts back to the system
+        (glibc's malloc_trim; see hspnet.training.memory): flat memory at large label counts. Results are unchanged."""))
     torch_compile: bool = field(default=False, metadata=_help(
         """Run the training and model-selection forward passes through torch.compile(model) (one graph break per
         forward, for the text-side cache; results equal eager within float rounding; the first steps compile)."""))

@@ -26,7 +26,6 @@ hold exactly what accelerate writes there; a file that needs unpickling but is n
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -37,7 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hspnet.utils.errors import one_line
+from hspnet.hub.transfer import CHECKPOINT_INFO_NAME, TRAINING_ARGS_NAME
+from hspnet.utils.errors import FileFormatError, located, one_line
+from hspnet.utils.files import read_json_file
 
 MODEL_NAME = "model.safetensors"
 OPTIMIZER_NAME = "optimizer.bin"
@@ -58,7 +59,7 @@ def label_sampling_name(rank: int) -> str:
 
 
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".joblib", ".npy", ".npz")
-_OTHER_KNOWN = ("training_args.json", "hspnet_checkpoint.json")
+_OTHER_KNOWN = (TRAINING_ARGS_NAME, CHECKPOINT_INFO_NAME)
 
 
 class UnsafeCheckpointError(ValueError):
@@ -207,12 +208,13 @@ def _check_random_states(path: str, states: Any) -> dict:
     return states
 
 
-def _read_json(path: str) -> Any:
+def read_checkpoint_json(path: str, what: str = "checkpoint file") -> Any:
+    """A JSON file of a checkpoint (:func:`hspnet.utils.files.read_json_file`); a damaged one is a ``ValueError``
+    ``<path>: truncated or corrupt (<reason>)``."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: truncated or corrupt ({one_line(error)})") from None
+        return read_json_file(path, what)
+    except FileFormatError as error:
+        raise ValueError(f"{path}: truncated or corrupt ({located(error.reason, line=error.line)})") from None
 
 
 def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
@@ -288,7 +290,7 @@ def read_checkpoint(folder: str, *, num_processes: int, process_index: int, ema:
             random_states = states
 
     path = os.path.join(folder, TRAINING_STATE_NAME)
-    document = _read_json(path)
+    document = read_checkpoint_json(path, "training state file")
     if not (isinstance(document, dict) and document.get("format") == FORMAT
             and isinstance(document.get("progress"), dict) and isinstance(document.get("scheduler"), dict)):
         raise ValueError(f"{path}: truncated or corrupt (expected format {FORMAT} with 'progress' and 'scheduler')")

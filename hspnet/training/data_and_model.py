@@ -80,10 +80,10 @@ def build_model(config: TrainingConfig, hierarchy):
         except (OSError, ValueError) as error:
             kind = OSError if isinstance(error, OSError) else ValueError
             raise kind(f"--model_name_or_path {source!r}: cannot load an HSPNet model ({one_line(error)})") from None
-        if model.config.label_names != list(hierarchy.labels):
+        if label_names(model) != list(hierarchy.labels):
             raise ValueError(
                 f"--model_name_or_path {source!r} was trained on other labels than the dataset "
-                f"{config.dataset!r}: {label_mismatch(model.config.label_names, list(hierarchy.labels))}"
+                f"{config.dataset!r}: {label_mismatch(label_names(model), list(hierarchy.labels))}"
             )
         if (list(model.config.group_names) != list(hierarchy.groups)
                 or list(model.config.label_to_group) != list(hierarchy.label_to_group)):

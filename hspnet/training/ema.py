@@ -6,6 +6,7 @@ so that one epoch keeps ``ema_keep_per_epoch``, 0.82, of the old average) and :f
 from __future__ import annotations
 
 import copy
+
 import torch
 
 

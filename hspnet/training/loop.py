@@ -25,6 +25,7 @@ upload fails the run. The Hub token is never logged or saved.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -38,17 +39,17 @@ import torch
 
 from hspnet.data.batches import collate, make_transform
 from hspnet.evaluation.loop import evaluate_model
-from hspnet.evaluation.metrics import average_precision_ranked
+from hspnet.evaluation.average_precision import average_precision_ranked
 from hspnet.hub.cards import model_card
-from hspnet.hub.transfer import HubUploader
+from hspnet.hub.transfer import TRAINING_ARGS_NAME, HubUploader, model_files
 from hspnet.training.arguments import TrainingConfig, build_argument_parser, parse_training_args
 from hspnet.training.checkpoint import apply_checkpoint, read_checkpoint, save_checkpoint
 from hspnet.training.data_and_model import build_model, load_datasets, setup_loss_for_training, training_splits
 from hspnet.training.distributed import on_all, on_main
 from hspnet.training.ema import ModelEMA, ema_decay, select_source
+from hspnet.training.memory import release_freed_memory
 from hspnet.training.optimization import loss_parameter_group, one_cycle_scheduler, parameter_groups
 from hspnet.training.resume import (
-    SETTINGS_NAME,
     TrainingState,
     check_best_model,
     check_resume_settings,
@@ -61,7 +62,6 @@ from hspnet.training.run_folder import (
     BEST_MARKER_NAME,
     OutputDirLock,
     checkpoint_dirs,
-    model_files,
     plan_folders,
     remove_leftovers,
     save_model_files,
@@ -70,7 +70,7 @@ from hspnet.training.run_folder import (
 )
 from hspnet.training.run_log import close_log_handlers, setup_run_logging
 from hspnet.utils.errors import one_line, run_cli
-from hspnet.utils.files import write_json, write_text
+from hspnet.utils.files import read_json_file, write_json, write_text
 from hspnet.utils.redaction import redact
 
 logger = logging.getLogger("hspnet.train")
@@ -215,6 +215,9 @@ class TrainingRun:
         self.model = build_model(config, self.hierarchy)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if config.release_memory_between_chunks and self.accelerator.device.type == "cpu":
+            base = self.model.base_model
+            base.text_options = dataclasses.replace(base.text_options, before_recomputed_chunk=release_freed_memory)
         self.loss_module = setup_loss_for_training(self.model, self.train_set)
         if any(True for _ in self.loss_module.parameters()) and self.accelerator.num_processes > 1:
             raise ValueError(f"loss {config.loss!r} keeps per-image state; train it with a single process.")
@@ -319,8 +322,7 @@ class TrainingRun:
         try:
             marker = None
             if state.best_epoch >= 0:
-                with open(os.path.join(self.working, BEST_MARKER_NAME), encoding="utf-8") as handle:
-                    marker = json.load(handle)
+                marker = read_json_file(os.path.join(self.working, BEST_MARKER_NAME), "best-model marker")
             names = [n for n in model_files(self.working) if n != "README.md"] if marker is not None else []
             card = model_card(self.unwrapped.config, dataset=config.dataset, metrics=None, recipe=self.recipe(),
                               repo_id=config.hub_model_id, base_model=self.base_model(), license=config.license,
@@ -476,8 +478,8 @@ class TrainingRun:
 
         def save():
             save_model_files(source_model, working, save_function=self.accelerator.save)
-            with writing(os.path.join(working, SETTINGS_NAME)):
-                write_json(os.path.join(working, SETTINGS_NAME), self.settings)
+            with writing(os.path.join(working, TRAINING_ARGS_NAME)):
+                write_json(os.path.join(working, TRAINING_ARGS_NAME), self.settings)
             marker = os.path.join(working, BEST_MARKER_NAME)
             with writing(marker):
                 write_json(marker, {"run_id": state.run_id, "epoch": epoch, "step": state.global_step,
@@ -498,8 +500,8 @@ class TrainingRun:
         on_all(accelerator, save)
 
         def publish():
-            with writing(os.path.join(folder + ".partial", SETTINGS_NAME)):
-                write_json(os.path.join(folder + ".partial", SETTINGS_NAME), self.settings)
+            with writing(os.path.join(folder + ".partial", TRAINING_ARGS_NAME)):
+                write_json(os.path.join(folder + ".partial", TRAINING_ARGS_NAME), self.settings)
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(folder + ".partial", folder)
             if config.checkpoints_total_limit:

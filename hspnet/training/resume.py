@@ -1,8 +1,9 @@
 """Resuming a run exactly, or not at all: what a checkpoint records about its run and the checks made before loading it.
 
-- :data:`SETTINGS_NAME` (``training_args.json``): every option of the run except secrets, plus under ``"run"`` the
-  number of processes, the mixed precision and device in use, the library versions and a fingerprint of the data
-  (:func:`run_settings`). Written into every checkpoint and beside the trained model.
+- :func:`run_settings`: what ``training_args.json`` (:data:`hspnet.hub.transfer.TRAINING_ARGS_NAME`) records: every
+  option of the run except secrets, plus under ``"run"`` the number of processes, the mixed precision and device in
+  use, the library versions and a fingerprint of the data. Written into every checkpoint and beside the trained
+  model.
 - :func:`check_resume_settings`: a resume with other result-changing settings or other data is refused, listing
   every difference (:func:`settings_differences`, :func:`dataset_differences`).
 - :func:`check_best_model`: the output folder holds the best model the checkpoint's run saved.
@@ -19,8 +20,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from hspnet.utils.errors import one_line
+from hspnet.hub.transfer import TRAINING_ARGS_NAME
+from hspnet.training.checkpoint import read_checkpoint_json
 from hspnet.training.run_folder import BEST_MARKER_NAME, checkpoint_dirs
+from hspnet.utils.files import read_json_file
 
 logger = logging.getLogger("hspnet.train")
 
@@ -29,15 +32,13 @@ class ResumeMismatchError(ValueError):
     """A checkpoint was written by a run whose settings differ in something that changes the result."""
 
 
-SETTINGS_NAME = "training_args.json"
-"""The run's options (and facts about the run under "run"): in every checkpoint folder, compared on resume, and
-beside the trained model (where evaluation reads `clip_model` and `seed`)."""
 RESUME_SAFE_OPTIONS = (
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint",          # where and how it writes
     "with_tracking", "report_to", "logging_steps",                          # logging
     "checkpointing_steps", "checkpoints_total_limit", "evaluate_before_training",  # what is saved / reported
     "push_to_hub", "hub_strategy", "hub_model_id", "hub_token", "hub_private_repo", "license",  # upload
     "num_workers",       # data loading processes: the order comes from the seeded sampler, the transform is fixed
+    "release_memory_between_chunks",  # memory only
     "dataset_root", "cache_dir",  # where the data lies: its content is compared instead (labels, images, positives)
     "trust_remote_code",
     "mixed_precision", "cpu",  # compared as what the run actually uses (precision: refused; device: a warning)
@@ -104,8 +105,8 @@ def find_checkpoint(config, accelerator, working: str) -> str | None:
     its best model)."""
     from hspnet.hub import transfer as hub
     from hspnet.training.distributed import on_main
-    from hspnet.utils.files import write_json
     from hspnet.training.run_folder import writing
+    from hspnet.utils.files import write_json
 
     hub_folder = hub.parse_hub_resume(config.resume_from_checkpoint)
     if hub_folder is None:
@@ -259,17 +260,13 @@ def label_mismatch(old: list[str], new: list[str], old_name: str = "model", new_
 
 def read_checkpoint_settings(checkpoint: str) -> dict:
     """The `training_args.json` of a checkpoint."""
-    path = os.path.join(checkpoint, SETTINGS_NAME)
+    path = os.path.join(checkpoint, TRAINING_ARGS_NAME)
     if not os.path.isfile(path):
         raise ResumeMismatchError(
-            f"checkpoint {checkpoint} has no {SETTINGS_NAME} (not written by scripts/train.py, or incomplete): its "
+            f"checkpoint {checkpoint} has no {TRAINING_ARGS_NAME} (not written by scripts/train.py, or incomplete): its "
             "settings cannot be checked against this run's, so it is not resumed"
         )
-    try:
-        with open(path, encoding="utf-8") as handle:
-            settings = json.load(handle)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: truncated or corrupt ({one_line(error)})") from None
+    settings = read_checkpoint_json(path, "training settings file")
     if not isinstance(settings, dict) or not isinstance(settings.get("run"), dict):
         raise ValueError(f"{path}: truncated or corrupt (no 'run' mapping)")
     return settings
@@ -302,9 +299,8 @@ def check_best_model(folder: str, state: TrainingState, checkpoint: str) -> None
         return
     marker_path = os.path.join(folder, BEST_MARKER_NAME)
     try:
-        with open(marker_path, encoding="utf-8") as handle:
-            marker = json.load(handle)
-    except (OSError, ValueError):
+        marker = read_json_file(marker_path, "best-model marker")
+    except (OSError, ValueError):  # missing or unreadable: no best model here
         marker = None
     best_step = next((h["step"] for h in state.history if h.get("epoch") == state.best_epoch), None)
     if (marker is None or not os.path.isfile(os.path.join(folder, "model.safetensors"))

@@ -37,8 +37,9 @@ BEST_MARKER_NAME = ".hspnet-best.json"
 STAGING_SUFFIX = ".partial"
 """`--overwrite_output_dir` trains into `<output_dir>.partial` and swaps it in only when the run is complete."""
 REPLACED_SUFFIX = ".replaced"
-RUN_ARTIFACTS = ("all_results.json", "train.log", "runs", "checkpoints", LOCK_NAME, BEST_MARKER_NAME)
-"""What a training run writes beside the model files (never uploaded to the Hub as part of the model)."""
+RUN_ARTIFACTS = hub.RUN_FILES + (LOCK_NAME, BEST_MARKER_NAME)
+"""Every entry a training run writes beside the model files (:data:`hspnet.hub.transfer.RUN_FILES`, the lock and the
+best-model marker)."""
 
 
 def make_folder(path: str, what: str) -> None:
@@ -75,7 +76,6 @@ class writing:
             named._hspnet_named = True
             raise named from error
         return False
-
 
 
 class OutputDirLock:
@@ -312,8 +312,6 @@ def save_model_files(model, folder: str, save_function=None) -> list[str]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-
-
 def checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
     """Saved training states, as (global step, folder), oldest first."""
     root = os.path.join(output_dir, "checkpoints")
@@ -326,12 +324,3 @@ def checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
             found.append((int(match.group(1) or match.group(2)), name.startswith("epoch"), os.path.join(root, name)))
     # at equal steps the epoch checkpoint (written after that epoch's evaluation) is the later one
     return [(step, path) for step, _, path in sorted(found)]
-
-
-
-
-def model_files(folder: str) -> list[str]:
-    """The files of a trained model folder that make up the model (what `save_pretrained` wrote: config, weights,
-    remote code, image processor; the model card and `training_args.json`): every top-level file except the run's
-    own (`all_results.json`, `train.log`, the lock, hidden files) and folders (`checkpoints/`, `runs/`, `eval_*`)."""
-    return hub.model_files(folder, exclude=RUN_ARTIFACTS + hub.RUN_FILES)

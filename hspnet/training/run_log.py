@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 
-from hspnet.utils.errors import one_line
 from hspnet.training.run_folder import make_folder, writing
+from hspnet.utils.errors import one_line
 
 
 class RaisingFileHandler(logging.FileHandler):

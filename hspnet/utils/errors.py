@@ -1,6 +1,7 @@
 """The one convention for bad input: a user's mistake (a file, a value, a missing package) ends a command with ONE line
-``<prog>: error: <message>`` and exit status 1 (:func:`run_cli`); :func:`one_line` folds a message onto one line and
-:func:`user_error_types` says which exceptions count as bad input rather than bugs.
+``<prog>: error: <message>`` and exit status 1 (:func:`run_cli`); :func:`one_line` folds a message onto one line,
+:func:`user_error_types` says which exceptions count as bad input rather than bugs, and :class:`FileFormatError`
+(worded by :func:`located`) is a bad input file named with its line and field.
 """
 
 from __future__ import annotations
@@ -68,3 +69,28 @@ def run_cli(parser: argparse.ArgumentParser, run, argv: list[str] | None = None)
         print(f"{parser.prog}: error: {redact(one_line(error), getattr(args, 'hub_token', None))}", file=sys.stderr)
         return 1
     return 0
+
+
+def located(reason: str, file=None, line: int | None = None, field: str | None = None) -> str:
+    """``"path, line 3, field 'name': reason"``, with the parts that are known: how every error about a file reads."""
+    parts = [os.fspath(file)] if file is not None and os.fspath(file) else []
+    if line is not None:
+        parts.append(f"line {line}")
+    if field is not None:
+        parts.append(f"field {field!r}")
+    return f"{', '.join(parts)}: {reason}" if parts else reason
+
+
+class FileFormatError(ValueError):
+    """An input file that is not what it should be (missing, not a regular file, not UTF-8, malformed,
+    inconsistent); the message starts with the file, and the line or field where known (:func:`located`).
+
+    Attributes: ``file`` (the path, if any), ``line`` (1-based), ``field`` (a column, JSON key, XML tag) and
+    ``reason`` (the message without the location)."""
+
+    def __init__(self, reason: str, *, file=None, line: int | None = None, field: str | None = None):
+        self.file = os.fspath(file) if file is not None else None
+        self.line = line
+        self.field = field
+        self.reason = reason
+        super().__init__(located(reason, file, line, field))

@@ -1,11 +1,18 @@
-"""Writing outputs safely: every file a tool writes appears whole or not at all, and never replaces an input.
+"""Files and paths, safely: every file a tool writes appears whole or not at all and never replaces an input; every
+file it reads is checked first and a bad one is an error naming it.
 
 - :func:`atomic_write`: a context manager giving a file object on a temporary file in the target's folder; on a
   clean exit the temporary file is flushed, synced and renamed over the target (an atomic replace on POSIX); on an
   error it is removed and the old target, if any, is untouched. A link is followed (the file it points to is
   replaced); a device or FIFO target (``/dev/stdout``) is written into directly, never replaced.
-- :func:`write_text` / :func:`write_json`: the same for a string / a JSON document.
+- :func:`write_text` / :func:`write_json`: the same for a string / a JSON document; :func:`write_output`: the same
+  for a command's output file, with one ``OSError`` naming the path on failure.
 - :func:`refuse_inputs_as_output`: ``ValueError`` when an output path is one of the input files.
+- :func:`read_text_file` / :func:`read_json_file`: the one way to read a text or JSON input file (regular files only,
+  checked by :func:`check_regular_file`; UTF-8; a JSON key given twice refused), with errors naming the file, the
+  line and the key.
+- :func:`path_inside` / :func:`plain_file_name`: names read from a file that must not lead elsewhere.
+- :func:`is_hub_id`: the one rule telling a local path from a Hub repository id.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import os
 import re
 import stat
 import tempfile
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from hspnet.utils.errors import FileFormatError, one_line
 
 
 def special_kind(mode: int) -> str | None:
@@ -92,6 +101,38 @@ def refuse_inputs_as_output(output: str | os.PathLike, inputs: Iterable[str | os
             raise ValueError(f"{os.fspath(output)}: {what} is one of the input files; choose another output path")
 
 
+def write_output(path: str | os.PathLike, data: str | bytes) -> str:
+    """Write ``data`` (text as UTF-8, or bytes) to the file ``path``: atomically (a temporary file in the same
+    folder renamed over it, so an existing file is replaced whole or left intact), creating missing parent folders.
+    An existing FIFO or device (``/dev/stdout``, a pipe from ``>(...)``) is written directly. Any failure (full disk,
+    unwritable folder, a parent that is a file) raises ``OSError`` whose one-line message names ``path``."""
+    path = os.fspath(path)
+    binary = isinstance(data, bytes)
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path}: is a folder; give a file name")
+        target = os.path.realpath(path) if os.path.islink(path) else path  # write through a link, keep the link
+        special = os.path.exists(target) and special_kind(os.stat(target).st_mode) is not None
+        if special:
+            with open(target, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
+                stream.write(data)
+        else:
+            parent = os.path.dirname(os.path.abspath(target))
+            if os.path.lexists(parent) and not os.path.isdir(parent):
+                raise NotADirectoryError(f"{path}: cannot write it, {parent} is not a folder")
+            os.makedirs(parent, exist_ok=True)
+            with atomic_write(target, "wb" if binary else "w") as stream:
+                stream.write(data)
+    except IsADirectoryError:
+        raise
+    except OSError as error:
+        if path in str(error) and not getattr(error, "filename", None):
+            raise
+        reason = error.strerror or one_line(error)
+        raise OSError(f"{path}: cannot write it ({reason})") from error
+    return path
+
+
 def path_inside(root: str | os.PathLike, name: str, what: str, start: str | os.PathLike | None = None) -> str:
     """``start/name`` (`start` defaults to `root`, and lies inside it) for a relative `name` read from a file (a file
     list, a checkpoint's index), refusing a name that would lead outside `root`: an absolute path, a drive, a ``..``
@@ -138,3 +179,118 @@ def is_hub_id(name: str | os.PathLike) -> bool:
     if os.path.exists(os.path.expanduser(text)) or not _HUB_ID.fullmatch(text):
         return False
     return not os.path.isdir(text.split("/", 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading text and JSON input files
+# ---------------------------------------------------------------------------------------------------------------------
+
+ErrorFactory = Callable[..., Exception]
+"""What the readers below raise: called as ``error(reason, file=path, line=..., field=...)``; by default
+:class:`~hspnet.utils.errors.FileFormatError` (a layer passes its own subclass, or a function building its own
+error)."""
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file", *, error: ErrorFactory = FileFormatError,
+                       missing: ErrorFactory | None = None) -> str:
+    """``path`` if it is a regular file. A missing path raises ``missing`` (default ``error``); a folder, a FIFO or a
+    device raises ``error``; both name the file, and ``what`` says which file it is (``"the hierarchy file is a
+    FIFO, not a regular file"``). Asked before every ``open`` of an input file: opening a FIFO blocks."""
+    path = os.fspath(path)
+    try:
+        kind = special_kind(os.stat(path).st_mode)
+    except FileNotFoundError:
+        raise (missing or error)(f"{what} not found", file=path) from None
+    except OSError as caught:
+        raise error(f"cannot access this {what} ({caught.strerror or one_line(caught)})", file=path) from None
+    if kind is not None:
+        raise error(f"the {what} is {kind}, not a regular file", file=path)
+    return path
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file", *, error: ErrorFactory = FileFormatError,
+                   missing: ErrorFactory | None = None) -> str:
+    """The text of the UTF-8 file ``path`` (a leading byte-order mark, as Excel writes, is dropped), checked first
+    by :func:`check_regular_file`; bytes that are not UTF-8 raise ``error`` naming the file and the line."""
+    path = check_regular_file(path, what, error=error, missing=missing)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as caught:
+        line = data.count(b"\n", 0, caught.start) + 1
+        raise error(f"not UTF-8 text ({caught.reason} at byte {caught.start})", file=path, line=line) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _reject_duplicate_keys(pairs):
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return out
+
+
+def _duplicate_key_position(text: str) -> tuple[str, int] | None:
+    """``(key, offset)`` of the first key that repeats a key of the same JSON object in ``text`` (valid JSON), or
+    None. A small scanner: only called after a duplicate was found, to name its line."""
+    from json.decoder import scanstring
+
+    stack: list[set | None] = []
+    position, length = 0, len(text)
+    while position < length:
+        char = text[position]
+        if char == "{":
+            stack.append(set())
+        elif char == "[":
+            stack.append(None)
+        elif char in "]}":
+            if stack:
+                stack.pop()
+        elif char == '"':
+            value, end = scanstring(text, position + 1)
+            after = end
+            while after < length and text[after] in " \t\r\n":
+                after += 1
+            if after < length and text[after] == ":" and stack and stack[-1] is not None:
+                if value in stack[-1]:
+                    return value, position
+                stack[-1].add(value)
+            position = end
+            continue
+        position += 1
+    return None
+
+
+def parse_json_text(text: str, path: str | os.PathLike, line: int | None = None, *,
+                    error: ErrorFactory = FileFormatError) -> Any:
+    """Parse JSON ``text`` read from ``path`` (line ``line`` of a JSON Lines file, if given). Malformed JSON and an
+    object with the same key twice (``json`` would silently keep the last value) raise ``error`` naming the file,
+    the line and the key."""
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as caught:
+        where = caught.lineno if line is None else line
+        raise error(f"invalid JSON: {caught.msg} (column {caught.colno})", file=path, line=where) from None
+    except _DuplicateKey as duplicate:
+        found = _duplicate_key_position(text)
+        where = line
+        if found is not None and found[0] == duplicate.key and line is None:
+            where = text.count("\n", 0, found[1]) + 1
+        raise error(f"the key {duplicate.key!r} appears twice in the same JSON object (only one value could be kept)",
+                    file=path, line=where, field=duplicate.key) from None
+
+
+def read_json_file(path: str | os.PathLike, what: str = "JSON file", *, error: ErrorFactory = FileFormatError,
+                   missing: ErrorFactory | None = None) -> Any:
+    """The JSON document in the file ``path``: :func:`read_text_file` then :func:`parse_json_text` (a regular file,
+    UTF-8 with an optional byte-order mark, valid JSON, no key twice in one object); ``error`` (``missing`` for a
+    missing file) naming the file, the line and the key otherwise."""
+    return parse_json_text(read_text_file(path, what, error=error, missing=missing), path, error=error)

@@ -1,5 +1,5 @@
 """Checks of values a user gives: argparse types for the command line (:func:`number_type`, :data:`positive_int`,
-:data:`probability`, :func:`json_object`) and their twins for Python arguments (:func:`check_positive_int`,
+:data:`probability`, :func:`pixel_limit`, :func:`json_object`) and their twins for Python arguments (:func:`check_positive_int`,
 :func:`check_probability`); each error names the value.
 """
 
@@ -47,6 +47,11 @@ positive_int = number_type(int, "a positive integer", 1)
 
 
 probability = number_type(float, "a number in [0, 1]", 0.0, 1.0)
+
+
+def pixel_limit(value: str) -> int | None:
+    """`--max_image_pixels`: a number of pixels, 0 for no limit of ours (None: only PIL's own)."""
+    return number_type(int, "a number of pixels (0: no limit of ours)", 0)(value) or None
 
 
 def check_probability(value, name: str, allow_none: bool = True) -> float | None:

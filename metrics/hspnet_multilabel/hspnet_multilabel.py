@@ -7,16 +7,17 @@ repository root)::
     metric = evaluate.load("metrics/hspnet_multilabel")
     metric.compute(predictions=[[0.9, 0.2], [0.1, 0.7]], references=[[1, 0], [0, 1]])
 
-This module is a thin wrapper: it imports ``hspnet.evaluation.metrics``, so the
-``hspnet`` package must be installed (``pip install -e .`` from the
-repository). The library functions in ``hspnet.evaluation.metrics`` are the primary
-API; ``evaluate`` is in maintenance mode.
+This module is a thin wrapper: it imports ``hspnet.evaluation.metrics`` and
+``hspnet.evaluation.average_precision``, so the ``hspnet`` package must be
+installed (``pip install -e .`` from the repository). The library functions in
+those modules are the primary API; ``evaluate`` is in maintenance mode.
 """
 
 import datasets
 import evaluate
 
-from hspnet.evaluation.metrics import _check_scores, _check_targets, compute_all_metrics
+from hspnet.evaluation.average_precision import _check_scores, _check_targets
+from hspnet.evaluation.metrics import compute_all_metrics
 
 _DESCRIPTION = """\
 Multi-label classification metrics as reported for HSPNet (ACM MM 2023):

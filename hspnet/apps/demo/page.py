@@ -6,23 +6,23 @@ control decide which labels are highlighted (the rule of ``hspnet predict``: wit
 the threshold); example images (for a model with the labels of the built-in demo data: a few demo test images); and a
 summary of the model card (labels, groups, base CLIP, dataset, test metrics).
 
-Inference goes through the same code as ``hspnet predict`` (:func:`hspnet.engine.load_model` and
-:func:`hspnet.apps.predict.predict_images`: images read by :func:`hspnet.utils.images.open_image`, EXIF orientation, 16-bit
-images, decompression bombs refused; an HSPNet model in eval mode computes its label embeddings once). A file that
+Inference goes through the same code as ``hspnet predict`` (:func:`hspnet.models.loading.load_model` and
+:func:`hspnet.apps.predict.predict_images`: images read by :func:`hspnet.utils.images.open_image`, EXIF orientation,
+16-bit images, decompression bombs refused; an HSPNet model in eval mode computes its label embeddings once). A file that
 cannot be used (not an image, truncated, too many pixels, too many bytes) gets a message on the page, never a
 traceback. Moving the threshold or top-k re-draws the page from the stored scores without running the model again.
 
-Everything but :func:`build_demo` / :func:`launch_demo` / :func:`main` works without gradio (the data and HTML
+Everything but :func:`build_demo` / :func:`launch_demo` works without gradio (the data and HTML
 functions are tested without a browser); gradio is imported only there, and a missing gradio is a one-line error
 naming ``pip install -e ".[demo]"``. ``import hspnet`` never imports this module.
 
-``hspnet demo --model M --write_space DIR`` writes a folder a Hugging Face Space runs as is
-(:func:`hspnet.apps.demo.space.write_space`). The model's label groups and card summary are :mod:`hspnet.apps.demo.summary`.
+The command line is :mod:`hspnet.apps.demo.command`; ``--write_space DIR`` writes a folder a Hugging Face Space runs
+as is (:func:`hspnet.apps.demo.space.write_space`). The model's label groups and card summary are
+:mod:`hspnet.apps.demo.summary`.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -34,9 +34,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from hspnet.utils.validation import number_type, positive_int, probability
-from hspnet.utils.errors import one_line, run_cli
 from hspnet.apps.demo.summary import LabelGroups, read_model_summary, summary_markdown
+from hspnet.utils.errors import one_line
 from hspnet.utils.images import MAX_IMAGE_PIXELS
 
 GRADIO_INSTALL_HINT = 'pip install -e ".[demo]"'
@@ -309,10 +308,10 @@ class DemoModel:
     @classmethod
     def load(cls, model_name_or_path: str | os.PathLike, device: Any = None, trust_remote_code: bool = False,
              **limits) -> "DemoModel":
-        """:func:`hspnet.engine.load_model` (``ModelLoadError`` naming the model when it cannot be loaded), the
+        """:func:`hspnet.models.loading.load_model` (``ModelLoadError`` naming the model when it cannot be loaded), the
         label groups of its config and the summary of its model card."""
-        from hspnet.models.loading import load_model
         from hspnet.apps.predict import resolve_device
+        from hspnet.models.loading import load_model
 
         name = os.fspath(model_name_or_path)
         if device is None or isinstance(device, str):
@@ -485,118 +484,19 @@ def launch_demo(blocks, host: str | None = None, port: int | None = None, share:
     return blocks.launch(server_name=host, server_port=port, share=share, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-_port = number_type(int, "a port number 1-65535", 1, 65535)
-_megabytes = number_type(float, "a size in MB > 0", 0.0, low_open=True)
-
-
-def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from hspnet.apps.predict import _pixel_limit
-
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="A demo page (Gradio) for a trained model: upload images, see every label's score grouped by the "
-        "model's hierarchy. With --write_space DIR: write a Hugging Face Space folder instead of starting the page. "
-        f"Needs gradio: {GRADIO_INSTALL_HINT}",
-    )
-    parser.add_argument("--model", required=True, help="model folder (e.g. outputs/demo) or Hub id")
-    parser.add_argument("--examples", nargs="+", default=None, metavar="PATH",
-                        help=f"example image files or folders (at most {MAX_EXAMPLES} shown; default: demo test "
-                        "images for a model with the demo data's labels, else none)")
-    parser.add_argument("--no_examples", "--no-examples", action="store_true", help="show no example images")
-    parser.add_argument("--title", default=None, help="the page's title")
-    parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD,
-                        help=f"initial threshold (default {DEFAULT_THRESHOLD})")
-    parser.add_argument("--top_k", type=int, default=0, help="initial top-k (default 0: no limit)")
-    parser.add_argument("--host", default=None,
-                        help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1 = this machine only; "
-                        "0.0.0.0 makes the page reachable from the network)")
-    parser.add_argument("--port", type=_port, default=None,
-                        help="port (default: GRADIO_SERVER_PORT, else the first free port from 7860)")
-    parser.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--max_image_pixels", type=_pixel_limit, default=MAX_IMAGE_PIXELS, metavar="N",
-                        help=f"refuse images with more pixels than N (default {MAX_IMAGE_PIXELS:,}; 0: PIL's limit)")
-    parser.add_argument("--max_file_size", type=_megabytes, default=MAX_UPLOAD_MB, metavar="MB",
-                        help=f"refuse uploads larger than this many MB (default {MAX_UPLOAD_MB})")
-    parser.add_argument("--max_images", type=positive_int, default=MAX_IMAGES,
-                        help=f"score at most this many images per upload (default {MAX_IMAGES})")
-    parser.add_argument("--trust_remote_code", action="store_true", help="for Hub models that need their own code")
-    space = parser.add_argument_group("writing a Hugging Face Space")
-    space.add_argument("--write_space", "--write-space", default=None, metavar="DIR",
-                       help="write app.py, requirements.txt, README.md, examples/, the hspnet package and the model "
-                       "(a local folder is copied into DIR/model; a Hub id is referenced) into DIR, then exit")
-    space.add_argument("--space_model_id", default=None, metavar="HUB_ID",
-                       help="with --write_space: the Space loads the model from this Hub id instead of a copy")
-    space.add_argument("--overwrite", action="store_true",
-                       help="with --write_space: replace a Space folder written earlier")
-    return parser
-
-
-def run_demo(args: argparse.Namespace):
-    """The command line's work: write a Space folder, or build and launch the page (blocks until Ctrl-C)."""
-    if args.no_examples and args.examples:
-        raise ValueError("--examples and --no_examples contradict each other")
-    if args.top_k < 0:
-        raise ValueError(f"--top_k must be >= 0 (0: no limit), got {args.top_k}")
-    examples = [] if args.no_examples else args.examples
-    if args.write_space is not None:
-        from hspnet.apps.demo.space import write_space
-
-        folder = write_space(args.model, args.write_space, examples, title=args.title,
-                             space_model_id=args.space_model_id, overwrite=args.overwrite,
-                             threshold=args.threshold, top_k=args.top_k)
-        print(f"wrote a Space to {folder}: run it with `python {os.path.join(folder, 'app.py')}`, or upload it with "
-              f"`hf upload --repo-type space USER/SPACE_NAME {folder} .`")
-        return folder
-    if args.space_model_id is not None or args.overwrite:
-        raise ValueError("--space_model_id and --overwrite only apply with --write_space DIR")
-    if not gradio_available():  # reported before the model is loaded
-        import_gradio()
-    model = DemoModel.load(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
-                           max_image_pixels=args.max_image_pixels,
-                           max_upload_bytes=int(args.max_file_size * 1024 * 1024), max_images=args.max_images)
-    if args.top_k > model.label_groups.num_labels:
-        raise ValueError(f"--top_k must be in [0, {model.label_groups.num_labels}] (the model has "
-                         f"{model.label_groups.num_labels} labels), got {args.top_k}")
-    blocks = build_demo(model, examples, title=args.title, threshold=args.threshold, top_k=args.top_k)
-    launch_demo(blocks, host=args.host, port=args.port, share=args.share)
-    return blocks
-
-
-def main(argv: list[str] | None = None, prog: str | None = "hspnet demo") -> int:
-    """Entry point of ``hspnet demo`` / ``python -m hspnet.apps.demo.page``: 0 on success, 1 with a one-line ``error:`` on bad
-    input (``--debug``: the traceback), 130 on Ctrl-C."""
-    return run_cli(build_argument_parser(prog), run_demo, argv)
-
-
 __all__ = [
     "CSS",
     "DemoModel",
     "GradioMissingError",
-    "LabelGroups",
-    "build_argument_parser",
     "build_demo",
     "grouped_scores",
     "gradio_available",
     "import_gradio",
     "is_demo_model",
     "launch_demo",
-    "main",
-    "read_model_summary",
     "render_image_result",
     "render_results",
-    "run_demo",
     "selected_labels",
     "status_message",
-    "summary_markdown",
     "write_demo_examples",
 ]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

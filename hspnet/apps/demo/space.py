@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import tempfile
 from typing import Sequence
 
@@ -24,13 +23,9 @@ from hspnet.apps.demo.page import (
     is_demo_model,
     write_demo_examples,
 )
-from hspnet.apps.demo.summary import LabelGroups
-
-_RUN_FILES = ("train.log",)
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-
+from hspnet.apps.demo.summary import SUMMARY_FILES, LabelGroups
+from hspnet.hub.transfer import model_files
+from hspnet.utils.files import is_hub_id
 
 APP_TEMPLATE = '''"""A Gradio demo of an HSPNet model (a Hugging Face Space runs `python app.py`).
 
@@ -102,16 +97,11 @@ def _copy_package(target: str) -> None:
 
 
 def _model_copy_files(folder: str) -> list[str]:
-    """The top-level regular files of a model folder (config, weights, image processor, remote code, model card,
-    all_results.json), without hidden files, logs and folders such as checkpoints/."""
-    names = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.startswith(".") or name in _RUN_FILES or not os.path.isfile(path) \
-                or not stat.S_ISREG(os.stat(path).st_mode):
-            continue
-        names.append(name)
-    return names
+    """What the Space copies of a local model folder: its model files (:func:`hspnet.hub.transfer.model_files`) and
+    the files its summary reads (:data:`hspnet.apps.demo.summary.SUMMARY_FILES`, e.g. ``all_results.json``)."""
+    names = model_files(folder)
+    summary = [name for name in SUMMARY_FILES if name not in names and os.path.isfile(os.path.join(folder, name))]
+    return sorted(names + summary)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -130,8 +120,8 @@ def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike
     ``check`` loads the model first, so a broken model fails here and not on the Space. The folder is written whole
     or not at all; an existing non-empty folder is replaced only with ``overwrite`` and only if an earlier
     ``write_space`` wrote it."""
-    from hspnet.utils.validation import check_positive_int, check_probability
     from hspnet.models.loading import ModelLoadError, load_model
+    from hspnet.utils.validation import check_positive_int, check_probability
 
     threshold = check_probability(threshold, "threshold", allow_none=False)
     top_k = check_positive_int(top_k, "top_k", minimum=0)
@@ -150,11 +140,11 @@ def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike
                                   "refusing to replace it")
     if local and (_inside(folder, model) or _inside(model, folder)):
         raise ValueError(f"{folder}: the Space folder must not be inside the model folder {model} or contain it")
-    if space_model_id is not None and not _HUB_ID.match(space_model_id):
+    if space_model_id is not None and not is_hub_id(space_model_id):
         raise ValueError(f"--space_model_id must be a Hub id like user/model, got {space_model_id!r}")
     if not local and os.path.exists(model):
         raise ModelLoadError(f"{model}: the model must be a folder (or a Hub id), not a file")
-    if not local and not _HUB_ID.match(model):
+    if not local and not is_hub_id(model):
         raise ModelLoadError(f"{model}: no such model folder, and not a Hub id like user/model")
     if check:
         loaded, _ = load_model(model)

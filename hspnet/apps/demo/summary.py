@@ -1,11 +1,10 @@
 """What a demo page knows about its model: the labels and their groups (:class:`LabelGroups`, from the config) and
-the summary of its model card (:func:`read_model_summary`: base CLIP, dataset, test metrics from ``README.md``,
-``all_results.json`` and ``training_args.json``), as markdown (:func:`summary_markdown`). Needs no gradio."""
+the summary of its model card (:func:`read_model_summary`: base CLIP, dataset, test metrics from
+:data:`SUMMARY_FILES`), as markdown (:func:`summary_markdown`). Needs no gradio."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -13,7 +12,15 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from hspnet.hub.transfer import TRAINING_ARGS_NAME
+from hspnet.models.loading import label_names
+from hspnet.utils.files import is_hub_id, read_json_file
+
 CARD_METRICS = ("mAP", "mAP_tie_aware", "CF1", "OF1", "mean_class_F1")
+RESULTS_NAME = "all_results.json"
+"""What a training run writes beside the model with its test metrics (read when the card has none)."""
+SUMMARY_FILES = ("README.md", RESULTS_NAME, TRAINING_ARGS_NAME)
+"""The files of a model folder :func:`read_model_summary` reads (a Space copies them with the model)."""
 _MAX_CARD_BYTES = 1 << 20
 
 
@@ -27,11 +34,7 @@ class LabelGroups:
 
     @classmethod
     def from_config(cls, config) -> "LabelGroups":
-        from types import SimpleNamespace
-
-        from hspnet.models.loading import label_names
-
-        names = tuple(label_names(SimpleNamespace(config=config)))
+        names = tuple(label_names(config))
         group_names = list(getattr(config, "group_names", None) or [])
         label_to_group = list(getattr(config, "label_to_group", None) or [])
         valid = (
@@ -68,7 +71,7 @@ def _model_file(model_name_or_path: str, filename: str) -> str | None:
     if os.path.isdir(model_name_or_path):
         path = os.path.join(model_name_or_path, filename)
         return path if os.path.lexists(path) else None
-    if os.path.exists(model_name_or_path):
+    if not is_hub_id(model_name_or_path):
         return None
     try:
         from huggingface_hub import hf_hub_download
@@ -88,7 +91,8 @@ def read_model_summary(model_name_or_path: str | os.PathLike | None, config=None
     """What the page shows about the model: ``{"name", "num_labels", "groups": [(group, [labels])], "base_model",
     "dataset", "metrics": {name: value}, "metrics_source"}``. Labels and groups come from ``config``; the rest from
     the model card (``README.md`` YAML: ``base_model``, ``datasets``, ``model-index`` metrics), else from
-    ``all_results.json`` (``test`` metrics) and ``training_args.json`` (``dataset``, ``clip_model``) when present.
+    ``all_results.json`` (``test`` metrics) and ``training_args.json`` (``dataset``, ``clip_model``) when present
+    (:data:`SUMMARY_FILES`).
     Missing or malformed files leave fields empty; nothing here raises for a bad card."""
     name = os.fspath(model_name_or_path) if model_name_or_path is not None else ""
     summary: dict[str, Any] = {"name": os.path.basename(os.path.normpath(name)) if os.path.isdir(name) else name,
@@ -133,12 +137,11 @@ def read_model_summary(model_name_or_path: str | os.PathLike | None, config=None
                             summary["metrics"].setdefault(metric.get("name") or metric["type"], value)
         if summary["metrics"]:
             summary["metrics_source"] = "model card"
-    for filename, apply in (("all_results.json", _apply_all_results), ("training_args.json", _apply_training_args)):
+    for filename, apply in ((RESULTS_NAME, _apply_all_results), (TRAINING_ARGS_NAME, _apply_training_args)):
         path = _model_file(name, filename)
-        document = _read_small_text(path) if path else None
-        if document:
-            with contextlib.suppress(ValueError):
-                loaded = json.loads(document)
+        if path:
+            with contextlib.suppress(OSError, ValueError):  # missing, a FIFO, malformed: nothing from it
+                loaded = read_json_file(path, filename)
                 if isinstance(loaded, dict):
                     apply(summary, loaded)
     return summary

@@ -1,0 +1,112 @@
+"""``hspnet demo``: start the demo page of a model (:mod:`hspnet.apps.demo.page`), or write a Hugging Face Space
+folder for it (``--write_space DIR``, :mod:`hspnet.apps.demo.space`).
+
+    hspnet demo --model outputs/demo                         # the page on http://127.0.0.1:7860
+    hspnet demo --model outputs/demo --write_space my-space  # a Space folder, run as is by Hugging Face
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from hspnet.apps.demo.page import (
+    DEFAULT_THRESHOLD,
+    GRADIO_INSTALL_HINT,
+    MAX_EXAMPLES,
+    MAX_IMAGES,
+    MAX_UPLOAD_MB,
+    DemoModel,
+    build_demo,
+    gradio_available,
+    import_gradio,
+    launch_demo,
+)
+from hspnet.apps.demo.space import write_space
+from hspnet.utils.errors import run_cli
+from hspnet.utils.images import MAX_IMAGE_PIXELS
+from hspnet.utils.validation import number_type, pixel_limit, positive_int, probability
+
+_port = number_type(int, "a port number 1-65535", 1, 65535)
+_megabytes = number_type(float, "a size in MB > 0", 0.0, low_open=True)
+
+
+def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="A demo page (Gradio) for a trained model: upload images, see every label's score grouped by the "
+        "model's hierarchy. With --write_space DIR: write a Hugging Face Space folder instead of starting the page. "
+        f"Needs gradio: {GRADIO_INSTALL_HINT}",
+    )
+    parser.add_argument("--model", required=True, help="model folder (e.g. outputs/demo) or Hub id")
+    parser.add_argument("--examples", nargs="+", default=None, metavar="PATH",
+                        help=f"example image files or folders (at most {MAX_EXAMPLES} shown; default: demo test "
+                        "images for a model with the demo data's labels, else none)")
+    parser.add_argument("--no_examples", "--no-examples", action="store_true", help="show no example images")
+    parser.add_argument("--title", default=None, help="the page's title")
+    parser.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD,
+                        help=f"initial threshold (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--top_k", type=int, default=0, help="initial top-k (default 0: no limit)")
+    parser.add_argument("--host", default=None,
+                        help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1 = this machine only; "
+                        "0.0.0.0 makes the page reachable from the network)")
+    parser.add_argument("--port", type=_port, default=None,
+                        help="port (default: GRADIO_SERVER_PORT, else the first free port from 7860)")
+    parser.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--max_image_pixels", type=pixel_limit, default=MAX_IMAGE_PIXELS, metavar="N",
+                        help=f"refuse images with more pixels than N (default {MAX_IMAGE_PIXELS:,}; 0: PIL's limit)")
+    parser.add_argument("--max_file_size", type=_megabytes, default=MAX_UPLOAD_MB, metavar="MB",
+                        help=f"refuse uploads larger than this many MB (default {MAX_UPLOAD_MB})")
+    parser.add_argument("--max_images", type=positive_int, default=MAX_IMAGES,
+                        help=f"score at most this many images per upload (default {MAX_IMAGES})")
+    parser.add_argument("--trust_remote_code", action="store_true", help="for Hub models that need their own code")
+    space = parser.add_argument_group("writing a Hugging Face Space")
+    space.add_argument("--write_space", "--write-space", default=None, metavar="DIR",
+                       help="write app.py, requirements.txt, README.md, examples/, the hspnet package and the model "
+                       "(a local folder is copied into DIR/model; a Hub id is referenced) into DIR, then exit")
+    space.add_argument("--space_model_id", default=None, metavar="HUB_ID",
+                       help="with --write_space: the Space loads the model from this Hub id instead of a copy")
+    space.add_argument("--overwrite", action="store_true",
+                       help="with --write_space: replace a Space folder written earlier")
+    return parser
+
+
+def run_demo(args: argparse.Namespace):
+    """The command line's work: write a Space folder, or build and launch the page (blocks until Ctrl-C)."""
+    if args.no_examples and args.examples:
+        raise ValueError("--examples and --no_examples contradict each other")
+    if args.top_k < 0:
+        raise ValueError(f"--top_k must be >= 0 (0: no limit), got {args.top_k}")
+    examples = [] if args.no_examples else args.examples
+    if args.write_space is not None:
+        folder = write_space(args.model, args.write_space, examples, title=args.title,
+                             space_model_id=args.space_model_id, overwrite=args.overwrite,
+                             threshold=args.threshold, top_k=args.top_k)
+        print(f"wrote a Space to {folder}: run it with `python {os.path.join(folder, 'app.py')}`, or upload it with "
+              f"`hf upload --repo-type space USER/SPACE_NAME {folder} .`")
+        return folder
+    if args.space_model_id is not None or args.overwrite:
+        raise ValueError("--space_model_id and --overwrite only apply with --write_space DIR")
+    if not gradio_available():  # reported before the model is loaded
+        import_gradio()
+    model = DemoModel.load(args.model, device=args.device, trust_remote_code=args.trust_remote_code,
+                           max_image_pixels=args.max_image_pixels,
+                           max_upload_bytes=int(args.max_file_size * 1024 * 1024), max_images=args.max_images)
+    if args.top_k > model.label_groups.num_labels:
+        raise ValueError(f"--top_k must be in [0, {model.label_groups.num_labels}] (the model has "
+                         f"{model.label_groups.num_labels} labels), got {args.top_k}")
+    blocks = build_demo(model, examples, title=args.title, threshold=args.threshold, top_k=args.top_k)
+    launch_demo(blocks, host=args.host, port=args.port, share=args.share)
+    return blocks
+
+
+def main(argv: list[str] | None = None, prog: str | None = "hspnet demo") -> int:
+    """Entry point of ``hspnet demo`` / ``python -m hspnet.apps.demo.command``: 0 on success, 1 with a one-line ``error:`` on bad
+    input (``--debug``: the traceback), 130 on Ctrl-C."""
+    return run_cli(build_argument_parser(prog), run_demo, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
