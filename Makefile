@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-full demo bench clean
+.PHONY: install test test-full lint demo bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(VENV)/.installed
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
+# the layers of the package (import-linter contracts in setup.cfg); the test suite checks them too
+lint: install
+	$(VENV)/bin/lint-imports
 
 # + the checks skipped by default for their cost (inductor's kernels for a training step: ~1 min of C++ compilation)
 test-full: install
