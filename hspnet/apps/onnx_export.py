@@ -41,7 +41,6 @@ import warnings
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hspnet.models.loading import hspnet_base_model, label_names
@@ -88,37 +87,25 @@ def _hspnet_base(model: nn.Module):
 
 
 class HSPNetOnnxClassifier(nn.Module):
-    """The inference graph of an HSPNet model: its image tower plus the `(C, D)` label embeddings as a constant buffer.
-
-    `forward(pixel_values)` computes exactly what `HSPNetModel.forward` does with cached label embeddings (see
-    `HSPNetModel.get_image_features`): the normalised projected image embedding, then
-    `logit_scale * image.float() @ label_embeds.T` in float32. The vision modules are shared with `model`, not
-    copied; the label embeddings are computed here, in eval mode without gradients."""
+    """The inference graph of an HSPNet model: the model's own forward pass with its `(C, D)` label embeddings
+    computed once (in eval mode, without gradients) and passed in as a constant (`HSPNetModel.forward(...,
+    label_embeds=...)`), so the exported graph holds the image tower and the logits, not the text side. The model's
+    modules are shared, not copied."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        base = _hspnet_base(model)
-        config = base.config
-        self.vision_backbone = config.vision_backbone
-        self.logit_scale = float(config.logit_scale)
-        self.vision_model = base.clip.vision_model
-        # the ResNet tower's attention pool already projects; the ViT tower needs CLIP's visual projection
-        self.visual_projection = base.clip.visual_projection if self.vision_backbone != "clip_resnet" else None
-        was_training = base.training
-        base.eval()
+        self.model = _hspnet_base(model)
+        was_training = self.model.training
+        self.model.eval()
         try:
             with torch.no_grad():
-                label_embeds = base.get_label_embeddings()
+                label_embeds = self.model.get_label_embeddings()
         finally:
-            base.train(was_training)
+            self.model.train(was_training)
         self.register_buffer("label_embeds", label_embeds.detach().float().clone())
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        image_embeds = self.vision_model(pixel_values=pixel_values).pooler_output
-        if self.visual_projection is not None:
-            image_embeds = self.visual_projection(image_embeds)
-        image_embeds = F.normalize(image_embeds, dim=-1)
-        return self.logit_scale * image_embeds.float() @ self.label_embeds.T
+        return self.model(pixel_values=pixel_values, label_embeds=self.label_embeds).logits
 
 
 def onnx_metadata(model: nn.Module, image_processor: Any = None, source: str | None = None) -> dict:
