@@ -1,5 +1,6 @@
 # `make demo`: create .venv, install, train + evaluate on the built-in demo data.
-# `make test`: create .venv, install, run the test suite (two pytest-xdist workers, one torch thread each).
+# `make test`: create .venv, install, run the test suite (two pytest-xdist workers, one torch thread each) but the
+# tests marked `slow`; `make test-full`: all of them.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,9 +25,10 @@ test: install
 lint: install
 	$(VENV)/bin/lint-imports
 
-# + the checks skipped by default for their cost (inductor's kernels for a training step: ~1 min of C++ compilation)
+# + the tests marked `slow`, deselected by `make test` (setup.cfg's addopts): inductor's kernels for a training step,
+# ~1 min of C++ compilation
 test-full: install
-	HF_HUB_OFFLINE=1 HSPNET_TEST_INDUCTOR_TRAINING=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m ""
 
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \

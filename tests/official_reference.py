@@ -1,6 +1,6 @@
 """A plain re-implementation of the HSPNet authors' model and of OpenAI's CLIP, for the tests only.
 
-Written from the specification (the HSPNet specification, HSPNET.md, and the layout of the authors' `model.py`: module and
+Written from the method (docs/method.md, sections 1 and 2) and the layout of the authors' `model.py` (module and
 parameter NAMES are the official ones, so `state_dict()` has exactly the keys and shapes of a released checkpoint or
 of an OpenAI CLIP file). It shares no code with `hspnet`: the ResNet, its attention pool (full self-attention written
 out, keeping the first token), the causal text transformer (`nn.MultiheadAttention`), the prompt learners, the GCN and
@@ -15,7 +15,6 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # toy OpenAI-style tokenizer

@@ -1,5 +1,6 @@
-"""A second, deliberately plain implementation of the HSPNet forward pass, written from the specification
-(HSPNET.md) with loops and elementary tensor ops, used only by the tests to check `hspnet.models.hspnet.modeling_hspnet`.
+"""A second, deliberately plain implementation of the HSPNet forward pass, written from the method as
+docs/method.md states it (sections 1 and 2) with loops and elementary tensor ops, used only by the tests to check
+`hspnet.models.hspnet.modeling_hspnet`.
 
 It shares no code with the package: the CLIP text transformer, the relation processing, the GCN and the meta-net are
 all re-written here from their definitions.

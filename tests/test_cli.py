@@ -28,15 +28,6 @@ def test_each_command_has_help(name, capsys):
     assert f"hspnet {name}" in capsys.readouterr().out
 
 
-def python_dash_m_case(folder):
-    """For the shared fresh runs (`fresh_python_dash_m`): `python -m hspnet predict` with a missing model folder, on
-    a folder with one file that is not an image."""
-    (folder / "images").mkdir()
-    (folder / "images" / "a.png").write_bytes(b"not checked: the model is looked at first")
-    return {"args": ["-m", "hspnet", "predict", "--model", str(folder / "missing"), str(folder / "images")],
-            "folder": str(folder)}
-
-
 def test_bad_input_is_one_line_and_python_dash_m_works(fresh_python_dash_m):
     """`python -m hspnet` in a fresh interpreter (started with the suite's other fresh runs): a bad input is one
     line on stderr and exit status 1."""

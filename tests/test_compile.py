@@ -3,7 +3,6 @@ inference and training steps give the eager results within 1e-5 (float32). Infer
 training checks run AOTAutograd's graphs without kernels (`aot_eager`), and inductor's too with `make test-full`."""
 
 import copy
-import os
 
 import pytest
 import torch
@@ -54,14 +53,10 @@ def test_compiled_inference_equals_eager(make_model, pixel_values):
         torch.testing.assert_close(compiled(pixel_values=pixel_values).logits, eager, atol=1e-5, rtol=1e-5)
 
 
-INDUCTOR_TRAINING = os.environ.get("HSPNET_TEST_INDUCTOR_TRAINING") == "1"
-
-
 @pytest.mark.parametrize("backend", [
     "aot_eager",
-    pytest.param("inductor", marks=pytest.mark.skipif(
-        not INDUCTOR_TRAINING, reason="inductor's kernels for a training step take ~60 s of C++ compilation on a cold "
-        "cache (2 cores); set HSPNET_TEST_INDUCTOR_TRAINING=1 (`make test-full`) to run them")),
+    # inductor's kernels for a training step take ~60 s of C++ compilation on a cold cache (2 cores): `make test-full`
+    pytest.param("inductor", marks=pytest.mark.slow),
 ])
 def test_compiled_training_step_equals_eager(make_model, pixel_values, backend):
     """Two SGD steps, compiled vs eager: losses, every gradient, the updated parameters and the logits after.
@@ -108,7 +103,7 @@ def test_training_with_torch_compile_matches_eager(tmp_path, pixel_values):
     from hspnet import HSPNetForImageClassification
     from hspnet.training.arguments import TrainingConfig
     from hspnet.training.loop import train
-    from tests.test_training import tiny_options
+    from tests.helpers import tiny_options
 
     torch._dynamo.reset()
     results, logits = {}, {}

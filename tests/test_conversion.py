@@ -6,24 +6,21 @@ ResNet, reduced sizes, random values), convert them, and compare the converted m
 re-implementation of the official forward. One test checks the full-size RN50 / COCO key structure on the meta
 device (no memory, no time)."""
 
+import importlib.util
+import json
 import os
+import pickle
+import zipfile
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
+import torch
 
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import pickle  # noqa: E402
-import zipfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import hspnet  # noqa: E402
-from hspnet import HSPNetConfig, HSPNetForImageClassification  # noqa: E402
-from hspnet.conversion.folder import run_conversion  # noqa: E402
-from hspnet.conversion.official import (  # noqa: E402
+import hspnet
+from hspnet import HSPNetConfig, HSPNetForImageClassification
+from hspnet.conversion.folder import run_conversion
+from hspnet.conversion.official import (
     check_official_layout,
     convert_official_checkpoint,
     convert_official_state_dict,
@@ -32,14 +29,11 @@ from hspnet.conversion.official import (  # noqa: E402
     load_official_checkpoint,
     official_checkpoint_layout,
 )
-from hspnet.conversion.verify import verify_conversion  # noqa: E402
-from hspnet.models.openai_clip import ConversionError, read_torchscript_archive  # noqa: E402
-from hspnet.models.openai_clip import map_openai_clip_weights  # noqa: E402
-from tests.official_reference import RefCLIP, RefHSPNet, build_official  # noqa: E402
+from hspnet.conversion.verify import verify_conversion
+from hspnet.models.openai_clip import ConversionError, map_openai_clip_weights, read_torchscript_archive
+from tests.helpers import GROUPS, LABEL_TO_GROUP, LABELS
+from tests.official_reference import RefCLIP, RefHSPNet, build_official
 
-LABELS = ["cat", "dog", "traffic_light", "car", "bus", "person"]
-GROUPS = ["animal", "outdoor", "vehicle", "person"]
-LABEL_TO_GROUP = [0, 0, 1, 2, 2, 3]
 HIERARCHY = dict(labels=LABELS, groups=GROUPS, label_to_group=LABEL_TO_GROUP)
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_checkpoint.py"
 

@@ -1,22 +1,13 @@
-"""The four benchmark loaders on tiny fixture trees in the official layouts."""
+"""The four benchmark loaders (docs/method.md, section 5.3) on tiny fixture trees in the official layouts, the
+authors' list files (5.4) and the two protocols (4.6)."""
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import datasets
+import pytest
 
-import datasets  # noqa: E402
-import pytest  # noqa: E402
-
-from hspnet.data import (
-    builtin_hierarchy,
-    get_build_report,
-    get_hierarchy,
-    load_coco,
-    load_cub,
-    load_nuswide,
-    load_voc,
-)
-from tests.fixtures_data import (  # noqa: E402
+from hspnet.data import builtin_hierarchy, get_build_report, get_hierarchy, load_coco, load_cub, load_nuswide, load_voc
+from tests.helpers import (
     COCO_TRAIN,
     COCO_VAL,
     CUB_IMAGES,
@@ -234,30 +225,3 @@ def test_protocols(tmp_path, fraction):
         assert list(data) == ["train", "test"] and data["train"].num_rows == 10
     assert data["test"].num_rows == 4
     assert CUB_IMAGES  # the default fixture is untouched
-
-
-def test_cli_entry_points(tmp_path, capsys):
-    """`hspnet prepare` (the top-level command's dispatch, run in this process: `python -m hspnet` itself is proven
-    in a fresh interpreter by tests/test_cli.py) and the data command's --json output."""
-    import json
-
-    from hspnet.cli import main as hspnet_main
-    from hspnet.data.cli import main
-
-    root = make_coco_tree(tmp_path / "coco")
-    code = hspnet_main(["prepare", "coco", "--root", root, "--cache-dir", str(tmp_path / "cache"),
-                        "--protocol", "authors", "-q"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "Dataset coco: 80 labels in 12 groups; protocol authors" in out
-    assert "toothbrush" in out and "train without positive: 1" in out
-
-    cub = make_cub_tree(tmp_path / "cub")
-    assert main(["cub", "--root", cub, "--cache-dir", str(tmp_path / "cache"), "--json", "-q"]) == 0
-    stats = json.loads(capsys.readouterr().out.split("\nPrepared dataset")[0])
-    assert {split: entry["num_images"] for split, entry in stats["splits"].items()} == {
-        "train": 3,
-        "validation": 1,
-        "test": 3,
-    }
-    assert len(stats["labels"]) == 312 and stats["report"]["dataset"] == "cub"

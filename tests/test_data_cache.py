@@ -3,12 +3,10 @@
 import json
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import datasets
+import pytest
 
-import datasets  # noqa: E402
-import pytest  # noqa: E402
-
-import hspnet.data.voc as voc_module  # noqa: E402
+import hspnet.data.voc as voc_module
 from hspnet.data import (
     BuildOptions,
     ImageError,
@@ -19,7 +17,7 @@ from hspnet.data import (
     load_voc,
     prepare_dataset,
 )
-from tests.fixtures_data import (  # noqa: E402
+from tests.helpers import (
     COCO_TRAIN,
     coco_json,
     make_coco_tree,

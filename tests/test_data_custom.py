@@ -1,28 +1,46 @@
-"""Custom data: a folder of images with CSV / JSONL metadata, and any Hugging Face dataset."""
+"""Custom data (docs/method.md, section 5.5): a folder of images with CSV / JSONL metadata, and any Hugging Face
+dataset; how label strings are split (';' by default, label names may contain spaces, one rule per file); files with
+a UTF-8 byte-order mark (Excel); the seeds of the held-out test split and of the automatic hierarchy."""
 
 import json
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import datasets  # noqa: E402
-from datasets import ClassLabel, Dataset, DatasetDict, Image, List, Value  # noqa: E402
-
-import pytest  # noqa: E402
+import datasets
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Image, List, Value
 
 from hspnet.data import (
     BuildOptions,
+    DatasetFormatError,
     Hierarchy,
     get_build_report,
     get_hierarchy,
+    load_cub,
     load_custom_dataset,
     load_demo_dataset,
+    load_hierarchy_file,
     load_image_folder,
+    load_nuswide,
+    read_observed_labels,
 )
-from hspnet.data.cli import main  # noqa: E402
-from tests.fixtures_data import write_image, write_text  # noqa: E402
+from hspnet.data.cli import main
+from tests.helpers import (
+    BOM,
+    NUS_TEST,
+    NUS_TRAIN,
+    all_rows,
+    cub_expected,
+    folder_with,
+    make_cub_tree,
+    make_nuswide_official,
+    nus_expected,
+    raises_at,
+    write_image,
+    write_text,
+)
 
 datasets.disable_progress_bars()
+
 
 ROWS = [  # file, labels, split
     ("img/a.png", ["cat", "dog"], "train"),
@@ -34,6 +52,8 @@ ROWS = [  # file, labels, split
     ("img/g.png", ["bus"], "test"),
     ("img/h.png", ["cat", "traffic light"], "test"),
 ]
+
+
 GROUPS = {"cat": "animal", "dog": "animal", "car": "vehicle", "bus": "vehicle", "traffic light": "street"}
 
 
@@ -236,9 +256,219 @@ def test_prepared_dataset_keeps_its_hierarchy_and_cli(tmp_path, capsys):
     ]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# Label strings: ';' by default, label names may contain spaces, one rule per file
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_label_names_may_contain_spaces(tmp_path):
+    root = folder_with(
+        tmp_path,
+        [
+            "file_name,labels,split",
+            "a.png,tabby cat;dog,train",
+            "b.png,tabby cat,train",
+            "c.png, black  cat ; dog ,train",  # spaces around a name dropped, inner runs count as one space
+            "d.png,dog,test",
+        ],
+    )
+    groups = {"tabby cat": "cat", "black cat": "cat", "dog": "dog"}
+    data = load_image_folder(root, hierarchy=groups, cache_dir=tmp_path / "cache", validation_fraction=0)
+    # labels sorted by name: black cat 0, dog 1, tabby cat 2
+    assert get_hierarchy(data).labels == ["black cat", "dog", "tabby cat"]
+    assert all_rows(data) == {"a.png": [1, 2], "b.png": [2], "c.png": [0, 1], "d.png": [1]}
+
+
+def test_labels_that_look_split_by_another_separator_are_refused(tmp_path):
+    spaces = folder_with(tmp_path, ["file_name,labels", "a.png,cat dog", "b.png,cat", "c.png,dog", "d.png,dog"])
+    raises_at(
+        lambda: load_image_folder(spaces, hierarchy={"cat": "pet", "dog": "pet"}, cache_dir=tmp_path / "c"),
+        "metadata.csv",
+        line=2,
+        field="labels",
+        match=("'cat dog'", "--label-separator", "space"),
+    )
+    split = load_image_folder(
+        spaces,
+        label_separator="space",
+        hierarchy={"cat": "pet", "dog": "pet"},
+        cache_dir=tmp_path / "c",
+        test_fraction=0.25,
+        validation_fraction=0,
+    )
+    assert all_rows(split)["a.png"] == [0, 1]  # cat 0, dog 1
+    whole = load_image_folder(
+        spaces,
+        label_separator=";",  # chosen: "cat dog" is ONE label
+        hierarchy={"cat dog": "pet", "cat": "pet", "dog": "pet"},
+        cache_dir=tmp_path / "c",
+        test_fraction=0.25,
+        validation_fraction=0,
+    )
+    assert get_hierarchy(whole).labels == ["cat", "cat dog", "dog"]
+    assert all_rows(whole)["a.png"] == [1]
+
+    pipes = folder_with(tmp_path, ["file_name,labels", "a.png,cat", "b.png,cat|dog", "c.png,dog"], name="pipes")
+    raises_at(
+        lambda: load_image_folder(pipes, hierarchy={"cat": "pet", "dog": "pet"}, cache_dir=tmp_path / "c"),
+        "metadata.csv",
+        line=3,
+        field="labels",
+        match=("'|'", "label_separator='|'"),
+    )
+    data = load_image_folder(
+        pipes,
+        label_separator="|",
+        hierarchy={"cat": "pet", "dog": "pet"},
+        cache_dir=tmp_path / "c",
+        test_fraction=0.34,
+        validation_fraction=0,
+    )
+    assert all_rows(data)["b.png"] == [0, 1]
+
+    commas = folder_with(tmp_path, ["file_name,labels", 'a.png,"cat,dog"', "b.png,cat", "c.png,dog"], name="commas")
+    raises_at(
+        lambda: load_image_folder(commas, hierarchy={"cat": "pet", "dog": "pet"}, cache_dir=tmp_path / "c"),
+        "metadata.csv",
+        line=2,
+        match="','",
+    )
+    data = load_image_folder(
+        commas,
+        label_separator=",",
+        hierarchy={"cat": "pet", "dog": "pet"},
+        cache_dir=tmp_path / "c",
+        test_fraction=0.34,
+        validation_fraction=0,
+    )
+    assert all_rows(data)["a.png"] == [0, 1]
+
+
+def test_a_file_that_uses_semicolons_keeps_commas_and_spaces_in_names(tmp_path):
+    root = folder_with(
+        tmp_path,
+        ["file_name,labels", 'a.png,"sofa, couch;tabby cat"', "b.png,tabby cat", "c.png,sofa, couch"],
+    )
+    # the CSV row c.png has 3 fields: that is a CSV error, not a label question
+    raises_at(lambda: load_image_folder(root, hierarchy={}, cache_dir=tmp_path / "c"), "metadata.csv", line=4)
+    write_text(
+        root / "metadata.csv",
+        'file_name,labels\na.png,"sofa, couch;tabby cat"\nb.png,tabby cat\nc.png,"sofa, couch"\n',
+    )
+    data = load_image_folder(
+        root,
+        hierarchy={"sofa, couch": "furniture", "tabby cat": "animal"},
+        cache_dir=tmp_path / "c",
+        test_fraction=0.34,
+        validation_fraction=0,
+    )
+    # labels sorted: "sofa, couch" 0, "tabby cat" 1
+    assert all_rows(data) == {"a.png": [0, 1], "b.png": [1], "c.png": [0]}
+
+
+def test_separator_rule_for_jsonl_and_hugging_face_datasets(tmp_path):
+    root = tmp_path / "jsonl"
+    for seed, name in enumerate("abc"):
+        write_image(root / f"{name}.png", seed=seed)
+    rows = [("a.png", ["tabby cat", "dog"]), ("b.png", ["tabby cat"]), ("c.png", ["dog"])]
+    write_text(root / "metadata.jsonl", "".join(json.dumps({"file_name": f, "labels": x}) + "\n" for f, x in rows))
+    data = load_image_folder(
+        root, hierarchy={"tabby cat": "cat", "dog": "dog"}, cache_dir=tmp_path / "c", test_fraction=0.34,
+        validation_fraction=0,
+    )  # fmt: skip
+    assert all_rows(data) == {"a.png": [0, 1], "b.png": [1], "c.png": [0]}  # dog 0, tabby cat 1: lists are lists
+    write_text(
+        root / "metadata.jsonl",
+        "".join(json.dumps({"file_name": f, "labels": " ".join(x)}) + "\n" for f, x in rows),
+    )
+    raises_at(
+        lambda: load_image_folder(root, hierarchy={"dog": "d"}, cache_dir=tmp_path / "c"),
+        "metadata.jsonl",
+        line=1,
+        field="labels",
+        match="'tabby cat dog'",
+    )
+
+    strings = Dataset.from_dict(
+        {"image": [f"/nonexistent/{i}.png" for i in range(4)], "labels": ["cat dog", "cat", "dog", "cat"]},
+        features=datasets.Features({"image": Value("string"), "labels": Value("string")}),
+    )
+    with pytest.raises(DatasetFormatError, match=r"split 'train', row 0.*'cat dog'"):
+        load_custom_dataset(strings, hierarchy={"cat": "pet", "dog": "pet"})
+    data = load_custom_dataset(
+        strings, label_separator="space", hierarchy={"cat": "pet", "dog": "pet"}, test_fraction=0.25,
+        validation_fraction=0,
+    )  # fmt: skip
+    labels = list(data["train"]["labels"]) + list(data["test"]["labels"])
+    assert sorted(map(tuple, labels)) == [(0,), (0,), (0, 1), (1,)]
+
+
+def test_separator_values(tmp_path, capsys):
+    root = folder_with(tmp_path, ["file_name,labels", "a.png,cat", "b.png,dog"])
+    with pytest.raises(ValueError, match="label_separator must be one of"):
+        load_image_folder(root, label_separator="/", hierarchy={"cat": "p", "dog": "p"}, cache_dir=tmp_path / "c")
+    with pytest.raises(SystemExit):
+        main(["folder", "--root", str(root), "--label-separator", "/"])
+    assert "invalid choice" in capsys.readouterr().err
+    spaces = folder_with(tmp_path, ["file_name,labels", "a.png,cat dog", "b.png,cat", "c.png,dog"], name="s")
+    hierarchy = write_text(tmp_path / "h.csv", "cat,pet\ndog,pet\n")
+    args = ["folder", "--root", str(spaces), "--hierarchy", hierarchy, "--cache-dir", str(tmp_path / "c"), "-q",
+            "--protocol", "authors", "--test-fraction", "0.34"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("prepare: error: ") and "line 2" in err and err.count("\n") == 1
+    assert main([*args, "--label-separator", "space"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# UTF-8 byte-order marks (Excel) are accepted
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_files_with_a_byte_order_mark(tmp_path):
+    root = tmp_path / "data"
+    for seed, name in enumerate("abcd"):
+        write_image(root / f"{name}.png", seed=seed)
+    write_text(root / "metadata.csv", BOM + "file_name,labels,split\na.png,cat;dog,train\nb.png,dog,train\n"
+               "c.png,cat,train\nd.png,cat,test\n")  # fmt: skip
+    table = write_text(tmp_path / "h.csv", BOM + "label,group\ncat,animal\ndog,animal\n")
+    assert load_hierarchy_file(table).labels == ["cat", "dog"]  # the header line is recognised
+    as_json = write_text(tmp_path / "h.json", BOM + json.dumps({"cat": "animal", "dog": "animal"}))
+    assert load_hierarchy_file(as_json).groups == ["animal"]
+    names = write_text(tmp_path / "names.txt", BOM + "cat\ndog\n")
+    data = load_image_folder(
+        root, hierarchy=table, label_names=names, cache_dir=tmp_path / "c", validation_fraction=0
+    )
+    assert all_rows(data) == {"a.png": [0, 1], "b.png": [1], "c.png": [0], "d.png": [0]}
+    listing = write_text(tmp_path / "observed.txt", BOM + "a.jpg,3\nb.jpg,4\n")
+    assert read_observed_labels(listing, 20) == {"a.jpg": (3, 1), "b.jpg": (4, 2)}
+
+    cub = make_cub_tree(tmp_path / "cub", images=False)
+    for name in ("images.txt", "train_test_split.txt", os.path.join("attributes", "image_attribute_labels.txt")):
+        path = os.path.join(cub, "CUB_200_2011", name)
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        write_text(path, BOM + text)
+    data = load_cub(cub, cache_dir=tmp_path / "c", check_images="none", validation_fraction=0)
+    expected = cub_expected()
+    assert all_rows(data) == {path: labels for path, (_, labels) in expected.items() if labels}
+
+    nus = make_nuswide_official(tmp_path / "nus", images=False)
+    labels_dir = os.path.join(nus, "Groundtruth", "TrainTestLabels")
+    for name in ("Labels_sky_Train.txt", "Labels_cat_Test.txt"):
+        with open(os.path.join(labels_dir, name), encoding="utf-8") as handle:
+            text = handle.read()
+        write_text(os.path.join(labels_dir, name), BOM + text)
+    write_text(os.path.join(nus, "ImageList", "TrainImagelist.txt"), BOM + "".join(f"{p}\n" for p in NUS_TRAIN))
+    data = load_nuswide(nus, cache_dir=tmp_path / "c", check_images="none", validation_fraction=0)
+    expected = {key: value for key, value in {**nus_expected(NUS_TRAIN), **nus_expected(NUS_TEST)}.items() if value}
+    assert all_rows(data) == expected
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Seeds: `seed` draws the single positives; the held-out test split (`test_seed`) and the automatic hierarchy
 # (`hierarchy_seed`) do not move with it
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def _many_images_source(n=200):

@@ -1,14 +1,11 @@
 """The built-in demo dataset."""
 
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import datasets
+import numpy as np
 
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
-
-from hspnet.data import demo_hierarchy, draw_demo_image, get_hierarchy, load_demo_dataset  # noqa: E402
-from hspnet.data.cli import main  # noqa: E402
+from hspnet.data import demo_hierarchy, draw_demo_image, get_hierarchy, load_demo_dataset
+from hspnet.data.cli import main
 
 datasets.disable_progress_bars()
 

@@ -1,13 +1,12 @@
-"""Label hierarchies: built-in ones, files, reading them back from datasets, and the automatic one."""
+"""Label hierarchies (docs/method.md, sections 5.3 and 5.5): the built-in ones, files (a key or a group named
+twice is refused, naming the line), reading them back from datasets, and the automatic one."""
 
 import json
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import datasets
+import numpy as np
+import pytest
 
 from hspnet.data import (
     DatasetFormatError,
@@ -19,12 +18,14 @@ from hspnet.data import (
     get_hierarchy,
     load_demo_dataset,
     load_hierarchy_file,
+    load_image_folder,
     load_prepared_dataset,
     save_prepared_dataset,
 )
-from tests.fixtures_data import write_text  # noqa: E402
+from tests.helpers import folder_with, raises_at, write_text
 
 datasets.disable_progress_bars()
+
 
 COCO_SUPERCATEGORIES = [
     "person", "vehicle", "outdoor", "animal", "accessory", "sports",
@@ -98,6 +99,32 @@ def test_hierarchy_files(tmp_path):
         load_hierarchy_file(write_text(tmp_path / "part.csv", "cat,animal\n"), label_names=["cat", "car"])
     with pytest.raises(DatasetFormatError, match="line 1"):
         load_hierarchy_file(write_text(tmp_path / "broken.json", "{nope"))
+
+
+def test_hierarchy_json_with_a_key_twice(tmp_path):
+    twice = write_text(tmp_path / "h.json", '{\n "cat": "animal",\n "dog": "animal",\n "cat": "vehicle"\n}\n')
+    raises_at(lambda: load_hierarchy_file(twice), "h.json", line=4, field="cat", match="'cat' appears twice")
+    group = write_text(tmp_path / "g.json", '{\n "animal": ["cat"],\n "vehicle": ["car"],\n "animal": ["dog"]\n}\n')
+    raises_at(lambda: load_hierarchy_file(group), "g.json", line=4, field="animal")
+    # through a loader, the same error
+    root = folder_with(tmp_path, ["file_name,labels", "a.png,cat", "b.png,dog"])
+    raises_at(lambda: load_image_folder(root, hierarchy=str(twice), cache_dir=tmp_path / "c"), "h.json", line=4)
+
+
+def test_hierarchy_files_naming_a_group_twice(tmp_path):
+    listed = write_text(
+        tmp_path / "l.json",
+        json.dumps({"labels": ["cat", "dog"], "groups": ["animal", "animal"], "label_to_group": [0, 1]}),
+    )
+    raises_at(lambda: load_hierarchy_file(listed), "l.json", field="groups", match="'animal' is listed twice")
+    inner = write_text(tmp_path / "i.json", json.dumps({"animal": ["cat", "cat"]}))
+    raises_at(lambda: load_hierarchy_file(inner), "i.json", field="animal", match="twice in group 'animal'")
+    table = write_text(tmp_path / "t.csv", "label,group\ncat,animal\ndog,Animal\n")
+    raises_at(lambda: load_hierarchy_file(table), "t.csv", line=3, match=("'Animal'", "'animal'", "line 2"))
+    mapping = write_text(tmp_path / "m.json", json.dumps({"cat": "animal", "dog": "animal "}))
+    raises_at(lambda: load_hierarchy_file(mapping), "m.json", match="'animal '")
+    same = write_text(tmp_path / "ok.csv", "cat,animal\ndog,animal\ncar,vehicle\n")
+    assert load_hierarchy_file(same).members() == {"animal": ["cat", "dog"], "vehicle": ["car"]}
 
 
 def test_get_hierarchy_round_trips(tmp_path):

@@ -3,10 +3,8 @@
 import os
 from collections import Counter
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import datasets  # noqa: E402
-import pytest  # noqa: E402
+import datasets
+import pytest
 
 from hspnet.data import (
     load_demo_dataset,
@@ -16,7 +14,7 @@ from hspnet.data import (
     select_single_positive,
     validation_image_ids,
 )
-from tests.fixtures_data import VOC_TRAIN, make_voc_tree, write_text  # noqa: E402
+from tests.helpers import VOC_TRAIN, make_voc_tree, write_text
 
 datasets.disable_progress_bars()
 

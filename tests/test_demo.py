@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from hspnet.data.demo import demo_hierarchy, draw_demo_image
 from hspnet.apps.demo.command import main
 from hspnet.apps.demo.page import (
     DemoModel,
@@ -22,12 +21,10 @@ from hspnet.apps.demo.page import (
 )
 from hspnet.apps.demo.space import write_space
 from hspnet.apps.demo.summary import LabelGroups, read_model_summary, summary_markdown
-from hspnet.models.loading import load_model
 from hspnet.apps.predict import predict_images, select_labels
-
-from tests.plugin_fresh_interpreter import check_result
-
-from .conftest import GROUPS, LABEL_TO_GROUP, LABELS
+from hspnet.data.demo import demo_hierarchy, draw_demo_image
+from hspnet.models.loading import load_model
+from tests.helpers import GROUPS, LABEL_TO_GROUP, LABELS, check_result
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -265,22 +262,6 @@ def test_cli_bad_port_is_an_argparse_error(model_dir, capsys):
 # ---------------------------------------------------------------------------------------------------------------------
 # A Space folder
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def write_space_for_fresh_run(space, model_dir):
-    """For the shared fresh run (`fresh_remote_run`, which runs the Space's app.py last): a Space written by the
-    command line, with what the command printed."""
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main(["--model", model_dir, "--write-space", str(space), "--title", "Shapes", "--threshold", "0.3",
-                     "--top_k", "2"])
-    # listed now: running app.py in the fresh run writes the copy's __pycache__
-    pycache = [root for root, _, _ in os.walk(space / "hspnet") if "__pycache__" in root]
-    return {"job": {"app": str(space / "app.py")}, "space": space, "model_dir": model_dir,
-            "as_written": {"exit_code": code, "printed": printed.getvalue(), "pycache": pycache}}
 
 
 def test_write_space_copies_model_examples_and_package(model_dir, fresh_remote_run, tmp_path, capsys):

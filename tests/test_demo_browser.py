@@ -180,9 +180,9 @@ def test_page_shows_predicts_scores_and_the_controls_work(browser, server, demo_
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from hspnet.apps.predict import predict_images, select_labels
     from hspnet.data.demo import demo_hierarchy, draw_demo_image
     from hspnet.models.loading import load_model
-    from hspnet.apps.predict import predict_images, select_labels
 
     image, _ = draw_demo_image(0, "test", 7)
     path = str(tmp_path / "shapes.png")

@@ -1,4 +1,6 @@
-"""The shared writers (`hspnet.utils.files`) and image reader (`hspnet.utils.images`) used by every front end."""
+"""The shared writers (`hspnet.utils.files`: whole or not at all, never into an input, never outside a folder) and the
+image reader (`hspnet.utils.images`: 16-bit and float images scaled, EXIF orientation applied) used by every front end,
+and the training batches that read images through it (`hspnet.data.batches.make_transform`)."""
 
 import io
 import os
@@ -6,6 +8,7 @@ import stat
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hspnet.utils.files import atomic_write, refuse_inputs_as_output, write_json, write_text
@@ -95,3 +98,70 @@ def test_bad_images_are_named(tmp_path):
     os.mkfifo(tmp_path / "pipe.png")
     with pytest.raises(ImageReadError, match="a FIFO"):
         open_image(tmp_path / "pipe.png")  # returns at once, never blocks on open()
+
+
+def test_write_output_replaces_atomically_and_keeps_permissions(tmp_path):
+    from hspnet.utils.files import write_output
+
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+    os.chmod(path, 0o640)
+    write_output(str(path), "new")
+    assert path.read_text() == "new" and (os.stat(path).st_mode & 0o777) == 0o640
+    write_output(str(path), b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        write_output(str(tmp_path), "x")
+
+
+def test_path_inside_by_hand(tmp_path):
+    from hspnet.utils.files import path_inside, plain_file_name
+
+    root = str(tmp_path)
+    assert path_inside(root, "a/b.png", "x") == os.path.join(root, "a", "b.png")
+    assert path_inside(root, "a/../b.png", "x") == os.path.join(root, "b.png")
+    assert path_inside(root, "a\\b.png", "x") == os.path.join(root, "a", "b.png")
+    for bad in ("../b.png", "a/../../b.png", "/abs.png", "\\abs.png", "C:/x.png", "C:x.png", "", "a\0b"):
+        with pytest.raises(ValueError, match="^where: "):
+            path_inside(root, bad, "where")
+    assert plain_file_name("config.json", "x") == "config.json"
+    for bad in ("../config.json", "a/b.json", ".hidden", "..", ".", "", None, 3, "a\\b"):
+        with pytest.raises(ValueError):
+            plain_file_name(bad, "x")
+
+
+def test_training_transform_scales_16_bit_and_float_images_and_applies_exif(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, List
+    from PIL import Image
+
+    from hspnet.data.batches import make_transform
+
+    # 16-bit grey 25700 = 100 * 257 -> 100 in 8 bits; float 0.2 -> 0.2 * 255 = 51; convert("RGB") alone gives 255 / 0
+    Image.fromarray(np.full((4, 5), 25700, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    Image.fromarray(np.full((4, 5), 0.2, dtype=np.float32)).save(tmp_path / "float.tiff")
+    # stored 6 wide x 2 high, left half red, right half blue, EXIF orientation 6 (display rotated 90 degrees
+    # clockwise): shown 2 wide x 6 high with red on top
+    stored = np.zeros((2, 6, 3), dtype=np.uint8)
+    stored[:, :3] = (255, 0, 0)
+    stored[:, 3:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "rotated.png", exif=exif)
+    files = [str(tmp_path / name) for name in ("grey16.png", "float.tiff", "rotated.png")]
+    data = Dataset.from_dict(
+        {"image": files, "labels": [[0], [1], [0, 1]]},
+        features=Features({"image": ImageFeature(), "labels": List(ClassLabel(names=["a", "b"]))}),
+    )
+    seen = []
+
+    def recording_processor(images, return_tensors):  # what the model's image processor receives
+        seen.extend(np.asarray(image) for image in images)
+        return {"pixel_values": torch.zeros(len(images), 3, 2, 2)}
+
+    batch = data.with_transform(make_transform(recording_processor, 2))[:3]
+    assert batch["labels"].tolist() == [[1, 0], [0, 1], [1, 1]]
+    grey, flt, rotated = seen
+    assert grey.shape == (4, 5, 3) and grey.dtype == np.uint8 and (grey == 100).all()
+    assert flt.shape == (4, 5, 3) and (flt == 51).all()
+    assert rotated.shape == (6, 2, 3)
+    assert (rotated[:3] == (255, 0, 0)).all() and (rotated[3:] == (0, 0, 255)).all()

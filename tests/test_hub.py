@@ -1,19 +1,15 @@
-"""Issue 13: push checkpoints to the Hub during training (`--hub_strategy`), resume from them
-(`--resume_from_checkpoint hub`), model cards through `hspnet.hub`.
+"""The Hugging Face Hub (`hspnet.hub`): model cards, pushing a model folder (`save_pretrained(push_to_hub=True)`,
+`hspnet push`), pushing checkpoints during training (`--hub_strategy`) in the background, surviving failed uploads,
+resuming from a pushed state (`--resume_from_checkpoint hub`), only the main process uploading, and tokens that are
+used but written nowhere.
 
-No network: `FakeHub` patches `HfApi.create_repo` / `HfApi.create_commit` and `huggingface_hub.snapshot_download`
-(the only Hub calls hspnet makes) to record every commit (its files, the epoch and step of its message, the thread,
-the token) and to keep the repository's files in a local folder, from which the resume downloads. Expected commits
-are worked out by hand from the tiny run: 45 training images, batch 8 -> 6 steps per epoch; `checkpointing_steps 4`
-over 2 epochs saves states at steps 4, 6 (end of epoch 0), 8 and 12 (end of epoch 1); the first best model is saved
-at the end of epoch 0."""
+No network: the `fake_hub` fixture (`tests.helpers.FakeHub`) records every commit and keeps the repository's files in
+a local folder, from which the resume downloads. Expected commits are worked out by hand from the tiny run: 45
+training images, batch 8 -> 6 steps per epoch; `checkpointing_steps 4` over 2 epochs saves states at steps 4, 6 (end
+of epoch 0), 8 and 12 (end of epoch 1); the first best model is saved at the end of epoch 0."""
 
-import fnmatch
 import json
 import os
-import re
-import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -23,124 +19,31 @@ import yaml
 
 from hspnet import cli
 from hspnet.hub import cards, transfer
-from hspnet.hub.transfer import HubUploader, model_files
-from hspnet.training.run_folder import BEST_MARKER_NAME
+from hspnet.hub.transfer import HubUploader, model_files, push_folder_to_hub
 from hspnet.training.arguments import TrainingConfig
 from hspnet.training.ema import ModelEMA
 from hspnet.training.loop import train
-from tests.test_training import as_argv, one_thread, tiny_options
-from tests.test_training_reliability import error_line, run_main
+from hspnet.training.run_folder import BEST_MARKER_NAME
+from tests.helpers import (
+    FakeHub,
+    as_argv,
+    error_line,
+    hub_options,
+    one_thread,
+    run_main,
+    synchronous_uploads,
+    tiny_options,
+)
 
 MODEL_FILES = {"config.json", "model.safetensors", "configuration_hspnet.py", "modeling_hspnet.py", "losses.py",
                "preprocessor_config.json"}  # at least these (save_pretrained writes every remote-code file)
+
+
 STATE_FILES = {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "training_args.json",
                "hspnet_checkpoint.json", "training_state.json", "loss_state.safetensors", "ema.safetensors"}
+
+
 TOKEN = "hf_SeCrEtToKeN1234567890"
-
-
-class FakeHub:
-    """`HfApi` patched to record into a local folder (see the module docstring)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.commits: list[dict] = []
-        self.repos: list[dict] = []
-        self.downloads: list[dict] = []
-        self.fail_commit = lambda record: None  # -> an exception to raise for this commit, or None
-        self.fail_create_repo = lambda call: None
-        self.before_commit = None  # called with the record before the files are stored (e.g. to block)
-
-    def folder(self, repo_id: str) -> Path:
-        return self.root / repo_id.replace("/", "--")
-
-    def files(self, repo_id: str = "me/hspnet-demo") -> set[str]:
-        base = self.folder(repo_id)
-        return {p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()}
-
-    def periodic(self) -> list[dict]:
-        return [c for c in self.commits if c["step"] is not None and "failed" not in c]
-
-    def install(self, monkeypatch):
-        import huggingface_hub
-        from huggingface_hub import HfApi
-        from huggingface_hub.hf_api import RepoUrl
-
-        fake = self
-
-        def create_repo(api, repo_id, *, private=False, exist_ok=False, **kwargs):
-            call = {"repo_id": repo_id, "private": private, "exist_ok": exist_ok, "token": api.token}
-            fake.repos.append(call)
-            error = fake.fail_create_repo(call)
-            if error is not None:
-                raise error
-            fake.folder(repo_id).mkdir(parents=True, exist_ok=True)
-            return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-        def create_commit(api, repo_id, operations, *, commit_message, **kwargs):
-            match = re.search(r"epoch (\d+), step (\d+)", commit_message)
-            record = {"message": commit_message, "files": sorted(op.path_in_repo for op in operations),
-                      "epoch": int(match.group(1)) if match else None, "step": int(match.group(2)) if match else None,
-                      "thread": threading.current_thread().name, "token": api.token, "pid": os.getpid()}
-            if fake.before_commit is not None:
-                fake.before_commit(record)
-            error = fake.fail_commit(record)
-            if error is not None:
-                record["failed"] = str(error)
-                fake.commits.append(record)
-                raise error
-            assert fake.folder(repo_id).is_dir(), "commit to a repository that was never created"
-            for op in operations:
-                target = fake.folder(repo_id) / op.path_in_repo
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(op.path_or_fileobj, target)
-            fake.commits.append(record)
-
-        def snapshot_download(repo_id, *, allow_patterns=None, local_dir=None, token=None, revision=None, **kwargs):
-            fake.downloads.append({"repo_id": repo_id, "allow_patterns": allow_patterns, "token": token})
-            source = fake.folder(repo_id)
-            if not source.is_dir():
-                raise OSError(f"404 Client Error: Repository Not Found for url: https://huggingface.co/{repo_id}")
-            for path in source.rglob("*"):
-                relative = path.relative_to(source).as_posix()
-                if path.is_file() and (allow_patterns is None
-                                       or any(fnmatch.fnmatch(relative, p) for p in allow_patterns)):
-                    target = Path(local_dir) / relative
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, target)
-            return str(local_dir)
-
-        def not_used(*args, **kwargs):
-            raise AssertionError("hspnet uploads with create_commit only")
-
-        monkeypatch.setattr(HfApi, "create_repo", create_repo)
-        monkeypatch.setattr(HfApi, "create_commit", create_commit)
-        monkeypatch.setattr(HfApi, "upload_folder", not_used)
-        monkeypatch.setattr(HfApi, "upload_file", not_used)
-        monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-        return self
-
-
-@pytest.fixture
-def fake_hub(tmp_path, monkeypatch):
-    return FakeHub(tmp_path / "hub").install(monkeypatch)
-
-
-def synchronous_uploads(monkeypatch):
-    """Each save waits for its upload: the commits of a run then follow its saves one for one."""
-    original = HubUploader.save
-
-    def save(self, **kwargs):
-        queued = original(self, **kwargs)
-        self.wait()
-        return queued
-
-    monkeypatch.setattr(HubUploader, "save", save)
-
-
-def hub_options(tmp_path, **overrides):
-    options = dict(checkpointing_steps="4", evaluate_before_training=False, push_to_hub=True,
-                   hub_model_id="me/hspnet-demo")
-    return tiny_options(tmp_path, **dict(options, **overrides))
 
 
 def card_metadata(text: str) -> dict:
@@ -152,7 +55,9 @@ def no_leftovers(folder: Path):
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".hub-")]
 
 
-# --- cards ------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# cards
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_card_yaml_is_safe_and_the_model_index_is_complete(make_model):
@@ -189,7 +94,79 @@ def test_card_yaml_is_safe_and_the_model_index_is_complete(make_model):
     assert "replaced by the final one" in progress
 
 
-# --- what each strategy pushes, and when ------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# pushing a model folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_push_to_hub_commits_exactly_the_model_files(trained_with_checkpoints, monkeypatch, tmp_path):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    out, _ = trained_with_checkpoints
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["repo"] = repo_id
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls["files"] = sorted(op.path_in_repo for op in operations)
+        calls["card"] = next(op for op in operations if op.path_in_repo == "README.md").path_or_fileobj
+        return None
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    push_folder_to_hub(str(out), "someone/hspnet-demo")
+    assert calls["repo"] == "someone/hspnet-demo"
+    # exactly what save_pretrained writes (config, weights, every remote-code file, image processor) plus the card:
+    # a remote-code file left out would break `trust_remote_code` loading from the Hub
+    from hspnet import HSPNetForImageClassification
+
+    saved = tmp_path / "saved"
+    HSPNetForImageClassification.from_pretrained(out).save_pretrained(saved)
+    expected = sorted([p.name for p in saved.iterdir()] + ["README.md", "training_args.json"])
+    assert {"config.json", "model.safetensors", "modeling_hspnet.py", "configuration_hspnet.py",
+            "preprocessor_config.json"} <= set(expected)
+    assert calls["files"] == expected
+    assert not {"all_results.json", "train.log", ".hspnet-best.json"} & set(calls["files"])
+    # the run's options travel with the model (evaluation reads the base CLIP and the seed there); no secret
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["clip_model"] == "tiny-random" and args["seed"] == 0 and args["batch_size"] == 8
+    assert "hub_token" not in args and args["run"]["world_size"] == 1
+    card = Path(calls["card"]).read_text() if not isinstance(calls["card"], bytes) else calls["card"].decode()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["pipeline_tag"] == "image-classification" and metadata["datasets"] == ["demo"]
+    with pytest.raises(ValueError, match="hub_model_id"):
+        push_folder_to_hub(str(out), None)
+
+
+def test_save_pretrained_push_to_hub_passes_options_and_uploads_the_processor(make_model, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["private"] = kwargs.get("private")
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls["repo"], calls["message"] = repo_id, kwargs.get("commit_message")
+        calls["files"] = sorted(op.path_in_repo for op in operations)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    make_model().save_pretrained(tmp_path / "m", push_to_hub=True, repo_id="me/m", commit_message="hello",
+                                 private=True)
+    assert calls["repo"] == "me/m" and calls["message"] == "hello" and calls["private"] is True
+    assert "preprocessor_config.json" in calls["files"] and "model.safetensors" in calls["files"]
+    assert "modeling_hspnet.py" in calls["files"] and "losses.py" in calls["files"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# what each strategy pushes during training, and when
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("strategy", ["end", "every_save", "checkpoint", "all_checkpoints"])
@@ -271,7 +248,9 @@ def test_the_card_pushed_during_training_says_it_is_in_progress(tmp_path, fake_h
     assert "model-index" in card_metadata(cards["End of training"])
 
 
-# --- in the background, from snapshots --------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# in the background, from snapshots
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_uploads_run_in_the_background_from_snapshots(tmp_path, fake_hub, monkeypatch):
@@ -361,7 +340,9 @@ def test_states_held_for_a_retry_are_bounded_and_copies_work_without_hard_links(
     no_leftovers(out)
 
 
-# --- failures ---------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# failures
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_failed_uploads_are_survived_reported_and_retried_and_the_token_stays_secret(tmp_path, fake_hub, monkeypatch,
@@ -430,7 +411,9 @@ def test_a_failed_final_upload_exits_1_with_one_line(tmp_path, fake_hub, monkeyp
     assert set(fake_hub.commits[-1]["files"]) == set(model_files(out))
 
 
-# --- resume from the Hub ----------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# resume from the Hub
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -529,12 +512,14 @@ def test_resume_from_the_hub_needs_an_empty_folder_and_a_pushed_state(tmp_path, 
     assert status == 1 and "expected 'hub' or 'hub:FOLDER_IN_THE_REPOSITORY'" in error_line(lines)
 
 
-# --- distributed: only the main process uploads -----------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# distributed: only the main process uploads
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_only_the_main_process_uploads_in_a_distributed_run(two_process_runs):
     """Step 3 of the session's 2-process launch (`two_process_runs`: hub_strategy checkpoint, checkpointing_steps 2,
-    one epoch, with tracking), with this module's FakeHub installed in both processes: rank 1 makes no Hub call."""
+    one epoch, with tracking), with `tests.helpers.FakeHub` installed in both processes: rank 1 makes no Hub call."""
     result, reports = two_process_runs["result"], two_process_runs["reports"]
     assert result.returncode == 0, result.stderr[-4000:]
     calls = {rank: reports[rank]["hub_run"] for rank in ("0", "1")}
@@ -552,3 +537,58 @@ def test_hspnet_train_command_has_the_hub_options(capsys):
     assert stopped.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: hspnet train") and "--hub_strategy" in text and "all_checkpoints" in text
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# tokens: used, and written nowhere
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+ENV_TOKEN = "hf_OnlyInTheEnvironment0123456789"
+
+
+def test_a_token_from_the_environment_is_written_nowhere(tmp_path, monkeypatch, capsys):
+    """No --hub_token: the token is HF_TOKEN. Every upload fails with an error text quoting it (periodic uploads
+    and the final one): it appears in no file of the run, the fake Hub, and not on stdout / stderr."""
+    monkeypatch.setenv("HF_TOKEN", ENV_TOKEN)
+    fake_hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+    synchronous_uploads(monkeypatch)
+    fake_hub.fail_commit = lambda record: OSError(
+        f"401 Unauthorized (request headers: Authorization: Bearer {ENV_TOKEN})")
+    options = hub_options(tmp_path, hub_strategy="checkpoint", epochs=1, schedule_epochs=1)
+    status, lines = run_main(as_argv(options), capsys)
+    assert status == 1
+    line = error_line(lines)
+    assert "401 Unauthorized" in line and "***" in line and ENV_TOKEN not in line
+    out = Path(options["output_dir"])
+    log = (out / "train.log").read_text()
+    assert "401 Unauthorized" in log and "Bearer ***" in log
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["hub"]["final_upload"] == "failed" and "***" in results["hub"]["last_error"]
+    files = [p for p in list(tmp_path.rglob("*")) if p.is_file()]
+    assert any(p.name == "train.log" for p in files)
+    for path in files:
+        assert ENV_TOKEN.encode() not in path.read_bytes(), path
+    captured = capsys.readouterr()
+    assert ENV_TOKEN not in captured.out + captured.err + "\n".join(lines)
+
+
+def test_redaction_masks_every_token_in_effect(monkeypatch, tmp_path):
+    import logging
+
+    import huggingface_hub.constants
+
+    from hspnet.utils.redaction import RedactTokens, redact
+
+    monkeypatch.setenv("HF_TOKEN", "hf_environment_token")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "token"))  # `hf auth login`'s
+    (tmp_path / "token").write_text("hf_stored_login_token")
+    from huggingface_hub import get_token
+
+    monkeypatch.delenv("HF_TOKEN")
+    assert get_token() == "hf_stored_login_token"  # the stored login is what huggingface_hub would use
+    monkeypatch.setenv("HF_TOKEN", "hf_environment_token")
+    text = "a hf_environment_token b hf_stored_login_token c hf_explicit_token d"
+    assert redact(text, "hf_explicit_token") == "a *** b *** c *** d"
+    record = logging.LogRecord("x", logging.WARNING, "f", 1, "failed: %s", ("Bearer hf_environment_token",), None)
+    assert RedactTokens().filter(record) and record.getMessage() == "failed: Bearer ***"

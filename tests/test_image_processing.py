@@ -6,7 +6,6 @@ The reference below is written independently of the processor with PIL and numpy
 `Normalize`. The test images are seeded noise on gradients, so a crop one pixel off changes the values.
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,9 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.plugin_fresh_interpreter import check_result
+from tests.helpers import PROCESSOR_FILE, check_result, load_processor_module, make_image
 
-FILE = Path(__file__).resolve().parents[1] / "hspnet" / "models" / "hspnet" / "image_processing_hspnet.py"
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 # (width, height) as PIL reports them: common COCO shapes (odd crop margins), square, and small/odd ones.
@@ -26,31 +24,9 @@ SIZES = [(640, 480), (640, 427), (427, 640), (500, 375), (612, 612), (333, 501),
          (224, 224), (225, 301), (100, 80), (224, 225), (1, 1), (999, 224)]
 
 
-def load_processor_module():
-    """The processor file loaded on its own (it is remote code: it must not need the `hspnet` package)."""
-    spec = importlib.util.spec_from_file_location("image_processing_hspnet", FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def processor_class():
     return load_processor_module().HSPNetImageProcessor
-
-
-def make_image(width, height, seed=0, mode="RGB"):
-    """Seeded noise over horizontal and vertical gradients: every pixel differs from its neighbours."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
-    noise = rng.integers(-40, 41, size=(height, width, 3))
-    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
-    if mode == "RGBA":
-        alpha = rng.integers(0, 256, size=(height, width, 1), dtype=np.uint8)
-        return Image.fromarray(np.concatenate([pixels, alpha], axis=-1), mode="RGBA")
-    return Image.fromarray(pixels).convert(mode)
 
 
 def reference_pixels(image, size=224, resize=True):
@@ -200,28 +176,6 @@ def test_old_clip_processor_folders_still_load_as_hf_class(tmp_path):
     assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__.startswith("CLIPImageProcessor")
 
 
-def save_processor_folder(folder):
-    """For the shared fresh run without hspnet (`fresh_remote_run`): a tiny ViT classifier saved with the processor
-    (size 64) and three PNG images (lossless), with the processor's pixels for them computed in this process."""
-    from transformers import ViTConfig, ViTForImageClassification
-
-    processor = load_processor_module().HSPNetImageProcessor(size=64)
-    torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(
-        image_size=64, patch_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=16, num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2}))
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    paths = []
-    for i, (w, h) in enumerate([(640, 427), (427, 640), (333, 501)]):
-        paths.append(str(folder.parent / f"{folder.name}-{i}.png"))
-        make_image(w, h, seed=20 + i).save(paths[-1])
-    expected = processor([Image.open(p) for p in paths], return_tensors="np")["pixel_values"]
-    job = {"kind": "processor", "folder": str(folder), "images": paths,
-           "pixels_out": str(folder.parent / f"{folder.name}-remote-pixels.npy")}
-    return {"job": job, "expected": expected}
-
-
 def test_saved_folder_loads_as_remote_code_without_the_package(fresh_remote_run):
     """In a fresh interpreter started with `-I -S` (site-packages only, no .pth files: the editable hspnet cannot be
     imported), AutoImageProcessor and the pipeline use the folder's copy of the processor, pixel for pixel."""
@@ -230,7 +184,7 @@ def test_saved_folder_loads_as_remote_code_without_the_package(fresh_remote_run)
     saved = json.loads((folder / "preprocessor_config.json").read_text())
     assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_hspnet.HSPNetImageProcessor"}
     assert saved["image_processor_type"] == "HSPNetImageProcessor" and saved["size"] == {"shortest_edge": 64}
-    assert (folder / "image_processing_hspnet.py").read_text() == FILE.read_text()
+    assert (folder / "image_processing_hspnet.py").read_text() == PROCESSOR_FILE.read_text()
 
     assert fresh_remote_run["report"]["hspnet_import"] == "ModuleNotFoundError"
     out = check_result(case)

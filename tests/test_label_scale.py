@@ -272,7 +272,7 @@ def test_training_script_samples_labels(tmp_path, monkeypatch):
     from hspnet import HSPNetForImageClassification
     from hspnet.training.arguments import TrainingConfig
     from hspnet.training.loop import train
-    from tests.test_training import tiny_options
+    from tests.helpers import tiny_options
 
     calls = []
     original = HSPNetForImageClassification.sample_labels

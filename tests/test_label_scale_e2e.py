@@ -120,16 +120,15 @@ def test_everything_at_10000_labels(workdir, capsys):
 
     import hspnet  # noqa: F401  (registers HSPNet with the Auto classes, for the pipeline)
     from hspnet import HSPNetForImageClassification
-    from hspnet.apps import evaluate as evaluation
-    from hspnet.apps import predict as prediction
-    from hspnet.evaluation import report
+    from hspnet.apps import evaluate as evaluation, predict as prediction
     from hspnet.data import get_hierarchy, load_image_folder
     from hspnet.data.clustering import cluster_label_embeddings, default_num_groups, label_text_embeddings
+    from hspnet.evaluation import report
     from hspnet.evaluation.average_precision import average_precision_ranked
     from hspnet.evaluation.metrics import compute_all_metrics
-    from hspnet.utils.tiny_clip import save_tiny_clip
     from hspnet.training.arguments import TrainingConfig
     from hspnet.training.loop import train
+    from hspnet.utils.tiny_clip import save_tiny_clip
 
     clock = _Clock()
     # the tiny CLIP made smaller still (width 16, one layer): the text tower runs over 10,000 prompts many times

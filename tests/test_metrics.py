@@ -1,20 +1,19 @@
-"""Hand-checked tests of hspnet.evaluation.metrics and the evaluate module."""
+"""The metrics of `hspnet.evaluation` (docs/method.md, section 6), worked out by hand or against scikit-learn: both
+mAP definitions (6.1, 6.2), the threshold and top-k metrics (6.3, 6.4), what an evaluation reports (6.6), the
+streaming accumulator (also across 2 processes) and the `evaluate` module of `metrics/hspnet_multilabel`. What the
+metrics refuse is tests/test_metric_inputs.py."""
 
-import os
+import ast
+import math
+import warnings
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
 
-import ast  # noqa: E402
-import math  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import average_precision_score  # noqa: E402
-
-from hspnet.evaluation import metrics as M  # noqa: E402
+from hspnet.evaluation import metrics as M
 from hspnet.evaluation.average_precision import (
     average_precision_ranked,
     average_precision_tie_aware,
@@ -26,8 +25,7 @@ from hspnet.evaluation.metrics import (
     threshold_metrics,
     topk_metrics,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def sklearn_ap(scores, targets):
@@ -58,9 +56,11 @@ def test_metrics_module_has_no_sklearn_runtime_dependency():
     assert "sklearn" not in names
 
 
-# ---------------------------------------------------------------------------
-# mAP
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# mAP (docs/method.md, sections 6.1 and 6.2)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
 def test_continuous_scores_both_definitions_equal_sklearn():
     scores, targets = random_case()
     ranked = average_precision_ranked(scores, targets)
@@ -135,23 +135,11 @@ def test_class_without_positives_counts_as_zero():
     assert mean_average_precision(scores, targets, "tie_aware") == pytest.approx(50.0)
 
 
-def test_map_input_validation():
-    with pytest.raises(ValueError, match="definition"):
-        mean_average_precision([[0.1]], [[1]], definition="sklearn")
-    with pytest.raises(ValueError, match="0, 1"):
-        mean_average_precision([[0.1, 0.2]], [[1, -1]])
-    with pytest.raises(ValueError, match="shape"):
-        mean_average_precision([[0.1, 0.2]], [[1]])
-    with pytest.raises(ValueError, match="NaN"):
-        mean_average_precision([[float("nan"), 0.2]], [[1, 0]])
-    # torch input, bf16 included
-    s = torch.tensor([[2.0, -1.0], [0.5, 1.0]], dtype=torch.bfloat16)
-    assert mean_average_precision(s, torch.tensor([[1, 0], [0, 1]])) == pytest.approx(100.0)
+# ----------------------------------------------------------------------------------------------------------------------
+# threshold and top-k metrics (docs/method.md, sections 6.3 and 6.4)
+# ----------------------------------------------------------------------------------------------------------------------
 
 
-# ---------------------------------------------------------------------------
-# threshold and top-k metrics
-# ---------------------------------------------------------------------------
 PROBS = np.array(
     [
         [0.9, 0.6, 0.2],
@@ -159,6 +147,8 @@ PROBS = np.array(
         [0.8, 0.3, 0.1],
     ]
 )
+
+
 TARGETS = np.array(
     [
         [1, 1, 0],
@@ -192,6 +182,18 @@ def test_threshold_metrics_from_logits():
     assert threshold_metrics(logits, TARGETS, from_logits=True) == pytest.approx(threshold_metrics(PROBS, TARGETS))
     with pytest.raises(ValueError, match="from_logits"):
         threshold_metrics(logits, TARGETS)
+
+
+def test_threshold_edges_by_hand():
+    # threshold 1.0: prob > 1 never holds, nothing is predicted: every precision and recall is 0 (0/0 counts 0)
+    top = threshold_metrics(PROBS, TARGETS, threshold=1.0)
+    assert top == {"CP": 0.0, "CR": 0.0, "CF1": 0.0, "mean_class_F1": 0.0, "OP": 0.0, "OR": 0.0, "OF1": 0.0}
+    # threshold 0.0: every score > 0 is predicted: recall 100, OP = 4 positives / 9 decisions
+    bottom = threshold_metrics(PROBS, TARGETS, threshold=0.0)
+    assert bottom["OR"] == 100.0 and bottom["OP"] == pytest.approx(100 * 4 / 9)
+    # with logits the threshold still applies to probabilities: logit 0 <=> probability 0.5
+    logits = np.log(PROBS / (1 - PROBS))
+    assert threshold_metrics(logits, TARGETS, 0.5, from_logits=True) == pytest.approx(threshold_metrics(PROBS, TARGETS))
 
 
 def test_zero_over_zero_is_zero():
@@ -236,10 +238,14 @@ def test_compute_all_metrics_keys():
     assert out["CF1"] == pytest.approx(40.0)
 
 
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # fewer labels than k: k is clamped to C, keys keep the requested k
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+
+
 PROBS2 = np.array([[0.9, 0.6], [0.4, 0.7], [0.8, 0.3]])
+
+
 TARGETS2 = np.array([[1, 1], [1, 0], [0, 1]])
 
 
@@ -302,9 +308,11 @@ def test_evaluate_module_with_two_labels():
     assert got["OP_top3"] == pytest.approx(100 * 4 / 6)
 
 
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # streaming and distributed
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+
+
 def test_accumulator_equals_one_shot():
     scores, targets = random_case(n=203, c=7, seed=5, ties=True)
     scores = scores.astype(np.float32)
@@ -439,9 +447,11 @@ def test_two_process_gloo_gather_drops_duplicates(two_process_runs):
     assert res["metrics"] == pytest.approx(one_shot)
 
 
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # evaluate module
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+
+
 def test_evaluate_module_loads_offline_and_matches():
     import evaluate
 

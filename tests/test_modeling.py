@@ -1,5 +1,10 @@
-import copy
-from dataclasses import replace
+"""The model (docs/method.md, section 1): the forward pass against a plain re-implementation, the prompts and buffers,
+what trains and what is frozen, saving and loading (the Auto classes, bfloat16, pickling, inference mode), `from_clip`,
+the initial values and the loss the model computes. The text-side caches are tests/test_text_cache.py, the label graph
+tests/test_label_graph.py."""
+
+import math
+import pickle
 
 import pytest
 import torch
@@ -7,16 +12,12 @@ from transformers import CLIPModel
 
 from hspnet import HSPNetForImageClassification, HSPNetModel, encode_prompt_embeddings
 from hspnet.utils.tiny_clip import byte_level_clip_tokenizer
+from tests.helpers import randomize_trainables
 from tests.reference_hspnet import plain_hspnet_logits
 
-
-def randomize_trainables(model, seed=3):
-    """Perturb the GCN/meta-net so the test does not only see their initial values (gamma != 0.9, etc.)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in (model.hspnet.gcn, model.hspnet.meta_net):
-            for p in module.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+# ----------------------------------------------------------------------------------------------------------------------
+# The forward pass and its pieces (docs/method.md, sections 1.2-1.8)
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_forward_matches_plain_reimplementation(make_model, pixel_values):
@@ -74,120 +75,28 @@ def test_prompts_and_buffers(make_model):
     assert torch.allclose(base.relation[5, :C], base.relation[9, :C], atol=1e-5)  # label and group "person"
 
 
-def test_given_relation_is_used_and_checked(make_model, tmp_path):
-    import numpy as np
-
-    relation = np.random.default_rng(0).uniform(0.6, 1.0, size=(10, 10)).astype(np.float32)
-    np.save(tmp_path / "rel.npy", relation)
-    model = make_model(relation=str(tmp_path / "rel.npy"))
-    torch.testing.assert_close(model.hspnet.relation, torch.from_numpy(relation))
-    with pytest.raises(ValueError, match=r"relation has shape \(9, 9\), expected \(10, 10\)"):
-        make_model(relation=relation[:9, :9])
-
-
-def test_speedups_equal_plain_path(make_model, pixel_values):
+def test_output_dataclasses(make_model, pixel_values):
     model = make_model()
-    randomize_trainables(model)
-    base = model.hspnet
-
-    def logits(cache, truncate):
-        base.text_options = replace(base.text_options, cache_label_embeddings=cache, cache_group_features=cache,
-                                    truncate_prompts=truncate)
-        with torch.no_grad():
-            return model(pixel_values=pixel_values).logits
-
-    plain = logits(False, False)
-    for cache, truncate in [(True, False), (False, True), (True, True)]:
-        torch.testing.assert_close(logits(cache, truncate), plain, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(logits(cache, truncate), plain, atol=1e-5, rtol=1e-5)  # served from the cache
-    assert base._text_cache.kinds() == {"group", "label"}
+    with torch.no_grad():
+        out = model.hspnet(pixel_values=pixel_values)
+        assert out.logits.shape == (3, 6) and out.image_embeds.shape == (3, 24) and out.label_embeds.shape == (6, 24)
+        torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(3))
+        torch.testing.assert_close(out.logits, 10 * out.image_embeds @ out.label_embeds.T)
+        hidden = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+        assert hidden is not None and len(hidden) == 3  # embeddings + 2 layers
+        assert isinstance(model(pixel_values=pixel_values, return_dict=False), tuple)
 
 
-def test_caches_never_go_stale(make_model, pixel_values):
+def test_vision_kwargs_reach_the_tower(make_model):
     model = make_model()
-    base = model.hspnet
-    fresh = copy.deepcopy(model)
-    fresh.hspnet.text_options = replace(fresh.hspnet.text_options, cache_label_embeddings=False,
-                                        cache_group_features=False)
-
-    def check(message):
-        with torch.no_grad():
-            got = model(pixel_values=pixel_values).logits
-            want = fresh(pixel_values=pixel_values).logits
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=message)
-
-    check("initial")
-    # 1. an optimizer step in training mode, then back to eval
-    labels = torch.zeros(3, 6)
-    labels[:, 1] = 1
-    for m in (model, fresh):
-        m.train()
-        optimizer = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-        torch.manual_seed(0)
-        m(pixel_values=pixel_values, labels=labels, epoch=0).loss.backward()
-        optimizer.step()
-        m.eval()
-    check("after an optimizer step")
-    # 2. an optimizer step WITHOUT switching modes (eval-mode training, e.g. frozen batch norms)
-    for m in (model, fresh):
-        with torch.no_grad():
-            m(pixel_values=pixel_values)  # fills the cache
-        optimizer = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1.0)
-        m(pixel_values=pixel_values, labels=labels, epoch=0).loss.backward()
-        optimizer.step()
-    check("after an eval-mode optimizer step")
-    # 3. in-place edits of a text-side parameter and of the frozen text tower, under no_grad
     with torch.no_grad():
-        for m in (model, fresh):
-            m.hspnet.gcn.gamma.fill_(0.3)
-    check("after gamma.fill_")
-    with torch.no_grad():
-        for m in (model, fresh):
-            m.hspnet.clip.text_model.final_layer_norm.weight.mul_(1.5)
-    check("after editing the frozen text tower")
-    # 3b. a parameter and a layer replaced by new objects (e.g. an adapter injected into the text side)
-    for m in (model, fresh):
-        torch.manual_seed(5)
-        m.hspnet.gcn.gamma = torch.nn.Parameter(torch.tensor([0.7]))
-        m.hspnet.meta_net.linear2 = torch.nn.Linear(*reversed(m.hspnet.meta_net.linear2.weight.shape))
-    check("after replacing gamma and meta_net.linear2")
-    for m in (model, fresh):
-        torch.manual_seed(6)
-        layer = m.hspnet.clip.text_model.encoder.layers[1]
-        layer.mlp.fc2 = torch.nn.Linear(layer.mlp.fc2.in_features, layer.mlp.fc2.out_features).requires_grad_(False)
-    # a layer replaced deep inside the frozen text tower: new tensor objects, seen without any hook
-    check("after replacing a layer of the frozen text tower")
-    # 4. load_state_dict with other weights
-    other = model.state_dict()
-    other = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in other.items()}
-    for m in (model, fresh):
-        m.load_state_dict(other)
-    check("after load_state_dict")
-    # 5. relation settings and dtype changes
-    for m in (model, fresh):
-        m.config.relation_keep_ratio = 0.5
-    check("after changing relation_keep_ratio")
-    for m in (model, fresh):
-        m.double()
-    with torch.no_grad():
-        got = model(pixel_values=pixel_values.double()).logits
-        want = fresh(pixel_values=pixel_values.double()).logits
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, want)
+        out = model(pixel_values=torch.randn(1, 3, 48, 48), interpolate_pos_encoding=True)
+    assert out.logits.shape == (1, 6)
 
 
-def test_cache_is_not_used_in_training_or_with_trainable_grad(make_model, pixel_values):
-    model = make_model()
-    base = model.hspnet
-    model.train()
-    with torch.no_grad():
-        model(pixel_values=pixel_values)
-    assert base._text_cache.kinds() == {"group"}  # group features are constant: cached in training too
-    model.eval()
-    assert base._text_cache.kinds() == set()  # dropped on train()/eval()
-    model(pixel_values=pixel_values).logits.sum().backward()  # grad enabled, trainable text side: no cache
-    assert "label" not in base._text_cache.kinds()
-    assert base.meta_net.linear1.weight.grad is not None
+# ----------------------------------------------------------------------------------------------------------------------
+# Trained and frozen, initial values (docs/method.md, sections 1.4, 1.5, 1.9)
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_gradients_reach_trainable_parts_only(make_model, pixel_values):
@@ -215,6 +124,25 @@ def test_unfrozen_text_encoder_trains(make_model, pixel_values):
     model(pixel_values=pixel_values).logits.sum().backward()
     assert model.hspnet.clip.text_model.final_layer_norm.weight.grad is not None
     assert model.hspnet.clip.text_model.embeddings.token_embedding.weight.grad is None  # prompts are stored embeddings
+
+
+def test_initial_values_follow_the_reference(make_model):
+    model = make_model()
+    base = model.hspnet
+    D = model.config.projection_dim
+    for layer, out in ((base.gcn.gc1, 2 * D), (base.gcn.gc2, 2 * D), (base.gcn.gc3, D)):
+        bound = 1 / math.sqrt(out)  # uniform(-1/sqrt(out), 1/sqrt(out))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.8 * bound
+    assert float(base.gcn.gamma.detach()) == pytest.approx(0.9)
+    for linear in (base.meta_net.linear1, base.meta_net.linear2):
+        bound = 1 / math.sqrt(linear.in_features)  # PyTorch's default nn.Linear init
+        assert linear.weight.abs().max() <= bound and linear.bias.abs().max() <= bound
+        assert linear.weight.abs().max() > 0.8 * bound
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Saving and loading
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
@@ -263,16 +191,49 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         assert base.config.label_to_group == [0, 0, 1, 2, 2, 3]
 
 
-def test_output_dataclasses(make_model, pixel_values):
+def test_load_in_bfloat16_runs_and_keeps_the_relation_exact(make_model, pixel_values, tmp_path):
     model = make_model()
+    model.save_pretrained(tmp_path)
+    loaded = HSPNetForImageClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    base = loaded.hspnet
+    assert base.clip.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    assert base.clip.text_model.final_layer_norm.weight.dtype == torch.bfloat16
+    assert base.gcn.gc1.weight.dtype == torch.bfloat16
+    assert base.relation.dtype == torch.float32
+    torch.testing.assert_close(base.relation, model.hspnet.relation, atol=0, rtol=0)
     with torch.no_grad():
-        out = model.hspnet(pixel_values=pixel_values)
-        assert out.logits.shape == (3, 6) and out.image_embeds.shape == (3, 24) and out.label_embeds.shape == (6, 24)
-        torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(3))
-        torch.testing.assert_close(out.logits, 10 * out.image_embeds @ out.label_embeds.T)
-        hidden = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
-        assert hidden is not None and len(hidden) == 3  # embeddings + 2 layers
-        assert isinstance(model(pixel_values=pixel_values, return_dict=False), tuple)
+        logits = loaded(pixel_values=pixel_values.bfloat16()).logits
+        expected = model(pixel_values=pixel_values).logits
+    assert logits.dtype == torch.float32  # logits are computed in float32 whatever the model dtype
+    torch.testing.assert_close(logits, expected, atol=0.1, rtol=0.05)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(pixel_values=pixel_values).logits.dtype == torch.float32
+
+
+def test_output_loading_info_and_pickling(make_model, tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    loaded, info = HSPNetForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+    assert not any(p.requires_grad for p in loaded.hspnet.clip.text_model.parameters())
+    restored = pickle.loads(pickle.dumps(loaded))
+    assert restored.config.label_names == loaded.config.label_names
+
+
+def test_a_model_built_under_inference_mode_runs(tiny_clip_dir, hierarchy, pixel_values, tmp_path):
+    make = lambda: HSPNetForImageClassification.from_clip(tiny_clip_dir, **hierarchy)  # noqa: E731
+    torch.manual_seed(0)
+    make().save_pretrained(tmp_path)
+    with torch.inference_mode():
+        model = HSPNetForImageClassification.from_pretrained(tmp_path)
+        first = model(pixel_values=pixel_values).logits
+        second = model(pixel_values=pixel_values).logits
+    torch.testing.assert_close(first, second)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# from_clip (docs/method.md, section 1.1)
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_from_clip_accepts_a_model_object(tiny_clip_dir, hierarchy, pixel_values):
@@ -292,6 +253,11 @@ def test_from_clip_errors(tiny_clip_dir, hierarchy):
         HSPNetForImageClassification.from_clip(tiny_clip_dir, **{**hierarchy, "labels": ["x" * 80] + hierarchy["labels"][1:]})
     with pytest.raises(OSError):
         HSPNetForImageClassification.from_clip("no-such-org/no-such-clip", **hierarchy)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loss the model computes (docs/method.md, section 3)
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_default_loss_is_splc_summed(make_model, pixel_values):

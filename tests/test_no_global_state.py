@@ -1,11 +1,11 @@
 """A library, and above all remote code, changes nothing outside itself: importing `hspnet`, loading a saved folder
 (also as remote code where `hspnet` cannot be imported), training steps and inference leave torch's process-wide hook
 registries and the classes of torch and transformers untouched. The checks run in fresh interpreters, since a hook
-registered once stays for the life of the process: the two shared runs of `tests/fresh_interpreter_checks.py`
-(`tests/plugin_fresh_interpreter.py`), each snapshotting torch after transformers built a plain CLIP model and before
-anything of hspnet is imported or loaded."""
+registered once stays for the life of the process: the two shared runs of `tests/scripts/fresh_interpreter_checks.py`
+(the `fresh_runs` fixture of tests/conftest.py), each snapshotting torch after transformers built a plain CLIP model
+and before anything of hspnet is imported or loaded."""
 
-from tests.plugin_fresh_interpreter import check_result
+from tests.helpers import check_result
 
 
 def test_import_training_and_inference_leave_torch_untouched(fresh_package_report):

@@ -14,11 +14,10 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+import onnx
+import onnxruntime as ort
 
-from hspnet import HSPNetConfig, HSPNetForImageClassification  # noqa: E402
-from hspnet.data import draw_demo_image  # noqa: E402
+from hspnet import HSPNetConfig, HSPNetForImageClassification
 from hspnet.apps.onnx_export import (
     DEFAULT_OPSET,
     METADATA_KEY,
@@ -27,11 +26,10 @@ from hspnet.apps.onnx_export import (
     main,
     read_onnx_metadata,
 )
-from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
+from hspnet.data import draw_demo_image
+from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config
+from tests.helpers import GROUPS, LABEL_TO_GROUP, LABELS
 
-LABELS = ["cat", "dog", "traffic_light", "car", "bus", "person"]
-GROUPS = ["animal", "outdoor", "vehicle", "person"]
-LABEL_TO_GROUP = [0, 0, 1, 2, 2, 3]
 ATOL = 1e-4
 
 

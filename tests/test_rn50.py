@@ -3,45 +3,25 @@
 Reduced sizes (stages [1, 2, 1, 1], width 8, 64-pixel images, text width 128) with the official key structure; the
 reference towers are the independent re-implementations in tests/official_reference.py."""
 
+import json
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
+import torch
 
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import hspnet.conversion  # noqa: E402,F401
-from hspnet.models.openai_clip import load_openai_clip_parts
-from hspnet import HSPNetConfig, HSPNetForImageClassification  # noqa: E402
-from hspnet.models.openai_clip import convert_openai_clip_state_dict  # noqa: E402
-from hspnet.models.hspnet.modeling_clip_resnet import HSPNetModifiedResNet  # noqa: E402
-from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config  # noqa: E402
-from tests.official_reference import RefCLIP, randomize  # noqa: E402
-from tests.plugin_fresh_interpreter import check_result  # noqa: E402
-
-IMAGE = 64
+import hspnet.conversion  # noqa: F401
+from hspnet import HSPNetConfig, HSPNetForImageClassification
+from hspnet.models.hspnet.modeling_clip_resnet import HSPNetModifiedResNet
+from hspnet.models.openai_clip import convert_openai_clip_state_dict, load_openai_clip_parts
+from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config
+from tests.helpers import REPO, RESNET_IMAGE as IMAGE, check_result, resnet_config, resnet_images as images
+from tests.official_reference import RefCLIP, randomize
 
 
 def openai_clip(vision="resnet", seed=0):
     """An OpenAI-layout CLIP whose vocabulary fits the offline byte-level tokenizer (514 ids, SOS 512, EOS 513)."""
     torch.manual_seed(seed)
     return randomize(RefCLIP(vision=vision, vocab_size=514, image_size=IMAGE), seed).eval()
-
-
-def images(n=2, seed=1):
-    return torch.randn(n, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
-
-
-def resnet_config(**overrides):
-    options = dict(
-        clip_config=tiny_clip_config(hidden_size=32, projection_dim=16).to_dict(),
-        vision_backbone="clip_resnet", resnet_layers=[1, 1, 1, 1], resnet_width=8, resnet_image_size=IMAGE,
-        id2label={0: "cat", 1: "dog", 2: "car"}, group_names=["animal", "vehicle"], label_to_group=[0, 0, 1],
-    )
-    options.update(overrides)
-    return HSPNetConfig(**options)
 
 
 def test_resnet_tower_matches_reference_and_openai_names():
@@ -152,26 +132,6 @@ def test_resnet_config_validation_and_round_trip(tmp_path):
             resnet_config(**overrides)
 
 
-def save_resnet_folder(folder):
-    """For the shared fresh run without hspnet (`fresh_remote_run`): a ResNet HSPNet with random prompts, relation,
-    EOS positions and batch-norm statistics, saved with its input; its logits before saving are the expected ones."""
-    torch.manual_seed(0)
-    model = HSPNetForImageClassification(resnet_config()).eval()
-    with torch.no_grad():
-        for buffer in (model.hspnet.group_prompt_embeds, model.hspnet.label_prompt_embeds, model.hspnet.relation):
-            buffer.normal_()
-        model.hspnet.group_eos_positions.fill_(5)
-        model.hspnet.label_eos_positions.copy_(torch.tensor([7, 7, 8]))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 1.5)
-        x = images()
-        expected = model(pixel_values=x).logits
-    model.save_pretrained(folder)
-    torch.save(x, folder / "x.pt")
-    return {"job": {"kind": "resnet", "folder": str(folder), "pixels": str(folder / "x.pt")}, "expected": expected}
-
-
 def test_resnet_model_saves_loads_and_runs_as_remote_code(fresh_remote_run):
     """The folder of `save_resnet_folder` loads exactly with the package, and as remote code without it (the shared
     fresh run) gives the same logits."""
@@ -199,9 +159,8 @@ def test_converted_model_without_token_table_explains_how_to_rename(hierarchy):
 
 # --- the paper configs: configs/hspnet-{coco,voc,nuswide,cub}-rn50.yaml ------------------------------------------------
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# HSPNET.md, "Training recipe (released configs)", typed here: lr (image encoder, meta-net), gcn lr, SPLC change_epoch,
-# and the authors' relation file of each dataset (their repository)
+# docs/method.md, section 4.2, typed here: lr (image encoder, meta-net), gcn lr, SPLC change_epoch, and the authors'
+# relation file of each dataset (their repository; section 2.1)
 PAPER_RECIPE = {
     "coco": (1e-4, 5e-4, 1, "relation+super+rn50.npy"),
     "voc": (1e-4, 7e-4, 2, "relation+voc+super.npy"),
@@ -238,7 +197,7 @@ def test_paper_config_is_the_released_recipe_on_rn50(name):
 
 
 def test_paper_architecture_is_the_model_default():
-    """What the paper configs leave to HSPNetConfig (HSPNET.md, "Architecture"): n_ctx 4, fixed "a photo of a" group
+    """What the paper configs leave to HSPNetConfig (docs/method.md, section 1.10): n_ctx 4, fixed "a photo of a" group
     prompts, top 75 % per row and reweight p 0.2 for the relation, GCN gamma 0.9 and slope 0.2, logit scale 10."""
     config = HSPNetConfig()
     assert (config.n_ctx, config.ctx_init, config.group_prompt_template) == (4, "X X X X", "a photo of a {}.")

@@ -18,7 +18,6 @@ from transformers import (
 
 import hspnet  # noqa: F401  (registers HSPNet with the Auto classes)
 from hspnet import HSPNetForImageClassification
-from hspnet.data import get_hierarchy, load_demo_dataset, to_multi_hot
 from hspnet.apps.trainer import (
     HSPNetDataCollator,
     HSPNetEpochCallback,
@@ -27,6 +26,7 @@ from hspnet.apps.trainer import (
     prepare_trainer_datasets,
     trainer_epoch,
 )
+from hspnet.data import get_hierarchy, load_demo_dataset, to_multi_hot
 from hspnet.training.data_and_model import setup_loss_for_training
 
 

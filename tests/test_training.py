@@ -1,95 +1,26 @@
-import contextlib
+"""Training (`hspnet.training`, scripts/train.py): the recipe's pieces (docs/method.md, sections 4.1-4.3), the
+options (defaults, YAML file, command line; one line naming the culprit), a tiny run end to end (its output folder,
+docs/method.md section 7.2; its model loads with the Auto classes and as remote code; the metrics it selected on), 2
+processes, the stateful losses, and a diverging loss (section 4.5). The output folder is tests/test_run_folder.py,
+checkpoints and resuming tests/test_resume.py, the Hub tests/test_hub.py, the EMA tests/test_ema.py."""
+
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from hspnet.training.ema import ModelEMA, ema_decay, select_source
 from hspnet.training.arguments import TrainingConfig, load_config
 from hspnet.training.data_and_model import build_model
+from hspnet.training.loop import TrainingDivergedError, train
 from hspnet.training.optimization import one_cycle_scheduler, parameter_groups
-from hspnet.hub.transfer import push_folder_to_hub
-from hspnet.training.resume import resolve_checkpoint
+from tests.helpers import REPO, as_argv, error_line, load_train_main, poison, run_main, tiny_options
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN = str(REPO / "scripts" / "train.py")
-
-
-def tiny_options(tmp_path, **overrides):
-    """A few seconds of training on a small demo set with the tiny random CLIP."""
-    options = dict(
-        clip_model="tiny-random",
-        dataset="demo",
-        dataset_options={"num_train": 60, "num_test": 23, "image_size": 32, "validation_fraction": 0.25},
-        cache_dir=str(tmp_path / "cache"),
-        output_dir=str(tmp_path / "out"),
-        epochs=2,
-        schedule_epochs=3,
-        batch_size=8,
-        lr=1e-3,
-        gcn_lr=5e-3,
-        loss_kwargs={"change_epoch": 1},
-        with_tracking=False,
-        logging_steps=1,
-        seed=0,
-    )
-    options.update(overrides)
-    return options
-
-
-def as_argv(options):
-    argv = []
-    for key, value in options.items():
-        argv += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
-    return argv
-
-
-def free_port() -> int:
-    """A free loopback port for a multi-process run's rendezvous (not accelerate's fixed 29500, which another run on
-    the machine may hold)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """torch on one thread, as in the interpreters `run_script` starts (OMP_NUM_THREADS=1), so that a run in this
-    process and one in a subprocess add floats in the same order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def run_script(args, env_extra=None, timeout=600, launcher=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    env.update(env_extra or {})
-    command = (launcher or [sys.executable]) + args
-    # a session of its own, so that a timeout takes every process down (the launcher and the ranks it started)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                               start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
-# --- recipe pieces ----------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# The recipe's pieces
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_parameter_groups_follow_the_reference(make_model):
@@ -112,46 +43,6 @@ def test_parameter_groups_follow_the_reference(make_model):
     assert sum(len(g["params"]) for g in groups.values()) == len(trainable)
 
 
-def test_ema_decay_keeps_082_per_epoch():
-    decay = ema_decay(641)
-    assert decay ** 641 == pytest.approx(0.82)
-    assert decay == pytest.approx(0.9996904, abs=1e-7)  # the released log's 0.9997 ** 641 ~= 0.82
-
-
-def test_model_ema_update_by_hand():
-    model = torch.nn.Linear(2, 1)
-    model.register_buffer("count", torch.tensor(3))
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
-        model.bias.fill_(0.0)
-    ema = ModelEMA(model, decay=0.9)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[3.0, 0.0]]))
-        model.bias.fill_(1.0)
-        model.count.fill_(7)
-    ema.update(model)
-    # 0.9 * old + 0.1 * new: [0.9*1 + 0.1*3, 0.9*2 + 0.1*0] = [1.2, 1.8]; bias 0.1; integer buffers are copied
-    torch.testing.assert_close(ema.module.weight, torch.tensor([[1.2, 1.8]]))
-    torch.testing.assert_close(ema.module.bias, torch.tensor([0.1]))
-    assert int(ema.module.count) == 7
-    # tensors that cannot change in training (frozen parameters, named constants) are left alone
-    frozen = torch.nn.Linear(2, 1)
-    frozen.weight.requires_grad_(False)
-    keep = ModelEMA(frozen, decay=0.5, constant={"bias"})
-    with torch.no_grad():
-        frozen.weight.add_(1.0)
-        frozen.bias.add_(1.0)
-    keep.update(frozen)
-    torch.testing.assert_close(keep.module.weight, frozen.weight - 1.0)
-    torch.testing.assert_close(keep.module.bias, frozen.bias - 1.0)
-    state = ema.trained_state()
-    other = ModelEMA(torch.nn.Linear(2, 1), decay=0.5)
-    other.module.register_buffer("count", torch.tensor(0))
-    other.load_trained_state(state, ema.decay)
-    assert other.decay == 0.9
-    torch.testing.assert_close(other.module.weight, ema.module.weight)
-
-
 def test_one_cycle_schedule():
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     optimizer = torch.optim.Adam([{"params": [params[0]], "lr": 1e-4}, {"params": [params[1]], "lr": 5e-4}])
@@ -167,6 +58,51 @@ def test_one_cycle_schedule():
     assert max(l[0] for l in lrs) == pytest.approx(1e-4) and max(l[1] for l in lrs) == pytest.approx(5e-4)
     # training stops at epoch 60 of the 80-epoch schedule: the lr there is still well above the final value
     assert lrs[600][0] > lrs[799][0] * 10
+
+
+def test_the_model_owns_the_loss_and_role_starts_from_the_observed_labels():
+    from types import SimpleNamespace
+
+    from datasets import ClassLabel, Dataset, Features, List
+
+    from hspnet.training.data_and_model import setup_loss_for_training
+
+    names = ["a", "b", "c"]
+    hierarchy = SimpleNamespace(labels=names, groups=["g", "h"], label_to_group=[0, 0, 1])
+    train_set = Dataset.from_dict(
+        {"observed_labels": [[0], [2], [1], [2]]},
+        features=Features({"observed_labels": List(ClassLabel(names=names))}),
+    )
+    model = build_model(TrainingConfig(clip_model="tiny-random", loss="role", loss_kwargs={"expected_num_pos": 1.5}),
+                        hierarchy)
+    assert model.config.loss == "role" and model.config.loss_kwargs == {"expected_num_pos": 1.5}
+    loss = setup_loss_for_training(model, train_set)
+    assert loss is model.loss_module and loss.label_logits.shape == (4, 3)  # one estimate per training image
+    estimates = loss.estimated_labels
+    assert estimates[0, 0] == pytest.approx(0.995, abs=1e-4) and estimates[1, 2] == pytest.approx(0.995, abs=1e-4)
+    assert estimates[0, 1] < 0.9  # unobserved entries keep their random initialisation
+    # the run's label sampling reaches the model, which samples in its own forward pass
+    sampled = build_model(TrainingConfig(clip_model="tiny-random", label_sample_size=2), hierarchy)
+    assert sampled.config.label_sample_size == 2 and sampled.loss_module.change_epoch == 1  # SPLC's default
+    with pytest.raises(ValueError, match="label_sample_size is set but the loss 'role' couples the labels"):
+        TrainingConfig(loss="role", label_sample_size=2)  # checked once, with the options
+
+
+def test_benchmark_configs_carry_the_reference_recipe():
+    expected = {"coco": (1e-4, 5e-4, 1), "voc": (1e-4, 7e-4, 2), "nuswide": (1e-4, 5e-4, 3), "cub": (1e-3, 5e-3, 1)}
+    for name, (lr, gcn_lr, change_epoch) in expected.items():
+        config = load_config(["--config", str(REPO / "configs" / f"hspnet-{name}.yaml")])
+        assert (config.lr, config.gcn_lr, config.loss_kwargs["change_epoch"]) == (lr, gcn_lr, change_epoch), name
+        assert config.loss == "splc" and config.loss_kwargs.get("reduction", "sum") == "sum"
+        assert (config.epochs, config.schedule_epochs, config.batch_size) == (60, 80, 128)
+        assert config.weight_decay == 1e-4 and config.pct_start == 0.2 and config.ema_keep_per_epoch == 0.82
+        assert config.dataset == name
+    load_config(["--config", str(REPO / "configs" / "demo.yaml")])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Options: defaults, the YAML file, the command line
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_config_from_yaml_and_overrides(tmp_path):
@@ -229,58 +165,84 @@ def test_command_line_wins_over_the_yaml_file(tmp_path):
     assert load_config([]).patience is None and load_config([]).ema is True  # the dataclass defaults
 
 
-def test_ema_wins_ties_like_the_reference():
-    assert select_source({"regular": {"mAP": 50.0}, "ema": {"mAP": 50.0}}) == "ema"
-    assert select_source({"regular": {"mAP": 50.1}, "ema": {"mAP": 50.0}}) == "regular"
-    assert select_source({"regular": {"mAP": 50.0}}) == "regular"
+def test_compile_backend_and_mode_imply_torch_compile_and_are_checked():
+    import pytest
+
+    from hspnet.training.arguments import TrainingConfig
+
+    assert TrainingConfig(torch_compile_backend="aot_eager").torch_compile is True
+    assert TrainingConfig(torch_compile_mode="max-autotune").torch_compile is True
+    assert TrainingConfig().torch_compile is False
+    with pytest.raises(ValueError, match="torch_compile_backend must be one of .* got 'inductr'"):
+        TrainingConfig(torch_compile_backend="inductr")
+    with pytest.raises(ValueError, match="torch_compile_mode must be one of .* got 'fast'"):
+        TrainingConfig(torch_compile_mode="fast")
 
 
-def test_the_model_owns_the_loss_and_role_starts_from_the_observed_labels():
-    from types import SimpleNamespace
-
-    from datasets import ClassLabel, Dataset, Features, List
-
-    from hspnet.training.data_and_model import setup_loss_for_training
-
-    names = ["a", "b", "c"]
-    hierarchy = SimpleNamespace(labels=names, groups=["g", "h"], label_to_group=[0, 0, 1])
-    train_set = Dataset.from_dict(
-        {"observed_labels": [[0], [2], [1], [2]]},
-        features=Features({"observed_labels": List(ClassLabel(names=names))}),
-    )
-    model = build_model(TrainingConfig(clip_model="tiny-random", loss="role", loss_kwargs={"expected_num_pos": 1.5}),
-                        hierarchy)
-    assert model.config.loss == "role" and model.config.loss_kwargs == {"expected_num_pos": 1.5}
-    loss = setup_loss_for_training(model, train_set)
-    assert loss is model.loss_module and loss.label_logits.shape == (4, 3)  # one estimate per training image
-    estimates = loss.estimated_labels
-    assert estimates[0, 0] == pytest.approx(0.995, abs=1e-4) and estimates[1, 2] == pytest.approx(0.995, abs=1e-4)
-    assert estimates[0, 1] < 0.9  # unobserved entries keep their random initialisation
-    # the run's label sampling reaches the model, which samples in its own forward pass
-    sampled = build_model(TrainingConfig(clip_model="tiny-random", label_sample_size=2), hierarchy)
-    assert sampled.config.label_sample_size == 2 and sampled.loss_module.change_epoch == 1  # SPLC's default
-    with pytest.raises(ValueError, match="label_sample_size is set but the loss 'role' couples the labels"):
-        TrainingConfig(loss="role", label_sample_size=2)  # checked once, with the options
+@pytest.mark.parametrize("option, value, expected", [
+    ("checkpointing_steps", "0", "checkpointing_steps must be 'epoch', a number of steps >= 1 or null"),
+    ("logging_steps", "0", "logging_steps must be >= 1, got 0"),
+    ("max_train_steps", "0", "max_train_steps must be >= 1 (or null: no limit but the epochs), got 0"),
+    ("max_train_steps", "-1", "max_train_steps must be >= 1 (or null: no limit but the epochs), got -1"),
+])
+def test_step_options_are_validated(tmp_path, capsys, option, value, expected):
+    options = tiny_options(tmp_path)
+    status, lines = run_main(as_argv(options) + [f"--{option}", value], capsys)
+    assert status == 1 and expected in error_line(lines)
+    assert not Path(options["output_dir"]).exists()
 
 
-def test_benchmark_configs_carry_the_reference_recipe():
-    expected = {"coco": (1e-4, 5e-4, 1), "voc": (1e-4, 7e-4, 2), "nuswide": (1e-4, 5e-4, 3), "cub": (1e-3, 5e-3, 1)}
-    for name, (lr, gcn_lr, change_epoch) in expected.items():
-        config = load_config(["--config", str(REPO / "configs" / f"hspnet-{name}.yaml")])
-        assert (config.lr, config.gcn_lr, config.loss_kwargs["change_epoch"]) == (lr, gcn_lr, change_epoch), name
-        assert config.loss == "splc" and config.loss_kwargs.get("reduction", "sum") == "sum"
-        assert (config.epochs, config.schedule_epochs, config.batch_size) == (60, 80, 128)
-        assert config.weight_decay == 1e-4 and config.pct_start == 0.2 and config.ema_keep_per_epoch == 0.82
-        assert config.dataset == name
-    load_config(["--config", str(REPO / "configs" / "demo.yaml")])
+@pytest.mark.parametrize("text, expected", [
+    # "seed: 1: 2": the second ':' (line 3, column 8) starts a mapping where none is allowed
+    ("epochs: 5\nlr: 0.1\nseed: 1: 2\n", "c.yaml, line 3, column 8: not valid YAML: mapping values are not allowed"),
+    ("epochs: 5\nlr: 0.1\nepochs: 6\n", "c.yaml, line 3: option 'epochs' is given twice (first on line 1)"),
+    ("epochs: many\n", "c.yaml: epochs: 'many' is not a valid INT"),
+    ("epochz: 5\n", "c.yaml: unknown option(s) ['epochz'] (did you mean 'epochz' -> 'epochs'?)"),
+    ("labels: [cat, dog]\n", "c.yaml: unknown option(s) ['labels']"),
+    ("- epochs\n", "c.yaml: expected a mapping of option: value, got list"),
+])
+def test_bad_config_file_is_one_line(tmp_path, capsys, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    status, lines = run_main(["--config", str(path), "--output_dir", str(tmp_path / "out")], capsys)
+    assert status == 1
+    assert expected in error_line(lines)
+    assert not (tmp_path / "out").exists()
 
 
-# --- end to end -------------------------------------------------------------------------------------------------------
+def test_debug_flag_shows_the_traceback(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: many\n")
+    with pytest.raises(ValueError, match="epochs: 'many' is not a valid INT"):
+        load_train_main()(["--config", str(path), "--debug"])
+
+
+def test_missing_model_sources_are_named(tmp_path, capsys, make_model):
+    missing = str(tmp_path / "no-such-clip")
+    status, lines = run_main(as_argv(tiny_options(tmp_path, clip_model=missing)), capsys)
+    assert status == 1 and f"--clip_model '{missing}': no such file or folder" in error_line(lines)
+    status, lines = run_main(as_argv(tiny_options(tmp_path, clip_model="someone/no-such-clip",
+                                                  output_dir=str(tmp_path / "o2"))), capsys)
+    assert status == 1 and "--clip_model 'someone/no-such-clip': cannot load this CLIP" in error_line(lines)
+
+    # a model trained on the 6 labels of the test hierarchy, fine-tuned on the 12-label demo data
+    six = tmp_path / "six-labels"
+    make_model().save_pretrained(six)
+    status, lines = run_main(as_argv(tiny_options(tmp_path, model_name_or_path=str(six),
+                                                  output_dir=str(tmp_path / "o3"))), capsys)
+    line = error_line(lines)
+    assert status == 1 and f"--model_name_or_path '{six}' was trained on other labels than the dataset 'demo'" in line
+    assert "6 labels in the model, 12 in the dataset; only in the model: ['cat', 'dog'," in line
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A tiny run end to end
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def trained(trained_with_checkpoints):
-    """The session's tiny run with checkpoints and tracking (tests/plugin_training_runs.py): (folder, results)."""
+    """The session's tiny run with checkpoints and tracking (`trained_with_checkpoints`): (folder, results)."""
     return trained_with_checkpoints
 
 
@@ -345,58 +307,6 @@ def test_selection_metrics_equal_a_fresh_evaluation(trained):
     assert got["num_samples"] == len(split)
 
 
-def test_output_dir_is_never_overwritten_silently(trained):
-    from hspnet.training.loop import train
-
-    out, _ = trained
-    before = (out / "model.safetensors").read_bytes()
-    with pytest.raises(FileExistsError, match="already holds a model"):
-        train(TrainingConfig(**tiny_options(out.parent, output_dir=str(out))))
-    assert (out / "model.safetensors").read_bytes() == before
-
-
-def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run, fresh_training_runs, tmp_path):
-    """Kill -9 during step 9, in the second epoch (6 steps per epoch; checkpoints at step 4, at the end of epoch 0 and
-    at step 8; step 3 of the session's `fresh_training_runs`), resume a copy of its folder from 'latest' (step 8,
-    mid-epoch): the final weights equal those of an uninterrupted run (the session's `uninterrupted_ten_step_run`,
-    same options), and so does all_results.json (also the metrics before training, which the resumed run does not
-    recompute)."""
-    import shutil
-
-    from safetensors.torch import load_file
-
-    from hspnet.training.loop import train
-
-    full, full_out = uninterrupted_ten_step_run
-    result = fresh_training_runs["result"]
-    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-2000:])
-    shutil.copytree(fresh_training_runs["killed_options"]["output_dir"], tmp_path / "killed")
-    killed = dict(fresh_training_runs["killed_options"], output_dir=str(tmp_path / "killed"),
-                  cache_dir=str(tmp_path / "cache"))
-    saved = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
-    assert saved == ["epoch_0-step_6", "step_8"]  # checkpoints_total_limit 2 dropped step_4
-    assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("step_8")
-    with one_thread():
-        train(TrainingConfig(**dict(killed, resume_from_checkpoint="latest")))
-    assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
-
-    final = lambda out: sorted((out / "checkpoints").glob("epoch_*-step_10"))[0]  # noqa: E731
-    a = load_file(final(full_out) / "model.safetensors")
-    b = load_file(final(tmp_path / "killed") / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
-    ja = json.loads((full_out / "all_results.json").read_text())
-    jb = json.loads((tmp_path / "killed" / "all_results.json").read_text())
-    assert ja["test"]["mAP"] == jb["test"]["mAP"]
-    assert jb["resumed_from"].endswith("step_8") and ja["resumed_from"] is None
-    for key in ("test_before_training", "test", "test_per_class_AP", "best", "history", "selection_split",
-                "protocol", "world_size"):
-        assert ja[key] == jb[key], key
-    assert set(ja) == set(jb)
-    assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("epoch_1-step_10")
-
-
 def test_two_process_ddp_on_cpu(two_process_runs):
     """train.py's `main` under `accelerate launch --num_processes 2` (step 3 of the session's `two_process_runs`,
     which also pushes to a fake Hub for tests/test_hub.py) finishes, records its world size and evaluates the uneven
@@ -431,48 +341,6 @@ def test_two_process_ddp_on_cpu(two_process_runs):
         assert got[key] == pytest.approx(expected[key], abs=1e-4), key
 
 
-def test_push_to_hub_commits_exactly_the_model_files(trained, monkeypatch, tmp_path):
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoUrl
-
-    out, _ = trained
-    calls = {}
-
-    def create_repo(self, repo_id, **kwargs):
-        calls["repo"] = repo_id
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        calls["files"] = sorted(op.path_in_repo for op in operations)
-        calls["card"] = next(op for op in operations if op.path_in_repo == "README.md").path_or_fileobj
-        return None
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    push_folder_to_hub(str(out), "someone/hspnet-demo")
-    assert calls["repo"] == "someone/hspnet-demo"
-    # exactly what save_pretrained writes (config, weights, every remote-code file, image processor) plus the card:
-    # a remote-code file left out would break `trust_remote_code` loading from the Hub
-    from hspnet import HSPNetForImageClassification
-
-    saved = tmp_path / "saved"
-    HSPNetForImageClassification.from_pretrained(out).save_pretrained(saved)
-    expected = sorted([p.name for p in saved.iterdir()] + ["README.md", "training_args.json"])
-    assert {"config.json", "model.safetensors", "modeling_hspnet.py", "configuration_hspnet.py",
-            "preprocessor_config.json"} <= set(expected)
-    assert calls["files"] == expected
-    assert not {"all_results.json", "train.log", ".hspnet-best.json"} & set(calls["files"])
-    # the run's options travel with the model (evaluation reads the base CLIP and the seed there); no secret
-    args = json.loads((out / "training_args.json").read_text())
-    assert args["clip_model"] == "tiny-random" and args["seed"] == 0 and args["batch_size"] == 8
-    assert "hub_token" not in args and args["run"]["world_size"] == 1
-    card = Path(calls["card"]).read_text() if not isinstance(calls["card"], bytes) else calls["card"].decode()
-    metadata = yaml.safe_load(card.split("---")[1])
-    assert metadata["pipeline_tag"] == "image-classification" and metadata["datasets"] == ["demo"]
-    with pytest.raises(ValueError, match="hub_model_id"):
-        push_folder_to_hub(str(out), None)
-
-
 @pytest.mark.parametrize("loss", ["role", "ll_r"])
 def test_stateful_losses_train_end_to_end_and_push(loss, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
@@ -494,35 +362,49 @@ def test_stateful_losses_train_end_to_end_and_push(loss, tmp_path, monkeypatch):
     assert saved["loss"] == loss and "num_train_images" not in saved["loss_kwargs"]  # run state is not model config
 
 
-def test_resume_restores_the_loss_state_kept_by_the_model(tmp_path):
-    """ROLE's label estimates live in the model's loss (`model.loss_module`, outside the weights): a run resumed from
-    the end of epoch 0 ends with the weights and estimates of the uninterrupted run only if the checkpoint restored
-    them (a fresh loss would restart from its initialisation)."""
-    import shutil
+# ----------------------------------------------------------------------------------------------------------------------
+# A diverging loss stops the run (docs/method.md, section 4.5)
+# ----------------------------------------------------------------------------------------------------------------------
 
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_best_model(tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file
 
-    from hspnet.training.loop import train
+    from hspnet import HSPNetForImageClassification
 
-    options = tiny_options(tmp_path, loss="role", loss_kwargs={}, epochs=2, max_train_steps=8,
-                           checkpointing_steps="4", checkpoints_total_limit=None, evaluate_before_training=False)
-    train(TrainingConfig(**options))
-    full = tmp_path / "out"
-    shutil.copytree(full, tmp_path / "resumed")
-    for name in ("step_8", "epoch_1-step_8"):  # back to the state at the end of epoch 0
-        shutil.rmtree(tmp_path / "resumed" / "checkpoints" / name)
-    checkpoint = tmp_path / "resumed" / "checkpoints" / "epoch_0-step_6"
-    train(TrainingConfig(**dict(options, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint=str(checkpoint))))
+    saved_as_best = []
+    original_save = HSPNetForImageClassification.save_pretrained
 
-    def estimates(folder):  # the loss's state, stored beside the weights
-        return load_file(folder / "loss_state.safetensors")["label_logits"]
+    def spy(self, folder, *args, **kwargs):  # remember every model saved as the best one
+        saved_as_best.append({k: v.detach().clone() for k, v in self.state_dict().items()})
+        return original_save(self, folder, *args, **kwargs)
 
-    start = estimates(checkpoint)
-    assert start.shape == (45, 12)  # one estimate per training image and label
-    runs = (full, tmp_path / "resumed")
-    a, b = (load_file(run / "checkpoints" / "epoch_1-step_8" / "model.safetensors") for run in runs)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
-    end_a, end_b = (estimates(run / "checkpoints" / "epoch_1-step_8") for run in runs)
-    torch.testing.assert_close(end_a, end_b, atol=0, rtol=0)
-    assert not torch.equal(end_a, start)  # the estimates trained in epoch 1
+    monkeypatch.setattr(HSPNetForImageClassification, "save_pretrained", spy)
+    poison(monkeypatch, at=8, mode="nan")
+    status, lines = run_main(as_argv(tiny_options(tmp_path, epochs=2)), capsys)
+    assert status == 1
+    # step 8 = the 2nd batch of epoch 1 (6 steps per epoch)
+    assert error_line(lines).startswith(
+        "train.py: error: training diverged at global step 8 (epoch 1, batch 2 of 6): the loss is nan; this step was "
+        "not applied, the best model so far (epoch 0, validation mAP "
+    )
+    out = tmp_path / "out"
+    assert not (out / "all_results.json").exists()
+    assert len(saved_as_best) == 1  # after epoch 0
+    on_disk = load_file(out / "model.safetensors")
+    for key, value in on_disk.items():  # the model on disk is the last one saved as best, whole and finite
+        torch.testing.assert_close(value, saved_as_best[-1][key], atol=0, rtol=0, msg=key)
+        assert torch.isfinite(value).all(), key
+
+
+@pytest.mark.parametrize("mode, at, expected", [
+    ("inf", 2, "global step 2 (epoch 0, batch 2 of 6): the loss is inf"),
+    ("grad", 1, "global step 1 (epoch 0, batch 1 of 6): the gradients are not finite"),
+])
+def test_inf_loss_or_gradients_stop_before_any_model_is_saved(tmp_path, monkeypatch, mode, at, expected):
+    poison(monkeypatch, at=at, mode=mode)
+    with pytest.raises(TrainingDivergedError) as caught:
+        train(TrainingConfig(**tiny_options(tmp_path, evaluate_before_training=False)))
+    assert f"training diverged at {expected}" in str(caught.value)
+    assert "no model was saved yet" in str(caught.value)
+    assert not (tmp_path / "out" / "model.safetensors").exists()

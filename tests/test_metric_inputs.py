@@ -1,19 +1,13 @@
-"""Bad input to the metrics raises ONE ValueError naming the argument (issue 10).
+"""What the metrics refuse: bad input raises ONE ValueError naming the argument.
 
-Expected behaviour, from the definitions (HSPNET.md "Evaluation"): mAP ranks scores, so a NaN score has no rank;
+Expected behaviour, from the definitions (docs/method.md, section 6): mAP ranks scores, so a NaN score has no rank;
 an empty input has no mean (a 0 would look like a terrible result); the decision threshold is applied to
-probabilities, so it lives in [0, 1]; top-k predicts k >= 1 labels.
+probabilities, so it lives in [0, 1] (6.3); top-k predicts k >= 1 labels (6.4).
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 from hspnet.evaluation.average_precision import (
     average_precision_ranked,
@@ -26,11 +20,16 @@ from hspnet.evaluation.metrics import (
     threshold_metrics,
     topk_metrics,
 )
+from tests.helpers import REPO, one_line
 
-REPO = Path(__file__).resolve().parents[1]
 NAN, INF = float("nan"), float("inf")
+
+
 PROBS = np.array([[0.9, 0.6, 0.2], [0.4, 0.5, 0.7], [0.8, 0.3, 0.1]])
+
+
 TARGETS = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0]])
+
 
 FUNCTIONS = {
     "mean_average_precision": mean_average_precision,
@@ -42,10 +41,18 @@ FUNCTIONS = {
 }
 
 
-def one_line(excinfo):
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    return message
+def test_map_input_validation():
+    with pytest.raises(ValueError, match="definition"):
+        mean_average_precision([[0.1]], [[1]], definition="sklearn")
+    with pytest.raises(ValueError, match="0, 1"):
+        mean_average_precision([[0.1, 0.2]], [[1, -1]])
+    with pytest.raises(ValueError, match="shape"):
+        mean_average_precision([[0.1, 0.2]], [[1]])
+    with pytest.raises(ValueError, match="NaN"):
+        mean_average_precision([[float("nan"), 0.2]], [[1, 0]])
+    # torch input, bf16 included
+    s = torch.tensor([[2.0, -1.0], [0.5, 1.0]], dtype=torch.bfloat16)
+    assert mean_average_precision(s, torch.tensor([[1, 0], [0, 1]])) == pytest.approx(100.0)
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
@@ -112,18 +119,6 @@ def test_threshold_must_be_a_probability(threshold):
         assert one_line(excinfo).startswith("threshold must be a finite number in [0, 1]")
 
 
-def test_threshold_edges_by_hand():
-    # threshold 1.0: prob > 1 never holds, nothing is predicted: every precision and recall is 0 (0/0 counts 0)
-    top = threshold_metrics(PROBS, TARGETS, threshold=1.0)
-    assert top == {"CP": 0.0, "CR": 0.0, "CF1": 0.0, "mean_class_F1": 0.0, "OP": 0.0, "OR": 0.0, "OF1": 0.0}
-    # threshold 0.0: every score > 0 is predicted: recall 100, OP = 4 positives / 9 decisions
-    bottom = threshold_metrics(PROBS, TARGETS, threshold=0.0)
-    assert bottom["OR"] == 100.0 and bottom["OP"] == pytest.approx(100 * 4 / 9)
-    # with logits the threshold still applies to probabilities: logit 0 <=> probability 0.5
-    logits = np.log(PROBS / (1 - PROBS))
-    assert threshold_metrics(logits, TARGETS, 0.5, from_logits=True) == pytest.approx(threshold_metrics(PROBS, TARGETS))
-
-
 @pytest.mark.parametrize("k", [0, -1, True, 2.5, "3", None])
 def test_k_must_be_a_positive_int(k):
     for call in (
@@ -169,9 +164,11 @@ def test_definition_is_named():
         mean_average_precision(PROBS, TARGETS, definition="sklearn")
 
 
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # the accumulator reports a bad batch when it is added, not at the end
-# ---------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("num_labels", [0, -2, True, 2.5, "3", None])
 def test_accumulator_num_labels(num_labels):
     with pytest.raises(ValueError, match="num_labels must be an int >= 1"):
@@ -212,6 +209,11 @@ def test_accumulator_without_samples_refuses_to_compute():
     acc.add(np.zeros((0, 3)), np.zeros((0, 3)))
     with pytest.raises(ValueError, match="no samples were added"):
         acc.compute()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the evaluate module names its own arguments
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_evaluate_module_names_its_own_arguments():

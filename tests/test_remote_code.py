@@ -1,3 +1,8 @@
+"""Remote code (docs/method.md, section 7.1): a saved folder loads and runs through transformers' Auto classes where
+`hspnet` cannot be imported (in the shared fresh interpreter of the `fresh_remote_run` fixture), the files copied
+beside the weights import only each other, torch and transformers, and `pipeline("image-classification")` scores
+every label with a sigmoid."""
+
 import json
 import sys
 from pathlib import Path
@@ -7,23 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hspnet import HSPNetForImageClassification
-from tests.conftest import GROUPS, LABEL_TO_GROUP, LABELS
-from tests.plugin_fresh_interpreter import check_result
-
-
-def save_hspnet_folder(folder, tiny_clip_dir):
-    """For the shared fresh run without hspnet (`fresh_remote_run`): the `make_model()` HSPNet saved, with the
-    `pixel_values` input and the logits of the model as built (in this process, by the package)."""
-    torch.manual_seed(0)
-    model = HSPNetForImageClassification.from_clip(tiny_clip_dir, labels=LABELS, groups=GROUPS,
-                                                   label_to_group=LABEL_TO_GROUP)
-    model.save_pretrained(folder)
-    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    torch.save(pixel_values, folder / "x.pt")
-    with torch.no_grad():
-        expected = model(pixel_values=pixel_values).logits
-    return {"job": {"kind": "hspnet", "folder": str(folder), "pixels": str(folder / "x.pt")}, "expected": expected}
+from tests.helpers import check_result
 
 
 def test_remote_code_loads_without_the_package(fresh_remote_run):

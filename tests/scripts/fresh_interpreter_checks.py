@@ -1,13 +1,13 @@
-"""The checks that need a fresh interpreter, run as a script by the session fixtures of
-`tests/plugin_fresh_interpreter.py`; it prints one JSON report and the tests assert on their part of it.
+"""The checks that need a fresh interpreter, run as a script by the `fresh_runs` fixture of tests/conftest.py; it
+prints one JSON report and the tests assert on their part of it.
 
-`python tests/fresh_interpreter_checks.py package CLIP_DIR OUT_DIR` (with the installed `hspnet`):
+`python tests/scripts/fresh_interpreter_checks.py package CLIP_DIR OUT_DIR` (with the installed `hspnet`):
   1. which optional packages (gradio, onnx, onnxruntime, onnxscript) importing the core pulls in;
   2. whether importing `hspnet`, training steps, inference, save and `AutoModel...from_pretrained` change torch's
      process-wide hook registries or the classes of torch and transformers;
   3. last, that the same snapshot does see one global hook registered on purpose.
 
-`python -I -S tests/fresh_interpreter_checks.py remote SITE_PACKAGES JOBS_JSON` (without `hspnet`: only the
+`python -I -S tests/scripts/fresh_interpreter_checks.py remote SITE_PACKAGES JOBS_JSON` (without `hspnet`: only the
 site-packages folder is put on `sys.path`, so no .pth file installs the editable `hspnet`):
   1. each saved folder of JOBS_JSON loads and runs as remote code (outputs written for the parent to compare);
   2. all of that leaves torch and transformers untouched (the same snapshot as above);
@@ -97,10 +97,10 @@ def package_run(clip_dir, out_dir):
     optional_before = sorted(m for m in sys.modules if m.split(".")[0] in OPTIONAL)
 
     import hspnet  # noqa: F401
-    import hspnet.cli  # noqa: F401
     import hspnet.apps.demo.page  # noqa: F401
     import hspnet.apps.onnx_export  # noqa: F401
     import hspnet.apps.predict  # noqa: F401
+    import hspnet.cli  # noqa: F401
 
     report = {"core_modules": sorted(m for m in sys.modules if m.split(".")[0] == "hspnet"),
               "optional_before": optional_before,

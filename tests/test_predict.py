@@ -1,54 +1,74 @@
-"""predict: no silent wrong results, nothing overwritten, every bad input named in one line (issue 10).
+"""Prediction (`hspnet predict`, scripts/predict.py; `hspnet.apps.predict`): scores equal to the model's own forward,
+the threshold and top-k rules, the output formats; images read as a viewer shows them (16-bit, float, EXIF
+orientation); inputs never overwritten and outputs written whole; decompression bombs, truncated files, FIFOs, devices
+and sockets never hang or crash it; broken model folders named in one line (and loading a model runs none of its
+code); every bad argument refused by name.
 
 Expected values are computed here from first principles (numpy arrays, the EXIF specification, the model's own
-forward on the equivalent 8-bit image), never captured from the code under test.
-"""
+forward on the equivalent 8-bit image), never captured from the code under test."""
 
+import json
 import os
+import shutil
+import stat
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
+import torch
 
-import contextlib  # noqa: E402
-import errno  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import stat  # noqa: E402
-import struct  # noqa: E402
-import zlib  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from hspnet.apps import predict as prediction  # noqa: E402
-from hspnet.models import loading  # noqa: E402
-from hspnet.utils.images import ImageReadError  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LABELS = ["cat", "dog", "car", "bus"]
-GROUPS = ["animal", "vehicle"]
-LABEL_TO_GROUP = [0, 0, 1, 1]
-EXIF_ORIENTATION = 0x0112
-# EXIF orientation -> the counter-clockwise quarter turns (np.rot90's k) that bring the stored pixels upright:
-# 3 = stored upside down, 6 = stored turned 90 degrees counter-clockwise (display turns it clockwise), 8 = the converse
-ROT90_K = {3: 2, 6: -1, 8: 1}
+from hspnet.apps import predict as prediction
+from hspnet.models import loading
+from hspnet.utils.images import ImageReadError
+from tests.helpers import (
+    PREDICT_LABEL_TO_GROUP as LABEL_TO_GROUP,
+    PREDICT_LABELS as LABELS,
+    TINY_DEMO_OPTIONS as DEMO_OPTIONS,
+    digest_files,
+    fail_fsync,
+    save_model,
+    special_files_folder,
+    write_exif_jpeg,
+    write_float_tiff,
+    write_png_16bit,
+    write_png_bomb,
+    write_rgb_png,
+)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Helpers shared with tests/test_evaluation_reliability.py
-# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_model(trained_tiny_model):
+    """The session's tiny HSPNet trained for one epoch on a small demo set (tests/conftest.py)."""
+    return trained_tiny_model
 
 
-def save_model(tiny_clip_dir, folder, labels=LABELS, groups=GROUPS, label_to_group=LABEL_TO_GROUP, seed=0):
-    from hspnet import HSPNetForImageClassification
+@pytest.fixture(scope="module")
+def image_dir(trained_model, tiny_demo_cache, tmp_path_factory):
+    """A few demo test images (of the trained model's demo data) in a folder tree (one in a sub-folder), plus a
+    non-image file that is ignored."""
+    from hspnet.data import prepare_dataset
 
-    torch.manual_seed(seed)
-    model = HSPNetForImageClassification.from_clip(tiny_clip_dir, labels=list(labels), groups=list(groups),
-                                                   label_to_group=list(label_to_group))
-    model.save_pretrained(folder)
-    return str(folder)
+    data = prepare_dataset("demo", cache_dir=tiny_demo_cache, **DEMO_OPTIONS)["test"]
+    root = tmp_path_factory.mktemp("predict") / "images"
+    (root / "sub").mkdir(parents=True)
+    paths = []
+    for i in range(5):
+        path = root / ("sub" if i == 4 else "") / f"img_{i}.png"
+        data[i]["image"].save(path)
+        paths.append(str(path))
+    (root / "notes.txt").write_text("not an image")
+    return root, paths
+
+
+def _direct_scores(model_dir, paths):
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    with torch.no_grad():
+        logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits
+    return torch.sigmoid(logits).numpy(), loading.label_names(model)
 
 
 def direct_scores(model_dir, images):
@@ -70,103 +90,6 @@ def predicted_scores(model_dir, paths):
     return np.array([[r.scores[name] for name in LABELS] for r in results])
 
 
-def grey_arrays(seed=0, shape=(24, 40)):
-    """A random 16-bit grey array and its 8-bit equivalent, round(v / 257) (65535 / 255 = 257)."""
-    rng = np.random.default_rng(seed)
-    wide = rng.integers(0, 65536, size=shape, dtype=np.uint16)
-    return wide, np.rint(wide / 257.0).astype(np.uint8)
-
-
-def write_png_16bit(path, seed=0):
-    """A 16-bit grey PNG; returns the 8-bit equivalent as an RGB PIL image."""
-    from PIL import Image
-
-    wide, narrow = grey_arrays(seed)
-    Image.fromarray(wide).save(path)
-    assert Image.open(path).mode in ("I;16", "I;16B", "I")  # really stored as 16 bits
-    return Image.fromarray(narrow, mode="L").convert("RGB")
-
-
-def write_float_tiff(path, seed=1, shape=(24, 40)):
-    """A 32-bit float grey TIFF with values in [0, 1]; returns the 8-bit equivalent (round(v * 255)) as RGB."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    narrow = rng.integers(0, 256, size=shape).astype(np.uint8)
-    values = np.clip((narrow + rng.uniform(-0.4, 0.4, size=shape)) / 255.0, 0.0, 1.0).astype(np.float32)
-    Image.fromarray(values, mode="F").save(path)
-    assert Image.open(path).mode == "F"
-    return Image.fromarray(narrow, mode="L").convert("RGB")
-
-
-def write_exif_jpeg(path, orientation=6, seed=2, shape=(24, 40)):
-    """A JPEG whose EXIF orientation tag says how to turn it; returns the upright image a viewer shows (the stored
-    pixels, decoded without looking at the tag, turned by np.rot90 as the EXIF specification says)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
-    pixels[: shape[0] // 3] = [250, 20, 20]  # a red band on top of the stored image: not rotation invariant
-    exif = Image.Exif()
-    exif[EXIF_ORIENTATION] = orientation
-    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
-    with Image.open(path) as stored:
-        stored.load()
-        assert stored.getexif().get(EXIF_ORIENTATION) == orientation
-        raw = np.asarray(stored.convert("RGB"))  # convert() ignores the tag: the pixels as stored
-    return Image.fromarray(np.ascontiguousarray(np.rot90(raw, k=ROT90_K[orientation])))
-
-
-def write_png_bomb(path, width=10_000, height=10_000):
-    """A tiny PNG file whose header claims width x height 1-bit pixels (a decompression bomb)."""
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    data = zlib.compress(b"\x00" * ((width + 7) // 8 + 1) * 4)
-    with open(path, "wb") as handle:
-        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-    return str(path)
-
-
-def write_rgb_png(path, seed=3, shape=(24, 40)):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
-def digest_tree(*paths):
-    """{path: sha256} of every regular file under the given files / folders (what 'unchanged' means)."""
-    out = {}
-    for top in paths:
-        top = str(top)
-        walk = [(os.path.dirname(top), [], [os.path.basename(top)])] if os.path.isfile(top) else os.walk(top)
-        for root, _, files in walk:
-            for name in files:
-                path = os.path.join(root, name)
-                if os.path.isfile(path) and not os.path.islink(path):
-                    with open(path, "rb") as handle:
-                        out[path] = hashlib.sha256(handle.read()).hexdigest()
-    return out
-
-
-def fail_fsync(monkeypatch):
-    """Make every os.fsync fail as on a full disk (atomic_write syncs before the rename)."""
-
-    def no_space(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", no_space)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Fixtures
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_clip_dir, tmp_path_factory):
     return save_model(tiny_clip_dir, tmp_path_factory.mktemp("predict_model") / "model")
@@ -184,9 +107,135 @@ def _one_error_line(capsys):
     return err[0]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# 1-2. Pixels: 16-bit, float, EXIF orientation
-# ---------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# A trained tiny model: scores, selection, formats, bad inputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_collect_image_paths(image_dir, tmp_path):
+    root, paths = image_dir
+    found = prediction.collect_image_paths([root])
+    assert sorted(found) == sorted(paths) and not any(p.endswith(".txt") for p in found)
+    assert prediction.collect_image_paths([paths[0], root]) == [paths[0]] + [p for p in found if p != paths[0]]
+    with pytest.raises(FileNotFoundError, match="missing.png: no such file"):
+        prediction.collect_image_paths([str(tmp_path / "missing.png")])
+    for url in ("http://example.com/cat.jpg", "https://example.com/cat.jpg"):
+        with pytest.raises(ValueError, match="URLs are not supported"):
+            prediction.collect_image_paths([url])
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.md").write_text("x")
+    with pytest.raises(ValueError, match="empty: folder contains no image files"):
+        prediction.collect_image_paths([str(tmp_path / "empty")])
+
+
+def test_predict_scores_equal_model_forward(trained_model, image_dir):
+    _, paths = image_dir
+    model, processor = loading.load_model(trained_model)
+    results = prediction.predict_images(model, processor, paths, batch_size=2, top_k=12, threshold=None,
+                                        all_scores=True, progress=False)
+    expected, names = _direct_scores(trained_model, paths)
+    assert [r.path for r in results] == paths
+    got = np.array([[r.scores[n] for n in names] for r in results])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    for result, row in zip(results, expected):  # all labels, by decreasing score
+        assert [s for _, s in result.labels] == pytest.approx(sorted(row, reverse=True), abs=1e-6)
+
+
+def test_threshold_and_top_k_selection():
+    names, scores = ["a", "b", "c", "d"], [0.2, 0.9, 0.6, 0.6]
+    assert prediction.select_labels(scores, names, threshold=0.5) == [("b", 0.9), ("c", 0.6), ("d", 0.6)]
+    assert prediction.select_labels(scores, names, threshold=None, top_k=2) == [("b", 0.9), ("c", 0.6)]
+    assert prediction.select_labels(scores, names, threshold=0.95, top_k=2) == []
+    assert prediction.select_labels(scores, names, threshold=0.7, top_k=3) == [("b", 0.9)]
+    assert prediction.select_labels(scores, names, threshold=0.6) == [("b", 0.9)]  # strict '>'
+    with pytest.raises(ValueError):
+        prediction.select_labels(scores, names, threshold=None, top_k=None)
+
+
+def test_predict_cli_formats(trained_model, image_dir, tmp_path, capsys):
+    root, paths = image_dir
+    expected, names = _direct_scores(trained_model, paths)
+    order = {p: i for i, p in enumerate(paths)}
+
+    out = tmp_path / "preds.jsonl"
+    assert prediction.main([str(root), "--model", trained_model, "--format", "jsonl", "--top_k", "2", "--output",
+                            str(out), "--all_scores", "--no_progress"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in records) == sorted(paths)
+    for record in records:
+        row = expected[order[record["path"]]]
+        best = np.argsort(-row, kind="stable")[:2]
+        assert record["labels"] == [names[i] for i in best]
+        assert [p["score"] for p in record["predictions"]] == pytest.approx(row[best].tolist(), abs=1e-6)
+        assert record["scores"] == pytest.approx(dict(zip(names, row.tolist())), abs=1e-6)
+
+    threshold = float(np.median(expected))  # some labels above, some below
+    assert prediction.main([*paths, "--model", trained_model, "--threshold", str(threshold), "--no_progress"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("image") and f"score > {threshold:g}" in table[0] and len(table) == 2 + len(paths)
+    for line, path, row in zip(table[2:], paths, expected):
+        assert line.startswith(path)
+        above = [names[i] for i in np.argsort(-row, kind="stable") if row[i] > threshold]
+        text = line[len(path):].strip()
+        assert text == ("(no label)" if not above else
+                        ", ".join(f"{n} ({row[names.index(n)]:.3f})" for n in above))
+
+    assert prediction.main([paths[0], "--model", trained_model, "--format", "jsonl", "--threshold", "0.0",
+                            "--top_k", "3", "--no_progress"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["labels"]) == 3 and "scores" not in record
+
+
+def test_predict_non_image_file_fails_by_default_cli(trained_model, image_dir, tmp_path, run_as_main):
+    _, paths = image_dir
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("this is text, not a JPEG")
+    result = run_as_main("predict.py", "--model", trained_model, paths[0], fake, "--no_progress")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"predict.py: error: {fake}: cannot read this file as an image (not a recognised image format)"
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_predict_bad_inputs(trained_model, image_dir, tmp_path, capsys):
+    _, paths = image_dir
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("text")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(open(paths[0], "rb").read()[:60])
+    model, processor = loading.load_model(trained_model)
+    for bad in (fake, truncated):
+        with pytest.raises(ImageReadError, match=str(bad.name)):
+            prediction.predict_images(model, processor, [paths[0], str(bad)], progress=False)
+    results = prediction.predict_images(model, processor, [str(fake), paths[0], str(truncated), paths[1]],
+                                        batch_size=3, on_error="skip", progress=False)
+    assert [r.path for r in results] == [str(fake), paths[0], str(truncated), paths[1]]
+    assert [r.error is not None for r in results] == [True, False, True, False]
+    assert "SKIPPED" in prediction.format_table(results) and '"error"' in prediction.format_jsonl(results)
+    assert "warning: skipping" in capsys.readouterr().err
+    # every image unreadable: exit 1 even with --on_error skip
+    assert prediction.main([str(fake), "--model", trained_model, "--on_error", "skip", "--no_progress"]) == 1
+    assert "none of the 1 image(s) could be read" in capsys.readouterr().err
+
+    missing = str(tmp_path / "no_model")
+    with pytest.raises(loading.ModelLoadError, match="no_model: model folder does not exist"):
+        loading.load_model(missing)
+    (tmp_path / "not_a_model").mkdir()
+    with pytest.raises(loading.ModelLoadError, match="no config.json"):
+        loading.load_model(str(tmp_path / "not_a_model"))
+    assert prediction.main([paths[0], "--model", missing, "--no_progress"]) == 1
+    assert capsys.readouterr().err.strip() == f"predict.py: error: {missing}: model folder does not exist"
+    for argv in ([str(tmp_path / "nope.png")], ["https://example.com/a.jpg"], [str(tmp_path / "not_a_model")]):
+        assert prediction.main([*argv, "--model", trained_model, "--no_progress"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and argv[0] in err
+    with pytest.raises(ValueError, match="top_k must be in"):
+        prediction.predict_images(model, processor, paths[:1], top_k=99, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pixels: 16-bit, float, EXIF orientation
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_16bit_png_gets_the_scores_of_its_8bit_equivalent(model_dir, tmp_path):
@@ -230,13 +279,13 @@ def test_exif_orientation_changes_the_scores_of_this_model(model_dir, tmp_path):
     assert not np.allclose(direct_scores(model_dir, [stored]), direct_scores(model_dir, [upright]), atol=1e-6)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# 3. Outputs: never an input, atomic, write errors named
-# ---------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs: never an input, written whole, write errors named
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_output_that_is_an_input_is_refused_and_left_intact(model_dir, images, tmp_path, capsys):
-    before = digest_tree(images["plain"], images["other"], model_dir)
+    before = digest_files(images["plain"], images["other"], model_dir)
     for output, what in ((images["other"], "--output is one of the input files"),
                          (os.path.join(model_dir, "config.json"), "--output (a file of the model)")):
         code = prediction.main([images["plain"], images["other"], "--model", model_dir, "--output", output,
@@ -247,16 +296,16 @@ def test_output_that_is_an_input_is_refused_and_left_intact(model_dir, images, t
     link.symlink_to(images["plain"])
     assert prediction.main([images["plain"], "--model", model_dir, "--output", str(link), "--no_progress"]) == 1
     assert "one of the input files" in _one_error_line(capsys)
-    assert digest_tree(images["plain"], images["other"], model_dir) == before
+    assert digest_files(images["plain"], images["other"], model_dir) == before
 
 
 def test_inputs_are_byte_identical_after_predict(model_dir, images, tmp_path, capsys):
-    before = digest_tree(images["plain"], images["other"], model_dir)
+    before = digest_files(images["plain"], images["other"], model_dir)
     out = tmp_path / "deeper" / "preds.jsonl"  # missing parent folders are created
     assert prediction.main([images["plain"], images["other"], "--model", model_dir, "--output", str(out),
                             "--format", "jsonl", "--no_progress"]) == 0
     assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == [images["plain"], images["other"]]
-    assert digest_tree(images["plain"], images["other"], model_dir) == before
+    assert digest_files(images["plain"], images["other"], model_dir) == before
     assert sorted(os.listdir(out.parent)) == ["preds.jsonl"]  # no temporary file left
 
 
@@ -297,23 +346,9 @@ def test_output_below_a_file_fails_before_the_work(model_dir, images, tmp_path, 
     assert blocker.read_text() == "x"
 
 
-def test_write_output_replaces_atomically_and_keeps_permissions(tmp_path):
-    from hspnet.utils.files import write_output
-
-    path = tmp_path / "out.txt"
-    path.write_text("old")
-    os.chmod(path, 0o640)
-    write_output(str(path), "new")
-    assert path.read_text() == "new" and (os.stat(path).st_mode & 0o777) == 0o640
-    write_output(str(path), b"\x00\x01")
-    assert path.read_bytes() == b"\x00\x01"
-    with pytest.raises(IsADirectoryError, match="is a folder"):
-        write_output(str(tmp_path), "x")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# 4. Bombs, truncated files, FIFOs / devices / sockets
-# ---------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# Bombs, truncated files, FIFOs / devices / sockets
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("side", [10_000, 20_000])  # above our limit only / above PIL's own hard limit too
@@ -367,35 +402,6 @@ def test_truncated_jpeg_is_caught(model_dir, tmp_path, capsys):
                                                     "warnings above)"
 
 
-@contextlib.contextmanager
-def special_files_folder(root, image):
-    """``root``: a new folder with a copy of ``image`` (a.png) and, under image names, a FIFO, a socket, a link to a
-    device and a broken link; the socket is closed when the block ends."""
-    root.mkdir()
-    shutil.copy(image, root / "a.png")
-    os.mkfifo(root / "fifo.png")
-    server = socket.socket(socket.AF_UNIX)
-    cwd = os.getcwd()
-    os.chdir(root)  # a short relative name: socket paths are limited to about 100 bytes
-    try:
-        server.bind("sock.jpg")
-    finally:
-        os.chdir(cwd)
-    (root / "dev.jpg").symlink_to("/dev/zero")
-    (root / "gone.png").symlink_to(root / "missing.png")
-    try:
-        yield root
-    finally:
-        server.close()
-
-
-def special_files_command_lines(folder, model_dir):
-    """The arguments of two `scripts/predict.py` command lines: the folder with special files, then its FIFO named
-    explicitly."""
-    return [[str(folder), "--model", str(model_dir), "--no_progress"],
-            [str(folder / "fifo.png"), "--model", str(model_dir), "--no_progress"]]
-
-
 @pytest.fixture
 def special_folder(tmp_path, images):
     with special_files_folder(tmp_path / "in", images["plain"]) as root:
@@ -440,9 +446,9 @@ def test_named_device_and_link_are_one_line_errors(model_dir, special_folder, ca
         assert str(special_folder / name) in line and reason in line
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# 5. Broken model folders
-# ---------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# Broken model folders; reading a model never runs code from it
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def _edit_config(folder, **changes):
@@ -527,9 +533,40 @@ def test_missing_model_and_model_file(images, tmp_path, capsys):
     assert "must be a folder" in _one_error_line(capsys)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# 6. The command line: one line, or the traceback with --debug
-# ---------------------------------------------------------------------------------------------------------------------
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_loading_a_model_runs_none_of_its_code(model_dir, images, tmp_path, capsys):
+    # a pickle that would create a file when unpickled, as the only weights
+    pickled = tmp_path / "pickled"
+    shutil.copytree(model_dir, pickled)
+    os.remove(pickled / "model.safetensors")
+    marker = tmp_path / "pickle_ran"
+    torch.save({"hspnet.gcn.gamma": _RunsCodeWhenUnpickled(str(marker))}, pickled / "pytorch_model.bin")
+    assert prediction.main([images["plain"], "--model", str(pickled), "--no_progress"]) == 1
+    assert _one_error_line(capsys).startswith(f"predict.py: error: {pickled}: model folder could not be loaded")
+    assert not marker.exists()
+
+    # the remote code saved beside the weights is not imported without --trust_remote_code
+    remote = tmp_path / "remote"
+    shutil.copytree(model_dir, remote)
+    marker = tmp_path / "remote_code_ran"
+    for name in os.listdir(remote):
+        if name.endswith(".py"):
+            with open(remote / name, "a") as handle:
+                handle.write(f"\nopen({str(marker)!r}, 'w').close()\n")
+    model, _ = loading.load_model(str(remote))
+    assert type(model).__module__ == "hspnet.models.hspnet.modeling_hspnet" and not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The command line: one line, or the traceback with --debug; library arguments
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def test_debug_shows_the_traceback_and_plain_errors_are_one_line(images, tmp_path, capsys):
@@ -541,11 +578,6 @@ def test_debug_shows_the_traceback_and_plain_errors_are_one_line(images, tmp_pat
     with pytest.raises(loading.ModelLoadError, match="model folder does not exist") as raised:
         prediction.main([images["plain"], "--model", str(missing), "--no_progress", "--debug"])  # the traceback
     assert str(raised.value) == f"{missing}: model folder does not exist"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# 7. Library arguments
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -594,39 +626,3 @@ def test_other_library_arguments_are_checked(model_dir, images, tmp_path):
         with pytest.raises(ValueError, match="probe"):
             check_probability(bad, "probe")
     assert check_probability(1, "probe") == 1.0 and check_probability(None, "probe") is None
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# 8. Reading a model never runs code from it
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class _RunsCodeWhenUnpickled:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_loading_a_model_runs_none_of_its_code(model_dir, images, tmp_path, capsys):
-    # a pickle that would create a file when unpickled, as the only weights
-    pickled = tmp_path / "pickled"
-    shutil.copytree(model_dir, pickled)
-    os.remove(pickled / "model.safetensors")
-    marker = tmp_path / "pickle_ran"
-    torch.save({"hspnet.gcn.gamma": _RunsCodeWhenUnpickled(str(marker))}, pickled / "pytorch_model.bin")
-    assert prediction.main([images["plain"], "--model", str(pickled), "--no_progress"]) == 1
-    assert _one_error_line(capsys).startswith(f"predict.py: error: {pickled}: model folder could not be loaded")
-    assert not marker.exists()
-
-    # the remote code saved beside the weights is not imported without --trust_remote_code
-    remote = tmp_path / "remote"
-    shutil.copytree(model_dir, remote)
-    marker = tmp_path / "remote_code_ran"
-    for name in os.listdir(remote):
-        if name.endswith(".py"):
-            with open(remote / name, "a") as handle:
-                handle.write(f"\nopen({str(marker)!r}, 'w').close()\n")
-    model, _ = loading.load_model(str(remote))
-    assert type(model).__module__ == "hspnet.models.hspnet.modeling_hspnet" and not marker.exists()

@@ -1,3 +1,7 @@
+"""The label graph (docs/method.md, section 2): the relation a model is given or computes (2.1), `process_relation` by
+hand and on the authors' VOC relation (2.2-2.4), against a plain loop implementation and the released top-k
+selection, in any row blocks; the graph survives casting the model to half precision."""
+
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +147,41 @@ def test_whole_procedure_equals_the_released_one_in_any_row_blocks(case, block_r
     expected = kept / row_sum * 0.2
     expected.fill_diagonal_(0.8)
     torch.testing.assert_close(process_relation(rows, block_rows=block_rows), expected, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The relation of a model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_given_relation_is_used_and_checked(make_model, tmp_path):
+    import numpy as np
+
+    relation = np.random.default_rng(0).uniform(0.6, 1.0, size=(10, 10)).astype(np.float32)
+    np.save(tmp_path / "rel.npy", relation)
+    model = make_model(relation=str(tmp_path / "rel.npy"))
+    torch.testing.assert_close(model.hspnet.relation, torch.from_numpy(relation))
+    with pytest.raises(ValueError, match=r"relation has shape \(9, 9\), expected \(10, 10\)"):
+        make_model(relation=relation[:9, :9])
+
+
+def test_half_precision_cast_keeps_the_graph():
+    """Casting the model must not round the raw similarities: top-k on rounded values would pick other neighbours."""
+    from hspnet import HSPNetConfig, HSPNetModel
+    from hspnet.utils.tiny_clip import tiny_clip_config
+
+    rng = np.random.default_rng(0)
+    n_labels = 12
+    relation = torch.from_numpy(rng.uniform(0.80, 0.81, size=(15, 15)).astype(np.float32))  # near-ties in bf16
+    config = HSPNetConfig(clip_config=tiny_clip_config(), id2label={i: f"l{i}" for i in range(n_labels)},
+                          group_names=["a", "b", "c"], label_to_group=[i % 3 for i in range(n_labels)])
+    model = HSPNetModel(config)
+    model.set_relation(relation)
+    fp32 = model.adjacency()
+    rounded = process_relation(relation[:n_labels, :n_labels].bfloat16())
+    assert not torch.equal((rounded > 0), (fp32[0] > 0))  # the hazard is real for these values
+    for dtype in (torch.bfloat16, torch.float16):
+        model.to(dtype)
+        assert model.relation.dtype == torch.float32
+        for got, want in zip(model.adjacency(), fp32):
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
