@@ -31,7 +31,6 @@ def test_speedups_equal_plain_path(make_model, pixel_values):
 
 def test_caches_never_go_stale(make_model, pixel_values):
     model = make_model()
-    base = model.hspnet
     fresh = copy.deepcopy(model)
     fresh.hspnet.text_options = replace(fresh.hspnet.text_options, cache_label_embeddings=False,
                                         cache_group_features=False)

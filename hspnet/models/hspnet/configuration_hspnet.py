@@ -22,7 +22,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, PreTrainedConfig
 
 from .losses import LOSSES, check_loss_spec
-from .losses_base import _check_bool, _check_int, _check_real
+from .losses_base import check_bool, check_int, check_real
 
 
 VISION_BACKBONES = ("clip_vit", "clip_resnet")
@@ -36,7 +36,7 @@ def _ints(name: str, value: Any, count: int | None, message: str) -> list[int]:
     if not isinstance(value, (list, tuple)) or (count is not None and len(value) != count):
         raise ValueError(f"HSPNetConfig: {name} must be {message}, got {value!r}")
     try:
-        return [_check_int(name, v, 1) for v in value]
+        return [check_int(name, v, 1) for v in value]
     except ValueError:
         raise ValueError(f"HSPNetConfig: {name} must be {message}, got {value!r}") from None
 
@@ -50,10 +50,10 @@ def _field_rules() -> dict:
         return lambda value: None if value is None else rule(value)
 
     def real(name, *args, **kwargs):
-        return lambda value: _check_real(name, value, *args, **kwargs)
+        return lambda value: check_real(name, value, *args, **kwargs)
 
     def integer(name, low):
-        return lambda value: _check_int(name, value, low)
+        return lambda value: check_int(name, value, low)
 
     def text(name):
         def rule(value):
@@ -80,7 +80,7 @@ def _field_rules() -> dict:
         out = []
         for v in value:
             try:
-                out.append(v if isinstance(v, bool) else int(_check_int("label_to_group", v)))
+                out.append(v if isinstance(v, bool) else int(check_int("label_to_group", v)))
             except ValueError:
                 out.append(v)
         return out
@@ -145,7 +145,7 @@ def _field_rules() -> dict:
         "relation_keep_ratio": real("relation_keep_ratio", 0.0, 1.0, low_open=True),
         "relation_reweight_p": real("relation_reweight_p", 0.0, 1.0),
         "logit_scale": real("logit_scale", 0.0, low_open=True),
-        "freeze_text_encoder": lambda v: _check_bool("freeze_text_encoder", v),
+        "freeze_text_encoder": lambda v: check_bool("freeze_text_encoder", v),
         "loss": loss_name,
         "loss_kwargs": optional(loss_kwargs),
         "label_sample_size": optional(integer("label_sample_size", 1)),

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from .losses_base import (
     MultiLabelLoss,
     _check_epoch,
-    _check_int,
+    check_int,
     _choice,
     _flag,
     _int,
@@ -465,7 +465,7 @@ def check_loss_spec(name: str, kwargs: Mapping[str, Any], num_labels: Optional[i
             f"valid parameters: {', '.join(sorted(defaults)) or '(none)'}"
         )
     if num_labels is not None:
-        num_labels = _check_int("num_labels", num_labels, 1)
+        num_labels = check_int("num_labels", num_labels, 1)
     LOSSES[key].check_params(kwargs, num_labels)
     return key
 

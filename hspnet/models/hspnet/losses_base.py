@@ -35,7 +35,7 @@ def _interval(low: Optional[float], high: Optional[float], low_open: bool, high_
     return "finite"
 
 
-def _check_real(
+def check_real(
     name: str,
     value: Any,
     low: Optional[float] = None,
@@ -60,7 +60,7 @@ def _check_real(
     return x
 
 
-def _check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
+def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
     """``value`` as an int if it is an integer (``operator.index``: int, numpy integer; not a bool, not a float)
     within the bounds, else ``ValueError`` naming ``name`` and the value."""
     what = "an int" if low is None and high is None else f"an int {_interval(low, high, False, False)}"
@@ -75,7 +75,7 @@ def _check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[
     return int(x)
 
 
-def _check_bool(name: str, value: Any) -> bool:
+def check_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_ without importing numpy
         return bool(value)
     raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
@@ -94,7 +94,7 @@ def _check_epoch(epoch: Any) -> int:
         epoch = int(epoch)
     elif isinstance(epoch, numbers.Real) and not isinstance(epoch, (bool, numbers.Integral)):
         raise ValueError(f"epoch must be a whole number >= 0 (the 0-based epoch index), got {epoch!r}")
-    return _check_int("epoch", epoch, 0)
+    return check_int("epoch", epoch, 0)
 
 
 # A parameter rule: (name, value, num_labels or None) -> normalised value, or ValueError naming the parameter.
@@ -112,7 +112,7 @@ def _real(
     def rule(name: str, value: Any, num_labels: Optional[int]) -> Optional[float]:
         if value is None and allow_none:
             return None
-        return _check_real(name, value, low, high, low_open=low_open, high_open=high_open)
+        return check_real(name, value, low, high, low_open=low_open, high_open=high_open)
 
     return rule
 
@@ -121,7 +121,7 @@ def _int(low: Optional[int] = None, *, allow_none: bool = False) -> _Rule:
     def rule(name: str, value: Any, num_labels: Optional[int]) -> Optional[int]:
         if value is None and allow_none:
             return None
-        return _check_int(name, value, low)
+        return check_int(name, value, low)
 
     return rule
 
@@ -131,12 +131,12 @@ def _choice(*choices: str) -> _Rule:
 
 
 def _flag(name: str, value: Any, num_labels: Optional[int]) -> bool:
-    return _check_bool(name, value)
+    return check_bool(name, value)
 
 
 def _expected_positives(name: str, value: Any, num_labels: Optional[int]) -> float:
     """k of EPR / ROLE: the expected number of positives per image, in (0, C]."""
-    k = _check_real(name, value, 0.0, low_open=True)
+    k = check_real(name, value, 0.0, low_open=True)
     if num_labels is not None and k > num_labels:
         raise ValueError(
             f"{name} (the expected number of positive labels per image) must be in (0, num_labels={num_labels}], "
