@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TEST_WORKERS ?= 2
 
-.PHONY: install test test-full lint demo bench clean
+.PHONY: install transformers-tests test test-full lint demo bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# transformers' common model / config tests, from the installed release's source distribution on the package index
+# (not copied into the repository; offline, tests/test_transformers_common.py skips, naming what is missing)
+transformers-tests: install
+	$(PY) tests/scripts/fetch_transformers_tests.py $(VENV)/transformers-tests
+
+test: install transformers-tests
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # the layers of the package (import-linter contracts in setup.cfg); the test suite checks them too
@@ -27,7 +32,7 @@ lint: install
 
 # + the tests marked `slow`, deselected by `make test` (setup.cfg's addopts): inductor's kernels for a training step,
 # ~1 min of C++ compilation
-test-full: install
+test-full: install transformers-tests
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m ""
 
 demo: install

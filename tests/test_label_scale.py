@@ -136,7 +136,7 @@ def test_activation_estimate_matches_what_autograd_saves(make_model):
             storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
             return tensor
 
-        group = base.get_group_features()
+        group = base.encode_groups()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             base.compute_label_embeddings(group, label_indices=torch.tensor(indices))
         return sum(storages.values())

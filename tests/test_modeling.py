@@ -269,9 +269,13 @@ def test_default_loss_is_splc_summed(make_model, pixel_values):
     labels[0, 2] = 1
     with torch.no_grad():
         logits = model(pixel_values=pixel_values).logits
-        with pytest.raises(ValueError, match="epoch"):
-            model(pixel_values=pixel_values, labels=labels)  # SPLC needs the epoch: no silent default
+        # a model never told its epoch computes the loss as at the start of training (docs: forward's `epoch`)
+        default = model(pixel_values=pixel_values, labels=labels).loss
         loss0 = model(pixel_values=pixel_values, labels=labels, epoch=0).loss
+        assert float(default) == float(loss0)
+        # the loss module alone still needs it: no silent default where the epoch changes the result
+        with pytest.raises(ValueError, match="epoch"):
+            type(model.loss_module)(6)(logits, labels)
     # epoch 0 < change_epoch 1: no pseudo-labels. margin 1 on the observed positive, focal gamma 2, a SUM.
     total = 0.0
     for b in range(3):
@@ -301,3 +305,106 @@ def test_loss_is_selected_by_name(make_model, pixel_values):
         make_model(loss="nope")
     with pytest.raises(ValueError, match="bogus"):
         make_model(loss="splc", loss_kwargs={"bogus": 1})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# As a transformers model (the common tests are tests/test_transformers_common.py, when the release's tests are there)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_get_image_features_returns_what_clip_returns(make_model, pixel_values):
+    """`get_image_features` is CLIPModel's: the tower's output with the projected, unnormalised embedding as
+    `pooler_output` (a tuple with return_dict=False); the forward's `image_embeds` is it normalised."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model = make_model().hspnet
+    with torch.no_grad():
+        ours = model.get_image_features(pixel_values=pixel_values, output_hidden_states=True)
+        clip = model.clip.get_image_features(pixel_values=pixel_values, output_hidden_states=True)
+        as_tuple = model.get_image_features(pixel_values=pixel_values, return_dict=False)
+        image_embeds = model(pixel_values=pixel_values).image_embeds
+    assert isinstance(ours, BaseModelOutputWithPooling) and isinstance(as_tuple, tuple)
+    torch.testing.assert_close(ours.pooler_output, clip.pooler_output, atol=0, rtol=0)
+    assert len(ours.hidden_states) == 3  # embeddings + 2 layers
+    torch.testing.assert_close(image_embeds, torch.nn.functional.normalize(clip.pooler_output, dim=-1))
+
+
+def test_input_embeddings_are_the_patch_embedding(make_model):
+    model = make_model()
+    assert model.get_input_embeddings() is model.hspnet.clip.vision_model.embeddings.patch_embedding
+    assert model.hspnet.get_input_embeddings() is model.get_input_embeddings()
+
+
+def test_hidden_states_of_chosen_layers_reach_the_tower_as_given(make_model, pixel_values, monkeypatch):
+    """`output_hidden_states=[0, 2, -1]` (transformers 5 accepts the layers to return) reaches the vision tower as
+    that list, not turned into True, and the model returns what the tower returns for it."""
+    model = make_model()
+    tower = model.hspnet.clip.vision_model
+    seen = []
+    original = type(tower).forward
+
+    def forward(self, *args, **kwargs):
+        seen.append(kwargs.get("output_hidden_states"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tower), "forward", forward)
+    with torch.no_grad():
+        ours = model(pixel_values=pixel_values, output_hidden_states=[0, 2, -1]).hidden_states
+        theirs = tower(pixel_values=pixel_values, output_hidden_states=[0, 2, -1]).hidden_states
+    assert seen[0] == [0, 2, -1]
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_labels_give_a_loss_without_an_epoch_and_as_class_indices(make_model, pixel_values):
+    """A stock Trainer passes `labels` only, in eval mode too: the loss is computed as at epoch 0 until the model is
+    told another (`set_epoch`); `labels` of shape (B,) are each image's one observed positive."""
+    model = make_model().eval()
+    multi_hot = torch.zeros(3, 6)
+    multi_hot[torch.arange(3), torch.tensor([1, 4, 4])] = 1
+    with torch.no_grad():
+        at_zero = model(pixel_values=pixel_values, labels=multi_hot, epoch=0).loss
+        assert float(model(pixel_values=pixel_values, labels=multi_hot).loss) == float(at_zero)
+        assert float(model(pixel_values=pixel_values, labels=torch.tensor([1, 4, 4])).loss) == float(at_zero)
+        model.set_epoch(5)  # from now on the loss is computed for epoch 5
+        at_five = model(pixel_values=pixel_values, labels=multi_hot, epoch=5).loss
+        assert float(model(pixel_values=pixel_values, labels=multi_hot).loss) == float(at_five)
+        assert model.loss_module.get_epoch() == 5
+
+
+def test_config_fields_assigned_later_are_validated(make_model):
+    config = make_model().config
+    with pytest.raises(ValueError, match="problem_type must be 'multi_label_classification'"):
+        config.problem_type = "regression"
+    with pytest.raises(ValueError, match="num_labels 3 does not match the hierarchy's 6 labels"):
+        config.num_labels = 3
+    assert config.problem_type == "multi_label_classification" and config.num_labels == 6  # unchanged
+    config.num_labels = 6  # the same count is fine
+
+
+def test_missing_weights_get_clips_initialisation(make_model):
+    """Weights missing at load time get CLIP's own initialisation (attention and MLP weights at CLIP's std, by width,
+    depth and `initializer_factor`), and CLIP's `logit_scale` its initial value, as a model built from the config."""
+    config = make_model().config
+    loaded = HSPNetModel.from_pretrained(None, config=config, state_dict={})
+    clip_config = config.clip_config
+    assert float(loaded.clip.logit_scale) == pytest.approx(clip_config.logit_scale_init_value)
+    text = clip_config.text_config
+    q_proj = loaded.clip.text_model.encoder.layers[0].self_attn.q_proj.weight
+    expected = text.hidden_size**-0.5 * (2 * text.num_hidden_layers) ** -0.5 * text.initializer_factor  # CLIP's rule
+    assert float(q_proj.std()) == pytest.approx(expected, rel=0.25)
+    assert abs(float(q_proj.std()) - 0.02) > 0.03  # not the generic std
+
+
+def test_torch_export_traces_the_full_model_and_equals_eager(make_model, pixel_values):
+    """`torch.export` of both classes traces the text side too (no cached tensors or storage addresses read from
+    traced tensors), and the exported program gives the eager logits."""
+    model = make_model().eval()
+    for module in (model, model.hspnet):
+        exported = torch.export.export(module, args=(), kwargs={"pixel_values": pixel_values})
+        with torch.no_grad():
+            got = exported.module()(pixel_values=pixel_values)
+            want = module(pixel_values=pixel_values).logits
+        got = got["logits"] if isinstance(got, dict) else got.logits
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

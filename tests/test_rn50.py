@@ -60,10 +60,11 @@ def test_from_clip_accepts_openai_resnet_weights(source, hierarchy, tmp_path):
     assert config.projection_dim == 16 and config.clip_config.text_config.vocab_size == 514
     x = images()
     with torch.no_grad():
-        embeds, outputs = model.hspnet.get_image_features(x)
+        outputs = model.hspnet.get_image_features(x)  # projected, not normalised, as CLIPModel's
         expected = clip.encode_image(x)
-        torch.testing.assert_close(embeds, expected / expected.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(outputs.pooler_output, expected, atol=1e-5, rtol=1e-5)
+        embeds = model.hspnet(pixel_values=x).image_embeds
+        torch.testing.assert_close(embeds, expected / expected.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-5)
         ids = tokenizer(["a photo of a cat.", "dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
         text = model.hspnet.clip.get_text_features(input_ids=ids).pooler_output
         torch.testing.assert_close(text, clip.encode_text(ids), atol=1e-5, rtol=1e-5)
@@ -80,7 +81,7 @@ def test_from_clip_accepts_openai_vit_weights(hierarchy):
     assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (32, 2, 16, IMAGE)
     x = images()
     with torch.no_grad():
-        embeds, _ = model.hspnet.get_image_features(x)
+        embeds = model.hspnet(pixel_values=x).image_embeds
         expected = clip.encode_image(x)
     torch.testing.assert_close(embeds, expected / expected.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-5)
 

@@ -207,3 +207,21 @@ def test_role_estimates_follow_the_models_label_order(tiny_clip_dir, demo, tmp_p
         trainer.train()
         results.append(model.loss_module.estimated_labels.detach().clone())
     torch.testing.assert_close(results[1], results[0][:, order], atol=1e-5, rtol=1e-5)
+
+
+def test_a_stock_trainer_evaluates_before_any_epoch_is_set(tiny_clip_dir, demo, tmp_path):
+    """A plain `Trainer` with nothing of hspnet but the collator: `evaluate()` on a model that was never told its
+    epoch gives a loss (computed as at epoch 0, docs of `HSPNetForImageClassification.forward`)."""
+    model = build(tiny_clip_dir, demo)
+    data = prepare_trainer_datasets(demo, model)
+    trainer = Trainer(model=model, args=arguments(tmp_path / "stock", eval_strategy="no"),
+                      data_collator=HSPNetDataCollator())
+    metrics = trainer.evaluate(data["test"])
+    assert math.isfinite(metrics["eval_loss"])
+    assert len(data["test"]) == 8  # one evaluation batch: the Trainer's loss is the batch's
+    # all labels as targets, and the same loss as with the epoch given explicitly
+    batch = HSPNetDataCollator()([data["test"][i] for i in range(8)])
+    model.eval()
+    with torch.no_grad():
+        expected = float(model(pixel_values=batch["pixel_values"], labels=batch["labels"], epoch=0).loss)
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-4)

@@ -316,6 +316,17 @@ class HSPNetConfig(PreTrainedConfig):
         rule = _FIELD_RULES.get(name)
         if rule is not None:
             value = rule(value)
+        elif name == "problem_type" and value not in (None, "multi_label_classification"):
+            raise ValueError(
+                "HSPNetConfig: problem_type must be 'multi_label_classification' (HSPNet scores every label with its "
+                f"own sigmoid, and the pipeline applies a sigmoid only then), got {value!r}."
+            )
+        elif name == "num_labels" and self.__dict__.get("label_to_group") and value != len(self.label_to_group):
+            raise ValueError(
+                f"HSPNetConfig: num_labels {value!r} does not match the hierarchy's {len(self.label_to_group)} labels; "
+                "the labels come from id2label, group_names and label_to_group (set them together, or build a model "
+                "for other labels with from_clip)"
+            )
         super().__setattr__(name, value)
 
     @classmethod
@@ -383,6 +394,12 @@ class HSPNetConfig(PreTrainedConfig):
     def projection_dim(self) -> int:
         """`D`: size of the joint image-text embedding space."""
         return self.clip_config.projection_dim
+
+    @property
+    def vision_config(self):
+        """The image tower's config (`clip_config.vision_config`; for the ResNet tower, the CLIP config's ViT
+        placeholder: the tower itself is described by the `resnet_*` fields)."""
+        return self.clip_config.vision_config
 
     @property
     def text_width(self) -> int:

@@ -35,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_hspnet import HSPNetConfig
 from .losses import build_loss
@@ -99,8 +101,7 @@ class HSPNetModelOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-# The one table of the Auto classes a saved folder names (`config.auto_map`), so that it loads with
-# `trust_remote_code=True` where `hspnet` is not installed. `save_pretrained` copies this file and its sibling imports.
+# The Auto classes a saved folder names (`config.auto_map`): it loads with `trust_remote_code=True` without hspnet.
 AUTO_MAP = {
     "AutoConfig": "configuration_hspnet.HSPNetConfig",
     "AutoModel": "modeling_hspnet.HSPNetModel",
@@ -126,6 +127,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
+        clip_config = self.config.clip_config
         if isinstance(module, HSPNetGraphConvolution):
             bound = 1.0 / math.sqrt(module.out_features)
             init.uniform_(module.weight, -bound, bound)
@@ -139,10 +141,22 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         elif isinstance(module, HSPNetAttentionPool2d):
             init.normal_(module.positional_embedding, std=module.positional_embedding.shape[1] ** -0.5)
         elif isinstance(module, HSPNetCLIPResNet):
-            init.constant_(module.logit_scale, self.config.clip_config.logit_scale_init_value)
+            init.constant_(module.logit_scale, clip_config.logit_scale_init_value)
+            factor = clip_config.text_config.initializer_factor
+            init.normal_(module.text_projection.weight, std=clip_config.text_config.hidden_size**-0.5 * factor)
         elif isinstance(module, HSPNetModel):  # filled by `from_clip` / loading; zeros until then
             for name in module.constant_buffers:
                 init.zeros_(getattr(module, name))
+            if isinstance(module.clip, CLIPModel):  # CLIPModel's own initialisation leaves it to its __init__
+                init.constant_(module.clip.logit_scale, clip_config.logit_scale_init_value)
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False: every initialisation of this model goes through `transformers.initialization`, which never overwrites
+        a loaded tensor, so it needs none of the shortcuts transformers takes for custom code that writes parameters in
+        place. With them, the CLIP modules of a model loaded with missing weights would skip CLIP's own initialisation
+        (attention and MLP weights at CLIP's std) and get the generic one."""
+        return False
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -182,16 +196,13 @@ class HSPNetModel(HSPNetPreTrainedModel):
     """HSPNet without a loss: CLIP image tower + hierarchical prompts + shared GCN -> `(B, C)` logits.
 
     Persistent buffers (saved with the weights): `relation` `(C + G, C + G)` raw similarities, `group_prompt_embeds`
-    `(G, L, W)`, `label_prompt_embeds` `(C, L, W)` (its `n_ctx` placeholder slots after SOS are replaced by the
-    meta-net output), `group_eos_positions` `(G,)`, `label_eos_positions` `(C,)`. The label -> group map is the
-    config's `label_to_group`.
+    `(G, L, W)`, `label_prompt_embeds` `(C, L, W)` (the `n_ctx` slots after SOS take the meta-net's context),
+    `group_eos_positions` `(G,)`, `label_eos_positions` `(C,)`; the label -> group map is `config.label_to_group`.
 
-    The text side is constant at inference, so it is computed once and reused: the group features before the GCN
-    always (fixed prompts, frozen tower), the `(C, D)` label embeddings in eval mode when no gradient is needed, and
-    what the buffers imply (`prompt_layout()`, `label_graph()`). When a value is reused is one rule, written in
-    `modeling_text_state.py`; `text_options` (`HSPNetTextOptions`) switches each speed-up off for comparison and sets
-    the memory budget of the label prompts. Under `torch.compile` the cache lookup runs outside the compiled graph
-    (one graph break per forward pass); under `torch.export` nothing is cached: the text side is traced.
+    The text side is constant at inference: it is computed once and reused (group features always, label embeddings in
+    eval mode without gradients, and what the buffers imply: `prompt_layout()`, `label_graph()`) by the one rule of
+    `modeling_text_state.py`; `text_options` switches each speed-up off. Under `torch.compile` the cache lookup is the
+    one graph break; under `torch.export` nothing is cached, the text side is traced.
     """
 
     # Buffers fixed when the model is built (prompts, relation): loaded, never trained or averaged (EMA).
@@ -408,42 +419,41 @@ class HSPNetModel(HSPNetPreTrainedModel):
         self.label_graph()
         return self._text_cache.lookup(self, all_labels)
 
-    def get_label_embeddings(self) -> torch.Tensor:
-        """`(C, D)` normalised label embeddings: cached in eval mode when no gradient is needed (see the class
-        docstring)."""
-        if torch.compiler.is_exporting():
-            return self.compute_label_embeddings()
-        label_embeds, group_features = self._text_from_cache()
-        return label_embeds if label_embeds is not None else self.compute_label_embeddings(group_features)
-
-    def get_group_features(self) -> torch.Tensor:
-        """The `(G, D)` group features before the GCN (`encode_groups`), from the cache when it may be used."""
-        if torch.compiler.is_exporting():
-            return self.encode_groups()
-        group_features = self._text_from_cache()[1]
-        return group_features if group_features is not None else self.encode_groups()
+    def get_label_embeddings(self, label_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """`(C, D)` normalised label embeddings (`(C', D)` of `label_indices` only): from the cache in eval mode
+        when no gradient is needed, the group features from it whenever the text tower is frozen."""
+        label_embeds, group_features = (None, None) if torch.compiler.is_exporting() else \
+            self._text_from_cache(all_labels=label_indices is None)
+        return label_embeds if label_embeds is not None else self.compute_label_embeddings(group_features,
+                                                                                          label_indices)
 
     # ----- image side and forward ------------------------------------------------------------------------------
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, Any]:
-        """L2-normalised projected image embeddings `(B, D)` and the vision tower's output.
-
-        For the ViT tower the output's `pooler_output` is the pooled feature before `visual_projection`; for the
-        ResNet tower it is already the projected embedding (CLIP's attention pool projects) and `attentions` is None.
-        """
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """The image tower's output with `pooler_output` the projected image embedding `(B, D)` (not normalised), as
+        `CLIPModel.get_image_features` returns it: for the ViT tower `visual_projection` of the pooled feature; for the
+        ResNet tower the attention pool's output (CLIP's attention pool projects), with `attentions` None.
+        `**kwargs` go to the tower (`output_hidden_states`, `output_attentions`, `interpolate_pos_encoding`)."""
         if self.config.vision_backbone == "clip_resnet":
             kwargs.pop("output_attentions", None)
-            vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
-            image_embeds = vision_outputs.pooler_output
-        else:
-            vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
-            image_embeds = self.clip.visual_projection(vision_outputs.pooler_output)
-        return F.normalize(image_embeds, dim=-1), vision_outputs
+            return self.clip.vision_model(pixel_values=pixel_values, **kwargs)
+        vision_outputs = self.clip.vision_model(pixel_values=pixel_values, **kwargs)
+        vision_outputs.pooler_output = self.clip.visual_projection(vision_outputs.pooler_output)
+        return vision_outputs
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The image tower's input embedding: the patch embedding of the ViT (as CLIP's vision models), the first
+        convolution of the ResNet stem. HSPNet has no token embeddings to resize: its prompts are stored embedded."""
+        if self.config.vision_backbone == "clip_resnet":
+            return self.clip.vision_model.conv1
+        return self.clip.vision_model.embeddings.patch_embedding
+
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         score_indices: torch.Tensor | None = None,
@@ -467,16 +477,14 @@ class HSPNetModel(HSPNetPreTrainedModel):
         if pixel_values is None:
             raise ValueError("HSPNetModel.forward needs pixel_values.")
         vision_kwargs = dict(kwargs)
-        if output_hidden_states:
-            vision_kwargs["output_hidden_states"] = True
-        if output_attentions:
-            vision_kwargs["output_attentions"] = True
+        if output_hidden_states is not None:  # True, False, or the layers to return (e.g. [0, 2, -1])
+            vision_kwargs["output_hidden_states"] = output_hidden_states
+        if output_attentions is not None:
+            vision_kwargs["output_attentions"] = output_attentions
         if label_embeds is None:  # first: the cache lookup is the one graph break under torch.compile
-            label_embeds, group_features = (None, None) if torch.compiler.is_exporting() else \
-                self._text_from_cache(all_labels=score_indices is None)
-            if label_embeds is None:
-                label_embeds = self.compute_label_embeddings(group_features, label_indices=score_indices)
-        image_embeds, vision_outputs = self.get_image_features(pixel_values, **vision_kwargs)
+            label_embeds = self.get_label_embeddings(score_indices)
+        vision_outputs = self.get_image_features(pixel_values, return_dict=True, **vision_kwargs)
+        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         # at least float32 and outside autocast: bf16 logits keep ~3 significant digits, ties that change mAP
         dtype = torch.promote_types(image_embeds.dtype, torch.float32)
         with torch.autocast(device_type=image_embeds.device.type, enabled=False):
@@ -488,7 +496,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
             hidden_states=getattr(vision_outputs, "hidden_states", None),
             attentions=getattr(vision_outputs, "attentions", None),
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
 class HSPNetForImageClassification(HSPNetPreTrainedModel):
@@ -515,22 +523,17 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
 
     @property
     def loss_module(self) -> nn.Module:
-        """The loss named by `config.loss` with `config.loss_kwargs` (built on first use, rebuilt if the config changes).
-
-        It is deliberately kept OUT of the model's module tree: its state (the epoch of SPLC / LL-R, ROLE's label
-        estimates) belongs to a training run, not to the saved weights. A training script that needs that state in its
-        checkpoints saves `model.loss_module.state_dict()` itself (`hspnet train` does, as safetensors).
-        """
+        """The loss of `config.loss` with `config.loss_kwargs`, built on first use and again when they change (or the
+        one given to `use_loss`). It stays OUT of the module tree: its state (the epoch of SPLC / LL-R, ROLE's
+        estimates) is a training run's, kept in the run's checkpoints (`hspnet train` does), not with the weights."""
         cached = self.__dict__.get("_loss_cache")
         if cached is None or cached[0] != self._loss_choice():
-            loss = build_loss(self.config.loss, self.config.num_labels, **(self.config.loss_kwargs or {}))
-            self.use_loss(loss)
-            return loss
-        return cached[1]
+            self.use_loss(build_loss(self.config.loss, self.config.num_labels, **(self.config.loss_kwargs or {})))
+        return self.__dict__["_loss_cache"][1]
 
     def use_loss(self, loss: nn.Module) -> None:
         """Make `loss` (built for `config.loss`, e.g. ROLE with its number of training images) the model's loss until
-        the config's loss choice changes; like the loss built from the config, it stays out of the module tree."""
+        the config's loss choice changes."""
         self.__dict__["_loss_cache"] = (self._loss_choice(), loss)
 
     def _loss_choice(self) -> tuple:
@@ -541,13 +544,14 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         if hasattr(self.loss_module, "set_epoch"):
             self.loss_module.set_epoch(epoch)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         epoch: int | None = None,
         indices: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         score_indices: torch.Tensor | None = None,
@@ -556,17 +560,19 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): preprocessed images.
-            labels (`torch.FloatTensor` of shape `(B, C)`, *optional*): observed targets (1 = observed positive).
+            labels (`torch.FloatTensor` of shape `(B, C)` or `torch.LongTensor` of shape `(B,)`, *optional*): the
+                observed targets, multi-hot (1 = observed positive), or each image's one observed positive.
             epoch (`int`, *optional*): the current 0-based epoch, for losses that change with it (SPLC, LL-R);
-                otherwise the one given to `set_epoch`.
+                otherwise the one given to `set_epoch`, or 0 (the start of training) for a model never told one.
             indices (`torch.LongTensor` of shape `(B,)`, *optional*): training-set indices, for ROLE.
-            score_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels (e.g. a sample
-                from `sample_labels`, for a loss computed by the caller with its `label_weights`); not together with
-                `labels`, which sample by themselves in training when `config.label_sample_size` is set.
+            score_indices (`torch.LongTensor` of shape `(C',)`, *optional*): score only these labels (e.g. from
+                `sample_labels`, the caller computing the loss); not with `labels` (they sample by themselves).
             **kwargs: passed to the vision tower.
         Returns:
             `ImageClassifierOutput` with `logits` `(B, C)` and `loss` when `labels` are given.
         """
+        if labels is not None and labels.dim() == 1:  # the index of each image's one observed positive
+            labels = F.one_hot(labels.long(), self.config.num_labels).float()
         label_indices, label_weights = score_indices, None
         if label_indices is not None and labels is not None:
             raise ValueError("HSPNetForImageClassification.forward: pass labels (the model computes the loss and "
@@ -578,6 +584,7 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             score_indices=label_indices,
+            return_dict=True,
             **kwargs,
         )
         logits = outputs.logits
@@ -586,20 +593,18 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
             labels = labels.to(logits.device)
             if label_indices is not None:
                 labels = labels[:, label_indices]
-            loss = self.loss_module(logits, labels, epoch=epoch, indices=indices, label_weights=label_weights)
-        output = HSPNetClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-            label_indices=label_indices,
-        )
-        return output if return_dict is not False else output.to_tuple()
+            loss_module = self.loss_module
+            if epoch is None and getattr(loss_module, "requires_epoch", False) and loss_module.get_epoch() < 0:
+                epoch = 0  # a model never told its epoch: the loss as at the start of training
+            loss = loss_module(logits, labels, epoch=epoch, indices=indices, label_weights=label_weights)
+        return HSPNetClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      attentions=outputs.attentions, label_indices=label_indices)
 
-    def sample_labels(
-        self, labels: torch.Tensor, size: int | None = None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Label sampling for one training step (`size`, default `config.label_sample_size`): `(label_indices,
-        label_weights)`, drawn from `self.label_generator` (see `modeling_label_graph.sample_labels`), a CPU
-        generator of its own that a training loop seeds and keeps in its checkpoints (nothing else that draws random
-        numbers, such as a new DataLoader iterator, changes the sample)."""
+    def sample_labels(self, labels: torch.Tensor, size: int | None = None) -> tuple[torch.Tensor | None, ...]:
+        """`(label_indices, label_weights)` of one training step (`modeling_label_graph.sample_labels`; `size`,
+        default `config.label_sample_size`) from `self.label_generator`, a CPU generator of its own that a training
+        loop seeds and checkpoints (nothing else that draws random numbers, e.g. a new DataLoader iterator, changes
+        the sample)."""
         if self.label_generator is None:
             self.label_generator = torch.Generator().manual_seed(torch.initial_seed())
         size = self.config.label_sample_size if size is None else size

@@ -83,7 +83,8 @@ def process_relation(
         block.div_(torch.where(isolated, 1.0, row_sum)).mul_(reweight_p)
         if bool(isolated.any()):
             block[isolated.squeeze(1)] = 0.0
-        block[local, diagonal_index] = torch.where(isolated.squeeze(1), 1.0, 1.0 - reweight_p)
+        # float32 whatever the default dtype (models built with `dtype=torch.float16` set it while they are built)
+        block[local, diagonal_index] = torch.where(isolated.squeeze(1), 1.0, 1.0 - reweight_p).to(block.dtype)
     return adjacency
 
 
