@@ -408,3 +408,72 @@ def test_torch_export_traces_the_full_model_and_equals_eager(make_model, pixel_v
             want = module(pixel_values=pixel_values).logits
         got = got["logits"] if isinstance(got, dict) else got.logits
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_folder_whose_label_names_were_edited_says_what_its_scores_follow(make_model, pixel_values, tmp_path,
+                                                                          caplog, tiny_clip_dir):
+    """`config.json` edited by hand after saving: labels swapped and renamed, a group renamed. The stored prompts
+    (embeddings of the original names) still decide every score, so loading warns, naming the labels that differ
+    and the prompt each one is scored by; a spelling whose prompt is the same text (`traffic light`) is no change."""
+    import json
+    import logging
+
+    model = make_model().eval()
+    model.save_pretrained(tmp_path / "model")
+    with torch.no_grad():
+        original = model(pixel_values=pixel_values).logits
+    path = tmp_path / "model" / "config.json"
+    config = json.loads(path.read_text())
+    assert config["prompt_label_names"] == ["cat", "dog", "traffic_light", "car", "bus", "person"]
+    assert config["prompt_group_names"] == ["animal", "outdoor", "vehicle", "person"]
+
+    def load():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            loaded = HSPNetForImageClassification.from_pretrained(tmp_path / "model").eval()
+        return loaded, [r.getMessage() for r in caplog.records if "stored prompts" in r.getMessage()]
+
+    _, warnings = load()
+    assert warnings == []  # unedited: nothing to say
+    names = ["dog", "cat", "traffic light", "truck", "bus", "person"]  # cat <-> dog, car -> truck
+    config.update(id2label={str(i): name for i, name in enumerate(names)},
+                  label2id={name: i for i, name in enumerate(names)},
+                  group_names=["animal", "outdoor", "transport", "person"])
+    path.write_text(json.dumps(config))
+    loaded, warnings = load()
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    message = warnings[0]
+    assert message.startswith(f"{tmp_path / 'model'}: id2label renames the label names the stored prompts were made "
+                              "from (label 0 'dog' is scored by the prompt made for 'cat', label 1 'cat' is scored by "
+                              "the prompt made for 'dog', label 3 'truck' is scored by the prompt made for 'car'); "
+                              "group_names renames the group names the stored prompts were made from (group 2 "
+                              "'transport' has the prompt made for 'vehicle')."), message
+    assert "traffic" not in message and "set_prompts(tokenizer)" in message
+    with torch.no_grad():
+        edited = loaded(pixel_values=pixel_values).logits
+    torch.testing.assert_close(edited, original, rtol=0, atol=0)  # column 0, now named 'dog', is the cat score
+
+    # the same names in another order
+    swapped = ["dog", "cat", "traffic_light", "car", "bus", "person"]
+    config.update(id2label={str(i): name for i, name in enumerate(swapped)},
+                  label2id={name: i for i, name in enumerate(swapped)},
+                  group_names=["animal", "outdoor", "vehicle", "person"])
+    path.write_text(json.dumps(config))
+    loaded, warnings = load()
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"{tmp_path / 'model'}: id2label lists the same names in another order than the label names the stored "
+        "prompts were made from (label 0 'dog' is scored by the prompt made for 'cat', label 1 'cat' is scored by the "
+        "prompt made for 'dog')."), warnings
+
+    # prompts made again for the new names (the documented way to rename): they are a fresh model's, no warning
+    from transformers import AutoTokenizer
+
+    loaded.hspnet.set_prompts(AutoTokenizer.from_pretrained(tiny_clip_dir))
+    fresh = make_model(labels=swapped)
+    torch.testing.assert_close(loaded.hspnet.label_prompt_embeds, fresh.hspnet.label_prompt_embeds, rtol=0, atol=0)
+    loaded.save_pretrained(tmp_path / "renamed")
+    assert json.loads((tmp_path / "renamed" / "config.json").read_text())["prompt_label_names"] == swapped
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        HSPNetForImageClassification.from_pretrained(tmp_path / "renamed")
+    assert not [r for r in caplog.records if "stored prompts" in r.getMessage()]

@@ -348,6 +348,10 @@ def resolve_hierarchy(dataset: str | None, hierarchy: Any, num_labels: int) -> t
 
         hierarchy = builtin_hierarchy(dataset)
     if isinstance(hierarchy, dict):
+        missing = [key for key in ("labels", "groups", "label_to_group") if key not in hierarchy]
+        if missing:
+            raise ConversionError(f"the hierarchy has no {', '.join(map(repr, missing))} (it needs 'labels', 'groups' "
+                                  "and 'label_to_group')")
         labels, groups, label_to_group = hierarchy["labels"], hierarchy["groups"], hierarchy["label_to_group"]
     else:
         labels, groups, label_to_group = hierarchy.labels, hierarchy.groups, hierarchy.label_to_group
@@ -355,14 +359,38 @@ def resolve_hierarchy(dataset: str | None, hierarchy: Any, num_labels: int) -> t
 
 
 def load_relation(relation: Any) -> torch.Tensor:
+    """The authors' raw `(C + G, C + G)` relation matrix (a `.npy` path, an array or a tensor) as a float32 tensor.
+    A file is read with `np.load(allow_pickle=False)`: an object array (which only unpickling, i.e. running code from
+    the file, could read), a pickle, an `.npz` archive, a truncated file, values that are not numbers, NaN or
+    infinite values raise a `ConversionError` naming the file."""
+    what = "the relation matrix"
     if isinstance(relation, (str, os.PathLike)):
         import numpy as np
 
-        path = os.fspath(relation)
+        path = what = os.fspath(relation)
         if not os.path.isfile(path):
             raise ConversionError(f"No relation file at {path} (the authors' relation+*.npy; it is not in the checkpoint).")
-        relation = np.load(path, allow_pickle=False)
-    return torch.as_tensor(relation, dtype=torch.float32)
+        try:
+            relation = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            if "Object arrays" in reason:
+                reason = "it holds Python objects (an object array), which only unpickling could read; refused"
+            elif "pickled data" in reason:
+                reason = "it is a pickle; a relation file is never unpickled"
+            raise ConversionError(f"{path}: not a numeric .npy array ({reason})") from None
+        if not isinstance(relation, np.ndarray):  # an .npz archive
+            relation.close()
+            raise ConversionError(f"{path}: not a numeric .npy array (an .npz archive of several arrays)")
+        if not np.issubdtype(relation.dtype, np.number) or np.iscomplexobj(relation):
+            raise ConversionError(f"{path}: holds {relation.dtype} values, not a numeric similarity matrix")
+    try:
+        relation = torch.as_tensor(relation, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ConversionError(f"{what}: not a numeric matrix ({' '.join(str(error).split())})") from None
+    if not bool(torch.isfinite(relation).all()):
+        raise ConversionError(f"{what}: contains NaN or infinite values")
+    return relation
 
 
 def convert_official_state_dict(
@@ -399,11 +427,12 @@ def convert_official_state_dict(
             f"The checkpoint has {C} label prompts and {G} group prompts, but the hierarchy"
             f"{f' of {dataset!r}' if dataset else ''} has {len(labels)} labels and {len(groups)} groups."
         )
+    source = os.fspath(relation) if isinstance(relation, (str, os.PathLike)) else None
     relation = load_relation(relation)
     if tuple(relation.shape) != (C + G, C + G):
         raise ConversionError(
-            f"The relation matrix has shape {tuple(relation.shape)}, expected {(C + G, C + G)} ({C} labels followed by "
-            f"{G} groups): is it the relation file of this dataset?"
+            f"{source + ': t' if source else 'T'}he relation matrix has shape {tuple(relation.shape)}, expected "
+            f"{(C + G, C + G)} ({C} labels followed by {G} groups): is it the relation file of this dataset?"
         )
     notes: list[str] = []
     dropped: dict[str, str] = {}
@@ -477,6 +506,9 @@ def convert_official_state_dict(
         logit_scale=10.0,
         loss="splc",
         loss_kwargs={"change_epoch": info["change_epoch"]} if info else {},
+        # the checkpoint's prompts are those of these names: a later edit of the names is reported on loading
+        prompt_label_names=list(labels),
+        prompt_group_names=list(groups),
     )
     model = HSPNetForImageClassification(config)
     weights = {f"hspnet.clip.{key}": value for key, value in clip_state.items()}

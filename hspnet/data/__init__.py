@@ -77,20 +77,34 @@ def prepare_dataset(name: str, root=None, options: BuildOptions | None = None, *
 def open_dataset(dataset: str, root=None, options: dict | None = None, cache_dir=None):
     """The ``DatasetDict`` named by ``dataset``: a folder written by ``save_prepared_dataset`` /
     ``datasets_scripts/prepare.py --output``, or a name for :func:`prepare_dataset` (``root`` and ``options`` go to
-    its loader). Options a loader does not take, and paths that do not exist, raise errors that say so."""
+    its loader). Options a loader does not take, and paths that do not exist, raise errors that say so.
+
+    What training and evaluation read: the ``image`` column of every split is left undecoded (``{"path", "bytes"}``
+    values, :func:`hspnet.data.batches.undecoded`), so that each image is read by
+    :func:`hspnet.data.batches.read_dataset_image` as ``hspnet predict`` reads a file (fully decoded, at most
+    :data:`hspnet.utils.images.MAX_IMAGE_PIXELS` pixels, an unreadable image named in one line), never by the
+    ``datasets`` decoder (whose errors, e.g. PIL's ``DecompressionBombError``, name no file)."""
     import os
+
+    import datasets
 
     options = dict(options or {})
     if cache_dir and "cache_dir" not in options:
         options["cache_dir"] = cache_dir
     if os.path.isdir(dataset) and root is None:
-        return load_prepared_dataset(dataset, cache_dir=cache_dir)
-    if os.sep in dataset or dataset.startswith("."):
+        data = load_prepared_dataset(dataset, cache_dir=cache_dir)
+    elif os.sep in dataset or dataset.startswith("."):
         raise FileNotFoundError(f"{dataset}: no such prepared dataset folder")
-    try:
-        return prepare_dataset(dataset, root, **options)
-    except TypeError as error:  # an option the loader does not take
-        raise ValueError(f"dataset options {options} do not fit the {dataset!r} loader: {error}") from None
+    else:
+        try:
+            data = prepare_dataset(dataset, root, **options)
+        except TypeError as error:  # an option the loader does not take
+            raise ValueError(f"dataset options {options} do not fit the {dataset!r} loader: {error}") from None
+    for split in list(data):  # as hspnet.data.batches.undecoded does (which imports this package)
+        feature = data[split].features.get("image")
+        if isinstance(feature, datasets.Image) and feature.decode:
+            data[split] = data[split].cast_column("image", datasets.Image(decode=False))
+    return data
 
 
 def to_multi_hot(label_lists, num_labels: int):

@@ -14,10 +14,13 @@ whatever the other rows hold:
   (CLI ``--label-separator``): ``";"``, ``"|"``, ``","`` or ``"space"`` (runs of white space);
 * a label name may contain spaces (``"tabby cat;dog"`` is ``tabby cat`` and ``dog``); spaces around a name are
   dropped and runs of spaces inside it count as one; ``|`` and ``,`` are part of the name unless chosen;
-* with the default (no ``label_separator`` given), a file in which NO label field contains ``;`` but some field
-  contains ``|``, ``,`` or a space is refused with an error naming the file, line and field: such a file may mean
-  either reading, and a guess would split it silently one way or the other. Choose the separator explicitly
-  (``";"`` reads such a file as one label per field). A JSONL list is always a list of labels.
+* with the default (no ``label_separator`` given), a file in which NO label field contains ``;`` (no row is written
+  with two labels) reads each field as one label, also a name with spaces (``tabby cat``), where that is the only
+  sensible reading. It is refused with an error naming the file, line and field where a guess would split it
+  silently one way or the other: a field with ``|`` or ``,``, or a field of several words one of which is a whole
+  label field elsewhere in the file (``cat dog`` beside a row ``cat``: one label, or ``cat`` and ``dog``
+  separated by spaces?) or whose words are all numbers. Choose the separator explicitly then (``";"`` reads such a
+  file as one label per field). A JSONL list is always a list of labels.
 
 A CSV file whose last line has no line end, when its last field is the labels and its last label is used by no
 other row, looks cut short and is refused (add the line end if the file is complete); a quoted field that is
@@ -125,10 +128,17 @@ def split_label_string(value: str, separator: str = DEFAULT_SEPARATOR) -> list[s
 
 def check_default_separator(values: Sequence[tuple[str, dict]]) -> None:
     """With the default separator (none chosen): refuse a file (``values`` = its label strings with their
-    ``where``) that never uses ``;`` but has a field with ``|``, ``,`` or a space, whose reading would be a guess
-    (see the module docstring)."""
+    ``where``) that never uses ``;`` but whose reading would be a guess (see the module docstring): a field with
+    ``|`` or ``,``, or a field of several words of which one is also a whole label field of the file (``cat dog``
+    where another row is ``cat``), or whose words are all numbers (label indices). Any other field with spaces is one
+    label (``tabby cat``): no row of the file is written with two labels, and no word of it is a label by itself."""
     if any(DEFAULT_SEPARATOR in value for value, _ in values):
         return
+    alone: dict[str, dict] = {}  # the label of each one-word field, where it is first
+    for value, where in values:
+        words = value.split()
+        if len(words) == 1:
+            alone.setdefault(words[0], where)
     for value, where in values:
         for char in ("|", ","):
             if char in value:
@@ -139,14 +149,25 @@ def check_default_separator(values: Sequence[tuple[str, dict]]) -> None:
                     "of a label name",
                     **where,
                 )
-        if len(value.split()) > 1:
-            raise DatasetFormatError(
-                f"the labels {value!r} contain a space and no label field of this file contains ';'. A label name "
-                "may contain spaces and labels are separated by ';' unless you choose the separator: pass "
-                f"label_separator=';' (CLI: --label-separator ';') if {value.strip()!r} is one label, or "
-                "label_separator='space' if spaces separate labels",
-                **where,
-            )
+        words = value.split()
+        if len(words) < 2:
+            continue
+        found = next((word for word in words if word in alone), None)
+        if found is None and not all(word.isdigit() for word in words):
+            continue  # one label whose name has spaces: none of its words is a label of its own
+        if found is not None:
+            other = alone[found]
+            at = f"line {other['line']}" if other.get("line") is not None else other.get("file")
+            why = f"{found!r} is a label of its own at {at}, so it may be several labels"
+        else:
+            why = "its words are all numbers (label indices?)"
+        raise DatasetFormatError(
+            f"the labels {value!r} contain a space and no label field of this file contains ';', and {why}. A label "
+            "name may contain spaces and labels are separated by ';' unless you choose the separator: pass "
+            f"label_separator=';' (CLI: --label-separator ';') if {' '.join(words)!r} is one label, or "
+            "label_separator='space' if spaces separate labels",
+            **where,
+        )
 
 
 def _is_index(token) -> bool:
@@ -417,9 +438,9 @@ def load_image_folder(
         options: the :class:`~hspnet.data.core.BuildOptions` (``seed``: the single positives and the validation
             split); or pass its fields as keywords, which override it.
         label_separator: how label strings are split: ``";"`` (default), ``"|"``, ``","`` or ``"space"``. Label
-            names may contain spaces. Without it, a file that never uses ``;`` but has ``|``, ``,`` or spaces in a
-            label field is refused (see the module docstring); passing ``";"`` explicitly reads such fields as one
-            label each.
+            names may contain spaces. Without it, a file that never uses ``;`` but has ``|`` or ``,`` in a label
+            field, or a field of several words one of which is a label of its own elsewhere, is refused (see the
+            module docstring); passing ``";"`` explicitly reads such fields as one label each.
         on_duplicate: ``"error"`` (default) when a file name is listed twice, or ``"merge"`` (union of labels).
         hierarchy: a Hierarchy, ``{label: group}`` mapping or hierarchy file; if None and ``auto_hierarchy``, one is
             built from the CLIP text embeddings of the label names with ``clip_model`` (a Hub id, a local folder or

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 
 import numpy as np
@@ -24,13 +25,31 @@ MAX_IMAGE_PIXELS = 89_478_485
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-class ImageReadError(ValueError):
-    """A file that cannot be used as an image (not an image, truncated, too many pixels, not a regular file)."""
+_MESSAGE = ": cannot read this file as an image ("
 
-    def __init__(self, path: str, reason: str):
+
+class ImageReadError(ValueError):
+    """A file that cannot be used as an image (not an image, truncated, too many pixels, not a regular file): its
+    message is ``"PATH: cannot read this file as an image (REASON)"``, then ``"; HINT"`` when a hint is given.
+
+    Built from one message only (``ImageReadError(text)``), it is the same error rebuilt from the report of another
+    process: torch's DataLoader re-raises an error of a worker process as ``type(error)(report)``, the report being
+    the worker's whole traceback; the message is then the last ``ImageReadError: ...`` line of that report (or the
+    report on one line), so a command still ends with the one line naming the file."""
+
+    def __init__(self, path: str, reason: str | None = None, hint: str | None = None):
+        if reason is None:  # one message: a worker's report
+            text = str(path)
+            found = re.findall(r"ImageReadError: (.+)", text)
+            message = found[-1].strip() if found else " ".join(text.split())
+            self.path, _, rest = message.partition(_MESSAGE)
+            self.reason, self.hint = (rest[:-1] if rest.endswith(")") else rest) or message, None
+            super().__init__(message)
+            return
         self.path = os.fspath(path)
         self.reason = reason
-        super().__init__(f"{self.path}: cannot read this file as an image ({reason})")
+        self.hint = hint
+        super().__init__(f"{self.path}{_MESSAGE}{reason})" + (f"; {hint}" if hint else ""))
 
 
 def _scaled_to_uint8(array: np.ndarray, full_range: float | None) -> np.ndarray:
@@ -112,7 +131,10 @@ def open_image(source: str | os.PathLike | bytes, max_pixels: int | None = MAX_I
         raise
     except UnidentifiedImageError:
         raise ImageReadError(name, "not a recognised image format") from None
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(name, f"decompression bomb: {' '.join(str(error).split())}") from None
+    except Image.DecompressionBombError as error:  # more than PIL's own limit (twice MAX_IMAGE_PIXELS): no size
+        numbers = [f"{int(n):,}" for n in re.findall(r"\d+", str(error))]
+        reason = (f"{numbers[0]} pixels, more than the {numbers[1]} PIL reads at all: a decompression bomb"
+                  if len(numbers) == 2 else f"decompression bomb: {' '.join(str(error).split())}")
+        raise ImageReadError(name, reason) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:  # truncated / corrupt files, PIL's decoders
         raise ImageReadError(name, " ".join(str(error).split()) or type(error).__name__) from None

@@ -150,6 +150,8 @@ def _field_rules() -> dict:
         "loss_kwargs": optional(loss_kwargs),
         "label_sample_size": optional(integer("label_sample_size", 1)),
         "prompt_length": optional(integer("prompt_length", 1)),
+        "prompt_label_names": optional(string_list("prompt_label_names")),
+        "prompt_group_names": optional(string_list("prompt_group_names")),
     }
     return {name: wrap(name, rule) for name, rule in rules.items()}
 
@@ -264,6 +266,11 @@ class HSPNetConfig(PreTrainedConfig):
             Tokens kept of each stored prompt embedding (`group_prompt_embeds`, `label_prompt_embeds`): set by
             `set_prompts` to the longest prompt (the text tower is causal, so later positions never matter); `None`
             (older folders, converted checkpoints) keeps the text tower's full context length.
+        prompt_label_names / prompt_group_names (`list[str]`, *optional*):
+            The label and group names the stored prompts (`label_prompt_embeds`, `group_prompt_embeds`) were made
+            from, set with them (`set_prompts`, conversion); `None` in older folders. Loading a folder whose
+            `id2label` or `group_names` was edited since (renamed or reordered: the scores still follow the stored
+            prompts) logs a warning naming the labels that differ.
         label_sample_size (`int`, *optional*):
             Training only, off by default (`None`): each training step runs the text side for the batch's observed
             positives plus `label_sample_size` labels drawn uniformly from the others, with the loss reweighted to
@@ -311,6 +318,8 @@ class HSPNetConfig(PreTrainedConfig):
     loss_kwargs: dict[str, Any] | None = None
     label_sample_size: int | None = None
     prompt_length: int | None = None
+    prompt_label_names: list[str] | None = None
+    prompt_group_names: list[str] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         rule = _FIELD_RULES.get(name)

@@ -226,6 +226,14 @@ class PromptEmbeddings:
     group_eos: torch.Tensor
     label_embeds: torch.Tensor
     label_eos: torch.Tensor
+    label_names: list[str] = field(default_factory=list)
+    group_names: list[str] = field(default_factory=list)
+
+    def record(self, config: HSPNetConfig) -> None:
+        """Note in `config` what these prompts are: their length and the names they were made from (so that loading
+        a folder whose names were edited since can say so: `prompt_name_changes`)."""
+        config.prompt_length = self.label_embeds.shape[1]
+        config.prompt_label_names, config.prompt_group_names = list(self.label_names), list(self.group_names)
 
 
 def prompt_embeddings(config: HSPNetConfig, tokenizer, token_embedding: torch.nn.Embedding,
@@ -242,7 +250,36 @@ def prompt_embeddings(config: HSPNetConfig, tokenizer, token_embedding: torch.nn
     device = token_embedding.weight.device
     with torch.no_grad():
         return PromptEmbeddings(token_embedding(group_ids[:, :kept].to(device)).to(dtype), group_eos,
-                                token_embedding(label_ids[:, :kept].to(device)).to(dtype), label_eos)
+                                token_embedding(label_ids[:, :kept].to(device)).to(dtype), label_eos,
+                                list(config.label_names), list(config.group_names))
+
+
+def prompt_name_changes(config: HSPNetConfig) -> str | None:
+    """None, or a message saying that the label (group) names of `config` are not those its stored prompts were made
+    from (`config.prompt_label_names` / `prompt_group_names`): names edited in `config.json` after the model was
+    built (renamed, or the same names in another order). Names whose prompts are the same text (`traffic_light` /
+    `traffic light`) are not a change; a config that does not say what its prompts were made from has none."""
+    found = []
+    for kind, names, made_from in (("label", config.label_names, config.prompt_label_names),
+                                   ("group", list(config.group_names), config.prompt_group_names)):
+        if not made_from or len(made_from) != len(names):
+            continue
+        changed = [(i, new, old) for i, (new, old) in enumerate(zip(names, made_from))
+                   if prompt_name(new) != prompt_name(old)]
+        if not changed:
+            continue
+        field_name = "id2label" if kind == "label" else "group_names"
+        how = "lists the same names in another order than" if sorted(names) == sorted(made_from) else "renames"
+        shown = ", ".join(f"{kind} {i} {new!r} is scored by the prompt made for {old!r}" if kind == "label" else
+                          f"{kind} {i} {new!r} has the prompt made for {old!r}" for i, new, old in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        found.append(f"{field_name} {how} the {kind} names the stored prompts were made from ({shown}{more})")
+    if not found:
+        return None
+    where = f"{config.name_or_path}: " if getattr(config, "name_or_path", "") else ""
+    return (f"{where}{'; '.join(found)}. The stored prompts (and the relation) follow the original names, so each "
+            "score is that of the original name at its index, not of the name config.json gives it now. Restore the "
+            "names, or give the prompts the new names with model.hspnet.set_prompts(tokenizer) (and train).")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -294,6 +331,7 @@ __all__ = [
     "prompt_embeddings",
     "load_clip_parts",
     "prompt_name",
+    "prompt_name_changes",
     "read_relation",
     "text_relation",
     "tokenize_hierarchy_prompts",

@@ -35,16 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers import initialization as init
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_hspnet import HSPNetConfig
 from .losses import build_loss
 from .modeling_clip_resnet import HSPNetAttentionPool2d, HSPNetCLIPResNet
-from .modeling_from_clip import build_from_clip, default_image_processor, prompt_embeddings, read_relation
+from .modeling_from_clip import (build_from_clip, default_image_processor, prompt_embeddings, prompt_name_changes,
+                                 read_relation)
 from .modeling_label_graph import HSPNetGCN, HSPNetGraphConvolution, induced_adjacency, sample_labels
 from .modeling_prompts import (
     LabelPlan,
@@ -213,6 +213,9 @@ class HSPNetModel(HSPNetPreTrainedModel):
 
     def __init__(self, config: HSPNetConfig):
         super().__init__(config)
+        renamed = prompt_name_changes(config)  # id2label / group_names edited since the prompts were made
+        if renamed is not None:
+            logger.warning(renamed)
         clip_config = config.clip_config
         num_labels, num_groups = config.num_labels, config.num_groups
         length = config.prompt_length or clip_config.text_config.max_position_embeddings
@@ -226,15 +229,8 @@ class HSPNetModel(HSPNetPreTrainedModel):
         else:
             self.clip = CLIPModel(clip_config)
         self.gcn = HSPNetGCN(config)
-        self.meta_net = nn.Sequential(
-            OrderedDict(
-                [
-                    ("linear1", nn.Linear(dim, n_ctx * width)),
-                    ("relu", nn.ReLU()),
-                    ("linear2", nn.Linear(n_ctx * width, n_ctx * width)),
-                ]
-            )
-        )
+        self.meta_net = nn.Sequential(OrderedDict([("linear1", nn.Linear(dim, n_ctx * width)), ("relu", nn.ReLU()),
+                                                   ("linear2", nn.Linear(n_ctx * width, n_ctx * width))]))
         self.meta_net.linear1._hspnet_torch_default_init = True
         self.meta_net.linear2._hspnet_torch_default_init = True
 
@@ -271,7 +267,7 @@ class HSPNetModel(HSPNetPreTrainedModel):
                                        self.label_prompt_embeds.dtype)
         self.register_buffer("group_prompt_embeds", embeddings.group_embeds)
         self.register_buffer("label_prompt_embeds", embeddings.label_embeds)
-        self.config.prompt_length = embeddings.label_embeds.shape[1]
+        embeddings.record(self.config)  # prompt_length, and the names the prompts are made from
         self.group_eos_positions.copy_(embeddings.group_eos)
         self.label_eos_positions.copy_(embeddings.label_eos)
         self.prompt_layout()  # derived now, not at the first forward pass: an exported model needs it
