@@ -165,3 +165,51 @@ def test_training_transform_scales_16_bit_and_float_images_and_applies_exif(tmp_
     assert flt.shape == (4, 5, 3) and (flt == 51).all()
     assert rotated.shape == (6, 2, 3)
     assert (rotated[:3] == (255, 0, 0)).all() and (rotated[3:] == (0, 0, 255)).all()
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_every_writer_gives_new_files_the_users_umask(tmp_path, tiny_clip_dir, umask, file_mode, folder_mode):
+    """New files get `0o666 & ~umask` as any program's (never mkstemp's 0600, never wider than the umask allows), a
+    replaced file keeps its mode (0640), and the library never calls `os.umask` (process-wide). Run in another
+    interpreter (tests/scripts/umask_writers.py), whose umask this test may set."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import SCRIPTS
+
+    folder = tmp_path / "written"
+    folder.mkdir()
+    result = subprocess.run([sys.executable, str(SCRIPTS / "umask_writers.py"), str(folder), oct(umask)[2:],
+                             str(tiny_clip_dir)], capture_output=True, text=True, env=dict(os.environ,
+                                                                                            HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    modes = json.loads(result.stdout.strip().splitlines()[-1])
+    model_files = {"model/model.safetensors", "model/config.json", "model/preprocessor_config.json",
+                   "model/modeling_hspnet.py", "model/image_processing_hspnet.py"}
+    assert model_files <= set(modes) and not [name for name in modes if "/." in name or name.startswith(".")]
+    expected = {name: (folder_mode if name in ("model", "sub") else 0o640 if name == "existing.txt" else file_mode)
+                for name in modes}
+    assert {name: oct(mode) for name, mode in modes.items()} == {name: oct(mode) for name, mode in expected.items()}
+
+
+def test_training_writes_its_files_with_the_users_umask(tmp_path):
+    """A training run's model (transformers writes the weights through a 0600 temporary file) and checkpoints
+    (safetensors writes 0600 files) get the permissions of the umask (here 0o022 -> 0644), like its other files; the
+    umask is set for this test and put back."""
+    import stat as stat_module
+
+    from hspnet.training.arguments import TrainingConfig
+    from hspnet.training.loop import train
+    from tests.helpers import tiny_options
+
+    previous = os.umask(0o022)
+    try:
+        train(TrainingConfig(**tiny_options(tmp_path, epochs=1, schedule_epochs=1, evaluate_before_training=False)))
+    finally:
+        os.umask(previous)
+    out = tmp_path / "out"
+    files = [path for path in out.rglob("*") if path.is_file() and not path.is_symlink()]
+    assert out / "model.safetensors" in files and out / "checkpoints" / "epoch_0-step_6" / "ema.safetensors" in files
+    modes = {str(path.relative_to(out)): oct(stat_module.S_IMODE(path.stat().st_mode)) for path in files}
+    assert modes == {name: oct(0o644) for name in modes}

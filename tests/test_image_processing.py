@@ -192,3 +192,45 @@ def test_saved_folder_loads_as_remote_code_without_the_package(fresh_remote_run)
     assert out["pipeline_processor"] == "HSPNetImageProcessor" and out["labels"] == ["a", "b", "c"]
     remote = np.load(case["job"]["pixels_out"])
     assert remote.shape == (3, 3, 64, 64) and np.array_equal(remote, case["expected"])
+
+
+def test_every_new_model_saves_the_hspnet_processor_with_the_pixels_it_was_built_for(make_model, trained_tiny_model,
+                                                                                       tmp_path):
+    """What the README says: a model built on a HF CLIP folder (`from_clip(folder)`, which `hspnet train
+    --clip_model FOLDER` calls), one built on OpenAI weights (`RN50.pt` & co.) and one trained on the demo's tiny
+    random CLIP all save `HSPNetImageProcessor` (with its `auto_map`), at the model's resolution with CLIP's mean and
+    std, and `AutoImageProcessor` gives the authors' pixels (`reference_pixels`, worked out above with PIL and numpy).
+    For the first two that is what they saved before; the demo saved the tiny CLIP's own `CLIPImageProcessor`, whose
+    pixels are the same on square images such as the demo's (not on 640x427, where CLIP's crop is one pixel off)."""
+    from transformers import AutoImageProcessor, CLIPImageProcessorPil
+
+    from hspnet import HSPNetForImageClassification
+    from hspnet.models.openai_clip import load_openai_clip_parts
+    from hspnet.utils.tiny_clip import byte_level_clip_tokenizer
+    from tests.official_reference import RefCLIP, randomize
+
+    make_model().save_pretrained(tmp_path / "hf-clip")
+    torch.manual_seed(0)
+    openai = randomize(RefCLIP(vision="resnet", vocab_size=514, image_size=64), 0).eval()
+    HSPNetForImageClassification.from_clip(load_openai_clip_parts(openai.state_dict()),
+                                           tokenizer=byte_level_clip_tokenizer(), labels=["a", "b"], groups=["g"],
+                                           label_to_group=[0, 0]).save_pretrained(tmp_path / "openai")
+    cases = {"hf-clip": (tmp_path / "hf-clip", 32), "openai": (tmp_path / "openai", 64),
+             "demo": (Path(trained_tiny_model), 32)}
+    photo, square = make_image(640, 427, seed=5), make_image(64, 64, seed=6)
+    for name, (folder, size) in cases.items():
+        saved = json.loads((folder / "preprocessor_config.json").read_text())
+        assert saved["image_processor_type"] == "HSPNetImageProcessor", name
+        assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_hspnet.HSPNetImageProcessor"}, name
+        assert (saved["size"], saved["crop_size"]) == ({"shortest_edge": size}, {"height": size, "width": size}), name
+        assert (saved["image_mean"], saved["image_std"]) == ([0.48145466, 0.4578275, 0.40821073],
+                                                             [0.26862954, 0.26130258, 0.27577711]), name
+        processor = AutoImageProcessor.from_pretrained(folder)
+        for image in (photo, square):
+            got = processor(images=image, return_tensors="np")["pixel_values"][0]
+            np.testing.assert_array_equal(got, reference_pixels(image, size), err_msg=name)
+    before = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    demo = AutoImageProcessor.from_pretrained(trained_tiny_model)
+    for image in (square, make_image(64, 64, seed=7, mode="L"), make_image(32, 32, seed=8)):
+        np.testing.assert_array_equal(demo(images=image, return_tensors="np")["pixel_values"],
+                                      before(images=image, return_tensors="np")["pixel_values"])

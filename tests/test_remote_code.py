@@ -87,3 +87,65 @@ def test_pipeline_from_saved_folder_and_object(make_model, tmp_path):
     classifier = pipeline("image-classification", model=model, image_processor=model.image_processor)
     results = classifier(images, top_k=model.config.num_labels)
     _check_scores(results, model, images, processor)
+
+
+PIPELINE_AT_A_TERMINAL = """
+import sys, time
+import hspnet
+from transformers import pipeline
+print("IMPORTED", flush=True)
+for folder in sys.argv[1:]:
+    start = time.time()
+    classifier = pipeline("image-classification", model=folder)
+    print("LOADED", type(classifier.image_processor).__name__, round(time.time() - start, 2), flush=True)
+"""
+
+
+def run_at_a_terminal(args, env, timeout=300):
+    """`python ARGS` with a pseudo-terminal as stdin/stdout/stderr (where transformers asks its `[y/N]` questions and
+    waits 15 s for an answer): (exit status, output). Stops the child at once if it asks."""
+    import os
+    import pty
+    import select
+    import signal
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.execve(sys.executable, [sys.executable, *args], env)
+    output, deadline = b"", time.time() + timeout
+    try:
+        while time.time() < deadline and b"[y/N]" not in output:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                output += data
+    finally:
+        if b"[y/N]" in output or time.time() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_pipeline_loads_without_a_prompt_at_a_terminal(make_model, trained_tiny_model, tmp_path):
+    """The README's one-liners at a terminal, after `import hspnet`: `pipeline("image-classification", model=folder)`
+    asks nothing (transformers would derive a remote video processor from the image processor's `auto_map` and ask
+    whether to run that code, waiting 15 s) and takes seconds; for a model built from a HF CLIP folder and for one
+    trained by `hspnet train` (the demo's tiny random CLIP), both with the HSPNet image processor."""
+    import os
+
+    built = tmp_path / "built-on-a-clip-folder"
+    make_model().save_pretrained(built)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TERM="dumb")
+    status, output = run_at_a_terminal(["-c", PIPELINE_AT_A_TERMINAL, str(built), trained_tiny_model], env)
+    assert "[y/N]" not in output and "custom code" not in output, output[-3000:]
+    assert status == 0, output[-3000:]
+    loaded = [line.split() for line in output.splitlines() if line.startswith("LOADED")]
+    assert [words[1] for words in loaded] == ["HSPNetImageProcessor", "HSPNetImageProcessor"], output[-3000:]
+    assert all(float(words[2]) < 10 for words in loaded), loaded  # the question would have waited 15 s

@@ -9,10 +9,12 @@ moves files outside the run.
 
 The fingerprints expected are computed here from the rows as Python reads them (`dataset[i]`), not by the function."""
 
+import dataclasses
 import hashlib
 import json
 import os
 import pickle
+import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -229,6 +231,143 @@ def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run,
         assert ja[key] == jb[key], key
     assert set(ja) == set(jb)
     assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("epoch_1-step_10")
+
+
+def _interrupt_at(monkeypatch, done_steps):
+    """Ctrl-C (KeyboardInterrupt) inside the training step that follows `done_steps` applied steps: the run's own
+    `training_step` method, patched on its class for this test."""
+    from hspnet.training.loop import TrainingRun
+
+    original = TrainingRun.training_step
+
+    def training_step(self, batch, epoch):
+        if self.state.global_step == done_steps:
+            raise KeyboardInterrupt
+        return original(self, batch, epoch)
+
+    monkeypatch.setattr(TrainingRun, "training_step", training_step)
+
+
+def _interruption(err):
+    """The one line a Ctrl-C printed, and the command in it (split as a shell would)."""
+    lines = [line for line in err.splitlines() if line.startswith("training interrupted")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    command = shlex.split(lines[0].split(" with: ", 1)[1])
+    assert command[:2] == ["hspnet", "train"]
+    return lines[0], command
+
+
+def test_ctrl_c_names_the_checkpoint_and_its_command_resumes_exactly(uninterrupted_ten_step_run, tmp_path,
+                                                                     monkeypatch, capsys):
+    """Ctrl-C during step 9 of the 10 of `uninterrupted_ten_step_run` (6 per epoch, checkpoints at 4, 6 and 8): exit
+    status 130, ONE line naming the checkpoint of step 8 and a command; that command, run as printed, resumes from
+    step 8 and ends with the weights and results of the uninterrupted run, bit for bit."""
+    from safetensors.torch import load_file
+
+    from hspnet.cli import main
+
+    full, full_out = uninterrupted_ten_step_run
+    out = tmp_path / "out"
+    options = dict(full, output_dir=str(out), cache_dir=str(tmp_path / "cache"))
+    _interrupt_at(monkeypatch, 8)
+    capsys.readouterr()
+    assert main(["train", *as_argv(options)]) == 130
+    line, command = _interruption(capsys.readouterr().err)
+    assert line.startswith(f"training interrupted after step 8 of 10; last checkpoint: {out / 'checkpoints' / 'step_8'}"
+                           "; resume with: hspnet train ")
+    assert command[-2:] == ["--resume_from_checkpoint", "latest"]
+    assert "training interrupted after step 8 of 10" in (out / "train.log").read_text()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0-step_6", "step_8"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+    monkeypatch.undo()
+
+    assert main(command[1:]) == 0
+    assert f"resumed from {out / 'checkpoints' / 'step_8'} at step 8" in (out / "train.log").read_text()
+    final = lambda folder: folder / "checkpoints" / "epoch_1-step_10"  # noqa: E731
+    a, b = load_file(final(full_out) / "model.safetensors"), load_file(final(out) / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+    ja = json.loads((full_out / "all_results.json").read_text())
+    jb = json.loads((out / "all_results.json").read_text())
+    for key in ("test_before_training", "test", "test_per_class_AP", "best", "history"):
+        assert ja[key] == jb[key], key
+
+
+def test_the_resume_command_repeats_the_options_as_given(tmp_path, monkeypatch, capsys):
+    """With the command line it was given (`argv`), the printed command repeats it (the YAML file stays a YAML file,
+    a value with a space stays one argument), without an earlier --resume_from_checkpoint or the Hub token; with none
+    and no checkpoint, the command starts over."""
+    from hspnet.cli import main
+    from hspnet.training.arguments import parse_training_args
+    from hspnet.training.resume import config_arguments, resume_command
+
+    options = tiny_options(tmp_path / "my runs", epochs=1, schedule_epochs=1, evaluate_before_training=False)
+    yaml_file = tmp_path / "my config.yaml"
+    yaml_file.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in options.items()
+                                 if key not in ("output_dir", "cache_dir")))
+    argv = ["--config", str(yaml_file), "--output_dir", options["output_dir"], "--cache-dir", options["cache_dir"],
+            "--hub_token", "hf_notarealtoken", "--resume_from_checkpoint=hub", "--seed", "0"]
+    config = parse_training_args([a for a in argv if a != "--resume_from_checkpoint=hub"])
+    assert resume_command(config, argv) == shlex.join(
+        ["hspnet", "train", "--config", str(yaml_file), "--output_dir", options["output_dir"], "--cache-dir",
+         options["cache_dir"], "--seed", "0", "--resume_from_checkpoint", "latest"])
+    assert resume_command(config, argv, num_processes=2, mixed_precision="bf16", resume=False).startswith(
+        "accelerate launch --num_processes 2 -m hspnet train --config ")
+    assert resume_command(config, argv, mixed_precision="bf16").endswith(
+        " --seed 0 --mixed_precision bf16 --resume_from_checkpoint latest")
+    # without the command line: the options that differ from the defaults give the same config back (the token not)
+    assert parse_training_args(config_arguments(config)) == dataclasses.replace(config, hub_token=None)
+    assert "hf_notarealtoken" not in " ".join(config_arguments(config))
+
+    _interrupt_at(monkeypatch, 2)  # before the first checkpoint (end of the 6-step epoch)
+    capsys.readouterr()
+    assert main(["train", *as_argv(options)]) == 130
+    line, command = _interruption(capsys.readouterr().err)
+    assert line.startswith("training interrupted after step 2 of 6 before any checkpoint was saved, there is nothing "
+                           "to resume; start over with: hspnet train ")
+    assert "--resume_from_checkpoint" not in command and "--overwrite_output_dir" not in command
+    assert parse_training_args(command[2:]) == TrainingConfig(**options)
+    assert not (Path(options["output_dir"]) / "checkpoints").exists()
+    monkeypatch.undo()
+    assert main(command[1:]) == 0  # the printed command starts the run again
+
+
+def test_ctrl_c_in_an_overwrite_run_leaves_nothing_beside_the_output_folder(run_copy, monkeypatch, capsys):
+    """`--overwrite_output_dir` over an earlier run, interrupted: the earlier run is untouched and nothing is left
+    beside it (no `out.partial`). Before its first checkpoint the new run leaves nothing at all; after it, its
+    staging folder inside `out` keeps the checkpoint, and the printed command continues it and swaps it in."""
+    from hspnet.cli import main
+
+    out, options = run_copy
+    before = digest_tree(out)
+    staging = out / ".hspnet-next-run"
+    new_run = dict(options, overwrite_output_dir=True, seed=1, epochs=2, schedule_epochs=2)
+    _interrupt_at(monkeypatch, 3)
+    capsys.readouterr()
+    assert main(["train", *as_argv(new_run)]) == 130
+    line, command = _interruption(capsys.readouterr().err)
+    assert line.startswith(f"training interrupted after step 3 of 12 before any checkpoint was saved, there is "
+                           f"nothing to resume; {out} still holds the previous run; start over with: hspnet train ")
+    assert digest_tree(out) == before and sorted(p.name for p in out.parent.iterdir()) == ["out"]
+
+    monkeypatch.undo()
+    _interrupt_at(monkeypatch, 8)  # after the checkpoint of epoch 0 (step 6)
+    assert main(["train", *as_argv(new_run)]) == 130
+    line, command = _interruption(capsys.readouterr().err)
+    assert line.startswith(f"training interrupted after step 8 of 12; last checkpoint: "
+                           f"{staging / 'checkpoints' / 'epoch_0-step_6'}; {out} still holds the previous run, this "
+                           f"one is in {staging}; resume with: hspnet train ")
+    assert digest_tree(out, skip=staging) == before and sorted(p.name for p in out.parent.iterdir()) == ["out"]
+    assert sorted(p.name for p in (staging / "checkpoints").iterdir()) == ["epoch_0-step_6"]
+    monkeypatch.undo()
+
+    assert main(command[1:]) == 0
+    assert not staging.exists() and sorted(p.name for p in out.parent.iterdir()) == ["out"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0-step_6", "epoch_1-step_12"]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["resumed_from"] == str(staging / "checkpoints" / "epoch_0-step_6")
+    assert json.loads((out / TRAINING_ARGS_NAME).read_text())["seed"] == 1
 
 
 def test_resume_restores_the_loss_state_kept_by_the_model(tmp_path):

@@ -67,8 +67,8 @@ def test_locked_output_dir_stops_every_process_of_a_distributed_run(two_process_
     result, reports, out = two_process_runs["result"], two_process_runs["reports"], two_process_runs["locked_out"]
     assert reports["0"] and reports["1"], result.stderr[-4000:]
     assert [reports[rank]["locked"]["status"] for rank in ("0", "1")] == [1, 1]  # exit status 1 on every process
-    assert f"train.py: error: output_dir '{out}' is in use by another training run" in result.stderr
-    assert "train.py: error: process 0 stopped: output_dir" in result.stderr  # the other process
+    assert f"hspnet train: error: output_dir '{out}' is in use by another training run" in result.stderr
+    assert "hspnet train: error: process 0 stopped: output_dir" in result.stderr  # the other process
     assert max(reports[rank]["locked"]["seconds"] for rank in ("0", "1")) < 250
 
 
@@ -95,8 +95,8 @@ def test_overwrite_replaces_the_folder_only_when_the_new_run_is_complete(run_cop
     poison(monkeypatch, at=8, mode="nan")
     with pytest.raises(TrainingDivergedError, match=rf"{out} is unchanged"):
         train(TrainingConfig(**new_run))
-    assert digest_tree(out) == before
-    staging = out.parent / "out.partial"
+    staging = out / ".hspnet-next-run"  # inside the output folder: nothing is left beside it
+    assert digest_tree(out, skip=staging) == before and sorted(p.name for p in out.parent.iterdir()) == ["out"]
     assert sorted(p.name for p in (staging / "checkpoints").iterdir()) == ["epoch_0-step_6"]
     monkeypatch.undo()
 
@@ -123,38 +123,54 @@ def test_overwrite_replaces_the_folder_only_when_the_new_run_is_complete(run_cop
     assert "test_before_training" not in json.loads((out / "all_results.json").read_text())
 
 
-def test_overwrite_refuses_a_folder_with_files_no_run_wrote(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "config.json").write_text("{}")
-    (out / "notes.txt").write_text("mine")
-    (out / "photos").mkdir()
-    (out / ".git").mkdir()
-    (out / "eval_demo_test").mkdir()  # scripts/evaluate.py's report of the old model: replaced with it
-    with pytest.raises(FileExistsError, match=r"holds files that no training run wrote \(\.git/, notes.txt, "
-                                              r"photos/\)"):
-        train(TrainingConfig(**tiny_options(tmp_path, overwrite_output_dir=True)))
-    assert sorted(p.name for p in out.iterdir()) == [".git", "config.json", "eval_demo_test", "notes.txt", "photos"]
-    assert not (tmp_path / "out.partial").exists()
+def test_overwrite_keeps_what_no_training_run_writes(run_copy):
+    """`--overwrite_output_dir` replaces the earlier run (its model files, log, TensorBoard logs, checkpoints) and
+    keeps everything else, as transformers' Trainer (which deletes nothing) would: the user's notes, `hspnet
+    evaluate`'s `eval_demo_test/` report, a `.git` folder; one log line for each."""
+    out, options = run_copy
+    mine = {"notes.txt": "mine", "eval_demo_test/metrics.json": '{"mAP": 1}', ".git/HEAD": "ref: main",
+            "photos/a/b.txt": "deep", ".gitattributes": "*.safetensors lfs"}
+    for name, text in mine.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"a shard of the earlier model")
+    old_model = (out / "model.safetensors").read_bytes()
+
+    train(TrainingConfig(**dict(options, overwrite_output_dir=True, seed=1, evaluate_before_training=False)))
+    assert {name: (out / name).read_text() for name in mine} == mine
+    assert not (out / "model-00002-of-00002.safetensors").exists()  # the earlier model's: not kept
+    assert (out / "model.safetensors").read_bytes() != old_model
+    assert json.loads((out / TRAINING_ARGS_NAME).read_text())["seed"] == 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no out.replaced, no staging left
+    assert not (out / ".hspnet-next-run").exists()
+    log = (out / "train.log").read_text()
+    for shown in (".git/", ".gitattributes", "eval_demo_test/", "notes.txt", "photos/"):
+        assert log.count(f"kept {shown} of the previous {out} in the new one (no training run writes it)") == 1, shown
+    assert log.count(" kept ") == 5
 
 
 def test_resuming_an_interrupted_overwrite_run_needs_the_overwrite_flag(tmp_path, monkeypatch):
     from hspnet.training.run_folder import plan_folders
 
-    checkpoint = tmp_path / "out.partial" / "checkpoints" / "epoch_0-step_6"
+    checkpoint = tmp_path / "out" / ".hspnet-next-run" / "checkpoints" / "epoch_0-step_6"
     checkpoint.mkdir(parents=True)
-    (tmp_path / "out" / "checkpoints" / "epoch_2-step_18").mkdir(parents=True)
+    earlier = tmp_path / "out" / "checkpoints" / "epoch_2-step_18"
+    earlier.mkdir(parents=True)
     options = dict(output_dir=str(tmp_path / "out"))
     with pytest.raises(ValueError, match=r"belongs to an interrupted --overwrite_output_dir run .* add "
                                          r"--overwrite_output_dir true to continue it"):
         plan_folders(TrainingConfig(**options, resume_from_checkpoint=str(checkpoint)))
     both = dict(options, overwrite_output_dir=True)
-    staging, out = str(tmp_path / "out.partial"), str(tmp_path / "out")
+    staging, out = str(tmp_path / "out" / ".hspnet-next-run"), str(tmp_path / "out")
     assert plan_folders(TrainingConfig(**both, resume_from_checkpoint="latest")).working == staging
     assert plan_folders(TrainingConfig(**options, resume_from_checkpoint="latest")).working == out
     assert plan_folders(TrainingConfig(**both)).working == staging  # a fresh overwrite run
-    monkeypatch.chdir(out)  # "." holding a run: the staging folder is its sibling, not "./.partial"
+    monkeypatch.chdir(out)  # "." holding a run: the staging folder is inside it, by its absolute path
     assert plan_folders(TrainingConfig(output_dir=".", overwrite_output_dir=True)).working == staging
+    earlier.rmdir()  # only the interrupted overwrite run has checkpoints: "latest" alone would find none
+    with pytest.raises(ValueError, match=r"the checkpoints under .*out belong to an interrupted "
+                                         r"--overwrite_output_dir run .* add --overwrite_output_dir true"):
+        plan_folders(TrainingConfig(**options, resume_from_checkpoint="latest"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -196,7 +212,7 @@ def test_a_failing_write_is_one_line_and_leaves_no_half_file(fresh_training_runs
     assert report is not None, fresh_training_runs["result"].stderr[-3000:]
     out = fresh_training_runs["folder"] / "limited" / "out"
     assert report["file_size_limit"] == 1, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("train.py: error:")]
+    lines = [line for line in stderr.splitlines() if line.startswith("hspnet train: error:")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
     assert f"cannot write the model to {out}" in lines[0] and "File too large" in lines[0]
     leftovers = sorted(p.name for p in out.iterdir())
@@ -229,3 +245,29 @@ def test_a_log_file_that_cannot_be_written_stops_the_run(tmp_path):
             log.warning("hello")
     finally:
         log.removeHandler(handler)
+
+
+def test_ctrl_c_during_the_swap_waits_until_the_new_run_is_in_place(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) while `swap_in` moves the folders is held back until the swap is complete: never an output
+    folder half replaced, or renamed aside and left there."""
+    import hspnet.training.run_folder as run_folder
+
+    out = tmp_path / "out"
+    (out / ".hspnet-next-run").mkdir(parents=True)
+    (out / "config.json").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    (out / ".hspnet-next-run" / "config.json").write_text("new")
+    listed = run_folder.kept_entries
+
+    def interrupted_listing(folder):  # called between the renames and the moves of the kept entries
+        os.kill(os.getpid(), signal.SIGINT)
+        return listed(folder)
+
+    monkeypatch.setattr(run_folder, "kept_entries", interrupted_listing)
+    folders = run_folder.RunFolders(str(out), str(out / ".hspnet-next-run"))
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        run_folder.swap_in(folders, [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"config.json": "new", "notes.txt": "mine"}
+    assert signal.getsignal(signal.SIGINT) is handler  # put back

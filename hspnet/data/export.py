@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from hspnet.data.core import get_build_report
 from hspnet.data.errors import DatasetFormatError, ImageError
 from hspnet.data.hierarchy import get_hierarchy
-from hspnet.utils.files import read_json_file
+from hspnet.utils.files import new_folder_mode, read_json_file
 
 BUILD_MARKER = "hspnet_build.json"
 _BUILD_FILES = ("hierarchy.json", "report.json", "dataset_dict.json", BUILD_MARKER)
@@ -197,9 +197,7 @@ def save_prepared_dataset(
         check_image_paths(dataset_dict)
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isdir(path) else 0o777 & ~umask
+    mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isdir(path) else new_folder_mode(parent)
     temporary = _fresh_folder(parent, f".{name}.building-", mode)
     try:
         if embed_images:

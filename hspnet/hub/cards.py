@@ -15,6 +15,15 @@ from hspnet.models.loading import label_names
 
 HSPNET_TAGS = ["hspnet", "clip", "multi-label-classification", "single-positive-multi-label", "image-classification"]
 
+DATASET_TITLES = {
+    "coco": ("coco", "MS-COCO 2014"),
+    "voc": ("pascal_voc", "PASCAL VOC 2012"),
+    "nuswide": ("nus-wide", "NUS-WIDE"),
+    "cub": ("cub-200-2011", "CUB-200-2011 (attributes)"),
+    "demo": ("demo", "hspnet demo (coloured shapes)"),
+}
+"""The built-in datasets by the name their loader records: ``(model-index dataset type, title)``."""
+
 
 def card_metadata(*, tags: Iterable[str] = HSPNET_TAGS, license: str | None = None, datasets: list[str] | None = None,
                   base_model: str | None = None, metrics: list[str] | None = None,
@@ -54,24 +63,32 @@ def render_card(metadata: dict, body: str) -> str:
 
 
 def model_card(config, *, dataset: str, metrics: dict | None, recipe: dict, repo_id: str | None = None,
-               base_model: str | None = None, license: str | None = None, progress: dict | None = None) -> str:
+               base_model: str | None = None, license: str | None = None, progress: dict | None = None,
+               dataset_name: str | None = None, model_name: str | None = None) -> str:
     """README.md for a model trained with `scripts/train.py`: YAML metadata (library, tags, datasets, a model-index
     with the test metrics), the hierarchy, the recipe and usage snippets.
+
+    `dataset` is the `--dataset` option as given (a name, or a prepared dataset's folder); `dataset_name` the name
+    the dataset records itself ("demo", "coco", ..., or the folder of images of your own), which the model-index
+    names (with its title for the built-in ones: "PASCAL VOC 2012"); the model-index entry is named after `repo_id`,
+    else `model_name` (the output folder's name).
 
     `progress` (``epoch``, ``epochs``, ``step``, ``total_steps``, ``best_metric``, ``best_epoch``,
     ``selection_split``) makes it the card pushed while training runs: it says so at the top, gives the best
     selection metric so far, and has no model-index (the test metrics exist only at the end)."""
     name = repo_id or "path/to/this/folder"
-    dataset_name = os.path.basename(os.path.normpath(dataset)) if dataset else ""
+    real_name = dataset_name or (os.path.basename(os.path.normpath(dataset)) if dataset else "")
+    dataset_type, dataset_title = DATASET_TITLES.get(real_name, (real_name, real_name))
     index = None
     if metrics and progress is None:
-        index = model_index(name.split("/")[-1], dataset_type=dataset_name, dataset_name=dataset_name, metrics=[
+        index_name = (repo_id or model_name or "hspnet").rstrip("/").split("/")[-1]
+        index = model_index(index_name, dataset_type=dataset_type, dataset_name=dataset_title, metrics=[
             {"type": key, "value": round(float(value), 4), "name": key}
             for key, value in metrics.items() if key in ("mAP", "mAP_tie_aware", "CF1", "OF1", "mean_class_F1")
         ])
     metadata = card_metadata(
         license=license,
-        datasets=[dataset] if dataset and not os.path.isdir(dataset) else None,  # a name or Hub id, not a folder
+        datasets=[dataset] if dataset and not os.path.isdir(dataset) and dataset != "folder" else None,  # a name
         base_model=base_model,
         metrics=["mAP"] if index else None,
         model_index=index,
@@ -97,7 +114,7 @@ def model_card(config, *, dataset: str, metrics: dict | None, recipe: dict, repo
     body = f"""# HSPNet multi-label classifier ({config.num_labels} labels, {config.num_groups} groups)
 {status}
 HSPNet (Wang et al., *Hierarchical Prompt Learning Using CLIP for Multi-label Classification with Single Positive
-Labels*, ACM MM 2023) trained with the `hspnet` library on `{dataset}` from single positive labels.
+Labels*, ACM MM 2023) trained with the `hspnet` library on {dataset_title} (`{dataset}`) from single positive labels.
 Base CLIP: `{base_model or 'see config'}`.
 
 ## Usage
@@ -130,3 +147,22 @@ classifier("image.jpg", top_k={config.num_labels})  # a sigmoid score for every 
 {recipe_lines}
 """
     return render_card(metadata, body)
+
+
+RECIPE_OPTIONS = ("clip_model", "dataset", "protocol", "epochs", "schedule_epochs", "batch_size", "lr", "gcn_lr",
+                  "weight_decay", "pct_start", "ema", "ema_keep_per_epoch", "loss", "loss_kwargs", "seed")
+"""The options of a training run shown in its card's recipe table."""
+
+
+def training_card(model_config, options, *, metrics: dict | None = None, progress: dict | None = None,
+                  world_size: int = 1, mixed_precision: str = "no", dataset_name: str | None = None,
+                  model_name: str | None = None) -> str:
+    """:func:`model_card` for a model trained by `hspnet train` with the options `options` (a `TrainingConfig`):
+    the recipe table (:data:`RECIPE_OPTIONS`, the number of processes and the mixed precision in use), the base CLIP
+    (none when fine-tuning an HSPNet model), the Hub repository and license of the options."""
+    recipe = {name: getattr(options, name) for name in RECIPE_OPTIONS}
+    recipe.update(world_size=world_size, mixed_precision=mixed_precision)
+    return model_card(model_config, dataset=options.dataset, metrics=metrics, recipe=recipe,
+                      repo_id=options.hub_model_id, license=options.license, progress=progress,
+                      base_model=None if options.model_name_or_path else options.clip_model,
+                      dataset_name=dataset_name, model_name=model_name)

@@ -105,16 +105,17 @@ def save_checkpoint(accelerator, folder: str, *, state, scheduler, loss_module: 
                     label_generator: torch.Generator | None = None) -> None:
     """Write the training state into `folder` (every process calls it): accelerate's ``save_state`` (weights,
     optimizer, random states; no registered objects, so no ``custom_checkpoint_*.pkl``), then this project's state
-    as JSON and safetensors."""
+    as JSON and safetensors. Every file gets the permissions the user's umask gives (safetensors writes 0600 files)."""
     from safetensors.torch import save_file
 
-    from hspnet.utils.files import write_json
+    from hspnet.utils.files import give_default_mode, new_file_mode, write_json
 
     accelerator.save_state(folder)
+    own = os.path.join(folder, label_sampling_name(accelerator.process_index))
     if label_generator is not None:
-        save_file({"state": label_generator.get_state()},
-                  os.path.join(folder, label_sampling_name(accelerator.process_index)))
+        save_file({"state": label_generator.get_state()}, own)
     if not accelerator.is_main_process:
+        give_default_mode([own] if label_generator is not None else [], new_file_mode(folder))
         return
     write_json(os.path.join(folder, TRAINING_STATE_NAME), {
         "format": FORMAT, "progress": state.state_dict(), "scheduler": scheduler.state_dict(),
@@ -123,6 +124,8 @@ def save_checkpoint(accelerator, folder: str, *, state, scheduler, loss_module: 
     save_file(tensors_for_file(loss_module.state_dict()), os.path.join(folder, LOSS_STATE_NAME))
     if ema is not None:
         save_file(tensors_for_file(ema.trained_state()), os.path.join(folder, EMA_NAME))
+    written = [os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors")]
+    give_default_mode(written, new_file_mode(folder))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

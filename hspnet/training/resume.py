@@ -9,6 +9,9 @@
 - :func:`check_best_model`: the output folder holds the best model the checkpoint's run saved.
 - :class:`TrainingState`: the loop's progress, stored in the checkpoint's ``training_state.json``
   (:mod:`hspnet.training.checkpoint` reads and writes the checkpoint files).
+- :func:`training_threads`: torch's thread count on the CPU, fixed for the run (float sums depend on it; the
+  launchers set it differently), recorded under ``"run"``.
+- :func:`resume_command`: the command that continues an interrupted run (printed on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +43,7 @@ RESUME_SAFE_OPTIONS = (
     "push_to_hub", "hub_strategy", "hub_model_id", "hub_token", "hub_private_repo", "license",  # upload
     "num_workers",       # data loading processes: the order comes from the seeded sampler, the transform is fixed
     "release_memory_between_chunks",  # memory only
+    "torch_num_threads",  # compared as what the run actually uses (a warning: float sums split differently)
     "dataset_root", "cache_dir",  # where the data lies: its content is compared instead (labels, images, positives)
     "trust_remote_code",
     "mixed_precision", "cpu",  # compared as what the run actually uses (precision: refused; device: a warning)
@@ -143,6 +148,8 @@ def run_settings(config, accelerator=None, dataset: dict | None = None) -> dict:
         "world_size": accelerator.num_processes if accelerator is not None else 1,
         "mixed_precision": str(accelerator.mixed_precision) if accelerator is not None else "no",
         "device": accelerator.device.type if accelerator is not None else "cpu",
+        "torch_num_threads": torch.get_num_threads(),
+        "launcher": launcher(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "accelerate": accelerate.__version__},
     }
@@ -192,6 +199,8 @@ def settings_differences(saved: dict, current: dict) -> tuple[list[str], list[st
             other.append(f"{label} {_show(saved_run.get(key))} -> {_show(current_run.get(key))}")
     if saved_run.get("device") != current_run.get("device"):
         notes.append(f"device {saved_run.get('device')} -> {current_run.get('device')}")
+    if "torch_num_threads" in saved_run and saved_run["torch_num_threads"] != current_run.get("torch_num_threads"):
+        notes.append(f"torch threads {saved_run['torch_num_threads']} -> {current_run.get('torch_num_threads')}")
     for name, version in (current_run.get("versions") or {}).items():
         before = (saved_run.get("versions") or {}).get(name)
         if before != version:
@@ -312,3 +321,139 @@ def check_best_model(folder: str, state: TrainingState, checkpoint: str) -> None
         )
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The same result however the run is launched; the command that resumes it
+# ---------------------------------------------------------------------------------------------------------------------
+
+CPU_THREADS = 1
+"""torch's threads per process when training on the CPU, unless the run's `torch_num_threads` option says otherwise.
+Float sums (matrix products, reductions) are split differently with another number of threads, so the weights, and
+after a few epochs the selected model and its mAP, depend on it. `accelerate launch` starts the script with
+`OMP_NUM_THREADS=1` (when the variable is not set) while `hspnet train` / `python -m hspnet train` get torch's default
+(one per core): fixed here, both launches train the same model, on any machine."""
+
+
+def training_threads(config, device_type: str) -> int | None:
+    """The thread count a run sets for itself: on the CPU, `config.torch_num_threads` when set, else
+    :data:`CPU_THREADS`; None on an accelerator (its sums do not depend on the CPU threads): left as it is."""
+    chosen = getattr(config, "torch_num_threads", None)
+    if device_type != "cpu":
+        return None
+    return int(chosen) if chosen else CPU_THREADS
+
+
+def launcher() -> str:
+    """How this process was started, for the record: "accelerate launch", "torchrun" or "python"."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
+        return "torchrun"
+    if "ACCELERATE_DYNAMO_BACKEND" in os.environ and "ACCELERATE_MIXED_PRECISION" in os.environ:
+        return "accelerate launch"
+    return "python"
+
+
+_NOT_REPEATED = ("resume_from_checkpoint", "hub_token")
+"""Options the printed resume command drops: the one it sets itself, and the secret (never printed)."""
+
+
+def _argument_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def config_arguments(config) -> list[str]:
+    """The options of `config` that differ from their defaults, as command-line arguments (`--lr 0.001 ...`) that
+    give this config back (the command line a resume needs when the one typed is unknown)."""
+    arguments = []
+    for item in dataclasses.fields(config):
+        if item.name in _NOT_REPEATED:
+            continue
+        if item.default is not dataclasses.MISSING:
+            default = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            default = item.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(config, item.name)
+        if value != default:
+            arguments += [f"--{item.name}", _argument_text(value)]
+    return arguments
+
+
+def _option_name(token: str, names: list[str]) -> str | None:
+    """The option a command-line token names (`--name`, `--name=value`, `--name-with-dashes`), or None (the command
+    line takes no abbreviations)."""
+    if not token.startswith("--") or token == "--":
+        return None
+    name = token[2:].split("=", 1)[0].replace("-", "_")
+    return name if name in names else None
+
+
+def without_options(argv: list[str], drop: tuple[str, ...], names: list[str]) -> list[str]:
+    """`argv` without the options `drop` and their values (each takes one value)."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = _option_name(token, names)
+        if name in drop:
+            skip = "=" not in token
+            continue
+        kept.append(token)
+    return kept
+
+
+def resume_command(config, argv: list[str] | None = None, *, resume: bool = True, num_processes: int = 1,
+                   mixed_precision: str = "no", overwrite: bool = False) -> str:
+    """The shell command (quoted for a POSIX shell) that continues this run (`resume`: with
+    `--resume_from_checkpoint latest`) or starts it again: `hspnet train` (`accelerate launch --num_processes N -m
+    hspnet train` for several processes) with the options as the user gave them (`argv`, e.g. `["--config",
+    "configs/demo.yaml"]`; without it, the options of `config` that differ from their defaults), less any earlier
+    `--resume_from_checkpoint` and the Hub token; plus the mixed precision the launcher chose, which a resume must
+    use again, and `--overwrite_output_dir true` when `overwrite` (a start over into a folder that now holds a run)."""
+    from hspnet.training.arguments import TrainingConfig
+
+    names = TrainingConfig.field_names() + ["config"]
+    arguments = config_arguments(config) if argv is None else without_options(list(argv), _NOT_REPEATED, names)
+    if config.mixed_precision is None and mixed_precision not in (None, "no"):
+        arguments += ["--mixed_precision", str(mixed_precision)]
+    if overwrite and not config.overwrite_output_dir:
+        arguments += ["--overwrite_output_dir", "true"]
+    if resume:
+        arguments += ["--resume_from_checkpoint", "latest"]
+    launch = (["hspnet", "train"] if num_processes <= 1 else
+              ["accelerate", "launch", "--num_processes", str(num_processes), "-m", "hspnet", "train"])
+    return shlex.join(launch + arguments)
+
+
+def interruption_message(config, argv: list[str] | None, *, folders, state, total_steps: int,
+                         staging_removed: bool, num_processes: int, mixed_precision: str) -> str:
+    """The one line printed when a run is interrupted: where it stopped, the last checkpoint (the newest one in the
+    run's folder: the one `--resume_from_checkpoint latest` picks) and the command that resumes
+    (:func:`resume_command`); without a checkpoint, that there is nothing to resume, where the best model so far is,
+    and the command that starts over. `folders` (the run's :class:`~hspnet.training.run_folder.RunFolders`, None if
+    it stopped before planning them), `state` (its :class:`TrainingState`, or None)."""
+    where = f" after step {state.global_step} of {total_steps}" if state is not None else ""
+    options = dict(num_processes=num_processes, mixed_precision=mixed_precision)
+    previous = ""
+    if folders is not None and folders.staging:
+        previous = f"; {folders.output_dir} still holds the previous run"
+        if not staging_removed:
+            previous += f", this one is in {folders.working}"
+    saved = checkpoint_dirs(folders.working) if folders is not None and not staging_removed else []
+    if saved:
+        checkpoint = saved[-1][1]
+        return (f"training interrupted{where}; last checkpoint: {checkpoint}{previous}; resume with: "
+                f"{resume_command(config, argv, **options)}")
+    best = ""
+    if folders is not None and state is not None and state.best_epoch >= 0 and not staging_removed:
+        best = f"; the best model so far (epoch {state.best_epoch}) is in {folders.working}"
+    holds_run = (folders is not None and not folders.staging
+                 and os.path.exists(os.path.join(folders.working, "model.safetensors")))
+    return (f"training interrupted{where} before any checkpoint was saved, there is nothing to resume{best}{previous}; "
+            f"start over with: {resume_command(config, argv, resume=False, overwrite=holds_run, **options)}")

@@ -3,9 +3,14 @@
 - :class:`OutputDirLock`: the output folder is locked (``fcntl.flock``, released by the kernel when the process ends)
   by the main process; a second run on it fails at once naming the holder.
 - :func:`plan_folders`: a folder holding an earlier run is only replaced with ``--overwrite_output_dir``, by a
-  complete new run (trained in ``<output_dir>.partial``, swapped in at the end by :func:`swap_in`); files no run
-  writes stop it (:func:`foreign_entries`).
-- :func:`save_model_files`: the model written through a temporary folder, each file renamed into place;
+  complete new run, trained in ``<output_dir>/.hspnet-next-run/`` (:data:`STAGING_NAME`) and swapped in at the end
+  by :func:`swap_in`, which carries over what no training run writes (:func:`kept_entries`: the user's files,
+  ``eval_*`` reports, ``.git``), one log line each. The staging folder lies inside the output folder, so that a run
+  interrupted after its first checkpoint leaves nothing beside it (no ``<output_dir>.partial``) and its checkpoints
+  stay where ``--resume_from_checkpoint latest --overwrite_output_dir true`` finds them
+  (:func:`clean_up_interrupted`).
+- :func:`save_model_files`: the model written through a temporary folder, each file renamed into place with the
+  permissions of the user's umask;
   :class:`writing`: a failed write becomes one ``OSError`` naming the file.
 - :func:`checkpoint_dirs`: the training states under ``checkpoints/``, oldest first.
 """
@@ -34,12 +39,16 @@ LOCK_NAME = ".hspnet-train.lock"
 """Lock file inside the output folder (and inside the staging folder of an `--overwrite_output_dir` run)."""
 BEST_MARKER_NAME = ".hspnet-best.json"
 """Which run, epoch and step the best model in the folder comes from (checked on resume)."""
-STAGING_SUFFIX = ".partial"
-"""`--overwrite_output_dir` trains into `<output_dir>.partial` and swaps it in only when the run is complete."""
+STAGING_NAME = ".hspnet-next-run"
+"""`--overwrite_output_dir` over an earlier run trains into `<output_dir>/.hspnet-next-run/` and swaps it in only when
+the run is complete (inside the output folder: nothing of an interrupted run lies beside it)."""
+PARTIAL_SUFFIX = ".partial"
+"""A checkpoint being written (`checkpoints/<name>.partial`), renamed when complete."""
 REPLACED_SUFFIX = ".replaced"
-RUN_ARTIFACTS = hub.RUN_FILES + (LOCK_NAME, BEST_MARKER_NAME)
-"""Every entry a training run writes beside the model files (:data:`hspnet.hub.transfer.RUN_FILES`, the lock and the
-best-model marker)."""
+"""The earlier run's folder while :func:`swap_in` replaces it (`<output_dir>.replaced`, removed at once)."""
+RUN_ARTIFACTS = hub.RUN_FILES + (LOCK_NAME, BEST_MARKER_NAME, STAGING_NAME)
+"""Every entry a training run writes beside the model files (:data:`hspnet.hub.transfer.RUN_FILES`, the lock, the
+best-model marker and the staging folder)."""
 
 
 def make_folder(path: str, what: str) -> None:
@@ -170,18 +179,26 @@ def holds_a_run(folder: str) -> bool:
     )
 
 
-def foreign_entries(folder: str) -> list[str]:
-    """Entries of an output folder that a training run does not write (model files, `all_results.json`,
-    `train.log`, `runs/`, `checkpoints/`, `eval_*` reports of scripts/evaluate.py, hidden temporary files):
-    `--overwrite_output_dir` refuses to replace a folder holding any, since they would be lost."""
-    foreign = []
+def kept_entries(folder: str) -> list[str]:
+    """Entries of an earlier run's output folder that no training run writes, which `--overwrite_output_dir` keeps:
+    everything but the files of the model (top-level `README.md`, `*.json`, `*.safetensors`, `*.py`, `*.bin`: the new
+    run writes its own), what a run writes beside them (:data:`RUN_ARTIFACTS`) and temporary files. So the user's
+    notes, an `eval_<data>_<split>/` report of `hspnet evaluate`, a `.git` folder or `.gitattributes` stay, as they
+    would with transformers' `Trainer`, which never deletes what it did not write. Sorted names."""
+    kept = []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if name in RUN_ARTIFACTS or _is_temporary(name) or (name.startswith("eval_") and os.path.isdir(path)):
+        if name in RUN_ARTIFACTS or _is_temporary(name):
             continue
-        if os.path.isdir(path) or not hub.is_model_file(name):
-            foreign.append(name + ("/" if os.path.isdir(path) else ""))
-    return foreign
+        if hub.is_model_file(name) and os.path.isfile(path) and not os.path.islink(path):
+            continue
+        kept.append(name)
+    return kept
+
+
+def describe_entry(folder: str, name: str) -> str:
+    """`name`, with a `/` for a folder."""
+    return name + ("/" if os.path.isdir(os.path.join(folder, name)) else "")
 
 
 def _is_temporary(name: str) -> bool:
@@ -199,10 +216,15 @@ def remove_leftovers(folder: str) -> None:
         if _is_temporary(name):
             path = os.path.join(folder, name)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+    remove_partial_checkpoints(folder)
+
+
+def remove_partial_checkpoints(folder: str) -> None:
+    """Checkpoints that were being written when a run stopped (`checkpoints/<name>.partial`)."""
     root = os.path.join(folder, "checkpoints")
     if os.path.isdir(root):
         for name in os.listdir(root):
-            if name.endswith(".partial"):
+            if name.endswith(PARTIAL_SUFFIX):
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
@@ -213,7 +235,7 @@ def _inside(path: str, folder: str) -> bool:
 
 @dataclass
 class RunFolders:
-    """`output_dir`, and `working`: where this run writes (`output_dir`, or `<output_dir>.partial` for an
+    """`output_dir`, and `working`: where this run writes (`output_dir`, or `<output_dir>/.hspnet-next-run` for an
     `--overwrite_output_dir` run over an earlier one, swapped in when the run is complete)."""
 
     output_dir: str
@@ -226,12 +248,13 @@ class RunFolders:
 
 def plan_folders(config) -> RunFolders:
     """Where the run writes. A fresh run into a folder holding an earlier run needs `--overwrite_output_dir`; that
-    folder is then only replaced once the new run is complete (the new run works in `<output_dir>.partial`). A
-    resume continues in place, or in `<output_dir>.partial` when resuming an interrupted overwrite run."""
+    folder is then only replaced once the new run is complete (the new run works in
+    `<output_dir>/.hspnet-next-run`). A resume continues in place, or in the staging folder when resuming an
+    interrupted overwrite run (`--overwrite_output_dir true` with `latest` or one of its checkpoints)."""
     output_dir = os.path.normpath(config.output_dir)
-    if os.path.basename(output_dir) in ("", ".", ".."):  # the staging folder must be a sibling, not a child
+    if os.path.basename(output_dir) in ("", ".", ".."):  # swap_in renames the folder: it needs a name
         output_dir = os.path.abspath(output_dir)
-    staging = output_dir + STAGING_SUFFIX
+    staging = os.path.join(output_dir, STAGING_NAME)
     if hub.parse_hub_resume(config.resume_from_checkpoint) is not None:
         if holds_a_run(output_dir):
             raise FileExistsError(
@@ -248,6 +271,10 @@ def plan_folders(config) -> RunFolders:
         if (config.overwrite_output_dir and checkpoint_dirs(staging)
                 and (resume == "latest" or _inside(resume, staging))):
             return RunFolders(output_dir, staging)
+        if resume == "latest" and checkpoint_dirs(staging) and not checkpoint_dirs(output_dir):
+            raise ValueError(f"--resume_from_checkpoint latest: the checkpoints under {output_dir} belong to an "
+                             f"interrupted --overwrite_output_dir run (in {staging}); add --overwrite_output_dir true "
+                             "to continue it")
         return RunFolders(output_dir, output_dir)
     if holds_a_run(output_dir):
         if not config.overwrite_output_dir:
@@ -256,54 +283,123 @@ def plan_folders(config) -> RunFolders:
                 "--resume_from_checkpoint latest to continue, --overwrite_output_dir true to replace it, or another "
                 "--output_dir."
             )
-        foreign = foreign_entries(output_dir)
-        if foreign:
-            raise FileExistsError(
-                f"--overwrite_output_dir: {config.output_dir!r} holds files that no training run wrote "
-                f"({', '.join(foreign[:8])}{', ...' if len(foreign) > 8 else ''}); they would be lost when it is "
-                "replaced. Move them away or choose another --output_dir."
-            )
         return RunFolders(output_dir, staging)
     return RunFolders(output_dir, output_dir)
 
 
-def swap_in(folders: RunFolders, locks: list[OutputDirLock]) -> None:
-    """Replace `output_dir` by the complete staging folder: rename the old one aside, rename the new one in, delete
-    the old one. If the second rename fails, the old folder is put back and the error says where the new run is."""
-    old = folders.output_dir + REPLACED_SUFFIX
-    if os.path.exists(old):
-        shutil.rmtree(old)
-    try:
-        os.rename(folders.output_dir, old)
-    except OSError as error:
-        raise OSError(f"could not move the previous run in {folders.output_dir} aside to {old} "
-                      f"({error.strerror or one_line(error)}); {folders.output_dir} is unchanged and the complete "
-                      f"new run is in {folders.working}") from None
-    try:
-        os.rename(folders.working, folders.output_dir)
-    except OSError as error:
-        os.rename(old, folders.output_dir)
-        raise OSError(f"could not move the new run from {folders.working} to {folders.output_dir} "
-                      f"({error.strerror or one_line(error)}); {folders.output_dir} is unchanged and the complete "
-                      f"new run is in {folders.working}") from None
-    for lock in locks:
-        if lock.folder == folders.working:
-            lock.moved_to(folders.output_dir)
-        elif lock.folder == folders.output_dir:
-            lock.moved_to(old)
-    shutil.rmtree(old, ignore_errors=True)
+def swap_in(folders: RunFolders, locks: list[OutputDirLock], log=logger) -> list[str]:
+    """Replace `output_dir` by the complete staging folder inside it: rename the old folder aside
+    (`<output_dir>.replaced`), rename the staging folder (now inside that one) to `output_dir`, move every entry of
+    :func:`kept_entries` from the old folder into the new one (one log line each), delete the old folder. If the
+    second rename fails, the old folder is put back and the error says where the new run is; an entry that cannot be
+    moved stays with the old folder, which is then kept and named in a warning. Ctrl-C waits until the swap is done.
+    Returns the names kept."""
+    with interrupts_deferred():
+        old = folders.output_dir + REPLACED_SUFFIX
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        try:
+            os.rename(folders.output_dir, old)
+        except OSError as error:
+            raise OSError(f"could not move the previous run in {folders.output_dir} aside to {old} "
+                          f"({error.strerror or one_line(error)}); {folders.output_dir} is unchanged and the complete "
+                          f"new run is in {folders.working}") from None
+        moved_staging = os.path.join(old, os.path.relpath(folders.working, folders.output_dir))
+        try:
+            os.rename(moved_staging, folders.output_dir)
+        except OSError as error:
+            os.rename(old, folders.output_dir)
+            raise OSError(f"could not move the new run from {folders.working} to {folders.output_dir} "
+                          f"({error.strerror or one_line(error)}); {folders.output_dir} is unchanged and the complete "
+                          f"new run is in {folders.working}") from None
+        for lock in locks:
+            if lock.folder == folders.working:
+                lock.moved_to(folders.output_dir)
+            elif lock.folder == folders.output_dir:
+                lock.moved_to(old)
+        kept, stuck = [], []
+        for name in kept_entries(old):
+            shown = describe_entry(old, name)
+            try:
+                if os.path.lexists(os.path.join(folders.output_dir, name)):
+                    raise FileExistsError(f"the new run wrote {name} too")
+                os.rename(os.path.join(old, name), os.path.join(folders.output_dir, name))
+            except OSError as error:
+                stuck.append(f"{shown} ({error.strerror or one_line(error)})")
+                continue
+            kept.append(name)
+            log.info("kept %s of the previous %s in the new one (no training run writes it)", shown,
+                     folders.output_dir)
+        if stuck:
+            log.warning("could not keep %s in the new %s; the previous run's folder is left as %s",
+                        ", ".join(stuck), folders.output_dir, old)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+        return kept
+
+
+class interrupts_deferred:
+    """Context manager: a Ctrl-C (SIGINT) during the block is held back and raised as `KeyboardInterrupt` when the
+    block ends, so that a few renames that must happen together do (main thread only; elsewhere it does nothing)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.received, self.installed, self.previous = False, False, None
+        if threading.current_thread() is threading.main_thread():
+            def hold(signum, frame):
+                self.received = True
+
+            self.previous, self.installed = signal.signal(signal.SIGINT, hold), True
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        import signal
+
+        if self.installed:  # None: a handler not set from Python; the default then
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self.previous is None else self.previous)
+        if self.received and error is None:
+            raise KeyboardInterrupt
+        return False
+
+
+def moved_path(path: str | None, folders: RunFolders) -> str | None:
+    """Where `path` (inside the staging folder, or anywhere) is after :func:`swap_in`."""
+    if path is None or os.path.relpath(path, folders.working).split(os.sep)[0] == "..":
+        return path
+    return os.path.join(folders.output_dir, os.path.relpath(path, folders.working))
+
+
+def clean_up_interrupted(folders: RunFolders) -> bool:
+    """After Ctrl-C (main process, with the lock held): checkpoints left half-written are removed, and the staging
+    folder of an `--overwrite_output_dir` run is removed too unless it holds something to keep (a checkpoint to
+    resume, or a best model so far): nothing is left beside `output_dir` either way. Returns whether the staging
+    folder was removed."""
+    remove_partial_checkpoints(folders.working)
+    if not folders.staging or not os.path.isdir(folders.working):
+        return False
+    if checkpoint_dirs(folders.working) or os.path.exists(os.path.join(folders.working, "model.safetensors")):
+        return False
+    shutil.rmtree(folders.working, ignore_errors=True)
+    return True
 
 
 def save_model_files(model, folder: str, save_function=None) -> list[str]:
     """`model.save_pretrained` into a temporary folder inside `folder`, then each file renamed into `folder`: a
-    model file is always whole (a run killed while saving leaves the previous file). Returns the file names."""
+    model file is always whole (a run killed while saving leaves the previous file). Every file gets the permissions
+    a new file of the user gets (transformers writes the weights through a 0600 temporary file). Returns the file
+    names."""
     import tempfile
+
+    from hspnet.utils.files import give_default_mode, new_file_mode
 
     temporary = tempfile.mkdtemp(prefix=".best-", dir=folder)
     try:
         with writing(folder, "the model to"):
             model.save_pretrained(temporary, **({"save_function": save_function} if save_function else {}))
-        names = sorted(os.listdir(temporary), key=lambda name: (name.endswith(".safetensors"), name))
+            names = sorted(os.listdir(temporary), key=lambda name: (name.endswith(".safetensors"), name))
+            give_default_mode([os.path.join(temporary, name) for name in names], new_file_mode(temporary))
         for name in names:
             with writing(os.path.join(folder, name)):
                 os.replace(os.path.join(temporary, name), os.path.join(folder, name))

@@ -62,3 +62,21 @@ def close_log_handlers(logger: logging.Logger) -> None:
         logger.removeHandler(handler)
         if isinstance(handler, logging.FileHandler):
             handler.close()
+
+
+def print_and_log(logger: logging.Logger, line: str) -> None:
+    """`line` printed once on stderr (not through the console handler, which would add a time stamp) and written to
+    the log files of `logger` (train.log) as a warning."""
+    print(line, file=sys.stderr, flush=True)
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, "%s", (line,), None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def scalar_config(config) -> dict:
+    """The options of a `TrainingConfig` as TensorBoard's hyper-parameters (scalars; dicts as JSON), without
+    secrets."""
+    import json
+
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()}

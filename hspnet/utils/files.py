@@ -7,6 +7,11 @@ file it reads is checked first and a bad one is an error naming it.
   replaced); a device or FIFO target (``/dev/stdout``) is written into directly, never replaced.
 - :func:`write_text` / :func:`write_json`: the same for a string / a JSON document; :func:`write_output`: the same
   for a command's output file, with one ``OSError`` naming the path on failure.
+- :func:`create_new_file`: the one way a temporary file is made: ``os.open(..., 0o666)``, so a new file gets the
+  permissions the user's umask gives (``tempfile.mkstemp`` would make it 0600, readable by its owner only);
+  :func:`new_file_mode` is that mode, and :func:`give_default_mode` sets it on a file another library wrote
+  through a 0600 temporary file (``save_pretrained``'s weights). The process's umask is never changed (it is
+  process-global).
 - :func:`refuse_inputs_as_output`: ``ValueError`` when an output path is one of the input files.
 - :func:`read_text_file` / :func:`read_json_file`: the one way to read a text or JSON input file (regular files only,
   checked by :func:`check_regular_file`; UTF-8; a JSON key given twice refused), with errors naming the file, the
@@ -21,8 +26,8 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import stat
-import tempfile
 from typing import Any, Callable, Iterable, Iterator
 
 from hspnet.utils.errors import FileFormatError, one_line
@@ -44,6 +49,58 @@ def special_kind(mode: int) -> str | None:
     return "a special file"
 
 
+def create_new_file(folder: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp") -> tuple[int, str]:
+    """``(descriptor, path)`` of a new, empty file ``folder/<prefix><random><suffix>`` opened for writing, created
+    with ``os.open(path, O_CREAT | O_EXCL, 0o666)``: the kernel applies the umask, so the file gets the permissions
+    any new file of the user gets (``tempfile.mkstemp`` gives 0600 whatever the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = os.path.join(os.fspath(folder), f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: could not create a temporary file (100 names taken)")
+
+
+def new_file_mode(folder: str | os.PathLike) -> int:
+    """The permission bits a new file in `folder` gets (``0o666`` less the umask), read from a file created there and
+    removed at once: the umask itself is never read with ``os.umask``, which changes it for every thread."""
+    handle, path = create_new_file(folder, ".hspnet-mode-", ".tmp")
+    try:
+        return stat.S_IMODE(os.fstat(handle).st_mode)
+    finally:
+        os.close(handle)
+        os.unlink(path)
+
+
+def new_folder_mode(parent: str | os.PathLike) -> int:
+    """The permission bits a new folder in `parent` gets (``0o777`` less the umask), read from a folder created there
+    and removed at once (never with ``os.umask``, which changes it for every thread): the mode a staging folder made by
+    ``tempfile.mkdtemp`` (0700) is given before it becomes a user's folder."""
+    for _ in range(100):
+        probe = os.path.join(os.fspath(parent), f".hspnet-mode-{secrets.token_hex(6)}")
+        try:
+            os.mkdir(probe, 0o777)
+        except FileExistsError:
+            continue
+        try:
+            return stat.S_IMODE(os.stat(probe).st_mode)
+        finally:
+            os.rmdir(probe)
+    raise FileExistsError(f"{parent}: could not create a probe folder (100 names taken)")
+
+
+def give_default_mode(paths: Iterable[str | os.PathLike], mode: int) -> None:
+    """Set the permission bits `mode` (from :func:`new_file_mode`) on regular files that were just written by another
+    library through a ``mkstemp`` temporary file (0600), as if they had been created with the user's umask; links
+    are left alone."""
+    for path in paths:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(path, mode)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
     """Write ``path`` through a temporary file that is renamed over it only when the block ends without error."""
@@ -54,7 +111,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             yield stream
         return
     folder = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    handle, temporary = create_new_file(folder, f".{os.path.basename(path)}.", ".tmp")  # the umask's permissions
     binary = "b" in mode
     try:
         with os.fdopen(handle, mode, encoding=None if binary else encoding) as stream:
@@ -63,10 +120,6 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             os.fsync(stream.fileno())
         if os.path.exists(path):  # keep the permission bits of the file being replaced
             os.chmod(temporary, os.stat(path).st_mode & 0o7777)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -25,7 +25,7 @@ from hspnet.apps.demo.page import (
 )
 from hspnet.apps.demo.summary import SUMMARY_FILES, LabelGroups
 from hspnet.hub.transfer import model_files
-from hspnet.utils.files import is_hub_id
+from hspnet.utils.files import give_default_mode, is_hub_id, new_file_mode, new_folder_mode
 
 APP_TEMPLATE = '''"""A Gradio demo of an HSPNet model (a Hugging Face Space runs `python app.py`).
 
@@ -165,14 +165,17 @@ def write_space(model_name_or_path: str | os.PathLike, folder: str | os.PathLike
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", suffix=".partial", dir=parent)
+    os.chmod(staging, new_folder_mode(parent))  # the user's umask, not mkdtemp's 0700
     try:
         _copy_package(os.path.join(staging, "hspnet"))
         if space_model_id is not None:
             model_expr, note = repr(space_model_id), f"loaded from the Hugging Face Hub: {space_model_id}"
         elif local:
             os.makedirs(os.path.join(staging, "model"))
-            for name in _model_copy_files(model):
-                shutil.copy2(os.path.join(model, name), os.path.join(staging, "model", name))
+            copies = [os.path.join(staging, "model", name) for name in _model_copy_files(model)]
+            for name, copy in zip(_model_copy_files(model), copies):
+                shutil.copy2(os.path.join(model, name), copy)
+            give_default_mode(copies, new_file_mode(staging))  # save_pretrained's weights are 0600
             model_expr, note = 'os.path.join(HERE, "model")', "the copy in model/"
         else:
             model_expr, note = repr(model), f"loaded from the Hugging Face Hub: {model}"
