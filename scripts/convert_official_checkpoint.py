@@ -6,7 +6,7 @@
 All the logic lives in `hspnet.conversion`.
 """
 
-from hspnet.conversion.cli import main
+from hspnet.cli.convert import main
 
 if __name__ == "__main__":
     raise SystemExit(main(prog="convert_official_checkpoint.py"))

@@ -156,8 +156,8 @@ def run_main(argv, capsys):
 
 
 def error_line(lines):
-    """The single `train.py: error:` line (and check there is exactly one and no traceback)."""
-    errors = [line for line in lines if line.startswith("train.py: error:")]
+    """The single `hspnet train: error:` line (and check there is exactly one and no traceback)."""
+    errors = [line for line in lines if line.startswith("hspnet train: error:")]
     assert len(errors) == 1, lines[-20:]
     assert not any(line.startswith("Traceback") for line in lines), lines[-20:]
     return errors[0]
@@ -496,7 +496,7 @@ def write_space_for_fresh_run(space, model_dir):
     written by the command line, with what the command printed."""
     import io
 
-    from hspnet.apps.demo.command import main
+    from hspnet.cli.demo import main
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

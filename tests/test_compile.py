@@ -129,7 +129,7 @@ def test_predict_with_torch_compile_gives_the_eager_scores(make_model, tmp_path,
     import numpy as np
     from PIL import Image
 
-    from hspnet.apps.predict import main
+    from hspnet.cli.predict import main
 
     make_model().save_pretrained(tmp_path / "model")
     rng = np.random.default_rng(0)

@@ -160,7 +160,7 @@ def test_push_to_hub_uploads_the_folder_in_one_commit(files, tmp_path, monkeypat
         ("commit", repo_id, sorted(op.path_in_repo for op in operations))))
     out = tmp_path / "out"
     rc = _cli().main([str(files / "hspnet+toy.ckpt"), str(out), "--hierarchy", str(files / "hierarchy.json"),
-                      "--relation", str(files / "relation.npy"), "--push-to-hub", "me/hspnet-toy", "--private"])
+                      "--relation", str(files / "relation.npy"), "--push_to_hub", "--hub_model_id", "me/hspnet-toy", "--hub_private_repo"])
     assert rc == 0, capsys.readouterr().err
     assert [call[0] for call in calls] == ["repo", "commit"] and calls[0][2]["private"] is True
     assert calls[1][1] == "me/hspnet-toy" and calls[1][2] == sorted(p.name for p in out.iterdir())
@@ -359,3 +359,76 @@ def test_full_size_rn50_coco_key_structure_on_the_meta_device():
     unmapped = set(state) - used - {k for k in state if k.startswith(("gcn.", "child_prompt_learner.",
                                                                       "parent_prompt_learner."))}
     assert unmapped == set()
+
+
+class WritesAFile:
+    """An object whose unpickling writes `unpickled.txt` (np.save pickles the objects of a dtype=object array)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo unpickled > unpickled.txt",))
+
+
+def test_bad_hierarchy_and_relation_files_are_one_line_naming_them(files, tmp_path, monkeypatch, capsys):
+    from hspnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    ckpt, relation, hierarchy = (str(files / name) for name in ("hspnet+toy.ckpt", "relation.npy", "hierarchy.json"))
+    out = tmp_path / "out"
+    (out / "kept").mkdir(parents=True)
+    (out / "kept" / "previous.txt").write_text("an earlier conversion")
+
+    def error(hierarchy_file, relation_file):
+        capsys.readouterr()
+        status = main(["convert", ckpt, str(out), "--hierarchy", str(hierarchy_file), "--relation",
+                       str(relation_file), "--overwrite"])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert status == 1 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+        assert lines[0].startswith("hspnet convert: error: "), lines
+        return lines[0][len("hspnet convert: error: "):]
+
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+
+    good = dict(labels=LABELS, groups=GROUPS, label_to_group=LABEL_TO_GROUP)
+    # malformed JSON: the file, its line and column (the "]" of line 3, column 13)
+    broken = write("broken.json", '{"labels": ["cat",\n  "dog"],\n "groups": [}\n')
+    assert error(broken, relation) == f"{broken}, line 3: invalid JSON: Expecting value (column 13)"
+    # valid JSON that is not a hierarchy
+    listed = write("list.json", json.dumps(LABELS))
+    assert error(listed, relation).startswith(f"{listed}: expected a JSON object with the keys 'labels', 'groups', "
+                                              "'label_to_group', got a list")
+    lacking = write("lacking.json", json.dumps(dict(labels=LABELS, groups=GROUPS)))
+    assert error(lacking, relation).startswith(f"{lacking}: the key 'label_to_group' is missing")
+    outside = write("outside.json", json.dumps(dict(good, label_to_group=LABEL_TO_GROUP[:5] + [9]), indent=1))
+    line = outside.read_text().splitlines().index(' "label_to_group": [') + 1
+    assert error(outside, relation) == (f"{outside}, line {line}, field 'label_to_group': entry 5 is 9, not a group "
+                                        "index in 0..3")
+    strings = write("strings.json", json.dumps(dict(good, labels=LABELS[:5] + [7])))
+    assert error(strings, relation).startswith(f"{strings}, line 1, field 'labels': every entry must be a non-empty "
+                                               "name (a string), got 7")
+
+    # an object array: refused without unpickling anything, the file named
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([[1.0, WritesAFile()], [None, 2.0]], dtype=object), allow_pickle=True)
+    assert error(hierarchy, objects) == (f"{objects}: not a numeric .npy array (it holds Python objects (an object "
+                                         "array), which only unpickling could read; refused)")
+    assert not (tmp_path / "unpickled.txt").exists()
+    words = tmp_path / "words.npy"
+    np.save(words, np.array([["cat", "dog"], ["car", "bus"]]))
+    assert error(hierarchy, words) == f"{words}: holds <U3 values, not a numeric similarity matrix"
+    pickled = tmp_path / "pickled.npy"
+    with open(pickled, "wb") as handle:
+        pickle.dump({"relation": WritesAFile()}, handle)
+    assert error(hierarchy, pickled).startswith(f"{pickled}: not a numeric .npy array (")
+    assert not (tmp_path / "unpickled.txt").exists()
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((10, 10), np.nan, dtype=np.float32))
+    assert error(hierarchy, nan) == f"{nan}: contains NaN or infinite values"
+    small = tmp_path / "small.npy"
+    np.save(small, np.eye(9, dtype=np.float32))
+    assert error(hierarchy, small).startswith(f"{small}: the relation matrix has shape (9, 9), expected (10, 10)")
+    # nothing was written over the earlier output
+    assert [p.name for p in out.iterdir()] == ["kept"] and (out / "kept" / "previous.txt").read_text() == (
+        "an earlier conversion")

@@ -1,4 +1,4 @@
-"""The `hspnet prepare` command (`hspnet.data.cli`, datasets_scripts/prepare.py): its entry points, `--output`
+"""The `hspnet prepare` command (`hspnet.cli.prepare`, datasets_scripts/prepare.py): its entry points, `--output`
 (the new build replaces the previous one as a whole, foreign files are never deleted silently, an input is never the
 output, a failed build leaves the previous one intact), and bad input as one line naming file, line and field
 (the traceback with --debug)."""
@@ -10,7 +10,7 @@ import pytest
 from datasets import Dataset
 
 from hspnet.data import DatasetFormatError
-from hspnet.data.cli import main
+from hspnet.cli.prepare import main
 from tests.helpers import folder_with, make_coco_tree, make_cub_tree, make_voc_tree, voc_dir, write_text
 
 datasets.disable_progress_bars()
@@ -22,7 +22,7 @@ def test_cli_entry_points(tmp_path, capsys):
     import json
 
     from hspnet.cli import main as hspnet_main
-    from hspnet.data.cli import main
+    from hspnet.cli.prepare import main
 
     root = make_coco_tree(tmp_path / "coco")
     code = hspnet_main(["prepare", "coco", "--root", root, "--cache-dir", str(tmp_path / "cache"),
@@ -50,7 +50,7 @@ def test_cli_entry_points(tmp_path, capsys):
 
 def _demo_cli(out, cache, *extra):
     return main(["demo", "--num-train", "10", "--num-test", "4", "--image-size", "8", "--cache-dir", str(cache),
-                 "-q", "--output", str(out), *extra])  # fmt: skip
+                 "-q", "--output_dir", str(out), *extra])  # fmt: skip
 
 
 def test_output_replaces_the_previous_build_as_a_whole(tmp_path, capsys):
@@ -113,12 +113,12 @@ def test_output_that_is_or_holds_an_input_is_refused(tmp_path, capsys):
     hierarchy = write_text(tmp_path / "h.csv", "cat,pet\ndog,pet\n")
     base = ["folder", "--hierarchy", hierarchy, "--cache-dir", str(tmp_path / "cache"), "-q", "--protocol",
             "authors", "--test-fraction", "0.25", "--overwrite"]  # fmt: skip
-    assert main([*base, "--root", str(root), "--output", str(root)]) == 1
+    assert main([*base, "--root", str(root), "--output_dir", str(root)]) == 1
     assert "which this build reads" in capsys.readouterr().err
-    assert main([*base, "--root", str(root), "--output", str(tmp_path)]) == 1  # contains the root
+    assert main([*base, "--root", str(root), "--output_dir", str(tmp_path)]) == 1  # contains the root
     capsys.readouterr()
     assert sorted(os.listdir(root)) == ["a.png", "b.png", "c.png", "d.png", "metadata.csv"]
-    assert main([*base, "--root", str(root), "--output", str(tmp_path / "fine")]) == 0
+    assert main([*base, "--root", str(root), "--output_dir", str(tmp_path / "fine")]) == 0
 
 
 def test_a_failed_build_leaves_the_previous_output_intact(tmp_path, monkeypatch, capsys):
@@ -149,14 +149,14 @@ def test_a_failed_build_leaves_the_previous_output_intact(tmp_path, monkeypatch,
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert main(["voc", "--root", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path / "cache"), "-q"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("prepare: error: ") and "Traceback" not in err and "nowhere" in err
+    assert err.startswith("hspnet prepare: error: ") and "Traceback" not in err and "nowhere" in err
     assert err.count("\n") == 1  # one line
 
     voc = make_voc_tree(tmp_path / "voc")
     os.remove(os.path.join(voc_dir(voc), "JPEGImages", "2008_000019.jpg"))
     assert main(["voc", "--root", voc, "--cache-dir", str(tmp_path / "cache"), "-q"]) == 1
     err = capsys.readouterr().err
-    assert "1 missing" in err and "--on-missing-image skip" in err and err.count("\n") == 1
+    assert "1 missing" in err and "--on_missing_image skip" in err and err.count("\n") == 1
     assert main(["voc", "--root", voc, "--cache-dir", str(tmp_path / "cache"), "-q", "--on-missing-image", "skip"]) == 0
     out = capsys.readouterr().out
     assert "Missing images: 1" in out
@@ -168,7 +168,7 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys)
     args = ["folder", "--root", str(root), "--hierarchy", hierarchy, "--cache-dir", str(tmp_path / "c"), "-q"]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert err == f"prepare: error: {root / 'metadata.csv'}, line 3, field 'split': split must be 'train' or " \
+    assert err == f"hspnet prepare: error: {root / 'metadata.csv'}, line 3, field 'split': split must be 'train' or " \
                   "'test', got 'later'\n"  # fmt: skip
     with pytest.raises(DatasetFormatError):
         main([*args, "--debug"])
@@ -177,7 +177,7 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys)
     assert main([*args, "--validation-fraction", "1.5"]) == 1
     assert "validation_fraction must be in [0, 1)" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 1
-    assert "--overwrite needs --output" in capsys.readouterr().err
+    assert "--overwrite needs --output_dir" in capsys.readouterr().err
 
 
 def test_prepare_script_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
@@ -194,5 +194,5 @@ def test_prepare_script_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
         runpy.run_path(script, run_name="__main__")
     assert exit_status.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == [f"prepare: error: {os.path.join(coco, 'annotations', 'instances_val2014.json')}, line 2: "
+    assert lines == [f"prepare.py: error: {os.path.join(coco, 'annotations', 'instances_val2014.json')}, line 2: "
                      "invalid JSON: Expecting property name enclosed in double quotes (column 12)"]  # fmt: skip

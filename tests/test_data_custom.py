@@ -23,7 +23,7 @@ from hspnet.data import (
     load_nuswide,
     read_observed_labels,
 )
-from hspnet.data.cli import main
+from hspnet.cli.prepare import main
 from tests.helpers import (
     BOM,
     NUS_TEST,
@@ -237,7 +237,7 @@ def test_prepared_dataset_keeps_its_hierarchy_and_cli(tmp_path, capsys):
             "--cache-dir",
             str(tmp_path / "cache"),
             "-q",
-            "--output",
+            "--output_dir",
             str(tmp_path / "out"),
             "--output-format",
             "parquet",
@@ -416,7 +416,7 @@ def test_separator_values(tmp_path, capsys):
             "--protocol", "authors", "--test-fraction", "0.34"]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert err.startswith("prepare: error: ") and "line 2" in err and err.count("\n") == 1
+    assert err.startswith("hspnet prepare: error: ") and "line 2" in err and err.count("\n") == 1
     assert main([*args, "--label-separator", "space"]) == 0
 
 
@@ -552,9 +552,46 @@ def test_folder_test_split_and_hierarchy_seed_independent_of_seed(tmp_path, monk
         out = tmp_path / f"out{'_'.join(extra)}"
         code = main(
             ["folder", "--root", str(root), "--cache-dir", str(tmp_path / "cache"), "--protocol", "authors",
-             "--test-fraction", "0.2", "--clip-model", "unused", "-q", "--output", str(out),
+             "--test-fraction", "0.2", "--clip-model", "unused", "-q", "--output_dir", str(out),
              "--output-format", "parquet", *extra]
         )
         assert code == 0, capsys.readouterr().err
         assert set(Dataset.from_parquet(str(out / "test.parquet"))["image_id"]) == expected
     assert 5 in seeds_seen  # --hierarchy-seed reaches the clustering
+
+
+def test_single_label_rows_with_spaces_are_one_label_unless_a_word_is_a_label(tmp_path, capsys):
+    """No ';' anywhere, so no row is written with two labels: a field with spaces is one label, unless one of its
+    words is a whole label field of another row (then spaces may separate labels: refused, line and field named)."""
+    from hspnet.cli import main as hspnet_main
+
+    rows = ["file_name,labels,split", "a.png,tabby cat,train", "b.png,golden retriever,train", "c.png,dog,train",
+            "d.png, tabby  cat ,test", "e.png,golden retriever,test", "f.png,dog,test"]
+    root = folder_with(tmp_path, rows)
+    groups = {"tabby cat": "pet", "golden retriever": "pet", "dog": "pet"}
+    data = load_image_folder(root, hierarchy=groups, cache_dir=tmp_path / "c", validation_fraction=0)
+    # labels sorted by name: dog 0, golden retriever 1, tabby cat 2
+    assert get_hierarchy(data).labels == ["dog", "golden retriever", "tabby cat"]
+    assert all_rows(data) == {"a.png": [2], "b.png": [1], "c.png": [0], "d.png": [2], "e.png": [1], "f.png": [0]}
+    hierarchy = write_text(tmp_path / "h.csv", "tabby cat,pet\ngolden retriever,pet\ndog,pet\n")
+    assert hspnet_main(["prepare", "folder", "--root", str(root), "--hierarchy", hierarchy, "--cache-dir",
+                        str(tmp_path / "c2"), "--quiet", "--validation-fraction", "0"]) == 0, capsys.readouterr().err
+
+    # 'cat' is a label of its own at line 4: "tabby cat" may be one label or 'tabby' and 'cat'
+    ambiguous = folder_with(tmp_path, ["file_name,labels", "a.png,tabby cat", "b.png,dog", "c.png,cat",
+                                       "d.png,dog"], name="ambiguous")
+    raises_at(lambda: load_image_folder(ambiguous, hierarchy={"tabby cat": "p", "cat": "p", "dog": "p"},
+                                        cache_dir=tmp_path / "c"),
+              "metadata.csv", line=2, field="labels",
+              match=("'tabby cat'", "'cat' is a label of its own at line 4", "--label-separator ';'", "'space'"))
+    capsys.readouterr()
+    assert hspnet_main(["prepare", "folder", "--root", str(ambiguous), "--hierarchy", hierarchy, "--cache-dir",
+                        str(tmp_path / "c2"), "--quiet"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"hspnet prepare: error: {ambiguous / 'metadata.csv'}, line 2, field 'labels': the labels "
+                           "'tabby cat' contain a space"), line
+    # words that are all numbers (label indices separated by spaces?)
+    indices = folder_with(tmp_path, ["file_name,labels", "a.png,0 1", "b.png,1 2"], name="indices")
+    raises_at(lambda: load_image_folder(indices, label_names=["x", "y", "z"], hierarchy={"x": "p", "y": "p", "z": "p"},
+                                        cache_dir=tmp_path / "c"),
+              "metadata.csv", line=2, field="labels", match=("'0 1'", "numbers"))

@@ -5,7 +5,7 @@ import datasets
 import numpy as np
 
 from hspnet.data import demo_hierarchy, draw_demo_image, get_hierarchy, load_demo_dataset
-from hspnet.data.cli import main
+from hspnet.cli.prepare import main
 
 datasets.disable_progress_bars()
 
@@ -89,6 +89,6 @@ def test_cli_push_to_hub(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_push)
     args = ["demo", "--num-train", "10", "--num-test", "4", "--cache-dir", str(tmp_path / "c"), "-q"]
-    assert main([*args, "--push-to-hub", "me/demo", "--private"]) == 0
-    assert pushed == {"repo_id": "me/demo", "splits": ["train", "validation", "test"], "private": True}
+    assert main([*args, "--push_to_hub", "--hub_dataset_id", "me/demo", "--private"]) == 0
+    assert pushed == {"repo_id": "me/demo", "splits": ["train", "validation", "test"], "private": True, "token": None}
     assert "Pushed to https://huggingface.co/datasets/me/demo" in capsys.readouterr().out

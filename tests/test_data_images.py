@@ -7,7 +7,7 @@ import datasets
 import pytest
 
 from hspnet.data import ImageError, get_build_report, load_image_folder, load_voc, save_prepared_dataset
-from hspnet.data.cli import main
+from hspnet.cli.prepare import main
 from hspnet.data.core import check_image_files
 from tests.helpers import (
     finishes,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hspnet.apps.demo.command import main
+from hspnet.cli.demo import main
 from hspnet.apps.demo.page import (
     DemoModel,
     grouped_scores,

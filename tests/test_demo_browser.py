@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 class DemoServer:
-    """`python -m hspnet.apps.demo.command --model MODEL --host 127.0.0.1 --port P`, started (not yet serving: importing torch
+    """`python -m hspnet demo --model MODEL --host 127.0.0.1 --port P`, started (not yet serving: importing torch
     and gradio takes seconds, which a caller can spend starting the browser)."""
 
     def __init__(self, model_dir: str, workdir: str, extra: tuple[str, ...] = ()):
@@ -56,7 +56,7 @@ class DemoServer:
         self.url = f"http://127.0.0.1:{port}/"
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hspnet.apps.demo.command", "--model", model_dir, "--host", "127.0.0.1", "--port",
+                [sys.executable, "-m", "hspnet", "demo", "--model", model_dir, "--host", "127.0.0.1", "--port",
                  str(port), *extra],
                 cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from hspnet.apps import evaluate as evaluation
+from hspnet.cli import evaluate as evaluate_command
 from hspnet.apps.predict import load_image
 from hspnet.data import batches
 from hspnet.data.batches import label_permutation
@@ -74,7 +75,7 @@ def test_split(workspace, trained_model):
 @pytest.fixture(scope="module")
 def evaluated(workspace, trained_model):
     out = workspace / "eval"
-    code = evaluation.main([
+    code = evaluate_command.main([
         "--model", trained_model, "--dataset", "demo", "--dataset_options", json.dumps(DEMO_OPTIONS),
         "--cache_dir", str(workspace / "cache"), "--output_dir", str(out), "--batch_size", "10",
     ])
@@ -157,7 +158,7 @@ def test_evaluate_untrained_model_with_other_label_order_and_clip_folder(tiny_cl
     model = HSPNetForImageClassification.from_clip(tiny_clip_dir, labels=labels, groups=list(hierarchy.groups),
                                                    label_to_group=[groups[n] for n in labels])
     model.save_pretrained(tmp_path / "untrained")
-    results = evaluation.run_evaluation(evaluation.parse_args([
+    results = evaluation.run_evaluation(evaluate_command.build_parser().parse_args([
         "--model", str(tmp_path / "untrained"), "--dataset_options", json.dumps(DEMO_OPTIONS), "--cache_dir",
         str(workspace / "cache"), "--output_dir", str(tmp_path / "out"), "--max_samples", "20", "--no_plot",
         "--zero_shot", tiny_clip_dir, "--top_k", "2", "--threshold", "0.4",
@@ -175,7 +176,7 @@ def test_evaluate_untrained_model_with_other_label_order_and_clip_folder(tiny_cl
     for key, value in expected.items():
         assert results["metrics"][key] == pytest.approx(value, abs=1e-4), key
 
-    skipped = evaluation.run_evaluation(evaluation.parse_args([
+    skipped = evaluation.run_evaluation(evaluate_command.build_parser().parse_args([
         "--model", str(tmp_path / "untrained"), "--dataset_options", json.dumps(DEMO_OPTIONS), "--cache_dir",
         str(workspace / "cache"), "--output_dir", str(tmp_path / "out2"), "--max_samples", "4", "--no_plot",
     ]))
@@ -225,11 +226,11 @@ def test_evaluate_bad_inputs_give_clear_errors(trained_model, workspace, tmp_pat
         label_permutation(["a", "b", "c"], ["b", "a", "d"])
     assert label_permutation(["a", "b", "c"], ["c", "a", "b"]) == [2, 0, 1]
     missing = str(tmp_path / "no_model_here")
-    code = evaluation.main(["--model", missing, "--dataset", "demo", "--cache_dir", cache])
+    code = evaluate_command.main(["--model", missing, "--dataset", "demo", "--cache_dir", cache])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and err[-1] == f"evaluate.py: error: {missing}: model folder does not exist"
+    assert code == 1 and err[-1] == f"hspnet evaluate: error: {missing}: model folder does not exist"
     with pytest.raises(SystemExit):  # argparse: invalid JSON
-        evaluation.parse_args(["--model", trained_model, "--dataset_options", "{not json"])
+        evaluate_command.build_parser().parse_args(["--model", trained_model, "--dataset_options", "{not json"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ def test_evaluate_metrics_use_the_images_predict_sees(folder, tmp_path, capsys):
 
     before = digest_files(folder.root, folder.model)
     out = tmp_path / "eval"
-    assert evaluation.main(folder.common + ["--output_dir", str(out), "--threshold", "0.5", "--top_k", "2"]) == 0
+    assert evaluate_command.main(folder.common + ["--output_dir", str(out), "--threshold", "0.5", "--top_k", "2"]) == 0
     results = json.loads((out / "metrics.json").read_text())
     assert digest_files(folder.root, folder.model) == before  # nothing the user gave is modified
     assert sorted(os.listdir(out)) == ["metrics.json", "per_class_ap.csv", "per_class_ap.md", "report.png"]
@@ -425,10 +426,10 @@ def test_unreadable_dataset_images_are_named(folder, tmp_path, capsys):
     common[common.index("--dataset_options") + 1] = json.dumps(options)
     common[common.index("--cache_dir") + 1] = str(tmp_path / "cache")
     for workers in ("0", "1"):  # read in the main process, or in a DataLoader worker
-        code = evaluation.main([str(c) for c in common] + ["--output_dir", str(tmp_path / "out"), "--no_plot",
+        code = evaluate_command.main([str(c) for c in common] + ["--output_dir", str(tmp_path / "out"), "--no_plot",
                                                            "--num_workers", workers])
         line = _one_error_line(capsys)
-        assert code == 1 and line.startswith(f"evaluate.py: error: {root / 'img/tagged.jpg'}: cannot read this file")
+        assert code == 1 and line.startswith(f"hspnet evaluate: error: {root / 'img/tagged.jpg'}: cannot read this file")
         assert not (tmp_path / "out" / "metrics.json").exists()
 
     bomb = write_png_bomb(tmp_path / "bomb.png")
@@ -445,7 +446,7 @@ def test_unreadable_dataset_images_are_named(folder, tmp_path, capsys):
 
 def test_output_dir_holding_a_dataset_image_is_refused(folder, capsys):
     before = digest_files(folder.root)
-    code = evaluation.main(folder.common + ["--output_dir", str(folder.root / "img")])
+    code = evaluate_command.main(folder.common + ["--output_dir", str(folder.root / "img")])
     line = _one_error_line(capsys)
     assert code == 1 and str(folder.root / "img" / "report.png") in line and "one of the input files" in line
     assert digest_files(folder.root) == before
@@ -459,9 +460,9 @@ def test_failed_writes_leave_previous_outputs_intact(folder, tmp_path, capsys, m
     for name, text in previous.items():
         (out / name).write_text(text)
     fail_fsync(monkeypatch)
-    code = evaluation.main(folder.common + ["--output_dir", str(out)])
+    code = evaluate_command.main(folder.common + ["--output_dir", str(out)])
     line = _one_error_line(capsys)
-    assert code == 1 and line == (f"evaluate.py: error: {out / 'metrics.json'}: cannot write it (No space left on "
+    assert code == 1 and line == (f"hspnet evaluate: error: {out / 'metrics.json'}: cannot write it (No space left on "
                                   "device)")
     assert {name: (out / name).read_text() for name in previous} == previous
     assert sorted(os.listdir(out)) == sorted(previous)  # no temporary file left
@@ -479,7 +480,7 @@ def test_output_dir_that_is_a_file_fails_before_the_work(folder, tmp_path, capsy
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     for output_dir, message in ((blocker, "exists and is not a folder"), (blocker / "sub", "is not a folder")):
-        assert evaluation.main(folder.common + ["--output_dir", str(output_dir)]) == 1
+        assert evaluate_command.main(folder.common + ["--output_dir", str(output_dir)]) == 1
         line = _one_error_line(capsys)
         assert str(output_dir) in line and message in line
     assert blocker.read_text() == "x"
@@ -512,9 +513,9 @@ def test_zero_shot_clip_problems_are_one_line(folder, tiny_clip_dir, tmp_path, c
         (folder.model, f"{folder.model}: a 'hspnet' model, not a CLIP model"),
     ]
     for clip, message in cases:
-        code = evaluation.main(_clip_args(folder, tmp_path, clip))
+        code = evaluate_command.main(_clip_args(folder, tmp_path, clip))
         line = _one_error_line(capsys)
-        assert code == 1 and line.startswith(f"evaluate.py: error: {message}"), line
+        assert code == 1 and line.startswith(f"hspnet evaluate: error: {message}"), line
     assert not (tmp_path / "out").exists()
 
 
@@ -525,11 +526,11 @@ def test_broken_model_in_evaluate_is_one_line_and_debug_raises(folder, tmp_path,
     args = list(folder.common)
     args[args.index("--model") + 1] = str(broken)
     args += ["--output_dir", str(tmp_path / "out")]
-    assert evaluation.main(args) == 1
-    assert _one_error_line(capsys).startswith(f"evaluate.py: error: {broken / 'model.safetensors'}: not a complete "
+    assert evaluate_command.main(args) == 1
+    assert _one_error_line(capsys).startswith(f"hspnet evaluate: error: {broken / 'model.safetensors'}: not a complete "
                                               "safetensors file (0 bytes")
     with pytest.raises(loading.ModelLoadError, match="model.safetensors: not a complete"):
-        evaluation.main(args + ["--debug"])  # the exception propagates: Python prints the traceback
+        evaluate_command.main(args + ["--debug"])  # the exception propagates: Python prints the traceback
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -540,7 +541,7 @@ def test_broken_model_in_evaluate_is_one_line_and_debug_raises(folder, tmp_path,
     ("dataset_options", "[1]", "--dataset_options"),
 ])
 def test_run_evaluation_checks_options_before_any_work(folder, tmp_path, option, value, message):
-    args = evaluation.parse_args(folder.common + ["--output_dir", str(tmp_path / "out")])
+    args = evaluate_command.build_parser().parse_args(folder.common + ["--output_dir", str(tmp_path / "out")])
     setattr(args, option, value)
     with pytest.raises(ValueError, match=message):
         evaluation.run_evaluation(args)

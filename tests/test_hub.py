@@ -94,6 +94,32 @@ def test_card_yaml_is_safe_and_the_model_index_is_complete(make_model):
     assert "replaced by the final one" in progress
 
 
+def test_the_model_index_names_the_model_and_the_datasets_own_name(make_model, trained_tiny_model):
+    """The model-index entry is named after the Hub repository, else the output folder (never the usage snippet's
+    placeholder "path/to/this/folder" -> "folder"), and its dataset is the one the loader recorded, with its title for
+    the built-in ones; images of your own are named after their folder (and are no Hub `datasets:` entry)."""
+    config = make_model().config
+    metrics = {"mAP": 50.0}
+
+    def index(**kwargs):
+        card = cards.model_card(config, metrics=metrics, recipe={}, **kwargs)
+        return card_metadata(card)["model-index"][0], card_metadata(card).get("datasets")
+
+    entry, datasets = index(dataset="voc", dataset_name="voc", model_name="my-run")
+    assert entry["name"] == "my-run" and datasets == ["voc"]
+    assert entry["results"][0]["dataset"] == {"type": "pascal_voc", "name": "PASCAL VOC 2012"}
+    entry, _ = index(dataset="voc", dataset_name="voc", model_name="my-run", repo_id="me/hspnet-voc")
+    assert entry["name"] == "hspnet-voc"
+    entry, datasets = index(dataset="folder", dataset_name="my_photos", model_name="out")
+    assert entry["results"][0]["dataset"] == {"type": "my_photos", "name": "my_photos"} and datasets is None
+
+    # a run of `hspnet train` on the demo data, saved in a folder named "model"
+    trained = card_metadata((Path(trained_tiny_model) / "README.md").read_text())["model-index"][0]
+    assert trained["name"] == "model"
+    assert trained["results"][0]["dataset"] == {"type": "demo", "name": "hspnet demo (coloured shapes)"}
+
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # pushing a model folder
 # ----------------------------------------------------------------------------------------------------------------------
@@ -396,7 +422,7 @@ def test_a_failed_final_upload_exits_1_with_one_line(tmp_path, fake_hub, monkeyp
     assert status == 1
     out = os.path.abspath(options["output_dir"])
     line = error_line(lines)
-    assert line == (f"train.py: error: the final upload to the Hub repository me/hspnet-demo failed (OSError: 502 Bad "
+    assert line == (f"hspnet train: error: the final upload to the Hub repository me/hspnet-demo failed (OSError: 502 Bad "
                     f"Gateway); the trained model is intact in {out} (upload it later with: hspnet push "
                     f"{out} me/hspnet-demo)")
     assert {"model.safetensors", "config.json", "README.md"} <= set(os.listdir(out))

@@ -120,7 +120,8 @@ def test_everything_at_10000_labels(workdir, capsys):
 
     import hspnet  # noqa: F401  (registers HSPNet with the Auto classes, for the pipeline)
     from hspnet import HSPNetForImageClassification
-    from hspnet.apps import evaluate as evaluation, predict as prediction
+    from hspnet.apps import predict as prediction
+    from hspnet.cli import evaluate as evaluate_command, predict as predict_command
     from hspnet.data import get_hierarchy, load_image_folder
     from hspnet.data.clustering import cluster_label_embeddings, default_num_groups, label_text_embeddings
     from hspnet.evaluation import report
@@ -187,7 +188,7 @@ def test_everything_at_10000_labels(workdir, capsys):
 
     # 4. evaluation: the metrics of the direct logits ------------------------------------------------------------------
     eval_dir = str(workdir / "eval")
-    assert evaluation.main(["--model", output, "--dataset", "folder", "--dataset_root", data,
+    assert evaluate_command.main(["--model", output, "--dataset", "folder", "--dataset_root", data,
                             "--dataset_options", json.dumps(options), "--cache_dir", cache, "--top_k", str(TOP_K),
                             "--zero_shot_clip", clip_dir, "--output_dir", eval_dir]) == 0
     clock("evaluate (with the zero-shot CLIP)")
@@ -221,7 +222,7 @@ def test_everything_at_10000_labels(workdir, capsys):
     # 5. prediction and the pipeline: the top-k of the model's own logits ----------------------------------------------
     # on the re-saved folder: its scores of every label are those of the model loaded from the training output
     predictions = str(workdir / "predictions.jsonl")
-    assert prediction.main(["--model", resaved, os.path.join(data, "img"), "--top_k", str(TOP_K), "--all_scores",
+    assert predict_command.main(["--model", resaved, os.path.join(data, "img"), "--top_k", str(TOP_K), "--all_scores",
                             "--format", "jsonl", "--output", predictions, "--no_progress"]) == 0
     clock("predict --top_k 5 --all_scores (jsonl)")
     lines = [json.loads(line) for line in open(predictions, encoding="utf-8")]

@@ -23,9 +23,9 @@ from hspnet.apps.onnx_export import (
     METADATA_KEY,
     ONNXImageClassifier,
     export_onnx,
-    main,
     read_onnx_metadata,
 )
+from hspnet.cli.export_onnx import main
 from hspnet.data import draw_demo_image
 from hspnet.utils.tiny_clip import byte_level_clip_tokenizer, tiny_clip_config
 from tests.helpers import GROUPS, LABEL_TO_GROUP, LABELS
@@ -167,6 +167,7 @@ def test_cli_torchscript_exporter_atomic_outputs_and_one_line_errors(tiny_clip_d
 
 def test_missing_onnx_gives_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` fails, find_spec says "not installed"
+    (tmp_path / "any").mkdir()  # (a model path that does not exist is named first, before anything is imported)
     assert main([str(tmp_path / "any"), str(tmp_path / "x.onnx")]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and 'pip install -e ".[onnx]"' in error and "onnx" in error

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from hspnet.apps import predict as prediction
+from hspnet.cli import predict as predict_command
 from hspnet.models import loading
 from hspnet.utils.images import ImageReadError
 from tests.helpers import (
@@ -158,7 +159,7 @@ def test_predict_cli_formats(trained_model, image_dir, tmp_path, capsys):
     order = {p: i for i, p in enumerate(paths)}
 
     out = tmp_path / "preds.jsonl"
-    assert prediction.main([str(root), "--model", trained_model, "--format", "jsonl", "--top_k", "2", "--output",
+    assert predict_command.main([str(root), "--model", trained_model, "--format", "jsonl", "--top_k", "2", "--output",
                             str(out), "--all_scores", "--no_progress"]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["path"] for r in records) == sorted(paths)
@@ -170,7 +171,7 @@ def test_predict_cli_formats(trained_model, image_dir, tmp_path, capsys):
         assert record["scores"] == pytest.approx(dict(zip(names, row.tolist())), abs=1e-6)
 
     threshold = float(np.median(expected))  # some labels above, some below
-    assert prediction.main([*paths, "--model", trained_model, "--threshold", str(threshold), "--no_progress"]) == 0
+    assert predict_command.main([*paths, "--model", trained_model, "--threshold", str(threshold), "--no_progress"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("image") and f"score > {threshold:g}" in table[0] and len(table) == 2 + len(paths)
     for line, path, row in zip(table[2:], paths, expected):
@@ -180,7 +181,7 @@ def test_predict_cli_formats(trained_model, image_dir, tmp_path, capsys):
         assert text == ("(no label)" if not above else
                         ", ".join(f"{n} ({row[names.index(n)]:.3f})" for n in above))
 
-    assert prediction.main([paths[0], "--model", trained_model, "--format", "jsonl", "--threshold", "0.0",
+    assert predict_command.main([paths[0], "--model", trained_model, "--format", "jsonl", "--threshold", "0.0",
                             "--top_k", "3", "--no_progress"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert len(record["labels"]) == 3 and "scores" not in record
@@ -214,7 +215,7 @@ def test_predict_bad_inputs(trained_model, image_dir, tmp_path, capsys):
     assert "SKIPPED" in prediction.format_table(results) and '"error"' in prediction.format_jsonl(results)
     assert "warning: skipping" in capsys.readouterr().err
     # every image unreadable: exit 1 even with --on_error skip
-    assert prediction.main([str(fake), "--model", trained_model, "--on_error", "skip", "--no_progress"]) == 1
+    assert predict_command.main([str(fake), "--model", trained_model, "--on_error", "skip", "--no_progress"]) == 1
     assert "none of the 1 image(s) could be read" in capsys.readouterr().err
 
     missing = str(tmp_path / "no_model")
@@ -223,10 +224,10 @@ def test_predict_bad_inputs(trained_model, image_dir, tmp_path, capsys):
     (tmp_path / "not_a_model").mkdir()
     with pytest.raises(loading.ModelLoadError, match="no config.json"):
         loading.load_model(str(tmp_path / "not_a_model"))
-    assert prediction.main([paths[0], "--model", missing, "--no_progress"]) == 1
-    assert capsys.readouterr().err.strip() == f"predict.py: error: {missing}: model folder does not exist"
+    assert predict_command.main([paths[0], "--model", missing, "--no_progress"]) == 1
+    assert capsys.readouterr().err.strip() == f"hspnet predict: error: {missing}: model folder does not exist"
     for argv in ([str(tmp_path / "nope.png")], ["https://example.com/a.jpg"], [str(tmp_path / "not_a_model")]):
-        assert prediction.main([*argv, "--model", trained_model, "--no_progress"]) == 1
+        assert predict_command.main([*argv, "--model", trained_model, "--no_progress"]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and argv[0] in err
     with pytest.raises(ValueError, match="top_k must be in"):
@@ -288,13 +289,13 @@ def test_output_that_is_an_input_is_refused_and_left_intact(model_dir, images, t
     before = digest_files(images["plain"], images["other"], model_dir)
     for output, what in ((images["other"], "--output is one of the input files"),
                          (os.path.join(model_dir, "config.json"), "--output (a file of the model)")):
-        code = prediction.main([images["plain"], images["other"], "--model", model_dir, "--output", output,
+        code = predict_command.main([images["plain"], images["other"], "--model", model_dir, "--output", output,
                                 "--no_progress"])
         line = _one_error_line(capsys)
-        assert code == 1 and line.startswith("predict.py: error:") and output in line and what in line
+        assert code == 1 and line.startswith("hspnet predict: error:") and output in line and what in line
     link = tmp_path / "link.png"  # the same file through a symbolic link
     link.symlink_to(images["plain"])
-    assert prediction.main([images["plain"], "--model", model_dir, "--output", str(link), "--no_progress"]) == 1
+    assert predict_command.main([images["plain"], "--model", model_dir, "--output", str(link), "--no_progress"]) == 1
     assert "one of the input files" in _one_error_line(capsys)
     assert digest_files(images["plain"], images["other"], model_dir) == before
 
@@ -302,7 +303,7 @@ def test_output_that_is_an_input_is_refused_and_left_intact(model_dir, images, t
 def test_inputs_are_byte_identical_after_predict(model_dir, images, tmp_path, capsys):
     before = digest_files(images["plain"], images["other"], model_dir)
     out = tmp_path / "deeper" / "preds.jsonl"  # missing parent folders are created
-    assert prediction.main([images["plain"], images["other"], "--model", model_dir, "--output", str(out),
+    assert predict_command.main([images["plain"], images["other"], "--model", model_dir, "--output", str(out),
                             "--format", "jsonl", "--no_progress"]) == 0
     assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == [images["plain"], images["other"]]
     assert digest_files(images["plain"], images["other"], model_dir) == before
@@ -319,9 +320,9 @@ def _dev_full_is_a_device():
 def test_full_disk_is_one_line_naming_the_output(model_dir, images, capsys):
     if not _dev_full_is_a_device():  # checked at run time: never write to it when it is not the device
         pytest.skip("needs /dev/full, the always-full character device")
-    code = prediction.main([images["plain"], "--model", model_dir, "--output", "/dev/full", "--no_progress"])
+    code = predict_command.main([images["plain"], "--model", model_dir, "--output", "/dev/full", "--no_progress"])
     line = _one_error_line(capsys)
-    assert code == 1 and line.startswith("predict.py: error: /dev/full: cannot write") and "No space left" in line
+    assert code == 1 and line.startswith("hspnet predict: error: /dev/full: cannot write") and "No space left" in line
     assert _dev_full_is_a_device()  # written directly, never replaced by a regular file
 
 
@@ -329,7 +330,7 @@ def test_failed_write_leaves_the_previous_output_intact(model_dir, images, tmp_p
     out = tmp_path / "preds.txt"
     out.write_text("previous results\n")
     fail_fsync(monkeypatch)
-    code = prediction.main([images["plain"], "--model", model_dir, "--output", str(out), "--no_progress"])
+    code = predict_command.main([images["plain"], "--model", model_dir, "--output", str(out), "--no_progress"])
     line = _one_error_line(capsys)
     assert code == 1 and f"{out}: cannot write it (No space left on device)" in line
     assert out.read_text() == "previous results\n"
@@ -340,7 +341,7 @@ def test_output_below_a_file_fails_before_the_work(model_dir, images, tmp_path, 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     output = blocker / "preds.txt"
-    assert prediction.main([images["plain"], "--model", model_dir, "--output", str(output), "--no_progress"]) == 1
+    assert predict_command.main([images["plain"], "--model", model_dir, "--output", str(output), "--no_progress"]) == 1
     line = _one_error_line(capsys)
     assert str(output) in line and "is not a folder" in line
     assert blocker.read_text() == "x"
@@ -358,12 +359,12 @@ def test_decompression_bomb_is_named_or_counted_as_skipped(model_dir, images, tm
     with pytest.raises(ImageReadError, match="bomb.png.*decompression bomb"):
         prediction.predict_images(model, processor, [images["plain"], bomb], progress=False)
 
-    code = prediction.main([images["plain"], bomb, "--model", model_dir, "--no_progress"])
+    code = predict_command.main([images["plain"], bomb, "--model", model_dir, "--no_progress"])
     line = _one_error_line(capsys)  # no DecompressionBombWarning on stderr either
-    assert code == 1 and line.startswith(f"predict.py: error: {bomb}: cannot read this file as an image")
+    assert code == 1 and line.startswith(f"hspnet predict: error: {bomb}: cannot read this file as an image")
 
     out = tmp_path / "preds.jsonl"
-    code = prediction.main([images["plain"], bomb, "--model", model_dir, "--no_progress", "--on_error", "skip",
+    code = predict_command.main([images["plain"], bomb, "--model", model_dir, "--no_progress", "--on_error", "skip",
                             "--format", "jsonl", "--output", str(out)])
     err = capsys.readouterr().err
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -376,10 +377,10 @@ def test_pixel_limit_option(model_dir, images, tmp_path, capsys):
     from PIL import Image
 
     Image.new("RGB", (60, 50)).save(tmp_path / "big.png")
-    code = prediction.main([str(tmp_path / "big.png"), "--model", model_dir, "--max_image_pixels", "2999",
+    code = predict_command.main([str(tmp_path / "big.png"), "--model", model_dir, "--max_image_pixels", "2999",
                             "--no_progress"])
     assert code == 1 and "60x50 pixels, more than the 2,999 allowed" in _one_error_line(capsys)
-    assert prediction.main([str(tmp_path / "big.png"), "--model", model_dir, "--max_image_pixels", "3000",
+    assert predict_command.main([str(tmp_path / "big.png"), "--model", model_dir, "--max_image_pixels", "3000",
                             "--no_progress"]) == 0
 
 
@@ -441,7 +442,7 @@ def test_special_files_never_hang_the_command_line(fresh_training_runs):
 
 def test_named_device_and_link_are_one_line_errors(model_dir, special_folder, capsys):
     for name, reason in (("dev.jpg", "not a regular file"), ("gone.png", "broken symbolic link")):
-        assert prediction.main([str(special_folder / name), "--model", model_dir, "--no_progress"]) == 1
+        assert predict_command.main([str(special_folder / name), "--model", model_dir, "--no_progress"]) == 1
         line = _one_error_line(capsys)
         assert str(special_folder / name) in line and reason in line
 
@@ -520,16 +521,16 @@ def test_broken_model_folder_is_one_line_naming_the_file(model_dir, images, tmp_
     with pytest.raises(loading.ModelLoadError) as caught:
         loading.load_model(str(folder))
     assert str(folder / culprit) in str(caught.value) and message in str(caught.value)
-    assert prediction.main([images["plain"], "--model", str(folder), "--no_progress"]) == 1
+    assert predict_command.main([images["plain"], "--model", str(folder), "--no_progress"]) == 1
     line = _one_error_line(capsys)
-    assert line.startswith(f"predict.py: error: {folder / culprit}") and message in line
+    assert line.startswith(f"hspnet predict: error: {folder / culprit}") and message in line
 
 
 def test_missing_model_and_model_file(images, tmp_path, capsys):
     missing = tmp_path / "no_such_model"
-    assert prediction.main([images["plain"], "--model", str(missing), "--no_progress"]) == 1
-    assert _one_error_line(capsys) == f"predict.py: error: {missing}: model folder does not exist"
-    assert prediction.main([images["plain"], "--model", images["plain"], "--no_progress"]) == 1
+    assert predict_command.main([images["plain"], "--model", str(missing), "--no_progress"]) == 1
+    assert _one_error_line(capsys) == f"hspnet predict: error: {missing}: model folder does not exist"
+    assert predict_command.main([images["plain"], "--model", images["plain"], "--no_progress"]) == 1
     assert "must be a folder" in _one_error_line(capsys)
 
 
@@ -548,8 +549,8 @@ def test_loading_a_model_runs_none_of_its_code(model_dir, images, tmp_path, caps
     os.remove(pickled / "model.safetensors")
     marker = tmp_path / "pickle_ran"
     torch.save({"hspnet.gcn.gamma": _RunsCodeWhenUnpickled(str(marker))}, pickled / "pytorch_model.bin")
-    assert prediction.main([images["plain"], "--model", str(pickled), "--no_progress"]) == 1
-    assert _one_error_line(capsys).startswith(f"predict.py: error: {pickled}: model folder could not be loaded")
+    assert predict_command.main([images["plain"], "--model", str(pickled), "--no_progress"]) == 1
+    assert _one_error_line(capsys).startswith(f"hspnet predict: error: {pickled}: model folder could not be loaded")
     assert not marker.exists()
 
     # the remote code saved beside the weights is not imported without --trust_remote_code
@@ -572,11 +573,11 @@ def test_loading_a_model_runs_none_of_its_code(model_dir, images, tmp_path, caps
 def test_debug_shows_the_traceback_and_plain_errors_are_one_line(images, tmp_path, capsys):
     # in this interpreter: the exit status and the stream contents are main()'s (scripts/predict.py only calls it)
     missing = tmp_path / "no_such_model"
-    assert prediction.main([images["plain"], "--model", str(missing), "--no_progress"]) == 1
+    assert predict_command.main([images["plain"], "--model", str(missing), "--no_progress"]) == 1
     plain = capsys.readouterr()
-    assert plain.out == "" and plain.err.splitlines() == [f"predict.py: error: {missing}: model folder does not exist"]
-    with pytest.raises(loading.ModelLoadError, match="model folder does not exist") as raised:
-        prediction.main([images["plain"], "--model", str(missing), "--no_progress", "--debug"])  # the traceback
+    assert plain.out == "" and plain.err.splitlines() == [f"hspnet predict: error: {missing}: model folder does not exist"]
+    with pytest.raises(FileNotFoundError, match="model folder does not exist") as raised:  # the command's check
+        predict_command.main([images["plain"], "--model", str(missing), "--no_progress", "--debug"])  # the traceback
     assert str(raised.value) == f"{missing}: model folder does not exist"
 
 

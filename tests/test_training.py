@@ -4,6 +4,7 @@ docs/method.md section 7.2; its model loads with the Auto classes and as remote 
 processes, the stateful losses, and a diverging loss (section 4.5). The output folder is tests/test_run_folder.py,
 checkpoints and resuming tests/test_resume.py, the Hub tests/test_hub.py, the EMA tests/test_ema.py."""
 
+import gc
 import json
 import math
 from pathlib import Path
@@ -146,7 +147,9 @@ def test_help_describes_every_option():
     parser = build_argument_parser()
     text = parser.format_help()
     assert "select the model on the validation split" in text and "(default: heldout)" in text
-    helps = {action.dest: action.help for action in parser._actions}
+    helps = {}
+    for action in parser._actions:  # the option itself, not its --no_ form
+        helps.setdefault(action.dest, action.help)
     for option in dataclasses.fields(TrainingConfig):
         assert f"--{option.name}" in text, option.name
         assert option.metadata["help"] and helps[option.name] == option.metadata["help"], option.name
@@ -223,7 +226,9 @@ def test_missing_model_sources_are_named(tmp_path, capsys, make_model):
     assert status == 1 and f"--clip_model '{missing}': no such file or folder" in error_line(lines)
     status, lines = run_main(as_argv(tiny_options(tmp_path, clip_model="someone/no-such-clip",
                                                   output_dir=str(tmp_path / "o2"))), capsys)
-    assert status == 1 and "--clip_model 'someone/no-such-clip': cannot load this CLIP" in error_line(lines)
+    assert status == 1 and error_line(lines) == (  # HF_HUB_OFFLINE=1: the Hub is not asked, and it is not cached
+        "hspnet train: error: --clip_model 'someone/no-such-clip': no such local folder, and the Hub model is not in "
+        "the local cache (HF_HUB_OFFLINE is set, so the Hub was not asked)")
 
     # a model trained on the 6 labels of the test hierarchy, fine-tuned on the 12-label demo data
     six = tmp_path / "six-labels"
@@ -233,6 +238,19 @@ def test_missing_model_sources_are_named(tmp_path, capsys, make_model):
     line = error_line(lines)
     assert status == 1 and f"--model_name_or_path '{six}' was trained on other labels than the dataset 'demo'" in line
     assert "6 labels in the model, 12 in the dataset; only in the model: ['cat', 'dog'," in line
+
+
+def test_a_truncated_model_to_fine_tune_is_named_by_file(tmp_path, capsys, make_model):
+    """--model_name_or_path with a model.safetensors cut short: one line naming the file, nothing trained."""
+    folder = tmp_path / "cut"
+    make_model().save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    status, lines = run_main(as_argv(tiny_options(tmp_path, model_name_or_path=str(folder))), capsys)
+    line = error_line(lines)
+    assert status == 1 and line.startswith(f"hspnet train: error: {weights}: not a complete safetensors file (1,000 "
+                                           "bytes"), line
+    assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -385,7 +403,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_best_model(tmp_path, monkeyp
     assert status == 1
     # step 8 = the 2nd batch of epoch 1 (6 steps per epoch)
     assert error_line(lines).startswith(
-        "train.py: error: training diverged at global step 8 (epoch 1, batch 2 of 6): the loss is nan; this step was "
+        "hspnet train: error: training diverged at global step 8 (epoch 1, batch 2 of 6): the loss is nan; this step was "
         "not applied, the best model so far (epoch 0, validation mAP "
     )
     out = tmp_path / "out"
@@ -408,3 +426,198 @@ def test_inf_loss_or_gradients_stop_before_any_model_is_saved(tmp_path, monkeypa
     assert f"training diverged at {expected}" in str(caught.value)
     assert "no model was saved yet" in str(caught.value)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Short schedules (OneCycleLR) and unreadable training images, through the `hspnet` command
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _one_cycle_steps(scheduler_class, total_steps, pct_start, lrs=(1e-3, 5e-3)):
+    """(lr, beta1) of each group at every step 0..total_steps (the last one: after the final step) of a schedule."""
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in lrs]
+    optimizer = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)])
+    if scheduler_class is None:
+        scheduler = one_cycle_scheduler(optimizer, steps_per_epoch=total_steps, schedule_epochs=1, pct_start=pct_start)
+    else:
+        scheduler = scheduler_class(optimizer, max_lr=list(lrs), total_steps=total_steps, pct_start=pct_start)
+    seen = []
+    for _ in range(total_steps):
+        seen.append([(g["lr"], g["betas"][0]) for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    seen.append([(g["lr"], g["betas"][0]) for g in optimizer.param_groups])
+    return seen
+
+
+@pytest.mark.parametrize("total_steps, pct_start", [(800, 0.2), (6, 0.2), (7, 0.2), (37, 0.3), (3, 0.2), (1, 0.2),
+                                                    (11, 0.0), (9, 0.5)])
+def test_one_cycle_schedule_is_torchs_step_for_step(total_steps, pct_start):
+    # every length torch can schedule keeps torch's own learning rates and momenta, exactly (the authors' recipe)
+    ours = _one_cycle_steps(None, total_steps, pct_start)
+    assert ours == _one_cycle_steps(torch.optim.lr_scheduler.OneCycleLR, total_steps, pct_start)
+
+
+def _cos(start, end, fraction):
+    return end + (start - end) / 2 * (math.cos(math.pi * fraction) + 1)
+
+
+# the (total steps, pct_start) where torch 2.13's OneCycleLR divides by zero: pct_start * total_steps == 1 exactly
+# (the warm-up ends at step 0), or pct_start == 1 (the annealing phase is empty: at the step after the last one)
+@pytest.mark.parametrize("total_steps, pct_start", [(5, 0.2), (4, 0.25), (2, 0.5), (10, 0.1), (20, 0.05), (3, 1 / 3),
+                                                    (100, 0.01), (1, 1.0), (3, 1.0), (12, 1.0)])
+def test_short_one_cycle_schedules_work(total_steps, pct_start):
+    seen = _one_cycle_steps(None, total_steps, pct_start)
+    for index, peak in enumerate((1e-3, 5e-3)):
+        initial, final = peak / 25, peak / 25 / 1e4  # torch's div_factor 25, final_div_factor 1e4
+        warm_end = pct_start * total_steps - 1  # the warm-up phase ends there, the annealing one at total_steps - 1
+        expected = []
+        for step in range(total_steps + 1):
+            if step <= warm_end:  # warm-up: initial -> peak, momentum 0.95 -> 0.85
+                fraction = step / warm_end if warm_end > 0 else 1.0
+                expected.append((_cos(initial, peak, fraction), _cos(0.95, 0.85, fraction)))
+            else:  # annealing: peak -> final, momentum 0.85 -> 0.95; an empty phase is at its end
+                length = total_steps - 1 - warm_end
+                fraction = (step - warm_end) / length if length else 1.0
+                expected.append((_cos(peak, final, fraction), _cos(0.85, 0.95, fraction)))
+        got = [step[index] for step in seen]
+        assert [v for pair in got for v in pair] == pytest.approx([v for pair in expected for v in pair], rel=1e-12,
+                                                                  abs=1e-15)
+        assert all(math.isfinite(lr) and 0 < lr <= peak for lr, _ in got)
+    if pct_start < 1:
+        assert seen[0][0][0] == pytest.approx(1e-3)  # the warm-up is one step: the schedule starts at the peak
+
+
+def test_pct_start_outside_zero_one_is_named():
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ValueError, match=r"^pct_start must be a number in \[0, 1\] .*got 1\.5$"):
+        one_cycle_scheduler(optimizer, steps_per_epoch=5, schedule_epochs=1, pct_start=1.5)
+
+
+def test_a_one_epoch_run_of_five_steps_finishes(tmp_path, capsys):
+    """38 training images (48 demo images, 20 % held out), batch 8: 5 steps, and pct_start 0.2 x 5 = 1."""
+    from hspnet.cli import main
+
+    options = tiny_options(tmp_path, dataset_options={"num_train": 48, "num_test": 16, "image_size": 32,
+                                                      "validation_fraction": 0.2}, epochs=1, schedule_epochs=1)
+    status = main(["train", *as_argv(options)])
+    err = capsys.readouterr().err
+    assert status == 0, err[-3000:]
+    assert "train images: 38, steps per epoch: 5" in err and "total steps: 5" in err
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_decompression_bomb_in_the_training_data_is_one_line_naming_it(tmp_path, capsys, num_workers):
+    """An image whose header claims 30000 x 30000 pixels (more than PIL reads at all, 2 x 89,478,485): `hspnet prepare`
+    with --check-images open names it; a dataset prepared without that check trains until the image is read, then
+    one line names it (also when a DataLoader worker process read it) and says how to leave such images out."""
+    from PIL import Image
+
+    from hspnet.cli import main
+    from tests.helpers import folder_with, write_png_bomb
+
+    rows = ["file_name,labels,split"] + [f"img/{i:02d}.png,{('cat', 'dog', 'car', 'bus')[i % 4]},"
+                                         f"{'test' if i >= 16 else 'train'}" for i in range(24)]
+    root = folder_with(tmp_path, rows)
+    bomb = write_png_bomb(root / "img" / "05.png", 30000, 30000)  # a training image
+    hierarchy = tmp_path / "groups.csv"
+    hierarchy.write_text("cat,animal\ndog,animal\ncar,vehicle\nbus,vehicle\n")
+    prepare = ["prepare", "folder", "--root", str(root), "--hierarchy", str(hierarchy), "--cache-dir",
+               str(tmp_path / "cache")]
+    capsys.readouterr()
+    assert main([*prepare, "--check-images", "open", "--output_dir", str(tmp_path / "checked")]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(lines) == 1 and bomb in lines[0] and "decompression bomb" in lines[0], lines
+    assert not (tmp_path / "checked").exists()
+
+    assert main([*prepare, "--output_dir", str(tmp_path / "prepared")]) == 0  # only checked to exist
+    options = tiny_options(tmp_path, dataset=str(tmp_path / "prepared"), dataset_options={}, epochs=1,
+                           schedule_epochs=1, num_workers=num_workers, evaluate_before_training=False)
+    capsys.readouterr()
+    assert main(["train", *as_argv(options)]) == 1
+    gc.collect()  # the failed run's loader (and its worker process) end now, not when the interpreter exits
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("hspnet train: error:")]
+    pixels, limit = 30000 * 30000, 2 * Image.MAX_IMAGE_PIXELS  # PIL's own hard limit, twice its warning limit
+    # the prepared copy embeds the image bytes (with the file name only): named by its image_id, the path in root
+    assert line.startswith("hspnet train: error: 05.png (image_id 'img/05.png', embedded in the dataset): cannot read "
+                           f"this file as an image ({pixels:,} pixels, more than the {limit:,} PIL reads at all: a "
+                           "decompression bomb); "), line
+    assert "--check_images open --on_missing_image skip" in line
+
+    # trained from the folder itself (no prepared copy): the image's path
+    options = dict(options, dataset="folder", dataset_root=str(root), dataset_options={"hierarchy": str(hierarchy)},
+                   output_dir=str(tmp_path / "out2"))
+    assert main(["train", *as_argv(options)]) == 1
+    gc.collect()
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("hspnet train: error:")]
+    assert "Traceback" not in err and line.startswith(f"hspnet train: error: {bomb}: cannot read this file as an "
+                                                      f"image ({pixels:,} pixels, more than the {limit:,}"), line
+
+
+def test_the_dataset_name_comes_from_the_prepared_data(tmp_path):
+    """The model card names the dataset as its loader recorded it, or images of your own by their folder."""
+    from datasets import Dataset, DatasetDict
+
+    from hspnet.training.data_and_model import dataset_name
+
+    def prepared(name):
+        split = Dataset.from_dict({"image_id": ["a"]})
+        split.info.description = json.dumps({"hspnet": {"dataset": name}})
+        return DatasetDict(train=split)
+
+    folder = tmp_path / "prepared" / "voc-copy"
+    folder.mkdir(parents=True)
+    assert dataset_name(TrainingConfig(dataset="coco", dataset_root="/data/coco"), prepared("coco")) == "coco"
+    assert dataset_name(TrainingConfig(dataset=str(folder)), prepared("voc")) == "voc"
+    assert dataset_name(TrainingConfig(dataset="folder", dataset_root="/data/my_photos/"), prepared("custom")) == \
+        "my_photos"
+    assert dataset_name(TrainingConfig(dataset=str(folder)), prepared("custom")) == "voc-copy"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The same model however the run is launched
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_callers_thread_count_does_not_change_the_trained_model(tmp_path):
+    """`accelerate launch` starts the script with OMP_NUM_THREADS=1 (when the variable is not set), `hspnet train`
+    gets torch's default (a thread per core), and float sums are split differently with more threads (this tiny run's
+    weights differed by ~1e-4 after one epoch, the demo's test mAP by more than a point after 30). A run on the CPU
+    fixes its own count (one thread), records it and the launcher under "run" in training_args.json, and gives the
+    caller's count back."""
+    from safetensors.torch import load_file
+
+    before, weights = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            options = tiny_options(tmp_path, output_dir=str(tmp_path / f"threads-{threads}"), epochs=1,
+                                   schedule_epochs=1, checkpointing_steps=None, evaluate_before_training=False)
+            train(TrainingConfig(**options))
+            assert torch.get_num_threads() == threads
+            weights.append(load_file(tmp_path / f"threads-{threads}" / "model.safetensors"))
+    finally:
+        torch.set_num_threads(before)
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], atol=0, rtol=0, msg=key)
+    for threads in (1, 2):
+        run = json.loads((tmp_path / f"threads-{threads}" / "training_args.json").read_text())["run"]
+        assert (run["torch_num_threads"], run["launcher"]) == (1, "python")
+
+
+def test_the_launcher_is_recorded(monkeypatch):
+    from hspnet.training.resume import launcher
+
+    for name in ("ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_MIXED_PRECISION", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert launcher() == "python"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert launcher() == "torchrun"
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # what `accelerate launch` exports, with the precision
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert launcher() == "accelerate launch"

@@ -12,7 +12,7 @@ functions behind `hspnet evaluate` / `scripts/evaluate.py`.
   ``training_args.json`` that training writes beside the model;
 - the report (:mod:`hspnet.evaluation.report`): ``per_class_ap.csv`` / ``.md``, the metrics table, ``report.png``;
 - :func:`run_evaluation`: the whole run (accelerate: several processes under ``accelerate launch``, each image
-  counted once), :func:`main`: the command line. Every output file is written atomically (complete or not at all,
+  counted once); the command line is `hspnet.cli.evaluate`. Every output file is written atomically (complete or not at all,
   an earlier one left intact on failure) and never replaces an input (a model, CLIP or dataset file).
 
 Every metric is :func:`hspnet.evaluation.metrics.compute_all_metrics` on the logits (``from_logits=True``): mAP in both
@@ -50,10 +50,10 @@ from hspnet.evaluation.zero_shot import (
     resolve_zero_shot_clip,
 )
 from hspnet.models.loading import label_names, load_model
-from hspnet.utils.errors import one_line, run_cli
+from hspnet.utils.errors import one_line
 from hspnet.utils.files import refuse_inputs_as_output, write_output
 from hspnet.utils.tiny_clip import TINY_RANDOM
-from hspnet.utils.validation import check_positive_int, check_probability, json_object, positive_int, probability
+from hspnet.utils.validation import check_positive_int, check_probability
 
 logger = logging.getLogger("hspnet.evaluate")
 
@@ -161,7 +161,9 @@ def _check_evaluation_args(args: argparse.Namespace) -> None:
     if getattr(args, "zero_shot_clip", "auto") is not None and not isinstance(args.zero_shot_clip, str):
         raise ValueError("--zero_shot_clip must be a Hub id, a folder, tiny-random or none, got "
                          f"{args.zero_shot_clip!r}")
-    check_zero_shot_template(getattr(args, "zero_shot_template", ZERO_SHOT_TEMPLATE))
+    if getattr(args, "zero_shot_template", None) is None:
+        args.zero_shot_template = ZERO_SHOT_TEMPLATE
+    check_zero_shot_template(args.zero_shot_template)
     if args.dataset_options is not None and not isinstance(args.dataset_options, dict):
         raise ValueError(f"--dataset_options must be a JSON object, got {args.dataset_options!r}")
 
@@ -178,7 +180,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     """Evaluate ``args.model`` (and the zero-shot CLIP baseline) on ``args.split`` of ``args.dataset``; write
     ``metrics.json``, ``per_class_ap.csv``, ``per_class_ap.md`` and ``report.png`` to ``args.output_dir`` (main
     process only) and print the tables. Returns the content of ``metrics.json``. ``args`` as parsed by
-    :func:`build_argument_parser` (see :func:`parse_args`)."""
+    `hspnet.cli.evaluate`."""
     from accelerate import Accelerator
 
     _check_evaluation_args(args)
@@ -296,61 +298,9 @@ def run_evaluation(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Evaluate a trained HSPNet model on a prepared dataset split (every metric of hspnet.evaluation.metrics, a "
-        "per-class AP table, a PNG report) next to the zero-shot CLIP baseline. Runs under `accelerate launch` too.",
-    )
-    parser.add_argument("--model", required=True, help="model folder (e.g. outputs/demo) or Hub id")
-    parser.add_argument("--dataset", default="demo",
-                        help="demo | coco | voc | nuswide | cub | folder, or a folder written by save_prepared_dataset "
-                        "(datasets_scripts/prepare.py) (default: demo)")
-    parser.add_argument("--dataset_root", default=None, help="root folder of coco / voc / nuswide / cub / folder")
-    parser.add_argument("--dataset_options", type=json_object, default={}, metavar="JSON",
-                        help="keyword arguments of the dataset loader, as when training (e.g. '{\"num_test\": 200}')")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--batch_size", type=positive_int, default=64, help="per-process batch size (default 64)")
-    parser.add_argument("--output_dir", default=None,
-                        help="where to write metrics.json, per_class_ap.csv/.md, report.png (default: "
-                        "MODEL/eval_DATASET_SPLIT for a local model, else ./eval_MODEL_DATASET_SPLIT)")
-    parser.add_argument("--zero_shot_clip", "--zero_shot", dest="zero_shot_clip", default="auto", metavar="CLIP",
-                        help="CLIP for the zero-shot baseline: a Hub id, a folder, tiny-random (the demo's), or none; "
-                        "default auto: the clip_model of the training_args.json beside the model, if it is available "
-                        "locally")
-    parser.add_argument("--zero_shot_template", default=ZERO_SHOT_TEMPLATE,
-                        help=f"prompt of the zero-shot baseline (default {ZERO_SHOT_TEMPLATE!r})")
-    parser.add_argument("--threshold", type=probability, default=0.5,
-                        help="decision threshold on sigmoid scores, in [0, 1] (default 0.5)")
-    parser.add_argument("--top_k", type=positive_int, default=3, help="k of the top-k metrics (default 3)")
-    parser.add_argument("--max_samples", type=positive_int, default=None, help="evaluate the first N images only")
-    parser.add_argument("--cache_dir", default=None, help="datasets cache folder (as used when training)")
-    parser.add_argument("--num_workers", type=int, default=0, help="dataloader workers (default 0)")
-    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                        help="default: what accelerate launch / accelerate config says")
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
-    parser.add_argument("--no_plot", action="store_true", help="do not write report.png (no matplotlib needed)")
-    parser.add_argument("--trust_remote_code", action="store_true", help="for Hub models that need their own code")
-    parser.add_argument("--torch_compile", action="store_true", help="run the model through torch.compile (same "
-                        "scores within float rounding; pays off for many images, the first batch compiles)")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_argument_parser().parse_args(argv)
-
-
-def main(argv: list[str] | None = None, prog: str | None = "evaluate.py") -> int:
-    """Entry point of `scripts/evaluate.py`: 0 on success, 1 with a one-line ``error:`` message on bad input."""
-    return run_cli(build_argument_parser(prog), run_evaluation, argv)
-
-
 __all__ = [
     "OUTPUT_FILES",
-    "build_argument_parser",
     "default_output_dir",
     "load_eval_split",
-    "main",
-    "parse_args",
     "run_evaluation",
 ]

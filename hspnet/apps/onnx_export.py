@@ -43,18 +43,18 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from hspnet.apps.defaults import ONNX_DEFAULT_OPSET, ONNX_EXPORTERS, ONNX_INSTALL_HINT
 from hspnet.models.loading import hspnet_base_model, label_names
-from hspnet.utils.errors import run_cli
 from hspnet.utils.files import atomic_write, refuse_inputs_as_output, write_json
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = ONNX_DEFAULT_OPSET
 """The opset of the exported graph: the dynamo exporter's native opset, supported by onnxruntime >= 1.14."""
 METADATA_KEY = "hspnet"
 """The key of the JSON document in the ONNX file's `metadata_props`."""
 FORMAT_NAME = "hspnet-onnx"
 FORMAT_VERSION = 1
-EXPORTERS = ("dynamo", "torchscript")
-INSTALL_HINT = 'pip install -e ".[onnx]"'
+EXPORTERS = ONNX_EXPORTERS
+INSTALL_HINT = ONNX_INSTALL_HINT
 VERIFY_BATCH_SIZES = (1, 3)
 
 PREPROCESSING_RULE = (
@@ -380,27 +380,6 @@ class ONNXImageClassifier:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Export a trained HSPNet model to ONNX: pixel_values (B, 3, H, W) -> logits (B, C), the label "
-        "embeddings stored as a constant. Labels, hierarchy and preprocessing go into the file's metadata and into "
-        "OUT.json beside it. The result is checked with onnxruntime before it is written. Needs "
-        f"{INSTALL_HINT}.",
-    )
-    parser.add_argument("model", help="model folder (e.g. outputs/demo) or Hub id")
-    parser.add_argument("output", help="the .onnx file to write (atomically); OUT.json is written beside it")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
-                        help="torch.onnx exporter: dynamo (default, torch.export) or torchscript (legacy)")
-    parser.add_argument("--atol", type=float, default=1e-4,
-                        help="largest logit difference from the PyTorch model accepted by the check (default 1e-4)")
-    parser.add_argument("--no_verify", action="store_true", help="skip the onnxruntime check")
-    parser.add_argument("--no_json", action="store_true", help="do not write OUT.json (the metadata stays in the file)")
-    parser.add_argument("--trust_remote_code", action="store_true", help="for Hub models that need their own code")
-    return parser
-
-
 def run_export(args: argparse.Namespace) -> dict:
     result = export_onnx(args.model, args.output, opset=args.opset, exporter=args.exporter, verify=not args.no_verify,
                          atol=args.atol, write_sidecar=not args.no_json, trust_remote_code=args.trust_remote_code)
@@ -414,11 +393,6 @@ def run_export(args: argparse.Namespace) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None, prog: str | None = "hspnet export-onnx") -> int:
-    """`hspnet export-onnx MODEL OUT.onnx`: 0 on success, 1 with a one-line error (``--debug``: the traceback)."""
-    return run_cli(build_argument_parser(prog), run_export, argv)
-
-
 __all__ = [
     "DEFAULT_OPSET",
     "EXPORTERS",
@@ -426,9 +400,7 @@ __all__ = [
     "METADATA_KEY",
     "ONNXImageClassifier",
     "OnnxExportError",
-    "build_argument_parser",
     "export_onnx",
-    "main",
     "onnx_metadata",
     "onnxruntime_session",
     "read_onnx_metadata",

@@ -12,7 +12,7 @@
   (a truncated file fails here), decompression bombs refused;
 - :func:`format_table` / :func:`format_jsonl`: the two output formats, written atomically
   (:func:`hspnet.utils.files.write_output`);
-- :func:`main`: the command line.
+- the command line is `hspnet.cli.predict`.
 
 Errors a user can cause (missing path, URL, folder without images, unreadable or non-image file, missing or broken
 model, bad argument) raise ``OSError`` / ``ValueError`` subclasses whose one-line message names the path or the
@@ -31,17 +31,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from hspnet.apps.defaults import ON_ERROR, PREDICT_FORMATS
 from hspnet.hub.transfer import model_files
 from hspnet.models.loading import label_names, load_model, scores_from_logits
-from hspnet.utils.errors import one_line, run_cli
+from hspnet.utils.errors import one_line
 from hspnet.utils.files import refuse_inputs_as_output, special_kind, write_output
 from hspnet.utils.images import MAX_IMAGE_PIXELS, ImageReadError, open_image
-from hspnet.utils.validation import check_positive_int, check_probability, pixel_limit, positive_int, probability
+from hspnet.utils.validation import check_positive_int, check_probability
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
 """Extensions (case-insensitive) picked up when a FOLDER is searched; a file named explicitly is always tried."""
-ON_ERROR = ("fail", "skip")
-FORMATS = ("table", "jsonl")
+FORMATS = PREDICT_FORMATS
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -373,39 +373,6 @@ def format_table(predictions: Sequence[Prediction], threshold: float | None = No
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_argument_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Predict labels for image files or folders (searched recursively) with a trained HSPNet model "
-        "(or any multi-label image classifier). Local paths only, no URLs.",
-    )
-    parser.add_argument("images", nargs="+", help="image files and/or folders")
-    parser.add_argument("--model", required=True, help="model folder (e.g. outputs/demo) or Hub id")
-    parser.add_argument("--threshold", type=probability, default=None,
-                        help="report labels with sigmoid score > THRESHOLD (default 0.5; with --top_k: no threshold "
-                        "unless given)")
-    parser.add_argument("--top_k", type=positive_int, default=None,
-                        help="report the K best labels of each image (with --threshold: at most K above it)")
-    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    parser.add_argument("--output", default=None,
-                        help="write the results to this file, atomically (default or '-': stdout); never an input")
-    parser.add_argument("--batch_size", type=positive_int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "
-                        "available, else cpu)")
-    parser.add_argument("--on_error", choices=ON_ERROR, default="fail",
-                        help="an unreadable / non-image file: fail (default; exit 1 naming it) or skip (warn, report "
-                        "it as skipped, go on)")
-    parser.add_argument("--max_image_pixels", type=pixel_limit, default=MAX_IMAGE_PIXELS, metavar="N",
-                        help="refuse images with more pixels than N as decompression bombs (default "
-                        f"{MAX_IMAGE_PIXELS:,}; 0: only PIL's own limit, twice that)")
-    parser.add_argument("--all_scores", action="store_true", help="jsonl: also write every label's score")
-    parser.add_argument("--trust_remote_code", action="store_true", help="for Hub models that need their own code")
-    parser.add_argument("--torch_compile", action="store_true", help="run the model through torch.compile (same "
-                        "scores within float rounding; pays off for many images, the first batch compiles)")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
 def resolve_device(device: str | None):
     import torch
 
@@ -501,24 +468,16 @@ def run_prediction(args: argparse.Namespace) -> list[Prediction]:
     return predictions
 
 
-def main(argv: list[str] | None = None, prog: str | None = "predict.py") -> int:
-    """Entry point of `scripts/predict.py`: 0 on success, 1 with a one-line ``error:`` message on bad input
-    (``--debug``: the traceback)."""
-    return run_cli(build_argument_parser(prog), run_prediction, argv)
-
-
 __all__ = [
     "FORMATS",
     "IMAGE_EXTENSIONS",
     "ON_ERROR",
     "Prediction",
-    "build_argument_parser",
     "collect_image_paths",
     "format_jsonl",
     "format_table",
     "is_url",
     "load_image",
-    "main",
     "predict_images",
     "resolve_device",
     "run_prediction",

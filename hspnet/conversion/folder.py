@@ -27,9 +27,18 @@ from hspnet.conversion.verify import verify_conversion
 from hspnet.models.hspnet.configuration_hspnet import HSPNetConfig
 from hspnet.models.hspnet.modeling_hspnet import HSPNetForImageClassification
 from hspnet.models.openai_clip import ConversionError
-from hspnet.utils.files import read_json_file, write_json, write_text
+from hspnet.utils.errors import FileFormatError
+from hspnet.utils.files import (
+    give_default_mode,
+    new_file_mode,
+    parse_json_text,
+    read_text_file,
+    write_json,
+    write_text,
+)
 
-__all__ = ["converted_model_card", "find_relation_file", "run_conversion", "save_converted_model", "sha256_of"]
+__all__ = ["converted_model_card", "find_relation_file", "read_hierarchy_file", "run_conversion",
+           "save_converted_model", "sha256_of"]
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -139,6 +148,8 @@ def save_converted_model(
     README.md and `conversion.json` (architecture, derived EOS positions, dropped keys, checks)."""
     output_dir = os.fspath(output_dir)
     model.save_pretrained(output_dir)
+    weights = [os.path.join(output_dir, name) for name in os.listdir(output_dir) if name.endswith(".safetensors")]
+    give_default_mode(weights, new_file_mode(output_dir))  # save_pretrained writes them 0600; the user's umask instead
     write_text(os.path.join(output_dir, "README.md"), card)
     if report is not None:
         record = {
@@ -173,6 +184,41 @@ def find_relation_file(dataset: str | None, checkpoint: str | os.PathLike) -> st
     return None
 
 
+def read_hierarchy_file(path: str | os.PathLike) -> dict[str, list]:
+    """The ``--hierarchy`` JSON file: ``{"labels": [...], "groups": [...], "label_to_group": [...]}``, the labels in
+    the checkpoint's prompt order. Malformed JSON, a key twice, a missing key or a value of the wrong type or out of
+    range raise :class:`~hspnet.utils.errors.FileFormatError` naming the file, the line (and column) and the field."""
+    path = os.fspath(path)
+    text = read_text_file(path, "hierarchy file")
+    data = parse_json_text(text, path)
+
+    def fail(reason: str, key: str | None = None):
+        found = text.find(f'"{key}"') if key else -1
+        line = text.count("\n", 0, found) + 1 if found >= 0 else None
+        raise FileFormatError(reason, file=path, line=line, field=key)
+
+    keys = ("labels", "groups", "label_to_group")
+    if not isinstance(data, dict):
+        fail(f"expected a JSON object with the keys {', '.join(map(repr, keys))}, got a {type(data).__name__}")
+    for key in keys:
+        if key not in data:
+            fail(f"the key {key!r} is missing (a hierarchy file holds {', '.join(map(repr, keys))})")
+        if not isinstance(data[key], list) or not data[key]:
+            fail(f"expected a non-empty list, got {data[key]!r:.80}", key)
+    for key in ("labels", "groups"):
+        bad = [name for name in data[key] if not isinstance(name, str) or not name.strip()]
+        if bad:
+            fail(f"every entry must be a non-empty name (a string), got {bad[0]!r}", key)
+    groups = len(data["groups"])
+    for index, group in enumerate(data["label_to_group"]):
+        if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < groups:
+            fail(f"entry {index} is {group!r}, not a group index in 0..{groups - 1}", "label_to_group")
+    if len(data["label_to_group"]) != len(data["labels"]):
+        fail(f"has {len(data['label_to_group'])} entries but there are {len(data['labels'])} labels (one group index "
+             "per label)", "label_to_group")
+    return {key: list(data[key]) for key in keys}
+
+
 def run_conversion(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -192,11 +238,11 @@ def run_conversion(
     output_dir = os.fspath(output_dir)
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ConversionError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+    if isinstance(hierarchy, (str, os.PathLike)):  # before the (large) checkpoint is read
+        hierarchy = read_hierarchy_file(hierarchy)
     log(f"Reading {checkpoint} with torch.load(weights_only=True) ...")
     state = load_official_checkpoint(checkpoint)
     arch = infer_official_architecture(state)
-    if isinstance(hierarchy, (str, os.PathLike)):
-        hierarchy = read_json_file(hierarchy, "hierarchy file")
     if hierarchy is None and dataset is None:
         dataset = resolve_hierarchy(None, None, arch["num_labels"])[0]
         log(f"Dataset inferred from the {arch['num_labels']} label prompts: {dataset}")

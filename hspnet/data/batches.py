@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from hspnet.utils.images import MAX_IMAGE_PIXELS, open_image, to_rgb
+from hspnet.utils.images import MAX_IMAGE_PIXELS, ImageReadError, open_image, to_rgb
 from hspnet.utils.validation import check_positive_int
 
 
@@ -42,6 +42,14 @@ def label_permutation(model_labels: Sequence[str], dataset_labels: Sequence[str]
     return [index[name] for name in dataset_labels]
 
 
+EMBEDDED_IMAGE = "<an image embedded in the dataset>"
+
+UNREADABLE_HINT = ("leave unreadable images out of the dataset with `hspnet prepare --check_images open "
+                   "--on_missing_image skip` (dataset options check_images='open', on_missing_image='skip')")
+"""What an error about a dataset's image adds (training and evaluation read every image; this has no option to
+raise the pixel limit, so an image over it must be made smaller or left out)."""
+
+
 def read_dataset_image(value: Any, max_pixels: int | None = MAX_IMAGE_PIXELS):
     """One value of a dataset's image column as the 8-bit RGB ``PIL.Image`` the model sees, read exactly as
     ``predict.py`` reads a file: a local path (or ``{"path": ..., "bytes": None}``, the undecoded ``datasets.Image``
@@ -60,7 +68,7 @@ def read_dataset_image(value: Any, max_pixels: int | None = MAX_IMAGE_PIXELS):
                          f"{type(value).__name__}")
     data, path = value.get("bytes"), value.get("path")
     if data is not None:
-        return open_image(data, max_pixels=max_pixels, name=path or "<an image embedded in the dataset>")
+        return open_image(data, max_pixels=max_pixels, name=path or EMBEDDED_IMAGE)
     if not path:
         raise ValueError("a dataset image has neither bytes nor a path")
     if "://" in path or "::" in path:  # a remote file (hf://, https://...): datasets' own reader
@@ -99,8 +107,22 @@ def make_transform(image_processor, num_labels: int, permutation: list[int] | No
             rows = [[permutation[i] for i in row] for row in rows]
         return torch.from_numpy(to_multi_hot(rows, num_labels))
 
+    def read(batch: dict, row: int):
+        value = batch["image"][row]
+        try:
+            return read_dataset_image(value, max_pixels)
+        except ImageReadError as error:  # named (an embedded image also by its row) and with what to do
+            name = error.path
+            if isinstance(value, dict) and value.get("bytes") is not None:  # its path is at most a file name
+                file = value.get("path") or "an image"
+                if batch.get("image_id") is not None:
+                    name = f"{file} (image_id {batch['image_id'][row]!r}, embedded in the dataset)"
+                elif batch.get("index") is not None:
+                    name = f"{file} (dataset row {batch['index'][row]}, embedded in the dataset)"
+            raise ImageReadError(name, error.reason, hint=error.hint or UNREADABLE_HINT) from None
+
     def transform(batch: dict) -> dict:
-        images = [read_dataset_image(value, max_pixels) for value in batch["image"]]
+        images = [read(batch, row) for row in range(len(batch["image"]))]
         out = {"pixel_values": image_processor(images=images, return_tensors="pt")["pixel_values"]}
         out["labels"] = multi_hot(batch["labels"])
         if "observed_labels" in batch:

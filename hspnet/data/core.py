@@ -359,7 +359,7 @@ def finalize(name: str, parsed: ParsedSource, options: BuildOptions) -> Prepared
                 f"{name}: {summary} (by split: {by_split}): "
                 + "; ".join(lines)
                 + ("; ..." if len(missing) + len(unreadable) > 10 else "")
-                + ". Pass on_missing_image='skip' (CLI: --on-missing-image skip) to leave them out (they are counted).",
+                + ". Pass on_missing_image='skip' (CLI: --on_missing_image skip) to leave them out (they are counted).",
                 missing=[r.path for _, r in missing],
                 unreadable=[(r.path, why) for _, r, why in unreadable],
             )

@@ -30,6 +30,7 @@ from hspnet.models.loading import (
 )
 from hspnet.utils.errors import one_line
 from hspnet.utils.files import is_hub_id, read_json_file
+from hspnet.utils.model_source import resolve_model_source
 from hspnet.utils.tiny_clip import TINY_RANDOM
 
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
@@ -215,13 +216,12 @@ def load_zero_shot_clip(name: str, seed: int = 0):
         check_model_folder(name, "CLIP")
     elif os.path.exists(name):
         raise ValueError(f"{name}: the zero-shot CLIP must be a folder (or a Hub id), not a file")
-    elif not is_hub_id(name):
-        raise FileNotFoundError(f"{name}: zero-shot CLIP folder does not exist")
+    local_files_only = resolve_model_source(name, "zero-shot CLIP").local_files_only
     where = "CLIP folder" if local else "no such local folder, and the Hub model"
     errors = load_errors()
     with quiet_transformers():
         try:
-            model_type = AutoConfig.from_pretrained(name).model_type
+            model_type = AutoConfig.from_pretrained(name, local_files_only=local_files_only).model_type
         except errors as error:
             raise OSError(f"{name}: cannot load it as a CLIP model for the zero-shot baseline ({where}: "
                           f"{one_line(error)[:300]})") from error
@@ -229,8 +229,9 @@ def load_zero_shot_clip(name: str, seed: int = 0):
             raise ValueError(f"{name}: a {model_type!r} model, not a CLIP model; the zero-shot baseline needs plain "
                              "CLIP (e.g. openai/clip-vit-base-patch16)")
         try:
-            clip, info = CLIPModel.from_pretrained(name, output_loading_info=True, ignore_mismatched_sizes=True)
-            tokenizer = AutoTokenizer.from_pretrained(name)
+            clip, info = CLIPModel.from_pretrained(name, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                   local_files_only=local_files_only)
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
         except errors as error:
             raise OSError(f"{name}: cannot load it as a CLIP model for the zero-shot baseline ({where}: "
                           f"{one_line(error)[:300]})") from error
@@ -239,7 +240,7 @@ def load_zero_shot_clip(name: str, seed: int = 0):
     clip.eval()
     with quiet_transformers():
         try:
-            processor = AutoImageProcessor.from_pretrained(name)
+            processor = AutoImageProcessor.from_pretrained(name, local_files_only=local_files_only)
         except errors as error:
             saved = os.path.join(name, "preprocessor_config.json")
             if local and os.path.lexists(saved):

@@ -8,7 +8,7 @@
   background thread, from snapshots taken at save time, never blocking or breaking training;
 - :func:`download_checkpoint`: `--resume_from_checkpoint hub`: the last pushed training state, with the best model
   of that moment, downloaded into a fresh output folder (every name it lists checked first).
-- :func:`main`: ``hspnet push FOLDER REPO_ID``.
+- ``hspnet push FOLDER REPO_ID`` is :mod:`hspnet.cli.push`.
 
 Repository layout written during training (`hub_strategy` checkpoint / all_checkpoints)::
 
@@ -21,19 +21,16 @@ Repository layout written during training (`hub_strategy` checkpoint / all_check
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
 import shutil
-import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from hspnet.utils.errors import one_line, run_cli
+from hspnet.utils.errors import one_line
 from hspnet.utils.files import plain_file_name, read_json_file
 
 logger = logging.getLogger("hspnet.hub")
@@ -535,25 +532,3 @@ def download_checkpoint(repo_id: str, folder: str, *, path_in_repo: str = LAST_C
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
-
-def main(argv: list[str] | None = None, prog: str = "hspnet push") -> int:
-    """`hspnet push FOLDER REPO_ID`: upload a model folder (:func:`push_folder_to_hub`)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Upload a trained or converted HSPNet folder to the Hub "
-                                     "(its model files and card, in one commit; never checkpoints or logs). The "
-                                     "token comes from `hf auth login` or HF_TOKEN.")
-    parser.add_argument("folder", help="the model folder (e.g. outputs/demo)")
-    parser.add_argument("repo_id", help="the Hub repository (e.g. your-name/hspnet-coco), created if needed")
-    parser.add_argument("--private", action="store_true", help="create the repository private (if it is new)")
-    parser.add_argument("--commit_message", default="Upload HSPNet model")
-
-    def run(args):
-        start = time.time()
-        repo = push_folder_to_hub(args.folder, args.repo_id, private=args.private,
-                                  commit_message=args.commit_message)
-        print(f"pushed {args.folder} to {repo} in {time.time() - start:.1f} s")
-
-    return run_cli(parser, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

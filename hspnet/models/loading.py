@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from hspnet.utils.errors import located, one_line
-from hspnet.utils.files import check_regular_file, is_hub_id, read_json_file
+from hspnet.utils.files import check_regular_file, read_json_file
+from hspnet.utils.model_source import ModelSourceError, resolve_model_source
 
 _JSON_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json",
                "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "vocab.json",
@@ -193,13 +194,17 @@ def load_model(model_name_or_path: str | os.PathLike, device: Any = None, trust_
         check_model_folder(name)
     elif os.path.exists(name):
         raise ModelLoadError(f"{name}: the model must be a folder (or a Hub id), not a file")
-    elif not is_hub_id(name):
-        raise ModelLoadError(f"{name}: model folder does not exist")
+    # a missing path is named at once; a Hub id is asked about once, briefly (network, id or access)
+    try:
+        local_files_only = resolve_model_source(name, "model").local_files_only
+    except ModelSourceError as error:
+        raise ModelLoadError(str(error)) from None
     errors = load_errors()
     with quiet_transformers():
         try:
             model, info = AutoModelForImageClassification.from_pretrained(
                 name, trust_remote_code=trust_remote_code, output_loading_info=True, ignore_mismatched_sizes=True,
+                local_files_only=local_files_only,
             )
         except errors as error:
             where = "model folder" if local else "no such local folder, and the Hub model"
@@ -213,7 +218,8 @@ def load_model(model_name_or_path: str | os.PathLike, device: Any = None, trust_
     saved_processor = os.path.join(name, "preprocessor_config.json")
     with quiet_transformers():
         try:
-            processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+            processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                                           local_files_only=local_files_only)
         except errors as error:
             reason = one_line(error)[:200]
             if local and os.path.lexists(saved_processor):

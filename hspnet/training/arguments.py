@@ -1,9 +1,10 @@
 """The options of a training run: :class:`TrainingConfig`, parsed the Hugging Face way.
 
 `TrainingConfig` is a dataclass whose fields carry their help in `metadata={"help": ...}`;
-:func:`build_argument_parser` is a `transformers.HfArgumentParser` over it (one `--flag` per field, `--help` lists
-them all with their defaults) plus `--config FILE.yaml`. :func:`parse_training_args` reads the YAML file first and
-makes its values the parser's defaults, so the command line wins:
+:func:`build_argument_parser` is a command line over it (one `--flag` per field in either spelling, `--help` lists
+them all with their defaults, as transformers' `HfArgumentParser` does, without importing transformers) plus
+`--config FILE.yaml`. :func:`parse_training_args` reads the YAML file first and makes its values the parser's
+defaults, so the command line wins:
 
     defaults of TrainingConfig  <  YAML file (--config)  <  command-line flags
 
@@ -23,6 +24,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from hspnet.utils.command_line import CommandParser, add_dataclass_options, parse_bool
 
 PROTOCOLS = ("heldout", "authors")
 SECRET_OPTIONS = ("hub_token",)
@@ -98,6 +101,10 @@ class TrainingConfig:
     mixed_precision: str | None = field(default=None, metadata=_help(
         """"no", "fp16" or "bf16"; default: what `accelerate launch` / `accelerate config` says."""))
     num_workers: int = field(default=0, metadata=_help("Data loading processes."))
+    torch_num_threads: int | None = field(default=None, metadata=_help(
+        """torch's threads per process when training on the CPU (default 1, whatever OMP_NUM_THREADS says: `hspnet
+        train` and `accelerate launch` then train the same model). More threads are faster; float sums, and so the
+        trained weights, then depend on the number (recorded in training_args.json)."""))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute the image tower's activations in the backward pass (less memory, slower)."))
     label_sample_size: int | None = field(default=None, metadata=_help(
@@ -121,8 +128,9 @@ class TrainingConfig:
     output_dir: str = field(default="outputs/hspnet", metadata=_help(
         "Where the model, its training_args.json, all_results.json, train.log, runs/ and checkpoints/ go."))
     overwrite_output_dir: bool = field(default=False, metadata=_help(
-        """Replace an output_dir that holds an earlier run. The new run works in <output_dir>.partial and replaces
-        the folder only once complete; if it fails, output_dir is unchanged."""))
+        """Replace an output_dir that holds an earlier run. The new run works in <output_dir>/.hspnet-next-run and
+        replaces the earlier run's files only once complete (files no run writes, e.g. eval_* reports, are kept);
+        if it fails, output_dir is unchanged."""))
     checkpointing_steps: str | None = field(default="epoch", metadata=_help(
         """"epoch", an integer number of steps, or None to save no training state."""))
     checkpoints_total_limit: int | None = field(default=2, metadata=_help(
@@ -185,6 +193,8 @@ class TrainingConfig:
                 not str(self.checkpointing_steps).isdigit() or int(self.checkpointing_steps) < 1):
             raise ValueError("checkpointing_steps must be 'epoch', a number of steps >= 1 or null (no training state "
                              f"saved), got {self.checkpointing_steps!r}")
+        if self.torch_num_threads is not None and self.torch_num_threads < 1:
+            raise ValueError(f"torch_num_threads must be >= 1 (or null: 1 on the CPU), got {self.torch_num_threads}")
         for name in ("epochs", "schedule_epochs", "batch_size", "logging_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -216,17 +226,6 @@ class TrainingConfig:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _parse_bool(value: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
-
-
 def _json_mapping(value: str) -> dict:
     from hspnet.utils.validation import json_object
 
@@ -234,7 +233,7 @@ def _json_mapping(value: str) -> dict:
 
 
 _KINDS: dict[type, tuple[Callable[[str], Any], str]] = {
-    dict: (_json_mapping, "JSON"), bool: (_parse_bool, "BOOL"), int: (int, "INT"), float: (float, "FLOAT"),
+    dict: (_json_mapping, "JSON"), bool: (parse_bool, "BOOL"), int: (int, "INT"), float: (float, "FLOAT"),
     str: (str, "STR"),
 }
 
@@ -262,36 +261,44 @@ def option_type(name: str) -> tuple[Callable[[str], Any], str, bool]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_argument_parser(prog: str | None = None):
-    """A `transformers.HfArgumentParser` over `TrainingConfig` (one `--flag` per field, its help and default) plus
-    `--config FILE.yaml`. Flag values are typed like the YAML values: booleans as yes/no/true/false/1/0, dicts as
-    JSON objects, "None"/"null" for an optional value."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(
-        TrainingConfig, prog=prog,
+def build_argument_parser(prog: str | None = None) -> CommandParser:
+    """The command line of `TrainingConfig` (a :class:`~hspnet.utils.command_line.CommandParser`: one option per field,
+    ``--field_name`` or ``--field-name``, its help and default; booleans ``--ema``, ``--ema false``, ``--no_ema``) plus
+    ``--config FILE.yaml``. Flag values are typed like the YAML values: dicts as JSON objects, "None"/"null" for an
+    optional value. Builds without importing torch or transformers (``hspnet train --help`` is instant)."""
+    parser = CommandParser(
+        prog=prog,
         description="Train HSPNet with accelerate (single or multi process). Options come from --config YAML, then "
         "command-line flags override them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", default=None, help="YAML file with any of the options below")
-    names = set(TrainingConfig.field_names())
-    for action in parser._actions:  # HfArgumentParser types a field by its annotation alone: None and JSON values
-        if action.dest in names and action.option_strings and not action.option_strings[0].startswith("--no"):
-            action.type, action.metavar, _ = option_type(action.dest)
+    add_dataclass_options(parser, TrainingConfig, option_type)
     return parser
 
 
-def parse_training_args(argv: list[str] | None = None, parser=None) -> TrainingConfig:
+def parse_training_args(argv: list[str] | None = None, parser: CommandParser | None = None) -> TrainingConfig:
     """Defaults < YAML file (`--config`) < command-line flags. The YAML values become the parser's defaults, then
     the command line is parsed into a (validated) `TrainingConfig`."""
     parser = parser or build_argument_parser()
-    config_file = argparse.ArgumentParser(add_help=False)
+    return training_config(parse_training_namespace(parser, argv))
+
+
+def parse_training_namespace(parser: CommandParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed with the YAML file's values (`--config`) as defaults, not yet validated."""
+    config_file = CommandParser(add_help=False)
     config_file.add_argument("--config", default=None)
     known, _ = config_file.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**read_yaml_options(known.config))
-    config, *_ = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    return config
+    return parser.parse_args(argv)
+
+
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    """The (validated) `TrainingConfig` of a parsed command line (the parser's other options, `--config` and
+    `--debug`, left out)."""
+    names = set(TrainingConfig.field_names())
+    return TrainingConfig(**{name: value for name, value in vars(args).items() if name in names})
 
 
 def load_config(argv: list[str] | None = None) -> TrainingConfig:

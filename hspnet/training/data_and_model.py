@@ -1,5 +1,5 @@
-"""What a training run is built from: its datasets (:func:`load_datasets`, :func:`training_splits`) and its model with
-the model's loss (:func:`build_model`, :func:`setup_loss_for_training`)."""
+"""What a training run is built from: its datasets (:func:`load_datasets`, :func:`training_splits`,
+:func:`dataset_name`) and its model with the model's loss (:func:`build_model`, :func:`setup_loss_for_training`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 
 from hspnet.data import get_hierarchy, open_dataset, to_multi_hot
 from hspnet.data.batches import add_index_column, label_permutation
-from hspnet.models.loading import label_names
+from hspnet.models.loading import check_model_folder, label_names
 from hspnet.training.arguments import TrainingConfig
 from hspnet.training.resume import label_mismatch
 from hspnet.utils.errors import one_line
-from hspnet.utils.files import is_hub_id
+from hspnet.utils.model_source import ModelSourceError, resolve_model_source
 
 logger = logging.getLogger("hspnet.train")
 
@@ -37,6 +37,25 @@ def load_datasets(config: TrainingConfig):
     return datasets, get_hierarchy(datasets)
 
 
+def dataset_name(config: TrainingConfig, datasets) -> str:
+    """The dataset's own name, for the model card: the name its loader recorded in the prepared dataset ("demo",
+    "coco", "voc", "nuswide", "cub"; also for a prepared folder, whatever its path), or for images of your own
+    (recorded as "custom") the name of their folder (`--dataset_root`, or the prepared folder)."""
+    import json
+
+    recorded = None
+    for split in datasets.values():
+        try:
+            recorded = json.loads(split.info.description)["hspnet"]["dataset"]
+            break
+        except (TypeError, ValueError, KeyError, AttributeError):
+            continue
+    if recorded and recorded != "custom":
+        return str(recorded)
+    folder = config.dataset_root or (config.dataset if os.path.isdir(config.dataset) else None)
+    return os.path.basename(os.path.normpath(folder)) if folder else str(recorded or config.dataset)
+
+
 def training_splits(config: TrainingConfig, datasets) -> tuple[Any, dict, str]:
     """`(train_set, eval_sets, selection_split)`: the training split with an `index` column, and the split the model
     is selected on ("validation", or "test" under the authors' protocol) with the test split."""
@@ -54,9 +73,16 @@ def training_splits(config: TrainingConfig, datasets) -> tuple[Any, dict, str]:
     return train_set, eval_sets, selection_split
 
 
-def _check_source(name: str, option: str) -> None:
-    if not os.path.exists(os.path.expanduser(name)) and not is_hub_id(name):
-        raise FileNotFoundError(f"--{option} {name!r}: no such file or folder")
+def _check_source(name: str, option: str) -> str:
+    """What to load `name` (the value of `--option`) from: the path, the Hub id, or the Hub cache's copy when the Hub is
+    offline or unreachable (:func:`~hspnet.utils.model_source.resolve_model_source`: a mistyped path is named at once,
+    an unusable Hub id in seconds, saying whether the network, the id or the access is wrong)."""
+    try:
+        return resolve_model_source(os.path.expanduser(name), option).path
+    except ModelSourceError as error:
+        if error.kind == "path":
+            raise FileNotFoundError(f"--{option} {name!r}: no such file or folder") from None
+        raise OSError(f"--{option} {name!r}: {error.reason}") from None
 
 
 def build_model(config: TrainingConfig, hierarchy):
@@ -73,10 +99,11 @@ def build_model(config: TrainingConfig, hierarchy):
                             label_sample_size=config.label_sample_size)
     if config.model_name_or_path:
         source = config.model_name_or_path
-        _check_source(source, "model_name_or_path")
+        path = _check_source(source, "model_name_or_path")
+        if os.path.isdir(path):
+            check_model_folder(path)  # a truncated model.safetensors, a malformed config.json: named by file
         try:
-            model = HSPNetForImageClassification.from_pretrained(os.path.expanduser(source),
-                                                                 trust_remote_code=config.trust_remote_code)
+            model = HSPNetForImageClassification.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         except (OSError, ValueError) as error:
             kind = OSError if isinstance(error, OSError) else ValueError
             raise kind(f"--model_name_or_path {source!r}: cannot load an HSPNet model ({one_line(error)})") from None
@@ -92,7 +119,7 @@ def build_model(config: TrainingConfig, hierarchy):
         for name, value in training_options.items():
             setattr(model.config, name, value)
         try:
-            model.image_processor = AutoImageProcessor.from_pretrained(os.path.expanduser(source))
+            model.image_processor = AutoImageProcessor.from_pretrained(path)
         except (OSError, ValueError):
             pass
         return model
@@ -103,11 +130,12 @@ def build_model(config: TrainingConfig, hierarchy):
                           label_to_group=list(hierarchy.label_to_group),
                           relation=os.path.expanduser(relation) if relation else None)
     if config.clip_model == TINY_RANDOM:
-        clip, tokenizer, image_processor = load_tiny_random(seed=config.seed)
-        return HSPNetForImageClassification.from_clip(clip, tokenizer=tokenizer, image_processor=image_processor,
-                                                      **hierarchy_args, **training_options)
-    source = os.path.expanduser(config.clip_model)
-    _check_source(config.clip_model, "clip_model")
+        # the tiny CLIP's own processor (CLIP's) is not kept: every new model gets HSPNetImageProcessor, with the same
+        # size and CLIP mean / std (the same pixels on the demo's square images; see image_processing_hspnet.py)
+        clip, tokenizer, _ = load_tiny_random(seed=config.seed)
+        return HSPNetForImageClassification.from_clip(clip, tokenizer=tokenizer, **hierarchy_args,
+                                                      **training_options)
+    source = _check_source(config.clip_model, "clip_model")
     try:
         clip = source
         tokenizer = None
@@ -115,7 +143,8 @@ def build_model(config: TrainingConfig, hierarchy):
             from transformers import AutoTokenizer
 
             # an OpenAI weights file (RN50.pt) holds no tokenizer: all OpenAI CLIPs share this one
-            tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name or "openai/clip-vit-base-patch32")
+            tokenizer = AutoTokenizer.from_pretrained(
+                _check_source(config.tokenizer_name or "openai/clip-vit-base-patch32", "tokenizer_name"))
         if os.path.isfile(source):
             from hspnet.models.openai_clip import load_openai_clip_parts
 

@@ -1,11 +1,11 @@
 """Training HSPNet with accelerate: :func:`train`, in the order of transformers'
 `run_image_classification_no_trainer.py`.
 
-`hspnet train` and `scripts/train.py` are thin command lines over :func:`main`. A run is a :class:`TrainingRun`
-whose :meth:`~TrainingRun.run` reads top to bottom as named steps: the output folder and its log, the checkpoint to
-resume, the data, the model (which owns its loss), the optimizer and schedule, the resume (or the metrics of the
-untrained model), the Hub uploads, the epochs (train, evaluate and select, save the training state), the test
-evaluation of the selected model, and saving and pushing it. The pieces live beside it in this package:
+`hspnet train` and `scripts/train.py` are thin command lines over :func:`train` (`hspnet.cli.train`). A run is a
+:class:`TrainingRun` whose :meth:`~TrainingRun.run` reads top to bottom as named steps: the output folder and its log,
+the checkpoint to resume, the data, the model (which owns its loss), the optimizer and schedule, the resume (or the
+metrics of the untrained model), the Hub uploads, the epochs (train, evaluate and select, save the training state),
+the test evaluation of the selected model, and saving and pushing it. The pieces live beside it in this package:
 :mod:`~hspnet.training.arguments` (every option), :mod:`~hspnet.training.data_and_model`,
 :mod:`~hspnet.training.optimization` and :mod:`~hspnet.training.ema` (the recipe), :mod:`~hspnet.training.run_folder`
 (lock, staging folder, whole files), :mod:`~hspnet.training.run_log`, :mod:`~hspnet.training.resume` (settings
@@ -40,36 +40,24 @@ import torch
 from hspnet.data.batches import collate, make_transform
 from hspnet.evaluation.loop import evaluate_model
 from hspnet.evaluation.average_precision import average_precision_ranked
-from hspnet.hub.cards import model_card
+from hspnet.hub.cards import training_card
 from hspnet.hub.transfer import TRAINING_ARGS_NAME, HubUploader, model_files
-from hspnet.training.arguments import TrainingConfig, build_argument_parser, parse_training_args
+from hspnet.training.arguments import TrainingConfig
 from hspnet.training.checkpoint import apply_checkpoint, read_checkpoint, save_checkpoint
-from hspnet.training.data_and_model import build_model, load_datasets, setup_loss_for_training, training_splits
+from hspnet.training.data_and_model import (build_model, dataset_name, load_datasets, setup_loss_for_training,
+                                            training_splits)
 from hspnet.training.distributed import on_all, on_main
 from hspnet.training.ema import ModelEMA, ema_decay, select_source
 from hspnet.training.memory import release_freed_memory
 from hspnet.training.optimization import loss_parameter_group, one_cycle_scheduler, parameter_groups
-from hspnet.training.resume import (
-    TrainingState,
-    check_best_model,
-    check_resume_settings,
-    dataset_fingerprint,
-    find_checkpoint,
-    read_checkpoint_settings,
-    run_settings,
-)
-from hspnet.training.run_folder import (
-    BEST_MARKER_NAME,
-    OutputDirLock,
-    checkpoint_dirs,
-    plan_folders,
-    remove_leftovers,
-    save_model_files,
-    swap_in,
-    writing,
-)
-from hspnet.training.run_log import close_log_handlers, setup_run_logging
-from hspnet.utils.errors import one_line, run_cli
+from hspnet.training.resume import (TrainingState, check_best_model, check_resume_settings, dataset_fingerprint,
+                                    find_checkpoint, interruption_message, read_checkpoint_settings, run_settings,
+                                    training_threads)
+from hspnet.training.run_folder import (BEST_MARKER_NAME, OutputDirLock, checkpoint_dirs, clean_up_interrupted,
+                                        describe_entry, kept_entries, moved_path, plan_folders, remove_leftovers,
+                                        save_model_files, swap_in, writing)
+from hspnet.training.run_log import close_log_handlers, print_and_log, scalar_config, setup_run_logging
+from hspnet.utils.errors import one_line
 from hspnet.utils.files import read_json_file, write_json, write_text
 from hspnet.utils.redaction import redact
 
@@ -80,31 +68,41 @@ class TrainingDivergedError(ValueError):
     """The loss or its gradients became NaN or infinite; training stopped before applying that step."""
 
 
-def train(config: TrainingConfig) -> dict:
+def train(config: TrainingConfig, argv: list[str] | None = None) -> dict:
     """Train, select, save and (optionally) upload an HSPNet model. Returns the results written to
-    `output_dir/all_results.json`. Errors a user can cause are `OSError` / `ValueError` with a one-line message."""
-    run = TrainingRun(config)
-    interrupted = False
+    `output_dir/all_results.json`. Errors a user can cause are `OSError` / `ValueError` with a one-line message.
+
+    Ctrl-C (`KeyboardInterrupt`, raised again) prints one line naming the last checkpoint and the command that resumes
+    the run (:meth:`TrainingRun.interrupted`); `argv`, the options as given on the command line (without the program
+    name), are repeated in it, else the options of `config` that differ from their defaults."""
+    run, interrupted = None, False
     try:
+        run = TrainingRun(config, argv)
         results = run.run()
         run.end()
         return results
     except KeyboardInterrupt:
         interrupted = True
+        if run is not None:
+            run.interrupted()
+        else:  # stopped while the accelerator started
+            print_and_log(logger, interruption_message(config, argv, folders=None, state=None, total_steps=0,
+                                                       staging_removed=False, num_processes=1, mixed_precision="no"))
         raise
     finally:
-        run.close(interrupted)
+        if run is not None:
+            run.close(interrupted)
 
 
 class TrainingRun:
     """One training run: its accelerator, folders, data, model, optimizer and progress, and the steps of
     :meth:`run`."""
 
-    def __init__(self, config: TrainingConfig):
+    def __init__(self, config: TrainingConfig, argv: list[str] | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration
 
-        self.config = config
+        self.config, self.argv = config, argv
         self.accelerator = Accelerator(
             cpu=config.cpu or not torch.cuda.is_available(),
             mixed_precision=config.mixed_precision,
@@ -116,6 +114,11 @@ class TrainingRun:
         self.uploader: HubUploader | None = None
         self.last_checkpoint: str | None = None
         self.results: dict[str, Any] = {}
+        # float sums depend on the thread count, which launchers set differently: the run fixes it (resume.py)
+        self.threads_before = torch.get_num_threads()
+        self.threads = training_threads(config, self.accelerator.device.type)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
 
     # ----- the run, top to bottom ------------------------------------------------------------------------------------
 
@@ -148,6 +151,23 @@ class TrainingRun:
         for lock in reversed(self.locks):
             lock.release()
         close_log_handlers(logger)
+        torch.set_num_threads(self.threads_before)
+
+    def interrupted(self) -> None:
+        """Ctrl-C, on the main process with the locks still held: `run_folder.clean_up_interrupted`, then ONE line on
+        stderr and in train.log (`resume.interruption_message`): the last checkpoint and the command that resumes from
+        it, or the command that starts over."""
+        if not self.accelerator.is_main_process:
+            return
+        folders, removed = getattr(self, "folders", None), False
+        try:
+            removed = folders is not None and clean_up_interrupted(folders)
+        except OSError as error:  # the line still names what is left
+            logger.warning("could not clean up after the interruption: %s", one_line(error))
+        print_and_log(logger, interruption_message(
+            self.config, self.argv, folders=folders, state=getattr(self, "state", None),
+            total_steps=getattr(self, "total_steps", 0), staging_removed=removed,
+            num_processes=self.accelerator.num_processes, mixed_precision=str(self.accelerator.mixed_precision)))
 
     # ----- 1. the output folder and the log --------------------------------------------------------------------------
 
@@ -170,11 +190,15 @@ class TrainingRun:
         accelerator.project_configuration.project_dir = working
         accelerator.project_configuration.logging_dir = working
         on_all(accelerator, lambda: setup_run_logging(logger, accelerator, working, config.hub_token))
-        logger.info("processes: %d (distributed: %s), device: %s, mixed precision: %s", accelerator.num_processes,
-                    accelerator.distributed_type, accelerator.device, accelerator.mixed_precision)
+        logger.info("processes: %d (distributed: %s), device: %s, mixed precision: %s, torch threads: %d%s",
+                    accelerator.num_processes, accelerator.distributed_type, accelerator.device,
+                    accelerator.mixed_precision, torch.get_num_threads(),
+                    "" if self.threads is None else f" (fixed for training on the CPU; OMP_NUM_THREADS="
+                    f"{os.environ.get('OMP_NUM_THREADS', '(not set)')} does not change it)")
         if folders.staging:
-            logger.info("writing into %s; %s is replaced by it only when this run is complete", working,
-                        folders.output_dir)
+            kept = ", ".join(describe_entry(folders.output_dir, name) for name in kept_entries(folders.output_dir))
+            logger.info("writing into %s; %s is replaced by it only when this run is complete%s", working,
+                        folders.output_dir, f" (keeping what no training run writes: {kept})" if kept else "")
 
     # ----- 2. the checkpoint to resume -------------------------------------------------------------------------------
 
@@ -197,6 +221,7 @@ class TrainingRun:
         with accelerator.main_process_first():
             datasets, self.hierarchy = load_datasets(config)
         self.train_set, self.eval_sets, self.selection_split = training_splits(config, datasets)
+        self.dataset_name = dataset_name(config, datasets)
         self.num_labels = len(self.hierarchy.labels)
         fingerprint = dataset_fingerprint(self.hierarchy, {"train": self.train_set, **self.eval_sets})
         self.settings = run_settings(config, accelerator, fingerprint)
@@ -259,7 +284,7 @@ class TrainingRun:
                                 else None)
         self.unwrapped.label_generator = self.label_generator
         if config.with_tracking:
-            on_all(accelerator, lambda: accelerator.init_trackers("runs", config=_scalar_config(config)))
+            on_all(accelerator, lambda: accelerator.init_trackers("runs", config=scalar_config(config)))
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_train_steps:
             self.total_steps = min(self.total_steps, config.max_train_steps)
@@ -324,11 +349,10 @@ class TrainingRun:
             if state.best_epoch >= 0:
                 marker = read_json_file(os.path.join(self.working, BEST_MARKER_NAME), "best-model marker")
             names = [n for n in model_files(self.working) if n != "README.md"] if marker is not None else []
-            card = model_card(self.unwrapped.config, dataset=config.dataset, metrics=None, recipe=self.recipe(),
-                              repo_id=config.hub_model_id, base_model=self.base_model(), license=config.license,
-                              progress={"epoch": state.epoch, "epochs": config.epochs, "step": state.global_step,
-                                        "total_steps": self.total_steps, "best_metric": state.best_metric,
-                                        "best_epoch": state.best_epoch, "selection_split": self.selection_split})
+            card = self.card(self.unwrapped.config, progress={
+                "epoch": state.epoch, "epochs": config.epochs, "step": state.global_step,
+                "total_steps": self.total_steps, "best_metric": state.best_metric, "best_epoch": state.best_epoch,
+                "selection_split": self.selection_split})
             self.uploader.save(step=state.global_step, epoch=state.epoch, model_folder=self.working,
                                model_file_names=names, card=card, checkpoint=checkpoint_folder,
                                checkpoint_info={"run_id": state.run_id, "best_model": marker})
@@ -538,21 +562,23 @@ class TrainingRun:
     # ----- 10. save (model card, all_results.json; the staging folder swapped in) and push the final model ------------
 
     def save_and_push(self) -> None:
-        config, folders, uploader = self.config, self.folders, self.uploader
+        folders, uploader = self.folders, self.uploader
 
         def finish():
             if uploader is not None:
                 self.results["hub"] = uploader.report()
-            card = model_card(self.best.config, dataset=config.dataset, metrics=self.results["test"],
-                              recipe=self.recipe(), repo_id=config.hub_model_id, base_model=self.base_model(),
-                              license=config.license)
+            card = self.card(self.best.config, metrics=self.results["test"])
             with writing(os.path.join(self.working, "README.md")):
                 write_text(os.path.join(self.working, "README.md"), card)
             self.write_results(self.working)
             if uploader is not None:
                 uploader.wait()  # the snapshots being uploaded lie in the working folder, which may be renamed now
             if folders.staging:
-                swap_in(folders, self.locks)
+                try:
+                    swap_in(folders, self.locks)
+                finally:  # a Ctrl-C during the swap is raised after it: the paths the interruption names move too
+                    if not os.path.isdir(folders.working) and os.path.isdir(folders.output_dir):
+                        self.moved_in(folders)
                 logger.info("replaced %s by the new run", folders.output_dir)
             if uploader is not None:
                 uploader.moved_to(folders.output_dir)
@@ -564,6 +590,11 @@ class TrainingRun:
 
         on_main(self.accelerator, finish)
 
+    def moved_in(self, folders) -> None:
+        """The staging folder became `output_dir`: the run's paths follow it."""
+        self.last_checkpoint = moved_path(self.last_checkpoint, folders)
+        self.working, self.folders = folders.output_dir, dataclasses.replace(folders, working=folders.output_dir)
+
     def write_results(self, folder: str) -> None:
         """`all_results.json`, atomically, with every Hub token in effect masked (an upload error may quote one)."""
         path = os.path.join(folder, "all_results.json")
@@ -571,31 +602,10 @@ class TrainingRun:
             write_text(path, redact(json.dumps(self.results, indent=2, ensure_ascii=False),
                                     self.config.hub_token) + "\n")
 
-    # ----- the model card's facts ------------------------------------------------------------------------------------
+    def card(self, model_config, metrics: dict | None = None, progress: dict | None = None) -> str:
+        """The model card: final (the test `metrics`) or "in progress" (`progress`); see `hub.cards.training_card`."""
+        return training_card(model_config, self.config, metrics=metrics, progress=progress,
+                             world_size=self.accelerator.num_processes,
+                             mixed_precision=self.accelerator.mixed_precision, dataset_name=self.dataset_name,
+                             model_name=os.path.basename(self.folders.output_dir))
 
-    def recipe(self) -> dict:
-        """The recipe table of the model card."""
-        config = self.config
-        recipe = {k: getattr(config, k) for k in ("clip_model", "dataset", "protocol", "epochs", "schedule_epochs",
-                                                   "batch_size", "lr", "gcn_lr", "weight_decay", "pct_start", "ema",
-                                                   "ema_keep_per_epoch", "loss", "loss_kwargs", "seed")}
-        recipe["world_size"] = self.accelerator.num_processes
-        recipe["mixed_precision"] = self.accelerator.mixed_precision
-        return recipe
-
-    def base_model(self) -> str | None:
-        return None if self.config.model_name_or_path else self.config.clip_model
-
-
-def _scalar_config(config: TrainingConfig) -> dict:
-    """The options as TensorBoard's hyper-parameters (scalars; dicts as JSON), without secrets."""
-    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()}
-
-
-def main(argv: list[str] | None = None, prog: str | None = "train.py") -> int:
-    """`scripts/train.py` / `hspnet train`: one-line errors and exit status 1 on bad input (see `run_cli`)."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_argument_parser(prog=prog)
-    return run_cli(parser, lambda args: train(parse_training_args(argv, parser)), argv)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-import hspnet.training.loop as training
+from hspnet.cli import train as training
 from hspnet.evaluation.metrics import MultiLabelMetricAccumulator
 from tests.helpers import FakeHub
 

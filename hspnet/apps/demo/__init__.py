@@ -1,2 +1,2 @@
 """The demo page: the Gradio page of a trained model (`page.py`), the label groups and card summary it shows
-(`summary.py`), the Hugging Face Space folder writer (`space.py`) and `hspnet demo` (`command.py`)."""
+(`summary.py`), and the Hugging Face Space folder writer (`space.py`); `hspnet demo` is `hspnet.cli.demo`."""

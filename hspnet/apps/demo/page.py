@@ -16,7 +16,7 @@ Everything but :func:`build_demo` / :func:`launch_demo` works without gradio (th
 functions are tested without a browser); gradio is imported only there, and a missing gradio is a one-line error
 naming ``pip install -e ".[demo]"``. ``import hspnet`` never imports this module.
 
-The command line is :mod:`hspnet.apps.demo.command`; ``--write_space DIR`` writes a folder a Hugging Face Space runs
+The command line is :mod:`hspnet.cli.demo`; ``--write_space DIR`` writes a folder a Hugging Face Space runs
 as is (:func:`hspnet.apps.demo.space.write_space`). The model's label groups and card summary are
 :mod:`hspnet.apps.demo.summary`.
 """
@@ -34,20 +34,20 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from hspnet.apps.defaults import (
+    DEMO_DEFAULT_THRESHOLD as DEFAULT_THRESHOLD,
+    DEMO_MAX_EXAMPLES as MAX_EXAMPLES,
+    DEMO_MAX_IMAGES as MAX_IMAGES,
+    DEMO_MAX_UPLOAD_MB as MAX_UPLOAD_MB,
+    GRADIO_INSTALL_HINT,
+)
 from hspnet.apps.demo.summary import LabelGroups, read_model_summary, summary_markdown
 from hspnet.utils.errors import one_line
 from hspnet.utils.images import MAX_IMAGE_PIXELS
 
-GRADIO_INSTALL_HINT = 'pip install -e ".[demo]"'
 DIGITS = 3
 """Scores are shown with this many decimals."""
-DEFAULT_THRESHOLD = 0.5
-MAX_UPLOAD_MB = 20
-"""Uploads larger than this (per file, in MB) are refused with a message, before they are read."""
-MAX_IMAGES = 16
-"""At most this many images are scored per upload; the rest get a message."""
 NUM_DEMO_EXAMPLES = 6
-MAX_EXAMPLES = 12
 THUMBNAIL_SIZE = 96
 SPACE_MARKER = ".hspnet-space"
 """A file ``--write_space`` puts in the folders it writes; ``--overwrite`` replaces only folders that have it."""

@@ -1,11 +1,12 @@
-"""Command line: prepare a dataset, print its statistics, optionally write it / push it to the Hub.
+"""`hspnet prepare DATASET ...` (= `datasets_scripts/prepare.py`): prepare a dataset, print its statistics, optionally
+write it (`--output_dir`) or push it to the Hub (`--push_to_hub --hub_dataset_id`).
 
-python datasets_scripts/prepare.py voc --root /data/voc2012 [--protocol authors] [--output out/voc]
-python -m hspnet.data demo
+    hspnet prepare voc --dataset_root /data/voc2012 [--protocol authors] [--output_dir out/voc]
+    hspnet prepare demo
 
-Bad input (a missing or malformed file, a bad option value, an output folder that may not be replaced) ends with
-ONE line ``prepare: error: <file>, line <n>, field <f>: <what>`` on stderr and exit status 1; ``--debug`` shows the
-traceback instead (see :func:`hspnet.utils.errors.run_cli`).
+The loaders are :mod:`hspnet.data`'s; bad input (a missing or malformed file, a bad option value, an output folder that
+may not be replaced) ends with ONE line ``hspnet prepare: error: <file>, line <n>, field <f>: <what>`` and exit status
+1 (:func:`hspnet.utils.command_line.run_command`).
 """
 
 from __future__ import annotations
@@ -14,78 +15,82 @@ import argparse
 import json
 import logging
 import os
-import sys
 
-from hspnet.utils.errors import run_cli
+from hspnet.utils.command_line import CommandParser, run_command
 
 DATASETS = ("coco", "voc", "nuswide", "cub", "folder", "hf", "demo")
 
 
-def _common(parser: argparse.ArgumentParser, needs_root: bool) -> None:
+def _common(parser: CommandParser, needs_root: bool) -> None:
     if needs_root:
-        parser.add_argument("--root", required=True, help="the dataset folder, in its official layout (see the README)")
+        parser.add_argument("--dataset_root", "--root", dest="root", required=True,
+                            help="the dataset folder, in its official layout (see docs/datasets.md)")
     parser.add_argument(
         "--seed",
         type=int,
         default=0,
         help="seed of the single-positive choice and of the validation split (0); a held-out test split of custom "
-        "data uses --test-seed instead",
+        "data uses --test_seed instead",
     )
     parser.add_argument(
         "--protocol",
         choices=("heldout", "authors"),
         default="heldout",
-        help="heldout: hold out --validation-fraction of train as 'validation' (Cole et al.); authors: train on all "
+        help="heldout: hold out --validation_fraction of train as 'validation' (Cole et al.); authors: train on all "
         "training images, evaluate on test (no validation split)",
     )
-    parser.add_argument("--validation-fraction", type=float, default=0.2, help="held-out share of train (0.2)")
-    parser.add_argument("--cache-dir", help="datasets cache folder (default: the Hugging Face datasets cache)")
-    parser.add_argument("--force-rebuild", action="store_true", help="ignore the cache")
+    parser.add_argument("--validation_fraction", type=float, default=0.2, help="held-out share of train (0.2)")
+    parser.add_argument("--cache_dir", help="datasets cache folder (default: the Hugging Face datasets cache)")
+    parser.add_flag("--force_rebuild", help="ignore the cache")
     parser.add_argument(
-        "--output",
+        "--output_dir",
+        dest="output",
         help="also write the prepared dataset to this folder; it replaces an earlier build there as a whole (the new "
         "build is swapped in only when complete)",
     )
-    parser.add_argument(
+    parser.add_flag(
         "--overwrite",
-        action="store_true",
-        help="with --output: replace the folder even if it holds files that no earlier build wrote (they are deleted)",
+        help="with --output_dir: replace the folder even if it holds files that no earlier build wrote (they are "
+        "deleted)",
     )
     parser.add_argument(
-        "--output-format",
+        "--output_format",
         choices=("arrow", "parquet"),
         default="arrow",
         help="arrow: save_to_disk, self-contained (image bytes embedded); parquet: one file per split with image paths",
     )
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="push the prepared dataset to this Hub dataset repo")
-    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
-    parser.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
-    parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
-    parser.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
-    )
+    parser.add_flag("--push_to_hub", help="push the prepared dataset to the Hub dataset repository --hub_dataset_id")
+    parser.add_argument("--hub_dataset_id", metavar="REPO_ID", help="the Hub dataset repository to push to")
+    parser.add_flag("--hub_private_repo", "--private", help="with --push_to_hub: create the repository private")
+    parser.add_argument("--hub_token", default=None,
+                        help="Hub token (default: `hf auth login` / HF_TOKEN); never printed or saved")
+    parser.add_flag("--json", help="print the statistics as JSON instead of a table")
+    parser.add_flag("--quiet", help="less logging")
+    parser.add_argument("-q", dest="quiet", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on error, show the full traceback")
 
 
-def _image_options(parser: argparse.ArgumentParser, missing_default: str = "error") -> None:
+def _image_options(parser: CommandParser, missing_default: str = "error") -> None:
     parser.add_argument(
-        "--on-missing-image",
+        "--on_missing_image",
         choices=("error", "skip"),
         default=missing_default,
-        help="missing / unreadable images (not regular files; with --check-images open also truncated, corrupt or "
+        help="missing / unreadable images (not regular files; with --check_images open also truncated, corrupt or "
         f"oversized ones): stop with the list, or skip them (always counted) ({missing_default})",
     )
     parser.add_argument(
-        "--check-images",
+        "--check_images",
         choices=("exists", "open", "none"),
         default="exists",
         help="exists: each image is a regular file; open: also decode every image fully; none: no check (exists)",
     )
-    parser.add_argument("--num-proc", type=int, default=1, help="threads for the image checks (1)")
+    parser.add_argument("--num_proc", type=int, default=1, help="threads for the image checks (1)")
 
 
-def _benchmark_options(parser: argparse.ArgumentParser, missing_default: str = "error") -> None:
+def _benchmark_options(parser: CommandParser, missing_default: str = "error") -> None:
     parser.add_argument(
-        "--observed-labels",
+        "--observed_labels",
         metavar="FILE",
         help="the authors' single-positive list (coco_train_singlelabel.txt, voc_train.txt, cub_train.txt format) to "
         "use instead of generated single positives",
@@ -94,10 +99,10 @@ def _benchmark_options(parser: argparse.ArgumentParser, missing_default: str = "
     _image_options(parser, missing_default)
 
 
-def _custom_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--label-names", help="a text file of label names, one per line (needed for index labels)")
+def _custom_options(parser: CommandParser) -> None:
+    parser.add_argument("--label_names", help="a text file of label names, one per line (needed for index labels)")
     parser.add_argument(
-        "--label-separator",
+        "--label_separator",
         choices=(";", "|", ",", "space"),
         metavar="SEP",
         help="what separates labels in a label string: ';' (the default), '|', ',' or 'space'; label names may "
@@ -105,28 +110,28 @@ def _custom_options(parser: argparse.ArgumentParser) -> None:
         "field is refused (its reading would be a guess): choose one explicitly",
     )
     parser.add_argument("--hierarchy", metavar="FILE", help="label -> group file (JSON or label,group CSV)")
-    parser.add_argument("--no-auto-hierarchy", action="store_true", help="fail instead of building a hierarchy")
-    parser.add_argument("--clip-model", default=None, help="CLIP model (Hub id or folder) for the automatic hierarchy")
-    parser.add_argument("--num-groups", type=int, help="groups of the automatic hierarchy (default round(sqrt(C)))")
-    parser.add_argument("--cluster-method", choices=("kmeans", "agglomerative"), default="kmeans")
-    parser.add_argument("--prompt-template", default=None, help="text template of the label embeddings")
+    parser.add_flag("--no_auto_hierarchy", help="fail instead of building a hierarchy")
+    parser.add_argument("--clip_model", default=None, help="CLIP model (Hub id or folder) for the automatic hierarchy")
+    parser.add_argument("--num_groups", type=int, help="groups of the automatic hierarchy (default round(sqrt(C)))")
+    parser.add_argument("--cluster_method", choices=("kmeans", "agglomerative"), default="kmeans")
+    parser.add_argument("--prompt_template", default=None, help="text template of the label embeddings")
     parser.add_argument(
-        "--test-fraction", type=float, default=0.2, help="held-out test share when there is no test split"
+        "--test_fraction", type=float, default=0.2, help="held-out test share when there is no test split"
     )
     parser.add_argument(
-        "--test-seed",
+        "--test_seed",
         type=int,
         default=0,
         help="seed of the held-out test split (0); independent of --seed, so every --seed uses the same test images",
     )
     parser.add_argument(
-        "--hierarchy-seed", type=int, default=0, help="seed of the automatic hierarchy's clustering (0), not --seed"
+        "--hierarchy_seed", type=int, default=0, help="seed of the automatic hierarchy's clustering (0), not --seed"
     )
-    parser.add_argument("--observed-labels", metavar="FILE", help="a single-positive list 'file_name,index' to use")
+    parser.add_argument("--observed_labels", metavar="FILE", help="a single-positive list 'file_name,index' to use")
 
 
-def build_parser(prog: str = "prepare") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(prog: str | None = "hspnet prepare") -> CommandParser:
+    parser = CommandParser(
         prog=prog,
         description="Prepare a single-positive multi-label dataset (HSPNet) as a Hugging Face DatasetDict, print its "
         "statistics, and optionally write it or push it to the Hub.",
@@ -150,9 +155,10 @@ def build_parser(prog: str = "prepare") -> argparse.ArgumentParser:
     _common(nus, True)
     _benchmark_options(nus, missing_default="skip")
     nus.add_argument("--layout", choices=("auto", "official", "flat"), default="auto")
-    nus.add_argument("--image-dir", help="image folder relative to --root (default Flickr/, images/ or Images/)")
-    nus.add_argument("--train-list", help="flat layout: training list (default nus_train.txt)")
-    nus.add_argument("--test-list", help="flat layout: test list (default nus_val.txt)")
+    nus.add_argument("--image_dir",
+                     help="image folder relative to --dataset_root (default Flickr/, images/ or Images/)")
+    nus.add_argument("--train_list", help="flat layout: training list (default nus_train.txt)")
+    nus.add_argument("--test_list", help="flat layout: test list (default nus_val.txt)")
     cub = sub.add_parser(
         "cub", help="CUB-200-2011 attributes: CUB_200_2011/{images.txt,train_test_split.txt,attributes/}"
     )
@@ -161,23 +167,24 @@ def build_parser(prog: str = "prepare") -> argparse.ArgumentParser:
     folder = sub.add_parser("folder", help="custom: a folder of images with metadata.csv / metadata.jsonl")
     _common(folder, True)
     _custom_options(folder)
-    folder.add_argument("--metadata", help="metadata file relative to --root (default metadata.csv / metadata.jsonl)")
+    folder.add_argument("--metadata",
+                        help="metadata file relative to --dataset_root (default metadata.csv / metadata.jsonl)")
     _image_options(folder)
-    folder.add_argument("--on-duplicate", choices=("error", "merge"), default="error")
+    folder.add_argument("--on_duplicate", choices=("error", "merge"), default="error")
     hf = sub.add_parser("hf", help="custom: a Hugging Face dataset (Hub id or save_to_disk folder)")
     _common(hf, False)
     _custom_options(hf)
-    hf.add_argument("--dataset-path", required=True, help="Hub dataset id or save_to_disk folder")
-    hf.add_argument("--image-column", default="image")
-    hf.add_argument("--labels-column", default="labels")
-    hf.add_argument("--id-column")
-    hf.add_argument("--test-split")
+    hf.add_argument("--dataset_path", required=True, help="Hub dataset id or save_to_disk folder")
+    hf.add_argument("--image_column", default="image")
+    hf.add_argument("--labels_column", default="labels")
+    hf.add_argument("--id_column")
+    hf.add_argument("--test_split")
     demo = sub.add_parser("demo", help="the built-in demo dataset (coloured shapes, no download)")
     _common(demo, False)
-    demo.add_argument("--num-train", type=int, default=1600)
-    demo.add_argument("--num-test", type=int, default=400)
-    demo.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    demo.add_argument("--num_train", type=int, default=1600)
+    demo.add_argument("--num_test", type=int, default=400)
+    demo.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--debug", action="store_true", help="on error, show the full traceback")
     return parser
 
 
@@ -276,7 +283,9 @@ def run(args) -> None:
 
         datasets.disable_progress_bars()
     if args.overwrite and not args.output:
-        raise ValueError("--overwrite needs --output")
+        raise ValueError("--overwrite needs --output_dir")
+    if args.push_to_hub and not args.hub_dataset_id:
+        raise ValueError("--push_to_hub needs --hub_dataset_id (e.g. your-name/my-dataset)")
     if args.output:  # refused before the (long) build, and checked again when writing
         check_output_folder(args.output, args.overwrite, _inputs(args))
     dataset = _load(args)
@@ -297,14 +306,10 @@ def run(args) -> None:
             print(f"\nPrepared dataset cached in {os.path.dirname(files[0]['filename'])} (and its sibling splits)")
     if args.push_to_hub:
         check_image_paths(dataset)
-        dataset.push_to_hub(args.push_to_hub, private=args.private)
-        print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+        dataset.push_to_hub(args.hub_dataset_id, private=args.hub_private_repo, token=args.hub_token)
+        print(f"Pushed to https://huggingface.co/datasets/{args.hub_dataset_id}")
 
 
-def main(argv=None, prog: str = "prepare") -> int:
-    """``prepare DATASET ...``: 0 on success; bad input gives one line ``prepare: error: ...`` and status 1."""
-    return run_cli(build_parser(prog), run, argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def main(argv: list[str] | None = None, prog: str | None = "hspnet prepare", before_run=None) -> int:
+    """0 on success, 1 with a one-line ``error:`` on bad input (``--debug``: the traceback), 2 on a usage error."""
+    return run_command(build_parser(prog), run, argv, before_run=before_run)
