@@ -56,7 +56,8 @@ class DemoServer:
         self.url = f"http://127.0.0.1:{port}/"
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hspnet", "demo", "--model", model_dir, "--host", "127.0.0.1", "--port",
+                [sys.executable, "-m", "hspnet", "demo", "--model", os.path.abspath(model_dir), "--host", "127.0.0.1",
+                 "--port",
                  str(port), *extra],
                 cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
