@@ -166,9 +166,12 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         "modeling_from_clip.py",
         "modeling_hspnet.py",
         "modeling_label_graph.py",
+        "modeling_label_set.py",
         "modeling_prompts.py",
         "modeling_text_state.py",
         "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
     assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "HSPNetConfig"
     for loader, cls in [

@@ -61,8 +61,13 @@ SNAPSHOT_PREFIX = ".hub-"
 
 
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".py", ".bin")
-"""A top-level file with one of these endings (or the card ``README.md``) is part of the model, unless hidden or one
-of :data:`RUN_FILES`."""
+"""A top-level file with one of these endings (or the card ``README.md``, or one of :data:`TOKENIZER_FILE_NAMES`) is
+part of the model, unless hidden or one of :data:`RUN_FILES`."""
+
+
+TOKENIZER_FILE_NAMES = ("merges.txt", "vocab.txt", "tokenizer.model")
+"""Tokenizer files that are not JSON (the model's tokenizer, which ``save_pretrained`` saves for ``set_labels``, is
+``tokenizer.json`` + ``tokenizer_config.json`` with transformers 5; older or other tokenizers add these)."""
 
 
 TRAINING_ARGS_NAME = "training_args.json"
@@ -93,12 +98,13 @@ def redact(text: str, token: str | None = None) -> str:
 
 
 def is_model_file(name: str) -> bool:
-    return name == "README.md" or (name.endswith(MODEL_FILE_SUFFIXES) and not name.startswith("."))
+    return name in ("README.md", *TOKENIZER_FILE_NAMES) or (name.endswith(MODEL_FILE_SUFFIXES)
+                                                             and not name.startswith("."))
 
 
 def model_files(folder: str, exclude: Iterable[str] = RUN_FILES) -> list[str]:
     """The top-level files of `folder` that make up a model, sorted: what ``save_pretrained`` writes (config,
-    weights, remote code, image processor), the card ``README.md``, other JSON beside them (``training_args.json``,
+    weights, remote code, image processor, tokenizer), the card ``README.md``, other JSON beside them (``training_args.json``,
     ``conversion.json``). Never hidden files, folders, special files, or the names in `exclude` (by default what a
     training run writes beside the model)."""
     excluded = set(exclude)

@@ -116,6 +116,14 @@ def _field_rules() -> dict:
             raise ValueError(f"loss_kwargs must be a dict with string keys, got {value!r}")
         return value
 
+    def thresholds(value):
+        # one per label (the count is checked against the labels in `__post_init__`); None: no calibrated threshold
+        if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"label_thresholds must be a list (one threshold or null per label), got {value!r}")
+        return [None if v is None else check_real(f"label_thresholds[{i}]", v, 0.0, 1.0) for i, v in enumerate(value)]
+
     def wrap(name, rule):
         def checked(value):
             try:
@@ -149,9 +157,11 @@ def _field_rules() -> dict:
         "loss": loss_name,
         "loss_kwargs": optional(loss_kwargs),
         "label_sample_size": optional(integer("label_sample_size", 1)),
+        "trained_label_names": optional(string_list("trained_label_names")),
         "prompt_length": optional(integer("prompt_length", 1)),
         "prompt_label_names": optional(string_list("prompt_label_names")),
         "prompt_group_names": optional(string_list("prompt_group_names")),
+        "label_thresholds": optional(thresholds),
     }
     return {name: wrap(name, rule) for name, rule in rules.items()}
 
@@ -271,12 +281,19 @@ class HSPNetConfig(PreTrainedConfig):
             from, set with them (`set_prompts`, conversion); `None` in older folders. Loading a folder whose
             `id2label` or `group_names` was edited since (renamed or reordered: the scores still follow the stored
             prompts) logs a warning naming the labels that differ.
+        trained_label_names (`list[str]`, *optional*):
+            Set when the label set was changed after training (`set_labels` / `add_labels`): the labels the
+            model was trained with (other labels are scored without training; a group may then have no label).
+            `None`: every label is a trained one.
         label_sample_size (`int`, *optional*):
             Training only, off by default (`None`): each training step runs the text side for the batch's observed
             positives plus `label_sample_size` labels drawn uniformly from the others, with the loss reweighted to
             an unbiased estimate of the full loss (and the label GCN on the sampled labels). An approximation of
             the paper's method for very large label sets; inference always uses all labels. Needs a loss whose
             terms are per label (not EPR, ROLE or LL-R).
+        label_thresholds (`list[float | None]`, *optional*):
+            Calibrated decision thresholds (`hspnet calibrate`), one per label in `id2label` order, each a finite number
+            in [0, 1] or `None` (no calibrated threshold: the default 0.5 applies); `None`: no calibration.
 
     Every field is checked when the config is built, loaded or assigned: a wrong type (a string for a number, a bool
     for an int, a float for an int), a non-finite number or a value out of range raises a `ValueError` naming the
@@ -317,9 +334,11 @@ class HSPNetConfig(PreTrainedConfig):
     loss: str = "splc"
     loss_kwargs: dict[str, Any] | None = None
     label_sample_size: int | None = None
+    trained_label_names: list[str] | None = None
     prompt_length: int | None = None
     prompt_label_names: list[str] | None = None
     prompt_group_names: list[str] | None = None
+    label_thresholds: list[float | None] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         rule = _FIELD_RULES.get(name)
@@ -395,6 +414,9 @@ class HSPNetConfig(PreTrainedConfig):
         if self.resnet_heads is None:
             self.resnet_heads = max(1, 32 * self.resnet_width // 64)
         self.check_fields()
+        if self.label_thresholds is not None and len(self.label_thresholds) != self.num_labels:
+            raise ValueError(f"HSPNetConfig: label_thresholds has {len(self.label_thresholds)} entries but there are "
+                             f"{self.num_labels} labels; give one threshold (or null) per label.")
         self.check_backbone()
         self.check_hierarchy()
         self.check_loss()
@@ -493,7 +515,7 @@ class HSPNetConfig(PreTrainedConfig):
                     f"in 0..{len(self.group_names) - 1}."
                 )
         empty = [name for index, name in enumerate(self.group_names) if index not in set(self.label_to_group)]
-        if empty:
+        if empty and self.trained_label_names is None:  # a label set changed after training may leave one empty
             raise ValueError(f"HSPNetConfig: group(s) {empty} have no label; remove them or assign labels to them.")
         if len(self.ctx_init.split()) != self.n_ctx:
             raise ValueError(

@@ -137,7 +137,8 @@ def build_from_clip(
         **config_kwargs: any other `HSPNetConfig` field (e.g. `n_ctx`, `loss`, `relation_keep_ratio`).
 
     The prompts are tokenized once and stored as persistent buffers (token embeddings and EOS positions) together
-    with the raw relation, so `from_pretrained` restores the model without a tokenizer.
+    with the raw relation, so `from_pretrained` restores the model without a tokenizer. The tokenizer is kept as
+    `model.tokenizer` (and saved with the model) for labels at inference (`set_labels`, `add_labels`).
     """
     parts = load_clip_parts(clip, tokenizer, image_processor, clip_kwargs)
     labels = list(labels)
@@ -159,6 +160,7 @@ def build_from_clip(
         relation = text_relation(base.clip, parts.tokenizer, labels + list(groups), relation_template)
     base.set_relation(relation)
     model.image_processor = image_processor or default_image_processor(config, **parts.normalisation)
+    model.tokenizer = parts.tokenizer  # saved with the model: `set_labels` tokenizes new label names with it
     base.apply_freezing()
     return model.eval()
 

@@ -8,7 +8,8 @@ and is also the remote code saved next to the weights, so it imports only its si
 Reading order, top to bottom:
 
 1. Outputs (`HSPNetClassifierOutput`, `HSPNetModelOutput`).
-2. `HSPNetPreTrainedModel`: weight init, freezing, loading and saving (remote code, image processor), `from_clip`.
+2. `HSPNetPreTrainedModel`: weight init, freezing, loading and saving (remote code, image processor, tokenizer),
+   `from_clip`; labels at inference (`set_labels`, `add_labels`, `embed_labels`: `modeling_label_set.py`).
 3. `HSPNetModel`: setup (prompts, relation); what the buffers imply (`prompt_layout`, `label_graph`); the text side
    (group features -> GCN -> meta-net -> label prompts -> GCN, computed once and reused: `_text_from_cache`); image
    embeddings; logits.
@@ -46,6 +47,7 @@ from .modeling_clip_resnet import HSPNetAttentionPool2d, HSPNetCLIPResNet
 from .modeling_from_clip import (build_from_clip, default_image_processor, prompt_embeddings, prompt_name_changes,
                                  read_relation)
 from .modeling_label_graph import HSPNetGCN, HSPNetGraphConvolution, induced_adjacency, sample_labels
+from .modeling_label_set import LabelSetMixin, load_saved_tokenizer, save_tokenizer
 from .modeling_prompts import (
     LabelPlan,
     encode_prompt_embeddings,
@@ -109,7 +111,7 @@ AUTO_MAP = {
 }
 
 
-class HSPNetPreTrainedModel(PreTrainedModel):
+class HSPNetPreTrainedModel(LabelSetMixin, PreTrainedModel):  # LabelSetMixin: set_labels, add_labels
     config_class = HSPNetConfig
     config: HSPNetConfig
     base_model_prefix = "hspnet"
@@ -166,13 +168,15 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives (model, info)
         model.base_model.apply_freezing()
         model.base_model.prepare_text_state()
+        model.tokenizer = load_saved_tokenizer(args, kwargs)  # None unless the folder has one
         return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus: the config's `auto_map` lists AutoConfig, AutoModel and
         AutoModelForImageClassification (so the folder loads with `trust_remote_code=True` where `hspnet` is not
         installed), and an image processor is saved beside the weights (the one attached as `image_processor`, or
-        CLIP preprocessing at the tower's resolution), so `pipeline("image-classification", model=folder)` works."""
+        CLIP preprocessing at the tower's resolution), so `pipeline("image-classification", model=folder)` works, and
+        the tokenizer attached as `tokenizer` (kept by `from_clip`; `from_pretrained` loads it back)."""
         push_to_hub = kwargs.pop("push_to_hub", False)
         hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "revision",
                                                          "create_pr") if key in kwargs}
@@ -181,6 +185,7 @@ class HSPNetPreTrainedModel(PreTrainedModel):
         if kwargs.get("is_main_process", True):
             processor = getattr(self, "image_processor", None) or default_image_processor(self.config)
             processor.save_pretrained(save_directory)
+            save_tokenizer(self, save_directory)  # `self.tokenizer`, when it has one (set_labels needs it)
         if push_to_hub:  # push_to_hub saves again into a temporary folder through this method, processor included
             repo_id = hub_options.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
             self.push_to_hub(repo_id, **hub_options)
@@ -485,14 +490,9 @@ class HSPNetModel(HSPNetPreTrainedModel):
         dtype = torch.promote_types(image_embeds.dtype, torch.float32)
         with torch.autocast(device_type=image_embeds.device.type, enabled=False):
             logits = self.config.logit_scale * image_embeds.to(dtype) @ label_embeds.to(dtype).T
-        output = HSPNetModelOutput(
-            logits=logits,
-            image_embeds=image_embeds,
-            label_embeds=label_embeds,
-            hidden_states=getattr(vision_outputs, "hidden_states", None),
-            attentions=getattr(vision_outputs, "attentions", None),
-        )
-        return output
+        return HSPNetModelOutput(logits=logits, image_embeds=image_embeds, label_embeds=label_embeds,
+                                 hidden_states=getattr(vision_outputs, "hidden_states", None),
+                                 attentions=getattr(vision_outputs, "attentions", None))
 
 
 class HSPNetForImageClassification(HSPNetPreTrainedModel):
@@ -607,10 +607,5 @@ class HSPNetForImageClassification(HSPNetPreTrainedModel):
         return sample_labels(labels, size, self.label_generator)
 
 
-__all__ = [
-    "HSPNetModel",
-    "HSPNetForImageClassification",
-    "HSPNetPreTrainedModel",
-    "HSPNetModelOutput",
-    "HSPNetClassifierOutput",
-]
+__all__ = ["HSPNetModel", "HSPNetForImageClassification", "HSPNetPreTrainedModel", "HSPNetModelOutput",
+           "HSPNetClassifierOutput"]
