@@ -22,6 +22,7 @@ from hspnet.models.hspnet import (
     HSPNetModelOutput,
     HSPNetModifiedResNet,
     HSPNetPreTrainedModel,
+    HSPNetZeroShotImageClassificationPipeline,
     build_loss,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "HSPNetModelOutput",
     "HSPNetModifiedResNet",
     "HSPNetPreTrainedModel",
+    "HSPNetZeroShotImageClassificationPipeline",
     "build_loss",
     *_LAZY,
 ]

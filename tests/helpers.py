@@ -381,10 +381,17 @@ def check_result(case):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def docs_python_blocks(page: str) -> list[str]:
+    """The ```python blocks of docs/`page`, in order, as written."""
+    text = (REPO / "docs" / page).read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
 def save_hspnet_folder(folder, tiny_clip_dir):
     """For the shared fresh run without hspnet (`fresh_remote_run`; tests/test_remote_code.py): the `make_model()`
     HSPNet saved, with the `pixel_values` input and the logits of the model as built (in this process, by the
-    package)."""
+    package), and the remote-code example of docs/zero-shot-pipeline.md to run there (tests/test_zero_shot_pipeline.py
+    checks its scores)."""
     from hspnet import HSPNetForImageClassification
 
     torch.manual_seed(0)
@@ -395,7 +402,8 @@ def save_hspnet_folder(folder, tiny_clip_dir):
     torch.save(pixel_values, folder / "x.pt")
     with torch.no_grad():
         expected = model(pixel_values=pixel_values).logits
-    return {"job": {"kind": "hspnet", "folder": str(folder), "pixels": str(folder / "x.pt")}, "expected": expected}
+    return {"job": {"kind": "hspnet", "folder": str(folder), "pixels": str(folder / "x.pt"),
+                    "zero_shot_code": docs_python_blocks("zero-shot-pipeline.md")[0]}, "expected": expected}
 
 
 RESNET_IMAGE = 64  # the image size of the reduced CLIP ResNets of tests/test_rn50.py

@@ -169,6 +169,7 @@ def test_save_and_load_round_trip(make_model, pixel_values, tmp_path):
         "modeling_label_set.py",
         "modeling_prompts.py",
         "modeling_text_state.py",
+        "pipeline_hspnet.py",
         "preprocessor_config.json",
         "tokenizer.json",
         "tokenizer_config.json",

@@ -134,7 +134,8 @@ def package_run(clip_dir, out_dir):
 
 
 def load_hspnet_folder(job):
-    """An HSPNet folder through the three Auto classes, then trained, run and used by a pipeline."""
+    """An HSPNet folder through the three Auto classes, then trained, run and used by a pipeline; then the
+    remote-code example of docs/zero-shot-pipeline.md (`zero_shot_code`) on the same image."""
     import torch
     from PIL import Image
     from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
@@ -150,9 +151,14 @@ def load_hspnet_folder(job):
     frozen = not any(p.requires_grad for p in model.hspnet.clip.text_model.parameters())
     exercise(model)
     scored = pipeline("image-classification", model=folder, trust_remote_code=True)(Image.new("RGB", (40, 30)))
+    example = {"folder": folder, "image": Image.new("RGB", (40, 30))}
+    exec(job["zero_shot_code"], example)  # the documented example, as written
+    zero_shot = example["classifier"]
     return {"config": type(config).__name__, "model": type(model).__name__, "base": type(base).__name__,
             "module": type(model).__module__, "base_module": type(base).__module__, "logits": logits.tolist(),
-            "base_logits": base_logits.tolist(), "frozen": frozen, "pipeline_labels": len(scored)}
+            "base_logits": base_logits.tolist(), "frozen": frozen, "pipeline_labels": len(scored),
+            "zero_shot": example["scores"], "zero_shot_pipeline": type(zero_shot).__module__ + "." +
+            type(zero_shot).__name__, "zero_shot_model_module": type(zero_shot.model).__module__}
 
 
 def load_resnet_folder(job):

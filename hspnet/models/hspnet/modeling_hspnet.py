@@ -17,7 +17,8 @@ Reading order, top to bottom:
 
 Beside it: the label graph (`modeling_label_graph.py`: `process_relation`, `HSPNetGCN`), the text tower on prompt
 embeddings (`modeling_prompts.py`), what a model is built from (`modeling_from_clip.py`), the derived state and its
-one reuse rule (`modeling_text_state.py`), the ResNet image tower (`modeling_clip_resnet.py`), the losses.
+one reuse rule (`modeling_text_state.py`), the ResNet image tower (`modeling_clip_resnet.py`), the losses, and
+`pipeline("zero-shot-image-classification")` for HSPNet (`pipeline_hspnet.py`).
 
 Shapes: `B` images, `C` labels, `G` groups, `D` joint embedding size (`projection_dim`), `W` text width,
 `L` prompt length (77), `n_ctx` context vectors per label prompt.
@@ -174,13 +175,17 @@ class HSPNetPreTrainedModel(LabelSetMixin, PreTrainedModel):  # LabelSetMixin: s
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus: the config's `auto_map` lists AutoConfig, AutoModel and
         AutoModelForImageClassification (so the folder loads with `trust_remote_code=True` where `hspnet` is not
-        installed), and an image processor is saved beside the weights (the one attached as `image_processor`, or
-        CLIP preprocessing at the tower's resolution), so `pipeline("image-classification", model=folder)` works, and
-        the tokenizer attached as `tokenizer` (kept by `from_clip`; `from_pretrained` loads it back)."""
+        installed), `custom_pipelines` names `pipeline_hspnet.py` for "zero-shot-image-classification", and an image
+        processor is saved beside the weights (the one attached as `image_processor`, or CLIP preprocessing at the
+        tower's resolution), so `pipeline("image-classification", model=folder)` works, and the tokenizer attached as
+        `tokenizer` (kept by `from_clip`; `from_pretrained` loads it back)."""
+        from .pipeline_hspnet import custom_pipelines  # also makes the pipeline file part of the remote code
+
         push_to_hub = kwargs.pop("push_to_hub", False)
         hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "revision",
                                                          "create_pr") if key in kwargs}
         self.config.auto_map = dict(AUTO_MAP)
+        self.config.custom_pipelines = custom_pipelines()
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             processor = getattr(self, "image_processor", None) or default_image_processor(self.config)
@@ -477,6 +482,9 @@ class HSPNetModel(HSPNetPreTrainedModel):
         """
         if pixel_values is None:
             raise ValueError("HSPNetModel.forward needs pixel_values.")
+        if "input_ids" in kwargs:  # e.g. from transformers' stock zero-shot pipeline (it would apply a softmax)
+            raise ValueError("HSPNet takes no input_ids: score other labels with label_embeds (embed_labels) or "
+                             "HSPNetZeroShotImageClassificationPipeline (docs/zero-shot-pipeline.md)")
         vision_kwargs = dict(kwargs)
         if output_hidden_states is not None:  # True, False, or the layers to return (e.g. [0, 2, -1])
             vision_kwargs["output_hidden_states"] = output_hidden_states
