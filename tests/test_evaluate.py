@@ -429,7 +429,8 @@ def test_unreadable_dataset_images_are_named(folder, tmp_path, capsys):
         code = evaluate_command.main([str(c) for c in common] + ["--output_dir", str(tmp_path / "out"), "--no_plot",
                                                            "--num_workers", workers])
         line = _one_error_line(capsys)
-        assert code == 1 and line.startswith(f"hspnet evaluate: error: {root / 'img/tagged.jpg'}: cannot read this file")
+        expected = f"hspnet evaluate: error: {root / 'img/tagged.jpg'}: cannot read this file"
+        assert code == 1 and line.startswith(expected)
         assert not (tmp_path / "out" / "metrics.json").exists()
 
     bomb = write_png_bomb(tmp_path / "bomb.png")

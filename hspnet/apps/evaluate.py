@@ -12,11 +12,22 @@ functions behind `hspnet evaluate` / `scripts/evaluate.py`.
   ``training_args.json`` that training writes beside the model;
 - the report (:mod:`hspnet.evaluation.report`): ``per_class_ap.csv`` / ``.md``, the metrics table, ``report.png``;
 - :func:`run_evaluation`: the whole run (accelerate: several processes under ``accelerate launch``, each image
-  counted once); the command line is `hspnet.cli.evaluate`. Every output file is written atomically (complete or not at all,
-  an earlier one left intact on failure) and never replaces an input (a model, CLIP or dataset file).
+  counted once); the command line is `hspnet.cli.evaluate`. Every output file is written atomically (complete or not
+  at all, an earlier one left intact on failure) and never replaces an input (a model, CLIP or dataset file).
 
 Every metric is :func:`hspnet.evaluation.metrics.compute_all_metrics` on the logits (``from_logits=True``): mAP in both
 definitions, CP CR CF1 mean_class_F1 OP OR OF1 at ``sigmoid(logit) > threshold`` and the same for the top-k labels.
+A model with calibrated thresholds (``config.label_thresholds``, ``hspnet calibrate``) also gets the threshold metrics
+at those (:func:`hspnet.models.thresholds.label_thresholds`: 0.5 where a label has none), reported beside the ones at
+``threshold`` under ``metrics_at_label_thresholds``; the ``metrics`` keys keep the one threshold. They are compared
+with the probabilities ``hspnet predict`` and ``hspnet calibrate`` compute (float32 sigmoid of the logits).
+
+Seen and unseen labels (``--unseen_labels FILE``, :func:`read_unseen_labels`, :func:`plan_unseen_labels`): the
+dataset's labels listed in FILE are the unseen ones; every other dataset label must be one the model was trained on
+(``config.trained_label_names``, else the model's labels). The dataset labels the model lacks are added with
+``model.add_labels`` (each in the group nearest by CLIP text similarity; no weight is trained), every dataset label
+is scored at once, and every metric is reported for the ``seen`` columns, the ``unseen`` columns and ``all``
+(:func:`metrics_by_label_split`; docs/evaluate-and-predict.md).
 """
 
 from __future__ import annotations
@@ -28,10 +39,14 @@ import os
 import re
 from typing import Any
 
+import numpy as np
 import torch
 
 from hspnet.data.batches import eval_dataloader, label_permutation
+from hspnet.data.text_files import read_label_set_file
 from hspnet.evaluation.loop import evaluate_model
+from hspnet.evaluation.metrics import compute_all_metrics, threshold_metrics
+from hspnet.evaluation.report import METRIC_ORDER as METRIC_KEYS
 from hspnet.evaluation.report import (
     _import_pyplot,
     _per_class_text,
@@ -49,8 +64,9 @@ from hspnet.evaluation.zero_shot import (
     load_zero_shot_clip,
     resolve_zero_shot_clip,
 )
-from hspnet.models.loading import label_names, load_model
-from hspnet.utils.errors import one_line
+from hspnet.models.loading import label_names, load_model, scores_from_logits
+from hspnet.models.thresholds import DEFAULT_THRESHOLD, describe_thresholds, label_thresholds, stored_label_thresholds
+from hspnet.utils.errors import FileFormatError, one_line
 from hspnet.utils.files import refuse_inputs_as_output, write_output
 from hspnet.utils.tiny_clip import TINY_RANDOM
 from hspnet.utils.validation import check_positive_int, check_probability
@@ -166,6 +182,134 @@ def _check_evaluation_args(args: argparse.Namespace) -> None:
     check_zero_shot_template(args.zero_shot_template)
     if args.dataset_options is not None and not isinstance(args.dataset_options, dict):
         raise ValueError(f"--dataset_options must be a JSON object, got {args.dataset_options!r}")
+    if getattr(args, "unseen_labels", None) is not None:
+        read_unseen_labels(args.unseen_labels)  # a missing, empty or malformed file fails before the work
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Seen and unseen labels (--unseen_labels)
+# ---------------------------------------------------------------------------------------------------------------------
+
+LABEL_SPLITS = ("seen", "unseen", "all")
+
+
+def read_unseen_labels(path: str) -> list[tuple[str, int]]:
+    """The label names of an ``--unseen_labels`` file with their line numbers: the labels-file format of
+    ``hspnet predict --labels`` (:func:`hspnet.data.text_files.read_label_set_file`: UTF-8, one name per line, blank
+    lines and ``#`` lines skipped; a name listed twice or a file without any name is an error naming the file and
+    line), without the optional group column (an unseen label takes the nearest group)."""
+    entries = read_label_set_file(path, "--unseen_labels file")
+    for name, group, number in entries:
+        if group is not None:
+            raise FileFormatError(f"label {name!r} has a group ({group!r}); an --unseen_labels file lists names only "
+                                  "(each unseen label takes the nearest group)", file=path, line=number)
+    return [(name, number) for name, _, number in entries]
+
+
+def trained_labels(model) -> tuple[list[str], str]:
+    """``(names, where they come from)``: the labels a model was trained on: ``config.trained_label_names`` (recorded
+    when its label set was changed after training), else its labels."""
+    recorded = getattr(model.config, "trained_label_names", None)
+    if recorded:
+        return list(recorded), "config.trained_label_names"
+    return label_names(model), "the model's labels"
+
+
+def plan_unseen_labels(path: str, entries: list[tuple[str, int]], model, dataset_labels: list[str],
+                       dataset: str) -> dict:
+    """Check an ``--unseen_labels`` file against the dataset and the model (nothing changes): every listed name must
+    be a dataset label and not one the model was trained on; every other dataset label must be one it was trained
+    on; every label of the model must be a dataset label. Returns ``{"file", "unseen", "seen", "missing",
+    "trained_from"}``: ``unseen`` and ``seen`` in dataset order, ``missing`` the dataset labels the model lacks (to
+    add). Raises a one-line ``ValueError`` naming the file, line and label."""
+    dataset_labels = list(dataset_labels)
+    known = set(dataset_labels)
+    trained, trained_from = trained_labels(model)
+    trained_set = set(trained)
+    for name, line in entries:
+        if name not in known:
+            shown = ", ".join(repr(n) for n in dataset_labels[:10]) + (", ..." if len(dataset_labels) > 10 else "")
+            raise FileFormatError(f"{name!r} is not a label of dataset {dataset!r} (its {len(dataset_labels)} labels: "
+                                  f"{shown})", file=path, line=line)
+        if name in trained_set:
+            raise FileFormatError(f"{name!r} is a label the model was trained on ({trained_from}), so it is not "
+                                  "unseen; leave it out of the file", file=path, line=line)
+    unseen_set = {name for name, _ in entries}
+    unseen = [name for name in dataset_labels if name in unseen_set]
+    seen = [name for name in dataset_labels if name not in unseen_set]
+    for name in seen:
+        if name not in trained_set:
+            raise ValueError(f"dataset label {name!r} is neither a label the model was trained on ({trained_from}) nor "
+                             f"listed in {path}; list it there to evaluate it as unseen")
+    current = label_names(model)
+    extra = [name for name in current if name not in known]
+    if extra:
+        raise ValueError(f"the model has {len(extra)} label(s) that dataset {dataset!r} does not: "
+                         f"{', '.join(repr(n) for n in extra[:5])}{', ...' if len(extra) > 5 else ''}; --unseen_labels "
+                         "scores the dataset's labels only (model.set_labels can drop them from a copy of the model)")
+    present = set(current)
+    missing = [name for name in dataset_labels if name not in present]
+    return {"file": path, "unseen": unseen, "seen": seen, "missing": missing, "trained_from": trained_from}
+
+
+def add_missing_labels(model, plan: dict, tokenizer=None) -> list[str]:
+    """``model.add_labels(plan["missing"])`` (each new label in the group nearest by CLIP text similarity); the
+    model's own tokenizer, else ``tokenizer`` (the zero-shot CLIP's). Returns one line per added label
+    (:meth:`LabelAssignment.describe`)."""
+    if not plan["missing"]:
+        return []
+    if not hasattr(model, "add_labels"):
+        raise ValueError(f"{type(model).__name__} cannot score labels it lacks ({', '.join(plan['missing'][:5])}); "
+                         "--unseen_labels needs an HSPNet model")
+    own = getattr(model, "tokenizer", None) or getattr(model.base_model, "tokenizer", None)
+    if own is None and tokenizer is None:
+        raise ValueError("the model has no tokenizer (its folder was saved without one) to embed the unseen labels "
+                         f"{', '.join(repr(n) for n in plan['missing'][:5])} with; give --zero_shot_clip naming the "
+                         "CLIP it was built on (its tokenizer is used), or save the model again with a current hspnet")
+    result = model.add_labels(plan["missing"], tokenizer=None if own is not None else tokenizer)
+    return [assignment.describe() for assignment in result.assignments if assignment.new]
+
+
+def metrics_by_label_split(scores, targets, labels: list[str], unseen: list[str], threshold: float, top_k: int,
+                           all_metrics: dict | None = None) -> dict:
+    """``{"seen": ..., "unseen": ..., "all": ...}``: :func:`hspnet.evaluation.metrics.compute_all_metrics` of the
+    logits ``scores`` (N, C) and ``targets`` (N, C), columns in ``labels`` order, restricted to the columns of the
+    labels not in ``unseen`` / in ``unseen`` / all of them (``all_metrics`` when given: the same numbers, already
+    computed). The top-k metrics rank the columns of each part only (k clamped to its size). A part without labels
+    is ``None``."""
+    unseen_set = set(unseen)
+    columns = {"seen": [i for i, name in enumerate(labels) if name not in unseen_set],
+               "unseen": [i for i, name in enumerate(labels) if name in unseen_set]}
+    out: dict[str, dict | None] = {}
+    for part, index in columns.items():
+        out[part] = compute_all_metrics(scores[:, index], targets[:, index], from_logits=True, threshold=threshold,
+                                        k=top_k) if index else None
+    out["all"] = all_metrics if all_metrics is not None else compute_all_metrics(
+        scores, targets, from_logits=True, threshold=threshold, k=top_k)
+    return out
+
+
+def format_label_split_table(by_split: dict, counts: dict, k: int) -> str:
+    """Every metric (percent) for the seen labels, the unseen labels and all of them, side by side."""
+    metrics = by_split["all"]
+    keys = [key for key in METRIC_KEYS if key in metrics]
+    keys += [f"{key}_top{k}" for key in METRIC_KEYS[2:] if f"{key}_top{k}" in metrics]
+    titles = [f"{part} ({counts[part]})" for part in LABEL_SPLITS]
+    header = f"{'metric':<22}" + "".join(f"{title:>14}" for title in titles)
+    lines = [header, "-" * len(header)]
+    for key in keys:
+        cells = ["-" if by_split[part] is None else f"{by_split[part][key]:.2f}" for part in LABEL_SPLITS]
+        lines.append(f"{key:<22}" + "".join(f"{cell:>14}" for cell in cells))
+    return "\n".join(lines) + "\n"
+
+
+def format_calibrated_table(metrics: dict, calibrated: dict, threshold: float) -> str:
+    """The threshold metrics at ``threshold`` and at the model's calibrated thresholds, side by side (percent)."""
+    header = f"{'metric':<22}{f'> {threshold:g}':>10}{'calibrated':>12}{'diff':>10}"
+    lines = [header, "-" * len(header)]
+    lines += [f"{key:<22}{metrics[key]:>10.2f}{value:>12.2f}{value - metrics[key]:>+10.2f}"
+              for key, value in calibrated.items() if key in metrics]
+    return "\n".join(lines) + "\n"
 
 
 def default_output_dir(model: str, dataset: str, split: str) -> str:
@@ -196,13 +340,16 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         splits, data, hierarchy = _open_eval_split(args.dataset, args.split, args.dataset_root,
                                                    args.dataset_options, args.cache_dir, args.max_samples)
         model, image_processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    labels = label_names(model)
-    num_labels = len(labels)
+    unseen_file = getattr(args, "unseen_labels", None)
+    unseen_plan = None
+    if unseen_file is not None:  # checked before the work; the labels are added once the CLIP is known
+        unseen_plan = plan_unseen_labels(unseen_file, read_unseen_labels(unseen_file), model, list(hierarchy.labels),
+                                         args.dataset)
+    else:
+        label_permutation(label_names(model), hierarchy.labels)  # the same label set, or fail before the work
+    num_labels = len(label_names(model)) + (len(unseen_plan["missing"]) if unseen_plan else 0)
     if not 1 <= args.top_k <= num_labels:
         raise ValueError(f"--top_k must be in [1, {num_labels}] (the model has {num_labels} labels), got {args.top_k}")
-    permutation = label_permutation(labels, hierarchy.labels)
-    group_of = {name: hierarchy.groups[g] for name, g in zip(hierarchy.labels, hierarchy.label_to_group)}
-    groups = [group_of[name] for name in labels]
     say(f"evaluating {args.model} on {args.dataset} [{args.split}]: {len(data)} images, {num_labels} labels, "
         f"{accelerator.num_processes} process(es) on {accelerator.device}")
 
@@ -210,7 +357,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     clip_name, seed, message = resolve_zero_shot_clip(args.model, args.zero_shot_clip)
     say(message)
     zero_shot: dict[str, Any] = {"skipped": message} if clip_name is None else {}
-    classifier = None
+    clip = tokenizer = None
     if clip_name is not None:
         with accelerator.main_process_first():
             clip, tokenizer, clip_processor = load_zero_shot_clip(clip_name, seed)
@@ -219,6 +366,19 @@ def run_evaluation(args: argparse.Namespace) -> dict:
                        "not the CLIP the model was built on")
             say(warning)
             zero_shot["warning"] = warning
+    added: list[str] = []
+    if unseen_plan is not None:
+        added = add_missing_labels(model, unseen_plan, tokenizer)
+        say(f"unseen labels ({unseen_file}): {len(unseen_plan['unseen'])}; seen (trained on, "
+            f"{unseen_plan['trained_from']}): {len(unseen_plan['seen'])}")
+        for line in added:
+            say(f"  added to the model: {line}")
+    labels = label_names(model)
+    permutation = label_permutation(labels, hierarchy.labels)
+    group_of = {name: hierarchy.groups[g] for name, g in zip(hierarchy.labels, hierarchy.label_to_group)}
+    groups = [group_of[name] for name in labels]
+    classifier = None
+    if clip is not None:
         classifier = ZeroShotCLIPClassifier(clip, tokenizer, labels, template=args.zero_shot_template)
         del clip
 
@@ -246,6 +406,22 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         if clip_name == TINY_RANDOM:
             zero_shot["tiny_random_seed"] = seed
 
+    stored = stored_label_thresholds(model)
+    calibrated = None
+    if stored is not None:  # the probabilities predict and calibrate compare with the thresholds (float32 sigmoid)
+        probabilities = scores_from_logits(model, torch.from_numpy(np.asarray(scores))).double().numpy()
+        calibrated = threshold_metrics(probabilities, targets, label_thresholds(model, DEFAULT_THRESHOLD))
+    label_split = None
+    if unseen_plan is not None:
+        label_split = {
+            "file": unseen_file, "trained_labels_from": unseen_plan["trained_from"],
+            "seen": unseen_plan["seen"], "unseen": unseen_plan["unseen"], "added_to_model": added,
+            "metrics": metrics_by_label_split(scores, targets, labels, unseen_plan["unseen"], args.threshold,
+                                              args.top_k, metrics),
+        }
+        if zs_scores is not None:
+            label_split["zero_shot_metrics"] = metrics_by_label_split(
+                zs_scores, targets, labels, unseen_plan["unseen"], args.threshold, args.top_k, zs_metrics)
     rows = per_class_table(scores, targets, labels, groups, zs_scores)
     results = {
         "model": args.model,
@@ -257,6 +433,9 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         "threshold": args.threshold,
         "top_k": args.top_k,
         "metrics": metrics,
+        "label_thresholds": stored,
+        **({"metrics_at_label_thresholds": calibrated} if calibrated is not None else {}),
+        **({"unseen_labels": label_split} if label_split is not None else {}),
         "per_class_AP": {row["label"]: row["AP"] for row in rows},
         "zero_shot": zero_shot,
         "output_dir": output_dir,
@@ -283,6 +462,17 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         print(format_metrics_table(metrics, zero_shot.get("metrics"), args.top_k), end="")
         print(f"(percent; thresholds at sigmoid > {args.threshold:g}, top-{args.top_k} = the {args.top_k} best labels "
               f"of each image; mAP = ranked definition, mAP_tie_aware = scikit-learn's)")
+        if calibrated is not None:
+            print()
+            print(format_calibrated_table(metrics, calibrated, args.threshold), end="")
+            print(f"(percent; calibrated = {describe_thresholds(model, DEFAULT_THRESHOLD)}; hspnet calibrate)")
+        if label_split is not None:
+            counts = {"seen": len(label_split["seen"]), "unseen": len(label_split["unseen"]), "all": len(labels)}
+            print()
+            print(format_label_split_table(label_split["metrics"], counts, args.top_k), end="")
+            print(f"(percent; HSPNet; unseen = the labels listed in {unseen_file}, seen = the others, which it "
+                  "was trained on; each part is computed on its own columns of the same scores, its top-k ranking "
+                  "its own labels; the zero-shot CLIP's are in metrics.json)")
         if zero_shot.get("metrics"):
             print(f"note: {ZERO_SHOT_NOTE}")
         print()
@@ -299,8 +489,15 @@ def run_evaluation(args: argparse.Namespace) -> dict:
 
 
 __all__ = [
+    "LABEL_SPLITS",
     "OUTPUT_FILES",
+    "add_missing_labels",
     "default_output_dir",
+    "format_label_split_table",
     "load_eval_split",
+    "metrics_by_label_split",
+    "plan_unseen_labels",
+    "read_unseen_labels",
     "run_evaluation",
+    "trained_labels",
 ]

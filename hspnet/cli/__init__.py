@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hspnet.cli.train", "train HSPNet (accelerate; YAML config + flags)"),
     "evaluate": ("hspnet.cli.evaluate", "metrics of a trained model on a dataset split"),
     "predict": ("hspnet.cli.predict", "labels for image files or folders"),
+    "calibrate": ("hspnet.cli.calibrate", "per-label thresholds chosen on a fully labelled split, stored in the model"),
     "prepare": ("hspnet.cli.prepare", "build a dataset (COCO, VOC, NUS-WIDE, CUB, folders, demo)"),
     "convert": ("hspnet.cli.convert", "convert the authors' released checkpoints"),
     "export-onnx": ("hspnet.cli.export_onnx", "export a trained model to ONNX (checked with onnxruntime)"),

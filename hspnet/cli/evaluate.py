@@ -12,8 +12,9 @@ def build_parser(prog: str | None = "hspnet evaluate") -> CommandParser:
     parser = CommandParser(
         prog=prog,
         description="Evaluate a trained HSPNet model on a prepared dataset split (every metric of "
-        "hspnet.evaluation.metrics, a per-class AP table, a PNG report) next to the zero-shot CLIP baseline. Runs "
-        "under `accelerate launch` too.",
+        "hspnet.evaluation.metrics, a per-class AP table, a PNG report) next to the zero-shot CLIP baseline; with "
+        "--unseen_labels, split into the labels seen in training and the unseen ones. Runs under `accelerate launch` "
+        "too.",
     )
     parser.add_argument("--model_name_or_path", "--model", dest="model", required=True,
                         help="model folder (e.g. outputs/demo) or Hub id")
@@ -36,8 +37,14 @@ def build_parser(prog: str | None = "hspnet evaluate") -> CommandParser:
                         help="prompt of the zero-shot baseline, '{}' standing for the label (default: CLIP's zero-shot "
                         "prompt, 'a photo of a {}.')")
     parser.add_argument("--threshold", type=probability, default=0.5,
-                        help="decision threshold on sigmoid scores, in [0, 1] (default 0.5)")
+                        help="decision threshold on sigmoid scores, in [0, 1] (default 0.5); a model with calibrated "
+                        "thresholds (hspnet calibrate) is also reported at those")
     parser.add_argument("--top_k", type=positive_int, default=3, help="k of the top-k metrics (default 3)")
+    parser.add_argument("--unseen_labels", default=None, metavar="FILE",
+                        help="a UTF-8 file naming the dataset's labels the model was NOT trained on, one per line "
+                        "(blank lines and # comments skipped); the dataset labels the model lacks are added "
+                        "(model.add_labels, nearest group; nothing is trained) and every metric is also reported for "
+                        "the seen labels, the unseen ones and all; see docs/evaluate-and-predict.md")
     parser.add_argument("--max_samples", type=positive_int, default=None, help="evaluate the first N images only")
     parser.add_argument("--cache_dir", default=None, help="datasets cache folder (as used when training)")
     parser.add_argument("--num_workers", type=int, default=0, help="dataloader workers (default 0)")

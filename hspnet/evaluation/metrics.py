@@ -69,7 +69,12 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # options
 # ---------------------------------------------------------------------------
-def _check_threshold(threshold: Any) -> float:
+def _check_threshold(threshold: Any, num_labels: Optional[int] = None) -> Any:
+    """A finite number in [0, 1]; with ``num_labels``, also one such number per label (a (C,) float64 array)."""
+    if num_labels is not None and isinstance(threshold, (list, tuple, np.ndarray)) and np.ndim(threshold) == 1:
+        if len(threshold) != num_labels:
+            raise ValueError(f"threshold must be one number or one per label ({num_labels}), got {len(threshold)}")
+        return np.array([_check_threshold(value) for value in threshold], dtype=np.float64)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
         raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r} ({type(threshold).__name__})")
     if not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
@@ -207,7 +212,8 @@ def _top_k(k: int, min_score: Optional[float]):
 def threshold_metrics(
     scores: Any, targets: Any, threshold: float = 0.5, *, from_logits: bool = False
 ) -> Dict[str, float]:
-    """CP, CR, CF1, mean_class_F1, OP, OR, OF1 (percent) at ``prob > threshold``.
+    """CP, CR, CF1, mean_class_F1, OP, OR, OF1 (percent) at ``prob > threshold`` (one threshold, or a sequence of
+    one per label: label c is predicted when ``prob[:, c] > threshold[c]``).
 
     ``scores`` are probabilities, or logits with ``from_logits=True`` (the
     sigmoid is applied first). CF1 is ML-GCN's 2*CP*CR/(CP+CR);
@@ -215,7 +221,7 @@ def threshold_metrics(
     0/0 counts as 0.
     """
     s, t = _prepare(scores, targets)
-    threshold = _check_threshold(threshold)
+    threshold = _check_threshold(threshold, s.shape[1])
     from_logits = _check_flag(from_logits, "from_logits")
     _check_probability_range(s, from_logits)
     return _per_row_counts(_above_threshold(from_logits, threshold), s, t)
@@ -250,7 +256,8 @@ def compute_all_metrics(
     """Everything for a report, as a flat dict of floats (percent).
 
     Keys: ``mAP`` (ranked definition, the one to report), ``mAP_tie_aware``,
-    ``CP CR CF1 mean_class_F1 OP OR OF1`` at ``threshold``, the same with the
+    ``CP CR CF1 mean_class_F1 OP OR OF1`` at ``threshold`` (one, or one per
+    label as in :func:`threshold_metrics`), the same with the
     suffix ``_top{k}``, and ``num_samples``.
 
     ``k`` (an int >= 1) is clamped to the number of labels C: the top-k
@@ -259,7 +266,7 @@ def compute_all_metrics(
     """
     s, t = _prepare(scores, targets)
     k = _check_k(k)
-    threshold = _check_threshold(threshold)
+    threshold = _check_threshold(threshold, s.shape[1])
     topk_min_score = _check_min_score(topk_min_score, "topk_min_score")
     from_logits = _check_flag(from_logits, "from_logits")
     _check_probability_range(s, from_logits)  # before any work
