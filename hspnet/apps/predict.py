@@ -7,7 +7,8 @@
   ``config.json`` or hold NaN / inf refused instead of being silently re-initialised;
 - :func:`predict_images`: batched inference (``torch.inference_mode``; an HSPNet model in eval mode caches its label
   embeddings, so each batch costs only the image tower) -> one :class:`Prediction` per image, with the labels whose
-  sigmoid score is above a threshold and/or the top-k labels. Images are read by :func:`hspnet.utils.images.open_image`,
+  sigmoid score is above a threshold (one, or one per label: by default the model's calibrated ``label_thresholds``,
+  :mod:`hspnet.models.thresholds`) and/or the top-k labels. Images are read by :func:`hspnet.utils.images.open_image`,
   as in training and evaluation: EXIF orientation applied, 16-bit and float images scaled to 8 bits, fully decoded
   (a truncated file fails here), decompression bombs refused;
 - :func:`format_table` / :func:`format_jsonl`: the two output formats, written atomically
@@ -34,6 +35,7 @@ from typing import Any, Iterable, Sequence
 from hspnet.apps.defaults import ON_ERROR, PREDICT_FORMATS
 from hspnet.hub.transfer import model_files
 from hspnet.models.loading import label_names, load_model, scores_from_logits
+from hspnet.models.thresholds import DEFAULT_THRESHOLD, describe_thresholds, label_thresholds, stored_label_thresholds
 from hspnet.utils.errors import one_line
 from hspnet.utils.files import refuse_inputs_as_output, special_kind, write_output
 from hspnet.utils.images import MAX_IMAGE_PIXELS, ImageReadError, open_image
@@ -169,8 +171,14 @@ class Prediction:
         return out
 
 
-def _check_selection(threshold: Any, top_k: Any) -> tuple[float | None, int | None]:
-    threshold = check_probability(threshold, "threshold")
+def _check_selection(threshold: Any, top_k: Any) -> tuple[float | list[float] | None, int | None]:
+    """``threshold``: None, one number in [0, 1], or one such number per label (a list, e.g.
+    :func:`hspnet.models.thresholds.label_thresholds`)."""
+    if isinstance(threshold, (list, tuple)) or (hasattr(threshold, "tolist") and getattr(threshold, "ndim", 0) == 1):
+        threshold = [check_probability(value, f"threshold[{i}]", allow_none=False)
+                     for i, value in enumerate(list(threshold))]
+    else:
+        threshold = check_probability(threshold, "threshold")
     top_k = check_positive_int(top_k, "top_k", allow_none=True)
     if threshold is None and top_k is None:
         raise ValueError("give a threshold, a top_k, or both")
@@ -181,13 +189,18 @@ def select_labels(scores: Sequence[float], names: Sequence[str], threshold: floa
                   top_k: int | None = None) -> list[tuple[str, float]]:
     """The labels to report for one image, by decreasing score (ties: lower label index first).
 
-    ``threshold`` only: every label with ``score > threshold`` (strict, as the metrics). ``top_k`` only: the ``k``
-    best labels whatever their score. Both: at most ``k`` labels, each above the threshold. ``ValueError`` for a
-    threshold outside ``[0, 1]`` (or NaN), a ``top_k`` < 1, scores and names of different lengths, or a NaN score.
+    ``threshold`` only: every label with ``score > threshold`` (strict, as the metrics); a list gives each label its
+    own threshold (``score[i] > threshold[i]``). ``top_k`` only: the ``k`` best labels whatever their score. Both: at
+    most ``k`` labels, each above its threshold. ``ValueError`` for a threshold outside ``[0, 1]`` (or NaN), a
+    ``top_k`` < 1, scores, names (or thresholds) of different lengths, or a NaN score.
     """
     threshold, top_k = _check_selection(threshold, top_k)
     if len(scores) != len(names):
         raise ValueError(f"{len(scores)} scores for {len(names)} label names")
+    if isinstance(threshold, list) and len(threshold) != len(names):
+        raise ValueError(f"{len(threshold)} thresholds for {len(names)} label names")
+    above = (lambda i: values[i] > threshold[i]) if isinstance(threshold, list) else (  # noqa: E731
+        lambda i: values[i] > threshold)
     values = [float(score) for score in scores]
     if not all(math.isfinite(value) for value in values):
         raise ValueError("the scores hold NaN or infinite values")
@@ -195,9 +208,9 @@ def select_labels(scores: Sequence[float], names: Sequence[str], threshold: floa
     if top_k is not None:
         order = heapq.nsmallest(top_k, range(len(names)), key=key)  # O(C log k): cheap with 10,000 labels
         if threshold is not None:
-            order = [i for i in order if values[i] > threshold]
+            order = [i for i in order if above(i)]
     else:
-        order = sorted((i for i in range(len(names)) if values[i] > threshold), key=key)
+        order = sorted((i for i in range(len(names)) if above(i)), key=key)
     return [(names[i], values[i]) for i in order]
 
 
@@ -205,15 +218,26 @@ def select_label_rows(probabilities, names: Sequence[str], threshold: float | No
                       top_k: int | None = None) -> list[list[tuple[str, float]]]:
     """:func:`select_labels` for each row of a ``(B, C)`` tensor of finite scores, with the same result (scores as
     Python floats of the tensor's values, ties by lower label index), without turning the B x C scores into Python
-    objects: a stable descending sort per row in torch, then only the selected labels are read."""
+    objects: a stable descending sort per row in torch, then only the selected labels are read. Per-label thresholds
+    are compared in float64 (a calibrated threshold lies between two float32 scores; see docs/thresholds.md)."""
     import torch
 
     threshold, top_k = _check_selection(threshold, top_k)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(names):
         raise ValueError(f"{tuple(probabilities.shape)} scores for {len(names)} label names")
+    if isinstance(threshold, list) and len(threshold) != len(names):
+        raise ValueError(f"{len(threshold)} thresholds for {len(names)} label names")
     values, order = torch.sort(probabilities.detach().cpu(), dim=1, descending=True, stable=True)
     if top_k is not None:
         values, order = values[:, :top_k], order[:, :top_k]
+    if isinstance(threshold, list):  # each label its own threshold: the kept labels are no longer a prefix
+        keep = values.double() > torch.tensor(threshold, dtype=torch.float64)[order]
+        rows = []
+        for row in range(values.shape[0]):
+            kept = keep[row].nonzero().flatten()
+            indices, scores = order[row, kept].tolist(), values[row, kept].tolist()
+            rows.append([(names[i], score) for i, score in zip(indices, scores)])
+        return rows
     keep = values > threshold if threshold is not None else torch.ones_like(values, dtype=torch.bool)
     counts = keep.sum(dim=1).tolist()  # the kept labels of a row are a prefix of its sorted scores
     rows = []
@@ -261,7 +285,8 @@ def predict_images(
     Images are read by :func:`load_image` (:func:`hspnet.utils.images.open_image`: EXIF orientation, 16-bit and float
     images, full decode, at most ``max_pixels`` pixels, ``None``: PIL's own limit only). Batched (``batch_size``
     images per forward), under ``torch.inference_mode()``, with a tqdm progress bar on stderr (``progress``).
-    ``threshold`` / ``top_k``: see :func:`select_labels`. ``on_error``: ``"fail"`` (default) raises
+    ``threshold`` / ``top_k``: see :func:`select_labels` (``threshold`` may be one per label, e.g.
+    :func:`hspnet.models.thresholds.label_thresholds` of the model). ``on_error``: ``"fail"`` (default) raises
     :class:`ImageReadError` at the first unreadable image; ``"skip"`` returns a :class:`Prediction` with ``error``
     set for it, warns on stderr and goes on. ``all_scores``: also return every label's score. ``device``: where to
     run (default: the model's device). Every argument is checked first (``ValueError`` naming it).
@@ -276,6 +301,8 @@ def predict_images(
     max_pixels = check_positive_int(max_pixels, "max_pixels", allow_none=True)
     threshold, top_k = _check_selection(threshold, top_k)
     names = label_names(model)
+    if isinstance(threshold, list) and len(threshold) != len(names):
+        raise ValueError(f"{len(threshold)} thresholds for the model's {len(names)} labels")
     if top_k is not None and top_k > len(names):
         raise ValueError(f"top_k must be in [1, {len(names)}] (the model has {len(names)} labels), got {top_k}")
     if device is not None:
@@ -335,16 +362,44 @@ def predict_images(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def format_jsonl(predictions: Iterable[Prediction]) -> str:
-    """One JSON object per line: ``{"path", "labels": [names], "predictions": [{"label", "score"}], "scores"?}``
-    or ``{"path", "error"}`` for a skipped image."""
-    return "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in predictions)
-
-
-def format_table(predictions: Sequence[Prediction], threshold: float | None = None, top_k: int | None = None,
-                 digits: int = 3) -> str:
-    """A plain-text table: one row per image, its labels with scores (``label (0.934)``) by decreasing score."""
+def _threshold_of(threshold: float | dict[str, float] | None):
+    """``name -> the threshold the label was selected with`` (None: no threshold) from one threshold or a per-label
+    ``{name: threshold}`` dict."""
+    if isinstance(threshold, dict):
+        return lambda name: threshold[name]
     threshold = check_probability(threshold, "threshold")
+    return lambda name: threshold
+
+
+def format_jsonl(predictions: Iterable[Prediction], threshold: float | dict[str, float] | None = None,
+                 label_ids: dict[str, str] | None = None) -> str:
+    """One JSON object per line: ``{"path", "labels": [names], "predictions": [{"label", "id"?, "score",
+    "threshold"?}], "scores"?}`` or ``{"path", "error"}`` for a skipped image. ``threshold``: the one the labels were
+    selected with, or ``{label: threshold}`` for per-label thresholds: each prediction then says its threshold.
+    ``label_ids``: ``{label: the dataset's id}`` (a model's ``config.label_ids``, e.g. Open Images MIDs): each
+    prediction of a label that has one says it as ``id``."""
+    of = _threshold_of(threshold)
+    lines = []
+    for p in predictions:
+        record = p.to_dict()
+        if label_ids and "predictions" in record:
+            record["predictions"] = [{"label": item["label"], "id": label_ids[item["label"]], **item}
+                                     if label_ids.get(item["label"]) is not None else item
+                                     for item in record["predictions"]]
+        if threshold is not None:
+            for item in record.get("predictions", []):
+                item["threshold"] = of(item["label"])
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
+def format_table(predictions: Sequence[Prediction], threshold: float | dict[str, float] | None = None,
+                 top_k: int | None = None, digits: int = 3) -> str:
+    """A plain-text table: one row per image, its labels with scores (``label (0.934)``) by decreasing score; with
+    per-label thresholds (``threshold`` a ``{label: threshold}`` dict) each label with its threshold (``label (0.934 >
+    0.420)``)."""
+    per_label = threshold if isinstance(threshold, dict) else None
+    threshold = None if per_label is not None else check_probability(threshold, "threshold")
     top_k = check_positive_int(top_k, "top_k", allow_none=True)
     digits = check_positive_int(digits, "digits", minimum=0)
     rule = []
@@ -352,13 +407,16 @@ def format_table(predictions: Sequence[Prediction], threshold: float | None = No
         rule.append(f"top {top_k}")
     if threshold is not None:
         rule.append(f"score > {threshold:g}")
+    if per_label is not None:
+        rule.append("score > the label's threshold")
     header = ("image", f"labels ({', '.join(rule)})" if rule else "labels")
     rows = []
     for p in predictions:
         if p.error is not None:
             text = f"SKIPPED: {p.error}"
         elif p.labels:
-            text = ", ".join(f"{name} ({score:.{digits}f})" for name, score in p.labels)
+            text = ", ".join(f"{name} ({score:.{digits}f}" + (f" > {per_label[name]:.{digits}f})" if per_label else ")")
+                             for name, score in p.labels)
         else:
             text = "(no label)"
         rows.append((p.path, text))
@@ -431,10 +489,15 @@ def summarize_skipped(predictions: Sequence[Prediction], ignored: Sequence[tuple
 
 def run_prediction(args: argparse.Namespace) -> list[Prediction]:
     """The command line's work: returns the predictions after writing them to ``args.output`` or stdout. Nothing
-    the user gave is modified; ``--output`` is written atomically and never replaces an input image or model file."""
+    the user gave is modified; ``--output`` is written atomically and never replaces an input image or model file.
+
+    Thresholds: ``--threshold X`` for every label; neither ``--threshold`` nor ``--top_k``: the model's calibrated
+    thresholds (``config.label_thresholds``, 0.5 for a label without one; 0.5 for every label of a model without
+    calibration); ``--top_k`` alone: no threshold."""
     threshold = args.threshold
-    if threshold is None and args.top_k is None:
-        threshold = 0.5
+    use_stored = threshold is None and args.top_k is None
+    if use_stored:
+        threshold = DEFAULT_THRESHOLD
     output = args.output if args.output not in (None, "", "-") else None
     max_pixels = getattr(args, "max_image_pixels", MAX_IMAGE_PIXELS)
     ignored: list[tuple[str, str]] = []
@@ -444,16 +507,38 @@ def run_prediction(args: argparse.Namespace) -> list[Prediction]:
         _check_output_path(output)
         refuse_inputs_as_output(output, paths, "--output")
         refuse_inputs_as_output(output, _model_inputs(args.model), "--output (a file of the model)")
+    label_file = getattr(args, "labels", None) or getattr(args, "add_labels", None)
+    if label_file is not None:
+        from hspnet.apps.label_sets import read_label_set_file
+
+        entries = read_label_set_file(label_file)  # before the model loads: a bad file fails at once
     model, processor = load_model(args.model, device=device, trust_remote_code=args.trust_remote_code)
+    if label_file is not None:
+        from hspnet.apps.label_sets import change_model_labels, describe_label_change
+
+        result = change_model_labels(model, entries, extend=getattr(args, "labels", None) is None, source=label_file)
+        print(f"labels: {len(result.labels)} ({len(result.new_labels)} new, not trained on) from {label_file}",
+              file=sys.stderr)
+        for line in describe_label_change(result):
+            print(f"  {line}", file=sys.stderr)
     if args.torch_compile:
         import torch
 
         model = torch.compile(model)  # attribute access (config, device) reaches the model
+    shown = threshold
+    if use_stored and stored_label_thresholds(model) is not None:
+        threshold = label_thresholds(model, DEFAULT_THRESHOLD)
+        shown = dict(zip(label_names(model), threshold))
+        print(f"thresholds: {describe_thresholds(model, DEFAULT_THRESHOLD)} (--threshold X: one for all labels)",
+              file=sys.stderr)
     predictions = predict_images(
         model, processor, paths, batch_size=args.batch_size, threshold=threshold, top_k=args.top_k,
         on_error=args.on_error, all_scores=args.all_scores, progress=not args.no_progress, max_pixels=max_pixels,
     )
-    text = format_jsonl(predictions) if args.format == "jsonl" else format_table(predictions, threshold, args.top_k)
+    ids = getattr(getattr(model, "config", None), "label_ids", None)  # e.g. Open Images MIDs, one per label
+    ids = dict(zip(label_names(model), ids)) if ids else None
+    text = (format_jsonl(predictions, shown, ids) if args.format == "jsonl"
+            else format_table(predictions, shown, args.top_k))
     if output:
         write_output(output, text)
     else:

@@ -24,6 +24,13 @@ def build_parser(prog: str | None = "hspnet predict") -> CommandParser:
                         "unless given)")
     parser.add_argument("--top_k", type=positive_int, default=None,
                         help="report the K best labels of each image (with --threshold: at most K above it)")
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--labels", default=None, metavar="FILE",
+                        help="score these labels instead of the model's (one per line, optionally TAB and its group; "
+                        "a label without a group takes the nearest one by CLIP text similarity); HSPNet models only, "
+                        "see docs/open-vocabulary.md")
+    labels.add_argument("--add_labels", default=None, metavar="FILE",
+                        help="score these labels as well as the model's (same file format as --labels)")
     parser.add_argument("--format", choices=PREDICT_FORMATS, default="table", help="output format (default: table)")
     parser.add_argument("--output", default=None,
                         help="write the results to this file, atomically (default or '-': stdout); never an input")

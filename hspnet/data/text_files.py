@@ -63,6 +63,41 @@ def read_observed_labels(path: str | os.PathLike, num_labels: int | None = None)
     return out
 
 
+def read_label_set_file(path: str | os.PathLike, what: str = "labels file") -> list[tuple[str, str | None, int]]:
+    """Read a file of labels to score at inference (``hspnet predict --labels`` / ``--add_labels``, the label names
+    of ``set_labels``): one label per line, optionally followed by a TAB and the name (or index) of its group; blank
+    lines and lines starting with ``#`` are skipped; UTF-8. Returns ``(label, group or None, line number)``.
+
+    Raises :class:`DatasetFormatError` naming the file and line for a line with more than one TAB, an empty label or
+    group, a label listed twice, or a file without any label."""
+    path = check_input_file(os.fspath(path), what)
+    entries: list[tuple[str, str | None, int]] = []
+    first_line: dict[str, int] = {}
+    import io
+
+    text = read_text_file(path, what, error=DatasetFormatError, missing=MissingFileError)
+    for number, raw in enumerate(io.StringIO(text, newline=None), start=1):
+        line = raw.rstrip("\n").strip(" ")  # not the TABs: a leading TAB is an empty label, not a label's absence
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [field.strip() for field in line.rstrip("\t").split("\t")]
+        if len(fields) > 2:
+            raise DatasetFormatError(f"expected 'label' or 'label<TAB>group', got {len(fields)} TAB-separated fields",
+                                     file=path, line=number)
+        name, group = fields[0], (fields[1] if len(fields) == 2 else None)
+        if not name or group == "":
+            raise DatasetFormatError(f"empty {'label' if not name else 'group'} in {line!r}", file=path, line=number)
+        if name in first_line:
+            raise DatasetFormatError(f"label {name!r} is listed twice (first on line {first_line[name]})", file=path,
+                                     line=number)
+        first_line[name] = number
+        entries.append((name, group, number))
+    if not entries:
+        raise DatasetFormatError(f"no label name in the {what} (one per line; blank lines and # comments are "
+                                 "skipped)", file=path)
+    return entries
+
+
 def parse_label_index(token: str, num_labels: int | None, *, file=None, line=None, field=None) -> int:
     try:
         value = int(token)

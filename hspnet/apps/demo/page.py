@@ -1,15 +1,19 @@
 """A demo page for a trained model (Gradio; ready for a Hugging Face Space): ``hspnet demo --model FOLDER_OR_HUB_ID``.
 
-On the page: upload or drop one or more images; every label's score is shown as a bar, grouped by the model's
-hierarchy (``config.group_names`` / ``config.label_to_group``, one section per group); a threshold slider and a top-k
-control decide which labels are highlighted (the rule of ``hspnet predict``: with both, at most k labels, each above
-the threshold); example images (for a model with the labels of the built-in demo data: a few demo test images); and a
-summary of the model card (labels, groups, base CLIP, dataset, test metrics).
+On the page: upload or drop one or more images; every label's score is shown as a bar, grouped by the model's hierarchy
+(``config.group_names`` / ``config.label_to_group``, one section per group); a threshold slider and a top-k control
+decide which labels are highlighted (the rule of ``hspnet predict``: with both, at most k labels, each above the
+threshold); a text box adds labels the model was not trained on (scored without retraining, shown in their own section:
+:mod:`hspnet.apps.demo.added_labels`); for a model with calibrated thresholds (``config.label_thresholds``, ``hspnet
+calibrate``) a "calibrated thresholds" checkbox, on by default, gives each label its own threshold instead of the
+slider's (0.5 for a label without one), each bar marking its label's threshold; example images (for a model with the
+labels of the built-in demo data: a few demo test images); and a summary of the model card (labels, groups, base CLIP,
+dataset, test metrics).
 
 Inference goes through the same code as ``hspnet predict`` (:func:`hspnet.models.loading.load_model` and
 :func:`hspnet.apps.predict.predict_images`: images read by :func:`hspnet.utils.images.open_image`, EXIF orientation,
-16-bit images, decompression bombs refused; an HSPNet model in eval mode computes its label embeddings once). A file that
-cannot be used (not an image, truncated, too many pixels, too many bytes) gets a message on the page, never a
+16-bit images, decompression bombs refused; an HSPNet model in eval mode computes its label embeddings once). A file
+that cannot be used (not an image, truncated, too many pixels, too many bytes) gets a message on the page, never a
 traceback. Moving the threshold or top-k re-draws the page from the stored scores without running the model again.
 
 Everything but :func:`build_demo` / :func:`launch_demo` works without gradio (the data and HTML
@@ -90,10 +94,10 @@ def _top_k_or_none(top_k: Any) -> int | None:
     return int(number) or None
 
 
-def selected_labels(scores: Sequence[float], names: Sequence[str], threshold: float | None,
+def selected_labels(scores: Sequence[float], names: Sequence[str], threshold: float | Sequence[float] | None,
                     top_k: int | None) -> list[int]:
     """Indices of the highlighted labels, by decreasing score: :func:`hspnet.apps.predict.select_labels` (``score >
-    threshold``, at most ``top_k``; ``top_k`` 0 or None: no limit; neither: none)."""
+    threshold``, one threshold or one per label, at most ``top_k``; ``top_k`` 0 or None: no limit; neither: none)."""
     from hspnet.apps.predict import select_labels
 
     top_k = _top_k_or_none(top_k)
@@ -107,16 +111,20 @@ def selected_labels(scores: Sequence[float], names: Sequence[str], threshold: fl
 
 def grouped_scores(scores: Sequence[float], label_groups: LabelGroups, threshold: float | None = DEFAULT_THRESHOLD,
                    top_k: int | None = None) -> list[dict]:
-    """The page's data for one image: ``[{"group", "labels": [{"index", "label", "score", "selected"}, ...],
-    "num_selected", "best"}, ...]``, one entry per group in the model's order, each group's labels by decreasing
-    score (ties: label order)."""
+    """The page's data for one image: ``[{"group", "labels": [{"index", "label", "score", "selected", "threshold"},
+    ...], "num_selected", "best"}, ...]``, one entry per group in the model's order, each group's labels by decreasing
+    score (ties: label order). ``threshold``: one for every label, or a list with one per label (calibrated)."""
     if len(scores) != label_groups.num_labels:
         raise ValueError(f"{len(scores)} scores for {label_groups.num_labels} labels")
     chosen = set(selected_labels(scores, label_groups.names, threshold, top_k))
+    per_label = isinstance(threshold, (list, tuple))
+    if per_label and len(threshold) != label_groups.num_labels:
+        raise ValueError(f"{len(threshold)} thresholds for {label_groups.num_labels} labels")
     out = []
     for group, members in label_groups.groups:
         ordered = sorted(members, key=lambda i: (-float(scores[i]), i))
-        labels = [{"index": i, "label": label_groups.names[i], "score": float(scores[i]), "selected": i in chosen}
+        labels = [{"index": i, "label": label_groups.names[i], "score": float(scores[i]), "selected": i in chosen,
+                   "threshold": None if threshold is None else float(threshold[i] if per_label else threshold)}
                   for i in ordered]
         out.append({"group": group, "labels": labels, "num_selected": sum(item["selected"] for item in labels),
                     "best": max(item["score"] for item in labels)})
@@ -159,7 +167,8 @@ def format_score(score: float, digits: int = DIGITS) -> str:
 def render_image_result(result: dict, label_groups: LabelGroups, threshold: float | None = DEFAULT_THRESHOLD,
                         top_k: int | None = None, digits: int = DIGITS) -> str:
     """One image's card (HTML): its thumbnail and name, the highlighted labels, then one section per group with a bar
-    per label (the threshold marked on each bar). A result with ``error`` is a card with the message."""
+    per label (the label's threshold marked on its bar: the one threshold, or each label's own when ``threshold`` is a
+    list of per-label thresholds). A result with ``error`` is a card with the message."""
     name = html.escape(str(result.get("name", "")))
     if result.get("error") is not None:
         message = html.escape(str(result["error"]))
@@ -172,13 +181,13 @@ def render_image_result(result: dict, label_groups: LabelGroups, threshold: floa
         chosen_text = ", ".join(f"{html.escape(label_groups.names[i])} ({format_score(scores[i], digits)})"
                                 for i in chosen)
     else:
-        chosen_text = '<span class="hsp-empty">no label above the threshold</span>'
+        its = "its" if isinstance(threshold, (list, tuple)) else "the"
+        chosen_text = f'<span class="hsp-empty">no label above {its} threshold</span>'
     thumb = result.get("thumbnail")
     head = f'<img src="{html.escape(thumb)}" alt="">' if thumb else ""
     parts = [f'<div class="hsp-image" data-file="{name}"><div class="hsp-head">{head}<div>'
              f'<div class="hsp-file">{name}</div><div class="hsp-chosen">{chosen_text}</div></div></div>'
              '<div class="hsp-groups">']
-    mark = "" if threshold is None else f'<span class="hsp-mark" style="left:{100 * float(threshold):.1f}%"></span>'
     for group in groups:
         count = f" ({group['num_selected']})" if group["num_selected"] else ""
         parts.append(f'<details class="hsp-group" open data-group="{html.escape(group["group"])}">'
@@ -187,6 +196,9 @@ def render_image_result(result: dict, label_groups: LabelGroups, threshold: floa
             label = html.escape(item["label"])
             score = item["score"]
             width = min(max(score, 0.0), 1.0) * 100
+            mark = "" if item["threshold"] is None else (
+                f'<span class="hsp-mark" style="left:{100 * item["threshold"]:.1f}%" '
+                f'data-threshold="{item["threshold"]!r}"></span>')
             parts.append(
                 f'<div class="hsp-row{" hsp-on" if item["selected"] else ""}" data-label="{label}" '
                 f'data-score="{score!r}" title="{label}: {score:.6f}"><span class="hsp-name">{label}</span>'
@@ -194,6 +206,11 @@ def render_image_result(result: dict, label_groups: LabelGroups, threshold: floa
                 f'<span class="hsp-score">{format_score(score, digits)}</span></div>'
             )
         parts.append("</details>")
+    if result.get("added"):
+        from hspnet.apps.demo.added_labels import render_added_labels
+
+        one = DEFAULT_THRESHOLD if isinstance(threshold, (list, tuple)) or threshold is None else float(threshold)
+        parts.append(render_added_labels(result["added"], one, digits))
     parts.append("</div></div>")
     return "".join(parts)
 
@@ -304,6 +321,11 @@ class DemoModel:
     max_upload_bytes: int = MAX_UPLOAD_MB * 1024 * 1024
     max_images: int = MAX_IMAGES
     batch_size: int = 8
+    added: Any = None
+    """The :class:`~hspnet.apps.demo.added_labels.AddedLabels` of the page's typed labels (made on first use)."""
+    label_thresholds: list[float] | None = None
+    """Each label's threshold when the model has calibrated ones (:func:`hspnet.models.thresholds.label_thresholds`),
+    else None."""
 
     @classmethod
     def load(cls, model_name_or_path: str | os.PathLike, device: Any = None, trust_remote_code: bool = False,
@@ -316,15 +338,23 @@ class DemoModel:
         name = os.fspath(model_name_or_path)
         if device is None or isinstance(device, str):
             device = resolve_device(device)
+        from hspnet.models.thresholds import label_thresholds, stored_label_thresholds
+
         model, processor = load_model(name, device=device, trust_remote_code=trust_remote_code)
+        limits.setdefault("label_thresholds",
+                          label_thresholds(model) if stored_label_thresholds(model) is not None else None)
         return cls(model, processor, LabelGroups.from_config(model.config),
                    read_model_summary(name, model.config), **limits)
 
-    def predict_files(self, files: Sequence[Any] | None) -> tuple[list[dict], list[str]]:
-        """Score uploaded files: ``([{"name", "scores": [...]} or {"name", "error"}, ...], [notes])``, one result per
-        file in upload order (at most ``max_images``; a note says how many were left out). Never raises for a bad
-        file: a file too large, not an image, truncated or with too many pixels gets an ``error`` naming it; a model
-        failure (e.g. NaN scores) is a note."""
+    def predict_files(self, files: Sequence[Any] | None, added_labels: str | None = None
+                      ) -> tuple[list[dict], list[str]]:
+        """Score uploaded files: ``([{"name", "scores": [...], "added"?: [...]} or {"name", "error"}, ...],
+        [notes])``, one result per file in upload order (at most ``max_images``; a note says how many were left out).
+        Never raises for a bad file: a file too large, not an image, truncated or with too many pixels gets an
+        ``error`` naming it; a model failure (e.g. NaN scores) is a note. ``added_labels``: labels typed on the page
+        (:func:`hspnet.apps.label_sets.parse_label_lines`), scored apart (:mod:`hspnet.apps.demo.added_labels`): each
+        scored result gets ``"added": [{"label", "group", "how", "score"}]``, and a note says each label's group (a
+        bad label is a note, the trained labels are scored all the same)."""
         from hspnet.apps.predict import predict_images
 
         items = list(files or [])
@@ -373,7 +403,37 @@ class DemoModel:
                 else:
                     results[slot]["scores"] = [float(prediction.scores[n]) for n in self.label_groups.names]
                     results[slot]["thumbnail"] = _thumbnail(path, self.max_image_pixels)
+            scored = [(slot, path) for slot, path in readable if results[slot].get("error") is None]
+            if added_labels and scored:
+                notes.extend(self._score_added(added_labels, scored, results))
         return results, notes
+
+    def _score_added(self, text: str, scored: list[tuple[int, str]], results: list[dict]) -> list[str]:
+        """Score the labels typed in ``text`` for the scored files (``(result slot, path)``) into ``results``; the
+        notes to show (each label's group, or why the labels could not be used)."""
+        from hspnet.apps.demo.added_labels import AddedLabels
+        from hspnet.apps.predict import load_image
+
+        if self.added is None:
+            self.added = AddedLabels(self.model)
+        try:
+            plan = self.added.plan(text)
+            if plan is None:
+                return []
+            entries, label_embeds, result = plan
+            by_name = {a.label: a for a in result.assignments}
+            for start in range(0, len(scored), self.batch_size):
+                chunk = scored[start:start + self.batch_size]
+                images = [load_image(path, self.max_image_pixels) for _, path in chunk]
+                pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+                for (slot, _), row in zip(chunk, self.added.scores(pixels, label_embeds)):
+                    results[slot]["added"] = [{"label": name, "group": by_name[name].group_name,
+                                               "how": by_name[name].how, "score": float(score)}
+                                              for (name, _), score in zip(entries, row)]
+        except (OSError, ValueError, RuntimeError) as error:
+            return [f"The added labels were not scored: {one_line(error)}"]
+        lines = "; ".join(AddedLabels.describe(result))
+        return [f"Added labels (not trained on): {lines}."]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -430,14 +490,21 @@ def build_demo(model: "DemoModel | str | os.PathLike", examples: Sequence[str | 
     if top_k is not None and not 0 <= int(top_k) <= groups.num_labels:
         raise ValueError(f"top_k must be in [0, {groups.num_labels}] (0: no limit), got {top_k}")
     heading = title or f"HSPNet: multi-label classification ({groups.num_labels} labels)"
+    calibrated = model.label_thresholds
+    from hspnet.models.loading import hspnet_base_model
 
-    def score_uploads(files, threshold_value, top_k_value):
-        results, notes = model.predict_files(files)
-        page = render_results(results, groups, threshold_value, top_k_value)
+    is_hspnet = hspnet_base_model(model.model) is not None  # labels can be added to HSPNet models only
+
+    def chosen_threshold(threshold_value, use_calibrated):
+        return calibrated if calibrated is not None and use_calibrated else threshold_value
+
+    def score_uploads(files, added_text, threshold_value, top_k_value, use_calibrated=False):
+        results, notes = model.predict_files(files, added_text)
+        page = render_results(results, groups, chosen_threshold(threshold_value, use_calibrated), top_k_value)
         return results, page, status_message(results, notes)
 
-    def redraw(results, threshold_value, top_k_value):
-        return render_results(results, groups, threshold_value, top_k_value)
+    def redraw(results, threshold_value, top_k_value, use_calibrated=False):
+        return render_results(results, groups, chosen_threshold(threshold_value, use_calibrated), top_k_value)
 
     with gr.Blocks(title=heading, analytics_enabled=False) as blocks:
         gr.Markdown(f"# {html.escape(heading)}")
@@ -447,12 +514,24 @@ def build_demo(model: "DemoModel | str | os.PathLike", examples: Sequence[str | 
             with gr.Column(scale=1, min_width=300):
                 files = gr.File(label="Images: drop or click to upload (several at once)", file_count="multiple",
                                 elem_id="hsp-upload")
+                calibrated_box = None
+                if calibrated is not None:
+                    calibrated_box = gr.Checkbox(
+                        value=True, label="Calibrated thresholds", elem_id="hsp-calibrated",
+                        info="each label's own threshold, stored with the model (hspnet calibrate; the orange marks); "
+                        "untick to use the slider's one threshold")
                 threshold_slider = gr.Slider(0.0, 1.0, value=threshold, step=0.01, label="Threshold",
-                                             info="labels with a score above it are highlighted",
+                                             info="labels with a score above it are highlighted" + (
+                                                 " (when 'Calibrated thresholds' is off)" if calibrated else ""),
                                              elem_id="hsp-threshold")
                 top_k_slider = gr.Slider(0, groups.num_labels, value=int(top_k or 0), step=1, label="Top-k",
                                          info="at most this many highlighted labels per image (0: no limit)",
                                          elem_id="hsp-topk")
+                added_box = gr.Textbox(label="Add labels (not trained on)", lines=1, elem_id="hsp-add-labels",
+                                       placeholder="e.g. zebra, red car: vehicle (Enter to score)",
+                                       info="scored without retraining, shown apart; 'label: group' picks the group, "
+                                       "else the nearest by CLIP text similarity",
+                                       visible=is_hspnet)
                 if example_paths:
                     gallery = gr.Gallery(example_paths, label="Examples: click one", columns=3,
                                          allow_preview=False, interactive=False, object_fit="contain", height=270,
@@ -468,9 +547,11 @@ def build_demo(model: "DemoModel | str | os.PathLike", examples: Sequence[str | 
                 status = gr.Markdown(elem_id="hsp-status")
                 results_html = gr.HTML(render_results([], groups), css_template=CSS, elem_id="hsp-results")
         state = gr.State([])
-        files.change(score_uploads, [files, threshold_slider, top_k_slider], [state, results_html, status])
-        for control in (threshold_slider, top_k_slider):
-            control.change(redraw, [state, threshold_slider, top_k_slider], results_html, show_progress="hidden")
+        controls = [threshold_slider, top_k_slider] + ([calibrated_box] if calibrated_box is not None else [])
+        files.change(score_uploads, [files, added_box, *controls], [state, results_html, status])
+        added_box.submit(score_uploads, [files, added_box, *controls], [state, results_html, status])
+        for control in controls:
+            control.change(redraw, [state, *controls], results_html, show_progress="hidden")
     blocks.hspnet_max_upload_bytes = model.max_upload_bytes
     return blocks
 
