@@ -48,6 +48,8 @@ _LAZY = {
     "predict_images": "hspnet.apps.predict",
     "export_onnx": "hspnet.apps.onnx_export",
     "ONNXImageClassifier": "hspnet.apps.onnx_export",
+    "ONNXLabelEncoder": "hspnet.apps.onnx_inference",
+    "ONNXLabelSet": "hspnet.apps.onnx_inference",
     "HSPNetTrainer": "hspnet.apps.trainer",
 }
 

@@ -1,6 +1,7 @@
-"""ONNX export (`hspnet export-onnx`, `hspnet.apps.onnx_export`): onnxruntime's logits equal the PyTorch model's for the ViT
-and the ResNet towers, at batch 1 and 8, on random and on real (demo) images; the file carries its labels and
-preprocessing; errors are one line; outputs are written atomically; the core never imports onnx."""
+"""ONNX export (`hspnet export-onnx`, `hspnet.apps.onnx_export`): onnxruntime's logits and image embeddings equal the
+PyTorch model's for the ViT and the ResNet towers, at batch 1 and 8, on random and on real (demo) images; the file
+carries its labels and preprocessing; errors are one line; outputs are written atomically; the core never imports
+onnx. The label side (`--label_encoder`) is tests/test_onnx_labels.py's."""
 
 import json
 import os
@@ -85,7 +86,7 @@ def test_onnxruntime_logits_equal_pytorch_on_random_and_real_images(exported):
     size = model.config.image_size
     session = ort.InferenceSession(exported["path"], providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["pixel_values"]
-    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "image_embeds"]  # logits first, as before
     batch_dim = session.get_inputs()[0].shape[0]
     assert isinstance(batch_dim, str), "the batch dimension must be dynamic"
     generator = torch.Generator().manual_seed(7)
@@ -94,10 +95,11 @@ def test_onnxruntime_logits_equal_pytorch_on_random_and_real_images(exported):
     inputs.append(inputs[-1][:1])  # and one of them alone
     for pixel_values in inputs:
         with torch.no_grad():
-            expected = model(pixel_values=pixel_values).logits
-        (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})
-        assert logits.dtype == np.float32 and logits.shape == tuple(expected.shape)
-        np.testing.assert_allclose(logits, expected.numpy(), rtol=0, atol=ATOL)
+            expected = model.base_model(pixel_values=pixel_values)
+        logits, image_embeds = session.run(None, {"pixel_values": pixel_values.numpy()})
+        assert logits.dtype == np.float32 and logits.shape == tuple(expected.logits.shape)
+        np.testing.assert_allclose(logits, expected.logits.numpy(), rtol=0, atol=ATOL)
+        np.testing.assert_allclose(image_embeds, expected.image_embeds.numpy(), rtol=0, atol=ATOL)
     assert exported["result"]["max_abs_diff"] <= ATOL
 
 
@@ -118,6 +120,8 @@ def test_file_carries_labels_hierarchy_and_preprocessing(exported):
     assert metadata["image_processor"] == saved  # size, crop, mean, std, resample of the model folder
     size = metadata["image_size"]
     assert metadata["inputs"]["pixel_values"]["shape"] == ["batch", 3, size, size]
+    assert metadata["outputs"]["image_embeds"]["shape"] == ["batch", metadata["embedding_dim"]]
+    assert metadata["label_encoder"] is None  # exported without --label_encoder
 
     # usable alone: preprocessing + session from the file only, equal to the PyTorch pipeline
     classifier = ONNXImageClassifier(exported["path"])

@@ -12,9 +12,10 @@ def build_parser(prog: str | None = "hspnet export-onnx") -> CommandParser:
     parser = CommandParser(
         prog=prog,
         description="Export a trained HSPNet model to ONNX: pixel_values (B, 3, H, W) -> logits (B, C), the label "
-        "embeddings stored as a constant. Labels, hierarchy and preprocessing go into the file's metadata and into "
-        "OUT.json beside it. The result is checked with onnxruntime before it is written. Needs "
-        f"{ONNX_INSTALL_HINT}.",
+        "embeddings stored as a constant, and image_embeds (B, D). Labels, hierarchy and preprocessing go into the "
+        "file's metadata and into OUT.json beside it. With --label_encoder, the label side too, as OUT.labels.onnx: "
+        "tokenized label names -> label embeddings, for labels the model was not trained on (docs/onnx.md). The "
+        f"result is checked with onnxruntime before it is written. Needs {ONNX_INSTALL_HINT}.",
     )
     parser.add_argument("model", help="model folder (e.g. outputs/demo) or Hub id")
     parser.add_argument("output", help="the .onnx file to write (atomically); OUT.json is written beside it")
@@ -23,8 +24,11 @@ def build_parser(prog: str | None = "hspnet export-onnx") -> CommandParser:
     parser.add_argument("--exporter", choices=ONNX_EXPORTERS, default="dynamo",
                         help="torch.onnx exporter: dynamo (default, torch.export) or torchscript (legacy)")
     parser.add_argument("--atol", type=float, default=1e-4,
-                        help="largest logit difference from the PyTorch model accepted by the check (default 1e-4)")
+                        help="largest difference from the PyTorch model (logits, image and label embeddings) accepted "
+                        "by the check (default 1e-4)")
     parser.add_flag("--no_verify", help="skip the onnxruntime check")
+    parser.add_flag("--label_encoder", help="also write the label side as OUT.labels.onnx (and OUT.labels.json): "
+                    "label names -> label embeddings, as model.set_labels computes them; needs the model's tokenizer")
     parser.add_flag("--no_json", help="do not write OUT.json (the metadata stays in the file)")
     parser.add_flag("--trust_remote_code", help="for Hub models that need their own code")
     return parser
