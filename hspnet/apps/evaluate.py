@@ -46,6 +46,7 @@ from hspnet.data.batches import eval_dataloader, label_permutation
 from hspnet.data.text_files import read_label_set_file
 from hspnet.evaluation.loop import evaluate_model
 from hspnet.evaluation.metrics import compute_all_metrics, threshold_metrics
+from hspnet.evaluation.openimages import has_verified_negatives, openimages_metrics, openimages_targets
 from hspnet.evaluation.report import METRIC_ORDER as METRIC_KEYS
 from hspnet.evaluation.report import (
     _import_pyplot,
@@ -406,6 +407,9 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         if clip_name == TINY_RANDOM:
             zero_shot["tiny_random_seed"] = seed
 
+    openimages = None
+    if has_verified_negatives(data):  # Open Images: unknown pairs are not negatives (docs/metrics.md)
+        openimages = openimages_metrics(scores, openimages_targets(data, num_labels, permutation), labels)
     stored = stored_label_thresholds(model)
     calibrated = None
     if stored is not None:  # the probabilities predict and calibrate compare with the thresholds (float32 sigmoid)
@@ -433,6 +437,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         "threshold": args.threshold,
         "top_k": args.top_k,
         "metrics": metrics,
+        **({"metrics_openimages": openimages} if openimages is not None else {}),
         "label_thresholds": stored,
         **({"metrics_at_label_thresholds": calibrated} if calibrated is not None else {}),
         **({"unseen_labels": label_split} if label_split is not None else {}),
@@ -462,6 +467,9 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         print(format_metrics_table(metrics, zero_shot.get("metrics"), args.top_k), end="")
         print(f"(percent; thresholds at sigmoid > {args.threshold:g}, top-{args.top_k} = the {args.top_k} best labels "
               f"of each image; mAP = ranked definition, mAP_tie_aware = scikit-learn's)")
+        if openimages is not None:
+            print(f"Open Images protocol (verified pairs only): mAP {openimages['mAP']:.2f} over "
+                  f"{openimages['num_classes_evaluated']} of {openimages['num_classes']} classes")
         if calibrated is not None:
             print()
             print(format_calibrated_table(metrics, calibrated, args.threshold), end="")

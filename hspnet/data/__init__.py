@@ -4,6 +4,8 @@ Loaders (each returns ``train`` [, ``validation``], ``test``):
 
 * :func:`load_coco`, :func:`load_voc`, :func:`load_nuswide`, :func:`load_cub`: the four benchmarks from their
   official layouts (optionally with the HSPNet authors' single-positive lists);
+* :func:`load_openimages`: Open Images V6 / V7 image-level labels from the official files, with the human-verified
+  negatives as a ``negative_labels`` column and the class MIDs as the hierarchy's ``label_ids``;
 * :func:`load_image_folder` (images + ``metadata.csv`` / ``metadata.jsonl``) and :func:`load_custom_dataset` (any
   HF dataset with an image column and a multi-label column);
 * :func:`load_demo_dataset`: procedurally drawn coloured shapes, no download.
@@ -38,18 +40,25 @@ from hspnet.data.hierarchy import (
     load_hierarchy_file,
 )
 from hspnet.data.nuswide import load_nuswide
+from hspnet.data.openimages import load_openimages
 from hspnet.data.stats import dataset_statistics, format_statistics
 from hspnet.data.text_files import read_label_list, read_observed_labels
 from hspnet.data.voc import load_voc
 
-BENCHMARK_LOADERS = {"coco": load_coco, "voc": load_voc, "nuswide": load_nuswide, "cub": load_cub}
+BENCHMARK_LOADERS = {
+    "coco": load_coco,
+    "voc": load_voc,
+    "nuswide": load_nuswide,
+    "cub": load_cub,
+    "openimages": load_openimages,
+}
 
 
 def prepare_dataset(name: str, root=None, options: BuildOptions | None = None, **kwargs):
-    """One entry point: ``name`` in ``coco``, ``voc``, ``nuswide``, ``cub`` (``root`` required), ``folder``
-    (``root`` = image folder), ``demo`` (no root). ``options`` (a :class:`BuildOptions`) and ``kwargs`` go to the
-    loader: its own arguments and :class:`BuildOptions` fields (which override ``options``); an option the loader
-    does not take is a ``TypeError`` that names it."""
+    """One entry point: ``name`` in ``coco``, ``voc``, ``nuswide``, ``cub``, ``openimages`` (``root`` required),
+    ``folder`` (``root`` = image folder), ``demo`` (no root). ``options`` (a :class:`BuildOptions`) and ``kwargs`` go
+    to the loader: its own arguments and :class:`BuildOptions` fields (which override ``options``); an option the
+    loader does not take is a ``TypeError`` that names it."""
     key = name.strip().lower().replace("-", "").replace("_", "")
     aliases = {
         "coco2014": "coco",
@@ -59,6 +68,8 @@ def prepare_dataset(name: str, root=None, options: BuildOptions | None = None, *
         "nus": "nuswide",
         "cub200": "cub",
         "cub2002011": "cub",
+        "oi": "openimages",
+        "oid": "openimages",
         "custom": "folder",
         "imagefolder": "folder",
     }
@@ -66,7 +77,7 @@ def prepare_dataset(name: str, root=None, options: BuildOptions | None = None, *
     if key == "demo":
         return load_demo_dataset(options, **kwargs)
     if key not in BENCHMARK_LOADERS and key != "folder":
-        raise ValueError(f"Unknown dataset {name!r}; choose coco, voc, nuswide, cub, folder or demo.")
+        raise ValueError(f"Unknown dataset {name!r}; choose coco, voc, nuswide, cub, openimages, folder or demo.")
     if root is None:
         raise MissingFileError(f"the {name} dataset needs a root folder")
     if key == "folder":
@@ -148,6 +159,7 @@ __all__ = [
     "load_hierarchy_file",
     "load_image_folder",
     "load_nuswide",
+    "load_openimages",
     "load_prepared_dataset",
     "load_voc",
     "prepare_dataset",

@@ -57,6 +57,7 @@ class Record:
     where: str | None = None
     row: int | None = None  # for Hugging Face datasets: the row in the source split (``path`` is then None)
     source_split: str | None = None
+    negatives: list[int] | None = None  # known (verified) negative label indices, for loaders that have them
 
 
 @dataclass
@@ -275,11 +276,13 @@ class Prepared:
     observed: dict[str, int]
     report: dict[str, Any]
 
-    def rows(self, split: str) -> Iterable[dict[str, Any]]:
+    def rows(self, split: str, with_negatives: bool = False) -> Iterable[dict[str, Any]]:
         for record in self.records[split]:
             row = {"image": record.path, "image_id": record.image_id, "labels": sorted(record.labels)}
             if split != TEST:
                 row["observed_labels"] = [self.observed[record.image_id]]
+            if with_negatives:
+                row["negative_labels"] = sorted(record.negatives or ())
             yield row
 
 
@@ -311,7 +314,7 @@ def finalize(name: str, parsed: ParsedSource, options: BuildOptions) -> Prepared
     seen: dict[str, tuple[str, str | None]] = {}
     for split, records in splits.items():
         for record in records:
-            for label in record.labels:
+            for label in (*record.labels, *(record.negatives or ())):
                 if not 0 <= label < num_labels:
                     raise DatasetFormatError(
                         f"label index {label} of image {record.image_id!r} is out of range (0..{num_labels - 1})",
@@ -451,13 +454,16 @@ def finalize(name: str, parsed: ParsedSource, options: BuildOptions) -> Prepared
 # Building the DatasetDict with a never-stale cache
 
 
-def make_features(hierarchy: Hierarchy, with_observed: bool):
+def make_features(hierarchy: Hierarchy, with_observed: bool, with_negatives: bool = False):
+    """``image``, ``image_id``, ``labels`` [, ``observed_labels``] [, ``negative_labels``: the known negatives]."""
     from datasets import Features, Image, List, Value
 
     label = label_feature(hierarchy)
     features = {"image": Image(), "image_id": Value("string"), "labels": List(label)}
     if with_observed:
         features["observed_labels"] = List(label)
+    if with_negatives:
+        features["negative_labels"] = List(label)
     return Features(features)
 
 
@@ -475,11 +481,11 @@ class _Lazy:
 
 
 class _SplitRows:
-    def __init__(self, lazy: _Lazy, split: str):
-        self.lazy, self.split = lazy, split
+    def __init__(self, lazy: _Lazy, split: str, with_negatives: bool = False):
+        self.lazy, self.split, self.with_negatives = lazy, split, with_negatives
 
     def __iter__(self):
-        return iter(self.lazy.get().rows(self.split))
+        return iter(self.lazy.get().rows(self.split, self.with_negatives))
 
 
 def _generate_rows(rows):
@@ -512,16 +518,20 @@ def build_dataset_dict(
     *,
     annotation_files: Iterable[str | os.PathLike] = (),
     loader_options: dict[str, Any] | None = None,
+    negative_labels: bool = False,
 ):
     """Parse (unless cached), finalise and write the splits; returns a ``datasets.DatasetDict``.
 
     The cache key is a digest of ``annotation_files`` (their contents), ``loader_options``, the common options
     (seed, validation fraction / protocol, observed-labels file contents, image policy) and the schema version.
+    ``negative_labels``: every split also gets a ``negative_labels`` column, each record's ``negatives`` (the known
+    negatives of a dataset that has verified absent labels, e.g. Open Images).
     """
     from datasets import Dataset, DatasetDict
 
     root = cache_root(options.cache_dir)
-    key = fingerprint(name, annotation_files, {"loader": loader_options or {}, "common": options.fingerprint_dict()})
+    key = fingerprint(name, annotation_files, {"loader": loader_options or {}, "common": options.fingerprint_dict(),
+                                               **({"negative_labels": True} if negative_labels else {})})
     dataset_key = f"hspnet-{name}-{key}"
     manifest_path = os.path.join(root, "hspnet_manifests", f"{dataset_key}.json")
     if options.force_rebuild:
@@ -548,8 +558,8 @@ def build_dataset_dict(
     for split in split_names:
         dataset = Dataset.from_generator(
             _generate_rows,
-            gen_kwargs={"rows": _SplitRows(lazy, split)},
-            features=make_features(hierarchy, with_observed=split != TEST),
+            gen_kwargs={"rows": _SplitRows(lazy, split, negative_labels)},
+            features=make_features(hierarchy, with_observed=split != TEST, with_negatives=negative_labels),
             cache_dir=root,
             fingerprint=f"{dataset_key}-{split}",
             split=split,

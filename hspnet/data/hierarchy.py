@@ -57,16 +57,21 @@ class Hierarchy:
         labels: the ``C`` label names, in label-index order.
         groups: the ``G`` group names, in group-index order.
         label_to_group: for each label, the index of its group in ``groups``.
+        label_ids: optional: the dataset's own id of each label (e.g. the Open Images MID ``/m/0dzct``), so that
+            predictions can be mapped back to it; ``None`` when the dataset has no such ids.
     """
 
     labels: list[str]
     groups: list[str]
     label_to_group: list[int] = field(default_factory=list)
+    label_ids: list[str] | None = None
 
     def __post_init__(self):
         self.labels = [str(name) for name in self.labels]
         self.groups = [str(name) for name in self.groups]
         self.label_to_group = [_as_index(value, "label_to_group") for value in self.label_to_group]
+        if self.label_ids is not None:
+            self.label_ids = [str(value) for value in self.label_ids]
         self.validate()
 
     def validate(self) -> None:
@@ -91,6 +96,12 @@ class Hierarchy:
         empty = [name for index, name in enumerate(self.groups) if index not in used]
         if empty:
             raise ValueError(f"Hierarchy: group(s) {empty} have no label.")
+        if self.label_ids is not None:
+            if len(self.label_ids) != len(self.labels):
+                raise ValueError(
+                    f"Hierarchy: label_ids has {len(self.label_ids)} entries for {len(self.labels)} labels."
+                )
+            _check_unique(self.label_ids, "label id")
 
     @property
     def num_labels(self) -> int:
@@ -113,15 +124,23 @@ class Hierarchy:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"labels": list(self.labels), "groups": list(self.groups), "label_to_group": list(self.label_to_group)}
+        """``{"labels", "groups", "label_to_group"}``, and ``"label_ids"`` when the labels have ids."""
+        out = {"labels": list(self.labels), "groups": list(self.groups), "label_to_group": list(self.label_to_group)}
+        if self.label_ids is not None:
+            out["label_ids"] = list(self.label_ids)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hierarchy:
         missing = [key for key in ("labels", "groups", "label_to_group") if key not in data]
         if missing:
             raise ValueError(f"Hierarchy: the mapping lacks {missing}.")
+        ids = data.get("label_ids")
         return cls(
-            labels=list(data["labels"]), groups=list(data["groups"]), label_to_group=list(data["label_to_group"])
+            labels=list(data["labels"]),
+            groups=list(data["groups"]),
+            label_to_group=list(data["label_to_group"]),
+            label_ids=None if ids is None else list(ids),
         )
 
     @classmethod
@@ -145,7 +164,9 @@ class Hierarchy:
         return path
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``HSPNetForImageClassification.from_clip(clip, **hierarchy.model_kwargs())``."""
+        """Keyword arguments for ``HSPNetForImageClassification.from_clip(clip, **hierarchy.model_kwargs())``:
+        ``labels``, ``groups``, ``label_to_group`` and, when the labels have ids, ``label_ids`` (kept in the model's
+        config, so that its predictions can be mapped back to the dataset's ids)."""
         return self.to_dict()
 
 
@@ -203,7 +224,10 @@ def coco_category_ids() -> list[int]:
 
 
 def hierarchy_to_feature_id(hierarchy: Hierarchy) -> str:
-    return json.dumps({HIERARCHY_KEY: {"groups": hierarchy.groups, "label_to_group": hierarchy.label_to_group}})
+    payload: dict[str, Any] = {"groups": hierarchy.groups, "label_to_group": hierarchy.label_to_group}
+    if hierarchy.label_ids is not None:
+        payload["label_ids"] = hierarchy.label_ids
+    return json.dumps({HIERARCHY_KEY: payload})
 
 
 def label_feature(hierarchy: Hierarchy):
@@ -232,7 +256,10 @@ def _hierarchy_from_features(features) -> Hierarchy | None:
             payload = None
         if payload:
             return Hierarchy(
-                labels=list(feature.names), groups=payload["groups"], label_to_group=payload["label_to_group"]
+                labels=list(feature.names),
+                groups=payload["groups"],
+                label_to_group=payload["label_to_group"],
+                label_ids=payload.get("label_ids"),
             )
     return None
 

@@ -124,6 +124,12 @@ def _field_rules() -> dict:
             raise ValueError(f"label_thresholds must be a list (one threshold or null per label), got {value!r}")
         return [None if v is None else check_real(f"label_thresholds[{i}]", v, 0.0, 1.0) for i, v in enumerate(value)]
 
+    def id_list(value):
+        # one per label (the count is checked against the labels in `__post_init__`); None: a label without an id
+        if not isinstance(value, (list, tuple)) or not all(v is None or isinstance(v, str) for v in value):
+            raise ValueError(f"label_ids must be a list (one id string or null per label), got {value!r}")
+        return list(value)
+
     def wrap(name, rule):
         def checked(value):
             try:
@@ -162,6 +168,7 @@ def _field_rules() -> dict:
         "prompt_label_names": optional(string_list("prompt_label_names")),
         "prompt_group_names": optional(string_list("prompt_group_names")),
         "label_thresholds": optional(thresholds),
+        "label_ids": optional(id_list),
     }
     return {name: wrap(name, rule) for name, rule in rules.items()}
 
@@ -294,6 +301,11 @@ class HSPNetConfig(PreTrainedConfig):
         label_thresholds (`list[float | None]`, *optional*):
             Calibrated decision thresholds (`hspnet calibrate`), one per label in `id2label` order, each a finite number
             in [0, 1] or `None` (no calibrated threshold: the default 0.5 applies); `None`: no calibration.
+        label_ids (`list[str | None]`, *optional*):
+            The dataset's own id of each label, in `id2label` order (e.g. the Open Images MID `/m/0dzct` of the label
+            "Tortoise"), so that predictions can be mapped back to the dataset; `None` for a label without one (a
+            label added after training); `None`: the labels have no ids. `from_clip(clip, **hierarchy.model_kwargs())`
+            sets it from a dataset whose hierarchy has ids; `set_labels` / `add_labels` carry it by name.
 
     Every field is checked when the config is built, loaded or assigned: a wrong type (a string for a number, a bool
     for an int, a float for an int), a non-finite number or a value out of range raises a `ValueError` naming the
@@ -339,6 +351,7 @@ class HSPNetConfig(PreTrainedConfig):
     prompt_label_names: list[str] | None = None
     prompt_group_names: list[str] | None = None
     label_thresholds: list[float | None] | None = None
+    label_ids: list[str | None] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         rule = _FIELD_RULES.get(name)
@@ -417,6 +430,9 @@ class HSPNetConfig(PreTrainedConfig):
         if self.label_thresholds is not None and len(self.label_thresholds) != self.num_labels:
             raise ValueError(f"HSPNetConfig: label_thresholds has {len(self.label_thresholds)} entries but there are "
                              f"{self.num_labels} labels; give one threshold (or null) per label.")
+        if self.label_ids is not None and len(self.label_ids) != self.num_labels:
+            raise ValueError(f"HSPNetConfig: label_ids has {len(self.label_ids)} entries but there are "
+                             f"{self.num_labels} labels; give one id (or null) per label.")
         self.check_backbone()
         self.check_hierarchy()
         self.check_loss()

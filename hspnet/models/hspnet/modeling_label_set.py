@@ -232,8 +232,8 @@ def plan_label_set(model, labels: Any, label_to_group: Any = None, tokenizer: An
 
 
 def _write_config(config, names: list[str], groups: list[int]) -> None:
-    """The label fields of `config` for the new label set: thresholds carried by name (None for a new label), the
-    trained labels recorded once (the model's labels before its first change)."""
+    """The label fields of `config` for the new label set: thresholds and label ids carried by name (None for a new
+    label), the trained labels recorded once (the model's labels before its first change)."""
     old = list(config.label_names)
     thresholds = getattr(config, "label_thresholds", None)
     carried = None
@@ -241,6 +241,12 @@ def _write_config(config, names: list[str], groups: list[int]) -> None:
         by_name = dict(zip(old, thresholds))
         carried = [by_name.get(name) for name in names]
         config.label_thresholds = None  # the count is checked against the labels: set again below
+    ids = getattr(config, "label_ids", None)
+    carried_ids = None
+    if ids is not None:
+        by_name = dict(zip(old, ids))
+        carried_ids = [by_name.get(name) for name in names]
+        config.label_ids = None
     if getattr(config, "trained_label_names", None) is None:
         config.trained_label_names = old
     config.label_to_group = list(groups)
@@ -248,6 +254,8 @@ def _write_config(config, names: list[str], groups: list[int]) -> None:
     config.label2id = {name: i for i, name in enumerate(names)}
     if carried is not None and any(value is not None for value in carried):
         config.label_thresholds = carried
+    if carried_ids is not None and any(value is not None for value in carried_ids):
+        config.label_ids = carried_ids
 
 
 def apply_label_set(model, plan: LabelSetPlan) -> LabelSetResult:
