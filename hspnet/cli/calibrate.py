@@ -38,8 +38,8 @@ def build_parser(prog: str | None = "hspnet calibrate") -> CommandParser:
     parser.add_argument("--model_name_or_path", "--model", dest="model", required=True,
                         help="model folder (e.g. outputs/demo) or Hub id")
     parser.add_argument("--dataset", required=True,
-                        help="demo | coco | voc | nuswide | cub | folder, or a folder written by `hspnet prepare "
-                        "--output_dir`")
+                        help="demo | coco | voc | nuswide | cub | openimages | folder, or a folder written by "
+                        "`hspnet prepare --output_dir`")
     parser.add_argument("--split", default="validation",
                         help="the fully labelled split to calibrate on (default: validation, the held-out training "
                         "images with their full labels; never calibrate on the split you report)")

@@ -19,8 +19,8 @@ def build_parser(prog: str | None = "hspnet evaluate") -> CommandParser:
     parser.add_argument("--model_name_or_path", "--model", dest="model", required=True,
                         help="model folder (e.g. outputs/demo) or Hub id")
     parser.add_argument("--dataset", default="demo",
-                        help="demo | coco | voc | nuswide | cub | folder, or a folder written by `hspnet prepare "
-                        "--output_dir` (default: demo)")
+                        help="demo | coco | voc | nuswide | cub | openimages | folder, or a folder written by "
+                        "`hspnet prepare --output_dir` (default: demo)")
     parser.add_argument("--dataset_root", default=None, help="root folder of coco / voc / nuswide / cub / folder")
     parser.add_argument("--dataset_options", type=json_object, default={}, metavar="JSON",
                         help="keyword arguments of the dataset loader, as when training (e.g. '{\"num_test\": 200}')")
