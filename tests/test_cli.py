@@ -169,7 +169,7 @@ def test_the_same_thing_has_the_same_name_in_every_command():
     (["predict", "a.png", "--model", "m", "--format", "tabel"], "hspnet predict: error: argument --format: invalid "
      "choice: 'tabel' (choose from 'table', 'jsonl'); did you mean 'table'? (see hspnet predict --help)"),
     (["prepare", "cocoo"], "hspnet prepare: error: argument DATASET: invalid choice: 'cocoo' (choose from 'coco', "
-     "'voc', 'nuswide', 'cub', 'folder', 'hf', 'demo'); did you mean 'coco'? (see hspnet prepare --help)"),
+     "'voc', 'nuswide', 'cub', 'openimages', 'folder', 'hf', 'demo'); did you mean 'coco'? (see hspnet prepare --help)"),
     (["prepare", "coco", "--dataset_root", "x", "--rot", "y"], "hspnet prepare: error: unknown option --rot; did you "
      "mean --root? (see hspnet prepare --help)"),
     (["predict"], "hspnet predict: error: the following arguments are required: images, --model_name_or_path "

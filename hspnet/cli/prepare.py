@@ -18,7 +18,7 @@ import os
 
 from hspnet.utils.command_line import CommandParser, run_command
 
-DATASETS = ("coco", "voc", "nuswide", "cub", "folder", "hf", "demo")
+DATASETS = ("coco", "voc", "nuswide", "cub", "openimages", "folder", "hf", "demo")
 
 
 def _common(parser: CommandParser, needs_root: bool) -> None:
@@ -58,6 +58,15 @@ def _common(parser: CommandParser, needs_root: bool) -> None:
         choices=("arrow", "parquet"),
         default="arrow",
         help="arrow: save_to_disk, self-contained (image bytes embedded); parquet: one file per split with image paths",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        default=None,
+        help="write the prepared dataset as N Parquet shards of train (the other splits proportionally fewer) with the "
+        "images embedded and a dataset card: what `hspnet train --streaming true` streams; --push_to_hub then uploads "
+        "this folder as a Hub dataset (see docs/large-datasets.md)",
     )
     parser.add_flag("--push_to_hub", help="push the prepared dataset to the Hub dataset repository --hub_dataset_id")
     parser.add_argument("--hub_dataset_id", metavar="REPO_ID", help="the Hub dataset repository to push to")
@@ -130,6 +139,45 @@ def _custom_options(parser: CommandParser) -> None:
     parser.add_argument("--observed_labels", metavar="FILE", help="a single-positive list 'file_name,index' to use")
 
 
+def _openimages_options(parser: CommandParser) -> None:
+    parser.add_argument("--version", choices=("auto", "v7", "v6"), default="auto",
+                        help="the official file names to look for: oidv7-... or oidv6-... (auto: from the training "
+                        "labels file present)")
+    parser.add_argument("--test_split", choices=("test", "validation"), default="test",
+                        help="the official split evaluated as 'test' (test)")
+    parser.add_argument("--annotations_dir", help="folder of the CSV / TXT / JSON files, relative to --dataset_root "
+                        "(default: --dataset_root)")
+    for name, what in (("train_labels", "the human-verified training labels CSV"),
+                       ("test_labels", "the human-verified labels CSV of --test_split"),
+                       ("class_descriptions", "the class descriptions CSV (LabelName,DisplayName)"),
+                       ("trainable_classes", "the trainable classes list (one MID per line)"),
+                       ("hierarchy_file", "bbox_labels_600_hierarchy.json"),
+                       ("train_image_list", "the training image list CSV"),
+                       ("test_image_list", "the image list CSV of --test_split"),
+                       ("machine_labels", "the machine-generated training labels CSV (with --machine_confidence)")):
+        parser.add_argument(f"--{name}", metavar="FILE", help=f"{what}, instead of its official name (relative to "
+                            "--dataset_root)")
+    parser.add_flag("--image_lists", default=True,
+                    help="read the image lists when present: they then define each split's images")
+    parser.add_argument("--train_images", default="train", help="training image folder, relative to --dataset_root")
+    parser.add_argument("--test_images", help="test image folder (default: the name of --test_split)")
+    parser.add_argument("--machine_confidence", type=float, metavar="T",
+                        help="keep machine-generated training labels with confidence >= T as positives (default: "
+                        "ignore them)")
+    parser.add_argument("--group_level", type=int, default=1,
+                        help="depth of the official hierarchy whose classes are the groups (1: the root's children)")
+    parser.add_flag("--follow_parts", help="also place classes reached only through 'Part' edges of the hierarchy")
+    parser.add_argument("--outside_hierarchy", choices=("nearest", "cluster", "drop"), default="nearest",
+                        help="classes the hierarchy does not place: the nearest group by CLIP text similarity, "
+                        "automatic groups of their own, or left out (nearest)")
+    parser.add_argument("--clip_model", default=None,
+                        help="CLIP model (Hub id or folder) embedding the class names for nearest / cluster")
+    parser.add_argument("--prompt_template", default=None, help="text template of the name embeddings")
+    parser.add_argument("--num_groups", type=int, help="automatic groups with cluster (default round(sqrt(n)))")
+    parser.add_argument("--cluster_method", choices=("kmeans", "agglomerative"), default="kmeans")
+    parser.add_argument("--hierarchy_seed", type=int, default=0, help="seed of the automatic groups (0), not --seed")
+
+
 def build_parser(prog: str | None = "hspnet prepare") -> CommandParser:
     parser = CommandParser(
         prog=prog,
@@ -164,6 +212,17 @@ def build_parser(prog: str | None = "hspnet prepare") -> CommandParser:
     )
     _common(cub, True)
     _benchmark_options(cub)
+    oi = sub.add_parser(
+        "openimages", help="Open Images V6 / V7 image-level labels: the official CSV / TXT / JSON files, train/, test/"
+    )
+    _common(oi, True)
+    oi.add_argument("--observed_labels", metavar="FILE",
+                    help="a single-positive list ('ImageID,label index' lines) to use instead of generated single "
+                    "positives")
+    oi.add_argument("--hierarchy", metavar="FILE", help="your own groups instead of the official hierarchy (JSON or "
+                    "display name,group CSV); the MIDs are kept")
+    _image_options(oi)
+    _openimages_options(oi)
     folder = sub.add_parser("folder", help="custom: a folder of images with metadata.csv / metadata.jsonl")
     _common(folder, True)
     _custom_options(folder)
@@ -213,6 +272,7 @@ def _load(args):
         load_demo_dataset,
         load_image_folder,
         load_nuswide,
+        load_openimages,
         load_voc,
     )
     from hspnet.data.clustering import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT_TEMPLATE
@@ -230,6 +290,16 @@ def _load(args):
             )
         loader = {"coco": load_coco, "voc": load_voc, "nuswide": load_nuswide, "cub": load_cub}[args.dataset]
         return loader(args.root, options, **kwargs)
+    if args.dataset == "openimages":
+        names = ("version", "test_split", "annotations_dir", "train_labels", "test_labels", "class_descriptions",
+                 "trainable_classes", "hierarchy_file", "train_image_list", "test_image_list", "train_images",
+                 "test_images", "machine_confidence", "machine_labels", "group_level", "follow_parts",
+                 "outside_hierarchy", "num_groups", "cluster_method", "hierarchy_seed")
+        return load_openimages(
+            args.root, options, hierarchy=args.hierarchy, use_image_lists=args.image_lists,
+            clip_model=args.clip_model or DEFAULT_CLIP_MODEL, prompt_template=args.prompt_template or
+            DEFAULT_PROMPT_TEMPLATE, **{name: getattr(args, name) for name in names},
+        )
     custom = dict(
         label_names=args.label_names,
         label_separator=args.label_separator,
@@ -286,11 +356,19 @@ def run(args) -> None:
         raise ValueError("--overwrite needs --output_dir")
     if args.push_to_hub and not args.hub_dataset_id:
         raise ValueError("--push_to_hub needs --hub_dataset_id (e.g. your-name/my-dataset)")
+    if args.shards is not None and args.shards < 1:
+        raise ValueError(f"--shards must be >= 1, got {args.shards}")
+    if args.shards is not None and args.output_format == "parquet":
+        raise ValueError("--shards writes Parquet shards with the images embedded; --output_format parquet (image "
+                         "paths) does not apply to it")
     if args.output:  # refused before the (long) build, and checked again when writing
         check_output_folder(args.output, args.overwrite, _inputs(args))
     dataset = _load(args)
     stats = dataset_statistics(dataset)
     print(json.dumps(stats, indent=1) if args.json else format_statistics(stats))
+    if args.shards is not None:
+        _write_shards(args, dataset)
+        return
     if args.output:
         path = save_prepared_dataset(
             dataset,
@@ -308,6 +386,23 @@ def run(args) -> None:
         check_image_paths(dataset)
         dataset.push_to_hub(args.hub_dataset_id, private=args.hub_private_repo, token=args.hub_token)
         print(f"Pushed to https://huggingface.co/datasets/{args.hub_dataset_id}")
+
+
+def _write_shards(args, dataset) -> None:
+    """``--shards N``: write the shards into --output_dir (or a temporary folder), then upload them (--push_to_hub)."""
+    import tempfile
+
+    from hspnet.data.shards import push_sharded_dataset, save_sharded_dataset
+
+    with tempfile.TemporaryDirectory(prefix="hspnet-shards-") as scratch:
+        folder = args.output or os.path.join(scratch, "shards")
+        path = save_sharded_dataset(dataset, folder, args.shards, overwrite=args.overwrite, inputs=_inputs(args))
+        if args.output:
+            print(f"\nWrote the prepared dataset to {path} ({args.shards} training shards, images embedded)")
+        if args.push_to_hub:
+            repo = push_sharded_dataset(path, args.hub_dataset_id, token=args.hub_token,
+                                        private=args.hub_private_repo)
+            print(f"Pushed to https://huggingface.co/datasets/{repo}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = "hspnet prepare", before_run=None) -> int:

@@ -29,8 +29,10 @@ _SPLIT_FOLDER_FILES = ("dataset_info.json", "state.json")
 
 
 def _split_folder_file(name: str) -> bool:
-    """A file ``save_to_disk`` writes into a split folder (or a ``datasets`` cache file made from it later)."""
-    return name in _SPLIT_FOLDER_FILES or (name.startswith(("data-", "cache-")) and name.endswith(".arrow"))
+    """A file ``save_to_disk`` writes into a split folder (or a ``datasets`` cache file made from it later), or a shard
+    of :func:`hspnet.data.shards.save_sharded_dataset`."""
+    return (name in _SPLIT_FOLDER_FILES or (name.startswith(("data-", "cache-")) and name.endswith(".arrow"))
+            or name.endswith(".parquet"))
 
 
 def _listed_entries(path: str, entries: list[str]) -> set[str] | None:
@@ -73,7 +75,8 @@ def foreign_entries(path: str | os.PathLike) -> list[str]:
                 or os.path.islink(os.path.join(full, inner))
                 or not os.path.isfile(os.path.join(full, inner))
             ]
-        elif not os.path.isfile(full) or not (name in _BUILD_FILES or name.endswith(".parquet")):
+        elif not os.path.isfile(full) or not (name in _BUILD_FILES or name.endswith(".parquet") or (
+                name == "README.md" and os.path.isfile(os.path.join(path, BUILD_MARKER)))):  # a sharded build's card
             foreign.append(name)
     return foreign
 
@@ -245,9 +248,26 @@ def _swap_in(temporary: str, path: str) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def _shard_files(path: str) -> dict[str, list[str]] | None:
+    """The shards of each split of a folder written by :func:`hspnet.data.shards.save_sharded_dataset` (from its
+    ``hspnet_build.json``), or None for another folder."""
+    marker = os.path.join(path, BUILD_MARKER)
+    if not os.path.isfile(marker):
+        return None
+    try:
+        info = read_json_file(marker, BUILD_MARKER)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != "shards" or not isinstance(info.get("shards"), dict):
+        return None
+    return {split: [os.path.join(path, *item["path"].split("/")) for item in entry["files"]]
+            for split, entry in info["shards"].items()}
+
+
 def load_prepared_dataset(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
-    """Read a dataset written by :func:`save_prepared_dataset` (either form); ``cache_dir`` is where the Parquet
-    form is converted to Arrow (default: the Hugging Face datasets cache)."""
+    """Read a dataset written by :func:`save_prepared_dataset` (either form) or by
+    :func:`hspnet.data.shards.save_sharded_dataset` (read whole here; ``hspnet train --streaming true`` streams it);
+    ``cache_dir`` is where Parquet is converted to Arrow (default: the Hugging Face datasets cache)."""
     import datasets
 
     from hspnet.data.core import attach_metadata
@@ -255,7 +275,7 @@ def load_prepared_dataset(path: str | os.PathLike, cache_dir: str | os.PathLike 
     path = os.fspath(path)
     if os.path.isfile(os.path.join(path, "dataset_dict.json")):
         return datasets.load_from_disk(path)
-    files = {
+    files = _shard_files(path) or {
         name[: -len(".parquet")]: os.path.join(path, name)
         for name in sorted(os.listdir(path))
         if name.endswith(".parquet")

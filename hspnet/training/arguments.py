@@ -55,7 +55,8 @@ class TrainingConfig:
 
     # data
     dataset: str = field(default="demo", metadata=_help(
-        """"demo", "coco", "voc", "nuswide", "cub", "folder", or a folder written by `hspnet prepare`."""))
+        """"demo", "coco", "voc", "nuswide", "cub", "folder", or a folder written by `hspnet prepare`; with
+        streaming, a folder written by `hspnet prepare --shards N` or its Hub dataset id."""))
     dataset_root: str | None = field(default=None, metadata=_help(
         "Where the raw dataset lies (images and annotations), for coco, voc, nuswide, cub and folder."))
     dataset_options: dict = field(default_factory=dict, metadata=_help(
@@ -70,6 +71,14 @@ class TrainingConfig:
         "Train on the first N training images only (quick runs)."))
     max_eval_samples: int | None = field(default=None, metadata=_help(
         "Evaluate on the first N images of each evaluation split only (quick runs)."))
+    streaming: bool = field(default=False, metadata=_help(
+        """Stream the training split instead of reading it whole (datasets' IterableDataset): dataset is a folder
+        written by `hspnet prepare --shards N` or its Hub dataset id. Each process reads whole shards of its own (N
+        must be a multiple of the number of processes), shuffled with a buffer of shuffle_buffer images; a resume
+        mid-epoch is exact. Evaluation splits are read whole. See docs/large-datasets.md."""))
+    shuffle_buffer: int = field(default=1000, metadata=_help(
+        """With streaming: the shuffle buffer in images (IterableDataset.shuffle's buffer_size); the shards' order is
+        shuffled too, every epoch."""))
 
     # recipe
     epochs: int = field(default=60, metadata=_help("Epochs to train."))
@@ -198,6 +207,11 @@ class TrainingConfig:
         for name in ("epochs", "schedule_epochs", "batch_size", "logging_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        if self.streaming and self.max_train_samples:
+            raise ValueError("max_train_samples does not apply to a streamed run (streaming true); prepare a smaller "
+                             "dataset, or train without streaming")
         if self.max_train_steps is not None and self.max_train_steps < 1:
             raise ValueError(f"max_train_steps must be >= 1 (or null: no limit but the epochs), got "
                              f"{self.max_train_steps}")

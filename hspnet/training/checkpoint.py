@@ -8,8 +8,9 @@ as loading a safetensors model. A checkpoint folder holds:
 ``optimizer.bin``                   the optimizer's state (accelerate; a torch pickle of tensors and numbers)
 ``random_states_<rank>.pkl``        each process's Python, NumPy and torch random states (accelerate; torch pickle)
 ``scaler.pt``                       fp16's gradient scaler (accelerate; only with ``--mixed_precision fp16``)
-``training_state.json``             the loop's progress (:class:`~hspnet.training.resume.TrainingState`), the LR schedule and
-                                    the EMA decay
+``training_state.json``             the loop's progress (:class:`~hspnet.training.resume.TrainingState`), the LR
+                                    schedule, the EMA decay and, in a streamed run, the data position (``"data"``:
+                                    :meth:`hspnet.training.streaming.StreamedLoader.position`)
 ``loss_state.safetensors``          the state of the model's loss (SPLC / LL-R's epoch, ROLE's label estimates)
 ``ema.safetensors``                 the averaged weights (``--ema``; the tensors that can change in training)
 ``label_sampling_<rank>.safetensors``  each process's label-sampling generator (``--label_sample_size``)
@@ -80,6 +81,7 @@ class CheckpointContents:
     label_generator_state: torch.Tensor | None
     label_generator_path: str | None
     random_states: dict
+    data_position: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -102,10 +104,11 @@ def tensors_for_file(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(accelerator, folder: str, *, state, scheduler, loss_module: torch.nn.Module, ema=None,
-                    label_generator: torch.Generator | None = None) -> None:
+                    label_generator: torch.Generator | None = None, train_loader=None) -> None:
     """Write the training state into `folder` (every process calls it): accelerate's ``save_state`` (weights,
     optimizer, random states; no registered objects, so no ``custom_checkpoint_*.pkl``), then this project's state
-    as JSON and safetensors. Every file gets the permissions the user's umask gives (safetensors writes 0600 files)."""
+    as JSON and safetensors (with a streamed `train_loader`'s data position). Every file gets the permissions the
+    user's umask gives (safetensors writes 0600 files)."""
     from safetensors.torch import save_file
 
     from hspnet.utils.files import give_default_mode, new_file_mode, write_json
@@ -117,10 +120,11 @@ def save_checkpoint(accelerator, folder: str, *, state, scheduler, loss_module: 
     if not accelerator.is_main_process:
         give_default_mode([own] if label_generator is not None else [], new_file_mode(folder))
         return
-    write_json(os.path.join(folder, TRAINING_STATE_NAME), {
-        "format": FORMAT, "progress": state.state_dict(), "scheduler": scheduler.state_dict(),
-        "ema_decay": ema.decay if ema is not None else None,
-    })
+    document = {"format": FORMAT, "progress": state.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema_decay": ema.decay if ema is not None else None}
+    if hasattr(train_loader, "position"):
+        document["data"] = train_loader.position()
+    write_json(os.path.join(folder, TRAINING_STATE_NAME), document)
     save_file(tensors_for_file(loss_module.state_dict()), os.path.join(folder, LOSS_STATE_NAME))
     if ema is not None:
         save_file(tensors_for_file(ema.trained_state()), os.path.join(folder, EMA_NAME))
@@ -312,6 +316,7 @@ def read_checkpoint(folder: str, *, num_processes: int, process_index: int, ema:
         loss_state=_read_safetensors(os.path.join(folder, LOSS_STATE_NAME)),
         ema_state=_read_safetensors(os.path.join(folder, EMA_NAME)) if ema else None,
         label_generator_state=label_state, label_generator_path=label_path, random_states=random_states,
+        data_position=document.get("data"),
     )
 
 
@@ -323,10 +328,11 @@ def _load_exactly(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pat
 
 
 def apply_checkpoint(contents: CheckpointContents, *, state, scheduler, loss_module: torch.nn.Module, ema=None,
-                     label_generator: torch.Generator | None = None) -> None:
+                     label_generator: torch.Generator | None = None, train_loader=None) -> None:
     """Restore what :func:`read_checkpoint` read (after ``accelerator.load_state`` restored the weights and the
-    optimizer): the loop's progress, the schedule, the loss state, the EMA, the label-sampling generator and this
-    process's random states. Every piece is restored or a `ValueError` names the file."""
+    optimizer): the loop's progress, the schedule, the loss state, the EMA, the label-sampling generator, this
+    process's random states and a streamed `train_loader`'s data position. Every piece is restored or a
+    `ValueError` names the file."""
     folder = contents.folder
     path = os.path.join(folder, TRAINING_STATE_NAME)
     try:
@@ -349,6 +355,8 @@ def apply_checkpoint(contents: CheckpointContents, *, state, scheduler, loss_mod
             label_generator.set_state(contents.label_generator_state)
         except RuntimeError as error:
             raise ValueError(f"{contents.label_generator_path}: not a generator state ({one_line(error)})") from None
+    if hasattr(train_loader, "load_position"):
+        train_loader.load_position(contents.data_position, path)
     _restore_random_states(contents.random_states)
 
 

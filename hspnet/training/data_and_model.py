@@ -21,11 +21,21 @@ logger = logging.getLogger("hspnet.train")
 
 
 def load_datasets(config: TrainingConfig):
-    """The prepared `DatasetDict` (train / validation / test) and its label hierarchy."""
-    options = dict(config.dataset_options or {})
-    if config.protocol == "authors" and not os.path.isdir(config.dataset):
-        options.setdefault("validation_fraction", 0.0)  # the authors train on every training image
-    datasets = open_dataset(config.dataset, config.dataset_root, options, config.cache_dir)
+    """The prepared `DatasetDict` (train / validation / test) and its label hierarchy; with `streaming`, a mapping
+    whose train split is a :class:`hspnet.data.shards.StreamedSplit` (read as a stream) and whose other splits are
+    read whole."""
+    if config.streaming:
+        from hspnet.data.shards import open_sharded_dataset
+
+        if config.dataset_root:
+            raise ValueError("--streaming reads a dataset prepared by `hspnet prepare --shards N` (a folder or a Hub "
+                             "dataset id), not --dataset_root")
+        datasets = open_sharded_dataset(config.dataset, token=config.hub_token, cache_dir=config.cache_dir)
+    else:
+        options = dict(config.dataset_options or {})
+        if config.protocol == "authors" and not os.path.isdir(config.dataset):
+            options.setdefault("validation_fraction", 0.0)  # the authors train on every training image
+        datasets = open_dataset(config.dataset, config.dataset_root, options, config.cache_dir)
     for split in ("train", "test"):
         if split not in datasets:
             raise ValueError(f"dataset {config.dataset!r} has no {split!r} split (splits: {list(datasets)})")
@@ -34,7 +44,7 @@ def load_datasets(config: TrainingConfig):
             f"dataset {config.dataset!r} has no 'validation' split for model selection; prepare it with a validation "
             "fraction or train with protocol: authors (selection on the test set)."
         )
-    return datasets, get_hierarchy(datasets)
+    return datasets, get_hierarchy(datasets["train"] if config.streaming else datasets)
 
 
 def dataset_name(config: TrainingConfig, datasets) -> str:
@@ -52,6 +62,8 @@ def dataset_name(config: TrainingConfig, datasets) -> str:
             continue
     if recorded and recorded != "custom":
         return str(recorded)
+    if config.streaming and not os.path.isdir(config.dataset):  # images of your own on the Hub: the repository
+        return config.dataset
     folder = config.dataset_root or (config.dataset if os.path.isdir(config.dataset) else None)
     return os.path.basename(os.path.normpath(folder)) if folder else str(recorded or config.dataset)
 
@@ -64,7 +76,8 @@ def training_splits(config: TrainingConfig, datasets) -> tuple[Any, dict, str]:
         "model selection on the %r split (%s protocol)%s", selection_split, config.protocol,
         "" if config.protocol == "heldout" else ": the test set is used for model selection, as in the authors' code",
     )
-    train_set = add_index_column(datasets["train"])
+    train_set = datasets["train"] if getattr(datasets["train"], "streamed", False) else add_index_column(
+        datasets["train"])  # a streamed split has its `index` column
     if config.max_train_samples:
         train_set = train_set.select(range(min(config.max_train_samples, len(train_set))))
     eval_sets = {split: datasets[split] for split in dict.fromkeys([selection_split, "test"])}
@@ -129,6 +142,8 @@ def build_model(config: TrainingConfig, hierarchy):
     hierarchy_args = dict(labels=list(hierarchy.labels), groups=list(hierarchy.groups),
                           label_to_group=list(hierarchy.label_to_group),
                           relation=os.path.expanduser(relation) if relation else None)
+    if getattr(hierarchy, "label_ids", None) is not None:  # the dataset's ids of the labels (Open Images MIDs)
+        hierarchy_args["label_ids"] = list(hierarchy.label_ids)
     if config.clip_model == TINY_RANDOM:
         # the tiny CLIP's own processor (CLIP's) is not kept: every new model gets HSPNetImageProcessor, with the same
         # size and CLIP mean / std (the same pixels on the demo's square images; see image_processing_hspnet.py)
@@ -182,6 +197,9 @@ def setup_loss_for_training(model, train_split) -> torch.nn.Module:
     key = check_loss_spec(config.loss, kwargs)
     if "num_train_images" not in LOSS_DEFAULTS[key]:
         return model.loss_module
+    if getattr(train_split, "streamed", False):
+        raise ValueError(f"loss {config.loss!r} keeps a state for every training image, which a streamed run does "
+                         "not read up front; train it without --streaming")
     loss = build_loss(config.loss, config.num_labels, **dict(kwargs, num_train_images=len(train_split)))
     rows = train_split["observed_labels"]
     if permutation is not None:

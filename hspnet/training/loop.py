@@ -57,6 +57,7 @@ from hspnet.training.run_folder import (BEST_MARKER_NAME, OutputDirLock, checkpo
                                         describe_entry, kept_entries, moved_path, plan_folders, remove_leftovers,
                                         save_model_files, swap_in, writing)
 from hspnet.training.run_log import close_log_handlers, print_and_log, scalar_config, setup_run_logging
+from hspnet.training.streaming import skip_batches, train_loader
 from hspnet.utils.errors import one_line
 from hspnet.utils.files import read_json_file, write_json, write_text
 from hspnet.utils.redaction import redact
@@ -248,8 +249,7 @@ class TrainingRun:
             raise ValueError(f"loss {config.loss!r} keeps per-image state; train it with a single process.")
         transform = make_transform(self.model.image_processor, self.num_labels)
         eval_batch = config.eval_batch_size or config.batch_size
-        self.train_loader = DataLoader(self.train_set.with_transform(transform), batch_size=config.batch_size,
-                                       shuffle=True, collate_fn=collate, num_workers=config.num_workers)
+        self.train_loader = train_loader(config, self.train_set, transform, self.accelerator)  # or a stream
         self.eval_loaders = {split: DataLoader(data.with_transform(transform), batch_size=eval_batch,
                                                collate_fn=collate, num_workers=config.num_workers)
                              for split, data in self.eval_sets.items()}
@@ -295,7 +295,7 @@ class TrainingRun:
     def checkpointed_state(self) -> dict:
         """What a checkpoint holds besides the weights, the optimizer and the random states."""
         return dict(state=self.state, scheduler=self.scheduler, loss_module=self.loss_module, ema=self.ema,
-                    label_generator=self.label_generator)
+                    label_generator=self.label_generator, train_loader=self.train_loader)
 
     # ----- 6. resume, or measure the untrained model -----------------------------------------------------------------
 
@@ -402,7 +402,7 @@ class TrainingRun:
         config, state, accelerator = self.config, self.state, self.accelerator
         self.train_loader.set_epoch(epoch)
         skip = state.global_step - epoch * self.steps_per_epoch
-        loader = accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        loader = skip_batches(accelerator, self.train_loader, skip)  # a stream skips before decoding
         running, count = 0.0, 0
         for batch in loader:
             loss = self.training_step(batch, epoch)

@@ -210,8 +210,9 @@ def settings_differences(saved: dict, current: dict) -> tuple[list[str], list[st
 
 def dataset_fingerprint(hierarchy, splits: dict) -> dict:
     """What identifies the data a run trains and selects on: the label names, the hierarchy and, for each split
-    used, its number of images and a hash of its image ids with their (observed) labels. Paths do not enter, so a
-    moved copy of the same data matches."""
+    used, its number of images and a hash of its image ids with their (observed) labels (a streamed split: the
+    digest recorded when its shards were written, and its shards' names and rows). Paths do not enter, so a moved
+    copy of the same data matches."""
     import hashlib
 
     def digest(value) -> str:
@@ -220,6 +221,9 @@ def dataset_fingerprint(hierarchy, splits: dict) -> dict:
     fingerprint = {"labels": list(hierarchy.labels), "groups": list(hierarchy.groups),
                    "label_to_group": [int(g) for g in hierarchy.label_to_group], "splits": {}}
     for name, split in splits.items():
+        if hasattr(split, "content_fingerprint"):  # a streamed split: what its shards recorded (none is read)
+            fingerprint["splits"][name] = split.content_fingerprint()
+            continue
         present = [column for column in ("image_id", "observed_labels", "labels") if column in split.column_names]
         # read as one Arrow table: the values `split[column]` gives, without a Column object per column (each
         # deep-copies the features, ~0.2 s with 10,000 label names)
