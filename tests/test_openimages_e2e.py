@@ -109,6 +109,10 @@ def test_open_images_sharded_streamed_two_processes_resumed_evaluated_and_predic
     expected, classes = reference_openimages_map(scores, positives, negatives)
     assert reported["num_classes_evaluated"] == classes and 0 < classes < SPEC["num_classes"]
     assert reported["mAP"] == pytest.approx(expected, abs=1e-4)
+    # the training run selected and reported by the same protocol (its test split is the selection split here)
+    results = json.loads((tmp_path / "full" / "all_results.json").read_text())
+    assert results["test"]["mAP_openimages"] == pytest.approx(expected, abs=1e-4)
+    assert results["test"]["mAP_openimages_classes"] == classes
 
     # predict: display names with their MIDs
     image = tmp_path / "one.png"

@@ -94,3 +94,15 @@ def test_metrics_report_the_protocol_and_the_counts():
 def test_bad_targets_are_one_value_error(targets, match):
     with pytest.raises(ValueError, match=match):
         openimages_map(np.array([[0.1], [0.2]]), targets)
+
+
+def test_models_are_selected_by_the_verified_pairs_map_where_there_is_one():
+    """Training selects (regular vs EMA, and across epochs) by `mAP_openimages` on a split with verified negatives:
+    the mAP that counts unknown pairs as negatives would pick the other model here."""
+    from hspnet.evaluation.loop import selection_map
+    from hspnet.training.ema import select_source
+
+    regular, ema = {"mAP": 50.0, "mAP_openimages": 40.0}, {"mAP": 60.0, "mAP_openimages": 30.0}
+    assert selection_map(regular) == 40.0 and selection_map({"mAP": 12.5}) == 12.5
+    assert select_source({"regular": regular, "ema": ema}) == "regular"
+    assert select_source({"regular": {"mAP": 50.0}, "ema": {"mAP": 60.0}}) == "ema"

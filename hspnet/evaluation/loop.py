@@ -13,11 +13,14 @@ import torch
 
 @torch.no_grad()
 def evaluate_model(model, dataloader, accelerator, num_labels: int, description: str = "eval",
-                   threshold: float = 0.5, k: int = 3) -> tuple[dict, Any]:
+                   threshold: float = 0.5, k: int = 3, verified_targets: Any = None) -> tuple[dict, Any]:
     """Every metric of :func:`hspnet.evaluation.metrics.compute_all_metrics` over a (prepared) dataloader, gathered across
     processes without duplicated samples. Returns `(metrics, accumulator)`; the accumulator holds the scores
     (`accumulator.scores` / `.targets`, `(N, C)`). `model(pixel_values=...)` must return `.logits` `(B, C)` (HSPNet,
-    the zero-shot CLIP classifier). An image that cannot be read in a DataLoader worker is a `ValueError` naming it."""
+    the zero-shot CLIP classifier). An image that cannot be read in a DataLoader worker is a `ValueError` naming it.
+    `verified_targets`: the split's (N, C) targets in {1, 0, -1} (verified present / absent / unknown,
+    :func:`hspnet.evaluation.openimages.openimages_targets`) for a split with known negatives (Open Images): the
+    metrics then also hold `mAP_openimages` (AP on verified pairs only), which :func:`selection_map` selects by."""
     from tqdm.auto import tqdm
 
     from hspnet.evaluation.metrics import MultiLabelMetricAccumulator
@@ -42,4 +45,16 @@ def evaluate_model(model, dataloader, accelerator, num_labels: int, description:
         raise
     finally:
         model.train(was_training)
-    return accumulator.compute(), accumulator
+    metrics = accumulator.compute()
+    if verified_targets is not None and accumulator.num_samples:
+        from hspnet.evaluation.openimages import openimages_metrics
+
+        verified = openimages_metrics(accumulator.scores, verified_targets)
+        metrics.update(mAP_openimages=verified["mAP"], mAP_openimages_classes=verified["num_classes_evaluated"])
+    return metrics, accumulator
+
+
+def selection_map(metrics: dict) -> float:
+    """The mAP a model is selected by: the Open Images protocol's (`mAP_openimages`) on a split with verified
+    negatives, where unknown pairs are not negatives, else `mAP`."""
+    return metrics.get("mAP_openimages", metrics["mAP"])

@@ -9,6 +9,8 @@ import copy
 
 import torch
 
+from hspnet.evaluation.loop import selection_map
+
 
 def ema_decay(steps_per_epoch: int, keep_per_epoch: float = 0.82) -> float:
     """The per-step decay such that `steps_per_epoch` updates keep `keep_per_epoch` of the old average."""
@@ -94,8 +96,8 @@ class ModelEMA:
 
 
 def select_source(scores: dict[str, dict]) -> str:
-    """"ema" or "regular": the model with the higher selection mAP; a tie goes to the EMA model, as in the released
-    code (`if mAP_score_ema >= mAP_score_regular`)."""
-    if "ema" in scores and scores["ema"]["mAP"] >= scores["regular"]["mAP"]:
+    """"ema" or "regular": the model with the higher selection mAP (:func:`~hspnet.evaluation.loop.selection_map`);
+    a tie goes to the EMA model, as in the released code (`if mAP_score_ema >= mAP_score_regular`)."""
+    if "ema" in scores and selection_map(scores["ema"]) >= selection_map(scores["regular"]):
         return "ema"
     return "regular"

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from hspnet.data.batches import collate, make_transform
-from hspnet.evaluation.loop import evaluate_model
+from hspnet.evaluation.loop import evaluate_model, selection_map
+from hspnet.evaluation.openimages import has_verified_negatives, openimages_targets
 from hspnet.evaluation.average_precision import average_precision_ranked
 from hspnet.hub.cards import training_card
 from hspnet.hub.transfer import TRAINING_ARGS_NAME, HubUploader, model_files
@@ -253,6 +254,8 @@ class TrainingRun:
         self.eval_loaders = {split: DataLoader(data.with_transform(transform), batch_size=eval_batch,
                                                collate_fn=collate, num_workers=config.num_workers)
                              for split, data in self.eval_sets.items()}
+        self.verified = {split: openimages_targets(data, self.num_labels)  # Open Images: verified pairs only
+                         for split, data in self.eval_sets.items() if has_verified_negatives(data)}
 
     # ----- 5. optimizer, schedule, EMA -------------------------------------------------------------------------------
 
@@ -321,7 +324,7 @@ class TrainingRun:
                 self.results["test_before_training"] = self.state.test_before_training
         elif config.evaluate_before_training:
             before, _ = evaluate_model(self.model, self.eval_loaders["test"], accelerator, self.num_labels,
-                                       "test (untrained)")
+                                       "test (untrained)", verified_targets=self.verified.get("test"))
             self.results["test_before_training"] = self.state.test_before_training = before
             logger.info("before training: test mAP %.2f", before["mAP"])
         self.last_checkpoint = self.checkpoint
@@ -473,13 +476,14 @@ class TrainingRun:
         scores = {}
         for source, candidate in candidates:
             metrics, _ = evaluate_model(candidate, self.eval_loaders[self.selection_split], self.accelerator,
-                                        self.num_labels, f"{self.selection_split} ({source})")
+                                        self.num_labels, f"{self.selection_split} ({source})",
+                                        verified_targets=self.verified.get(self.selection_split))
             scores[source] = metrics
             if config.with_tracking:
                 self.accelerator.log({f"{self.selection_split}_{source}/{k}": v for k, v in metrics.items()},
                                      step=state.global_step)
         source = select_source(scores)
-        current = scores[source]["mAP"]
+        current = selection_map(scores[source])
         state.history.append({"epoch": epoch, "step": state.global_step,
                               **{f"{s}_mAP": m["mAP"] for s, m in scores.items()}})
         improved = current > state.best_metric
@@ -545,7 +549,7 @@ class TrainingRun:
         self.best = on_all(accelerator, lambda: HSPNetForImageClassification.from_pretrained(self.working))
         self.best.to(accelerator.device)
         test_metrics, accumulator = evaluate_model(self.best, self.eval_loaders["test"], accelerator, self.num_labels,
-                                                   "test (best)")
+                                                   "test (best)", verified_targets=self.verified.get("test"))
         self.results["test"] = test_metrics
         if accumulator.num_samples:
             per_class = average_precision_ranked(accumulator.scores, accumulator.targets)
