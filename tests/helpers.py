@@ -140,6 +140,32 @@ def run_script(args, env_extra=None, timeout=600, launcher=None):
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+def run_streaming_two_process(report, mode, options, stop):
+    """tests/scripts/streaming_two_process.py under `accelerate launch --multi_gpu --num_processes 2` on the CPU
+    (gloo): `hspnet train` with `options` in `mode` ("full", "killed" at step `stop`, "resumed"); writes
+    REPORT-RANK.json. The finished launcher process."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]
+    return run_script([str(SCRIPTS / "streaming_two_process.py"), str(report), mode, json.dumps(as_argv(options)),
+                       str(stop)], launcher=launcher, env_extra={"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)})
+
+
+def interrupt_training_at(monkeypatch, done_steps):
+    """Ctrl-C (KeyboardInterrupt) inside the training step that follows `done_steps` applied steps: the run's own
+    `training_step` method, patched on its class for this test."""
+    from hspnet.training.loop import TrainingRun
+
+    original = TrainingRun.training_step
+
+    def training_step(self, batch, epoch):
+        if self.state.global_step == done_steps:
+            raise KeyboardInterrupt
+        return original(self, batch, epoch)
+
+    monkeypatch.setattr(TrainingRun, "training_step", training_step)
+
+
 def load_train_main():
     """scripts/train.py's `main`, loaded from the file."""
     spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
@@ -407,6 +433,29 @@ def save_hspnet_folder(folder, tiny_clip_dir):
 
 
 RESNET_IMAGE = 64  # the image size of the reduced CLIP ResNets of tests/test_rn50.py
+
+
+def tiny_resnet_parts():
+    """The parts (`load_openai_clip_parts`) of a random reduced CLIP ResNet in the OpenAI layout (vocabulary 514,
+    64-px images; tests/official_reference.py), seed 0."""
+    from hspnet.models.openai_clip import load_openai_clip_parts
+    from tests.official_reference import RefCLIP, randomize
+
+    torch.manual_seed(0)
+    return load_openai_clip_parts(randomize(RefCLIP(vision="resnet", vocab_size=514, image_size=64), 0).eval()
+                                  .state_dict())
+
+
+def tiny_resnet_hspnet(hierarchy):
+    """An HSPNet in eval mode on :func:`tiny_resnet_parts` with the byte-level tokenizer and randomised trainables:
+    `(model, parts)`."""
+    from hspnet import HSPNetForImageClassification
+    from hspnet.utils.tiny_clip import byte_level_clip_tokenizer
+
+    parts = tiny_resnet_parts()
+    model = HSPNetForImageClassification.from_clip(parts, tokenizer=byte_level_clip_tokenizer(), **hierarchy).eval()
+    randomize_trainables(model)
+    return model, parts
 
 
 def resnet_images(n=2, seed=1):

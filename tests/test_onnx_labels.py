@@ -235,16 +235,9 @@ def test_the_docs_examples_run_as_written(exported, tmp_path):
 
 
 def test_resnet_tower_with_the_torchscript_exporter(hierarchy, tmp_path):
-    from hspnet.models.openai_clip import load_openai_clip_parts
-    from hspnet.utils.tiny_clip import byte_level_clip_tokenizer
-    from tests.helpers import resnet_images
-    from tests.official_reference import RefCLIP, randomize
+    from tests.helpers import resnet_images, tiny_resnet_hspnet
 
-    torch.manual_seed(0)
-    clip = randomize(RefCLIP(vision="resnet", vocab_size=514, image_size=64), 0).eval()
-    parts = load_openai_clip_parts(clip.state_dict())
-    model = HSPNetForImageClassification.from_clip(parts, tokenizer=byte_level_clip_tokenizer(), **hierarchy).eval()
-    randomize_trainables(model)
+    model, _ = tiny_resnet_hspnet(hierarchy)
     result = export_onnx(model, tmp_path / "rn.onnx", exporter="torchscript", label_encoder=True)
     assert result["label_encoder_path"] == str(tmp_path / "rn.labels.onnx")
     assert note("export check (RN50, label embeddings)", result["label_encoder_max_abs_diff"]) <= ATOL

@@ -93,7 +93,8 @@ def test_a_new_label_set_equals_a_model_built_for_it(case, trained, tiny_clip_di
     assert result.changed and trained.config.trained_label_names == LABELS
     names, groups = result.labels, result.label_to_group
     assert trained.config.label_names == names and trained.config.label_to_group == groups
-    assert trained.config.label2id == {name: i for i, name in enumerate(names)} and trained.config.num_labels == len(names)
+    assert trained.config.label2id == {name: i for i, name in enumerate(names)}
+    assert trained.config.num_labels == len(names)
     reference = from_scratch(tiny_clip_dir, trained, names, groups)
     for name in CONSTANT:  # the prompts and the relation, as from_clip makes them for these labels
         assert torch.equal(getattr(trained.hspnet, name), getattr(reference.hspnet, name)), name
@@ -235,16 +236,10 @@ def test_the_training_run_saves_its_tokenizer(trained_tiny_model):
 
 
 def test_resnet_models_change_labels_too(hierarchy, pixel_values):
-    from hspnet.models.openai_clip import load_openai_clip_parts
     from hspnet.utils.tiny_clip import byte_level_clip_tokenizer
-    from tests.helpers import resnet_images
-    from tests.official_reference import RefCLIP, randomize
+    from tests.helpers import resnet_images, tiny_resnet_hspnet
 
-    torch.manual_seed(0)
-    clip = randomize(RefCLIP(vision="resnet", vocab_size=514, image_size=64), 0).eval()
-    parts = load_openai_clip_parts(clip.state_dict())
-    model = HSPNetForImageClassification.from_clip(parts, tokenizer=byte_level_clip_tokenizer(), **hierarchy).eval()
-    randomize_trainables(model)
+    model, parts = tiny_resnet_hspnet(hierarchy)
     result = model.set_labels(["zebra", "cat", "tram"])
     torch.manual_seed(1)
     reference = HSPNetForImageClassification.from_clip(parts, tokenizer=byte_level_clip_tokenizer(),

@@ -5,7 +5,6 @@ bit-identical to the uninterrupted one, `hspnet evaluate` reports the Open Image
 computed here on the verified pairs only), and `hspnet predict` names display names with their MIDs."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 from hspnet.cli.evaluate import main as evaluate_main
 from hspnet.cli.predict import main as predict_main
 from hspnet.cli.prepare import main as prepare_main
-from tests.helpers import REPO, SCRIPTS, as_argv, free_port, run_script, tiny_options
+from tests.helpers import run_streaming_two_process, tiny_options
 from tests.openimages_fixtures import large_spec, write_large_openimages
 
 SPEC = dict(num_classes=2000, num_in_hierarchy=600, num_top=12, num_images=64, rows_per_image=5, seed=3)
@@ -58,12 +57,7 @@ def test_open_images_sharded_streamed_two_processes_resumed_evaluated_and_predic
     runs = {"full": dict(options, output_dir=str(tmp_path / "full")),
             "killed": dict(options, output_dir=str(tmp_path / "killed"))}
     for mode, run in (("full", runs["full"]), ("killed", runs["killed"]), ("resumed", runs["killed"])):
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port())]
-        result = run_script([str(SCRIPTS / "streaming_two_process.py"), str(tmp_path / mode), mode,
-                             json.dumps(as_argv(run)), "7"], launcher=launcher,
-                            env_extra={"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)})
+        result = run_streaming_two_process(tmp_path / mode, mode, run, 7)
         if mode == "killed":
             assert result.returncode != 0, result.stderr[-4000:]
             continue

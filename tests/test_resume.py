@@ -41,6 +41,7 @@ from tests.helpers import (
     digest_tree,
     error_line,
     hub_options,
+    interrupt_training_at,
     one_thread,
     run_main,
     synchronous_uploads,
@@ -233,21 +234,6 @@ def test_resume_after_kill_matches_uninterrupted_run(uninterrupted_ten_step_run,
     assert resolve_checkpoint(str(tmp_path / "killed"), "latest").endswith("epoch_1-step_10")
 
 
-def _interrupt_at(monkeypatch, done_steps):
-    """Ctrl-C (KeyboardInterrupt) inside the training step that follows `done_steps` applied steps: the run's own
-    `training_step` method, patched on its class for this test."""
-    from hspnet.training.loop import TrainingRun
-
-    original = TrainingRun.training_step
-
-    def training_step(self, batch, epoch):
-        if self.state.global_step == done_steps:
-            raise KeyboardInterrupt
-        return original(self, batch, epoch)
-
-    monkeypatch.setattr(TrainingRun, "training_step", training_step)
-
-
 def _interruption(err):
     """The one line a Ctrl-C printed, and the command in it (split as a shell would)."""
     lines = [line for line in err.splitlines() if line.startswith("training interrupted")]
@@ -269,7 +255,7 @@ def test_ctrl_c_names_the_checkpoint_and_its_command_resumes_exactly(uninterrupt
     full, full_out = uninterrupted_ten_step_run
     out = tmp_path / "out"
     options = dict(full, output_dir=str(out), cache_dir=str(tmp_path / "cache"))
-    _interrupt_at(monkeypatch, 8)
+    interrupt_training_at(monkeypatch, 8)
     capsys.readouterr()
     assert main(["train", *as_argv(options)]) == 130
     line, command = _interruption(capsys.readouterr().err)
@@ -320,7 +306,7 @@ def test_the_resume_command_repeats_the_options_as_given(tmp_path, monkeypatch, 
     assert parse_training_args(config_arguments(config)) == dataclasses.replace(config, hub_token=None)
     assert "hf_notarealtoken" not in " ".join(config_arguments(config))
 
-    _interrupt_at(monkeypatch, 2)  # before the first checkpoint (end of the 6-step epoch)
+    interrupt_training_at(monkeypatch, 2)  # before the first checkpoint (end of the 6-step epoch)
     capsys.readouterr()
     assert main(["train", *as_argv(options)]) == 130
     line, command = _interruption(capsys.readouterr().err)
@@ -343,7 +329,7 @@ def test_ctrl_c_in_an_overwrite_run_leaves_nothing_beside_the_output_folder(run_
     before = digest_tree(out)
     staging = out / ".hspnet-next-run"
     new_run = dict(options, overwrite_output_dir=True, seed=1, epochs=2, schedule_epochs=2)
-    _interrupt_at(monkeypatch, 3)
+    interrupt_training_at(monkeypatch, 3)
     capsys.readouterr()
     assert main(["train", *as_argv(new_run)]) == 130
     line, command = _interruption(capsys.readouterr().err)
@@ -352,7 +338,7 @@ def test_ctrl_c_in_an_overwrite_run_leaves_nothing_beside_the_output_folder(run_
     assert digest_tree(out) == before and sorted(p.name for p in out.parent.iterdir()) == ["out"]
 
     monkeypatch.undo()
-    _interrupt_at(monkeypatch, 8)  # after the checkpoint of epoch 0 (step 6)
+    interrupt_training_at(monkeypatch, 8)  # after the checkpoint of epoch 0 (step 6)
     assert main(["train", *as_argv(new_run)]) == 130
     line, command = _interruption(capsys.readouterr().err)
     assert line.startswith(f"training interrupted after step 8 of 12; last checkpoint: "

@@ -9,13 +9,12 @@ equals a one-process evaluation."""
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import torch
 
 from hspnet.cli.prepare import main as prepare_main
-from tests.helpers import REPO, SCRIPTS, as_argv, free_port, one_thread, run_script, tiny_options
+from tests.helpers import interrupt_training_at, one_thread, run_streaming_two_process, tiny_options
 
 DEMO = ["--num_train", "60", "--num_test", "23", "--image_size", "32", "--validation_fraction", "0.25"]
 TRAIN_ROWS = 45  # 60 demo images, 25 % held out
@@ -202,20 +201,6 @@ def test_a_streamed_epoch_has_a_known_length_disjoint_shards_and_any_number_of_w
             assert torch.equal(a[key], b[key]), key
 
 
-def _stop_at(monkeypatch, done_steps):
-    """Ctrl-C inside the training step that follows `done_steps` applied steps."""
-    from hspnet.training.loop import TrainingRun
-
-    original = TrainingRun.training_step
-
-    def training_step(self, batch, epoch):
-        if self.state.global_step == done_steps:
-            raise KeyboardInterrupt
-        return original(self, batch, epoch)
-
-    monkeypatch.setattr(TrainingRun, "training_step", training_step)
-
-
 def _same_weights(a, b):
     from safetensors.torch import load_file
 
@@ -246,7 +231,7 @@ def test_a_streamed_run_stopped_inside_an_epoch_resumes_bit_identical(shards, tm
     with one_thread():
         train(TrainingConfig(**full))
         with monkeypatch.context() as patch:
-            _stop_at(patch, 8)
+            interrupt_training_at(patch, 8)
             with pytest.raises(KeyboardInterrupt):
                 train(TrainingConfig(**stopped))
         state = json.loads((tmp_path / "stopped" / "checkpoints" / "step_8" / "training_state.json").read_text())
@@ -317,12 +302,7 @@ def test_two_processes_stream_disjoint_shards_resume_exactly_and_evaluate_as_one
     killed = dict(options, output_dir=str(tmp_path / "killed"))
     reports = {}
     for mode, run_options in (("full", full), ("killed", killed), ("resumed", killed)):
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port())]
-        result = run_script([str(SCRIPTS / "streaming_two_process.py"), str(tmp_path / mode), mode,
-                             json.dumps(as_argv(run_options)), "4"], launcher=launcher,
-                            env_extra={"ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)})
+        result = run_streaming_two_process(tmp_path / mode, mode, run_options, 4)
         if mode == "killed":
             assert result.returncode != 0 and not list(tmp_path.glob("killed-*.json")), result.stderr[-4000:]
             continue

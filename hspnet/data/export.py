@@ -194,35 +194,41 @@ def save_prepared_dataset(
     files an earlier build did not write; ``inputs`` are paths the output folder must not be or contain (the
     dataset root and annotation files named in the build report are added). Returns the absolute path.
     """
+    def write(temporary: str, mode: int) -> dict:
+        if embed_images:
+            dataset_dict.save_to_disk(temporary)
+        else:
+            for split, dataset in dataset_dict.items():
+                dataset.to_parquet(os.path.join(temporary, f"{split}.parquet"))
+        return {"written_by": "hspnet.data.save_prepared_dataset", "format": "arrow" if embed_images else "parquet"}
+
+    return write_build(dataset_dict, path, write, overwrite=overwrite, inputs=inputs, embedded=embed_images)
+
+
+def write_build(dataset_dict, path: str | os.PathLike, write, *, overwrite: bool = False,
+                inputs: Iterable[str | os.PathLike | None] = (), embedded: bool = True) -> str:
+    """The one way a build folder is written (:func:`save_prepared_dataset`, :func:`hspnet.data.shards.
+    save_sharded_dataset`): the output path checked (``overwrite``, ``inputs`` and the build report's inputs), the
+    images checked when they are to be ``embedded``; ``write(temporary, mode)`` writes the data into a temporary
+    sibling folder and returns the fields of ``hspnet_build.json`` it adds; then ``hierarchy.json``, ``report.json``
+    and ``hspnet_build.json`` (with ``splits`` and ``entries``), and the folder is swapped in. On any error the
+    previous folder is left as it was. Returns the absolute path."""
     report = get_build_report(dataset_dict)
     path = check_output_folder(path, overwrite, [*inputs, *_report_inputs(report)])
-    if embed_images:
+    if embedded:
         check_image_paths(dataset_dict)
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
     mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isdir(path) else new_folder_mode(parent)
     temporary = _fresh_folder(parent, f".{name}.building-", mode)
     try:
-        if embed_images:
-            dataset_dict.save_to_disk(temporary)
-        else:
-            for split, dataset in dataset_dict.items():
-                dataset.to_parquet(os.path.join(temporary, f"{split}.parquet"))
+        marker = dict(write(temporary, mode) or {})
         get_hierarchy(dataset_dict).save(os.path.join(temporary, "hierarchy.json"))
         with open(os.path.join(temporary, "report.json"), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=1)
-        entries = sorted(os.listdir(temporary))
+        marker.update(splits=list(dataset_dict), entries=sorted(os.listdir(temporary)) + [BUILD_MARKER])
         with open(os.path.join(temporary, BUILD_MARKER), "w", encoding="utf-8") as handle:
-            json.dump(
-                {
-                    "written_by": "hspnet.data.save_prepared_dataset",
-                    "format": "arrow" if embed_images else "parquet",
-                    "splits": list(dataset_dict),
-                    "entries": entries + [BUILD_MARKER],
-                },
-                handle,
-                indent=1,
-            )
+            json.dump(marker, handle, indent=1)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
