@@ -4,6 +4,7 @@
   `hspnet predict` reads a file (:mod:`hspnet.utils.images`); :func:`undecoded`: a split whose image files are read so;
 - :func:`make_transform` / :func:`collate`: images -> `pixel_values`, label lists -> multi-hot targets (in the
   model's label order when a permutation is given, :func:`label_permutation`), stacked into batches;
+- :func:`use_verified_negatives`: whether training targets carry the verified negatives (-1);
 - :func:`eval_dataloader`: both put together for one split; :func:`add_index_column`: the row number ROLE needs.
 """
 
@@ -88,11 +89,25 @@ def undecoded(data):
     return data
 
 
+def use_verified_negatives(config, train_set) -> bool:
+    """`config.use_verified_negatives`, checked against the training split: raises a one-line `ValueError` when the
+    option is on and the split has no `negative_labels` column (verified negatives, as Open Images has)."""
+    if not getattr(config, "use_verified_negatives", False):
+        return False
+    if "negative_labels" not in train_set.column_names:
+        raise ValueError(f"use_verified_negatives is on but the training split has no 'negative_labels' column "
+                         f"(columns: {list(train_set.column_names)}): only a dataset with verified negatives "
+                         "(openimages) has them; turn the option off")
+    return True
+
+
 def make_transform(image_processor, num_labels: int, permutation: list[int] | None = None,
-                   max_pixels: int | None = MAX_IMAGE_PIXELS):
+                   max_pixels: int | None = MAX_IMAGE_PIXELS, verified_negatives: bool = False):
     """A `datasets` `with_transform` function, the one preprocessing of training, evaluation and the Trainer:
     images -> `pixel_values` `(B, 3, H, W)`, label lists (`labels`, `observed_labels`) -> `(B, C)` multi-hot
     targets, in the model's label order when `permutation[dataset_index] = model_index` is given; `index` is kept.
+    With `verified_negatives`, rows with `observed_labels` and `negative_labels` also get `observed_targets`: the
+    observed multi-hot with -1 at the verified negatives (the training targets of the losses that take them).
 
     Each image is read by :func:`read_dataset_image`, as `hspnet predict` reads a file: EXIF orientation applied,
     16-bit / 32-bit / float images scaled to 8 bits (`convert("RGB")` alone would clip them to white or black), then
@@ -127,6 +142,9 @@ def make_transform(image_processor, num_labels: int, permutation: list[int] | No
         out["labels"] = multi_hot(batch["labels"])
         if "observed_labels" in batch:
             out["observed_labels"] = multi_hot(batch["observed_labels"])
+            if verified_negatives and "negative_labels" in batch:  # an observed positive stays 1
+                negative = (multi_hot(batch["negative_labels"]) > 0) & (out["observed_labels"] == 0)
+                out["observed_targets"] = torch.where(negative, -1.0, out["observed_labels"])
         if "index" in batch:
             out["index"] = torch.as_tensor(batch["index"], dtype=torch.long)
         return out

@@ -29,22 +29,12 @@ import json
 import logging
 import os
 import re
-import shutil
-import stat
 from collections.abc import Iterable
 
-from hspnet.data.core import get_build_report
 from hspnet.data.errors import DatasetFormatError
-from hspnet.data.export import (
-    BUILD_MARKER,
-    _fresh_folder,
-    _report_inputs,
-    _swap_in,
-    check_image_paths,
-    check_output_folder,
-)
+from hspnet.data.export import BUILD_MARKER, write_build
 from hspnet.data.hierarchy import get_hierarchy
-from hspnet.utils.files import is_hub_id, new_folder_mode, read_json_file, write_text
+from hspnet.utils.files import is_hub_id, read_json_file, write_text
 
 logger = logging.getLogger("hspnet.data")
 
@@ -52,8 +42,9 @@ ROW_GROUP_SIZE = 100
 """Images per Parquet row group (datasets' streaming reads one row group of a file at a time)."""
 SHARD_NAME = re.compile(r"(?P<split>[A-Za-z0-9_]+)/(?P=split)-\d{5}-of-\d{5}\.parquet")
 """A shard's path inside the folder or repository."""
-TRAIN_COLUMNS = ("image", "image_id", "labels", "observed_labels", "index")
-"""The columns a streamed training run reads."""
+TRAIN_COLUMNS = ("image", "image_id", "labels", "observed_labels", "negative_labels", "index")
+"""The columns a streamed training run reads (those a split has; `negative_labels`: Open Images' verified negatives,
+for `use_verified_negatives`)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -149,15 +140,9 @@ def save_sharded_dataset(dataset_dict, path: str | os.PathLike, num_shards: int,
     from hspnet.data.batches import add_index_column
 
     counts = shard_counts(dataset_dict, num_shards)
-    report = get_build_report(dataset_dict)
     hierarchy = get_hierarchy(dataset_dict)
-    path = check_output_folder(path, overwrite, [*inputs, *_report_inputs(report)])
-    check_image_paths(dataset_dict)
-    parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isdir(path) else new_folder_mode(parent)
-    temporary = _fresh_folder(parent, f".{name}.building-", mode)
-    try:
+
+    def write(temporary: str, mode: int) -> dict:
         info = {}
         for split, dataset in dataset_dict.items():
             dataset = _images_as_images(add_index_column(dataset) if split == "train" else dataset)
@@ -173,18 +158,10 @@ def save_sharded_dataset(dataset_dict, path: str | os.PathLike, num_shards: int,
             logger.info("%s: %d rows in %d shard(s)", split, len(dataset), counts[split])
         dataset_name = _dataset_name(dataset_dict)
         write_text(os.path.join(temporary, "README.md"), _card(dataset_name, info, hierarchy))
-        hierarchy.save(os.path.join(temporary, "hierarchy.json"))
-        with open(os.path.join(temporary, "report.json"), "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1)
-        entries = sorted(os.listdir(temporary)) + [BUILD_MARKER]
-        with open(os.path.join(temporary, BUILD_MARKER), "w", encoding="utf-8") as handle:
-            json.dump({"written_by": "hspnet.data.save_sharded_dataset", "format": "shards", "dataset": dataset_name,
-                       "splits": list(dataset_dict), "shards": info, "entries": entries}, handle, indent=1)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    _swap_in(temporary, path)
-    return path
+        return {"written_by": "hspnet.data.save_sharded_dataset", "format": "shards", "dataset": dataset_name,
+                "shards": info}
+
+    return write_build(dataset_dict, path, write, overwrite=overwrite, inputs=inputs, embedded=True)
 
 
 def _images_as_images(dataset):

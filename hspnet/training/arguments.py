@@ -102,6 +102,10 @@ class TrainingConfig:
         "Training loss (splc, an, an_ls, wan, epr, role, em, ll_r, hill, focal, asl); the model computes it."))
     loss_kwargs: dict = field(default_factory=dict, metadata=_help(
         """Parameters of the loss as a JSON object, overriding its defaults (e.g. {"change_epoch": 2})."""))
+    use_verified_negatives: bool = field(default=False, metadata=_help(
+        """Train on the training split's verified negatives (its negative_labels column: Open Images) as known
+        negatives, targets -1: the per-label losses give them the plain negative log-likelihood, weight 1; epr, role
+        and ll_r refuse them. Off by default (the paper's setting uses the single positives only)."""))
     loss_lr_scale: float = field(default=10.0, metadata=_help(
         "Learning rate of a loss's own parameters (ROLE's label estimates) as a multiple of lr (Cole et al.: 10)."))
     patience: int | None = field(default=None, metadata=_help(
@@ -232,7 +236,13 @@ class TrainingConfig:
             raise ValueError(f"--resume_from_checkpoint {self.resume_from_checkpoint} needs --hub_model_id (the "
                              "repository the run pushed its checkpoints to)")
         # the loss choice, with the model config's own check (ROLE's number of training images is set by the run)
-        check_loss_choice(self.loss, self.loss_kwargs or {}, self.label_sample_size)
+        loss = check_loss_choice(self.loss, self.loss_kwargs or {}, self.label_sample_size)
+        from hspnet.models.hspnet.losses import LOSSES
+
+        if self.use_verified_negatives and not LOSSES[loss].supports_verified_negatives:
+            raise ValueError(f"use_verified_negatives is on but the loss {self.loss!r} does not take verified "
+                             "negatives (its terms couple the labels); use a per-label loss (splc, an, an_ls, wan, em, "
+                             "hill, focal, asl) or turn the option off")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from hspnet.data.batches import collate, make_transform
+from hspnet.data.batches import collate, make_transform, use_verified_negatives
 from hspnet.evaluation.loop import evaluate_model, selection_map
 from hspnet.evaluation.openimages import has_verified_negatives, openimages_targets
 from hspnet.evaluation.average_precision import average_precision_ranked
@@ -248,7 +248,8 @@ class TrainingRun:
         self.loss_module = setup_loss_for_training(self.model, self.train_set)
         if any(True for _ in self.loss_module.parameters()) and self.accelerator.num_processes > 1:
             raise ValueError(f"loss {config.loss!r} keeps per-image state; train it with a single process.")
-        transform = make_transform(self.model.image_processor, self.num_labels)
+        transform = make_transform(self.model.image_processor, self.num_labels,
+                                   verified_negatives=use_verified_negatives(config, self.train_set))
         eval_batch = config.eval_batch_size or config.batch_size
         self.train_loader = train_loader(config, self.train_set, transform, self.accelerator)  # or a stream
         self.eval_loaders = {split: DataLoader(data.with_transform(transform), batch_size=eval_batch,
@@ -431,7 +432,8 @@ class TrainingRun:
         the labels); a NaN/inf loss or gradient stops the run before the step is applied. Returns this process's
         loss."""
         accelerator, state = self.accelerator, self.state
-        loss = self.forward(pixel_values=batch["pixel_values"], labels=batch["observed_labels"], epoch=epoch,
+        targets = batch.get("observed_targets", batch["observed_labels"])  # -1: verified negatives (an option)
+        loss = self.forward(pixel_values=batch["pixel_values"], labels=targets, epoch=epoch,
                             indices=batch["index"]).loss
         value = loss.detach().float().reshape(1)
         values = (accelerator.gather(value) if accelerator.num_processes > 1 else value).tolist()

@@ -10,11 +10,20 @@ Conventions shared by every loss
 --------------------------------
 * ``forward(logits, targets, *, epoch=None, indices=None)``.
   ``logits``: (B, C) raw scores before the sigmoid. ``targets``: (B, C) observed
-  labels, 1 = observed positive, 0 = unobserved.
+  labels, 1 = observed positive, 0 = unobserved, -1 = verified negative.
+* Verified negatives (-1, e.g. Open Images' human-verified negatives): every
+  loss that is a sum of per-entry terms (SPLC, AN, AN-LS, WAN, EM, Hill,
+  focal, ASL) gives such an entry the plain negative log-likelihood
+  ``softplus(z) = -log(1 - sigmoid(z))`` with weight 1, in place of its own
+  treatment of unobserved labels (no label correction, smoothing, down-weighting
+  or focusing), in the same float32 and reduction conventions (B*C entries).
+  Targets without -1 give exactly the results of 0/1 targets. EPR, ROLE and
+  LL-R (batch-level or per-image terms: ``supports_verified_negatives`` False)
+  refuse -1 with a ``ValueError``.
 * Inputs are checked, every call, and a bad one raises ``ValueError`` naming
   the argument: ``logits`` / ``targets`` must be tensors of the same shape
   (B, C) with B >= 1 and C = ``num_labels``; ``targets`` must hold only 0 and
-  1 (2, -1, 0.5 or NaN are refused); ``indices`` (ROLE) must be an integer
+  1, or -1 where the loss takes verified negatives (2, 0.5 or NaN are refused); ``indices`` (ROLE) must be an integer
   tensor of shape (B,) with values in [0, num_train_images); ``epoch`` a whole
   number >= 0. The value checks are ONE fused reduction and ONE host-device
   synchronisation per call (cheap next to the model; the training loop of this
@@ -226,6 +235,7 @@ class LargeLossRejectionLoss(MultiLabelLoss):
     """
 
     supports_label_sampling = False
+    supports_verified_negatives = False
 
     requires_epoch = True
     param_rules = {**MultiLabelLoss.param_rules, "delta_rel": _real(0.0, 1.0), "mode": _choice("reject", "correct")}

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -159,7 +160,11 @@ class MultiLabelLoss(nn.Module):
     #: in ``forward``) gives an unbiased estimate of it. False where terms couple labels (EPR and ROLE regularisers
     #: over all labels, ROLE's per-label estimates, LL-R's rejection quantile over all entries).
     supports_label_sampling: bool = True
-    #: Check the VALUES of ``targets`` (0/1) and ``indices`` (in range) at every call (one fused reduction, one
+    #: ``targets`` may hold -1 (a verified negative): its entry's term is ``softplus(z) = -log(1 - sigmoid(z))`` with
+    #: weight 1, whatever the loss does with unobserved labels. False where terms couple labels or images (EPR, ROLE,
+    #: LL-R): those refuse -1.
+    supports_verified_negatives: bool = True
+    #: Check the VALUES of ``targets`` (0/1, or -1) and ``indices`` (in range) at every call (one fused reduction, one
     #: synchronisation; ``torch._assert_async`` under ``torch.compile``). Set to False on an instance to skip them.
     check_inputs: bool = True
     #: Constructor parameter -> rule (type, finiteness, range); subclasses extend it. Used by the constructors and,
@@ -296,9 +301,14 @@ class MultiLabelLoss(nn.Module):
             self._check_values(targets, indices if self.requires_indices else None)
         if logits.dtype in (torch.float16, torch.bfloat16) or not logits.is_floating_point():
             logits = logits.float()
+        verified = self.supports_verified_negatives and targets.dtype != torch.bool
         targets = targets.to(dtype=logits.dtype)
+        if verified:  # -1 = a verified negative: the loss sees 0 there, then its term is replaced
+            known_negative, targets = targets == -1, targets.clamp(min=0)
         with _no_autocast(logits.device.type):
             matrix, reg = self._loss_terms(logits, targets, ep, indices)
+            if verified:
+                matrix = torch.where(known_negative, -F.logsigmoid(-logits), matrix)
             if label_weights is None:
                 total = matrix.sum()
             else:
@@ -317,12 +327,20 @@ class MultiLabelLoss(nn.Module):
         return None
 
     def _check_values(self, targets: torch.Tensor, indices: Optional[torch.Tensor]) -> None:
-        """targets in {0, 1} (NaN included in "not"), indices in [0, limit): one fused reduction, one sync."""
+        """targets in {0, 1} (or -1 with :attr:`supports_verified_negatives`; NaN included in "not"), indices in
+        [0, limit): one fused reduction, one sync."""
         name = type(self).__name__
-        messages, flags = [], []
+        messages, masks = [], []
         if targets.dtype != torch.bool:
-            messages.append(f"{name}: targets must hold only 0 and 1 (1 = observed positive, 0 = unobserved)")
-            flags.append(((targets != 0) & (targets != 1)).any())
+            bad = (targets != 0) & (targets != 1)
+            if self.supports_verified_negatives:
+                messages.append(f"{name}: targets must hold only 0 and 1 (1 = observed positive, 0 = unobserved) "
+                                "or -1 (a verified negative)")
+                bad = bad & (targets != -1)
+            else:
+                messages.append(f"{name}: targets must hold only 0 and 1 (1 = observed positive, 0 = unobserved)")
+            masks.append(bad)
+        flags = [mask.any() for mask in masks]
         limit = self._index_limit()
         if indices is not None and limit is not None:
             messages.append(f"{name}: indices must be training-set rows in [0, {limit}) (num_train_images={limit})")
@@ -333,16 +351,21 @@ class MultiLabelLoss(nn.Module):
             for message, flag in zip(messages, flags):
                 torch._assert_async(~flag, message)
             return
-        bad = torch.stack(flags).tolist() if len(flags) > 1 else [bool(flags[0])]
-        for message, is_bad in zip(messages, bad):
+        bad_flags = torch.stack(flags).tolist() if len(flags) > 1 else [bool(flags[0])]
+        for k, (message, is_bad) in enumerate(zip(messages, bad_flags)):
             if is_bad:
-                raise ValueError(self._describe_bad(message, targets, indices, limit))
+                mask = masks[k] if k < len(masks) else None
+                if mask is not None and not self.supports_verified_negatives and bool((targets == -1).any()):
+                    message, mask = (f"{name}: {name} does not take verified negatives (targets -1): its loss couples "
+                                     "the labels; give it targets of 0 and 1"), targets == -1
+                raise ValueError(self._describe_bad(message, targets, mask, indices, limit))
 
     @staticmethod
-    def _describe_bad(message: str, targets: torch.Tensor, indices: Optional[torch.Tensor], limit: Optional[int]) -> str:
-        """The message with the first offending value (only computed on the error path)."""
-        if message.split(": ", 1)[1].startswith("targets"):
-            bad = ((targets != 0) & (targets != 1)).nonzero()[0].tolist()
+    def _describe_bad(message: str, targets: torch.Tensor, mask: Optional[torch.Tensor],
+                      indices: Optional[torch.Tensor], limit: Optional[int]) -> str:
+        """The message with the first offending value (only computed on the error path); ``mask``: the bad targets."""
+        if mask is not None:
+            bad = mask.nonzero()[0].tolist()
             return f"{message}; got {targets[tuple(bad)].item()!r} at targets[{bad[0]}, {bad[1]}]"
         bad = int(((indices < 0) | (indices >= limit)).nonzero()[0, 0])
         return f"{message}; got {int(indices[bad])} at indices[{bad}]"

@@ -113,6 +113,7 @@ class ExpectedPositiveRegularizationLoss(MultiLabelLoss):
     """
 
     supports_label_sampling = False
+    supports_verified_negatives = False
 
     param_rules = {**MultiLabelLoss.param_rules, "expected_num_pos": _expected_positives}
 
@@ -166,6 +167,7 @@ class ROLELoss(MultiLabelLoss):
     """
 
     supports_label_sampling = False
+    supports_verified_negatives = False
 
     requires_indices = True
     param_rules = {

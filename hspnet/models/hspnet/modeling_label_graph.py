@@ -155,7 +155,7 @@ def sample_labels(labels: torch.Tensor, size: int, generator: torch.Generator) -
     `generator`, each with weight `others / size`, so the weighted loss is an unbiased estimate of the full one
     (with the label GCN run on the graph they induce, `induced_adjacency`). `(None, None)` when the sample would hold
     every label (then the step is exact)."""
-    observed = labels.detach().bool().any(dim=0)  # (C,)
+    observed = (labels.detach() > 0).any(dim=0)  # (C,); -1 (a verified negative) is not a positive
     always = observed.nonzero().squeeze(1)
     others = (~observed).nonzero().squeeze(1)
     if size >= others.numel():
