@@ -431,3 +431,15 @@ def test_demo_page_has_the_calibrated_checkbox_only_for_a_calibrated_model(thres
     (box,) = checkboxes(thresholded[0])
     assert box.value is True and box.label == "Calibrated thresholds"
     assert checkboxes(trained_tiny_model) == []
+
+
+def test_partially_labelled_split_is_refused_in_one_line(tmp_path):
+    """Open Images: verified positives and negatives, every other pair unknown: F1 there would count the unknown pairs
+    as negatives, so calibration refuses it."""
+    from datasets import Dataset
+
+    split = Dataset.from_dict({"labels": [[0], [1]], "negative_labels": [[1], []]})
+    with pytest.raises(ValueError) as error:
+        calibration.check_fully_labelled(split, "test", "openimages")
+    assert str(error.value).startswith("split 'test' of dataset 'openimages' is partially labelled (verified positives")
+    assert "\n" not in str(error.value)

@@ -57,8 +57,14 @@ RULE = ("per label: the threshold t maximising F1 of `score > t` among the midpo
 
 
 def check_fully_labelled(data, split: str, dataset: str) -> None:
-    """Refuse (``ValueError``, one line) a split whose labels are single positives only: its ``labels`` equal its
-    ``observed_labels`` on every image. A split without ``observed_labels`` is taken as fully labelled."""
+    """Refuse (``ValueError``, one line) a split whose labels are single positives only (its ``labels`` equal its
+    ``observed_labels`` on every image), or a partially labelled one (a ``negative_labels`` column: Open Images). A
+    split without ``observed_labels`` is taken as fully labelled."""
+    if "negative_labels" in data.column_names:  # Open Images: most pairs are unknown, not negative
+        raise ValueError(
+            f"split {split!r} of dataset {dataset!r} is partially labelled (verified positives and negatives, the "
+            "other pairs unknown): its F1 would count every unknown pair as a negative, so no threshold is calibrated "
+            "on it; give a fully labelled split")
     if "observed_labels" not in data.column_names:
         return
     pairs = zip(data["labels"], data["observed_labels"])
