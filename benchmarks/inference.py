@@ -59,7 +59,7 @@ def measure(fn, batch: torch.Tensor, iters: int, warmup: int, device: str) -> fl
     return iters * batch.shape[0] / (time.perf_counter() - start)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -70,15 +70,19 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
     parser.add_argument("--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)")
-    args = parser.parse_args()
+    parser.add_argument("--tiny", action="store_true", help="a tiny CLIP (a smoke test of this script)")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
 
     from transformers import CLIPModel
 
+    from hspnet.utils.tiny_clip import tiny_clip_config
+
     torch.manual_seed(0)
-    clip = CLIPModel(vit_b16_config())
+    clip = CLIPModel(tiny_clip_config() if args.tiny else vit_b16_config())
+    side = clip.config.vision_config.image_size
     labels, groups, label_to_group = coco_like_hierarchy()
     model = HSPNetForImageClassification.from_clip(
         clip, labels=labels, groups=groups, label_to_group=label_to_group, tokenizer=byte_level_clip_tokenizer()
@@ -125,12 +129,12 @@ def main():
         return model(pixel_values=x).logits
 
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
-          f"labels={len(labels)} groups={len(groups)} ViT-B/16 random weights")
+          f"labels={len(labels)} groups={len(groups)} {'tiny ViT' if args.tiny else 'ViT-B/16'} random weights")
     rows = []
     with torch.inference_mode():
         for batch_size in args.batch_sizes:
             iters = args.iters or (50 if args.device.startswith("cuda") else (5 if batch_size == 1 else 2))
-            x = torch.randn(batch_size, 3, 224, 224, device=args.device, dtype=dtype)
+            x = torch.randn(batch_size, 3, side, side, device=args.device, dtype=dtype)
             # alternate the two in rounds and keep each one's best round, so background load hits both alike
             speed_tower = speed_hspnet = speed_compiled = speed_onnx = 0.0
             if compiled is not None:
@@ -164,6 +168,8 @@ def main():
         if session is not None:
             line += f" {onnx_speed:.2f} | {onnx_speed / hspnet_speed:.3f}x |"
         print(line)
+    return [dict(batch_size=b, tower=t, hspnet=h, plain=p, compiled=c or None, onnx=o or None)
+            for b, t, h, p, c, o in rows]
 
 
 if __name__ == "__main__":

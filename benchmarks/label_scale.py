@@ -46,7 +46,8 @@ def build(num_labels: int, sample_size: int | None, device: str, seed: int = 0):
 
     torch.manual_seed(seed)
     text = dict(bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=EOS_TOKEN_ID)
-    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(patch_size=32, image_size=224), projection_dim=512))
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(patch_size=32, image_size=224),
+                                projection_dim=512))
     groups = max(1, round(math.sqrt(num_labels)))
     model = HSPNetForImageClassification.from_clip(
         clip, labels=label_names(num_labels), groups=[f"group {g}" for g in range(groups)],

@@ -145,3 +145,47 @@ def test_predict_with_torch_compile_gives_the_eager_scores(make_model, tmp_path,
         assert eager["path"] == compiled["path"] and len(eager["scores"]) == 6
         for name, score in eager["scores"].items():
             assert abs(compiled["scores"][name] - score) < 1e-5
+
+
+def test_no_recompiles_across_epochs_and_mode_switches(make_model, pixel_values):
+    """A compiled training run as `hspnet train` makes one: epochs of full batches and a short last one, with an
+    evaluation (eval mode, no gradients, other batch sizes) after each. The epoch reaches the loss as a tensor (its
+    buffer), so a new epoch compiles nothing, except the small loss graph when it first changes (dynamo then takes
+    it as a symbolic int); before, every epoch compiled the loss graph twice and dynamo's recompile limit (8) sent
+    the loss back to eager after four epochs. The short batch and the evaluation compile once, in the first epoch.
+    Checked with dynamo's graph backend (`eager`): recompilation is dynamo's decision, whatever backend compiles the
+    graphs."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = make_model()
+    compiled = torch.compile(model, backend="eager")
+    labels = _labels(3, 6)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    frames = []
+    for epoch in range(6):
+        model.train()
+        for size in (3, 3, 2):
+            compiled(pixel_values=pixel_values[:size], labels=labels[:size], epoch=epoch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            compiled(pixel_values=pixel_values)
+            compiled(pixel_values=pixel_values[:1])
+        frames.append(counters["frames"]["ok"])
+    assert frames[2:] == [frames[1]] * 4, frames  # epochs 2-5: nothing compiled
+    assert frames[1] - frames[0] <= 2, frames  # epoch 1: the loss frame, once per batch shape (a symbolic epoch)
+    assert "recompile_limit" not in str(dict(counters["unimplemented"]))
+    # the loss still corrects labels from `change_epoch` on (SPLC's default change_epoch=1), as in eager
+    loss = model.loss_module
+    eager = {epoch: float(loss(model.eval()(pixel_values=pixel_values).logits, labels, epoch=epoch))
+             for epoch in (0, 1)}
+    model.train()
+    with torch.no_grad():
+        for epoch in (0, 1):
+            compiled_loss = torch.compile(loss, backend="eager")(model.eval()(pixel_values=pixel_values).logits,
+                                                                 labels, epoch=epoch)
+            assert abs(float(compiled_loss) - eager[epoch]) < 1e-5
+    assert eager[0] != eager[1]

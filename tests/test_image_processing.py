@@ -234,3 +234,74 @@ def test_every_new_model_saves_the_hspnet_processor_with_the_pixels_it_was_built
     for image in (square, make_image(64, 64, seed=7, mode="L"), make_image(32, 32, seed=8)):
         np.testing.assert_array_equal(demo(images=image, return_tensors="np")["pixel_values"],
                                       before(images=image, return_tensors="np")["pixel_values"])
+
+
+# --- the fast path (`fast_pil_path`): PIL resize and crop, steps 4-5 on the whole batch: the same bits --------------
+
+FAST_PATH_MODES = ["RGB", "L", "RGBA", "P", "CMYK", "LA", "I;16", "I", "F", "1"]
+
+
+def _mode_image(width, height, seed, mode):
+    """`make_image` in `mode`; 16-bit, 32-bit and float modes from grey pixels scaled to their range."""
+    if mode in ("I;16", "I", "F"):
+        grey = np.asarray(make_image(width, height, seed=seed, mode="L")).astype(np.float64)
+        if mode == "I;16":
+            return Image.fromarray((grey * 257).astype(np.uint16), mode="I;16")
+        if mode == "I":
+            return Image.fromarray((grey * 1000).astype(np.int32), mode="I")
+        return Image.fromarray((grey / 255).astype(np.float32), mode="F")
+    return make_image(width, height, seed=seed, mode=mode)
+
+
+def _both_paths(processor_class, images, **kwargs):
+    fast, slow = processor_class(**kwargs), processor_class(**kwargs)
+    slow.fast_pil_path = False
+    return fast(images=images, return_tensors="np"), slow(images=images, return_tensors="np")
+
+
+@pytest.mark.parametrize("mode", FAST_PATH_MODES)
+def test_fast_path_is_bit_identical_to_the_per_image_path(processor_class, mode):
+    images = [_mode_image(w, h, seed=i, mode=mode) for i, (w, h) in enumerate(SIZES)]
+    fast, slow = _both_paths(processor_class, images)
+    assert fast["pixel_values"].dtype == slow["pixel_values"].dtype == np.float32
+    assert np.array_equal(fast["pixel_values"], slow["pixel_values"])  # every bit, every image
+    if mode in ("RGB", "L", "RGBA", "P", "CMYK"):
+        for row, image in zip(fast["pixel_values"], images):
+            assert np.array_equal(row, reference_pixels(image))
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"size": 64}, {"do_resize": False}, {"do_center_crop": False, "size": {"height": 50, "width": 70}},
+    {"do_rescale": False}, {"do_normalize": False}, {"do_rescale": False, "do_normalize": False},
+    {"image_mean": (0.5, 0.4, 0.3), "image_std": (0.2, 0.3, 0.25)}, {"resample": Image.BILINEAR},
+    {"size": {"height": 100, "width": 120}, "crop_size": {"height": 110, "width": 90}},
+])
+def test_fast_path_options_and_mixed_inputs_match_the_per_image_path(processor_class, options):
+    images = [make_image(w, h, seed=i) for i, (w, h) in enumerate([(640, 427), (100, 80), (225, 301), (612, 612)])]
+    images += [np.asarray(make_image(500, 375, seed=9)), torch.from_numpy(np.array(make_image(90, 120, seed=3)))]
+    fast, slow = _both_paths(processor_class, images, **options)
+    assert fast["pixel_values"].dtype == slow["pixel_values"].dtype
+    assert np.array_equal(fast["pixel_values"], slow["pixel_values"])
+    listed = processor_class(**options)(images=images)["pixel_values"]  # no return_tensors: a list, as before
+    assert isinstance(listed, list) and all(np.array_equal(a, b) for a, b in zip(listed, slow["pixel_values"]))
+
+
+def test_fast_path_on_files_read_like_training(processor_class, tmp_path):
+    """What training reads (`open_image`: EXIF orientation applied, 16-bit and float images scaled) gives the same
+    batch on both paths; a raw EXIF-tagged JPEG is not turned by the processor on either (that is the reader's job)."""
+    from hspnet.utils.images import open_image
+    from tests.helpers import write_exif_jpeg, write_float_tiff, write_png_16bit
+
+    upright = write_exif_jpeg(tmp_path / "exif.jpg")
+    write_png_16bit(tmp_path / "wide.png")
+    write_float_tiff(tmp_path / "float.tif")
+    make_image(333, 501, seed=1).save(tmp_path / "photo.jpg", quality=90)
+    read = [open_image(tmp_path / name) for name in ("exif.jpg", "wide.png", "float.tif", "photo.jpg")]
+    assert read[0].size == upright.size
+    fast, slow = _both_paths(processor_class, read, size=32)
+    assert np.array_equal(fast["pixel_values"], slow["pixel_values"])
+    with Image.open(tmp_path / "exif.jpg") as raw:
+        raw.load()
+        fast, slow = _both_paths(processor_class, [raw], size=32)
+        assert np.array_equal(fast["pixel_values"], slow["pixel_values"])
+        assert raw.size != upright.size  # orientation 6: the stored image is the turned one

@@ -65,7 +65,8 @@ def test_from_clip_accepts_openai_resnet_weights(source, hierarchy, tmp_path):
         torch.testing.assert_close(outputs.pooler_output, expected, atol=1e-5, rtol=1e-5)
         embeds = model.hspnet(pixel_values=x).image_embeds
         torch.testing.assert_close(embeds, expected / expected.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-5)
-        ids = tokenizer(["a photo of a cat.", "dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        ids = tokenizer(["a photo of a cat.", "dog"], padding="max_length", max_length=77,
+                        return_tensors="pt").input_ids
         text = model.hspnet.clip.get_text_features(input_ids=ids).pooler_output
         torch.testing.assert_close(text, clip.encode_text(ids), atol=1e-5, rtol=1e-5)
         assert model(pixel_values=x).logits.shape == (2, 6)
@@ -158,7 +159,7 @@ def test_converted_model_without_token_table_explains_how_to_rename(hierarchy):
                                                **hierarchy)
 
 
-# --- the paper configs: configs/hspnet-{coco,voc,nuswide,cub}-rn50.yaml ------------------------------------------------
+# --- the paper configs: configs/hspnet-{coco,voc,nuswide,cub}-rn50.yaml -----------------------------------------------
 
 # docs/method.md, section 4.2, typed here: lr (image encoder, meta-net), gcn lr, SPLC change_epoch, and the authors'
 # relation file of each dataset (their repository; section 2.1)
@@ -227,3 +228,39 @@ def test_paper_config_trains_on_an_openai_weights_file(tmp_path):
     assert saved["loss"] == "splc" and saved["loss_kwargs"]["change_epoch"] == 1
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["crop_size"] == {"height": IMAGE, "width": IMAGE} and processor["resample"] == 3  # bicubic
+
+
+def test_channels_last_tower_equals_nchw_forward_and_backward():
+    """The tower runs channels-last by default (`channels_last`): the same outputs and gradients as NCHW within float
+    rounding, NHWC feature maps, and NCHW again when switched off."""
+    clip = openai_clip()
+    tower = HSPNetModifiedResNet(layers=[1, 2, 1, 1], width=8, heads=4, image_size=IMAGE, output_dim=16).train()
+    tower.load_state_dict(clip.visual.state_dict())
+    assert tower.channels_last
+    x = images(3)
+    outputs = {}
+    for layout in (True, False):
+        tower.channels_last = layout
+        tower.zero_grad()
+        out = tower(x, output_hidden_states=True)
+        out.pooler_output.square().sum().backward()
+        outputs[layout] = (out, {name: p.grad.clone() for name, p in tower.named_parameters()})
+        expected_format = torch.channels_last if layout else torch.contiguous_format
+        assert all(h.is_contiguous(memory_format=expected_format) for h in out.hidden_states)
+    (cl, cl_grads), (nchw, nchw_grads) = outputs[True], outputs[False]
+    torch.testing.assert_close(cl.pooler_output, nchw.pooler_output, atol=1e-5, rtol=1e-5)
+    for a, b in zip(cl.hidden_states, nchw.hidden_states):  # batch-norm statistics of the batch (training mode)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for name in cl_grads:
+        torch.testing.assert_close(cl_grads[name], nchw_grads[name], atol=1e-4, rtol=1e-4, msg=name)
+    tower.eval()  # (its batch-norm statistics moved in the training passes above)
+    with torch.no_grad():
+        tower.channels_last = False
+        nchw = tower(x).pooler_output
+        tower.channels_last = True
+        torch.testing.assert_close(tower(x).pooler_output, nchw, atol=1e-5, rtol=1e-5)
+        # NCHW weights too (`model.to(memory_format=torch.channels_last)`): the same logits
+        model = HSPNetForImageClassification(resnet_config()).eval()
+        before = model(pixel_values=images(2)).logits
+        after = model.to(memory_format=torch.channels_last)(pixel_values=images(2)).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

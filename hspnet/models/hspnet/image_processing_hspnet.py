@@ -93,6 +93,11 @@ class HSPNetImageProcessor(PilBackend):
     Steps 4 and 5 are the same float32 operations as torchvision's, so `pixel_values` are bit-identical to the
     authors' tensors for PIL inputs. Arrays that are not uint8 are resized through PIL like HF's PIL backend does.
 
+    Speed (`fast_pil_path`, on by default; the same pixels, bit for bit): an RGB PIL image is resized and cropped as
+    a PIL image (no array round trip of the full-size image: HF's backend turns it into an array, back into a PIL
+    image to resize, and into an array again), and steps 4-5 run once on the whole batch of uint8 crops (one float32
+    pass, in place) instead of image by image. Set `processor.fast_pil_path = False` for the per-image path.
+
     Args:
         size (`int` or `dict[str, int]`, *optional*, defaults to `{"shortest_edge": 224}`):
             Resize target; an int `n` means `{"shortest_edge": n}` (the model's resolution, `config.image_size`).
@@ -118,6 +123,8 @@ class HSPNetImageProcessor(PilBackend):
     rescale_factor = 1 / 255
     do_normalize = True
     do_convert_rgb = True
+    # not a saved setting (a class attribute): the batched path for PIL images, bit-identical to the per-image one
+    fast_pil_path = True
 
     def __init__(self, **kwargs: Unpack[ImagesKwargs]):
         if kwargs.get("size") is not None and kwargs.get("crop_size") is None:
@@ -133,15 +140,26 @@ class HSPNetImageProcessor(PilBackend):
         input_data_format: str | ChannelDimension | None = None,
         **kwargs,
     ) -> np.ndarray:
-        """One PIL image, array or tensor -> a `(C, H, W)` array (uint8 for PIL images), RGB when `do_convert_rgb`."""
+        """One PIL image, array or tensor -> a `(C, H, W)` array (uint8 for PIL images), RGB when `do_convert_rgb`;
+        with `fast_pil_path`, an RGB PIL image stays one (`_preprocess` resizes and crops it as such)."""
         if do_convert_rgb and isinstance(image, PIL.Image.Image) and image.mode != "RGB":
             image = image.convert("RGB")
+        if self.fast_pil_path and isinstance(image, PIL.Image.Image) and image.mode == "RGB":
+            return image  # resized and cropped as a PIL image by `_preprocess` (`_resize_and_crop_pil`)
         image = super().process_image(image, do_convert_rgb=False, input_data_format=input_data_format)
         if do_convert_rgb and image.shape[0] == 1:
             image = np.repeat(image, 3, axis=0)
         elif do_convert_rgb and image.shape[0] == 4:
             image = image[:3]
         return image
+
+    @staticmethod
+    def _resized_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
+        if size.shortest_edge:
+            return get_resize_output_size(height, width, size.shortest_edge)
+        if size.height and size.width:
+            return size.height, size.width
+        raise ValueError(f"`size` must have a 'shortest_edge' key or 'height' and 'width' keys, got {size}.")
 
     def resize(
         self,
@@ -152,12 +170,7 @@ class HSPNetImageProcessor(PilBackend):
     ) -> np.ndarray:
         """`(C, H, W)` -> `(C, new_H, new_W)`: torchvision's `Resize` on a PIL image (see `get_resize_output_size`)."""
         height, width = image.shape[-2:]
-        if size.shortest_edge:
-            new_size = get_resize_output_size(height, width, size.shortest_edge)
-        elif size.height and size.width:
-            new_size = (size.height, size.width)
-        else:
-            raise ValueError(f"`size` must have a 'shortest_edge' key or 'height' and 'width' keys, got {size}.")
+        new_size = self._resized_size(height, width, size)
         if new_size == (height, width):
             return image
         return pil_resize(
@@ -182,6 +195,38 @@ class HSPNetImageProcessor(PilBackend):
             height, width = image.shape[-2:]
         top, left = get_center_crop_offsets(height, width, crop_height, crop_width)
         return image[:, top : top + crop_height, left : left + crop_width]
+
+    def _resize_and_crop_pil(self, image: PIL.Image.Image, do_resize: bool, size: SizeDict,
+                             resample: PILImageResampling | int | None, do_center_crop: bool,
+                             crop_size: SizeDict) -> np.ndarray:
+        """Steps 2-3 on an RGB PIL image -> `(3, H, W)` uint8 (a view of an `(H, W, 3)` array): what `resize` and
+        `center_crop` do to its array, without converting the full-size image to an array and back."""
+        width, height = image.size
+        if do_resize:
+            new_height, new_width = self._resized_size(height, width, size)
+            if (new_height, new_width) != (height, width):
+                image = image.resize((new_width, new_height),
+                                     resample=PILImageResampling.BICUBIC if resample is None else resample)
+                height, width = new_height, new_width
+        if do_center_crop and crop_size.height is not None and crop_size.width is not None and (
+                crop_size.height <= height and crop_size.width <= width):
+            top, left = get_center_crop_offsets(height, width, crop_size.height, crop_size.width)
+            image = image.crop((left, top, left + crop_size.width, top + crop_size.height))
+            do_center_crop = False
+        pixels = np.asarray(image).transpose(2, 0, 1)
+        return self.center_crop(pixels, crop_size) if do_center_crop else pixels  # zero padding, or its error
+
+    def _rescale_and_normalize_batch(self, batch: np.ndarray, do_rescale: bool, rescale_factor: float,
+                                     do_normalize: bool, image_mean, image_std) -> np.ndarray:
+        """Steps 4-5 on `(B, C, H, W)` uint8 at once: the same float32 operations as `rescale` and `normalize`,
+        element by element (so the same bits), in place on one float32 array."""
+        values = batch.astype(np.float32)
+        if do_rescale:
+            values /= np.float32(1.0 / rescale_factor)
+        if do_normalize:
+            values -= np.asarray(image_mean, dtype=np.float32).reshape(1, -1, 1, 1)
+            values /= np.asarray(image_std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return values
 
     def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
         """`ToTensor`'s scaling: float32 divided by `1 / scale` (255 for the default `1 / 255`)."""
@@ -213,18 +258,33 @@ class HSPNetImageProcessor(PilBackend):
         return_tensors: str | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """`(C, H, W)` arrays -> `BatchFeature(pixel_values)`, one image at a time, in the authors' order."""
+        """`(C, H, W)` arrays (and RGB PIL images, `process_image`) -> `BatchFeature(pixel_values)`, in the authors'
+        order: steps 2-3 image by image, steps 4-5 on the whole batch when its crops are alike uint8 arrays."""
         processed = []
         for image in images:
+            if isinstance(image, PIL.Image.Image):
+                processed.append(self._resize_and_crop_pil(image, do_resize, size, resample, do_center_crop,
+                                                           crop_size))
+                continue
             if do_resize:
                 image = self.resize(image, size=size, resample=resample)
             if do_center_crop:
                 image = self.center_crop(image, crop_size)
+            processed.append(image)
+        alike = len({(image.shape, image.dtype) for image in processed}) == 1 and processed[0].dtype == np.uint8
+        if self.fast_pil_path and alike and not do_pad:
+            batch = np.stack(processed)  # (B, C, H, W) uint8
+            if do_rescale or do_normalize:
+                batch = self._rescale_and_normalize_batch(batch, do_rescale, rescale_factor, do_normalize,
+                                                          image_mean, image_std)
+            return BatchFeature(data={"pixel_values": batch if return_tensors else list(batch)},
+                                tensor_type=return_tensors)
+        for index, image in enumerate(processed):
             if do_rescale:
                 image = self.rescale(image, rescale_factor)
             if do_normalize:
                 image = self.normalize(image, image_mean, image_std)
-            processed.append(np.ascontiguousarray(image))
+            processed[index] = np.ascontiguousarray(image)
         if do_pad:
             processed = self.pad(processed, pad_size=pad_size)
         return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)

@@ -164,7 +164,10 @@ class SPLCLoss(MultiLabelLoss):
 
     def _loss_terms(self, z, y, epoch, indices):
         z = torch.where(y == 1, z - self.margin, z)
-        if epoch >= self.change_epoch:
+        if torch.compiler.is_compiling():  # the epoch as a tensor (the buffer): no recompilation when it changes
+            corrected = torch.where(torch.sigmoid(z) > self.tau, torch.ones_like(y), y)
+            y = torch.where(self.current_epoch >= self.change_epoch, corrected, y)
+        elif epoch >= self.change_epoch:
             y = torch.where(torch.sigmoid(z) > self.tau, torch.ones_like(y), y)
         p = torch.sigmoid(z)
         pt = (1 - p) * y + p * (1 - y)

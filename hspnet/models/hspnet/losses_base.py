@@ -225,6 +225,14 @@ class MultiLabelLoss(nn.Module):
             self._epoch_cache = None  # re-read from the loaded buffer on next use
 
     def _resolve_epoch(self, epoch: Optional[int]) -> Optional[int]:
+        if torch.compiler.is_compiling() and self.requires_epoch and type(epoch) is int:
+            # in a compiled graph the epoch goes to the buffer only: an int attribute of a module is a guard (and int()
+            # of a symbolic int specialises it), so every new epoch would compile the loss again
+            if epoch < 0:
+                raise ValueError(f"epoch must be a whole number >= 0 (the 0-based epoch index), got {epoch!r}")
+            self.current_epoch.fill_(epoch)
+            self._epoch_cache = None  # re-read from the buffer by the next eager get_epoch()
+            return epoch
         if epoch is not None:
             epoch = _check_epoch(epoch)
         if not self.requires_epoch:

@@ -23,6 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .configuration_hspnet import HSPNetConfig
 
+
 class HSPNetResNetBottleneck(nn.Module):
     """A CLIP ResNet bottleneck: 1x1 -> 3x3 -> (avg-pool when strided) -> 1x1 (x4 channels), plus a shortcut that is
     `avg-pool -> 1x1 conv -> batch norm` whenever the shape changes (keys `downsample.0` / `downsample.1`)."""
@@ -85,7 +86,7 @@ class HSPNetAttentionPool2d(nn.Module):
                 f"The ResNet image tower expects {32 * self.grid_size}x{32 * self.grid_size} images (a "
                 f"{self.grid_size}x{self.grid_size} final feature map), got a {height}x{width} feature map."
             )
-        tokens = features.flatten(2).transpose(1, 2)  # (B, hw, E)
+        tokens = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels)  # (B, hw, E): a view if NHWC
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         tokens = tokens + self.positional_embedding.to(tokens.dtype)
         heads, head_dim = self.num_heads, channels // self.num_heads
@@ -102,10 +103,17 @@ class HSPNetModifiedResNet(nn.Module):
     """CLIP's ModifiedResNet image tower, returning `BaseModelOutputWithPooling` with `pooler_output` = the projected
     image embedding `(B, D)` (the attention pool already projects: there is no separate `visual_projection`),
     `last_hidden_state` = the final feature map `(B, 32 * width, h, w)` and, on request, `hidden_states` = the feature
-    maps after the stem and after each of the four stages."""
+    maps after the stem and after each of the four stages.
+
+    The convolutions run channels-last (`channels_last`, default True): the input is converted to
+    `torch.channels_last`, so every feature map is NHWC in memory (shapes and values unchanged, up to float rounding
+    of the convolution kernels). On CPU (oneDNN) this made the RN50 tower's training step ~8% and its inference ~18%
+    faster (docs/benchmarks.md); it is what cuDNN's tensor-core kernels prefer too. Set `channels_last = False` on the
+    tower for NCHW; `model.to(memory_format=torch.channels_last)` also converts the weights."""
 
     def __init__(self, layers: list[int], width: int, heads: int, image_size: int, output_dim: int):
         super().__init__()
+        self.channels_last = True
         half = width // 2
         self.conv1 = nn.Conv2d(3, half, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(half)
@@ -127,7 +135,8 @@ class HSPNetModifiedResNet(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, return_dict: bool = True, **kwargs
     ) -> BaseModelOutputWithPooling | tuple:
-        hidden = pixel_values.to(self.conv1.weight.dtype)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        hidden = pixel_values.to(dtype=self.conv1.weight.dtype, memory_format=memory_format)
         for conv, norm in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
             hidden = F.relu(norm(conv(hidden)))
         hidden = self.avgpool(hidden)
@@ -136,9 +145,8 @@ class HSPNetModifiedResNet(nn.Module):
             hidden = stage(hidden)
             states.append(hidden)
         pooled = self.attnpool(hidden)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=pooled, hidden_states=tuple(states) if output_hidden_states else None
-        )
+        output = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled,
+                                            hidden_states=tuple(states) if output_hidden_states else None)
         return output if return_dict else output.to_tuple()
 
 
@@ -171,7 +179,6 @@ class HSPNetCLIPResNet(nn.Module):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs):
         """Projected (not normalised) image features in `pooler_output`, as `CLIPModel.get_image_features`."""
         return self.vision_model(pixel_values=pixel_values, **kwargs)
-
 
 
 __all__ = ["HSPNetAttentionPool2d", "HSPNetCLIPResNet", "HSPNetModifiedResNet", "HSPNetResNetBottleneck"]
