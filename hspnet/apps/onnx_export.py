@@ -416,19 +416,18 @@ def run_export(args: argparse.Namespace) -> dict:
     result = export_onnx(args.model, args.output, opset=args.opset, exporter=args.exporter, verify=not args.no_verify,
                          atol=args.atol, write_sidecar=not args.no_json, trust_remote_code=args.trust_remote_code,
                          label_encoder=label_encoder)
-    size = os.path.getsize(result["onnx_path"]) / 2**20
-    diff = result["max_abs_diff"]
-    check = "" if diff is None else f"; onnxruntime max |logit difference| {diff:.2e}"
-    print(f"wrote {result['onnx_path']} ({size:.1f} MiB, opset {args.opset}, {args.exporter} exporter, "
-          f"{len(result['labels'])} labels, input (batch, 3, {result['image_size']}, {result['image_size']}){check})")
+    def wrote(path: str, what: str, diff: float | None, compared: str) -> None:
+        check = "" if diff is None else f"; onnxruntime max |{compared} difference| {diff:.2e}"
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {what}{check})")
+
+    size = result["image_size"]
+    wrote(result["onnx_path"], f"opset {args.opset}, {args.exporter} exporter, {len(result['labels'])} labels, input "
+          f"(batch, 3, {size}, {size})", result["max_abs_diff"], "logit")
     if result["json_path"]:
         print(f"wrote {result['json_path']} (labels, groups, thresholds, preprocessing)")
     if label_encoder:
-        size = os.path.getsize(result["label_encoder_path"]) / 2**20
-        diff = result["label_encoder_max_abs_diff"]
-        check = "" if diff is None else f"; onnxruntime max |label embedding difference| {diff:.2e}"
-        print(f"wrote {result['label_encoder_path']} ({size:.1f} MiB, label encoder: label names -> label embeddings "
-              f"for any labels, {len(result['groups'])} groups{check})")
+        wrote(result["label_encoder_path"], f"label encoder: label names -> label embeddings for any labels, "
+              f"{len(result['groups'])} groups", result["label_encoder_max_abs_diff"], "label embedding")
         if result["label_encoder_json_path"]:
             print(f"wrote {result['label_encoder_json_path']} (prompt templates, tokenization, groups)")
     return result

@@ -38,7 +38,8 @@ import numpy as np
 from hspnet.data.core import TEST, TRAIN, BuildOptions, ParsedSource, Record, build_dataset_dict
 from hspnet.data.errors import DatasetFormatError, MissingFileError, check_input_file, listed_path
 from hspnet.data.hierarchy import builtin_hierarchy, resolve_hierarchy
-from hspnet.data.text_files import iter_text_lines, normalise_key, read_label_list, require_dir, require_file
+from hspnet.data.text_files import (first_existing, iter_text_lines, normalise_key, read_label_list, require_dir,
+                                     require_file)
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +49,10 @@ FLAT_TEST_LISTS = ("nus_val.txt", "nus_test.txt")
 _SPLIT_WORDS = {TRAIN: "Train", TEST: "Test"}
 
 
-def _first_existing(root: str, names) -> str | None:
-    for name in names:
-        path = os.path.join(root, name)
-        if os.path.exists(path):
-            return path
-    return None
-
-
 def detect_layout(root: str) -> str:
     if os.path.isdir(os.path.join(root, "Groundtruth")):
         return "official"
-    if _first_existing(root, FLAT_TEST_LISTS + FLAT_TRAIN_LISTS):
+    if first_existing(root, FLAT_TEST_LISTS + FLAT_TRAIN_LISTS):
         return "flat"
     raise MissingFileError(
         "no NUS-WIDE layout found: expected Groundtruth/TrainTestLabels/ and ImageList/ (official layout) or "
@@ -191,14 +184,14 @@ def load_nuswide(
         images = os.path.abspath(os.path.join(root, os.fspath(image_dir)))
     else:
         names = ("Flickr", "images", "Images") if layout == "official" else ("images", "Images", "Flickr")
-        images = _first_existing(root, names) or os.path.join(root, names[0])
+        images = first_existing(root, names) or os.path.join(root, names[0])
     if layout == "official":
         return _load_official(root, images, hierarchy, options)
     return _load_flat(root, images, train_list, test_list, hierarchy, options)
 
 
 def _load_official(root, images, hierarchy, options):
-    concepts_file = _first_existing(root, ("Concepts81.txt", os.path.join("ConceptsList", "Concepts81.txt")))
+    concepts_file = first_existing(root, ("Concepts81.txt", os.path.join("ConceptsList", "Concepts81.txt")))
     concepts = read_concepts(concepts_file) if concepts_file else builtin_hierarchy("nuswide").labels
     resolved = resolve_hierarchy(concepts, hierarchy, builtin="nuswide")
     lists = {
@@ -268,7 +261,7 @@ def _load_flat(root, images, train_list, test_list, hierarchy, options):
     def pick(given, defaults, what):
         if given is not None:
             return require_file(os.path.abspath(os.path.join(root, os.fspath(given))), what)
-        found = _first_existing(root, defaults)
+        found = first_existing(root, defaults)
         if found is None:
             raise MissingFileError(f"{what} not found (looked for {', '.join(defaults)})", file=root)
         return found

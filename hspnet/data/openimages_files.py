@@ -24,7 +24,7 @@ import numpy as np
 
 from hspnet.data.core import TRAIN
 from hspnet.data.errors import DatasetFormatError, MissingFileError, check_input_file
-from hspnet.data.text_files import iter_text_lines
+from hspnet.data.text_files import first_existing, iter_text_lines
 from hspnet.utils.files import read_json_file
 
 LABEL_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence")
@@ -69,14 +69,6 @@ VERIFIED_NEGATIVE, VERIFIED_POSITIVE, MACHINE_POSITIVE = 0, 1, 2
 
 # --------------------------------------------------------------------------------------------------------------
 # Finding the files
-
-
-def first_existing(folder: str, names: Sequence[str]) -> str | None:
-    for name in names:
-        path = os.path.join(folder, name)
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def detect_version(folder: str) -> str:

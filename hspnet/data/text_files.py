@@ -123,6 +123,15 @@ def iter_text_lines(path: str, what: str = "file") -> Iterable[tuple[int, str]]:
             yield number, line
 
 
+def first_existing(folder: str, names) -> str | None:
+    """The first of ``names`` (relative to ``folder``) that exists there, as a path; None when none does."""
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
 def require_file(path: str, what: str) -> str:
     """``path`` if it is a regular file, else :class:`MissingFileError` / :class:`DatasetFormatError` naming it."""
     return check_input_file(path, what)
