@@ -18,7 +18,8 @@ from hspnet.data.errors import DatasetFormatError
 from hspnet.data.text_files import read_label_set_file
 from hspnet.models.loading import hspnet_base_model
 
-__all__ = ["change_model_labels", "describe_label_change", "group_spec", "parse_label_lines", "read_label_set_file"]
+__all__ = ["change_model_labels", "describe_label_change", "group_spec", "parse_label_lines", "read_label_set_file",
+           "resolve_groups"]
 
 MAX_TYPED_LABELS = 200
 """At most this many labels typed into the demo page's text box (each costs one text-tower pass)."""
@@ -56,6 +57,24 @@ def group_spec(group: str, group_names: Sequence[str]) -> Any:
     return None
 
 
+def resolve_groups(entries: Sequence[tuple], group_names: Sequence[str],
+                   source: str | os.PathLike | None = None) -> list:
+    """The group of each ``(label, group or None[, line number])`` entry as the model's group name or index
+    (:func:`group_spec`), None where none is given (the nearest group); a group that is neither raises
+    :class:`DatasetFormatError` naming the label (and ``source`` and the line, when known)."""
+    resolved = []
+    for entry in entries:
+        name, group = entry[0], entry[1]
+        spec = None if group is None else group_spec(group, group_names)
+        if group is not None and spec is None:
+            shown = ", ".join(repr(g) for g in group_names[:12]) + (" ..." if len(group_names) > 12 else "")
+            raise DatasetFormatError(f"label {name!r}: {group!r} is not a group of the model (groups: {shown}; or an "
+                                     f"index 0..{len(group_names) - 1})", file=source,
+                                     line=entry[2] if len(entry) > 2 else None)
+        resolved.append(spec)
+    return resolved
+
+
 def change_model_labels(model, entries: Sequence[tuple[str, str | None] | tuple[str, str | None, int]],
                         extend: bool, source: str | os.PathLike | None = None):
     """``model.set_labels`` (``extend=False``) or ``model.add_labels`` (``extend=True``) for ``entries`` (``(label,
@@ -66,20 +85,8 @@ def change_model_labels(model, entries: Sequence[tuple[str, str | None] | tuple[
     base = hspnet_base_model(model)
     if base is None:
         raise ValueError(f"labels at inference need an HSPNet model; this one is {type(model).__name__}")
-    group_names = list(base.config.group_names)
-    names, groups = [], []
-    for entry in entries:
-        name, group = entry[0], entry[1]
-        line = entry[2] if len(entry) > 2 else None
-        spec = None
-        if group is not None:
-            spec = group_spec(group, group_names)
-            if spec is None:
-                shown = ", ".join(repr(g) for g in group_names[:12]) + (" ..." if len(group_names) > 12 else "")
-                raise DatasetFormatError(f"label {name!r}: {group!r} is not a group of the model (groups: {shown}; or "
-                                         f"an index 0..{len(group_names) - 1})", file=source, line=line)
-        names.append(name)
-        groups.append(spec)
+    names = [entry[0] for entry in entries]
+    groups = resolve_groups(entries, list(base.config.group_names), source)
     label_to_group = groups if any(g is not None for g in groups) else None
     target = model if hasattr(model, "set_labels") else base  # the wrapper keeps its config in step
     if extend:

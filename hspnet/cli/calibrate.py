@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from hspnet.utils.command_line import CommandParser, run_command
-from hspnet.utils.model_source import check_model_name
+from hspnet.utils.model_source import check_model_argument
 from hspnet.utils.validation import json_object, number_type, positive_int
 
 DEFAULT_MIN_POSITIVES = 5  # = hspnet.evaluation.thresholds.DEFAULT_MIN_POSITIVES (not imported: it loads numpy)
@@ -66,9 +66,7 @@ def build_parser(prog: str | None = "hspnet calibrate") -> CommandParser:
     return parser
 
 
-def check(args) -> None:
-    """A mistyped model path is named before torch is loaded."""
-    check_model_name(args.model, "model")
+check = check_model_argument  # a mistyped model path is named before torch is loaded
 
 
 def run(args) -> None:

@@ -4,7 +4,7 @@ dataset split next to the zero-shot CLIP baseline, by :func:`hspnet.apps.evaluat
 from __future__ import annotations
 
 from hspnet.utils.command_line import CommandParser, run_command
-from hspnet.utils.model_source import check_model_name
+from hspnet.utils.model_source import check_model_argument
 from hspnet.utils.validation import json_object, positive_int, probability
 
 
@@ -58,9 +58,7 @@ def build_parser(prog: str | None = "hspnet evaluate") -> CommandParser:
     return parser
 
 
-def check(args) -> None:
-    """A mistyped model path is named before torch is loaded."""
-    check_model_name(args.model, "model")
+check = check_model_argument  # a mistyped model path is named before torch is loaded
 
 
 def run(args) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hspnet.apps.defaults import ONNX_DEFAULT_OPSET, ONNX_EXPORTERS, ONNX_INSTALL_HINT
 from hspnet.utils.command_line import CommandParser, run_command
-from hspnet.utils.model_source import check_model_name
+from hspnet.utils.model_source import check_model_argument
 
 
 def build_parser(prog: str | None = "hspnet export-onnx") -> CommandParser:
@@ -34,9 +34,7 @@ def build_parser(prog: str | None = "hspnet export-onnx") -> CommandParser:
     return parser
 
 
-def check(args) -> None:
-    """A mistyped model path is named before torch is loaded."""
-    check_model_name(args.model, "model")
+check = check_model_argument  # a mistyped model path is named before torch is loaded
 
 
 def run(args) -> None:

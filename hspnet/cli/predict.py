@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hspnet.apps.defaults import ON_ERROR, PREDICT_FORMATS
 from hspnet.utils.command_line import CommandParser, run_command
-from hspnet.utils.model_source import check_model_name
+from hspnet.utils.model_source import check_model_argument
 from hspnet.utils.images import MAX_IMAGE_PIXELS
 from hspnet.utils.validation import pixel_limit, positive_int, probability
 
@@ -51,9 +51,7 @@ def build_parser(prog: str | None = "hspnet predict") -> CommandParser:
     return parser
 
 
-def check(args) -> None:
-    """A mistyped model path is named before torch is loaded."""
-    check_model_name(args.model, "model")
+check = check_model_argument  # a mistyped model path is named before torch is loaded
 
 
 def run(args) -> None:

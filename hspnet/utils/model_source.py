@@ -30,7 +30,8 @@ PROBE_TIMEOUT = 5.0
 
 class ModelSourceError(FileNotFoundError):
     """A model name that leads nowhere (the model is not found where the name says): a missing path, an unreachable
-    Hub, an unknown repository, no access. ``kind`` is ``"path"``, ``"network"``, ``"id"``, ``"access"`` or ``"offline"``."""
+    Hub, an unknown repository, no access. ``kind`` is ``"path"``, ``"network"``, ``"id"``, ``"access"`` or
+    ``"offline"``."""
 
     def __init__(self, name: str, reason: str, kind: str):
         super().__init__(f"{name}: {reason}")
@@ -88,6 +89,12 @@ def check_model_name(name: str | os.PathLike, what: str = "model") -> bool:
     if not is_hub_id(text):
         raise ModelSourceError(text, f"{what} folder does not exist", "path")
     return False
+
+
+def check_model_argument(args) -> None:
+    """The `check` of a command with a `--model_name_or_path` (parsed as `args.model`): a mistyped model path is named
+    before torch is loaded (:func:`check_model_name`)."""
+    check_model_name(args.model, "model")
 
 
 def resolve_model_source(name: str | os.PathLike, what: str = "model", *, token: str | bool | None = None,

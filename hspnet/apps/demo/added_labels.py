@@ -16,7 +16,7 @@ import html
 from collections import OrderedDict
 from typing import Any, Sequence
 
-from hspnet.apps.label_sets import describe_label_change, group_spec, parse_label_lines
+from hspnet.apps.label_sets import describe_label_change, parse_label_lines, resolve_groups
 from hspnet.models.loading import hspnet_base_model
 
 __all__ = ["AddedLabels", "render_added_labels"]
@@ -32,7 +32,8 @@ class AddedLabels:
 
     def plan(self, text: str | None):
         """``(entries, label_embeds (C + C', D), result)`` for the labels typed in ``text`` (None when there are
-        none); ``ValueError`` (one line) for a bad label, an unknown group or a label the model already has."""
+        none); ``ValueError`` (one line) for a bad label, an unknown group or a label the model already has (the
+        model's own checks, :meth:`embed_labels`)."""
         entries = parse_label_lines(text or "")
         if not entries:
             return None
@@ -42,10 +43,7 @@ class AddedLabels:
             if base is None:
                 raise ValueError("labels can be added to HSPNet models only")
             names = [name for name, _ in entries]
-            present = [name for name in names if name in set(base.config.label_names)]
-            if present:
-                raise ValueError(f"{present[0]!r} is already a label of the model")
-            groups = _checked_groups(base, entries)
+            groups = resolve_groups(entries, list(base.config.group_names))
             owner = self.model if hasattr(self.model, "embed_labels") else base  # the wrapper holds the tokenizer
             self._cache[key] = owner.embed_labels(names, groups, extend=True)  # the model is not changed
             while len(self._cache) > self.keep:
@@ -69,20 +67,6 @@ class AddedLabels:
     @staticmethod
     def describe(result) -> list[str]:
         return describe_label_change(result)
-
-
-def _checked_groups(base, entries: Sequence[tuple[str, str | None]]) -> list:
-    """The typed groups as the model's group names / indices (None: nearest) by the rule of a labels file
-    (:func:`hspnet.apps.label_sets.group_spec`); ``ValueError`` naming the label for an unknown group."""
-    group_names = list(base.config.group_names)
-    resolved = []
-    for name, group in entries:
-        spec = None if group is None else group_spec(group, group_names)
-        if group is not None and spec is None:
-            raise ValueError(f"label {name!r}: {group!r} is not a group of the model (groups: "
-                             f"{', '.join(group_names)}; or an index 0..{len(group_names) - 1})")
-        resolved.append(spec)
-    return resolved
 
 
 def render_added_labels(items: Sequence[dict], threshold: float, digits: int = 3) -> str:
