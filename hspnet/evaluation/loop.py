@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -47,10 +48,13 @@ def evaluate_model(model, dataloader, accelerator, num_labels: int, description:
         model.train(was_training)
     metrics = accumulator.compute()
     if verified_targets is not None and accumulator.num_samples:
-        from hspnet.evaluation.openimages import openimages_metrics
+        from hspnet.evaluation.openimages import openimages_average_precision
 
-        verified = openimages_metrics(accumulator.scores, verified_targets)
-        metrics.update(mAP_openimages=verified["mAP"], mAP_openimages_classes=verified["num_classes_evaluated"])
+        ap = openimages_average_precision(accumulator.scores, verified_targets)  # the ranked definition only
+        evaluated = ~np.isnan(ap)
+        if not evaluated.any():
+            raise ValueError("no class has a verified positive (targets == 1): the Open Images mAP is undefined")
+        metrics.update(mAP_openimages=float(100.0 * ap[evaluated].mean()), mAP_openimages_classes=int(evaluated.sum()))
     return metrics, accumulator
 
 
